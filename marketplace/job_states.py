@@ -1,0 +1,83 @@
+"""The job state machine: the only code that writes `Job.status`.
+
+Every transition runs in a transaction with the job's row locked, checks that it is
+legal, and appends a JobEvent with a machine-readable reason and a human message.
+"""
+
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from .errors import Conflict
+from .models import Job, JobEvent
+
+S = Job.Status
+
+TRANSITIONS: dict[str, frozenset[str]] = {
+    S.DRAFT: frozenset({S.SUBMITTED, S.CANCELLED}),
+    S.SUBMITTED: frozenset({S.FUNDED, S.CANCELLED, S.FAILED}),
+    S.FUNDED: frozenset({S.MATCHING, S.CANCELLED, S.FAILED}),
+    S.MATCHING: frozenset({S.RUNNING, S.CANCELLED, S.FAILED}),
+    S.RUNNING: frozenset({S.VERIFYING, S.INTERRUPTED, S.CANCELLED, S.FAILED}),
+    S.INTERRUPTED: frozenset({S.MATCHING, S.CANCELLED, S.FAILED}),
+    S.VERIFYING: frozenset({S.COMPLETED, S.FAILED}),
+    S.COMPLETED: frozenset({S.SETTLED}),
+    # Cancelled and failed jobs that were funded still settle the work done (or refund).
+    S.CANCELLED: frozenset({S.SETTLED, S.REFUNDED}),
+    S.FAILED: frozenset({S.SETTLED, S.REFUNDED}),
+    S.SETTLED: frozenset(),
+    S.REFUNDED: frozenset(),
+}
+
+# No work will happen any more; money may still move (cancelled/failed → settled/refunded).
+TERMINAL = frozenset({S.COMPLETED, S.SETTLED, S.CANCELLED, S.FAILED, S.REFUNDED})
+CANCELLABLE = frozenset(s for s, targets in TRANSITIONS.items() if S.CANCELLED in targets)
+ACTIVE = frozenset({S.FUNDED, S.MATCHING, S.RUNNING, S.INTERRUPTED, S.VERIFYING})
+
+
+class IllegalTransition(Conflict):
+    def __init__(self, job: Job, to_status: str):
+        super().__init__(
+            f"Job #{job.pk} is {job.get_status_display().lower()}; it cannot become "
+            f"{S(to_status).label.lower()}.",
+            code="illegal_transition",
+        )
+        self.from_status = job.status
+        self.to_status = to_status
+
+
+def can_transition(from_status: str, to_status: str) -> bool:
+    return to_status in TRANSITIONS.get(from_status, frozenset())
+
+
+def transition(
+    *,
+    job_id: int,
+    to: str,
+    reason: str,
+    message: str,
+    actor=None,
+    data: dict[str, Any] | None = None,
+    expect: frozenset[str] | set[str] | None = None,
+) -> Job:
+    """Move a job to `to`, or raise IllegalTransition (also when its status is not one of
+    `expect`, so that a stale caller cannot act on a job that has moved on)."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job_id)
+        if (expect is not None and job.status not in expect) or not can_transition(job.status, to):
+            raise IllegalTransition(job, to)
+        from_status = job.status
+        job.status = to
+        job.status_changed_at = timezone.now()
+        job.save(update_fields=["status", "status_changed_at", "updated_at"])
+        JobEvent.objects.create(job=job, from_status=from_status, to_status=to, reason=reason,
+                                message=message, data=data or {}, actor=actor)
+    return job
+
+
+def note(*, job_id: int, reason: str, message: str, data: dict[str, Any] | None = None,
+         actor=None) -> JobEvent:
+    """A timeline entry without a status change (e.g. why matching found nothing)."""
+    return JobEvent.objects.create(job_id=job_id, reason=reason, message=message,
+                                   data=data or {}, actor=actor)

@@ -1,0 +1,331 @@
+"""The marketplace's domain model.
+
+Writes go through `marketplace.services`; a job's status changes only through
+`marketplace.job_states`. Money is Decimal with 6 places in the settlement token (tUSD).
+"""
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import F, Q
+
+from . import catalogue
+
+MONEY = {"max_digits": 20, "decimal_places": 6}
+
+
+class Organization(models.Model):
+    class Kind(models.TextChoices):
+        CONSUMER = "consumer", "Consumer (trains models)"
+        PROVIDER = "provider", "Provider (lists GPU machines)"
+
+    class Sector(models.TextChoices):
+        HEALTHCARE = "healthcare", "Healthcare"
+        ENERGY = "energy", "Energy"
+        RESEARCH = "research", "Research"
+        OTHER = "other", "Other"
+
+    name = models.CharField(max_length=120, unique=True)
+    slug = models.SlugField(max_length=140, unique=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    sector = models.CharField(max_length=16, choices=Sector.choices, default=Sector.OTHER)
+    # Shared with colleagues so that they can join at sign-up; rotating it revokes it.
+    join_code = models.CharField(max_length=32, unique=True)
+    is_verified = models.BooleanField(default=False, help_text="Checked by an admin.")
+    is_suspended = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_provider(self) -> bool:
+        return self.kind == self.Kind.PROVIDER
+
+    @property
+    def is_consumer(self) -> bool:
+        return self.kind == self.Kind.CONSUMER
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        OWNER = "owner", "Owner"
+        ADMIN = "admin", "Admin"
+        MEMBER = "member", "Member"
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                                related_name="membership")
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE,
+                                     related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.organization} ({self.role})"
+
+
+class Node(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting for its agent"
+        ONLINE = "online", "Online"
+        OFFLINE = "offline", "Offline"
+        SUSPENDED = "suspended", "Suspended by an admin"
+
+    provider = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="nodes")
+    name = models.CharField(max_length=80)
+    gpu_model = models.CharField(max_length=32, choices=[(m, m) for m in catalogue.GPU_MODELS])
+    gpu_count = models.PositiveSmallIntegerField(
+        validators=[MinValueValidator(1), MaxValueValidator(64)],
+        help_text="GPUs in the machine; for a CPU node, its training slots.")
+    gpu_memory_gb = models.PositiveSmallIntegerField(help_text="Memory per GPU, GB.")
+    cpu_cores = models.PositiveSmallIntegerField(validators=[MinValueValidator(1)])
+    ram_gb = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+    disk_gb = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+    bandwidth_mbps = models.PositiveIntegerField(null=True, blank=True)
+    region = models.CharField(max_length=8, choices=sorted(catalogue.REGIONS.items()))
+    compliance_claimed = models.PositiveIntegerField(default=0, help_text="Bit mask of tags.")
+    compliance_verified = models.PositiveIntegerField(default=0, help_text="Bit mask of tags.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    benchmark_tflops = models.DecimalField(max_digits=10, decimal_places=3, null=True,
+                                           blank=True, help_text="Measured matmul TFLOP/s.")
+    agent_version = models.CharField(max_length=32, blank=True)
+    # Share of assignments delivered over 30 days; NULL means too little history ("new").
+    reliability = models.DecimalField(max_digits=5, decimal_places=4, null=True, blank=True)
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    token_prefix = models.CharField(max_length=12, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["provider_id", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "name"], name="node_name_unique"),
+            models.CheckConstraint(condition=Q(gpu_count__gte=1), name="node_gpu_count_gte_1"),
+            models.CheckConstraint(condition=Q(cpu_cores__gte=1), name="node_cpu_cores_gte_1"),
+            models.CheckConstraint(condition=Q(gpu_model="cpu") | Q(gpu_memory_gb__gte=1),
+                                   name="node_gpu_memory_positive"),
+            models.CheckConstraint(
+                condition=Q(reliability__isnull=True) | Q(reliability__gte=0, reliability__lte=1),
+                name="node_reliability_0_1"),
+        ]
+        indexes = [models.Index(fields=["status", "last_heartbeat_at"], name="node_status_heartbeat")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.gpu_count}× {self.gpu_model}, {self.region})"
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.gpu_model == catalogue.CPU
+
+    @property
+    def claimed_tags(self) -> list[str]:
+        return catalogue.compliance_tags(self.compliance_claimed)
+
+    @property
+    def verified_tags(self) -> list[str]:
+        return catalogue.compliance_tags(self.compliance_verified)
+
+
+class Offer(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        PAUSED = "paused", "Paused"
+
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="offers")
+    gpus_offered = models.PositiveSmallIntegerField()
+    gpus_reserved = models.PositiveSmallIntegerField(default=0)
+    price_per_gpu_hour = models.DecimalField(**MONEY)
+    available_from = models.DateTimeField()
+    available_until = models.DateTimeField(null=True, blank=True)
+    min_duration_hours = models.DecimalField(max_digits=8, decimal_places=2, default=Decimal("0.25"))
+    max_duration_hours = models.DecimalField(max_digits=8, decimal_places=2, null=True, blank=True)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.ACTIVE)
+
+    # Copies of the node's searchable attributes, kept in step by the node services, so
+    # that the public search is one table with covering indexes (see bench/offer_search.py).
+    provider = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="offers")
+    gpu_model = models.CharField(max_length=32)
+    gpu_memory_gb = models.PositiveSmallIntegerField()
+    region = models.CharField(max_length=8)
+    compliance_verified = models.PositiveIntegerField(default=0)
+    reliability = models.DecimalField(max_digits=5, decimal_places=4, null=True, blank=True)
+    node_online = models.BooleanField(default=False)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["price_per_gpu_hour", "id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(price_per_gpu_hour__gt=0), name="offer_price_positive"),
+            models.CheckConstraint(condition=Q(gpus_offered__gte=1), name="offer_gpus_gte_1"),
+            models.CheckConstraint(condition=Q(gpus_reserved__lte=F("gpus_offered")),
+                                   name="offer_reserved_lte_offered"),
+            models.CheckConstraint(condition=Q(min_duration_hours__gt=0),
+                                   name="offer_min_duration_positive"),
+            models.CheckConstraint(
+                condition=Q(max_duration_hours__isnull=True)
+                | Q(max_duration_hours__gte=F("min_duration_hours")),
+                name="offer_max_duration_gte_min"),
+            models.CheckConstraint(
+                condition=Q(available_until__isnull=True)
+                | Q(available_until__gt=F("available_from")),
+                name="offer_window_ordered"),
+        ]
+        indexes = [
+            models.Index(fields=["status", "price_per_gpu_hour", "id"], name="offer_active_price"),
+            models.Index(fields=["status", "gpu_model", "price_per_gpu_hour"], name="offer_model_price"),
+            models.Index(fields=["status", "region", "price_per_gpu_hour"], name="offer_region_price"),
+            models.Index(fields=["status", "gpu_memory_gb", "price_per_gpu_hour"],
+                         name="offer_memory_price"),
+            models.Index(fields=["status", "reliability"], name="offer_reliability"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.gpus_offered}× {self.gpu_model} @ {self.price_per_gpu_hour} tUSD/GPU-h"
+
+    @property
+    def gpus_available(self) -> int:
+        return self.gpus_offered - self.gpus_reserved
+
+    @property
+    def compliance_tags(self) -> list[str]:
+        return catalogue.compliance_tags(self.compliance_verified)
+
+
+class Dataset(models.Model):
+    owner = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="datasets")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL,
+                                   null=True, related_name="+")
+    name = models.CharField(max_length=200)
+    file = models.FileField(upload_to="datasets/%Y/%m/")
+    size_bytes = models.PositiveBigIntegerField()
+    rows = models.PositiveIntegerField()
+    columns = models.JSONField(default=list)
+    sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.rows} rows)"
+
+
+class Job(models.Model):
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        SUBMITTED = "submitted", "Submitted, waiting for funding"
+        FUNDED = "funded", "Funded"
+        MATCHING = "matching", "Looking for machines"
+        RUNNING = "running", "Training"
+        INTERRUPTED = "interrupted", "Interrupted, resuming"
+        VERIFYING = "verifying", "Verifying the result"
+        COMPLETED = "completed", "Completed"
+        SETTLED = "settled", "Settled"
+        CANCELLED = "cancelled", "Cancelled"
+        FAILED = "failed", "Failed"
+        REFUNDED = "refunded", "Refunded"
+
+    owner = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="jobs")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL,
+                                   null=True, related_name="+")
+    name = models.CharField(max_length=120)
+    template = models.CharField(max_length=64)
+    params = models.JSONField(default=dict)
+    dataset_ref = models.CharField(max_length=80, help_text="sample:<name> or an upload's id.")
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, null=True, blank=True,
+                                related_name="jobs")
+    nodes = models.PositiveSmallIntegerField()
+    gpus_per_node = models.PositiveSmallIntegerField()
+    min_gpu_memory_gb = models.PositiveSmallIntegerField(default=0)
+    gpu_models = models.JSONField(default=list, blank=True)
+    regions = models.JSONField(default=list, blank=True)
+    compliance = models.JSONField(default=list, blank=True)
+    min_reliability = models.DecimalField(max_digits=5, decimal_places=4, null=True, blank=True)
+    max_price_per_gpu_hour = models.DecimalField(**MONEY)
+    budget = models.DecimalField(**MONEY)
+    duration_hours = models.DecimalField(max_digits=8, decimal_places=2, default=Decimal("1"),
+                                         help_text="Expected wall-clock hours, for quotes.")
+    deadline = models.DateTimeField()
+    # Written only by marketplace.job_states.
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    status_changed_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(nodes__gte=1), name="job_nodes_gte_1"),
+            models.CheckConstraint(condition=Q(gpus_per_node__gte=1), name="job_gpus_gte_1"),
+            models.CheckConstraint(condition=Q(max_price_per_gpu_hour__gt=0),
+                                   name="job_price_positive"),
+            models.CheckConstraint(condition=Q(budget__gt=0), name="job_budget_positive"),
+            models.CheckConstraint(condition=Q(duration_hours__gt=0), name="job_duration_positive"),
+        ]
+        indexes = [
+            models.Index(fields=["owner", "-created_at"], name="job_owner_recent"),
+            models.Index(fields=["status", "status_changed_at"], name="job_status_age"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.name}"
+
+    @property
+    def gpus_total(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    @property
+    def is_terminal(self) -> bool:
+        from .job_states import TERMINAL
+
+        return self.status in TERMINAL
+
+
+class JobEvent(models.Model):
+    """One line of a job's timeline: a status change, or a note, with a machine-readable
+    reason code and a human message."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    from_status = models.CharField(max_length=16, blank=True)
+    to_status = models.CharField(max_length=16, blank=True)
+    reason = models.CharField(max_length=48)
+    message = models.CharField(max_length=1000)
+    data = models.JSONField(default=dict, blank=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
+                              blank=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["job", "id"], name="jobevent_job")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id}: {self.from_status or '·'} → {self.to_status or '·'} ({self.reason})"
+
+
+class AuditEvent(models.Model):
+    """Who did what to which object: compliance verifications, suspensions, placements."""
+
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
+                              blank=True, related_name="+")
+    action = models.CharField(max_length=48)
+    object_type = models.CharField(max_length=32)
+    object_id = models.CharField(max_length=40)
+    message = models.CharField(max_length=1000)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["object_type", "object_id"], name="audit_object")]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.object_type}#{self.object_id}"

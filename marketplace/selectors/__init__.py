@@ -1,0 +1,1 @@
+"""Reads. Every selector returns rows already scoped to the caller."""

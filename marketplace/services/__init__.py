@@ -1,0 +1,1 @@
+"""Writes. Each service is keyword-only, runs in a transaction and raises MarketError."""

@@ -1,0 +1,127 @@
+"""One job specification, validated the same way for quotes, the API and the HTML form."""
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.utils import timezone
+
+from .. import catalogue
+from ..errors import MarketError
+from ..models import Dataset, Organization
+
+MAX_NODES = 32
+MAX_GPUS_PER_NODE = 16
+MAX_MONEY = Decimal("1000000000")
+MAX_HOURS = Decimal("8760")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    template: str
+    dataset: str
+    nodes: int
+    gpus_per_node: int
+    max_price_per_gpu_hour: Decimal
+    budget: Decimal
+    deadline: datetime
+    params: dict[str, Any] = field(default_factory=dict)
+    min_gpu_memory_gb: int = 0
+    gpu_models: tuple[str, ...] = ()
+    regions: tuple[str, ...] = ()
+    compliance: tuple[str, ...] = ()
+    min_reliability: Decimal | None = None
+    duration_hours: Decimal = Decimal("1")
+    # Filled in by validation:
+    dataset_obj: Dataset | None = None
+
+    @property
+    def wants_cpu(self) -> bool:
+        return catalogue.CPU in self.gpu_models
+
+    @property
+    def gpus_total(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
+def _money(value: Decimal | None, field_name: str, label: str) -> Decimal:
+    if value is None:
+        raise MarketError(f"Set the {label}.", field=field_name)
+    if value <= 0:
+        raise MarketError(f"The {label} must be more than 0 tUSD.", field=field_name)
+    if value > MAX_MONEY:
+        raise MarketError(f"The {label} is too large.", field=field_name)
+    if value != value.quantize(Decimal("0.000001")):
+        raise MarketError("Amounts have at most 6 decimal places.", field=field_name)
+    return value
+
+
+def _resolve_dataset(ref: str, template: catalogue.Template, owner: Organization | None):
+    ref = (ref or "").strip()
+    if ref.startswith("sample:"):
+        sample = ref.removeprefix("sample:")
+        if template.sample(sample) is None:
+            names = ", ".join(f"sample:{s['name']}" for s in template.samples)
+            raise MarketError(f"{template.name} has no sample '{sample[:40]}'. "
+                              f"Its samples: {names}.", field="dataset")
+        return ref, None
+    if ref.isdigit():
+        ds = Dataset.objects.filter(pk=int(ref), owner=owner).first() if owner else None
+        if ds is None:
+            raise MarketError("No dataset of yours has that id.", field="dataset")
+        return ref, ds
+    raise MarketError("Choose a bundled sample (sample:<name>) or the id of a dataset you "
+                      "uploaded.", field="dataset")
+
+
+def job_spec_validate(*, spec: JobSpec, owner: Organization | None) -> JobSpec:
+    """Return the spec normalised (defaults filled, tags lower-cased) or raise MarketError
+    naming the field at fault. `owner=None` validates a quote for an anonymous visitor."""
+    name = (spec.name or "").strip()
+    if not name or len(name) > 120:
+        raise MarketError("Name the job (1 to 120 characters).", field="name")
+    template = catalogue.get_template(spec.template)
+    params = template.validate_params(spec.params)
+    dataset_ref, dataset = _resolve_dataset(spec.dataset, template, owner)
+    if not isinstance(spec.nodes, int) or not 1 <= spec.nodes <= MAX_NODES:
+        raise MarketError(f"Nodes must be between 1 and {MAX_NODES}.", field="nodes")
+    if not isinstance(spec.gpus_per_node, int) or not 1 <= spec.gpus_per_node <= MAX_GPUS_PER_NODE:
+        raise MarketError(f"GPUs per node must be between 1 and {MAX_GPUS_PER_NODE}.",
+                          field="gpus_per_node")
+    if not 0 <= (spec.min_gpu_memory_gb or 0) <= 1024:
+        raise MarketError("Minimum GPU memory must be between 0 and 1024 GB.",
+                          field="min_gpu_memory_gb")
+    gpu_models = tuple(dict.fromkeys(catalogue.validate_gpu_model(m, field="gpu_models")
+                                     for m in spec.gpu_models))
+    if catalogue.CPU in gpu_models and len(gpu_models) > 1:
+        raise MarketError("Ask for CPU slots or for GPU models, not both.", field="gpu_models")
+    regions = tuple(dict.fromkeys(catalogue.validate_region_token(r) for r in spec.regions))
+    compliance = tuple(dict.fromkeys(t.strip().lower() for t in spec.compliance))
+    catalogue.compliance_mask(list(compliance))
+    if spec.min_reliability is not None and not 0 <= spec.min_reliability <= 1:
+        raise MarketError("Minimum reliability is a share between 0 and 1.",
+                          field="min_reliability")
+    price = _money(spec.max_price_per_gpu_hour, "max_price_per_gpu_hour",
+                   "maximum price per GPU-hour")
+    budget = _money(spec.budget, "budget", "budget")
+    hours = spec.duration_hours
+    if hours is None or hours <= 0 or hours > MAX_HOURS:
+        raise MarketError(f"The expected duration must be between 0 and {MAX_HOURS} hours.",
+                          field="duration_hours")
+    if spec.deadline is None:
+        raise MarketError("Set a deadline.", field="deadline")
+    if timezone.is_naive(spec.deadline):
+        raise MarketError("Give the deadline with a time zone (ISO 8601, e.g. "
+                          "2026-12-01T18:00:00Z).", field="deadline")
+    now = timezone.now()
+    if spec.deadline <= now:
+        raise MarketError("The deadline is in the past.", field="deadline")
+    if spec.deadline < now + timedelta(hours=float(hours)):
+        raise MarketError(f"The deadline leaves less than the expected {hours} h to run.",
+                          field="deadline")
+    return replace(spec, name=name, params=params, dataset=dataset_ref, dataset_obj=dataset,
+                   gpu_models=gpu_models, regions=regions, compliance=compliance,
+                   min_gpu_memory_gb=spec.min_gpu_memory_gb or 0, max_price_per_gpu_hour=price,
+                   budget=budget, duration_hours=hours)

@@ -1,0 +1,45 @@
+from django.db import transaction
+
+from .. import job_states
+from ..errors import PermissionDenied
+from ..models import Job, Organization
+from .job_spec import JobSpec, job_spec_validate
+
+S = Job.Status
+
+
+def job_submit(*, owner: Organization, spec: JobSpec, actor=None) -> Job:
+    """Validate and record a job; it then waits for its escrow to be funded."""
+    if not owner.is_consumer:
+        raise PermissionDenied("Only consumer organizations can submit jobs.")
+    spec = job_spec_validate(spec=spec, owner=owner)
+    with transaction.atomic():
+        job = Job.objects.create(
+            owner=owner, created_by=actor, name=spec.name, template=spec.template,
+            params=spec.params, dataset_ref=spec.dataset, dataset=spec.dataset_obj,
+            nodes=spec.nodes, gpus_per_node=spec.gpus_per_node,
+            min_gpu_memory_gb=spec.min_gpu_memory_gb, gpu_models=list(spec.gpu_models),
+            regions=list(spec.regions), compliance=list(spec.compliance),
+            min_reliability=spec.min_reliability,
+            max_price_per_gpu_hour=spec.max_price_per_gpu_hour, budget=spec.budget,
+            duration_hours=spec.duration_hours, deadline=spec.deadline, status=S.DRAFT,
+        )
+        job_states.transition(
+            job_id=job.pk, to=S.SUBMITTED, reason="submitted", actor=actor,
+            message=f"Submitted by {getattr(actor, 'username', 'API')}: {spec.nodes} × "
+                    f"{spec.gpus_per_node} {'CPU slots' if spec.wants_cpu else 'GPUs'}, "
+                    f"up to {spec.max_price_per_gpu_hour} tUSD/GPU-h, budget {spec.budget} tUSD.",
+        )
+    job.refresh_from_db()
+    return job
+
+
+def job_cancel(*, job: Job, actor=None, reason: str = "cancelled_by_owner",
+               message: str = "") -> Job:
+    """Cancel a job that has not finished. Stopping running work and refunding follow the
+    transition (execution and payments hook in there)."""
+    who = getattr(actor, "username", "the platform")
+    return job_states.transition(
+        job_id=job.pk, to=S.CANCELLED, reason=reason, actor=actor,
+        message=message or f"Cancelled by {who}.", expect=job_states.CANCELLABLE,
+    )

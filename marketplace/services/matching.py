@@ -1,0 +1,221 @@
+"""Which offers could take a job now, at what cost, and why none when none fit.
+
+Used by the quote endpoint and the job form; the execution work reserves capacity on top
+of the same eligibility rules.
+"""
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.db.models import F, Q, QuerySet
+from django.utils import timezone
+
+from .. import catalogue
+from ..models import Offer
+from .job_spec import JobSpec
+
+MICRO = Decimal("0.000001")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    code: str
+    label: str  # completes "N offers …", e.g. "in EU", "with ≥ 40 GB GPU memory"
+    q: Q
+
+
+@dataclass
+class Candidate:
+    offer_id: int
+    node_id: int
+    node_name: str
+    provider: str
+    gpu_model: str
+    gpu_memory_gb: int
+    region: str
+    gpus: int
+    price_per_gpu_hour: Decimal
+    reliability: Decimal | None
+    estimated_cost: Decimal
+
+
+@dataclass
+class Quote:
+    feasible: bool
+    candidates: list[Candidate] = field(default_factory=list)
+    estimated_cost: Decimal | None = None
+    estimated_start: str | None = None
+    reasons: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _money(value: Decimal) -> Decimal:
+    return value.quantize(MICRO, rounding=ROUND_HALF_UP)
+
+
+def _fmt(value: Decimal) -> str:
+    return f"{value.quantize(Decimal('0.01'))}"
+
+
+def constraints_for(spec: JobSpec, *, now=None) -> list[Constraint]:
+    """Each of the job's requirements as a filter on the offer search table, in the order
+    a person would relax them last to first."""
+    now = now or timezone.now()
+    hours = spec.duration_hours
+    out = [
+        Constraint("online", "with a connected agent", Q(node_online=True)),
+    ]
+    if spec.wants_cpu:
+        out.append(Constraint("gpu_model", "offering CPU slots", Q(gpu_model=catalogue.CPU)))
+    elif spec.gpu_models:
+        out.append(Constraint("gpu_model", f"with {' or '.join(spec.gpu_models)}",
+                              Q(gpu_model__in=spec.gpu_models)))
+    else:
+        out.append(Constraint("gpu_model", "with GPUs", ~Q(gpu_model=catalogue.CPU)))
+    if spec.regions:
+        region_q = Q()
+        for token in spec.regions:
+            region_q |= Q(region=token) if "-" in token else Q(region__startswith=f"{token}-")
+        out.append(Constraint("region", f"in {' or '.join(spec.regions)}", region_q))
+    if spec.min_gpu_memory_gb:
+        out.append(Constraint("gpu_memory", f"with ≥ {spec.min_gpu_memory_gb} GB GPU memory",
+                              Q(gpu_memory_gb__gte=spec.min_gpu_memory_gb)))
+    if spec.compliance:
+        mask = catalogue.compliance_mask(list(spec.compliance))
+        out.append(Constraint("compliance", f"verified for {', '.join(spec.compliance)}",
+                              Q(compliance_ok=mask)))
+    if spec.min_reliability:
+        out.append(Constraint("reliability", f"with reliability ≥ {spec.min_reliability:.0%}",
+                              Q(reliability__gte=spec.min_reliability)))
+    out.append(Constraint("capacity", f"with {spec.gpus_per_node} free "
+                          f"{'slots' if spec.wants_cpu else 'GPUs'} on one node",
+                          Q(free_gpus__gte=spec.gpus_per_node)))
+    out.append(Constraint(
+        "availability", f"available now for {hours} h",
+        Q(available_from__lte=now)
+        & (Q(available_until__isnull=True) | Q(available_until__gte=now + _hours(hours)))
+        & Q(min_duration_hours__lte=hours)
+        & (Q(max_duration_hours__isnull=True) | Q(max_duration_hours__gte=hours))))
+    out.append(Constraint("price", f"under {_fmt(spec.max_price_per_gpu_hour)} tUSD/GPU-h",
+                          Q(price_per_gpu_hour__lte=spec.max_price_per_gpu_hour)))
+    return out
+
+
+def _hours(hours: Decimal):
+    from datetime import timedelta
+
+    return timedelta(hours=float(hours))
+
+
+def _base(spec: JobSpec) -> QuerySet[Offer]:
+    qs = Offer.objects.filter(status=Offer.Status.ACTIVE).annotate(
+        free_gpus=F("gpus_offered") - F("gpus_reserved"))
+    if spec.compliance:
+        mask = catalogue.compliance_mask(list(spec.compliance))
+        qs = qs.annotate(compliance_ok=F("compliance_verified").bitand(mask))
+    return qs
+
+
+def _filtered(spec: JobSpec, constraints: Iterable[Constraint]) -> QuerySet[Offer]:
+    qs = _base(spec)
+    for c in constraints:
+        qs = qs.filter(c.q)
+    return qs
+
+
+def _pick(spec: JobSpec, qs: QuerySet[Offer], exclude_nodes: Iterable[int] = ()) -> list[Candidate]:
+    """The cheapest offer on each of `spec.nodes` different nodes (lowest total price,
+    since every node carries the same number of GPUs)."""
+    picked: list[Candidate] = []
+    seen = set(exclude_nodes)
+    rows = (qs.select_related("node", "provider")
+            .order_by("price_per_gpu_hour", "-reliability", "id").iterator(chunk_size=200))
+    for offer in rows:
+        if offer.node_id in seen:
+            continue
+        seen.add(offer.node_id)
+        cost = _money(offer.price_per_gpu_hour * spec.gpus_per_node * spec.duration_hours)
+        picked.append(Candidate(
+            offer_id=offer.pk, node_id=offer.node_id, node_name=offer.node.name,
+            provider=offer.provider.name, gpu_model=offer.gpu_model,
+            gpu_memory_gb=offer.gpu_memory_gb, region=offer.region, gpus=spec.gpus_per_node,
+            price_per_gpu_hour=offer.price_per_gpu_hour, reliability=offer.reliability,
+            estimated_cost=cost))
+        if len(picked) == spec.nodes:
+            break
+    return picked
+
+
+def _nodes_matching(qs: QuerySet[Offer]) -> int:
+    return qs.values("node_id").distinct().count()
+
+
+def offers_for(spec: JobSpec, *, exclude_nodes: Iterable[int] = ()) -> list[Candidate]:
+    """The placement the platform would choose now (empty when none fits)."""
+    picked = _pick(spec, _filtered(spec, constraints_for(spec)), exclude_nodes)
+    return picked if len(picked) == spec.nodes else []
+
+
+def quote_job(*, spec: JobSpec) -> Quote:
+    now = timezone.now()
+    constraints = constraints_for(spec, now=now)
+    picked = _pick(spec, _filtered(spec, constraints))
+    if len(picked) == spec.nodes:
+        total = _money(sum((c.estimated_cost for c in picked), Decimal(0)))
+        quote = Quote(feasible=True, candidates=picked, estimated_cost=total,
+                      estimated_start=now.isoformat())
+        if total > spec.budget:
+            quote.feasible = False
+            quote.reasons.append({
+                "code": "over_budget", "constraint": "budget",
+                "message": f"The estimated cost {_fmt(total)} tUSD for {spec.duration_hours} h "
+                           f"exceeds your budget of {_fmt(spec.budget)} tUSD. Raise the budget "
+                           "or shorten the job.",
+            })
+        return quote
+    return Quote(feasible=False, reasons=_explain(spec, constraints))
+
+
+def _explain(spec: JobSpec, constraints: list[Constraint]) -> list[dict]:
+    """A funnel ("40 active offers → 12 in EU → 0 with ≥ 40 GB …") and, for each
+    constraint that blocks, what would fit without it."""
+    need = spec.nodes
+    what = "nodes" if need > 1 else "node"
+    total = _nodes_matching(_base(spec))
+    steps = [f"{total} {'node has' if total == 1 else 'nodes have'} active offers"]
+    qs = _base(spec)
+    blocking = None
+    for c in constraints:
+        qs = qs.filter(c.q)
+        n = _nodes_matching(qs)
+        steps.append(f"{n if n else 'none'} {c.label}")
+        if n < need:
+            blocking = c
+            break
+    reasons = [{
+        "code": "no_match", "constraint": blocking.code if blocking else "",
+        "message": (f"You need {need} {what}; " + " → ".join(steps) + "."),
+    }]
+    for c in constraints:
+        others = [o for o in constraints if o is not c]
+        alt = _pick(spec, _filtered(spec, others))
+        if len(alt) < need:
+            continue
+        cheapest = alt[0]
+        if c.code == "price":
+            top = max(a.price_per_gpu_hour for a in alt)
+            message = (f"The cheapest placement that meets every other constraint costs up to "
+                       f"{_fmt(top)} tUSD/GPU-h (your maximum is "
+                       f"{_fmt(spec.max_price_per_gpu_hour)}).")
+        elif c.code == "online":
+            message = (f"{len(alt)} matching {what} exist but their agents are not connected "
+                       "right now; the job will wait until they are.")
+        else:
+            message = (f"Cheapest that fits without the {c.code.replace('_', ' ')} constraint: "
+                       f"{cheapest.gpu_model} ({cheapest.gpu_memory_gb} GB) in {cheapest.region} "
+                       f"at {_fmt(cheapest.price_per_gpu_hour)} tUSD/GPU-h from {cheapest.provider}.")
+        reasons.append({"code": "relax", "constraint": c.code, "message": message})
+    return reasons

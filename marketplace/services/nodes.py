@@ -1,0 +1,190 @@
+import hashlib
+import secrets
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.db import transaction
+from django.utils import timezone
+
+from .. import catalogue
+from ..errors import MarketError, NotFound, PermissionDenied
+from ..models import Node, Offer, Organization
+from .audit import audit_record
+
+TOKEN_PREFIX = "cmn_"
+
+
+def hash_token(token: str) -> str:
+    # Tokens are 256 random bits, so a fast hash is enough; only the hash is stored.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _new_token() -> tuple[str, str, str]:
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    return token, hash_token(token), token[:10]
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    gpu_model: str
+    gpu_count: int
+    gpu_memory_gb: int | None
+    cpu_cores: int
+    ram_gb: int
+    disk_gb: int
+    region: str
+    compliance: tuple[str, ...] = ()
+    bandwidth_mbps: int | None = None
+
+
+def _validate(spec: NodeSpec) -> dict:
+    name = (spec.name or "").strip()
+    if not name or len(name) > 80:
+        raise MarketError("Name the node (1 to 80 characters).", field="name")
+    model = catalogue.validate_gpu_model(spec.gpu_model)
+    memory = spec.gpu_memory_gb
+    if model == catalogue.CPU:
+        memory = 0
+    elif memory is None:
+        memory = catalogue.GPU_MODELS[model]
+    elif memory < 1 or memory > 1024:
+        raise MarketError("GPU memory must be between 1 and 1024 GB per GPU.",
+                          field="gpu_memory_gb")
+    for field, value, top in (("gpu_count", spec.gpu_count, 64), ("cpu_cores", spec.cpu_cores, 4096),
+                              ("ram_gb", spec.ram_gb, 65536), ("disk_gb", spec.disk_gb, 10**7)):
+        if value is None or value < 1 or value > top:
+            raise MarketError(f"{field.replace('_', ' ')} must be between 1 and {top}.",
+                              field=field)
+    if spec.region not in catalogue.REGIONS:
+        raise MarketError(f"Unknown region '{str(spec.region)[:20]}'. Use a code such as "
+                          "EU-DE or US-CA.", field="region")
+    return {
+        "name": name, "gpu_model": model, "gpu_count": spec.gpu_count, "gpu_memory_gb": memory,
+        "cpu_cores": spec.cpu_cores, "ram_gb": spec.ram_gb, "disk_gb": spec.disk_gb,
+        "region": spec.region, "bandwidth_mbps": spec.bandwidth_mbps,
+        "compliance_claimed": catalogue.compliance_mask(list(spec.compliance)),
+    }
+
+
+def _sync_offers(node: Node) -> None:
+    """Copy the node's searchable attributes onto its offers (the search table)."""
+    Offer.objects.filter(node=node).update(
+        provider=node.provider_id, gpu_model=node.gpu_model, gpu_memory_gb=node.gpu_memory_gb,
+        region=node.region, compliance_verified=node.compliance_verified,
+        reliability=node.reliability, node_online=node.status == Node.Status.ONLINE,
+        updated_at=timezone.now(),
+    )
+
+
+def node_create(*, provider: Organization, spec: NodeSpec, actor=None) -> tuple[Node, str]:
+    """Register a machine. Returns the node and its agent token, shown this once."""
+    if not provider.is_provider:
+        raise PermissionDenied("Only provider organizations can register nodes.")
+    fields = _validate(spec)
+    if Node.objects.filter(provider=provider, name=fields["name"]).exists():
+        raise MarketError("You already have a node with this name.", field="name")
+    token, token_hash, prefix = _new_token()
+    with transaction.atomic():
+        node = Node.objects.create(provider=provider, token_hash=token_hash,
+                                   token_prefix=prefix, **fields)
+        audit_record(actor=actor, action="node.create", obj=node,
+                     message=f"Registered {node}")
+    return node, token
+
+
+def node_update(*, node: Node, spec: NodeSpec, actor=None) -> Node:
+    fields = _validate(spec)
+    if Node.objects.filter(provider=node.provider, name=fields["name"]).exclude(pk=node.pk).exists():
+        raise MarketError("You already have a node with this name.", field="name")
+    offered = sum(node.offers.values_list("gpus_offered", flat=True))
+    if fields["gpu_count"] < offered:
+        raise MarketError(f"Your offers on this node list {offered} GPUs; reduce them first.",
+                          field="gpu_count")
+    with transaction.atomic():
+        claimed = fields["compliance_claimed"]
+        for key, value in fields.items():
+            setattr(node, key, value)
+        # A tag dropped from the claims is no longer verified either.
+        node.compliance_verified &= claimed
+        node.save()
+        _sync_offers(node)
+    return node
+
+
+def node_rotate_token(*, node: Node, actor=None) -> str:
+    token, token_hash, prefix = _new_token()
+    with transaction.atomic():
+        Node.objects.filter(pk=node.pk).update(token_hash=token_hash, token_prefix=prefix)
+        audit_record(actor=actor, action="node.rotate_token", obj=node,
+                     message="Agent token rotated; the old one stops working.")
+    node.token_hash, node.token_prefix = token_hash, prefix
+    return token
+
+
+def node_by_token(token: str) -> Node:
+    node = Node.objects.select_related("provider").filter(token_hash=hash_token(token)).first()
+    if node is None or node.status == Node.Status.SUSPENDED:
+        raise NotFound("Unknown or revoked agent token.")
+    return node
+
+
+def node_suspend(*, node: Node, actor, reason: str = "") -> Node:
+    with transaction.atomic():
+        node = Node.objects.select_for_update().get(pk=node.pk)
+        node.status = Node.Status.SUSPENDED
+        node.save(update_fields=["status", "updated_at"])
+        _sync_offers(node)
+        Offer.objects.filter(node=node, status=Offer.Status.ACTIVE).update(
+            status=Offer.Status.PAUSED)
+        audit_record(actor=actor, action="node.suspend", obj=node,
+                     message=f"Suspended {node.name}: {reason or 'no reason given'}")
+    return node
+
+
+def node_unsuspend(*, node: Node, actor) -> Node:
+    with transaction.atomic():
+        node = Node.objects.select_for_update().get(pk=node.pk)
+        if node.status != Node.Status.SUSPENDED:
+            return node
+        node.status = Node.Status.OFFLINE
+        node.save(update_fields=["status", "updated_at"])
+        _sync_offers(node)
+        audit_record(actor=actor, action="node.unsuspend", obj=node,
+                     message=f"Lifted the suspension of {node.name}")
+    return node
+
+
+def node_verify_compliance(*, node: Node, tags: list[str], actor) -> Node:
+    """An admin confirms some of the node's claimed tags (audited)."""
+    mask = catalogue.compliance_mask(tags)
+    if mask & ~node.compliance_claimed:
+        raise MarketError("Only tags the provider claims can be verified.", field="tags")
+    with transaction.atomic():
+        node = Node.objects.select_for_update().get(pk=node.pk)
+        node.compliance_verified |= mask
+        node.save(update_fields=["compliance_verified", "updated_at"])
+        _sync_offers(node)
+        audit_record(actor=actor, action="node.verify_compliance", obj=node,
+                     message=f"Verified {', '.join(tags)} on {node.name}", data={"tags": tags})
+    return node
+
+
+def node_set_presence(*, node_id: int, online: bool, heartbeat_at=None,
+                      benchmark_tflops: Decimal | None = None, agent_version: str = "") -> None:
+    """Used by the agent connection and the heartbeat watchdog."""
+    with transaction.atomic():
+        node = Node.objects.select_for_update().get(pk=node_id)
+        if node.status == Node.Status.SUSPENDED:
+            return
+        was_online = node.status == Node.Status.ONLINE
+        node.status = Node.Status.ONLINE if online else Node.Status.OFFLINE
+        if heartbeat_at is not None:
+            node.last_heartbeat_at = heartbeat_at
+        if benchmark_tflops is not None:
+            node.benchmark_tflops = benchmark_tflops
+        if agent_version:
+            node.agent_version = agent_version[:32]
+        node.save()
+        if was_online != online:
+            _sync_offers(node)

@@ -1,0 +1,116 @@
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from django.db import transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from ..errors import Conflict, MarketError, PermissionDenied
+from ..models import Node, Offer, Organization
+
+MAX_PRICE = Decimal("10000")
+
+
+@dataclass(frozen=True)
+class OfferSpec:
+    gpus_offered: int
+    price_per_gpu_hour: Decimal
+    available_from: datetime | None = None
+    available_until: datetime | None = None
+    min_duration_hours: Decimal = Decimal("0.25")
+    max_duration_hours: Decimal | None = None
+
+
+def _validate(spec: OfferSpec, node: Node, *, exclude_offer: Offer | None = None) -> dict:
+    price = spec.price_per_gpu_hour
+    if price is None or price <= 0:
+        raise MarketError("The price per GPU-hour must be more than 0 tUSD.",
+                          field="price_per_gpu_hour")
+    if price > MAX_PRICE:
+        raise MarketError(f"The price per GPU-hour must be at most {MAX_PRICE} tUSD.",
+                          field="price_per_gpu_hour")
+    if price != price.quantize(Decimal("0.000001")):
+        raise MarketError("Prices have at most 6 decimal places.", field="price_per_gpu_hour")
+    if spec.gpus_offered is None or spec.gpus_offered < 1:
+        raise MarketError("Offer at least 1 GPU.", field="gpus_offered")
+    others = Offer.objects.filter(node=node)
+    if exclude_offer is not None:
+        others = others.exclude(pk=exclude_offer.pk)
+    listed = others.aggregate(n=Sum("gpus_offered"))["n"] or 0
+    if spec.gpus_offered + listed > node.gpu_count:
+        free = node.gpu_count - listed
+        raise MarketError(f"{node.name} has {node.gpu_count} GPUs and {listed} are listed in "
+                          f"other offers; you can offer at most {max(free, 0)}.",
+                          field="gpus_offered")
+    start = spec.available_from or timezone.now()
+    if spec.available_until is not None and spec.available_until <= start:
+        raise MarketError("The availability window must end after it starts.",
+                          field="available_until")
+    if spec.available_until is not None and spec.available_until <= timezone.now():
+        raise MarketError("The availability window has already ended.", field="available_until")
+    min_h = spec.min_duration_hours
+    if min_h is None or min_h <= 0:
+        raise MarketError("The minimum duration must be more than 0 hours.",
+                          field="min_duration_hours")
+    if spec.max_duration_hours is not None and spec.max_duration_hours < min_h:
+        raise MarketError("The maximum duration cannot be shorter than the minimum.",
+                          field="max_duration_hours")
+    return {
+        "gpus_offered": spec.gpus_offered, "price_per_gpu_hour": price,
+        "available_from": start, "available_until": spec.available_until,
+        "min_duration_hours": min_h, "max_duration_hours": spec.max_duration_hours,
+    }
+
+
+def _node_fields(node: Node) -> dict:
+    return {
+        "provider_id": node.provider_id, "gpu_model": node.gpu_model,
+        "gpu_memory_gb": node.gpu_memory_gb, "region": node.region,
+        "compliance_verified": node.compliance_verified, "reliability": node.reliability,
+        "node_online": node.status == Node.Status.ONLINE,
+    }
+
+
+def _check_owner(provider: Organization, node: Node) -> None:
+    if node.provider_id != provider.pk:
+        raise PermissionDenied("That node belongs to another provider.")
+    if node.status == Node.Status.SUSPENDED:
+        raise PermissionDenied("That node is suspended; its offers cannot change.")
+
+
+def offer_create(*, provider: Organization, node: Node, spec: OfferSpec) -> Offer:
+    _check_owner(provider, node)
+    with transaction.atomic():
+        # Lock the node so that two concurrent offers cannot list more GPUs than it has.
+        node = Node.objects.select_for_update().get(pk=node.pk)
+        fields = _validate(spec, node)
+        return Offer.objects.create(node=node, **fields, **_node_fields(node))
+
+
+def offer_update(*, provider: Organization, offer: Offer, spec: OfferSpec) -> Offer:
+    _check_owner(provider, offer.node)
+    with transaction.atomic():
+        node = Node.objects.select_for_update().get(pk=offer.node_id)
+        offer = Offer.objects.select_for_update().get(pk=offer.pk)
+        fields = _validate(spec, node, exclude_offer=offer)
+        if fields["gpus_offered"] < offer.gpus_reserved:
+            raise MarketError(f"{offer.gpus_reserved} GPUs of this offer are reserved by running "
+                              "jobs; you cannot offer fewer.", field="gpus_offered")
+        for key, value in fields.items():
+            setattr(offer, key, value)
+        offer.save()
+    return offer
+
+
+def offer_set_status(*, provider: Organization | None, offer: Offer, status: str) -> Offer:
+    """Pause or resume a listing. `provider=None` is an admin acting on any offer."""
+    if status not in Offer.Status.values:
+        raise MarketError("Status must be active or paused.", field="status")
+    if provider is not None:
+        _check_owner(provider, offer.node)
+    elif status == Offer.Status.ACTIVE and offer.node.status == Node.Status.SUSPENDED:
+        raise Conflict("The node is suspended; lift the suspension first.")
+    Offer.objects.filter(pk=offer.pk).update(status=status, updated_at=timezone.now())
+    offer.status = status
+    return offer

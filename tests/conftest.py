@@ -1,0 +1,108 @@
+"""Fixed actors (STYLE.md): alice consumer, bob other consumer, carol provider, dave other
+provider, admin staff. Tests run on PostgreSQL (webapp/settings_test.py)."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from marketplace.models import Organization
+
+from .factories import NodeFactory, OfferFactory, OrganizationFactory, UserFactory
+
+
+@pytest.fixture
+def healthcare(db):
+    return OrganizationFactory(name="Medisight", slug="medisight",
+                               kind=Organization.Kind.CONSUMER,
+                               sector=Organization.Sector.HEALTHCARE)
+
+
+@pytest.fixture
+def energy(db):
+    return OrganizationFactory(name="GridCast", slug="gridcast", kind=Organization.Kind.CONSUMER,
+                               sector=Organization.Sector.ENERGY)
+
+
+@pytest.fixture
+def provider_org(db):
+    return OrganizationFactory(name="Nordic GPU", slug="nordic-gpu",
+                               kind=Organization.Kind.PROVIDER,
+                               sector=Organization.Sector.OTHER)
+
+
+@pytest.fixture
+def other_provider_org(db):
+    return OrganizationFactory(name="Render Farm SG", slug="render-farm-sg",
+                               kind=Organization.Kind.PROVIDER,
+                               sector=Organization.Sector.OTHER)
+
+
+@pytest.fixture
+def alice(healthcare):
+    return UserFactory(username="alice", organization=healthcare)
+
+
+@pytest.fixture
+def bob(energy):
+    return UserFactory(username="bob", organization=energy)
+
+
+@pytest.fixture
+def carol(provider_org):
+    return UserFactory(username="carol", organization=provider_org)
+
+
+@pytest.fixture
+def dave(other_provider_org):
+    return UserFactory(username="dave", organization=other_provider_org)
+
+
+@pytest.fixture
+def admin_user(db):
+    return UserFactory(username="admin", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def api():
+    """An API client; `api.as_user(u)` authenticates with u's token."""
+    client = APIClient()
+
+    def as_user(user):
+        client.credentials()
+        if user is not None:
+            token, _ = Token.objects.get_or_create(user=user)
+            client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+        return client
+
+    client.as_user = as_user
+    return client
+
+
+@pytest.fixture
+def carol_node(carol, provider_org):
+    return NodeFactory(provider=provider_org, name="carol-a100", gpu_model="A100 80GB",
+                       gpu_count=8, gpu_memory_gb=80, region="EU-DE")
+
+
+@pytest.fixture
+def carol_offer(carol_node):
+    return OfferFactory(node=carol_node)
+
+
+@pytest.fixture
+def dave_node(dave, other_provider_org):
+    return NodeFactory(provider=other_provider_org, name="dave-4090", gpu_model="RTX 4090",
+                       gpu_count=4, gpu_memory_gb=24, region="AP-SG")
+
+
+@pytest.fixture
+def dave_offer(dave_node):
+    return OfferFactory(node=dave_node)
+
+
+@pytest.fixture
+def future():
+    return timezone.now() + timedelta(days=3)
