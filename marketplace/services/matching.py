@@ -90,8 +90,9 @@ def constraints_for(spec: JobSpec, *, now=None) -> list[Constraint]:
     if spec.min_reliability:
         out.append(Constraint("reliability", f"with reliability ≥ {spec.min_reliability:.0%}",
                               Q(reliability__gte=spec.min_reliability)))
-    out.append(Constraint("capacity", f"with {spec.gpus_per_node} free "
-                          f"{'slots' if spec.wants_cpu else 'GPUs'} on one node",
+    unit = "CPU slot" if spec.wants_cpu else "GPU"
+    plural = "s" if spec.gpus_per_node > 1 else ""
+    out.append(Constraint("capacity", f"with {spec.gpus_per_node} free {unit}{plural} on one node",
                           Q(free_gpus__gte=spec.gpus_per_node)))
     out.append(Constraint(
         "availability", f"available now for {hours} h",

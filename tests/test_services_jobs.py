@@ -1,0 +1,83 @@
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from marketplace.errors import MarketError, PermissionDenied
+from marketplace.job_states import IllegalTransition
+from marketplace.models import Job, JobEvent
+from marketplace.services.job_spec import JobSpec
+from marketplace.services.jobs import job_cancel, job_submit
+
+from .factories import JobFactory
+
+
+def spec(**over) -> JobSpec:
+    base = dict(name="Sepsis risk", template="tabular-classifier", dataset="sample:breast-cancer",
+                nodes=1, gpus_per_node=2, max_price_per_gpu_hour=Decimal("2"),
+                budget=Decimal("50"), deadline=timezone.now() + timedelta(days=2))
+    return JobSpec(**{**base, **over})
+
+
+def test_submit_fills_defaults_and_logs_the_timeline(healthcare, alice):
+    job = job_submit(owner=healthcare, spec=spec(params={"epochs": 3}), actor=alice)
+    assert job.status == Job.Status.SUBMITTED
+    assert job.params["epochs"] == 3 and job.params["batch_size"] == 64
+    event = job.events.get()
+    assert (event.from_status, event.to_status, event.reason) == ("draft", "submitted", "submitted")
+    assert "alice" in event.message
+
+
+@pytest.mark.parametrize(("over", "field"), [
+    ({"template": "gpt-17"}, "template"),
+    ({"params": {"epochs": 0}}, "params.epochs"),
+    ({"params": {"warp_speed": 9}}, "params"),
+    ({"params": [1, 2]}, "params"),
+    ({"dataset": "sample:mnist"}, "dataset"),
+    ({"dataset": "999999"}, "dataset"),
+    ({"dataset": "s3://bucket/x.csv"}, "dataset"),
+    ({"nodes": 0}, "nodes"),
+    ({"nodes": 33}, "nodes"),
+    ({"gpus_per_node": 0}, "gpus_per_node"),
+    ({"gpu_models": ["GTX 9999"]}, "gpu_models"),
+    ({"gpu_models": ["cpu", "L40S"]}, "gpu_models"),
+    ({"regions": ["ATLANTIS"]}, "regions"),
+    ({"compliance": ["pci"]}, "compliance"),
+    ({"min_reliability": Decimal("1.5")}, "min_reliability"),
+    ({"max_price_per_gpu_hour": Decimal("0")}, "max_price_per_gpu_hour"),
+    ({"max_price_per_gpu_hour": Decimal("-2")}, "max_price_per_gpu_hour"),
+    ({"budget": Decimal("0")}, "budget"),
+    ({"budget": Decimal("1.0000001")}, "budget"),
+    ({"deadline": timezone.now() - timedelta(minutes=1)}, "deadline"),
+    ({"deadline": timezone.now() + timedelta(minutes=30), "duration_hours": Decimal("2")}, "deadline"),
+    ({"duration_hours": Decimal("0")}, "duration_hours"),
+    ({"name": ""}, "name"),
+    ({"name": "n" * 121}, "name"),
+])
+def test_bad_specs_name_the_field_and_write_nothing(healthcare, over, field):
+    with pytest.raises(MarketError) as err:
+        job_submit(owner=healthcare, spec=spec(**over))
+    assert err.value.field == field, err.value.message
+    assert not Job.objects.exists() and not JobEvent.objects.exists()
+
+
+def test_providers_cannot_submit_jobs(provider_org):
+    with pytest.raises(PermissionDenied):
+        job_submit(owner=provider_org, spec=spec())
+
+
+def test_cancel_and_cancel_again(healthcare, alice):
+    job = job_submit(owner=healthcare, spec=spec(), actor=alice)
+    job_cancel(job=job, actor=alice)
+    assert Job.objects.get(pk=job.pk).status == Job.Status.CANCELLED
+    with pytest.raises(IllegalTransition):
+        job_cancel(job=job, actor=alice)
+    assert job.events.filter(to_status="cancelled").count() == 1
+
+
+def test_a_completed_job_cannot_be_cancelled(db):
+    job = JobFactory(status=Job.Status.COMPLETED)
+    with pytest.raises(IllegalTransition):
+        job_cancel(job=job)
+    assert Job.objects.get(pk=job.pk).status == Job.Status.COMPLETED
