@@ -198,6 +198,12 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Three models have a `status`; name their enums instead of hashing them.
+    "ENUM_NAME_OVERRIDES": {
+        "JobStatusEnum": "marketplace.models.Job.Status",
+        "NodeStatusEnum": "marketplace.models.Node.Status",
+        "OfferStatusEnum": "marketplace.models.Offer.Status",
+    },
 }
 
 # --- Platform ----------------------------------------------------------------------

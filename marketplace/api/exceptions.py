@@ -1,1 +1,77 @@
-placeholder = True
+"""One exception handler for the whole API: every error is a JSON object
+
+    {"detail": "<a sentence a person can act on>", "field": "<input at fault>" | null,
+     "code": "<machine-readable>"}
+
+plus `errors` ({field: [messages]}) for input validation. Domain errors (MarketError)
+come from the services; anything else unexpected stays a 500 so that it gets fixed.
+"""
+
+from typing import Any
+
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.views import set_rollback
+
+from ..errors import MarketError
+
+
+def _flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:
+    """{"a": {"b": ["msg"]}} -> {"a.b": ["msg"]}; list items by index ("regions.2")."""
+    out: dict[str, list[str]] = {}
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            name = str(key) if key != "non_field_errors" else ""
+            out.update(_flatten(value, f"{prefix}.{name}" if prefix and name else prefix or name))
+    elif isinstance(detail, list):
+        if all(not isinstance(item, dict | list) for item in detail):
+            out.setdefault(prefix, []).extend(str(item) for item in detail)
+        else:
+            for i, item in enumerate(detail):
+                if item:
+                    out.update(_flatten(item, f"{prefix}.{i}" if prefix else str(i)))
+    else:
+        out.setdefault(prefix, []).append(str(detail))
+    return out
+
+
+def _first_code(exc: exceptions.APIException) -> str:
+    codes = exc.get_codes()
+    while isinstance(codes, dict | list) and codes:
+        codes = next(iter(codes.values())) if isinstance(codes, dict) else codes[0]
+    return codes if isinstance(codes, str) else "invalid"
+
+
+def _validation_body(exc: exceptions.ValidationError) -> dict[str, Any]:
+    errors = _flatten(exc.detail)
+    field, messages = next(iter(errors.items()), ("", ["Invalid input."]))
+    detail = f"{field}: {messages[0]}" if field else messages[0]
+    return {"detail": detail, "field": field or None, "code": _first_code(exc),
+            "errors": errors}
+
+
+def api_exception_handler(exc: Exception, context: dict) -> Response | None:
+    if isinstance(exc, MarketError):
+        set_rollback()
+        return Response({"detail": exc.message, "field": exc.field, "code": exc.code},
+                        status=exc.status_code)
+    if isinstance(exc, RequestDataTooBig):
+        return Response({"detail": "The request body is too large.", "field": None,
+                         "code": "too_large"}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+    if isinstance(exc, SuspiciousOperation):
+        # Too many fields or files, a malformed multipart body: the client's fault.
+        return Response({"detail": "The request could not be read.", "field": None,
+                         "code": "bad_request"}, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, exceptions.ValidationError):
+        response = drf_exception_handler(exc, context)
+        if response is not None:
+            response.data = _validation_body(exc)
+        return response
+    response = drf_exception_handler(exc, context)
+    if response is not None and isinstance(exc, exceptions.APIException):
+        detail = exc.detail
+        message = str(detail if not isinstance(detail, list | dict) else _flatten(detail))
+        response.data = {"detail": message, "field": None, "code": _first_code(exc)}
+    return response

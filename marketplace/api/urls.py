@@ -1,1 +1,17 @@
-urlpatterns: list = []
+from django.urls import path
+from rest_framework.routers import DefaultRouter
+
+from . import views
+
+router = DefaultRouter()
+router.register("templates", views.TemplateViewSet, basename="template")
+router.register("offers", views.OfferViewSet, basename="offer")
+router.register("nodes", views.NodeViewSet, basename="node")
+router.register("jobs", views.JobViewSet, basename="job")
+router.register("datasets", views.DatasetViewSet, basename="dataset")
+
+app_name = "api"
+urlpatterns = [
+    path("auth/token/", views.TokenView.as_view(), name="auth-token"),
+    *router.urls,
+]

@@ -188,3 +188,19 @@ def node_set_presence(*, node_id: int, online: bool, heartbeat_at=None,
         node.save()
         if was_online != online:
             _sync_offers(node)
+
+
+def node_spec_validate(*, spec: NodeSpec, provider: Organization, node: Node | None = None) -> None:
+    """Raise MarketError naming the field when node_create/node_update would refuse `spec`;
+    forms (e.g. the admin) call it before writing so that errors land on the form."""
+    fields = _validate(spec)
+    others = Node.objects.filter(provider=provider, name=fields["name"])
+    if node is not None:
+        others = others.exclude(pk=node.pk)
+    if others.exists():
+        raise MarketError("You already have a node with this name.", field="name")
+    if node is not None:
+        offered = sum(node.offers.values_list("gpus_offered", flat=True))
+        if fields["gpu_count"] < offered:
+            raise MarketError(f"Your offers on this node list {offered} GPUs; reduce them "
+                              "first.", field="gpu_count")

@@ -114,3 +114,13 @@ def offer_set_status(*, provider: Organization | None, offer: Offer, status: str
     Offer.objects.filter(pk=offer.pk).update(status=status, updated_at=timezone.now())
     offer.status = status
     return offer
+
+
+def offer_spec_validate(*, spec: OfferSpec, node: Node, offer: Offer | None = None) -> None:
+    """Raise MarketError naming the field when offer_create/offer_update would refuse `spec`
+    on the node's own provider's behalf; forms call it before writing."""
+    _check_owner(node.provider, node)
+    _validate(spec, node, exclude_offer=offer)
+    if offer is not None and spec.gpus_offered < offer.gpus_reserved:
+        raise MarketError(f"{offer.gpus_reserved} GPUs of this offer are reserved by running "
+                          "jobs; you cannot offer fewer.", field="gpus_offered")

@@ -1,1 +1,35 @@
-urlpatterns: list = []
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from . import accounts, jobs, market, provider
+
+urlpatterns = [
+    path("", market.home, name="home"),
+    # Accounts
+    path("login/", auth_views.LoginView.as_view(template_name="accounts/login.html",
+                                                redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("signup/", accounts.signup, name="signup"),
+    path("organization/", accounts.organization, name="organization"),
+    path("organization/rotate-join-code/", accounts.organization_rotate_code,
+         name="organization_rotate_code"),
+    # Market
+    path("offers/", market.offer_list, name="offers"),
+    path("offers/<int:pk>/", market.offer_detail, name="offer_detail"),
+    # Jobs (consumers)
+    path("jobs/", jobs.job_list, name="jobs"),
+    path("jobs/new/", jobs.job_new, name="job_new"),
+    path("jobs/new/quote/", jobs.job_quote, name="job_quote"),
+    path("jobs/new/template-fields/", jobs.job_template_fields, name="job_template_fields"),
+    path("jobs/<int:pk>/", jobs.job_detail, name="job_detail"),
+    path("jobs/<int:pk>/cancel/", jobs.job_cancel_view, name="job_cancel"),
+    # Providers
+    path("provider/nodes/", provider.node_list, name="provider_nodes"),
+    path("provider/nodes/new/", provider.node_new, name="provider_node_new"),
+    path("provider/nodes/<int:pk>/rotate-token/", provider.node_rotate,
+         name="provider_node_rotate"),
+    path("provider/offers/", provider.offer_mine, name="provider_offers"),
+    path("provider/offers/new/", provider.offer_new, name="provider_offer_new"),
+    path("provider/offers/<int:pk>/edit/", provider.offer_edit, name="provider_offer_edit"),
+    path("provider/offers/<int:pk>/status/", provider.offer_status, name="provider_offer_status"),
+]

@@ -1,0 +1,31 @@
+# One image for every Django service in docker-compose.yml (web, workers, beat).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    DJANGO_SETTINGS_MODULE=webapp.settings
+
+WORKDIR /app
+
+# Dependencies first, so that a code change does not reinstall them.
+COPY pyproject.toml README.md ./
+COPY webapp/__init__.py webapp/
+COPY marketplace/__init__.py marketplace/
+COPY workers/__init__.py workers/
+RUN pip install . && pip uninstall -y computemesh
+
+COPY . .
+RUN pip install --no-deps . \
+    # Settings need a secret even for collectstatic; this one exists only in this layer.
+    && SECRET_KEY=collectstatic-only-not-a-secret DATABASE_URL=sqlite:////tmp/build.sqlite3 \
+       python manage.py collectstatic --noinput -v 0 \
+    && rm -f /tmp/build.sqlite3 \
+    && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin computemesh \
+    && mkdir -p /app/var/media \
+    && chown -R computemesh /app/var
+
+USER computemesh
+EXPOSE 8000
+CMD ["daphne", "--proxy-headers", "-b", "0.0.0.0", "-p", "8000", "webapp.asgi:application"]

@@ -1,0 +1,155 @@
+# ComputeMesh — the two commands are `make demo` and `make test` (see README.md).
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+# Rewritten after every successful install; older than pyproject.toml means "reinstall".
+STAMP := $(VENV)/.computemesh-installed
+
+BIND ?= 127.0.0.1
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+# `make test` runs against the machine's own services unless DATABASE_URL/REDIS_URL say
+# otherwise (webapp/settings_test.py has the same defaults).
+PG_HOST := 127.0.0.1
+PG_PORT := 5432
+PG_DB := computemesh
+PG_URL := postgres://postgres@$(PG_HOST):$(PG_PORT)/$(PG_DB)
+REDIS_HOST := 127.0.0.1
+REDIS_PORT := 6379
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: help install demo test lint checks services chromium migrate serve bench clean distclean
+
+help:
+	@echo "make demo     install, migrate, seed and serve the demo at http://$(BIND):$(PORT)/"
+	@echo "make test     install, start PostgreSQL/Redis if needed, lint, checks, whole test suite"
+	@echo "make lint     ruff and a parse of docker-compose.yml"
+	@echo "make migrate  apply migrations to DATABASE_URL (embedded SQLite when unset)"
+	@echo "make serve    production-like ASGI server (daphne; DEBUG off, needs SECRET_KEY)"
+	@echo "make bench    bench/offer_search.py against PostgreSQL"
+	@echo "make clean    remove caches, build output, var/ and the demo database"
+	@echo "make distclean  clean, and remove $(VENV)"
+
+# --- install: a venv with python3.11, reinstalled only when pyproject.toml changes -------
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@if ! $(PY) -c 'import sys' >/dev/null 2>&1; then \
+	  command -v $(PYTHON) >/dev/null || { \
+	    echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'" >&2; \
+	    exit 1; }; \
+	  echo "==> creating $(VENV) with $$($(PYTHON) --version)"; \
+	  rm -rf $(VENV); \
+	  $(PYTHON) -m venv $(VENV); \
+	fi
+	@echo "==> installing ComputeMesh and its dev tools into $(VENV)"
+	@$(PIP) install --quiet --progress-bar off -e ".[dev]"
+	@touch $@
+
+# --- demo: embedded defaults (SQLite file, in-memory channel layer, eager Celery) -------
+demo: install
+	@echo "==> migrating the demo database"
+	@DEBUG=1 $(PY) manage.py migrate --noinput -v 0
+	@echo "==> seeding demo data"
+	@DEBUG=1 $(PY) manage.py seed_demo
+	@echo
+	@echo "  ComputeMesh demo: http://$(BIND):$(PORT)/   (API docs: /api/docs/, admin: /admin/)"
+	@echo "  Log in as (password demo-pass-123 for all; demo only):"
+	@echo "    alice   consumer, healthcare start-up"
+	@echo "    erin    consumer, energy start-up"
+	@echo "    carol   provider"
+	@echo "    admin   staff (Django admin)"
+	@echo "  Ctrl-C stops the server."
+	@echo
+	@exec $(PY) -m webapp.devserver --host $(BIND) --port $(PORT)
+
+# --- test: the whole suite on PostgreSQL and Redis ------------------------------------
+test: install services chromium lint checks
+	@echo "==> pytest"
+	@$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: install
+	@echo "==> ruff check"
+	@$(VENV)/bin/ruff check .
+	@$(PY) -c 'import yaml; yaml.safe_load(open("docker-compose.yml"))' \
+	  || { echo "error: docker-compose.yml is not valid YAML" >&2; exit 1; }
+
+# Migrations match the models; production settings pass Django's deployment checks.
+checks: install services
+	@echo "==> makemigrations --check"
+	@DJANGO_SETTINGS_MODULE=webapp.settings_test $(PY) manage.py makemigrations --check --dry-run
+	@echo "==> check --deploy (production-like environment)"
+	@env DJANGO_SETTINGS_MODULE=webapp.settings DEBUG=0 \
+	  SECRET_KEY="$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))')" \
+	  ALLOWED_HOSTS=example.com DATABASE_URL=$(PG_URL) \
+	  $(PY) manage.py check --deploy --fail-level WARNING
+
+# Start the machine's PostgreSQL and Redis when they are down, wait until they answer,
+# and create the database that the check above and `make migrate` use.
+services:
+	@if ! pg_isready -q -h $(PG_HOST) -p $(PG_PORT); then \
+	  echo "==> starting PostgreSQL"; \
+	  command -v pg_ctlcluster >/dev/null || { \
+	    echo "error: PostgreSQL is not running on $(PG_HOST):$(PG_PORT) and pg_ctlcluster is missing; start it yourself" >&2; \
+	    exit 1; }; \
+	  pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | sort -V | tail -n1) main start || true; \
+	  for i in $$(seq 60); do pg_isready -q -h $(PG_HOST) -p $(PG_PORT) && break; sleep 0.5; done; \
+	  pg_isready -q -h $(PG_HOST) -p $(PG_PORT) || { \
+	    echo "error: PostgreSQL did not come up on $(PG_HOST):$(PG_PORT)" >&2; exit 1; }; \
+	fi
+	@psql -h $(PG_HOST) -p $(PG_PORT) -U postgres -d postgres -tAc \
+	    "SELECT 1 FROM pg_database WHERE datname = '$(PG_DB)'" | grep -q 1 \
+	  || createdb -h $(PG_HOST) -p $(PG_PORT) -U postgres $(PG_DB)
+	@if ! redis-cli -h $(REDIS_HOST) -p $(REDIS_PORT) ping 2>/dev/null | grep -q PONG; then \
+	  echo "==> starting Redis"; \
+	  command -v redis-server >/dev/null || { \
+	    echo "error: Redis is not running on $(REDIS_HOST):$(REDIS_PORT) and redis-server is missing; start it yourself" >&2; \
+	    exit 1; }; \
+	  mkdir -p /var/lib/redis /var/log/redis; \
+	  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port $(REDIS_PORT) --save "" \
+	    --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log; \
+	  for i in $$(seq 60); do redis-cli -h $(REDIS_HOST) -p $(REDIS_PORT) ping 2>/dev/null | grep -q PONG && break; sleep 0.5; done; \
+	  redis-cli -h $(REDIS_HOST) -p $(REDIS_PORT) ping 2>/dev/null | grep -q PONG || { \
+	    echo "error: Redis did not come up on $(REDIS_HOST):$(REDIS_PORT)" >&2; exit 1; }; \
+	fi
+
+# The browser tests drive Debian's Chromium (Playwright cannot download its own here).
+chromium:
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  echo "==> installing Debian's chromium for the browser tests"; \
+	  sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  log=$$(mktemp); \
+	  { $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q \
+	    && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } >"$$log" 2>&1 \
+	    || { cat "$$log" >&2; echo "error: could not install chromium" >&2; exit 1; }; \
+	  rm -f "$$log"; \
+	fi
+
+# --- operations --------------------------------------------------------------------
+# Uses the environment as it is: set DATABASE_URL and SECRET_KEY, or DEBUG=1 for the
+# embedded SQLite database.
+migrate: install
+	@$(PY) manage.py migrate --noinput
+
+# Production-like: DEBUG off, static files collected and served by WhiteNoise, daphne
+# behind a TLS-terminating proxy (SECURE_SSL_REDIRECT is on by default without DEBUG).
+serve: install
+	@$(PY) manage.py collectstatic --noinput -v 0
+	@exec $(VENV)/bin/daphne --proxy-headers -b $(BIND) -p $(PORT) webapp.asgi:application
+
+bench: install services
+	@$(PY) bench/offer_search.py
+
+clean:
+	rm -rf .pytest_cache .ruff_cache build dist *.egg-info test-results bench/results var
+	rm -f computemesh.sqlite3 computemesh.sqlite3-*
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

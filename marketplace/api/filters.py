@@ -1,0 +1,124 @@
+"""Query-string filters. Unknown values are a 400 naming the parameter, never ignored:
+a typo in `region` must not silently widen a search."""
+
+from decimal import Decimal
+
+import django_filters as df
+from django import forms
+from django.db.models import F, Q, QuerySet
+
+from .. import catalogue
+from ..models import Job, Offer
+
+MAX_INT = 2**31 - 1
+
+
+class StrictBooleanField(forms.Field):
+    """true/false/1/0/yes/no; anything else is an error (forms' NullBooleanField would
+    quietly read it as 'no filter')."""
+
+    TRUE = {"true", "1", "yes", "on"}
+    FALSE = {"false", "0", "no", "off"}
+    default_error_messages = {"invalid": "Use true or false."}
+
+    def to_python(self, value):
+        if value in (None, ""):
+            return None
+        text = str(value).strip().lower()
+        if text in self.TRUE:
+            return True
+        if text in self.FALSE:
+            return False
+        raise forms.ValidationError(self.error_messages["invalid"], code="invalid")
+
+
+class StrictBooleanFilter(df.BooleanFilter):
+    field_class = StrictBooleanField
+
+
+class IntegerFilter(df.NumberFilter):
+    field_class = forms.IntegerField
+
+
+def _choices_message(kind: str, known: list[str]) -> dict[str, str]:
+    return {"invalid_choice": f"Unknown {kind} '%(value)s'. Known: {', '.join(known)}."}
+
+
+class OfferOrdering(df.OrderingFilter):
+    """Price, GPU memory or reliability, either way; ties broken by id so that pages are
+    stable. Nodes without a reliability record ("new") sort last both ways."""
+
+    def filter(self, qs: QuerySet, value):
+        if not value:
+            return qs
+        order = []
+        for param in value:
+            descending = param.startswith("-")
+            name = self.param_map[param.lstrip("-")]
+            expr = F(name)
+            order.append(expr.desc(nulls_last=True) if descending else expr.asc(nulls_last=True))
+        return qs.order_by(*order, "id")
+
+
+class OfferFilter(df.FilterSet):
+    gpu_model = df.MultipleChoiceFilter(
+        choices=[(m, m) for m in catalogue.GPU_MODELS],
+        error_messages=_choices_message("GPU model", list(catalogue.GPU_MODELS)),
+        help_text="GPU model; repeat for several (any of them).")
+    min_gpus = IntegerFilter(method="filter_min_gpus", min_value=1, max_value=MAX_INT,
+                             help_text="At least this many free GPUs (CPU slots for cpu).")
+    min_gpu_memory_gb = IntegerFilter(field_name="gpu_memory_gb", lookup_expr="gte",
+                                      min_value=0, max_value=MAX_INT,
+                                      help_text="Memory per GPU, GB, at least.")
+    region = df.MultipleChoiceFilter(
+        choices=[(r, r) for r in [*catalogue.REGIONS, *catalogue.REGION_BLOCS]],
+        method="filter_region",
+        error_messages=_choices_message("region", [*catalogue.REGIONS, *catalogue.REGION_BLOCS]),
+        help_text="A region code (EU-DE) or a bloc (EU); repeat for several (any of them).")
+    compliance = df.MultipleChoiceFilter(
+        choices=[(t, t) for t in catalogue.COMPLIANCE_TAGS], method="filter_compliance",
+        error_messages=_choices_message("compliance tag", list(catalogue.COMPLIANCE_TAGS)),
+        help_text="Verified compliance tag; repeat to require all of them.")
+    max_price = df.NumberFilter(field_name="price_per_gpu_hour", lookup_expr="lte",
+                                min_value=Decimal("0.000001"), max_digits=20, decimal_places=6,
+                                help_text="Price per GPU-hour in tUSD, at most.")
+    min_reliability = df.NumberFilter(field_name="reliability", lookup_expr="gte",
+                                      min_value=0, max_value=1, max_digits=5, decimal_places=4,
+                                      help_text="Share 0–1; excludes new nodes.")
+    online = StrictBooleanFilter(field_name="node_online",
+                                 help_text="Only offers whose node's agent is connected.")
+    ordering = OfferOrdering(
+        fields=(("price_per_gpu_hour", "price_per_gpu_hour"), ("gpu_memory_gb", "gpu_memory_gb"),
+                ("reliability", "reliability")),
+        help_text="price_per_gpu_hour, gpu_memory_gb or reliability; prefix - to reverse.")
+
+    class Meta:
+        model = Offer
+        fields: list[str] = []
+
+    def filter_min_gpus(self, qs: QuerySet, name: str, value: int) -> QuerySet:
+        return qs.filter(gpus_offered__gte=F("gpus_reserved") + value)
+
+    def filter_region(self, qs: QuerySet, name: str, value: list[str]) -> QuerySet:
+        if not value:
+            return qs
+        q = Q()
+        for token in value:
+            q |= Q(region=token) if "-" in token else Q(region__startswith=f"{token}-")
+        return qs.filter(q)
+
+    def filter_compliance(self, qs: QuerySet, name: str, value: list[str]) -> QuerySet:
+        if not value:
+            return qs
+        mask = catalogue.compliance_mask(value)
+        return qs.annotate(_compliance_ok=F("compliance_verified").bitand(mask)).filter(
+            _compliance_ok=mask)
+
+
+class JobFilter(df.FilterSet):
+    status = df.MultipleChoiceFilter(choices=Job.Status.choices,
+                                     help_text="Job status; repeat for several.")
+
+    class Meta:
+        model = Job
+        fields: list[str] = []

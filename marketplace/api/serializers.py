@@ -1,0 +1,338 @@
+"""Input serializers parse and type-check; the services own the domain rules and their
+messages. Output serializers render. Decimals are strings (money keeps its 6 places)."""
+
+from decimal import Decimal
+
+from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from .. import catalogue
+from ..models import Dataset, Job, JobEvent, Node, Offer
+from ..services.job_spec import JobSpec
+from ..services.nodes import NodeSpec
+from ..services.offers import OfferSpec
+
+MAX_ID = 2**63 - 1
+SMALL = 32767  # PositiveSmallIntegerField
+MONEY = {"max_digits": 20, "decimal_places": 6}
+UNIT = "tUSD/GPU-h"
+
+
+def _tags(max_items: int = 16):
+    return serializers.ListField(child=serializers.CharField(max_length=32), max_length=max_items,
+                                 required=False, default=list)
+
+
+# --- Templates -----------------------------------------------------------------------
+
+class TemplateSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    title = serializers.CharField()
+    sector = serializers.CharField()
+    description = serializers.CharField()
+    metric = serializers.CharField()
+    dataset_kind = serializers.CharField()
+    params_schema = serializers.JSONField()
+    defaults = serializers.SerializerMethodField()
+    samples = serializers.ListField(child=serializers.DictField())
+
+    def get_defaults(self, template: catalogue.Template) -> dict:
+        return template.defaults()
+
+
+# --- Offers --------------------------------------------------------------------------
+
+class OfferSerializer(serializers.ModelSerializer):
+    node_name = serializers.CharField(source="node.name", read_only=True)
+    provider = serializers.CharField(source="provider.name", read_only=True)
+    gpus_available = serializers.IntegerField(read_only=True)
+    unit = serializers.SerializerMethodField()
+    region_name = serializers.SerializerMethodField()
+    compliance = serializers.ListField(source="compliance_tags", child=serializers.CharField(),
+                                       read_only=True)
+    is_new = serializers.SerializerMethodField()
+    online = serializers.BooleanField(source="node_online", read_only=True)
+
+    class Meta:
+        model = Offer
+        fields = ["id", "node", "node_name", "provider", "gpu_model", "gpu_memory_gb",
+                  "gpus_offered", "gpus_available", "price_per_gpu_hour", "unit", "region",
+                  "region_name", "compliance", "reliability", "is_new", "online",
+                  "available_from", "available_until", "min_duration_hours",
+                  "max_duration_hours", "status"]
+        read_only_fields = fields
+
+    def get_unit(self, offer: Offer) -> str:
+        return UNIT
+
+    def get_region_name(self, offer: Offer) -> str:
+        return catalogue.REGIONS.get(offer.region, offer.region)
+
+    def get_is_new(self, offer: Offer) -> bool:
+        return offer.reliability is None
+
+
+class OfferWriteSerializer(serializers.Serializer):
+    """Create takes `node`; update (PUT/PATCH) keeps the offer on its node."""
+
+    node = serializers.IntegerField(min_value=1, max_value=MAX_ID,
+                                    help_text="One of your nodes (create only).")
+    gpus_offered = serializers.IntegerField(min_value=1, max_value=SMALL)
+    price_per_gpu_hour = serializers.DecimalField(**MONEY, help_text="tUSD per GPU-hour.")
+    available_from = serializers.DateTimeField(required=False, allow_null=True)
+    available_until = serializers.DateTimeField(required=False, allow_null=True)
+    min_duration_hours = serializers.DecimalField(max_digits=8, decimal_places=2,
+                                                  required=False, default=Decimal("0.25"))
+    max_duration_hours = serializers.DecimalField(max_digits=8, decimal_places=2,
+                                                  required=False, allow_null=True)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance is not None:
+            self.fields.pop("node")
+
+    def to_spec(self, base: Offer | None = None) -> OfferSpec:
+        data = dict(self.validated_data)
+        if base is not None and self.partial:
+            for name in self.fields:
+                data.setdefault(name, getattr(base, name))
+        return OfferSpec(
+            gpus_offered=data["gpus_offered"], price_per_gpu_hour=data["price_per_gpu_hour"],
+            available_from=data.get("available_from"),
+            available_until=data.get("available_until"),
+            min_duration_hours=data.get("min_duration_hours", Decimal("0.25")),
+            max_duration_hours=data.get("max_duration_hours"),
+        )
+
+
+# --- Nodes ---------------------------------------------------------------------------
+
+class NodeSerializer(serializers.ModelSerializer):
+    compliance_claimed = serializers.ListField(source="claimed_tags",
+                                               child=serializers.CharField(), read_only=True)
+    compliance_verified = serializers.ListField(source="verified_tags",
+                                                child=serializers.CharField(), read_only=True)
+
+    class Meta:
+        model = Node
+        fields = ["id", "name", "gpu_model", "gpu_count", "gpu_memory_gb", "cpu_cores", "ram_gb",
+                  "disk_gb", "bandwidth_mbps", "region", "compliance_claimed",
+                  "compliance_verified", "status", "last_heartbeat_at", "benchmark_tflops",
+                  "agent_version", "reliability", "token_prefix", "created_at"]
+        read_only_fields = fields
+
+
+class NodeWithTokenSerializer(NodeSerializer):
+    agent_token = serializers.SerializerMethodField(
+        help_text="The agent's token. Shown this once; only its hash is stored.")
+
+    class Meta(NodeSerializer.Meta):
+        fields = [*NodeSerializer.Meta.fields, "agent_token"]
+        read_only_fields = fields
+
+    def get_agent_token(self, node: Node) -> str:
+        return self.context["agent_token"]
+
+
+class NodeWriteSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=80)
+    gpu_model = serializers.CharField(max_length=32,
+                                      help_text=f"One of: {', '.join(catalogue.GPU_MODELS)}.")
+    gpu_count = serializers.IntegerField(min_value=1, max_value=64)
+    gpu_memory_gb = serializers.IntegerField(
+        min_value=0, max_value=1024, required=False, allow_null=True,
+        help_text="Per GPU; defaults to the model's memory. 0 for cpu nodes.")
+    cpu_cores = serializers.IntegerField(min_value=1, max_value=4096)
+    ram_gb = serializers.IntegerField(min_value=1, max_value=65536)
+    disk_gb = serializers.IntegerField(min_value=1, max_value=10**7)
+    bandwidth_mbps = serializers.IntegerField(min_value=1, max_value=10**7, required=False,
+                                              allow_null=True)
+    region = serializers.CharField(max_length=8, help_text="A region code such as EU-DE.")
+    compliance_claimed = _tags()
+
+    def to_spec(self, base: Node | None = None) -> NodeSpec:
+        data = dict(self.validated_data)
+        if base is not None and self.partial:
+            current = {name: getattr(base, name) for name in self.fields
+                       if name != "compliance_claimed"}
+            current["compliance_claimed"] = base.claimed_tags
+            if data.get("gpu_model", base.gpu_model) != base.gpu_model:
+                current["gpu_memory_gb"] = None  # the new model's memory unless given
+            data = {**current, **data}
+        return NodeSpec(
+            name=data["name"], gpu_model=data["gpu_model"], gpu_count=data["gpu_count"],
+            gpu_memory_gb=data.get("gpu_memory_gb"), cpu_cores=data["cpu_cores"],
+            ram_gb=data["ram_gb"], disk_gb=data["disk_gb"], region=data["region"],
+            compliance=tuple(data.get("compliance_claimed") or ()),
+            bandwidth_mbps=data.get("bandwidth_mbps"),
+        )
+
+
+# --- Jobs ----------------------------------------------------------------------------
+
+class JobSpecSerializer(serializers.Serializer):
+    """The body of POST /jobs/ and POST /jobs/quote/."""
+
+    name = serializers.CharField(max_length=120)
+    template = serializers.CharField(max_length=64, help_text="A name from /api/v1/templates/.")
+    params = serializers.JSONField(required=False, default=dict,
+                                   help_text="Hyper-parameters; the template's schema applies.")
+    dataset = serializers.CharField(max_length=80,
+                                    help_text='"sample:<name>" or the id of an uploaded dataset.')
+    nodes = serializers.IntegerField(min_value=1, max_value=SMALL)
+    gpus_per_node = serializers.IntegerField(min_value=1, max_value=SMALL)
+    min_gpu_memory_gb = serializers.IntegerField(min_value=0, max_value=SMALL, required=False,
+                                                 default=0)
+    gpu_models = _tags()
+    regions = _tags(32)
+    compliance = _tags()
+    min_reliability = serializers.DecimalField(max_digits=5, decimal_places=4, required=False,
+                                               allow_null=True, default=None)
+    max_price_per_gpu_hour = serializers.DecimalField(**MONEY)
+    budget = serializers.DecimalField(**MONEY, help_text="tUSD.")
+    deadline = serializers.DateTimeField(help_text="ISO 8601 with a time zone.")
+    duration_hours = serializers.DecimalField(max_digits=8, decimal_places=2, required=False,
+                                              default=Decimal("1"))
+
+    def to_spec(self) -> JobSpec:
+        d = self.validated_data
+        return JobSpec(
+            name=d["name"], template=d["template"], params=d["params"], dataset=d["dataset"],
+            nodes=d["nodes"], gpus_per_node=d["gpus_per_node"],
+            min_gpu_memory_gb=d["min_gpu_memory_gb"], gpu_models=tuple(d["gpu_models"]),
+            regions=tuple(d["regions"]), compliance=tuple(d["compliance"]),
+            min_reliability=d["min_reliability"],
+            max_price_per_gpu_hour=d["max_price_per_gpu_hour"], budget=d["budget"],
+            deadline=d["deadline"], duration_hours=d["duration_hours"],
+        )
+
+
+class JobEventSerializer(serializers.ModelSerializer):
+    at = serializers.DateTimeField(source="created_at")
+
+    class Meta:
+        model = JobEvent
+        fields = ["at", "from_status", "to_status", "reason", "message"]
+
+
+class VerificationSerializer(serializers.Serializer):
+    status = serializers.CharField()
+    report_url = serializers.CharField(allow_null=True)
+
+
+class JobListSerializer(serializers.ModelSerializer):
+    status_display = serializers.CharField(source="get_status_display")
+    dataset = serializers.CharField(source="dataset_ref")
+
+    class Meta:
+        model = Job
+        fields = ["id", "name", "status", "status_display", "template", "params", "dataset",
+                  "nodes", "gpus_per_node", "min_gpu_memory_gb", "gpu_models", "regions",
+                  "compliance", "min_reliability", "max_price_per_gpu_hour", "budget",
+                  "duration_hours", "deadline", "created_at", "status_changed_at"]
+        read_only_fields = fields
+
+
+class JobDetailSerializer(JobListSerializer):
+    """The job with its timeline. progress, assignments, artifact, escrow and verification
+    are filled by the execution, payment and verification work."""
+
+    timeline = JobEventSerializer(source="events", many=True, read_only=True)
+    progress = serializers.SerializerMethodField()
+    assignments = serializers.SerializerMethodField()
+    artifact_url = serializers.SerializerMethodField()
+    escrow = serializers.SerializerMethodField()
+    verification = serializers.SerializerMethodField()
+
+    class Meta(JobListSerializer.Meta):
+        fields = [*JobListSerializer.Meta.fields, "timeline", "progress", "assignments",
+                  "artifact_url", "escrow", "verification"]
+        read_only_fields = fields
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_progress(self, job: Job) -> dict | None:
+        return None
+
+    @extend_schema_field(serializers.ListField(child=serializers.DictField()))
+    def get_assignments(self, job: Job) -> list:
+        return []
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_artifact_url(self, job: Job) -> str | None:
+        return None
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_escrow(self, job: Job) -> dict | None:
+        return None
+
+    @extend_schema_field(VerificationSerializer)
+    def get_verification(self, job: Job) -> dict:
+        return {"status": "pending", "report_url": None}
+
+
+# --- Quotes --------------------------------------------------------------------------
+
+class CandidateSerializer(serializers.Serializer):
+    offer_id = serializers.IntegerField()
+    node_id = serializers.IntegerField()
+    node_name = serializers.CharField()
+    provider = serializers.CharField()
+    gpu_model = serializers.CharField()
+    gpu_memory_gb = serializers.IntegerField()
+    region = serializers.CharField()
+    gpus = serializers.IntegerField()
+    price_per_gpu_hour = serializers.DecimalField(**MONEY)
+    reliability = serializers.DecimalField(max_digits=5, decimal_places=4, allow_null=True)
+    estimated_cost = serializers.DecimalField(**MONEY)
+
+
+class ReasonSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="no_match, relax or over_budget.")
+    constraint = serializers.CharField(help_text="The constraint concerned, e.g. region.")
+    message = serializers.CharField()
+
+
+class QuoteSerializer(serializers.Serializer):
+    feasible = serializers.BooleanField()
+    candidates = CandidateSerializer(many=True)
+    estimated_cost = serializers.DecimalField(**MONEY, allow_null=True)
+    estimated_start = serializers.CharField(allow_null=True)
+    reasons = ReasonSerializer(many=True)
+
+
+# --- Datasets ------------------------------------------------------------------------
+
+class DatasetSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Dataset
+        fields = ["id", "name", "rows", "columns", "size_bytes", "sha256", "created_at"]
+        read_only_fields = fields
+
+
+class DatasetUploadSerializer(serializers.Serializer):
+    file = serializers.FileField(
+        help_text=f"A UTF-8 CSV file with a header row, at most "
+                  f"{settings.DATASET_MAX_BYTES // 1_048_576} MB.")
+    name = serializers.CharField(max_length=200, required=False, allow_blank=True)
+
+
+# --- Auth ----------------------------------------------------------------------------
+
+class TokenRequestSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=150)
+    password = serializers.CharField(max_length=512, style={"input_type": "password"},
+                                     trim_whitespace=False)
+
+
+class TokenSerializer(serializers.Serializer):
+    token = serializers.CharField()
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    field = serializers.CharField(allow_null=True)
+    code = serializers.CharField()
+    errors = serializers.DictField(child=serializers.ListField(child=serializers.CharField()),
+                                   required=False)

@@ -1,0 +1,353 @@
+"""The REST API: thin views that parse with a serializer, call a service or a selector,
+and render. Every queryset is scoped to the caller by a selector; errors are shaped by
+marketplace.api.exceptions."""
+
+from django.conf import settings
+from django.contrib.auth import authenticate
+from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, status, viewsets
+from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from rest_framework.authtoken.models import Token
+from rest_framework.decorators import action
+from rest_framework.exceptions import APIException, NotFound, ValidationError
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from .. import catalogue
+from ..models import Dataset
+from ..selectors.accounts import organization_of, require_consumer, require_provider
+from ..selectors.market import (
+    jobs_visible_to,
+    nodes_of_provider,
+    offers_of_provider,
+    offers_visible_to,
+)
+from ..services import datasets as dataset_services
+from ..services import jobs as job_services
+from ..services import nodes as node_services
+from ..services import offers as offer_services
+from ..services.job_spec import job_spec_validate
+from ..services.matching import quote_job
+from . import serializers as s
+from .filters import JobFilter, OfferFilter
+from .pagination import IdSubqueryPagination
+from .permissions import IsConsumer, IsProvider
+
+ERRORS = {code: OpenApiResponse(s.ErrorSerializer, description=text) for code, text in {
+    400: "Invalid input; `field` names it.", 401: "Not authenticated.",
+    403: "Not allowed for your organization.", 404: "Not found (or not yours).",
+    409: "Not possible in the object's current state.", 413: "The body is too large.",
+}.items()}
+ID = r"\d{1,18}"
+# Token first: its WWW-Authenticate header makes "not logged in" a 401, not a 403.
+AUTH = [TokenAuthentication, SessionAuthentication]
+
+
+def _errors(*codes: int) -> dict:
+    return {code: ERRORS[code] for code in codes}
+
+
+# --- Auth ----------------------------------------------------------------------------
+
+class TokenView(APIView):
+    """Exchange a username and password for an API token (`Authorization: Token <key>`)."""
+
+    permission_classes = [AllowAny]
+    authentication_classes: list = []
+    parser_classes = [JSONParser, FormParser]
+
+    @extend_schema(request=s.TokenRequestSerializer,
+                   responses={200: s.TokenSerializer, **_errors(400)}, auth=[])
+    def post(self, request):
+        data = s.TokenRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        user = authenticate(request=request._request, username=data.validated_data["username"],
+                            password=data.validated_data["password"])
+        if user is None or not user.is_active:
+            raise ValidationError({"non_field_errors": [
+                "Unable to log in with that username and password."]}, code="authorization")
+        token, _ = Token.objects.get_or_create(user=user)
+        return Response({"token": token.key})
+
+
+# --- Templates -----------------------------------------------------------------------
+
+@extend_schema_view(
+    list=extend_schema(summary="Training templates", responses=s.TemplateSerializer(many=True)),
+    retrieve=extend_schema(summary="One training template",
+                           responses={200: s.TemplateSerializer, **_errors(404)}),
+)
+class TemplateViewSet(viewsets.ViewSet):
+    authentication_classes = AUTH
+    permission_classes = [AllowAny]
+    lookup_field = "name"
+    lookup_value_regex = r"[a-z0-9-]{1,64}"
+    serializer_class = s.TemplateSerializer
+
+    def list(self, request):
+        return Response(s.TemplateSerializer(catalogue.templates().values(), many=True).data)
+
+    def retrieve(self, request, name: str):
+        template = catalogue.templates().get(name)
+        if template is None:
+            raise NotFound(f"No template named '{name}'.")
+        return Response(s.TemplateSerializer(template).data)
+
+
+# --- Offers --------------------------------------------------------------------------
+
+@extend_schema_view(
+    list=extend_schema(summary="Search offers (public)"),
+    retrieve=extend_schema(summary="One offer", responses={200: s.OfferSerializer,
+                                                           **_errors(404)}),
+    create=extend_schema(summary="List one of your nodes' GPUs for rent",
+                         request=s.OfferWriteSerializer,
+                         responses={201: s.OfferSerializer, **_errors(400, 401, 403)}),
+    update=extend_schema(request=s.OfferWriteSerializer,
+                         responses={200: s.OfferSerializer, **_errors(400, 401, 403, 404)}),
+    partial_update=extend_schema(request=s.OfferWriteSerializer,
+                                 responses={200: s.OfferSerializer,
+                                            **_errors(400, 401, 403, 404)}),
+)
+class OfferViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    authentication_classes = AUTH
+    serializer_class = s.OfferSerializer
+    filter_backends = [DjangoFilterBackend]
+    filterset_class = OfferFilter
+    pagination_class = IdSubqueryPagination
+    lookup_value_regex = ID
+    http_method_names = ["get", "post", "put", "patch", "head", "options"]
+
+    def get_permissions(self):
+        if self.action in ("list", "retrieve"):
+            return [AllowAny()]
+        return [IsProvider()]
+
+    def get_queryset(self):
+        if self.action == "list":
+            # The public search: active offers only, even for their provider.
+            qs = offers_visible_to(None)
+        elif self.action == "retrieve":
+            qs = offers_visible_to(self.request.user)
+        else:
+            qs = offers_of_provider(self.request.user)
+        return qs.select_related("node", "provider")
+
+    def _render(self, offer, code=status.HTTP_200_OK) -> Response:
+        offer = offers_of_provider(self.request.user).select_related("node", "provider").get(
+            pk=offer.pk)
+        return Response(s.OfferSerializer(offer).data, status=code)
+
+    def create(self, request):
+        provider = require_provider(request.user)
+        data = s.OfferWriteSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        node = nodes_of_provider(request.user).filter(pk=data.validated_data["node"]).first()
+        if node is None:
+            raise ValidationError({"node": ["No node of yours has that id."]})
+        offer = offer_services.offer_create(provider=provider, node=node, spec=data.to_spec())
+        return self._render(offer, status.HTTP_201_CREATED)
+
+    def update(self, request, pk=None, partial=False):
+        provider = require_provider(request.user)
+        offer = self.get_object()
+        data = s.OfferWriteSerializer(offer, data=request.data, partial=partial)
+        data.is_valid(raise_exception=True)
+        offer = offer_services.offer_update(provider=provider, offer=offer,
+                                            spec=data.to_spec(offer))
+        return self._render(offer)
+
+    def partial_update(self, request, pk=None):
+        return self.update(request, pk, partial=True)
+
+    def _set_status(self, status_value: str) -> Response:
+        provider = require_provider(self.request.user)
+        offer = offer_services.offer_set_status(provider=provider, offer=self.get_object(),
+                                                status=status_value)
+        return self._render(offer)
+
+    @extend_schema(request=None, responses={200: s.OfferSerializer,
+                                            **_errors(401, 403, 404)})
+    @action(detail=True, methods=["post"])
+    def pause(self, request, pk=None):
+        """Take the offer off the market; running jobs keep their reservations."""
+        return self._set_status("paused")
+
+    @extend_schema(request=None, responses={200: s.OfferSerializer,
+                                            **_errors(401, 403, 404)})
+    @action(detail=True, methods=["post"])
+    def resume(self, request, pk=None):
+        return self._set_status("active")
+
+
+# --- Nodes ---------------------------------------------------------------------------
+
+@extend_schema_view(
+    list=extend_schema(summary="Your nodes"),
+    retrieve=extend_schema(responses={200: s.NodeSerializer, **_errors(401, 403, 404)}),
+    create=extend_schema(summary="Register a machine; the response carries its agent token once",
+                         request=s.NodeWriteSerializer,
+                         responses={201: s.NodeWithTokenSerializer, **_errors(400, 401, 403)}),
+    update=extend_schema(request=s.NodeWriteSerializer,
+                         responses={200: s.NodeSerializer, **_errors(400, 401, 403, 404)}),
+    partial_update=extend_schema(request=s.NodeWriteSerializer,
+                                 responses={200: s.NodeSerializer,
+                                            **_errors(400, 401, 403, 404)}),
+)
+class NodeViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    authentication_classes = AUTH
+    serializer_class = s.NodeSerializer
+    permission_classes = [IsProvider]
+    lookup_value_regex = ID
+    http_method_names = ["get", "post", "put", "patch", "head", "options"]
+
+    def get_queryset(self):
+        return nodes_of_provider(self.request.user).order_by("name", "id")
+
+    def create(self, request):
+        provider = require_provider(request.user)
+        data = s.NodeWriteSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        node, token = node_services.node_create(provider=provider, spec=data.to_spec(),
+                                                actor=request.user)
+        body = s.NodeWithTokenSerializer(node, context={"agent_token": token}).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    def update(self, request, pk=None, partial=False):
+        node = self.get_object()
+        data = s.NodeWriteSerializer(data=request.data, partial=partial)
+        data.is_valid(raise_exception=True)
+        node = node_services.node_update(node=node, spec=data.to_spec(node), actor=request.user)
+        return Response(s.NodeSerializer(node).data)
+
+    def partial_update(self, request, pk=None):
+        return self.update(request, pk, partial=True)
+
+    @extend_schema(request=None, responses={200: s.NodeWithTokenSerializer,
+                                            **_errors(401, 403, 404)})
+    @action(detail=True, methods=["post"], url_path="rotate-token")
+    def rotate_token(self, request, pk=None):
+        """Issue a new agent token (shown this once); the old one stops working."""
+        node = self.get_object()
+        token = node_services.node_rotate_token(node=node, actor=request.user)
+        return Response(s.NodeWithTokenSerializer(node, context={"agent_token": token}).data)
+
+
+# --- Jobs ----------------------------------------------------------------------------
+
+@extend_schema_view(
+    list=extend_schema(summary="Your organization's jobs", responses=s.JobListSerializer(many=True)),
+    retrieve=extend_schema(summary="One job with its timeline",
+                           responses={200: s.JobDetailSerializer, **_errors(401, 404)}),
+    create=extend_schema(summary="Submit a job", request=s.JobSpecSerializer,
+                         responses={201: s.JobDetailSerializer, **_errors(400, 401, 403)}),
+)
+class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    authentication_classes = AUTH
+    lookup_value_regex = ID
+    filter_backends = [DjangoFilterBackend]
+    filterset_class = JobFilter
+
+    def get_permissions(self):
+        if self.action == "quote":
+            return [AllowAny()]
+        if self.action == "create":
+            return [IsConsumer()]
+        return [IsAuthenticated()]
+
+    def get_serializer_class(self):
+        if self.action == "list":
+            return s.JobListSerializer
+        if self.action in ("create", "quote"):
+            return s.JobSpecSerializer
+        return s.JobDetailSerializer
+
+    def get_queryset(self):
+        qs = jobs_visible_to(self.request.user)
+        if self.action != "list":
+            qs = qs.prefetch_related("events")
+        return qs
+
+    def _render(self, job, code=status.HTTP_200_OK) -> Response:
+        job = jobs_visible_to(self.request.user).prefetch_related("events").get(pk=job.pk)
+        return Response(s.JobDetailSerializer(job).data, status=code)
+
+    def create(self, request):
+        owner = require_consumer(request.user)
+        data = s.JobSpecSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        job = job_services.job_submit(owner=owner, spec=data.to_spec(), actor=request.user)
+        return self._render(job, status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses={200: s.JobDetailSerializer,
+                                            **_errors(401, 404, 409)})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        """Cancel a job that has not finished."""
+        job = job_services.job_cancel(job=self.get_object(), actor=request.user)
+        return self._render(job)
+
+    @extend_schema(summary="Which offers would take this job now, at what cost, and if none, "
+                           "why", request=s.JobSpecSerializer,
+                   responses={200: s.QuoteSerializer, **_errors(400)})
+    @action(detail=False, methods=["post"])
+    def quote(self, request):
+        data = s.JobSpecSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        spec = job_spec_validate(spec=data.to_spec(), owner=organization_of(request.user))
+        return Response(s.QuoteSerializer(quote_job(spec=spec).as_dict()).data)
+
+
+# --- Datasets ------------------------------------------------------------------------
+
+class UploadTooLarge(APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "The upload is too large."
+    default_code = "too_large"
+
+
+class BoundedMultiPartParser(MultiPartParser):
+    """Refuses, before reading it, a body that cannot hold an acceptable dataset."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        request = parser_context["request"]
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        limit = settings.DATASET_MAX_BYTES + 64 * 1024  # room for the multipart envelope
+        if length > limit:
+            raise UploadTooLarge(f"file: the upload is larger than the "
+                                 f"{settings.DATASET_MAX_BYTES // 1_048_576} MB limit.")
+        return super().parse(stream, media_type, parser_context)
+
+
+@extend_schema_view(
+    list=extend_schema(summary="Your organization's datasets"),
+    create=extend_schema(summary="Upload a CSV dataset", request={
+        "multipart/form-data": s.DatasetUploadSerializer},
+        responses={201: s.DatasetSerializer, **_errors(400, 401, 403, 413)}),
+)
+class DatasetViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    authentication_classes = AUTH
+    serializer_class = s.DatasetSerializer
+    permission_classes = [IsConsumer]
+    parser_classes = [BoundedMultiPartParser]
+
+    def get_queryset(self):
+        org = organization_of(self.request.user)
+        return org.datasets.all() if org is not None else Dataset.objects.none()
+
+    def create(self, request):
+        owner = require_consumer(request.user)
+        data = s.DatasetUploadSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        dataset = dataset_services.dataset_upload(
+            owner=owner, actor=request.user, uploaded_file=data.validated_data["file"],
+            name=data.validated_data.get("name", ""))
+        return Response(s.DatasetSerializer(dataset).data, status=status.HTTP_201_CREATED)
+
+

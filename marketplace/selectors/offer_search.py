@@ -1,0 +1,78 @@
+"""The public offer search: one filter function over the Offer table's denormalized
+columns, shared by the offers page (and usable by the API's filter set)."""
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.db.models import F, QuerySet
+
+from .. import catalogue
+from ..errors import MarketError
+from ..models import Offer
+from .market import offers_public
+
+# Ordering keys (DRF OrderingFilter style) -> ORDER BY; every one ends in a unique column
+# so that pages are stable.
+ORDERINGS: dict[str, tuple] = {
+    "price_per_gpu_hour": ("price_per_gpu_hour", "id"),
+    "-price_per_gpu_hour": ("-price_per_gpu_hour", "-id"),
+    "-gpu_memory_gb": ("-gpu_memory_gb", "price_per_gpu_hour", "id"),
+    "gpu_memory_gb": ("gpu_memory_gb", "price_per_gpu_hour", "id"),
+    "-reliability": (F("reliability").desc(nulls_last=True), "price_per_gpu_hour", "id"),
+    "reliability": (F("reliability").asc(nulls_first=True), "price_per_gpu_hour", "id"),
+}
+DEFAULT_ORDERING = "price_per_gpu_hour"
+
+
+@dataclass(frozen=True)
+class OfferQuery:
+    gpu_model: str = ""
+    min_gpus: int | None = None
+    min_gpu_memory_gb: int | None = None
+    region: str = ""  # a code (EU-DE) or a bloc (EU)
+    compliance: tuple[str, ...] = ()
+    max_price: Decimal | None = None
+    min_reliability: Decimal | None = None
+    online: bool = False
+    ordering: str = DEFAULT_ORDERING
+
+
+def offer_search(query: OfferQuery, *, base: QuerySet[Offer] | None = None) -> QuerySet[Offer]:
+    """Active offers matching `query`, ordered; raises MarketError naming a bad filter."""
+    qs = offers_public() if base is None else base
+    if query.gpu_model:
+        qs = qs.filter(gpu_model=catalogue.validate_gpu_model(query.gpu_model))
+    if query.min_gpus:
+        if query.min_gpus < 1:
+            raise MarketError("Minimum GPUs must be at least 1.", field="min_gpus")
+        # Free GPUs = offered - reserved, compared without an annotation so that the
+        # planner can still use the (status, …) indexes.
+        qs = qs.filter(gpus_offered__gte=F("gpus_reserved") + query.min_gpus)
+    if query.min_gpu_memory_gb:
+        if query.min_gpu_memory_gb < 0:
+            raise MarketError("Minimum GPU memory cannot be negative.",
+                              field="min_gpu_memory_gb")
+        qs = qs.filter(gpu_memory_gb__gte=query.min_gpu_memory_gb)
+    if query.region:
+        token = catalogue.validate_region_token(query.region, field="region")
+        qs = qs.filter(region=token) if "-" in token else qs.filter(region__startswith=f"{token}-")
+    if query.compliance:
+        mask = catalogue.compliance_mask(list(query.compliance))
+        qs = qs.alias(compliance_ok=F("compliance_verified").bitand(mask)).filter(
+            compliance_ok=mask)
+    if query.max_price is not None:
+        if query.max_price <= 0:
+            raise MarketError("The maximum price must be more than 0 tUSD.", field="max_price")
+        qs = qs.filter(price_per_gpu_hour__lte=query.max_price)
+    if query.min_reliability is not None:
+        if not 0 <= query.min_reliability <= 1:
+            raise MarketError("Minimum reliability is a share between 0 and 1.",
+                              field="min_reliability")
+        if query.min_reliability > 0:
+            qs = qs.filter(reliability__gte=query.min_reliability)
+    if query.online:
+        qs = qs.filter(node_online=True)
+    ordering = ORDERINGS.get(query.ordering)
+    if ordering is None:
+        raise MarketError(f"Order by one of: {', '.join(ORDERINGS)}.", field="ordering")
+    return qs.order_by(*ordering)

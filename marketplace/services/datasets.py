@@ -1,0 +1,115 @@
+"""Uploaded training data: CSV files checked before they are stored, so that a job never
+starts on a file the runtime cannot read."""
+
+import csv
+import hashlib
+import io
+import os
+import uuid
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import transaction
+
+from ..errors import MarketError, PermissionDenied
+from ..models import Dataset, Organization
+
+MIN_ROWS = 10
+MAX_COLUMNS = 500
+MAX_CELL = 10_000
+MAX_NAME = 200
+
+
+def _fail(message: str) -> MarketError:
+    return MarketError(message, field="file", code="invalid_dataset")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def csv_inspect(data: bytes) -> tuple[list[str], int]:
+    """Return (header, data rows) of a CSV file, or raise MarketError saying what is wrong."""
+    if not data.strip():
+        raise _fail("The file is empty.")
+    if b"\x00" in data:
+        raise _fail("This is not a CSV text file (it contains binary data).")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _fail(f"The file is not UTF-8 text (byte {exc.start} cannot be read). "
+                    "Save it as CSV UTF-8.") from None
+    # Commas only: the training runtime reads comma-separated files.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise _fail("The file is empty.")
+        header = [h.strip() for h in header]
+        if len(header) > MAX_COLUMNS:
+            raise _fail(f"The file has {len(header)} columns; at most {MAX_COLUMNS} are allowed.")
+        if len(header) < 2:
+            raise _fail("This does not look like CSV: the first row has one column. Separate "
+                        "columns with commas.")
+        if any(not h for h in header) or all(_is_number(h) for h in header):
+            raise _fail("The first row must be a header that names every column.")
+        if len(set(header)) != len(header):
+            dupes = sorted({h for h in header if header.count(h) > 1})
+            raise _fail(f"Column names must be unique; repeated: {', '.join(dupes)[:200]}.")
+        if any(len(h) > 128 for h in header):
+            raise _fail("Column names are at most 128 characters.")
+        rows = 0
+        for record in reader:
+            if not record:
+                continue  # blank line
+            if len(record) != len(header):
+                raise _fail(f"Line {reader.line_num} has {len(record)} columns; the header has "
+                            f"{len(header)}. Every row needs the same number of columns.")
+            if any(len(cell) > MAX_CELL for cell in record):
+                raise _fail(f"Line {reader.line_num} has a value longer than {MAX_CELL} "
+                            "characters.")
+            rows += 1
+    except csv.Error as exc:
+        raise _fail(f"This is not valid CSV (line {reader.line_num}: {exc}).") from None
+    if rows < MIN_ROWS:
+        raise _fail(f"The file has {rows} data rows; at least {MIN_ROWS} are needed to train "
+                    "and evaluate.")
+    return header, rows
+
+
+def dataset_upload(*, owner: Organization, actor, uploaded_file, name: str = "") -> Dataset:
+    """Check an uploaded CSV file and store it for the owner's jobs."""
+    if not owner.is_consumer:
+        raise PermissionDenied("Only consumer organizations can upload datasets.")
+    if owner.is_suspended:
+        raise PermissionDenied("Your organization is suspended; contact support.")
+    size = uploaded_file.size or 0
+    limit = settings.DATASET_MAX_BYTES
+    if size > limit:
+        raise _fail(f"The file is {size / 1_048_576:.1f} MB; the limit is "
+                    f"{limit / 1_048_576:.1f} MB.")
+    name = (name or "").strip() or os.path.basename(uploaded_file.name or "").strip()
+    name = name or "dataset.csv"
+    if len(name) > MAX_NAME:
+        raise MarketError(f"Dataset names are at most {MAX_NAME} characters.", field="name")
+    uploaded_file.seek(0)
+    data = uploaded_file.read(limit + 1)
+    if len(data) > limit:
+        raise _fail(f"The file is larger than the limit of {limit / 1_048_576:.1f} MB.")
+    header, rows = csv_inspect(data)
+    digest = hashlib.sha256(data).hexdigest()
+    dataset = Dataset(owner=owner, created_by=actor if getattr(actor, "pk", None) else None,
+                      name=name, size_bytes=len(data), rows=rows, columns=header, sha256=digest)
+    # A random stored name: the client's file name is only shown, never used as a path.
+    dataset.file.save(f"{uuid.uuid4().hex}.csv", ContentFile(data), save=False)
+    try:
+        with transaction.atomic():
+            dataset.save()
+    except Exception:
+        dataset.file.delete(save=False)
+        raise
+    return dataset

@@ -1,0 +1,92 @@
+"""Presentation helpers for the HTML pages: money and units, local times, status tones."""
+
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+
+from django import template
+from django.utils.html import format_html
+
+from .. import catalogue
+
+register = template.Library()
+
+BLOC_NAMES = {
+    "EU": "European Union", "UK": "United Kingdom", "CH": "Switzerland", "NO": "Norway",
+    "US": "United States", "AP": "Asia-Pacific", "SA": "South America",
+}
+
+JOB_TONES = {
+    "draft": "neutral", "submitted": "info", "funded": "info", "matching": "info",
+    "running": "accent", "interrupted": "warn", "verifying": "accent", "completed": "ok",
+    "settled": "ok", "cancelled": "neutral", "failed": "bad", "refunded": "neutral",
+}
+NODE_TONES = {"online": "ok", "offline": "neutral", "pending": "warn", "suspended": "bad",
+              "active": "ok", "paused": "neutral"}
+
+
+@register.filter
+def money(value) -> str:
+    """1.850000 -> "1.85"; 0.123456 -> "0.123456" (at least 2, at most 6 decimals)."""
+    if value is None or value == "":
+        return "—"
+    try:
+        d = Decimal(value)
+    except (InvalidOperation, TypeError, ValueError):
+        return str(value)
+    d = d.quantize(Decimal("0.000001")).normalize()
+    if d.as_tuple().exponent > -2:  # type: ignore[operator]
+        d = d.quantize(Decimal("0.01"))
+    return f"{d:,f}"
+
+
+@register.filter
+def hours(value) -> str:
+    if value is None:
+        return "—"
+    d = Decimal(value).normalize()
+    return f"{d:f}"
+
+
+@register.filter
+def pct(value) -> str:
+    """A share (0.9850) as a percentage ("98.5 %")."""
+    if value is None:
+        return "new"
+    p = (Decimal(value) * 100).quantize(Decimal("0.1")).normalize()
+    return f"{p:f} %"
+
+
+@register.filter
+def region_name(code: str) -> str:
+    if code in catalogue.REGIONS:
+        return catalogue.REGIONS[code]
+    return BLOC_NAMES.get(code, code)
+
+
+@register.filter
+def tag_label(tag: str) -> str:
+    return catalogue.COMPLIANCE_TAGS.get(tag, tag)
+
+
+@register.filter
+def job_tone(status: str) -> str:
+    return JOB_TONES.get(status, "neutral")
+
+
+@register.filter
+def status_tone(status: str) -> str:
+    return NODE_TONES.get(status, "neutral")
+
+
+@register.filter
+def gpu_label(model: str) -> str:
+    return "CPU slots" if model == catalogue.CPU else model
+
+
+@register.simple_tag
+def localtime(value: datetime | None, empty: str = "—"):
+    """A UTC instant in a <time> element; static/js/app.js shows it in the browser's zone."""
+    if value is None:
+        return empty
+    return format_html('<time datetime="{}" data-local>{} UTC</time>',
+                       value.isoformat(), value.strftime("%Y-%m-%d %H:%M"))

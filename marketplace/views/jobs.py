@@ -1,0 +1,111 @@
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from .. import catalogue, job_states
+from ..errors import MarketError
+from ..forms import JobForm, QuoteForm
+from ..selectors.market import jobs_visible_to
+from ..services.job_spec import job_spec_validate
+from ..services.jobs import job_cancel, job_submit
+from ..services.matching import quote_job
+from .common import org_required
+
+# Query parameters an offer page may pass to prefill the job form.
+PREFILL = ("template", "gpu_models", "regions", "min_gpu_memory_gb", "max_price_per_gpu_hour",
+           "compliance")
+
+
+def _prefill(request) -> dict:
+    initial: dict = {}
+    for key in PREFILL:
+        values = request.GET.getlist(key)
+        if not values:
+            continue
+        initial[key] = values if key in ("gpu_models", "compliance") else values[0]
+    return initial
+
+
+@org_required("consumer")
+def job_new(request):
+    if request.method == "POST":
+        form = JobForm(request.POST, organization=request.org)
+        if form.is_valid():
+            try:
+                job = job_submit(owner=request.org, spec=form.to_spec(), actor=request.user)
+            except MarketError as exc:
+                form.add_market_error(exc)
+            else:
+                messages.success(request, f"Job “{job.name}” submitted. Fund its escrow to "
+                                          "start matching.")
+                return redirect("job_detail", pk=job.pk)
+    else:
+        form = JobForm(initial=_prefill(request), organization=request.org)
+    return render(request, "jobs/new.html", {
+        "form": form, "templates": catalogue.templates().values(),
+        "region_codes": list(catalogue.REGION_BLOCS) + list(catalogue.REGIONS),
+    })
+
+
+@org_required("consumer")
+@require_GET
+def job_template_fields(request):
+    """The dataset and hyper-parameter fields for the chosen template (htmx swap)."""
+    form = JobForm(initial={"template": request.GET.get("template")}, organization=request.org)
+    response = render(request, "jobs/_template_fields.html", {"form": form})
+    # Ask the quote panel to refresh once the new fields are in the page.
+    response["HX-Trigger-After-Settle"] = "quote-refresh"
+    return response
+
+
+@org_required("consumer")
+@require_POST
+def job_quote(request):
+    """The live quote panel: validates like a submission, writes nothing."""
+    form = QuoteForm(request.POST, organization=request.org)
+    quote, error = None, None
+    if form.is_valid():
+        try:
+            spec = job_spec_validate(spec=form.to_spec(name_fallback="quote"), owner=request.org)
+            quote = quote_job(spec=spec)
+        except MarketError as exc:
+            form.add_market_error(exc)
+            error = exc
+    problems = [(form.fields[n].label if n in form.fields else "", e)
+                for n, errs in form.errors.items() for e in errs]
+    return render(request, "jobs/_quote.html", {
+        "quote": quote, "problems": problems, "error": error,
+        "hours": form.cleaned_data.get("duration_hours") if quote else None,
+    })
+
+
+@login_required
+def job_list(request):
+    jobs = jobs_visible_to(request.user).select_related("owner")[:200]
+    return render(request, "jobs/list.html", {"jobs": jobs})
+
+
+@login_required
+def job_detail(request, pk: int):
+    job = get_object_or_404(jobs_visible_to(request.user).select_related("owner", "created_by"),
+                            pk=pk)
+    template = catalogue.templates().get(job.template)
+    return render(request, "jobs/detail.html", {
+        "job": job, "template": template,
+        "events": job.events.select_related("actor"),
+        "can_cancel": job.status in job_states.CANCELLABLE,
+    })
+
+
+@login_required
+@require_POST
+def job_cancel_view(request, pk: int):
+    job = get_object_or_404(jobs_visible_to(request.user), pk=pk)
+    try:
+        job_cancel(job=job, actor=request.user)
+    except MarketError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Job cancelled.")
+    return redirect("job_detail", pk=job.pk)

@@ -1,0 +1,123 @@
+from dataclasses import replace
+
+from django.contrib import messages
+from django.db.models import Count, Sum
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from ..errors import MarketError
+from ..forms import NodeForm, OfferForm, utc_to_input
+from ..models import Offer
+from ..selectors.market import nodes_of_provider, offers_of_provider
+from ..services.nodes import node_create, node_rotate_token
+from ..services.offers import offer_create, offer_set_status, offer_update
+from .common import org_required
+
+AGENT_SERVER = "http://127.0.0.1:8000"
+
+
+def _agent_page(request, node, token: str, *, rotated: bool):
+    # Rendered straight from the POST, never stored: the token is shown this once.
+    server = request.build_absolute_uri("/").rstrip("/") or AGENT_SERVER
+    return render(request, "provider/node_token.html", {
+        "node": node, "token": token, "rotated": rotated, "server": server,
+    })
+
+
+@org_required("provider")
+def node_list(request):
+    nodes = nodes_of_provider(request.user).annotate(
+        offer_count=Count("offers"), gpus_listed=Sum("offers__gpus_offered"))
+    return render(request, "provider/nodes.html", {"nodes": nodes})
+
+
+@org_required("provider")
+def node_new(request):
+    form = NodeForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            node, token = node_create(provider=request.org, spec=form.to_spec(),
+                                      actor=request.user)
+        except MarketError as exc:
+            form.add_market_error(exc)
+        else:
+            return _agent_page(request, node, token, rotated=False)
+    return render(request, "provider/node_form.html", {"form": form})
+
+
+@org_required("provider")
+@require_POST
+def node_rotate(request, pk: int):
+    node = get_object_or_404(nodes_of_provider(request.user), pk=pk)
+    token = node_rotate_token(node=node, actor=request.user)
+    return _agent_page(request, node, token, rotated=True)
+
+
+@org_required("provider")
+def offer_mine(request):
+    offers = offers_of_provider(request.user).select_related("node").order_by(
+        "node__name", "price_per_gpu_hour", "id")
+    return render(request, "provider/offers.html", {"offers": offers})
+
+
+@org_required("provider")
+def offer_new(request):
+    nodes = nodes_of_provider(request.user)
+    initial = {"node": request.GET.get("node")} if request.GET.get("node") else {}
+    form = OfferForm(request.POST or None, nodes=nodes, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            offer_create(provider=request.org, node=form.cleaned_data["node"],
+                         spec=form.to_spec())
+        except MarketError as exc:
+            form.add_market_error(exc)
+        else:
+            messages.success(request, "Offer listed. Consumers can find it while its machine "
+                                      "is online.")
+            return redirect("provider_offers")
+    return render(request, "provider/offer_form.html", {"form": form, "has_nodes": nodes.exists()})
+
+
+@org_required("provider")
+def offer_edit(request, pk: int):
+    offer = get_object_or_404(offers_of_provider(request.user).select_related("node"), pk=pk)
+    initial = {
+        "gpus_offered": offer.gpus_offered, "price_per_gpu_hour": offer.price_per_gpu_hour,
+        "min_duration_hours": offer.min_duration_hours,
+        "max_duration_hours": offer.max_duration_hours,
+    }
+    if offer.available_until is not None:
+        initial["available_until"] = utc_to_input(offer.available_until)
+    form = OfferForm(request.POST or None, initial=initial, editing=True)
+    if offer.available_until is not None and not form.is_bound:
+        form.fields["available_until"].widget.attrs["data-utc-default"] = (
+            offer.available_until.isoformat())
+    if request.method == "POST" and form.is_valid():
+        spec = form.to_spec()
+        if spec.available_from is None:
+            # Keep the listed start unless the provider sets a new one.
+            spec = replace(spec, available_from=offer.available_from)
+        try:
+            offer_update(provider=request.org, offer=offer, spec=spec)
+        except MarketError as exc:
+            form.add_market_error(exc)
+        else:
+            messages.success(request, "Offer updated.")
+            return redirect("provider_offers")
+    return render(request, "provider/offer_form.html", {"form": form, "offer": offer,
+                                                        "has_nodes": True})
+
+
+@org_required("provider")
+@require_POST
+def offer_status(request, pk: int):
+    offer = get_object_or_404(offers_of_provider(request.user).select_related("node"), pk=pk)
+    status = request.POST.get("status", "")
+    try:
+        offer_set_status(provider=request.org, offer=offer, status=status)
+    except MarketError as exc:
+        messages.error(request, exc.message)
+    else:
+        word = "resumed" if status == Offer.Status.ACTIVE else "paused"
+        messages.success(request, f"Offer on {offer.node.name} {word}.")
+    return redirect("provider_offers")

@@ -1,0 +1,72 @@
+/* ComputeMesh: the little JavaScript the pages need (htmx does the rest).
+   - <time datetime data-local> shows in the browser's local time zone;
+   - datetime-local inputs are wall-clock local time: forms send the zone offset
+     (minutes, as getTimezoneOffset gives) in a hidden tz_offset field;
+   - copy buttons. */
+(function () {
+  "use strict";
+  var fmt = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+
+  function localizeTimes(root) {
+    (root || document).querySelectorAll("time[data-local]").forEach(function (el) {
+      var d = new Date(el.getAttribute("datetime"));
+      if (isNaN(d)) return;
+      el.title = d.toISOString().replace(".000Z", "Z") + " (UTC)";
+      el.textContent = fmt.format(d);
+      el.removeAttribute("data-local");
+    });
+  }
+
+  function pad(n) { return String(n).padStart(2, "0"); }
+  function toLocalInput(d) {
+    return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) +
+      "T" + pad(d.getHours()) + ":" + pad(d.getMinutes());
+  }
+
+  function fillDefaults(root) {
+    (root || document).querySelectorAll("input[data-utc-default]").forEach(function (el) {
+      var d = new Date(el.getAttribute("data-utc-default"));
+      if (!isNaN(d)) el.value = toLocalInput(d);
+      el.removeAttribute("data-utc-default");
+    });
+  }
+
+  // The offset that applies at the entered date (it differs across DST changes).
+  function updateOffsets(form) {
+    var hidden = form.querySelector("input[data-tz-offset]");
+    if (!hidden) return;
+    var when = new Date();
+    var inputs = form.querySelectorAll('input[type="datetime-local"]');
+    for (var i = 0; i < inputs.length; i++) {
+      if (inputs[i].value) { when = new Date(inputs[i].value); break; }
+    }
+    hidden.value = String((isNaN(when) ? new Date() : when).getTimezoneOffset());
+  }
+  function updateAllOffsets() {
+    document.querySelectorAll("form").forEach(updateOffsets);
+  }
+
+  // Capture phase: runs before htmx reads the form on the same event.
+  ["change", "input", "submit"].forEach(function (type) {
+    document.addEventListener(type, function (e) {
+      var form = e.target.closest ? e.target.closest("form") : null;
+      if (form) updateOffsets(form);
+    }, true);
+  });
+
+  document.addEventListener("click", function (e) {
+    var btn = e.target.closest("[data-copy]");
+    if (!btn) return;
+    var el = document.querySelector(btn.getAttribute("data-copy"));
+    if (el && navigator.clipboard) {
+      navigator.clipboard.writeText(el.textContent.trim()).then(function () {
+        btn.textContent = "Copied";
+        setTimeout(function () { btn.textContent = "Copy"; }, 1500);
+      });
+    }
+  });
+
+  function init(root) { localizeTimes(root); fillDefaults(root); updateAllOffsets(); }
+  document.addEventListener("DOMContentLoaded", function () { init(document); });
+  document.addEventListener("htmx:afterSettle", function (e) { init(e.target); });
+})();

@@ -1,0 +1,109 @@
+"""Settings read the environment once and fail loudly (STYLE.md 7), and the production
+settings pass Django's deployment checks. Each case runs `manage.py` in a fresh process,
+because settings are read once per process."""
+
+import os
+import re
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_DATABASE_URL = os.environ.get(
+    "DATABASE_URL", "postgres://postgres@127.0.0.1:5432/computemesh"
+)
+# What settings.py reads; none of it may leak from this test process into the children.
+SETTINGS_VARS = ("DEBUG", "SECRET_KEY", "ALLOWED_HOSTS", "DATABASE_URL", "REDIS_URL",
+                 "CELERY_BROKER_URL", "CELERY_TASK_ALWAYS_EAGER", "STATIC_MANIFEST",
+                 "SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE",
+                 "SECURE_HSTS_SECONDS", "CSRF_TRUSTED_ORIGINS", "DJANGO_SETTINGS_MODULE")
+
+
+def production_env(**overrides: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS_VARS}
+    env.update(
+        DJANGO_SETTINGS_MODULE="webapp.settings",
+        DEBUG="0",
+        SECRET_KEY=secrets.token_urlsafe(50),
+        ALLOWED_HOSTS="example.com",
+        DATABASE_URL=TEST_DATABASE_URL,
+    )
+    for key, value in overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def dotenv_sets(name: str) -> bool:
+    """settings.py also reads ROOT/.env; a developer's .env can supply what a test removes."""
+    dotenv = ROOT / ".env"
+    return dotenv.exists() and re.search(
+        rf"^\s*(export\s+)?{name}\s*=", dotenv.read_text(), re.MULTILINE) is not None
+
+
+def test_production_settings_pass_check_deploy():
+    result = manage("check", "--deploy", "--fail-level", "WARNING", env=production_env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout
+
+
+@pytest.mark.parametrize("debug", ["0", None], ids=["DEBUG=0", "DEBUG-unset"])
+def test_missing_secret_key_is_refused_without_debug(debug):
+    if dotenv_sets("SECRET_KEY"):
+        pytest.skip(".env sets SECRET_KEY")
+    result = manage("check", env=production_env(DEBUG=debug, SECRET_KEY=None))
+    assert result.returncode != 0
+    assert "SECRET_KEY" in result.stderr.strip().splitlines()[-1]
+    assert "System check identified" not in result.stdout
+
+
+def test_empty_secret_key_is_refused_without_debug():
+    result = manage("check", env=production_env(SECRET_KEY=""))
+    assert result.returncode != 0, "an empty SECRET_KEY was accepted with DEBUG off"
+    assert "SECRET_KEY" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("url", [
+    "not-a-url",
+    "postgres://postgres@127.0.0.1:notaport/computemesh",
+    "nosuchdb://user@host/name",
+])
+def test_bad_database_url_fails_loudly(url):
+    result = manage("check", env=production_env(DATABASE_URL=url))
+    assert result.returncode != 0, f"DATABASE_URL={url!r} was accepted"
+    # The error itself (the last line), not just a traceback line, names the variable.
+    assert "DATABASE_URL" in result.stderr.strip().splitlines()[-1], result.stderr[-2000:]
+
+
+def test_compose_runs_every_django_service_from_one_definition():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    django_services = {"migrate", "web", "worker", "chain-worker", "beat"}
+    assert django_services <= set(services)
+    anchor = compose["x-django"]
+    for name in django_services:
+        service = services[name]
+        assert service["build"] == anchor["build"], name
+        for var in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "ALLOWED_HOSTS",
+                    "CHAIN_RPC_URL"):
+            assert var in service["environment"], (name, var)
+        assert service["environment"]["DEBUG"] == "0", name
+    # The hot wallet has a single sender (DESIGN.md, reliability rules).
+    chain = services["chain-worker"]["command"]
+    assert chain[chain.index("-Q") + 1] == "chain"
+    assert chain[chain.index("--concurrency") + 1] == "1"
+    worker = services["worker"]["command"]
+    assert "chain" not in worker[worker.index("-Q") + 1].split(",")
+    for backing in ("postgres", "redis"):
+        assert "healthcheck" in services[backing], backing
