@@ -14,14 +14,15 @@ BIND ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-# `make test` runs against the machine's own services unless DATABASE_URL/REDIS_URL say
-# otherwise (webapp/settings_test.py has the same defaults).
+# `make test` runs against the machine's own services (ports and cluster overridable
+# for trying the start-up path; webapp/settings_test.py has the default addresses).
 PG_HOST := 127.0.0.1
-PG_PORT := 5432
+PG_PORT ?= 5432
 PG_DB := computemesh
+PG_CLUSTER ?= main
 PG_URL := postgres://postgres@$(PG_HOST):$(PG_PORT)/$(PG_DB)
 REDIS_HOST := 127.0.0.1
-REDIS_PORT := 6379
+REDIS_PORT ?= 6379
 CHROMIUM := /usr/bin/chromium
 
 .PHONY: help install demo test lint checks services chromium migrate serve bench clean distclean
@@ -98,7 +99,7 @@ services:
 	  command -v pg_ctlcluster >/dev/null || { \
 	    echo "error: PostgreSQL is not running on $(PG_HOST):$(PG_PORT) and pg_ctlcluster is missing; start it yourself" >&2; \
 	    exit 1; }; \
-	  pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | sort -V | tail -n1) main start || true; \
+	  pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | sort -V | tail -n1) $(PG_CLUSTER) start || true; \
 	  for i in $$(seq 60); do pg_isready -q -h $(PG_HOST) -p $(PG_PORT) && break; sleep 0.5; done; \
 	  pg_isready -q -h $(PG_HOST) -p $(PG_PORT) || { \
 	    echo "error: PostgreSQL did not come up on $(PG_HOST):$(PG_PORT)" >&2; exit 1; }; \

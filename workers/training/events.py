@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
 
 class EventWriter:
@@ -24,16 +23,3 @@ class EventWriter:
             self._fh.close()
 
 
-def read_new(path: Path, offset: int) -> tuple[list[dict], int]:
-    """Complete lines appended since `offset`, and the new offset."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            chunk = fh.read()
-    except FileNotFoundError:
-        return [], offset
-    end = chunk.rfind(b"\n")
-    if end < 0:
-        return [], offset
-    events = [json.loads(line) for line in chunk[:end].splitlines() if line.strip()]
-    return events, offset + end + 1

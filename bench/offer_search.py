@@ -1,0 +1,397 @@
+"""Offer search benchmark: the first page of a filtered, sorted `/api/v1/offers/` over
+100,000 offers on PostgreSQL, timed in-process (Django test Client) and over HTTP against
+the ASGI server (daphne, or uvicorn when installed), with the SQL queries per request.
+
+    .venv/bin/python bench/offer_search.py                # load once, then measure
+    .venv/bin/python bench/offer_search.py --reload       # reload the 100k offers
+    .venv/bin/python bench/offer_search.py --explain      # plus EXPLAIN ANALYZE per query
+
+DATABASE_URL defaults to postgres://postgres@127.0.0.1:5432/computemesh_bench (created and
+migrated when missing). The loader TRUNCATEs the marketplace tables, so it refuses a
+database whose name does not contain "bench". Target: p99 <= 30 ms in-process and a query
+count that does not grow with the page size.
+"""
+
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlencode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    ROOT,
+    configure_django,
+    database_name,
+    git_revision,
+    machine,
+    percentile,
+    table,
+)
+
+DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/computemesh_bench"
+OFFERS = 100_000
+NODES = 50_000  # two offers per node
+PROVIDERS = 400
+TARGET_P99_MS = 30.0
+
+# Realistic filter combinations a consumer sends (first page each).
+SCENARIOS: list[tuple[str, list[tuple[str, str]]]] = [
+    ("EU, >=40 GB, <=2.5, by price", [("region", "EU"), ("min_gpu_memory_gb", "40"),
+                                       ("max_price", "2.5"), ("ordering", "price_per_gpu_hour")]),
+    ("RTX 4090 online, by price", [("gpu_model", "RTX 4090"), ("online", "true"),
+                                   ("ordering", "price_per_gpu_hour")]),
+    ("hipaa+soc2, rel>=0.95, by -rel", [("compliance", "hipaa"), ("compliance", "soc2"),
+                                        ("min_reliability", "0.95"),
+                                        ("ordering", "-reliability")]),
+    ("US, >=4 free GPUs, by -memory", [("region", "US"), ("min_gpus", "4"),
+                                       ("ordering", "-gpu_memory_gb")]),
+    ("EU-DE H100 gdpr, by price", [("region", "EU-DE"), ("gpu_model", "H100 80GB"),
+                                   ("compliance", "gdpr"), ("ordering", "price_per_gpu_hour")]),
+    ("no filter, by price", [("ordering", "price_per_gpu_hour")]),
+]
+
+# (model, memory GB, share of nodes, price range tUSD/GPU-h, GPU counts)
+FLEET = [
+    ("RTX 3090", 24, 0.18, (0.20, 0.35), (1, 2, 4, 8)),
+    ("RTX 4090", 24, 0.24, (0.35, 0.70), (1, 2, 4, 8)),
+    ("RTX A6000", 48, 0.05, (0.45, 0.80), (2, 4, 8)),
+    ("L4", 24, 0.06, (0.40, 0.75), (1, 2, 4, 8)),
+    ("L40S", 48, 0.12, (0.80, 1.20), (2, 4, 8)),
+    ("A100 40GB", 40, 0.10, (1.00, 1.40), (4, 8)),
+    ("A100 80GB", 80, 0.12, (1.30, 2.00), (4, 8)),
+    ("H100 80GB", 80, 0.10, (2.00, 3.50), (4, 8)),
+    ("H200 141GB", 141, 0.02, (3.00, 4.50), (8,)),
+    ("cpu", 0, 0.01, (0.02, 0.08), (4, 8, 16)),
+]
+# Region weights: Europe and the US carry most of the supply.
+REGION_WEIGHTS = {"EU": 4.0, "US": 4.0, "UK": 1.0, "CH": 0.5, "NO": 0.5, "AP": 2.0, "SA": 0.6}
+
+
+# --- Loading ------------------------------------------------------------------------
+def load(seed: int = 7) -> float:
+    """TRUNCATE and COPY 400 providers, 50,000 nodes and 100,000 offers. Returns seconds."""
+    from django.db import connection
+
+    from marketplace import catalogue
+
+    rng = random.Random(seed)
+    now = datetime.now(UTC)
+    regions = list(catalogue.REGIONS)
+    region_w = [REGION_WEIGHTS[r.split("-")[0]] for r in regions]
+    tag_bits = [1 << i for i in range(len(catalogue.COMPLIANCE_TAGS))]
+    started = time.perf_counter()
+    with connection.cursor() as cur:
+        cur.execute("TRUNCATE marketplace_offer, marketplace_node, marketplace_organization "
+                    "RESTART IDENTITY CASCADE")
+        raw = cur.cursor  # the psycopg cursor, for COPY
+        with raw.copy("COPY marketplace_organization (id, name, slug, kind, sector, join_code, "
+                      "is_verified, is_suspended, created_at) FROM STDIN") as cp:
+            for i in range(1, PROVIDERS + 1):
+                cp.write_row((i, f"Bench provider {i:04d}", f"bench-provider-{i:04d}", "provider",
+                              "other", f"bench-join-{i:04d}", rng.random() < 0.6, False, now))
+        node_rows = []
+        with raw.copy("COPY marketplace_node (id, provider_id, name, gpu_model, gpu_count, "
+                      "gpu_memory_gb, cpu_cores, ram_gb, disk_gb, bandwidth_mbps, region, "
+                      "compliance_claimed, compliance_verified, status, last_heartbeat_at, "
+                      "benchmark_tflops, agent_version, reliability, token_hash, token_prefix, "
+                      "created_at, updated_at) FROM STDIN") as cp:
+            models = [f for f in FLEET]
+            weights = [f[2] for f in FLEET]
+            for i in range(1, NODES + 1):
+                model, memory, _, prices, counts = rng.choices(models, weights)[0]
+                gpus = rng.choice(counts)
+                region = rng.choices(regions, region_w)[0]
+                claimed = 0
+                for bit in tag_bits:
+                    if rng.random() < 0.3:
+                        claimed |= bit
+                verified = claimed if rng.random() < 0.5 else claimed & rng.choice(tag_bits)
+                online = rng.random() < 0.7
+                reliability = None if rng.random() < 0.2 else Decimal(
+                    str(round(rng.betavariate(12, 1) * 0.3 + 0.7, 4)))
+                token_hash = hashlib.sha256(f"bench-node-{i}".encode()).hexdigest()
+                cp.write_row((
+                    i, rng.randint(1, PROVIDERS), f"bench-node-{i:05d}", model, gpus, memory,
+                    max(4, gpus * 8), gpus * 64, gpus * 1000, rng.choice((1000, 10000, 25000)),
+                    region, claimed, verified, "online" if online else "offline",
+                    now - timedelta(seconds=rng.randint(1, 10)) if online else None,
+                    None, "0.1.0", reliability, token_hash, token_hash[:10], now, now))
+                node_rows.append((i, model, memory, prices, gpus, region, verified,
+                                  reliability, online))
+        with raw.copy("COPY marketplace_offer (id, node_id, gpus_offered, gpus_reserved, "
+                      "price_per_gpu_hour, available_from, available_until, "
+                      "min_duration_hours, max_duration_hours, status, provider_id, gpu_model, "
+                      "gpu_memory_gb, region, compliance_verified, reliability, node_online, "
+                      "created_at, updated_at) FROM STDIN") as cp:
+            cur.execute("SELECT id, provider_id FROM marketplace_node")
+            provider_of = dict(cur.fetchall())
+            offer_id = 0
+            for node_id, model, memory, prices, gpus, region, verified, rel, online in node_rows:
+                halves = (gpus // 2, gpus - gpus // 2) if gpus > 1 else (1, 1)
+                for part in halves:
+                    offer_id += 1
+                    price = Decimal(str(round(rng.uniform(*prices), 2)))
+                    reserved = rng.randint(0, part) if rng.random() < 0.1 else 0
+                    cp.write_row((
+                        offer_id, node_id, part, reserved, price, now - timedelta(days=1),
+                        now + timedelta(days=90) if rng.random() < 0.2 else None,
+                        Decimal("0.25"), None, "active" if rng.random() < 0.9 else "paused",
+                        provider_of[node_id], model, memory, region, verified, rel, online,
+                        now, now))
+        for table_name in ("marketplace_organization", "marketplace_node", "marketplace_offer"):
+            cur.execute(f"SELECT setval(pg_get_serial_sequence('{table_name}', 'id'), "
+                        f"(SELECT max(id) FROM {table_name}))")
+    with connection.cursor() as cur:
+        cur.execute("VACUUM ANALYZE marketplace_organization, marketplace_node, "
+                    "marketplace_offer")
+    return time.perf_counter() - started
+
+
+def loaded() -> bool:
+    from marketplace.models import Offer, Organization
+
+    return (Offer.objects.count() == OFFERS
+            and Organization.objects.filter(slug="bench-provider-0001").exists())
+
+
+# --- In-process ---------------------------------------------------------------------
+def url(params: list[tuple[str, str]], **extra: str) -> str:
+    return "/api/v1/offers/?" + urlencode(params + list(extra.items()))
+
+
+def in_process(requests: int, warmup: int, explain: bool) -> list[dict]:
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    client = Client()
+    results = []
+    for label, params in SCENARIOS:
+        path = url(params)
+        first = client.get(path)
+        if first.status_code != 200:
+            raise SystemExit(f"{path} answered {first.status_code}: {first.content[:300]!r}")
+        body = first.json()
+        for _ in range(warmup):
+            client.get(path)
+        times = []
+        for _ in range(requests):
+            t0 = time.perf_counter()
+            response = client.get(path)
+            times.append((time.perf_counter() - t0) * 1000)
+            assert response.status_code == 200
+        # Queries per request: page 1 at 20 rows, page 1 at 100 rows, page 2 — an N+1
+        # would make these differ.
+        counts = []
+        for variant in (url(params), url(params, page_size="100"), url(params, page="2")):
+            with CaptureQueriesContext(connection) as ctx:
+                r = client.get(variant)
+            counts.append(len(ctx.captured_queries) if r.status_code == 200 else None)
+            if explain and variant == path:
+                print_explain(label, ctx.captured_queries)
+        results.append({"label": label, "path": path, "count": body["count"],
+                        "rows": len(body["results"]), "times": times, "queries": counts})
+    return results
+
+
+def print_explain(label: str, queries: list[dict]) -> None:
+    from django.db import connection
+
+    print(f"\n=== EXPLAIN ANALYZE: {label}")
+    with connection.cursor() as cur:
+        for q in queries:
+            sql = q["sql"]
+            if not sql.lstrip().upper().startswith("SELECT"):
+                continue
+            print(f"-- {sql[:400]}{'…' if len(sql) > 400 else ''}")
+            cur.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql)
+            for (line,) in cur.fetchall():
+                print("   " + line)
+
+
+# --- Over HTTP ----------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def servers() -> list[tuple[str, list[str]]]:
+    venv_bin = Path(sys.executable).parent
+    found = []
+    for name, args in (("daphne", ["-b", "127.0.0.1", "-p", "{port}", "--verbosity", "0",
+                                   "webapp.asgi:application"]),
+                       ("uvicorn", ["--host", "127.0.0.1", "--port", "{port}", "--no-access-log",
+                                    "--log-level", "warning", "webapp.asgi:application"])):
+        exe = venv_bin / name
+        if exe.exists() or shutil.which(name):
+            found.append((name, [str(exe if exe.exists() else name), *args]))
+    return found
+
+
+def start_server(cmd: list[str]) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    proc = subprocess.Popen([c.replace("{port}", str(port)) for c in cmd], cwd=ROOT,
+                            env=os.environ.copy(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{cmd[0]} exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/api/v1/offers/?page_size=1")
+            if conn.getresponse().status == 200:
+                conn.close()
+                return proc, port
+        except OSError:
+            time.sleep(0.2)
+    proc.terminate()
+    raise SystemExit(f"{cmd[0]} did not answer within 30 s")
+
+
+def fetch(conn: http.client.HTTPConnection, path: str) -> float:
+    t0 = time.perf_counter()
+    conn.request("GET", path, headers={"Accept": "application/json"})
+    response = conn.getresponse()
+    response.read()
+    elapsed = (time.perf_counter() - t0) * 1000
+    if response.status != 200:
+        raise SystemExit(f"{path} answered {response.status}")
+    return elapsed
+
+
+def over_http(name: str, cmd: list[str], requests: int, warmup: int,
+              concurrency: int) -> tuple[list[dict], dict]:
+    proc, port = start_server(cmd)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)  # keep-alive
+        results = []
+        for label, params in SCENARIOS:
+            path = url(params)
+            for _ in range(warmup):
+                fetch(conn, path)
+            times = [fetch(conn, path) for _ in range(requests)]
+            results.append({"label": label, "times": times})
+        conn.close()
+        # A bounded burst: `concurrency` clients, each sending `requests // concurrency`
+        # requests of the first scenario back to back.
+        path = url(SCENARIOS[0][1])
+        per_client = max(1, requests // concurrency)
+        times: list[float] = []
+        lock = threading.Lock()
+
+        def client() -> None:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            mine = [fetch(c, path) for _ in range(per_client)]
+            c.close()
+            with lock:
+                times.extend(mine)
+
+        threads = [threading.Thread(target=client) for _ in range(concurrency)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        burst = {"server": name, "concurrency": concurrency, "requests": len(times),
+                 "rps": len(times) / wall, "p50": percentile(times, 50),
+                 "p99": percentile(times, 99)}
+        return results, burst
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+# --- Main ---------------------------------------------------------------------------
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reload", action="store_true", help="reload the 100k offers")
+    parser.add_argument("--requests", type=int, default=300, help="timed requests per case")
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--concurrency", type=int, default=8, help="clients in the HTTP burst")
+    parser.add_argument("--explain", action="store_true", help="EXPLAIN ANALYZE each query")
+    parser.add_argument("--no-http", action="store_true", help="skip the ASGI server part")
+    args = parser.parse_args()
+
+    db_url = configure_django(DEFAULT_DB)
+    if "bench" not in database_name(db_url):
+        raise SystemExit("Refusing to TRUNCATE a database whose name lacks 'bench'.")
+    from django.core.management import call_command
+    from django.db import connection
+
+    call_command("migrate", verbosity=0)
+    with connection.cursor() as cur:
+        cur.execute("SHOW server_version")
+        pg_version = cur.fetchone()[0]
+    print(f"machine: {machine()}; PostgreSQL {pg_version}; git {git_revision()}; "
+          f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    if args.reload or not loaded():
+        seconds = load()
+        print(f"loaded {OFFERS:,} offers on {NODES:,} nodes in {seconds:.1f} s (COPY)")
+    else:
+        print(f"using the {OFFERS:,} offers already loaded (--reload to reload)")
+
+    rows = in_process(args.requests, args.warmup, args.explain)
+    print(f"\nIn-process (Django test Client), {args.requests} requests per case after "
+          f"{args.warmup} warm-up; times in ms; queries at page_size 20 / 100 / page 2")
+    print(table(
+        ["case", "matches", "rows", "p50", "p90", "p99", "max", "queries"],
+        [[r["label"], f"{r['count']:,}", r["rows"], f"{percentile(r['times'], 50):.1f}",
+          f"{percentile(r['times'], 90):.1f}", f"{percentile(r['times'], 99):.1f}",
+          f"{max(r['times']):.1f}", " / ".join(str(q) for q in r["queries"])]
+         for r in rows]))
+    worst = max(percentile(r["times"], 99) for r in rows)
+    constant = len({q for r in rows for q in r["queries"]}) == 1
+    print(f"worst p99 {worst:.1f} ms (target <= {TARGET_P99_MS:.0f} ms: "
+          f"{'met' if worst <= TARGET_P99_MS else 'MISSED'}); query count "
+          f"{'constant' if constant else 'NOT constant'}")
+
+    summary = {"in_process": [{k: v for k, v in r.items() if k != "times"}
+                              | {"p50": percentile(r["times"], 50),
+                                 "p99": percentile(r["times"], 99)} for r in rows]}
+    if not args.no_http:
+        found = servers()
+        if not found:
+            print("\nno ASGI server found (daphne/uvicorn); skipping HTTP")
+        for name, cmd in found:
+            http_rows, burst = over_http(name, cmd, args.requests, args.warmup,
+                                         args.concurrency)
+            print(f"\nOver HTTP: {name}, one keep-alive connection from this process to "
+                  f"127.0.0.1, {args.requests} sequential requests per case; ms")
+            print(table(["case", "p50", "p90", "p99", "max"],
+                        [[r["label"], f"{percentile(r['times'], 50):.1f}",
+                          f"{percentile(r['times'], 90):.1f}",
+                          f"{percentile(r['times'], 99):.1f}", f"{max(r['times']):.1f}"]
+                         for r in http_rows]))
+            print(f"burst: {burst['concurrency']} concurrent clients, {burst['requests']} "
+                  f"requests of case 1: {burst['rps']:.0f} req/s, p50 {burst['p50']:.1f} ms, "
+                  f"p99 {burst['p99']:.1f} ms")
+            summary[name] = {"cases": [{"label": r["label"], "p50": percentile(r["times"], 50),
+                                        "p99": percentile(r["times"], 99)} for r in http_rows],
+                             "burst": burst}
+    out = os.environ.get("BENCH_JSON")
+    if out:
+        Path(out).write_text(json.dumps(summary, indent=2, default=str))
+    return 0 if worst <= TARGET_P99_MS and constant else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The agent's connection to the platform: hello, heartbeats, reconnects with backoff,
+and an on-disk outbox resent after every reconnect until acknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from . import __version__
+from .display import Display
+from .outbox import Outbox
+from .run_assignment import AssignmentRun
+
+
+class TokenRefused(Exception):
+    pass
+
+
+class Agent:
+    def __init__(self, *, server: str, token: str, workdir: Path, nproc_per_node: int | None,
+                 advertise_addr: str, heartbeat_s: float, display: Display, hardware: dict,
+                 benchmark_tflops: float):
+        parts = urlsplit(server.rstrip("/"))
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        self.ws_url = f"{scheme}://{parts.netloc}/ws/agent/"
+        self.origin = f"{parts.scheme}://{parts.netloc}"
+        self.token = token
+        self.workdir = workdir
+        self.nproc_per_node = nproc_per_node
+        self.advertise_addr = advertise_addr
+        self.heartbeat_s = heartbeat_s
+        self.display = display
+        self.hardware = hardware
+        self.benchmark_tflops = benchmark_tflops
+        self.cpu_threads = os.cpu_count() or 1
+        self.outbox = Outbox(workdir / "outbox.sqlite3")
+        self.runs: dict[int, AssignmentRun] = {}
+        self.ws = None
+        self._stopping = asyncio.Event()
+
+    # --- sending ------------------------------------------------------------------
+    async def _send(self, message: dict) -> None:
+        ws = self.ws
+        if ws is None:
+            return
+        try:
+            await ws.send(json.dumps(message))
+        except ConnectionClosed:
+            pass  # kept in the outbox; resent after the reconnect
+
+    async def send_data(self, assignment: int, type_: str, **fields) -> None:
+        """A message that must arrive: numbered per assignment, kept until acknowledged."""
+        message = {"type": type_, "id": uuid.uuid4().hex, "assignment": assignment,
+                   "seq": self.outbox.next_seq(assignment), **fields}
+        self.outbox.put(message)
+        await self._send(message)
+
+    def forget(self, assignment: int) -> None:
+        self.runs.pop(assignment, None)
+
+    # --- receiving ----------------------------------------------------------------
+    async def _on_message(self, message: dict) -> None:
+        kind = message.get("type")
+        if kind == "ack":
+            for message_id in message.get("ids", [message.get("ack")]):
+                if message_id:
+                    self.outbox.ack(message_id)
+        elif kind == "welcome":
+            keep = set(message.get("assignments", []))
+            for assignment, run in list(self.runs.items()):
+                if assignment not in keep:
+                    await run.cancel("the platform no longer runs it here")
+            self.display.log(f"● connected as node {message.get('node')} ({message.get('name', '')})")
+        elif kind == "assignment.start":
+            assignment = int(message["assignment"])
+            if assignment in self.runs:
+                return  # a resend after a reconnect: already running
+            run = AssignmentRun(self, message)
+            self.runs[assignment] = run
+            self.display.log(f"↓ {run.label}: received, preparing")
+            run.launch()
+        elif kind == "assignment.cancel":
+            run = self.runs.get(int(message["assignment"]))
+            if run is not None:
+                await run.cancel(message.get("reason", "cancelled by the platform"))
+        elif kind == "error":
+            self.display.log(f"! platform says: {message.get('message')}")
+
+    # --- connection loop ----------------------------------------------------------
+    def hello(self) -> dict:
+        return {"type": "hello", "id": uuid.uuid4().hex, "agent_version": __version__,
+                "hardware": self.hardware, "benchmark_tflops": self.benchmark_tflops,
+                "nproc_per_node": self.nproc_per_node, "advertise_addr": self.advertise_addr,
+                "running": sorted(self.runs)}
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            await self._send({"type": "heartbeat", "id": uuid.uuid4().hex,
+                              "running": sorted(self.runs)})
+
+    async def run_forever(self) -> None:
+        backoff = 1.0
+        while not self._stopping.is_set():
+            heartbeat = None
+            try:
+                async with websockets.connect(
+                    self.ws_url, origin=self.origin, open_timeout=10, ping_interval=20,
+                    additional_headers={"Authorization": f"Token {self.token}"},
+                    max_size=8 * 1024 * 1024,
+                ) as ws:
+                    self.ws = ws
+                    backoff = 1.0
+                    await self._send(self.hello())
+                    for message in self.outbox.pending():
+                        await self._send(message)
+                    heartbeat = asyncio.create_task(self._heartbeats())
+                    async for raw in ws:
+                        try:
+                            await self._on_message(json.loads(raw))
+                        except (ValueError, KeyError, TypeError) as exc:
+                            self.display.log(f"! ignored a malformed message from the platform: {exc}")
+            except InvalidStatus as exc:
+                if exc.response.status_code in (401, 403):
+                    raise TokenRefused("the platform refused this agent's token") from None
+                self.display.log(f"○ platform answered {exc.response.status_code}; retrying")
+            except (OSError, ConnectionClosed, TimeoutError) as exc:
+                self.display.log(f"○ disconnected ({exc.__class__.__name__}); "
+                                 f"reconnecting in {backoff:.0f} s, {len(self.outbox)} messages queued")
+            finally:
+                self.ws = None
+                if heartbeat is not None:
+                    heartbeat.cancel()
+            try:
+                await asyncio.wait_for(self._stopping.wait(), backoff + random.uniform(0, 0.5))
+            except TimeoutError:
+                pass
+            backoff = min(backoff * 2, 30.0)
+
+    async def shutdown(self) -> None:
+        self._stopping.set()
+        for run in list(self.runs.values()):
+            await run.cancel("the agent is shutting down")
+        if self.ws is not None:
+            await self.ws.close()

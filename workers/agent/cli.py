@@ -1,0 +1,92 @@
+"""computemesh-agent: run jobs from the ComputeMesh platform on this machine.
+
+    computemesh-agent --server https://computemesh.example --token cmn_…
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from . import __version__, hardware
+from .agent import Agent, TokenRefused
+from .display import Display
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="computemesh-agent", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--server", required=True, help="platform URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--token", default=os.environ.get("COMPUTEMESH_AGENT_TOKEN"),
+                   help="the node's agent token (or COMPUTEMESH_AGENT_TOKEN)")
+    p.add_argument("--workdir", type=Path, default=Path.home() / ".computemesh-agent",
+                   help="where datasets, checkpoints and the outbox live")
+    p.add_argument("--nproc-per-node", type=int, default=None,
+                   help="training processes per node (default: what each job asks for)")
+    p.add_argument("--advertise-addr", default=None,
+                   help="address other nodes reach this one at for multi-node jobs")
+    p.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats")
+    p.add_argument("--plain", action="store_true", help="plain log lines, no live bars")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    args = p.parse_args(argv)
+    parts = urlsplit(args.server)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        p.error(f"--server must be an http(s) URL, not {args.server!r}")
+    if not args.token:
+        p.error("--token is required (or set COMPUTEMESH_AGENT_TOKEN)")
+    if args.nproc_per_node is not None and args.nproc_per_node < 1:
+        p.error("--nproc-per-node must be at least 1")
+    if args.heartbeat <= 0:
+        p.error("--heartbeat must be positive")
+    return args
+
+
+def _default_addr(server: str) -> str:
+    """The local address that routes to the platform: what peers most likely reach."""
+    host = urlsplit(server).hostname or "127.0.0.1"
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))
+            return s.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+
+
+async def _main(args: argparse.Namespace, display: Display) -> int:
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    display.log(f"ComputeMesh agent {__version__} — detecting hardware …")
+    hw = await asyncio.to_thread(hardware.detect, str(args.workdir))
+    kind = (f"{hw['gpu_count']}× {hw['gpu_model']}" if hw["gpu_count"]
+            else f"CPU node ({hw['cpu_cores']} cores; no GPU)")
+    display.log(f"  {kind}, {hw['ram_gb']} GB RAM, {hw['disk_free_gb']} GB free disk")
+    tflops = await asyncio.to_thread(hardware.benchmark_tflops)
+    display.log(f"  benchmark: {tflops:.3f} TFLOP/s float32 matmul")
+    agent = Agent(server=args.server, token=args.token, workdir=args.workdir,
+                  nproc_per_node=args.nproc_per_node,
+                  advertise_addr=args.advertise_addr or _default_addr(args.server),
+                  heartbeat_s=args.heartbeat, display=display, hardware=hw, benchmark_tflops=tflops)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(agent.shutdown()))
+    display.log(f"  connecting to {agent.ws_url}")
+    try:
+        await agent.run_forever()
+    except TokenRefused as exc:
+        display.log(f"✖ {exc}. Check --token (rotate it on the node's page if it leaked).")
+        return 2
+    finally:
+        agent.outbox.close()
+    display.log("agent stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    with Display(plain=args.plain or not sys.stdout.isatty()) as display:
+        return asyncio.run(_main(args, display))

@@ -1,0 +1,71 @@
+"""Starts one assignment's training processes with torch.distributed and watches them.
+
+The training runs as a separate command in its own process group, so that cancelling
+kills every rank and a hung shutdown cannot outlive the watchdog (DESIGN.md pitfalls).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def command(*, spec_path: Path, nnodes: int, node_rank: int, nproc_per_node: int,
+            master_addr: str, master_port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        "--nnodes", str(nnodes), "--node-rank", str(node_rank),
+        "--nproc-per-node", str(nproc_per_node),
+        # Static rendezvous: node rank 0 hosts the store at its advertised address.
+        "--master-addr", master_addr, "--master-port", str(master_port),
+        # The platform re-places work on node loss; a local restart only helps one node.
+        "--max-restarts", "1" if nnodes == 1 else "0",
+        "-m", "workers.training.run", str(spec_path),
+    ]
+
+
+def environment(*, threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        # torchrun sets 1 per process; set it explicitly so CPUs are not oversubscribed.
+        "OMP_NUM_THREADS": str(threads),
+        # Restarts after a rank dies fail without this (pytorch#135712).
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+        "PYTHONUNBUFFERED": "1",
+    })
+    # The training runtime is part of this package: make sure the child can import it.
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+async def start(cmd: list[str], env: dict[str, str], cwd: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *cmd, env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+
+
+async def stop(process: asyncio.subprocess.Process, *, grace_s: float = 10) -> None:
+    """SIGTERM the whole process group, then SIGKILL what is left."""
+    if process.returncode is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            await asyncio.wait_for(process.wait(), wait)
+            return
+        except TimeoutError:
+            continue

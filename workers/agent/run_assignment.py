@@ -1,0 +1,199 @@
+"""One assignment on this node: fetch its inputs, run its ranks, report what happens."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import launcher, transfer
+from .events_tail import EventTail
+
+if TYPE_CHECKING:
+    from .agent import Agent
+
+STALL_TIMEOUT_S = 180  # no event and no output for this long: the group is hung
+SHUTDOWN_GRACE_S = 30  # after the result, ranks that do not exit are killed
+LOG_BATCH = 50
+
+
+class AssignmentRun:
+    def __init__(self, agent: Agent, start: dict):
+        self.agent = agent
+        self.start_msg = start
+        self.id = int(start["assignment"])
+        self.job = start.get("job")
+        self.dir = agent.workdir / "assignments" / str(self.id)
+        self.process: asyncio.subprocess.Process | None = None
+        self.task: asyncio.Task | None = None
+        self.cancelled_reason: str | None = None
+        self.last_lines: deque[str] = deque(maxlen=20)
+        self.result: dict | None = None
+        self.last_activity = time.monotonic()
+
+    @property
+    def label(self) -> str:
+        s = self.start_msg
+        return (f"job {self.job} · assignment {self.id} · node {s['node_rank'] + 1}/{s['nnodes']}"
+                f" · {s['nproc_per_node']} proc")
+
+    # --- lifecycle ----------------------------------------------------------------
+    def launch(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"assignment-{self.id}")
+
+    async def cancel(self, reason: str) -> None:
+        self.cancelled_reason = reason
+        if self.process is not None:
+            await launcher.stop(self.process)
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    async def _run(self) -> None:
+        s = self.start_msg
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            dataset = await asyncio.to_thread(self._fetch_inputs)
+            if s["node_rank"] == 0 and not s.get("rdzv"):
+                rdzv = {"host": self.agent.advertise_addr, "port": launcher.free_port()}
+            else:
+                rdzv = s["rdzv"]
+            spec_path = self.dir / "spec.json"
+            spec_path.write_text(json.dumps({
+                "template": s["template"], "params": s["params"], "dataset": dataset,
+                "workdir": str(self.dir), "backend": s.get("backend", "gloo"),
+                "resume_from": str(self.dir / "resume.pt") if s.get("resume_checkpoint_url") else None,
+                "pg_timeout_s": s.get("pg_timeout_s", 60),
+            }))
+            await self.agent.send_data(self.id, "assignment.accepted", rdzv=rdzv)
+            cmd = launcher.command(spec_path=spec_path, nnodes=s["nnodes"], node_rank=s["node_rank"],
+                                   nproc_per_node=s["nproc_per_node"], master_addr=rdzv["host"],
+                                   master_port=int(rdzv["port"]))
+            threads = max(1, self.agent.cpu_threads // max(1, s["nproc_per_node"]))
+            self.process = await launcher.start(cmd, launcher.environment(threads=threads), self.dir)
+            await self._watch()
+        except transfer.TransferError as exc:
+            await self._finish("failed", error=str(exc))
+        except asyncio.CancelledError:
+            if self.process is not None:
+                await launcher.stop(self.process)
+            self.agent.display.assignment_done(
+                self.id, f"■ assignment {self.id} stopped: {self.cancelled_reason or 'cancelled'}")
+        except Exception as exc:  # report, never take the agent down with one job
+            await self._finish("failed", error=f"agent error: {exc!r}")
+        finally:
+            self.agent.forget(self.id)
+
+    def _fetch_inputs(self) -> dict:
+        s, token = self.start_msg, self.start_msg["token"]
+        if s.get("resume_checkpoint_url"):
+            sha = transfer.download(s["resume_checkpoint_url"], token, self.dir / "resume.pt")
+            if s.get("resume_checkpoint_sha256") and sha != s["resume_checkpoint_sha256"]:
+                raise transfer.TransferError("the resume checkpoint does not match its SHA-256")
+        dataset = s["dataset"]
+        if dataset.get("kind") == "csv":
+            path = self.dir / "dataset.csv"
+            transfer.download(s["dataset_url"], token, path)
+            return {"kind": "csv", "path": str(path)}
+        return dataset
+
+    async def _watch(self) -> None:
+        tail = EventTail(self.dir / "events.jsonl")
+        reader = asyncio.create_task(self._read_output())
+        finished_at = None
+        try:
+            while True:
+                await self._forward(tail.poll())
+                if self.process.returncode is not None:
+                    break
+                now = time.monotonic()
+                if self.result is not None:
+                    finished_at = finished_at or now
+                    if now - finished_at > SHUTDOWN_GRACE_S:
+                        self.agent.display.log(f"assignment {self.id}: ranks hung after finishing; "
+                                               "stopping them")
+                        await launcher.stop(self.process)
+                        break
+                elif now - self.last_activity > STALL_TIMEOUT_S:
+                    await launcher.stop(self.process)
+                    await self._finish("failed", error=f"no progress for {STALL_TIMEOUT_S} s; stopped")
+                    return
+                await asyncio.sleep(0.2)
+            await self._forward(tail.poll())
+        finally:
+            await reader
+        if self.cancelled_reason:
+            return
+        if self.result is not None or (self.process.returncode == 0 and self.start_msg["node_rank"] > 0):
+            await self._finish("succeeded", **(self.result or {}))
+        else:
+            tail_lines = "\n".join(list(self.last_lines)[-8:])
+            await self._finish("failed", error=f"training exited with {self.process.returncode}:\n"
+                                               f"{tail_lines}")
+
+    async def _read_output(self) -> None:
+        batch: list[str] = []
+        while True:
+            line = await self.process.stdout.readline()
+            if line:
+                text = line.decode(errors="replace").rstrip()[:2000]
+                self.last_lines.append(text)
+                self.last_activity = time.monotonic()
+                batch.append(text)
+            if batch and (not line or len(batch) >= LOG_BATCH):
+                await self.agent.send_data(self.id, "log", lines=batch)
+                batch = []
+            if not line:
+                return
+
+    async def _forward(self, events: list[dict]) -> None:
+        progress = []
+        for event in events:
+            self.last_activity = time.monotonic()
+            kind = event.pop("type")
+            if kind == "started":
+                self.agent.display.assignment_started(self.id, self.label, event["total_steps"],
+                                                      event["step"])
+                progress.append({**event, "phase": "started"})
+            elif kind == "progress":
+                progress.append(event)
+                self.agent.display.assignment_progress(
+                    self.id, step=event["step"], total=event["total_steps"], loss=event.get("loss"),
+                    rate=event.get("samples_per_sec"))
+            elif kind == "checkpoint":
+                if progress:
+                    await self.agent.send_data(self.id, "progress", items=progress)
+                    progress = []
+                await self._upload_checkpoint(event)
+            elif kind == "finished":
+                await self._upload_artifact(event)
+        if progress:
+            await self.agent.send_data(self.id, "progress", items=progress)
+
+    async def _upload_checkpoint(self, event: dict) -> None:
+        s = self.start_msg
+        url = f"{s['upload_url']}checkpoints/{event['step']}/"
+        path = Path(event["path"])
+        try:
+            await asyncio.to_thread(transfer.upload, url, s["token"], path, sha256=event["sha256"])
+        except transfer.TransferError as exc:
+            self.agent.display.log(f"assignment {self.id}: checkpoint {event['step']} not uploaded: {exc}")
+            return
+        await self.agent.send_data(self.id, "checkpoint", step=event["step"], sha256=event["sha256"],
+                                   bytes=event["bytes"])
+
+    async def _upload_artifact(self, event: dict) -> None:
+        s = self.start_msg
+        await asyncio.to_thread(transfer.upload, f"{s['upload_url']}artifact/", s["token"],
+                                Path(event["artifact"]), sha256=event["sha256"])
+        self.result = {"metric": event["metric"], "value": event["value"], "step": event["step"],
+                       "artifact_sha256": event["sha256"], "param_digests": event["param_digests"]}
+
+    async def _finish(self, status: str, **fields) -> None:
+        await self.agent.send_data(self.id, "assignment.finished", status=status, **fields)
+        icon = "✔" if status == "succeeded" else "✖"
+        detail = fields.get("error", "").splitlines()[0] if status != "succeeded" else (
+            f"{fields.get('metric', '')} {fields.get('value', '')}".strip())
+        self.agent.display.assignment_done(self.id, f"{icon} assignment {self.id} {status} {detail}")

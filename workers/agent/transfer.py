@@ -1,0 +1,46 @@
+"""Plain-HTTP transfers with a token scoped to one assignment (stdlib only)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+class TransferError(RuntimeError):
+    pass
+
+
+def download(url: str, token: str, dest: Path, *, timeout: float = 60) -> str:
+    """Fetch `url` into `dest` atomically; returns its SHA-256."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response, open(tmp, "wb") as fh:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                digest.update(block)
+                fh.write(block)
+    except urllib.error.HTTPError as exc:
+        raise TransferError(f"download refused ({exc.code}): {url}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise TransferError(f"download failed: {exc}") from None
+    shutil.move(tmp, dest)
+    return digest.hexdigest()
+
+
+def upload(url: str, token: str, path: Path, *, sha256: str, timeout: float = 120) -> None:
+    data = path.read_bytes()
+    request = urllib.request.Request(url, data=data, method="PUT", headers={
+        "Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream",
+        "X-Content-Sha256": sha256})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read()
+    except urllib.error.HTTPError as exc:
+        body = exc.read()[:300].decode(errors="replace")
+        raise TransferError(f"upload refused ({exc.code}): {body}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise TransferError(f"upload failed: {exc}") from None
