@@ -257,6 +257,20 @@ class Job(models.Model):
     # Written only by marketplace.job_states.
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
     status_changed_at = models.DateTimeField(auto_now_add=True)
+    # Execution: each placement is an attempt; nodes lost during the job are not reused.
+    attempt = models.PositiveIntegerField(default=0)
+    excluded_nodes = models.JSONField(default=list, blank=True)
+    metric_seq = models.PositiveIntegerField(default=0, help_text="Last MetricPoint.seq.")
+    current_step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(default=0)
+    last_loss = models.FloatField(null=True, blank=True)
+    samples_per_sec = models.FloatField(null=True, blank=True)
+    metric_name = models.CharField(max_length=32, blank=True)
+    metric_value = models.FloatField(null=True, blank=True)
+    artifact = models.FileField(upload_to="artifacts/%Y/%m/", blank=True)
+    artifact_sha256 = models.CharField(max_length=64, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -329,3 +343,96 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} {self.object_type}#{self.object_id}"
+
+
+class Assignment(models.Model):
+    """One node's part of one placement of a job, with the price locked at placement."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Placed, not yet sent"
+        DISPATCHED = "dispatched", "Sent to the agent"
+        ACCEPTED = "accepted", "Accepted by the agent"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        LOST = "lost", "Node lost"
+        CANCELLED = "cancelled", "Cancelled"
+
+    ACTIVE = (Status.PENDING, Status.DISPATCHED, Status.ACCEPTED, Status.RUNNING)
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="assignments")
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="assignments")
+    offer = models.ForeignKey(Offer, on_delete=models.PROTECT, related_name="assignments")
+    attempt = models.PositiveIntegerField()
+    node_rank = models.PositiveSmallIntegerField()
+    gpus = models.PositiveSmallIntegerField()
+    price_per_gpu_hour = models.DecimalField(**MONEY)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    rdzv_host = models.CharField(max_length=255, blank=True)
+    rdzv_port = models.PositiveIntegerField(null=True, blank=True)
+    resume_step = models.PositiveIntegerField(null=True, blank=True)
+    # Highest agent message sequence number applied; the next must be last_seq + 1.
+    last_seq = models.PositiveIntegerField(default=0)
+    detail = models.CharField(max_length=2000, blank=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["job_id", "attempt", "node_rank"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "attempt", "node_rank"], name="assignment_rank_unique"),
+            models.CheckConstraint(condition=Q(gpus__gte=1), name="assignment_gpus_gte_1"),
+        ]
+        indexes = [models.Index(fields=["node", "status"], name="assignment_node_status")]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} attempt {self.attempt} rank {self.node_rank} on node {self.node_id}"
+
+
+class Checkpoint(models.Model):
+    """A checkpoint a provider uploaded, with the SHA-256 it committed to."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="checkpoints")
+    assignment = models.ForeignKey(Assignment, on_delete=models.CASCADE, related_name="checkpoints")
+    step = models.PositiveIntegerField()
+    sha256 = models.CharField(max_length=64)
+    size_bytes = models.PositiveBigIntegerField()
+    file = models.FileField(upload_to="checkpoints/%Y/%m/")
+    committed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["job_id", "step"]
+        constraints = [models.UniqueConstraint(fields=["assignment", "step"], name="checkpoint_step_unique")]
+        indexes = [models.Index(fields=["job", "-step"], name="checkpoint_job_step")]
+
+
+class MetricPoint(models.Model):
+    """A training progress sample, persisted before anyone is told about it."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="metrics")
+    assignment = models.ForeignKey(Assignment, on_delete=models.CASCADE, related_name="+")
+    seq = models.PositiveIntegerField(help_text="Per job, gap-free, for resync.")
+    step = models.PositiveIntegerField()
+    total_steps = models.PositiveIntegerField()
+    epoch = models.PositiveIntegerField(default=0)
+    loss = models.FloatField(null=True)
+    samples_per_sec = models.FloatField(null=True)
+    at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["job_id", "seq"]
+        constraints = [models.UniqueConstraint(fields=["job", "seq"], name="metric_seq_unique")]
+
+
+class LogLine(models.Model):
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="log_lines")
+    assignment = models.ForeignKey(Assignment, on_delete=models.CASCADE, related_name="+")
+    line = models.CharField(max_length=2000)
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["job_id", "id"]
+        indexes = [models.Index(fields=["job", "id"], name="logline_job")]

@@ -1,3 +1,9 @@
-"""WebSocket routes (live progress, dashboards and the agent socket come with later work)."""
+"""WebSocket routes."""
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from .consumers.agent import AgentConsumer
+
+websocket_urlpatterns = [
+    path("ws/agent/", AgentConsumer.as_asgi()),
+]

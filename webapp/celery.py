@@ -15,4 +15,8 @@ app.conf.task_routes = {
     "workers.tasks_chain.*": {"queue": "chain"},
     "workers.tasks_verify.*": {"queue": "verify"},
 }
-app.autodiscover_tasks(["workers"], related_name="tasks")
+app.conf.imports = ("workers.tasks", "workers.tasks_dispatch")
+app.conf.beat_schedule = {
+    "heartbeat-watchdog": {"task": "workers.tasks.heartbeat_watchdog", "schedule": 5.0},
+    "rematch-waiting": {"task": "workers.tasks.rematch_waiting", "schedule": 15.0},
+}

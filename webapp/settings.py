@@ -210,6 +210,15 @@ SPECTACULAR_SETTINGS = {
 # Seconds without a heartbeat after which a node counts as offline.
 NODE_HEARTBEAT_TIMEOUT_S = env.int("NODE_HEARTBEAT_TIMEOUT_S", default=15)
 PLATFORM_FEE_BPS = env.int("PLATFORM_FEE_BPS", default=500)
+# Until on-chain escrow is enabled, a submitted job counts as funded and runs at once.
+ESCROW_ENABLED = env.bool("ESCROW_ENABLED", default=True)  # FLIP-AFTER-HELPERS
+# Placements tried before a job that keeps failing is given up.
+JOB_MAX_ATTEMPTS = env.int("JOB_MAX_ATTEMPTS", default=3)
+# Lifetime of the token an agent uses to fetch a dataset and upload checkpoints.
+ASSIGNMENT_TOKEN_TTL_S = env.int("ASSIGNMENT_TOKEN_TTL_S", default=12 * 3600)
+CHECKPOINT_MAX_BYTES = env.int("CHECKPOINT_MAX_BYTES", default=512 * 1_048_576)
+# Agents heartbeat this often; start messages not accepted after this long are resent.
+AGENT_HEARTBEAT_S = env.float("AGENT_HEARTBEAT_S", default=5.0)
 
 # --- Security (check --deploy passes with DEBUG off) -------------------------------
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

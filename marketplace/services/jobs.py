@@ -1,8 +1,10 @@
+from django.conf import settings
 from django.db import transaction
 
 from .. import job_states
 from ..errors import PermissionDenied
 from ..models import Job, Organization
+from . import enqueue, execution
 from .job_spec import JobSpec, job_spec_validate
 
 S = Job.Status
@@ -30,16 +32,27 @@ def job_submit(*, owner: Organization, spec: JobSpec, actor=None) -> Job:
                     f"{spec.gpus_per_node} {'CPU slots' if spec.wants_cpu else 'GPUs'}, "
                     f"up to {spec.max_price_per_gpu_hour} tUSD/GPU-h, budget {spec.budget} tUSD.",
         )
+        if not settings.ESCROW_ENABLED:
+            job_states.transition(
+                job_id=job.pk, to=S.FUNDED, reason="escrow_disabled",
+                message="On-chain escrow is not enabled on this platform; the job runs without "
+                        "funding.")
+            enqueue.match_job(job.pk)
     job.refresh_from_db()
     return job
 
 
 def job_cancel(*, job: Job, actor=None, reason: str = "cancelled_by_owner",
                message: str = "") -> Job:
-    """Cancel a job that has not finished. Stopping running work and refunding follow the
-    transition (execution and payments hook in there)."""
+    """Cancel a job that has not finished and stop it on every node."""
     who = getattr(actor, "username", "the platform")
-    return job_states.transition(
-        job_id=job.pk, to=S.CANCELLED, reason=reason, actor=actor,
-        message=message or f"Cancelled by {who}.", expect=job_states.CANCELLABLE,
-    )
+    with transaction.atomic():
+        job = job_states.transition(
+            job_id=job.pk, to=S.CANCELLED, reason=reason, actor=actor,
+            message=message or f"Cancelled by {who}.", expect=job_states.CANCELLABLE,
+        )
+        stopped = execution.job_stop_assignments(job=job, reason=f"job cancelled by {who}")
+        if stopped:
+            job_states.note(job_id=job.pk, reason="assignments_stopped",
+                            message=f"Stopped the job on {stopped} node{'s' if stopped > 1 else ''}.")
+    return job

@@ -32,6 +32,7 @@ class Agent:
         scheme = "wss" if parts.scheme == "https" else "ws"
         self.ws_url = f"{scheme}://{parts.netloc}/ws/agent/"
         self.origin = f"{parts.scheme}://{parts.netloc}"
+        self.http_base = f"{parts.scheme}://{parts.netloc}"
         self.token = token
         self.workdir = workdir
         self.nproc_per_node = nproc_per_node
@@ -63,6 +64,10 @@ class Agent:
         self.outbox.put(message)
         await self._send(message)
 
+    def url(self, path: str) -> str:
+        """Platform paths are relative: the agent reaches the platform at --server."""
+        return path if path.startswith(("http://", "https://")) else self.http_base + path
+
     def forget(self, assignment: int) -> None:
         self.runs.pop(assignment, None)
 
@@ -93,6 +98,10 @@ class Agent:
                 await run.cancel(message.get("reason", "cancelled by the platform"))
         elif kind == "error":
             self.display.log(f"! platform says: {message.get('message')}")
+            if message.get("code") == "out_of_order":
+                # Something sent earlier has not arrived yet: resend what is unacknowledged.
+                for pending in self.outbox.pending():
+                    await self._send(pending)
 
     # --- connection loop ----------------------------------------------------------
     def hello(self) -> dict:

@@ -32,6 +32,7 @@ class AssignmentRun:
         self.cancelled_reason: str | None = None
         self.last_lines: deque[str] = deque(maxlen=20)
         self.result: dict | None = None
+        self.error: dict | None = None
         self.last_activity = time.monotonic()
 
     @property
@@ -89,13 +90,14 @@ class AssignmentRun:
     def _fetch_inputs(self) -> dict:
         s, token = self.start_msg, self.start_msg["token"]
         if s.get("resume_checkpoint_url"):
-            sha = transfer.download(s["resume_checkpoint_url"], token, self.dir / "resume.pt")
+            sha = transfer.download(self.agent.url(s["resume_checkpoint_url"]), token,
+                                    self.dir / "resume.pt")
             if s.get("resume_checkpoint_sha256") and sha != s["resume_checkpoint_sha256"]:
                 raise transfer.TransferError("the resume checkpoint does not match its SHA-256")
         dataset = s["dataset"]
         if dataset.get("kind") == "csv":
             path = self.dir / "dataset.csv"
-            transfer.download(s["dataset_url"], token, path)
+            transfer.download(self.agent.url(s["dataset_url"]), token, path)
             return {"kind": "csv", "path": str(path)}
         return dataset
 
@@ -126,7 +128,9 @@ class AssignmentRun:
             await reader
         if self.cancelled_reason:
             return
-        if self.result is not None or (self.process.returncode == 0 and self.start_msg["node_rank"] > 0):
+        if self.error is not None:
+            await self._finish("failed", **self.error)
+        elif self.result is not None or (self.process.returncode == 0 and self.start_msg["node_rank"] > 0):
             await self._finish("succeeded", **(self.result or {}))
         else:
             tail_lines = "\n".join(list(self.last_lines)[-8:])
@@ -169,12 +173,15 @@ class AssignmentRun:
                 await self._upload_checkpoint(event)
             elif kind == "finished":
                 await self._upload_artifact(event)
+            elif kind == "failed":
+                self.error = {"error": event.get("message", "training failed"),
+                              "error_kind": event.get("reason", "")}
         if progress:
             await self.agent.send_data(self.id, "progress", items=progress)
 
     async def _upload_checkpoint(self, event: dict) -> None:
         s = self.start_msg
-        url = f"{s['upload_url']}checkpoints/{event['step']}/"
+        url = self.agent.url(f"{s['upload_url']}checkpoints/{event['step']}/")
         path = Path(event["path"])
         try:
             await asyncio.to_thread(transfer.upload, url, s["token"], path, sha256=event["sha256"])
@@ -186,7 +193,7 @@ class AssignmentRun:
 
     async def _upload_artifact(self, event: dict) -> None:
         s = self.start_msg
-        await asyncio.to_thread(transfer.upload, f"{s['upload_url']}artifact/", s["token"],
+        await asyncio.to_thread(transfer.upload, self.agent.url(f"{s['upload_url']}artifact/"), s["token"],
                                 Path(event["artifact"]), sha256=event["sha256"])
         self.result = {"metric": event["metric"], "value": event["value"], "step": event["step"],
                        "artifact_sha256": event["sha256"], "param_digests": event["param_digests"]}

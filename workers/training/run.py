@@ -26,7 +26,7 @@ from torch.utils.data.distributed import DistributedSampler
 from . import checkpoint, data, nets
 from .events import EventWriter
 
-REPORT_EVERY_S = 0.25
+REPORTS_PER_RUN = 400  # progress points per run, at most (plus one per checkpoint)
 
 
 def _step_seed(seed: int, rank: int, step: int) -> int:
@@ -64,7 +64,14 @@ def main(spec_path: str) -> int:
     template, params = spec["template"], spec["params"]
     seed = int(params.get("seed", 0))
     torch.manual_seed(seed)
-    splits = data.load(template, spec["dataset"], params)
+    try:
+        splits = data.load(template, spec["dataset"], params)
+    except data.DatasetError as exc:
+        # The consumer's data, not the node, is at fault: say so, so the job fails fast.
+        events.emit("failed", reason="dataset", message=str(exc))
+        events.close()
+        dist.destroy_process_group()
+        return 3
     model, loss_fn = nets.build(template, params, splits)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=float(params["learning_rate"]))
@@ -94,8 +101,10 @@ def main(spec_path: str) -> int:
                 resumed_from=str(resume) if resume else None, steps_per_epoch=steps_per_epoch)
 
     every = int(params.get("checkpoint_every", 50))
+    # Reporting all-reduces the loss, so every rank must decide it the same way: by step
+    # number, never by its own clock (a mismatch hangs or corrupts the collectives).
+    report_every = max(1, total_steps // REPORTS_PER_RUN)
     step, window_start, window_steps = start_step, time.perf_counter(), 0
-    last_report = 0.0
     x_all, y_all = splits.x_train, splits.y_train
     while step < total_steps:
         epoch = step // steps_per_epoch
@@ -111,7 +120,7 @@ def main(spec_path: str) -> int:
             window_steps += 1
             now = time.perf_counter()
             checkpoint_due = step % every == 0 or step == total_steps
-            if now - last_report >= REPORT_EVERY_S or checkpoint_due:
+            if step % report_every == 0 or checkpoint_due:
                 mean_loss = loss.detach().clone()
                 dist.all_reduce(mean_loss, op=dist.ReduceOp.AVG if backend == "nccl" else dist.ReduceOp.SUM)
                 if backend != "nccl":
@@ -119,7 +128,7 @@ def main(spec_path: str) -> int:
                 elapsed = max(now - window_start, 1e-9)
                 events.emit("progress", step=step, total_steps=total_steps, epoch=epoch,
                             loss=float(mean_loss), samples_per_sec=window_steps * batch * world / elapsed)
-                last_report, window_start, window_steps = now, now, 0
+                window_start, window_steps = now, 0
             if checkpoint_due and rank == 0:
                 path, sha = checkpoint.save(ckpt_dir, step=step, model=model, optimizer=optimizer,
                                             meta={"template": template, "epoch": epoch})

@@ -1,0 +1,106 @@
+"""Plain-HTTP transfers for agents: a dataset down, checkpoints up and down, the model up.
+Each request carries the short-lived token of one running assignment (Bearer)."""
+
+import hashlib
+import re
+import tempfile
+
+from django.conf import settings
+from django.core.files import File
+from django.db import IntegrityError, transaction
+from django.http import FileResponse, HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods
+
+from .errors import MarketError
+from .models import Assignment, Checkpoint, Job
+from .services.execution import assignment_from_token
+
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _error(exc: MarketError) -> JsonResponse:
+    return JsonResponse({"detail": exc.message, "code": exc.code}, status=exc.status_code)
+
+
+def _assignment(request: HttpRequest, assignment_id: int) -> Assignment:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise MarketError("Send the assignment's token as 'Authorization: Bearer …'.", code="unauthorized")
+    return assignment_from_token(token.strip(), assignment_id)
+
+
+def _receive(request: HttpRequest) -> tuple[tempfile.SpooledTemporaryFile, str, int]:
+    """Stream the body to a temporary file, checking size and the declared SHA-256."""
+    declared = request.headers.get("X-Content-Sha256", "").lower()
+    if not SHA256.match(declared):
+        raise MarketError("Declare the body's SHA-256 in X-Content-Sha256.", field="sha256")
+    digest, size = hashlib.sha256(), 0
+    spool = tempfile.SpooledTemporaryFile(max_size=8 * 1_048_576)  # noqa: SIM115
+    while chunk := request.read(1 << 20):
+        size += len(chunk)
+        if size > settings.CHECKPOINT_MAX_BYTES:
+            raise MarketError(f"Larger than {settings.CHECKPOINT_MAX_BYTES} bytes.", field="body")
+        digest.update(chunk)
+        spool.write(chunk)
+    if digest.hexdigest() != declared:
+        raise MarketError("The body does not match its declared SHA-256.", field="sha256")
+    spool.seek(0)
+    return spool, declared, size
+
+
+@csrf_exempt
+@require_http_methods(["GET"])
+def dataset(request, assignment_id: int):
+    try:
+        assignment = _assignment(request, assignment_id)
+    except MarketError as exc:
+        return _error(exc)
+    ds = assignment.job.dataset
+    if ds is None:
+        return JsonResponse({"detail": "This job uses a bundled sample."}, status=404)
+    return FileResponse(ds.file.open("rb"), as_attachment=True, filename=f"dataset-{ds.pk}.csv")
+
+
+@csrf_exempt
+@require_http_methods(["GET", "PUT"])
+def checkpoint(request, assignment_id: int, step: int):
+    try:
+        assignment = _assignment(request, assignment_id)
+        if request.method == "GET":
+            ckpt = Checkpoint.objects.filter(job=assignment.job_id, step=step,
+                                             committed_at__isnull=False).first()
+            if ckpt is None:
+                return JsonResponse({"detail": "No committed checkpoint at that step."}, status=404)
+            return FileResponse(ckpt.file.open("rb"), filename=f"step-{step}.pt")
+        if assignment.node_rank != 0:
+            raise MarketError("Only node rank 0 uploads checkpoints.", code="permission_denied")
+        body, sha, size = _receive(request)
+        with transaction.atomic():
+            ckpt = Checkpoint(job_id=assignment.job_id, assignment=assignment, step=step, sha256=sha,
+                              size_bytes=size)
+            ckpt.file.save(f"job-{assignment.job_id}-step-{step}.pt", File(body), save=False)
+            ckpt.save()
+    except IntegrityError:
+        return JsonResponse({"detail": "That checkpoint was uploaded already."}, status=409)
+    except MarketError as exc:
+        return _error(exc)
+    return JsonResponse({"step": step, "sha256": sha}, status=201)
+
+
+@csrf_exempt
+@require_http_methods(["PUT"])
+def artifact(request, assignment_id: int):
+    try:
+        assignment = _assignment(request, assignment_id)
+        if assignment.node_rank != 0:
+            raise MarketError("Only node rank 0 uploads the model.", code="permission_denied")
+        body, sha, size = _receive(request)
+        with transaction.atomic():
+            job = Job.objects.select_for_update().get(pk=assignment.job_id)
+            job.artifact.save(f"job-{job.pk}-model.pt", File(body), save=False)
+            job.artifact_sha256 = sha
+            job.save(update_fields=["artifact", "artifact_sha256", "updated_at"])
+    except MarketError as exc:
+        return _error(exc)
+    return JsonResponse({"sha256": sha, "bytes": size}, status=201)

@@ -1,0 +1,17 @@
+"""Enqueue Celery tasks by name once the transaction commits (never inside it), so the
+platform's services do not import the workers package."""
+
+from celery import current_app
+from django.db import transaction
+
+
+def enqueue(task: str, *args, countdown: float | None = None) -> None:
+    transaction.on_commit(lambda: current_app.send_task(task, args=list(args), countdown=countdown))
+
+
+def match_job(job_id: int) -> None:
+    enqueue("workers.tasks.match_job", job_id)
+
+
+def dispatch_assignment(assignment_id: int) -> None:
+    enqueue("workers.tasks_dispatch.dispatch_assignment", assignment_id)

@@ -1,0 +1,372 @@
+"""Running a placed job: what is sent to agents, and what their messages do.
+
+The database is the source of truth. Messages to agents are pushed through the channel
+layer after commit, and re-sent from the database on every hello and heartbeat, so a
+lost push delays work but never loses it.
+"""
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.core import signing
+from django.db import transaction
+from django.utils import timezone
+
+from .. import catalogue, job_states
+from ..errors import MarketError, NotFound
+from ..models import Assignment, Job, LogLine, MetricPoint, Node
+from . import enqueue, placement
+from .nodes import node_set_presence
+
+S = Job.Status
+A = Assignment.Status
+TOKEN_SALT = "computemesh.assignment"
+
+
+# --- messages to agents ----------------------------------------------------------
+def node_group(node_id: int) -> str:
+    return f"agent.node.{node_id}"
+
+
+def send_to_node(node_id: int, message: dict) -> None:
+    """Push a message to a node's agent once the current transaction commits."""
+    def push():
+        layer = get_channel_layer()
+        if layer is not None:
+            async_to_sync(layer.group_send)(node_group(node_id),
+                                            {"type": "agent.forward", "message": message})
+    transaction.on_commit(push)
+
+
+def _message(type_: str, **fields) -> dict:
+    return {"type": type_, "id": uuid.uuid4().hex, **fields}
+
+
+def assignment_token(assignment: Assignment) -> str:
+    return signing.dumps({"a": assignment.pk, "j": assignment.job_id}, salt=TOKEN_SALT)
+
+
+def assignment_from_token(token: str, assignment_id: int) -> Assignment:
+    """The active assignment a transfer token was issued for, or NotFound."""
+    try:
+        data = signing.loads(token, salt=TOKEN_SALT, max_age=settings.ASSIGNMENT_TOKEN_TTL_S)
+    except signing.BadSignature:
+        raise NotFound("Unknown or expired transfer token.") from None
+    if data.get("a") != assignment_id:
+        raise NotFound("This token is for another assignment.")
+    assignment = Assignment.objects.select_related("job", "job__dataset").filter(
+        pk=assignment_id, status__in=Assignment.ACTIVE).first()
+    if assignment is None:
+        raise NotFound("That assignment is not running.")
+    return assignment
+
+
+def start_message(assignment: Assignment) -> dict:
+    job = assignment.job
+    base = f"/api/v1/agent/assignments/{assignment.pk}/"
+    if job.dataset_ref.startswith("sample:"):
+        dataset = {"kind": "sample", "name": job.dataset_ref.removeprefix("sample:")}
+    else:
+        dataset = {"kind": "csv"}
+    resume = None
+    if assignment.resume_step is not None:
+        resume = job.checkpoints.filter(step=assignment.resume_step,
+                                        committed_at__isnull=False).first()
+    rdzv = None
+    if assignment.node_rank > 0:
+        rank0 = job.assignments.get(attempt=assignment.attempt, node_rank=0)
+        rdzv = {"host": rank0.rdzv_host, "port": rank0.rdzv_port}
+    is_cpu = catalogue.CPU in job.gpu_models
+    return _message(
+        "assignment.start", assignment=assignment.pk, job=job.pk, job_name=job.name,
+        template=job.template, params=job.params, dataset=dataset,
+        dataset_url=f"{base}dataset/" if dataset["kind"] == "csv" else None,
+        nnodes=job.nodes, node_rank=assignment.node_rank, nproc_per_node=assignment.gpus,
+        backend="gloo" if is_cpu else "nccl", rdzv=rdzv,
+        resume_checkpoint_url=f"{base}checkpoints/{resume.step}/" if resume else None,
+        resume_checkpoint_sha256=resume.sha256 if resume else None,
+        upload_url=base, token=assignment_token(assignment), pg_timeout_s=60,
+    )
+
+
+def assignment_dispatch(*, assignment_id: int) -> bool:
+    """Send a placed assignment to its agent (idempotent: only a pending one is sent)."""
+    with transaction.atomic():
+        claimed = Assignment.objects.filter(pk=assignment_id, status=A.PENDING).update(
+            status=A.DISPATCHED, dispatched_at=timezone.now())
+        if claimed != 1:
+            return False
+        assignment = Assignment.objects.select_related("job").get(pk=assignment_id)
+        send_to_node(assignment.node_id, start_message(assignment))
+    return True
+
+
+def dispatchable(assignments: list[Assignment]) -> list[int]:
+    """Rank 0 goes first: the others need the rendezvous address it reports."""
+    return [a.pk for a in assignments if a.node_rank == 0 or a.job.nodes == 1]
+
+
+# --- ending assignments ------------------------------------------------------------
+def _end(assignment: Assignment, status: str, detail: str = "") -> bool:
+    """Move an active assignment to a final status exactly once, freeing its GPUs."""
+    done = Assignment.objects.filter(pk=assignment.pk, status__in=Assignment.ACTIVE).update(
+        status=status, detail=detail[:2000], finished_at=timezone.now())
+    if done:
+        placement.release(assignment)
+        if status in (A.CANCELLED, A.LOST, A.FAILED):
+            send_to_node(assignment.node_id, _message(
+                "assignment.cancel", assignment=assignment.pk, reason=detail[:200] or status))
+    return bool(done)
+
+
+def job_stop_assignments(*, job: Job, reason: str, status: str = A.CANCELLED,
+                         except_id: int | None = None) -> int:
+    stopped = 0
+    for assignment in job.assignments.filter(status__in=Assignment.ACTIVE):
+        if assignment.pk != except_id:
+            stopped += _end(assignment, status, reason)
+    return stopped
+
+
+def _interrupt(job: Job, *, reason: str, message: str, exclude_node: int | None) -> None:
+    """A placement broke: stop its other parts and place the job again (or give up)."""
+    job_stop_assignments(job=job, reason=message)
+    if exclude_node is not None and exclude_node not in job.excluded_nodes:
+        job.excluded_nodes = [*job.excluded_nodes, exclude_node]
+        job.save(update_fields=["excluded_nodes", "updated_at"])
+    if job.status not in (S.RUNNING, S.MATCHING):
+        return
+    if job.attempt >= placement.max_attempts():
+        job_states.transition(job_id=job.pk, to=S.FAILED, reason="too_many_attempts",
+                              message=f"{message} Gave up after {job.attempt} placements.")
+        return
+    job_states.transition(job_id=job.pk, to=S.INTERRUPTED, reason=reason, message=message)
+    enqueue.match_job(job.pk)
+
+
+# --- what agents say ---------------------------------------------------------------
+def agent_hello(*, node: Node, hello: dict) -> list[dict]:
+    """Record the agent's hardware and presence; answer with what it should be running."""
+    tflops = hello.get("benchmark_tflops")
+    node_set_presence(node_id=node.pk, online=True, heartbeat_at=timezone.now(),
+                      benchmark_tflops=round(float(tflops), 3) if isinstance(tflops, int | float) else None,
+                      agent_version=str(hello.get("agent_version", ""))[:32])
+    active = list(Assignment.objects.filter(node=node, status__in=Assignment.ACTIVE))
+    out = [_message("welcome", node=node.pk, name=node.name, heartbeat_s=settings.AGENT_HEARTBEAT_S,
+                    assignments=[a.pk for a in active])]
+    return out + agent_heartbeat(node=node, running=hello.get("running") or [], touch=False)
+
+
+def agent_heartbeat(*, node: Node, running: list, touch: bool = True) -> list[dict]:
+    """Re-send starts the agent has not acted on; cancel what it runs but should not."""
+    if touch:
+        node_set_presence(node_id=node.pk, online=True, heartbeat_at=timezone.now())
+    running_ids = {int(x) for x in running if isinstance(x, int) or str(x).isdigit()}
+    out = []
+    active = {a.pk: a for a in Assignment.objects.select_related("job").filter(
+        node=node, status__in=Assignment.ACTIVE)}
+    for assignment_id in running_ids - set(active):
+        out.append(_message("assignment.cancel", assignment=assignment_id,
+                            reason="the platform no longer runs this assignment here"))
+    stale = timezone.now() - timezone.timedelta(seconds=settings.AGENT_HEARTBEAT_S)
+    for assignment in active.values():
+        if (assignment.status == A.DISPATCHED and assignment.pk not in running_ids
+                and assignment.dispatched_at and assignment.dispatched_at < stale):
+            out.append(start_message(assignment))
+    return out
+
+
+class AgentMessageError(MarketError):
+    pass
+
+
+DATA_TYPES = {"assignment.accepted", "assignment.rejected", "progress", "log", "checkpoint",
+              "assignment.finished"}
+
+
+def agent_data(*, node: Node, message: dict) -> str:
+    """Apply one numbered message about an assignment of this node, exactly once.
+    Returns "applied" or "duplicate"; raises AgentMessageError (not acked)."""
+    kind = message.get("type")
+    if kind not in DATA_TYPES:
+        raise AgentMessageError(f"unknown message type {str(kind)[:40]!r}", code="unknown_type")
+    try:
+        assignment_id, seq = int(message["assignment"]), int(message["seq"])
+    except (KeyError, TypeError, ValueError):
+        raise AgentMessageError("data messages need integer 'assignment' and 'seq'",
+                                code="malformed") from None
+    with transaction.atomic():
+        assignment = (Assignment.objects.select_for_update().select_related("job")
+                      .filter(pk=assignment_id).first())
+        if assignment is None or assignment.node_id != node.pk:
+            raise AgentMessageError("that assignment is not yours", code="not_yours")
+        if seq <= assignment.last_seq:
+            return "duplicate"
+        if seq != assignment.last_seq + 1:
+            raise AgentMessageError(f"out of order: expected seq {assignment.last_seq + 1}",
+                                    code="out_of_order")
+        assignment.last_seq = seq
+        assignment.save(update_fields=["last_seq"])
+        if assignment.status in Assignment.ACTIVE:
+            HANDLERS[kind](assignment, message)
+    return "applied"
+
+
+def _on_accepted(a: Assignment, m: dict) -> None:
+    rdzv = m.get("rdzv") or {}
+    fields = {"status": A.ACCEPTED, "started_at": timezone.now()}
+    if a.node_rank == 0:
+        fields.update(rdzv_host=str(rdzv.get("host", ""))[:255], rdzv_port=int(rdzv.get("port") or 0) or None)
+    Assignment.objects.filter(pk=a.pk, status=A.DISPATCHED).update(**fields)
+    job = a.job
+    if a.node_rank == 0 and job.nodes > 1:
+        for other in job.assignments.filter(attempt=a.attempt, node_rank__gt=0, status=A.PENDING):
+            assignment_dispatch(assignment_id=other.pk)
+    siblings = job.assignments.filter(attempt=a.attempt)
+    if job.status == S.MATCHING and not siblings.exclude(status__in=(A.ACCEPTED, A.RUNNING)).exists():
+        job_states.transition(job_id=job.pk, to=S.RUNNING, reason="started",
+                              message=f"All {job.nodes} node{'s' if job.nodes > 1 else ''} accepted; "
+                                      "training is starting.")
+        Job.objects.filter(pk=job.pk, started_at__isnull=True).update(started_at=timezone.now())
+
+
+def _on_rejected(a: Assignment, m: dict) -> None:
+    reason = str(m.get("reason", "rejected by the agent"))[:500]
+    _end(a, A.FAILED, reason)
+    _interrupt(Job.objects.get(pk=a.job_id), reason="assignment_rejected",
+               message=f"Node {a.node_id} rejected its part: {reason}", exclude_node=a.node_id)
+
+
+def _ts(value: Any) -> datetime:
+    try:
+        return datetime.fromtimestamp(float(value), tz=UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return timezone.now()
+
+
+def _on_progress(a: Assignment, m: dict) -> None:
+    items = [i for i in (m.get("items") or []) if isinstance(i, dict)][:1000]
+    if not items:
+        return
+    job = Job.objects.select_for_update().get(pk=a.job_id)
+    points = []
+    for item in items:
+        job.metric_seq += 1
+        points.append(MetricPoint(
+            job=job, assignment=a, seq=job.metric_seq, step=int(item.get("step", 0)),
+            total_steps=int(item.get("total_steps", 0)), epoch=int(item.get("epoch", 0)),
+            loss=_float(item.get("loss")), samples_per_sec=_float(item.get("samples_per_sec")),
+            at=_ts(item.get("at"))))
+    MetricPoint.objects.bulk_create(points)
+    last = points[-1]
+    job.current_step, job.total_steps = last.step, last.total_steps
+    if last.loss is not None:
+        job.last_loss = last.loss
+    if last.samples_per_sec is not None:
+        job.samples_per_sec = last.samples_per_sec
+    job.save(update_fields=["metric_seq", "current_step", "total_steps", "last_loss",
+                            "samples_per_sec", "updated_at"])
+    Assignment.objects.filter(pk=a.pk, status=A.ACCEPTED).update(status=A.RUNNING)
+
+
+def _float(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if out == out and abs(out) != float("inf") else None
+
+
+def _on_log(a: Assignment, m: dict) -> None:
+    lines = [str(x)[:2000] for x in (m.get("lines") or [])][:500]
+    LogLine.objects.bulk_create([LogLine(job_id=a.job_id, assignment=a, line=x) for x in lines])
+
+
+def _on_checkpoint(a: Assignment, m: dict) -> None:
+    """The agent commits to a checkpoint it uploaded: the hashes must agree."""
+    ckpt = a.checkpoints.filter(step=int(m.get("step", -1))).first()
+    if ckpt is None or ckpt.sha256 != m.get("sha256"):
+        job_states.note(job_id=a.job_id, reason="checkpoint_mismatch",
+                        message=f"Node {a.node_id} reported checkpoint {m.get('step')} that was not "
+                                "uploaded with that SHA-256; it is ignored.")
+        return
+    if ckpt.committed_at is None:
+        ckpt.committed_at = timezone.now()
+        ckpt.save(update_fields=["committed_at"])
+
+
+def _on_finished(a: Assignment, m: dict) -> None:
+    job = Job.objects.select_for_update().get(pk=a.job_id)
+    if m.get("status") != "succeeded":
+        error = str(m.get("error") or "training failed")[:1500]
+        _end(a, A.FAILED, error)
+        if m.get("error_kind") == "dataset":
+            job_stop_assignments(job=job, reason="the job failed")
+            job_states.transition(job_id=job.pk, to=S.FAILED, reason="dataset_error",
+                                  message=f"The dataset cannot be used: {error}")
+            return
+        _interrupt(job, reason="assignment_failed",
+                   message=f"Training failed on node {a.node_id}: {error.splitlines()[0][:300]}",
+                   exclude_node=a.node_id)
+        return
+    _end(a, A.SUCCEEDED, "finished")
+    if a.node_rank == 0:
+        if job.artifact_sha256 and m.get("artifact_sha256") != job.artifact_sha256:
+            _end(a, A.FAILED, "artifact hash mismatch")
+        job.metric_name = str(m.get("metric", ""))[:32]
+        job.metric_value = _float(m.get("value"))
+        job.current_step = int(m.get("step") or job.current_step)
+        job.save(update_fields=["metric_name", "metric_value", "current_step", "updated_at"])
+        digests = set(m.get("param_digests") or [])
+        if len(digests) > 1:
+            job_states.note(job_id=job.pk, reason="ranks_diverged",
+                            message="Ranks finished with different parameters.")
+    if job.status == S.RUNNING and not job.assignments.filter(attempt=a.attempt).exclude(
+            status=A.SUCCEEDED).exists():
+        job = Job.objects.get(pk=job.pk)
+        label = {"accuracy": "accuracy", "mape": "mean absolute percentage error"}.get(
+            job.metric_name, job.metric_name)
+        value = (f"{job.metric_value:.2%}" if job.metric_name == "accuracy"
+                 else f"{job.metric_value:.2f} %" if job.metric_name == "mape" else job.metric_value)
+        job_states.transition(job_id=job.pk, to=S.VERIFYING, reason="training_finished",
+                              message=f"Training finished at step {job.current_step}; "
+                                      f"held-out {label} {value}.")
+        job_states.transition(job_id=job.pk, to=S.COMPLETED, reason="result_recorded",
+                              message="Model and metric recorded. Independent verification of "
+                                      "the work is not enabled on this platform yet.")
+        Job.objects.filter(pk=job.pk).update(finished_at=timezone.now())
+
+
+HANDLERS = {
+    "assignment.accepted": _on_accepted, "assignment.rejected": _on_rejected,
+    "progress": _on_progress, "log": _on_log, "checkpoint": _on_checkpoint,
+    "assignment.finished": _on_finished,
+}
+
+
+# --- node loss ---------------------------------------------------------------------
+def node_lost(*, node_id: int, reason: str = "heartbeats stopped") -> int:
+    """Mark a silent node offline, fail its assignments and re-place their jobs."""
+    node_set_presence(node_id=node_id, online=False)
+    count = 0
+    for assignment in Assignment.objects.filter(node_id=node_id, status__in=Assignment.ACTIVE):
+        with transaction.atomic():
+            job = Job.objects.select_for_update().get(pk=assignment.job_id)
+            if not _end(assignment, A.LOST, reason):
+                continue
+            count += 1
+            _interrupt(job, reason="node_lost",
+                       message=f"Node {node_id} was lost ({reason}); resuming elsewhere from the "
+                               "last checkpoint.", exclude_node=node_id)
+    return count
+
+
+def nodes_silent(*, timeout_s: int | None = None) -> list[int]:
+    timeout_s = timeout_s or settings.NODE_HEARTBEAT_TIMEOUT_S
+    cutoff = timezone.now() - timezone.timedelta(seconds=timeout_s)
+    return list(Node.objects.filter(status=Node.Status.ONLINE, last_heartbeat_at__lt=cutoff)
+                .values_list("pk", flat=True))

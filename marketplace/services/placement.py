@@ -1,0 +1,111 @@
+"""Placing a job: reserve capacity on offers atomically and create its assignments.
+
+Concurrent matchers never double-book: candidate offer rows are locked with
+`SELECT … FOR UPDATE SKIP LOCKED`, and capacity is re-checked on the locked row.
+"""
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+
+from .. import job_states
+from ..models import Assignment, Job, JobEvent, Offer
+from . import matching
+from .job_spec import JobSpec
+
+S = Job.Status
+
+
+def spec_of(job: Job) -> JobSpec:
+    return JobSpec(
+        name=job.name, template=job.template, dataset=job.dataset_ref, nodes=job.nodes,
+        gpus_per_node=job.gpus_per_node, max_price_per_gpu_hour=job.max_price_per_gpu_hour,
+        budget=job.budget, deadline=job.deadline, params=job.params,
+        min_gpu_memory_gb=job.min_gpu_memory_gb, gpu_models=tuple(job.gpu_models),
+        regions=tuple(job.regions), compliance=tuple(job.compliance),
+        min_reliability=job.min_reliability, duration_hours=job.duration_hours,
+    )
+
+
+def _note_no_match(job: Job, spec: JobSpec) -> None:
+    """Say why nothing fits — once per distinct reason, not at every retry."""
+    quote = matching.quote_job(spec=spec)
+    reasons = quote.reasons
+    if quote.feasible or not reasons:
+        excluded = ", ".join(str(n) for n in job.excluded_nodes) or "none"
+        message = (f"The nodes that fit this job failed or were lost during it earlier and are "
+                   f"not used again (nodes {excluded}); waiting for another node to come online.")
+    else:
+        message = " ".join(r["message"] for r in reasons[:3])
+    last = JobEvent.objects.filter(job=job, reason="no_match").order_by("-id").first()
+    if last is None or last.message != message[:1000]:
+        job_states.note(job_id=job.pk, reason="no_match", message=message[:1000],
+                        data={"reasons": reasons})
+
+
+def job_place(*, job_id: int) -> list[Assignment]:
+    """Reserve `nodes` offers for the job at the lowest price and create its assignments,
+    or leave it waiting in `matching` with the reasons on its timeline."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job_id)
+        if job.status in (S.FUNDED, S.INTERRUPTED):
+            job_states.transition(job_id=job.pk, to=S.MATCHING, reason="matching",
+                                  message="Looking for machines that meet every constraint.")
+            job.refresh_from_db()
+        if job.status != S.MATCHING or job.assignments.filter(status__in=Assignment.ACTIVE).exists():
+            return []
+        spec = spec_of(job)
+        constraints = matching.constraints_for(spec)
+        candidates = (matching._filtered(spec, constraints)
+                      .exclude(node_id__in=job.excluded_nodes)
+                      .order_by("price_per_gpu_hour", "-reliability", "id")
+                      .select_for_update(skip_locked=True, of=("self",)))
+        picked: list[Offer] = []
+        seen: set[int] = set()
+        for offer in candidates[: max(50, spec.nodes * 20)]:
+            if offer.node_id in seen:
+                continue
+            seen.add(offer.node_id)
+            picked.append(offer)
+            if len(picked) == spec.nodes:
+                break
+        if len(picked) < spec.nodes:
+            _note_no_match(job, spec)
+            return []
+        job.attempt += 1
+        job.save(update_fields=["attempt", "updated_at"])
+        resume = job.checkpoints.filter(committed_at__isnull=False).order_by("-step").first()
+        assignments = []
+        for rank, offer in enumerate(picked):
+            reserved = Offer.objects.filter(
+                pk=offer.pk, gpus_reserved__lte=F("gpus_offered") - spec.gpus_per_node
+            ).update(gpus_reserved=F("gpus_reserved") + spec.gpus_per_node)
+            if reserved != 1:  # cannot happen under the row lock; never overbook if it does
+                transaction.set_rollback(True)
+                return []
+            assignments.append(Assignment.objects.create(
+                job=job, node_id=offer.node_id, offer=offer, attempt=job.attempt, node_rank=rank,
+                gpus=spec.gpus_per_node, price_per_gpu_hour=offer.price_per_gpu_hour,
+                resume_step=resume.step if resume else None))
+        where = ", ".join(f"{o.gpu_model} in {o.region} at {o.price_per_gpu_hour:.2f}" for o in picked)
+        total = sum((o.price_per_gpu_hour for o in picked), Decimal(0)) * spec.gpus_per_node
+        job_states.note(
+            job_id=job.pk, reason="placed",
+            message=(f"Placed on {len(picked)} node{'s' if len(picked) > 1 else ''} ({where} tUSD/GPU-h; "
+                     f"{total:.2f} tUSD/h in all)"
+                     + (f", resuming from step {resume.step}." if resume else ".")),
+            data={"attempt": job.attempt, "offers": [o.pk for o in picked],
+                  "nodes": [o.node_id for o in picked]})
+    return assignments
+
+
+def release(assignment: Assignment) -> None:
+    """Give the assignment's GPUs back to its offer (callers guarantee exactly once)."""
+    Offer.objects.filter(pk=assignment.offer_id, gpus_reserved__gte=assignment.gpus).update(
+        gpus_reserved=F("gpus_reserved") - assignment.gpus)
+
+
+def max_attempts() -> int:
+    return settings.JOB_MAX_ATTEMPTS

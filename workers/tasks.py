@@ -1,0 +1,46 @@
+"""Celery tasks for matching and supervision. Thin: they take ids, reload, and call the
+marketplace's services, which check state and are idempotent."""
+
+import logging
+
+from celery import shared_task
+
+from marketplace.models import Job
+from marketplace.services import execution, placement
+
+log = logging.getLogger(__name__)
+
+RELIABLE = {"acks_late": True, "reject_on_worker_lost": True}
+
+
+@shared_task(name="workers.tasks.match_job", time_limit=120, soft_time_limit=100, **RELIABLE)
+def match_job(job_id: int) -> int:
+    """Place a job; its assignments are dispatched once the placement commits."""
+    if not Job.objects.filter(pk=job_id).exists():
+        return 0
+    assignments = placement.job_place(job_id=job_id)
+    for assignment_id in execution.dispatchable(assignments):
+        dispatch = "workers.tasks_dispatch.dispatch_assignment"
+        match_job.app.send_task(dispatch, args=[assignment_id])
+    return len(assignments)
+
+
+@shared_task(name="workers.tasks.rematch_waiting", time_limit=300, soft_time_limit=280)
+def rematch_waiting() -> int:
+    """Periodically retry jobs that found no machines (offers change all the time)."""
+    waiting = Job.objects.filter(status__in=(Job.Status.MATCHING, Job.Status.FUNDED,
+                                             Job.Status.INTERRUPTED)).values_list("pk", flat=True)
+    count = 0
+    for job_id in waiting[:500]:
+        count += match_job(job_id)
+    return count
+
+
+@shared_task(name="workers.tasks.heartbeat_watchdog", time_limit=60, soft_time_limit=50)
+def heartbeat_watchdog() -> int:
+    """Nodes whose heartbeats stopped go offline; their jobs resume elsewhere."""
+    lost = 0
+    for node_id in execution.nodes_silent():
+        log.warning("node %s stopped heartbeating", node_id)
+        lost += execution.node_lost(node_id=node_id)
+    return lost

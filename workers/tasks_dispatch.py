@@ -1,0 +1,11 @@
+"""The dispatch queue: send a placed assignment to its provider's agent."""
+
+from celery import shared_task
+
+from marketplace.services import execution
+
+
+@shared_task(name="workers.tasks_dispatch.dispatch_assignment", time_limit=60, soft_time_limit=50,
+             acks_late=True, reject_on_worker_lost=True)
+def dispatch_assignment(assignment_id: int) -> bool:
+    return execution.assignment_dispatch(assignment_id=assignment_id)
