@@ -50,7 +50,7 @@ $(STAMP): pyproject.toml
 	  $(PYTHON) -m venv $(VENV); \
 	fi
 	@echo "==> installing ComputeMesh and its dev tools into $(VENV)"
-	@$(PIP) install --quiet --progress-bar off -e ".[dev]"
+	@$(PIP) install -qq --progress-bar off -e ".[dev]"
 	@touch $@
 
 # --- demo: embedded defaults (SQLite file, in-memory channel layer, eager Celery) -------

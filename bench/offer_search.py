@@ -123,23 +123,23 @@ def load(seed: int = 7) -> float:
                 reliability = None if rng.random() < 0.2 else Decimal(
                     str(round(rng.betavariate(12, 1) * 0.3 + 0.7, 4)))
                 token_hash = hashlib.sha256(f"bench-node-{i}".encode()).hexdigest()
+                provider = rng.randint(1, PROVIDERS)
                 cp.write_row((
-                    i, rng.randint(1, PROVIDERS), f"bench-node-{i:05d}", model, gpus, memory,
+                    i, provider, f"bench-node-{i:05d}", model, gpus, memory,
                     max(4, gpus * 8), gpus * 64, gpus * 1000, rng.choice((1000, 10000, 25000)),
                     region, claimed, verified, "online" if online else "offline",
                     now - timedelta(seconds=rng.randint(1, 10)) if online else None,
                     None, "0.1.0", reliability, token_hash, token_hash[:10], now, now))
-                node_rows.append((i, model, memory, prices, gpus, region, verified,
+                node_rows.append((i, provider, model, memory, prices, gpus, region, verified,
                                   reliability, online))
         with raw.copy("COPY marketplace_offer (id, node_id, gpus_offered, gpus_reserved, "
                       "price_per_gpu_hour, available_from, available_until, "
                       "min_duration_hours, max_duration_hours, status, provider_id, gpu_model, "
                       "gpu_memory_gb, region, compliance_verified, reliability, node_online, "
                       "created_at, updated_at) FROM STDIN") as cp:
-            cur.execute("SELECT id, provider_id FROM marketplace_node")
-            provider_of = dict(cur.fetchall())
             offer_id = 0
-            for node_id, model, memory, prices, gpus, region, verified, rel, online in node_rows:
+            for (node_id, provider, model, memory, prices, gpus, region, verified, rel,
+                 online) in node_rows:
                 halves = (gpus // 2, gpus - gpus // 2) if gpus > 1 else (1, 1)
                 for part in halves:
                     offer_id += 1
@@ -149,7 +149,7 @@ def load(seed: int = 7) -> float:
                         offer_id, node_id, part, reserved, price, now - timedelta(days=1),
                         now + timedelta(days=90) if rng.random() < 0.2 else None,
                         Decimal("0.25"), None, "active" if rng.random() < 0.9 else "paused",
-                        provider_of[node_id], model, memory, region, verified, rel, online,
+                        provider, model, memory, region, verified, rel, online,
                         now, now))
         for table_name in ("marketplace_organization", "marketplace_node", "marketplace_offer"):
             cur.execute(f"SELECT setval(pg_get_serial_sequence('{table_name}', 'id'), "

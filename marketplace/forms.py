@@ -22,7 +22,7 @@ LOCAL_DT_FORMAT = "%Y-%m-%dT%H:%M"
 def region_choices(*, blank: str | None = None, blocs: bool = True) -> list:
     choices: list = [("", blank)] if blank is not None else []
     if blocs:
-        choices.append(("Blocs", [(b, f"{b} — {BLOC_NAMES.get(b, b)} (any country)")
+        choices.append(("Blocs", [(b, f"{b} — {BLOC_NAMES.get(b, b)}")
                                   for b in catalogue.REGION_BLOCS]))
     choices.append(("Countries and states",
                     [(code, f"{code} — {name}") for code, name in sorted(catalogue.REGIONS.items())]))
@@ -135,7 +135,7 @@ class OfferFilterForm(MarketErrorMixin, forms.Form):
     min_gpus = forms.IntegerField(required=False, min_value=1, max_value=64,
                                   label="Free GPUs, at least")
     min_gpu_memory_gb = forms.IntegerField(required=False, min_value=0, max_value=1024,
-                                           label="GPU memory, at least (GB per GPU)")
+                                           label="Memory per GPU, at least (GB)")
     region = forms.CharField(required=False, widget=forms.Select(
         choices=region_choices(blank="Anywhere")))
     compliance = forms.MultipleChoiceField(required=False, choices=COMPLIANCE_CHOICES,
@@ -169,13 +169,14 @@ class JobForm(LocalTimeFormMixin, MarketErrorMixin, forms.Form):
     template = forms.ChoiceField(choices=[], widget=forms.RadioSelect, label="Training template")
     dataset = forms.CharField(max_length=80, widget=forms.Select)
     params = forms.CharField(label="Hyper-parameters (JSON)", required=False,
-                             widget=forms.Textarea(attrs={"rows": 8, "spellcheck": "false",
+                             widget=forms.Textarea(attrs={"rows": 13, "spellcheck": "false",
                                                           "class": "mono"}))
     nodes = forms.IntegerField(min_value=1, initial=1, label="Machines (nodes)")
     gpus_per_node = forms.IntegerField(min_value=1, initial=1, label="GPUs per machine",
                                        help_text="For CPU slots: training processes per machine.")
     min_gpu_memory_gb = forms.IntegerField(min_value=0, required=False, initial=0,
-                                           label="GPU memory, at least (GB per GPU)")
+                                           label="Memory per GPU, at least",
+                                           help_text="0: any amount.")
     gpu_models = forms.MultipleChoiceField(choices=GPU_CHOICES, required=False,
                                            widget=forms.CheckboxSelectMultiple,
                                            label="GPU models",
@@ -234,7 +235,8 @@ class JobForm(LocalTimeFormMixin, MarketErrorMixin, forms.Form):
             value = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise forms.ValidationError(
-                f"This is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}).")
+                f"This is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}).",
+            ) from None
         if not isinstance(value, dict):
             raise forms.ValidationError('Hyper-parameters must be a JSON object, e.g. {"epochs": 5}.')
         return value

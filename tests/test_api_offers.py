@@ -179,8 +179,8 @@ def test_page_size_is_capped_and_bad_pages_are_404(api, provider_org):
     assert_error(api.get(f"{URL}?page=abc"), 404)
 
 
-def _offers(n: int, org) -> None:
-    for i in range(n):
+def _offers(n: int, org, start: int = 0) -> None:
+    for i in range(start, start + n):
         node = NodeFactory(provider=org, name=f"bulk-{org.pk}-{i}", region="EU-DE")
         OfferFactory(node=node, price_per_gpu_hour=Decimal("1") + Decimal(i) / 100)
 
@@ -191,7 +191,7 @@ def test_list_query_count_does_not_grow_with_offers(request, api, provider_org, 
     _offers(5, provider_org)
     with CaptureQueriesContext(connection) as few:
         assert len(labels(client.get(f"{URL}?region=EU&ordering=-reliability"))) == 5
-    _offers(45, provider_org)
+    _offers(45, provider_org, start=5)
     with CaptureQueriesContext(connection) as many:
         assert len(labels(client.get(f"{URL}?region=EU&ordering=-reliability"))) == 20
     assert len(many) == len(few)
@@ -231,8 +231,8 @@ def spare_node(provider_org):
                        gpu_memory_gb=48, region="EU-NL")
 
 
-def offer_body(node, **overrides):
-    return {"node": node.pk, "gpus_offered": 2, "price_per_gpu_hour": "1.75", **overrides}
+def offer_body(target, **overrides):
+    return {"node": target.pk, "gpus_offered": 2, "price_per_gpu_hour": "1.75", **overrides}
 
 
 @pytest.mark.parametrize(("who", "expected"), [
@@ -255,7 +255,7 @@ def test_create_matrix(request, api, spare_node, who, expected):
     else:
         assert not Offer.objects.exists()
         if who == "dave":  # another provider's node is not one of his
-            assert assert_error(response, 400, "node")["detail"] == "No node of yours has that id."
+            assert assert_error(response, 400, "node")["detail"] == "node: No node of yours has that id."
 
 
 @pytest.mark.parametrize(("override", "field"), [

@@ -99,7 +99,8 @@ def ensure_port_free(host: str, port: int) -> None:
             if exc.errno == errno.EADDRINUSE:
                 raise DevServerError(
                     f"{host}:{port} is already in use (is another `make demo` running?). "
-                    f"Stop that process, or pick another port: --port N or DEVSERVER_PORT=N."
+                    f"Stop that process, or pick another port: `make demo PORT=N`, --port N or "
+                    f"DEVSERVER_PORT=N."
                 ) from None
             if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
                 raise DevServerError(f"cannot listen on {host}: {exc.strerror}.") from None

@@ -8,11 +8,13 @@ DEBUG off, where `manage.py check --deploy --fail-level WARNING` passes.
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+if (BASE_DIR / ".env").is_file():
+    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 # Off unless the dev runner (webapp/devserver.py) or the operator turns it on.
 DEBUG = env.bool("DEBUG", default=False)
@@ -22,6 +24,8 @@ if DEBUG:
 else:
     # No production default for secrets: fail loudly when it is missing.
     SECRET_KEY = env.str("SECRET_KEY")
+    if not SECRET_KEY.strip():
+        raise ImproperlyConfigured("SECRET_KEY is empty; set it to 50+ random characters.")
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -74,9 +78,17 @@ TEMPLATES = [
 ]
 
 # --- Data stores -------------------------------------------------------------------
-DATABASES = {
-    "default": env.db_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'computemesh.sqlite3'}")
-}
+_DB_ENGINES = ("django.db.backends.postgresql", "django.db.backends.sqlite3")
+_database_url = env.str("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'computemesh.sqlite3'}")
+try:
+    _database = environ.Env.db_url_config(_database_url)
+except (ValueError, KeyError) as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+if _database.get("ENGINE") not in _DB_ENGINES:
+    raise ImproperlyConfigured(
+        "DATABASE_URL must be postgres://user:password@host:port/name or sqlite:///path."
+    )
+DATABASES = {"default": _database}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Under ASGI each request may run on a different thread: CONN_MAX_AGE leaks
     # connections there, Django's own pool does not (see DESIGN.md).

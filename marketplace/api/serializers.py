@@ -9,6 +9,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from .. import catalogue
+from ..errors import MarketError
 from ..models import Dataset, Job, JobEvent, Node, Offer
 from ..services.job_spec import JobSpec
 from ..services.nodes import NodeSpec
@@ -151,6 +152,13 @@ class NodeWriteSerializer(serializers.Serializer):
                                               allow_null=True)
     region = serializers.CharField(max_length=8, help_text="A region code such as EU-DE.")
     compliance_claimed = _tags()
+
+    def validate_compliance_claimed(self, value: list[str]) -> list[str]:
+        try:
+            catalogue.compliance_mask(value)
+        except MarketError as exc:
+            raise serializers.ValidationError(exc.message) from None
+        return value
 
     def to_spec(self, base: Node | None = None) -> NodeSpec:
         data = dict(self.validated_data)

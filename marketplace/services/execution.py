@@ -5,6 +5,7 @@ layer after commit, and re-sent from the database on every hello and heartbeat, 
 lost push delays work but never loses it.
 """
 
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -313,32 +314,50 @@ def _on_finished(a: Assignment, m: dict) -> None:
                    message=f"Training failed on node {a.node_id}: {error.splitlines()[0][:300]}",
                    exclude_node=a.node_id)
         return
-    _end(a, A.SUCCEEDED, "finished")
+    detail = "finished"
     if a.node_rank == 0:
-        if job.artifact_sha256 and m.get("artifact_sha256") != job.artifact_sha256:
-            _end(a, A.FAILED, "artifact hash mismatch")
+        if m.get("artifact_sha256") != job.artifact_sha256:
+            _end(a, A.FAILED, "the reported model is not the one uploaded")
+            _interrupt(job, reason="artifact_mismatch", exclude_node=a.node_id,
+                       message=f"Node {a.node_id} reported a model it did not upload.")
+            return
+        digests = [str(d)[:64] for d in (m.get("param_digests") or [])][:256]
+        detail = json.dumps({"param_digests": digests})
         job.metric_name = str(m.get("metric", ""))[:32]
         job.metric_value = _float(m.get("value"))
         job.current_step = int(m.get("step") or job.current_step)
         job.save(update_fields=["metric_name", "metric_value", "current_step", "updated_at"])
-        digests = set(m.get("param_digests") or [])
-        if len(digests) > 1:
+        if len(set(digests)) > 1:
             job_states.note(job_id=job.pk, reason="ranks_diverged",
                             message="Ranks finished with different parameters.")
+    _end(a, A.SUCCEEDED, detail)
     if job.status == S.RUNNING and not job.assignments.filter(attempt=a.attempt).exclude(
             status=A.SUCCEEDED).exists():
-        job = Job.objects.get(pk=job.pk)
-        label = {"accuracy": "accuracy", "mape": "mean absolute percentage error"}.get(
-            job.metric_name, job.metric_name)
-        value = (f"{job.metric_value:.2%}" if job.metric_name == "accuracy"
-                 else f"{job.metric_value:.2f} %" if job.metric_name == "mape" else job.metric_value)
-        job_states.transition(job_id=job.pk, to=S.VERIFYING, reason="training_finished",
-                              message=f"Training finished at step {job.current_step}; "
-                                      f"held-out {label} {value}.")
-        job_states.transition(job_id=job.pk, to=S.COMPLETED, reason="result_recorded",
-                              message="Model and metric recorded. Independent verification of "
-                                      "the work is not enabled on this platform yet.")
-        Job.objects.filter(pk=job.pk).update(finished_at=timezone.now())
+        _complete(Job.objects.get(pk=job.pk), attempt=a.attempt)
+
+
+def _complete(job: Job, *, attempt: int) -> None:
+    rank0 = job.assignments.get(attempt=attempt, node_rank=0)
+    try:
+        digests = json.loads(rank0.detail).get("param_digests", [])
+    except ValueError:
+        digests = []
+    label = {"accuracy": "accuracy", "mape": "mean absolute percentage error"}.get(
+        job.metric_name, job.metric_name)
+    if job.metric_value is None:
+        value = "not reported"
+    elif job.metric_name == "accuracy":
+        value = f"{job.metric_value:.2%}"
+    else:
+        value = f"{job.metric_value:.2f}" + (" %" if job.metric_name == "mape" else "")
+    job_states.transition(job_id=job.pk, to=S.VERIFYING, reason="training_finished",
+                          message=f"Training finished at step {job.current_step}; held-out {label} {value}.",
+                          data={"param_digests": digests, "metric": job.metric_name,
+                                "value": job.metric_value, "attempt": attempt})
+    job_states.transition(job_id=job.pk, to=S.COMPLETED, reason="result_recorded",
+                          message="Model and metric recorded. Independent verification of the work is "
+                                  "not enabled on this platform yet.")
+    Job.objects.filter(pk=job.pk).update(finished_at=timezone.now())
 
 
 HANDLERS = {

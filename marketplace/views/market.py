@@ -1,11 +1,11 @@
 from django.core.paginator import Paginator
 from django.db.models import Count, Min, Q
 from django.shortcuts import get_object_or_404, render
+from django.utils.cache import patch_vary_headers
 
 from .. import catalogue
 from ..errors import MarketError
 from ..forms import OfferFilterForm
-from ..models import Offer
 from ..selectors.accounts import organization_of
 from ..selectors.market import offers_public, offers_visible_to
 from ..selectors.offer_search import offer_search
@@ -39,7 +39,7 @@ def offer_list(request):
     context = {"form": form, "page": page, "querystring": params.urlencode()}
     template = "market/_offer_results.html" if is_htmx(request) else "market/offers.html"
     response = render(request, template, context)
-    response["Vary"] = "HX-Request"
+    patch_vary_headers(response, ["HX-Request"])
     return response
 
 

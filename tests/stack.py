@@ -1,0 +1,109 @@
+"""The real platform for integration tests: daphne, a Celery worker with beat, and provider
+agents, each its own process, on the test database and a Redis database of their own."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import redis
+
+from .browser_support import ROOT, free_port, test_database_url
+
+REDIS_URL = "redis://127.0.0.1:6379/7"
+
+
+class Stack:
+    def __init__(self, tmp: Path, *, heartbeat_timeout_s: int = 6):
+        self.tmp = tmp
+        self.logs = ROOT / "test-results" / "stack"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ, "DJANGO_SETTINGS_MODULE": "webapp.settings_test",
+            "DATABASE_URL": test_database_url(), "DATABASE_POOL_MIN": "1",
+            "REDIS_URL": REDIS_URL, "MEDIA_ROOT": str(tmp / "media"), "ESCROW_ENABLED": "0",
+            "NODE_HEARTBEAT_TIMEOUT_S": str(heartbeat_timeout_s), "AGENT_HEARTBEAT_S": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def start(self) -> "Stack":
+        redis.Redis.from_url(REDIS_URL).flushdb()
+        self._spawn("daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p",
+                               str(self.port), "webapp.asgi:application"])
+        self._spawn("celery", [sys.executable, "-m", "celery", "-A", "webapp", "worker", "-B",
+                               "-Q", "default,dispatch", "--concurrency", "2", "--loglevel", "INFO",
+                               "--schedule", str(self.tmp / "beat-schedule")])
+        deadline = time.monotonic() + 40
+        while True:
+            try:
+                with urllib.request.urlopen(self.base + "/api/v1/templates/", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("daphne did not start; see test-results/stack/daphne.log") from None
+                time.sleep(0.3)
+        return self
+
+    def agent(self, name: str, token: str) -> subprocess.Popen:
+        return self._spawn(name, [sys.executable, "-m", "workers.agent", "--server", self.base,
+                                  "--token", token, "--workdir", str(self.tmp / name), "--plain",
+                                  "--heartbeat", "1", "--advertise-addr", "127.0.0.1"])
+
+    def kill(self, name: str, sig=signal.SIGKILL) -> None:
+        """Kill a process and everything it started (an agent and its training ranks)."""
+        proc = self.procs[name]
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=20)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def http(self, method: str, path: str, *, token: str | None = None, body=None, raw=False):
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data else {}
+        if token:
+            headers["Authorization"] = f"Token {token}"
+        request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as r:
+                payload = r.read()
+                return r.status, payload if raw else json.loads(payload or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+
+def wait_for(predicate, *, timeout: float, every: float = 0.5, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)

@@ -1,0 +1,147 @@
+"""The agent socket over the real ASGI stack and the Redis channel layer: who may connect,
+and what happens to malformed, foreign, duplicate and out-of-order messages."""
+
+import asyncio
+import json
+
+import pytest
+from channels.testing import WebsocketCommunicator
+
+from marketplace.models import Assignment, Job, LogLine, Node
+from webapp.asgi import application
+
+from .factories import JobFactory, NodeFactory, OfferFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ORIGIN = (b"origin", b"http://testserver")
+
+
+def token_node(token="cmn_socket_test", **kw) -> Node:
+    from marketplace.services.nodes import hash_token
+
+    return NodeFactory(token_hash=hash_token(token), status=Node.Status.OFFLINE, **kw)
+
+
+def connect(token: str | None, origin=ORIGIN):
+    headers = [origin] if origin else []
+    if token:
+        headers.append((b"authorization", f"Token {token}".encode()))
+    return WebsocketCommunicator(application, "/ws/agent/", headers=headers)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def _handshake(token, origin=ORIGIN):
+    comm = connect(token, origin)
+    connected, _ = await comm.connect()
+    await comm.disconnect()
+    return connected
+
+
+@pytest.mark.parametrize(("token", "origin", "ok"), [
+    ("cmn_socket_test", ORIGIN, True),
+    ("cmn_wrong", ORIGIN, False),
+    (None, ORIGIN, False),
+    ("cmn_socket_test", (b"origin", b"http://evil.example"), False),
+])
+def test_who_may_connect(token, origin, ok):
+    token_node()
+    assert run(_handshake(token, origin)) is ok
+
+
+def test_a_suspended_node_is_refused():
+    token_node(token="cmn_s").__class__.objects.update(status=Node.Status.SUSPENDED)
+    assert run(_handshake("cmn_s")) is False
+
+
+def _assignment(node: Node) -> Assignment:
+    job = JobFactory(status=Job.Status.MATCHING)
+    offer = OfferFactory(node=node)
+    return Assignment.objects.create(job=job, node=node, offer=offer, attempt=1, node_rank=0, gpus=1,
+                                     price_per_gpu_hour=offer.price_per_gpu_hour,
+                                     status=Assignment.Status.DISPATCHED)
+
+
+async def _session(token, messages):
+    comm = connect(token)
+    assert (await comm.connect())[0]
+    replies = []
+    for m in messages:
+        await comm.send_to(text_data=m if isinstance(m, str) else json.dumps(m))
+        replies.append(json.loads(await comm.receive_from(timeout=5)))
+    await comm.disconnect()
+    return replies
+
+
+def test_hello_marks_the_node_online_and_lists_its_assignments():
+    node = token_node()
+    a = _assignment(node)
+    replies = run(_session("cmn_socket_test", [{"type": "hello", "id": "h1", "agent_version": "0.1.0",
+                                                "benchmark_tflops": 0.25, "running": []}]))
+    welcome = replies[0]
+    assert welcome["type"] == "welcome" and welcome["assignments"] == [a.pk]
+    node.refresh_from_db()
+    assert node.status == Node.Status.ONLINE and node.agent_version == "0.1.0"
+    assert float(node.benchmark_tflops) == 0.25
+
+
+def test_bad_messages_get_errors_and_the_connection_survives():
+    node = token_node()
+    other = _assignment(NodeFactory())
+    mine = _assignment(node)
+    replies = run(_session("cmn_socket_test", [
+        "{not json",
+        {"no": "type"},
+        {"type": "teleport", "id": "x"},
+        {"type": "log", "id": "a", "assignment": other.pk, "seq": 1, "lines": ["hi"]},
+        {"type": "log", "id": "b", "assignment": mine.pk, "seq": 2, "lines": ["skipped one"]},
+        {"type": "log", "id": "c", "assignment": mine.pk, "seq": 1, "lines": ["first"]},
+        {"type": "log", "id": "d", "assignment": mine.pk, "seq": 1, "lines": ["first again"]},
+        {"type": "log", "id": "e", "assignment": mine.pk, "seq": "x"},
+    ]))
+    codes = [r.get("code") or r["type"] for r in replies]
+    assert codes == ["malformed", "malformed", "unknown_type", "not_yours", "out_of_order", "ack",
+                     "ack", "malformed"]
+    assert replies[5]["ack"] == "c" and replies[6]["ack"] == "d"
+    assert list(LogLine.objects.values_list("line", flat=True)) == ["first"]
+    assert not LogLine.objects.filter(assignment=other).exists()
+
+
+def test_accepted_progress_and_finished_drive_the_job():
+    node = token_node()
+    a = _assignment(node)
+    Job.objects.filter(pk=a.job_id).update(artifact_sha256="ab" * 32)  # as the upload records it
+    run(_session("cmn_socket_test", [
+        {"type": "assignment.accepted", "id": "1", "assignment": a.pk, "seq": 1,
+         "rdzv": {"host": "10.0.0.5", "port": 29500}},
+        {"type": "progress", "id": "2", "assignment": a.pk, "seq": 2,
+         "items": [{"step": 1, "total_steps": 4, "loss": 0.9}, {"step": 2, "total_steps": 4, "loss": 0.7}]},
+        {"type": "assignment.finished", "id": "3", "assignment": a.pk, "seq": 3, "status": "succeeded",
+         "metric": "accuracy", "value": 0.93, "step": 4, "param_digests": ["x", "x"],
+         "artifact_sha256": "ab" * 32},
+    ]))
+    job = Job.objects.get(pk=a.job_id)
+    a.refresh_from_db()
+    assert a.status == Assignment.Status.SUCCEEDED and a.rdzv_port == 29500
+    assert job.status == Job.Status.COMPLETED and job.metric_value == pytest.approx(0.93)
+    assert list(job.metrics.values_list("seq", "step")) == [(1, 1), (2, 2)]
+    assert [e.reason for e in job.events.all()][-3:] == ["started", "training_finished", "result_recorded"]
+    a.offer.refresh_from_db()
+    assert a.offer.gpus_reserved == 0  # the GPUs went back to the offer
+
+
+def test_a_finished_report_for_a_model_that_was_not_uploaded_is_refused():
+    node = token_node()
+    a = _assignment(node)
+    run(_session("cmn_socket_test", [
+        {"type": "assignment.accepted", "id": "1", "assignment": a.pk, "seq": 1,
+         "rdzv": {"host": "127.0.0.1", "port": 29500}},
+        {"type": "assignment.finished", "id": "2", "assignment": a.pk, "seq": 2, "status": "succeeded",
+         "metric": "accuracy", "value": 1.0, "artifact_sha256": "cd" * 32},
+    ]))
+    a.refresh_from_db()
+    job = Job.objects.get(pk=a.job_id)
+    assert a.status == Assignment.Status.FAILED
+    assert job.status == Job.Status.INTERRUPTED and node.pk in job.excluded_nodes

@@ -1,0 +1,167 @@
+"""Provider pages: nodes (create, token once, rotate) and offers (create, edit, pause)."""
+
+from decimal import Decimal
+
+import pytest
+from django.urls import reverse
+
+from marketplace.models import Node, Offer
+from marketplace.services.nodes import hash_token
+
+pytestmark = pytest.mark.django_db
+
+NODE_FORM = {"name": "rack1-a100", "gpu_model": "A100 80GB", "gpu_count": "4",
+             "gpu_memory_gb": "", "cpu_cores": "32", "ram_gb": "256", "disk_gb": "2000",
+             "bandwidth_mbps": "1000", "region": "EU-DE", "compliance": ["gdpr"]}
+
+
+def offer_form(node, **overrides) -> dict:
+    data = {"node": str(node.pk), "gpus_offered": "4", "price_per_gpu_hour": "1.75",
+            "available_from": "", "available_until": "", "min_duration_hours": "0.25",
+            "max_duration_hours": "", "tz_offset": "0"}
+    data.update(overrides)
+    return data
+
+
+@pytest.mark.parametrize("name", ["provider_nodes", "provider_node_new", "provider_offers",
+                                  "provider_offer_new"])
+def test_provider_pages_render_for_providers(client, carol, carol_node, name):
+    client.force_login(carol)
+    assert client.get(reverse(name)).status_code == 200
+
+
+@pytest.mark.parametrize("name", ["provider_nodes", "provider_offers"])
+def test_provider_pages_need_login_and_a_provider(client, alice, name):
+    response = client.get(reverse(name))
+    assert response.status_code == 302 and reverse("login") in response["Location"]
+    client.force_login(alice)
+    assert client.get(reverse(name)).status_code == 403
+
+
+def test_my_nodes_lists_only_mine(client, carol, carol_node, dave_node):
+    client.force_login(carol)
+    response = client.get(reverse("provider_nodes"))
+    html = response.content.decode()
+    assert "carol-a100" in html and "dave-4090" not in html
+    assert "cmn_test" in html  # token prefix
+
+
+def test_create_node_shows_the_token_once(client, carol, provider_org):
+    client.force_login(carol)
+    response = client.post(reverse("provider_node_new"), NODE_FORM)
+    assert response.status_code == 200
+    token = response.context["token"]
+    node = Node.objects.get(provider=provider_org, name="rack1-a100")
+    assert node.token_hash == hash_token(token)
+    assert node.gpu_memory_gb == 80  # the model's standard memory
+    html = response.content.decode()
+    assert f"computemesh-agent --server http://testserver --token {token}" in html
+    assert "shown only once" in html
+    # It is not shown again anywhere.
+    assert token not in client.get(reverse("provider_nodes")).content.decode()
+
+
+@pytest.mark.parametrize(("overrides", "field"), [
+    ({"gpu_count": "0"}, "gpu_count"),
+    ({"region": "XX-ZZ"}, "region"),
+    ({"gpu_model": "GTX 9999"}, "gpu_model"),
+    ({"name": ""}, "name"),
+    ({"ram_gb": "-5"}, "ram_gb"),
+])
+def test_node_form_errors_write_nothing(client, carol, overrides, field):
+    client.force_login(carol)
+    response = client.post(reverse("provider_node_new"), {**NODE_FORM, **overrides})
+    assert response.status_code == 200
+    assert field in response.context["form"].errors
+    assert not Node.objects.exists()
+
+
+def test_duplicate_node_name_is_a_field_error(client, carol, carol_node):
+    client.force_login(carol)
+    response = client.post(reverse("provider_node_new"), {**NODE_FORM, "name": "carol-a100"})
+    assert "already have a node" in " ".join(response.context["form"].errors["name"])
+
+
+def test_rotate_token(client, carol, carol_node, dave_node):
+    client.force_login(carol)
+    old = carol_node.token_hash
+    response = client.post(reverse("provider_node_rotate", args=[carol_node.pk]))
+    assert response.status_code == 200
+    carol_node.refresh_from_db()
+    assert carol_node.token_hash != old
+    assert carol_node.token_hash == hash_token(response.context["token"])
+    # Another provider's node: 404, and nothing changes.
+    before = dave_node.token_hash
+    assert client.post(reverse("provider_node_rotate", args=[dave_node.pk])).status_code == 404
+    dave_node.refresh_from_db()
+    assert dave_node.token_hash == before
+    assert client.get(reverse("provider_node_rotate", args=[carol_node.pk])).status_code == 405
+
+
+def test_create_offer(client, carol, carol_node):
+    client.force_login(carol)
+    response = client.post(reverse("provider_offer_new"), offer_form(carol_node))
+    assert response.status_code == 302
+    offer = Offer.objects.get()
+    assert offer.price_per_gpu_hour == Decimal("1.75") and offer.region == "EU-DE"
+
+
+def test_offer_form_only_offers_my_nodes(client, carol, carol_node, dave_node):
+    client.force_login(carol)
+    response = client.post(reverse("provider_offer_new"), offer_form(dave_node))
+    assert "node" in response.context["form"].errors
+    assert not Offer.objects.exists()
+
+
+@pytest.mark.parametrize(("overrides", "field", "message"), [
+    ({"price_per_gpu_hour": "-1"}, "price_per_gpu_hour", "more than 0 tUSD"),
+    ({"price_per_gpu_hour": "0"}, "price_per_gpu_hour", "more than 0 tUSD"),
+    ({"gpus_offered": "9"}, "gpus_offered", "at most 8"),
+    ({"gpus_offered": "0"}, "gpus_offered", "at least 1"),
+    ({"available_until": "2001-01-01T00:00"}, "available_until", ""),
+    ({"min_duration_hours": "4", "max_duration_hours": "2"}, "max_duration_hours", "shorter"),
+])
+def test_offer_bad_input_writes_nothing(client, carol, carol_node, overrides, field, message):
+    client.force_login(carol)
+    response = client.post(reverse("provider_offer_new"), offer_form(carol_node, **overrides))
+    assert response.status_code == 200
+    errors = response.context["form"].errors
+    assert field in errors, errors
+    assert message in " ".join(errors[field])
+    assert not Offer.objects.exists()
+
+
+def test_edit_offer(client, carol, carol_offer, dave_offer):
+    client.force_login(carol)
+    url = reverse("provider_offer_edit", args=[carol_offer.pk])
+    assert client.get(url).status_code == 200
+    data = offer_form(carol_offer.node, price_per_gpu_hour="2.10", gpus_offered="6")
+    del data["node"]
+    assert client.post(url, data).status_code == 302
+    carol_offer.refresh_from_db()
+    assert carol_offer.price_per_gpu_hour == Decimal("2.10") and carol_offer.gpus_offered == 6
+    # Bad input on edit: an error, no change.
+    response = client.post(url, {**data, "price_per_gpu_hour": "-3"})
+    assert "price_per_gpu_hour" in response.context["form"].errors
+    carol_offer.refresh_from_db()
+    assert carol_offer.price_per_gpu_hour == Decimal("2.10")
+    # Another provider's offer: 404.
+    other = reverse("provider_offer_edit", args=[dave_offer.pk])
+    assert client.get(other).status_code == 404
+    assert client.post(other, data).status_code == 404
+
+
+def test_pause_and_resume(client, carol, carol_offer, dave_offer):
+    client.force_login(carol)
+    url = reverse("provider_offer_status", args=[carol_offer.pk])
+    client.post(url, {"status": "paused"})
+    carol_offer.refresh_from_db()
+    assert carol_offer.status == Offer.Status.PAUSED
+    client.post(url, {"status": "active"})
+    carol_offer.refresh_from_db()
+    assert carol_offer.status == Offer.Status.ACTIVE
+    response = client.post(reverse("provider_offer_status", args=[dave_offer.pk]),
+                           {"status": "paused"})
+    assert response.status_code == 404
+    dave_offer.refresh_from_db()
+    assert dave_offer.status == Offer.Status.ACTIVE
