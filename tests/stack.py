@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import redis
+from django.conf import settings
 
 from .browser_support import ROOT, free_port, test_database_url
 
@@ -28,7 +29,7 @@ class Stack:
         self.env = {
             **os.environ, "DJANGO_SETTINGS_MODULE": "webapp.settings_test",
             "DATABASE_URL": test_database_url(), "DATABASE_POOL_MIN": "1",
-            "REDIS_URL": REDIS_URL, "MEDIA_ROOT": str(tmp / "media"), "ESCROW_ENABLED": "0",
+            "REDIS_URL": REDIS_URL, "MEDIA_ROOT": str(settings.MEDIA_ROOT), "ESCROW_ENABLED": "0",
             "NODE_HEARTBEAT_TIMEOUT_S": str(heartbeat_timeout_s), "AGENT_HEARTBEAT_S": "1",
             "PYTHONUNBUFFERED": "1",
         }

@@ -100,7 +100,7 @@ def test_job_change_page_is_read_only(staff, world):
     assert (job.status, job.name) == (Job.Status.SUBMITTED, "sepsis risk")
 
 
-def test_search_finds_by_name(staff, world, dave_node):
+def test_search_finds_by_name(staff, world, dave_node, dave_offer):
     response = staff.get(reverse("admin:marketplace_node_changelist"), {"q": "carol-a1"})
     assert list(response.context["cl"].result_list) == [world["node"]]
     response = staff.get(reverse("admin:marketplace_job_changelist"), {"q": "sepsis"})

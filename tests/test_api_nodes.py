@@ -10,6 +10,7 @@ from .api_support import ACTORS, actor, assert_error
 from .factories import NodeFactory
 
 URL = "/api/v1/nodes/"
+pytestmark = pytest.mark.django_db
 FIELDS = {"id", "name", "gpu_model", "gpu_count", "gpu_memory_gb", "cpu_cores", "ram_gb",
           "disk_gb", "bandwidth_mbps", "region", "compliance_claimed", "compliance_verified",
           "status", "last_heartbeat_at", "benchmark_tflops", "agent_version", "reliability",

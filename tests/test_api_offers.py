@@ -16,6 +16,7 @@ from .api_support import ACTORS, actor, assert_error
 from .factories import NodeFactory, OfferFactory
 
 URL = "/api/v1/offers/"
+pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture

@@ -1,0 +1,131 @@
+"""A job really trains: API → Celery worker → agent processes → torch.distributed → result.
+
+Real parts only: PostgreSQL, Redis (broker and channel layer), daphne, a Celery worker
+with beat, agent processes and gloo process groups.
+"""
+
+import hashlib
+import subprocess
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+
+from marketplace.models import Assignment, Job, Organization
+from marketplace.services.accounts import organization_create
+from marketplace.services.nodes import NodeSpec, node_create
+from marketplace.services.offers import OfferSpec, offer_create
+
+from .factories import UserFactory
+from .stack import Stack, wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
+
+
+@pytest.fixture
+def stack(tmp_path):
+    s = Stack(tmp_path).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def consumer_token():
+    org = organization_create(name="Medisight", kind=Organization.Kind.CONSUMER, sector="healthcare")
+    user = UserFactory(username="alice", organization=org)
+    return Token.objects.create(user=user).key
+
+
+def cpu_nodes(count: int, *, price="0.05") -> list[str]:
+    provider = organization_create(name="Local CPU Lab", kind=Organization.Kind.PROVIDER)
+    tokens = []
+    for i in range(count):
+        node, token = node_create(provider=provider, spec=NodeSpec(
+            name=f"cpu-{i}", gpu_model="cpu", gpu_count=2, gpu_memory_gb=None, cpu_cores=2, ram_gb=8,
+            disk_gb=20, region="EU-DE"))
+        offer_create(provider=provider, node=node,
+                     spec=OfferSpec(gpus_offered=2, price_per_gpu_hour=Decimal(price)))
+        tokens.append(token)
+    return tokens
+
+
+def job_body(**over) -> dict:
+    body = {"name": "Sepsis risk", "template": "tabular-classifier", "params": {"epochs": 10},
+            "dataset": "sample:breast-cancer", "nodes": 1, "gpus_per_node": 2, "gpu_models": ["cpu"],
+            "max_price_per_gpu_hour": "1.00", "budget": "10.00",
+            "deadline": (timezone.now() + timedelta(days=1)).isoformat()}
+    return {**body, **over}
+
+
+def wait_status(stack: Stack, token: str, job_id: int, statuses: set[str], timeout: float) -> dict:
+    def poll():
+        code, job = stack.http("GET", f"/api/v1/jobs/{job_id}/", token=token)
+        assert code == 200, job
+        if job["status"] in ("failed", "cancelled") and job["status"] not in statuses:
+            raise AssertionError(f"job ended {job['status']}: {job['timeline'][-3:]}")
+        return job if job["status"] in statuses else None
+    return wait_for(poll, timeout=timeout, what=f"job {job_id} to become {statuses}")
+
+
+def test_a_job_from_the_api_trains_on_an_agent_and_completes(stack, consumer_token):
+    (node_token,) = cpu_nodes(1)
+    stack.agent("agent-a", node_token)
+    code, job = stack.http("POST", "/api/v1/jobs/", token=consumer_token, body=job_body())
+    assert code == 201, job
+    done = wait_status(stack, consumer_token, job["id"], {"completed"}, timeout=180)
+    record = Job.objects.get(pk=job["id"])
+    assert record.metric_name == "accuracy" and record.metric_value > 0.85
+    assert record.current_step == record.total_steps > 0
+    assert record.metrics.count() > 0 and record.checkpoints.filter(committed_at__isnull=False).exists()
+    with record.artifact.open("rb") as fh:
+        assert hashlib.sha256(fh.read()).hexdigest() == record.artifact_sha256
+    reasons = [e["reason"] for e in done["timeline"]]
+    assert reasons[:3] == ["submitted", "escrow_disabled", "matching"]
+    assert reasons[-2:] == ["training_finished", "result_recorded"]
+    code, artifact = stack.http("GET", f"/api/v1/jobs/{job['id']}/artifact/", token=consumer_token,
+                                raw=True)
+    assert code == 200 and hashlib.sha256(artifact).hexdigest() == record.artifact_sha256
+
+
+def test_a_two_node_job_runs_world_size_four_with_identical_parameters(stack, consumer_token):
+    for i, token in enumerate(cpu_nodes(2)):
+        stack.agent(f"agent-{i}", token)
+    code, job = stack.http("POST", "/api/v1/jobs/", token=consumer_token,
+                           body=job_body(nodes=2, params={"epochs": 6}))
+    assert code == 201, job
+    wait_status(stack, consumer_token, job["id"], {"completed"}, timeout=240)
+    record = Job.objects.get(pk=job["id"])
+    ranks = list(record.assignments.order_by("node_rank").values_list("node_rank", "status", "node_id"))
+    assert [(r, s) for r, s, _ in ranks] == [(0, "succeeded"), (1, "succeeded")]
+    assert ranks[0][2] != ranks[1][2]
+    finished = record.events.get(reason="training_finished")
+    digests = finished.data["param_digests"]
+    assert len(digests) == 4 and len(set(digests)) == 1
+
+
+def test_a_killed_agent_is_replaced_and_the_job_resumes_from_its_checkpoint(stack, consumer_token):
+    first, second = cpu_nodes(2)
+    stack.agent("agent-first", first)
+    code, job = stack.http("POST", "/api/v1/jobs/", token=consumer_token, body=job_body(
+        template="image-classifier", dataset="sample:digits",
+        params={"epochs": 12, "checkpoint_every": 10, "batch_size": 32}))
+    assert code == 201, job
+    record = Job.objects.get(pk=job["id"])
+    wait_for(lambda: record.checkpoints.filter(committed_at__isnull=False, step__gte=20).exists(),
+             timeout=180, what="a committed checkpoint")
+    # The machine dies: the agent and its training ranks, all at once.
+    stack.kill("agent-first")
+    subprocess.run(["pkill", "-KILL", "-f", str(stack.tmp / "agent-first")], check=False)
+    stack.agent("agent-second", second)
+    done = wait_status(stack, consumer_token, job["id"], {"completed"}, timeout=240)
+    reasons = [e["reason"] for e in done["timeline"]]
+    assert "node_lost" in reasons
+    lost, resumed = Assignment.objects.filter(job=record).order_by("attempt")
+    assert lost.status == "lost" and resumed.status == "succeeded"
+    assert resumed.resume_step >= 20
+    record.refresh_from_db()
+    first_step_after = record.metrics.filter(assignment=resumed).order_by("seq").first().step
+    assert first_step_after >= resumed.resume_step  # not restarted from 0
+    assert record.current_step == record.total_steps
