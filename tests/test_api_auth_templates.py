@@ -111,3 +111,11 @@ def test_openapi_schema_and_docs(api):
 
 def test_unknown_api_path_is_404(api):
     assert api.get("/api/v1/offers/not-a-number/").status_code == 404
+
+
+def test_schema_generates_without_warnings(tmp_path):
+    from django.core.management import call_command
+
+    out = tmp_path / "schema.yaml"
+    call_command("spectacular", "--fail-on-warn", "--file", str(out))
+    assert "/api/v1/jobs/{id}/cancel/" in out.read_text()

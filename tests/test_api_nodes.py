@@ -6,7 +6,7 @@ from marketplace import catalogue
 from marketplace.models import AuditEvent, Node
 from marketplace.services.nodes import hash_token, node_by_token
 
-from .api_support import ACTORS, actor, assert_error
+from .api_support import actor, assert_error
 from .factories import NodeFactory
 
 URL = "/api/v1/nodes/"

@@ -1,6 +1,7 @@
 """/api/v1/offers/: the public search (filters, ordering, pagination, query count) and
 providers' writes (create, update, pause, resume) with their authorization matrix."""
 
+import json
 from datetime import timedelta
 from decimal import Decimal
 
@@ -312,8 +313,9 @@ def test_malformed_json_wrong_type_and_oversized_payloads(api, carol, spare_node
     data = assert_error(client.post(URL, '{"node": 1, ', content_type="application/json"), 400)
     assert data["code"] == "parse_error"
     assert_error(client.post(URL, "node=1", content_type="text/plain"), 415)
-    huge = '{"node": %d, "gpus_offered": 1, "price_per_gpu_hour": "1", "pad": "%s"}' % (
-        spare_node.pk, "x" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 10))
+    pad = "x" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 10)
+    huge = json.dumps({"node": spare_node.pk, "gpus_offered": 1, "price_per_gpu_hour": "1",
+                       "pad": pad})
     assert_error(client.post(URL, huge, content_type="application/json"), 413)
     assert not Offer.objects.exists()
 

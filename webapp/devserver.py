@@ -10,14 +10,16 @@ It turns DEBUG on (this is the only place that does) and supervises child proces
 - a child that dies on its own stops the others and makes the runner exit non-zero, so a
   half-running platform never looks healthy.
 
-The children are the entries of `child_commands()`; later work adds the Celery worker,
-beat and local provider agents there.
+The children are the entries of `child_commands()`: the ASGI server, a Celery worker
+with beat (its broker is a folder under var/, so the processes share it without Redis),
+and two provider agents on this computer, which are CPU nodes and say so.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import signal
 import socket
@@ -27,6 +29,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 DEFAULT_HOST = "127.0.0.1"
@@ -44,13 +47,36 @@ class Child:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def child_commands(*, host: str, port: int) -> list[Child]:
-    """What the embedded platform runs. Add a Celery worker, beat and agents here."""
+ROOT = Path(__file__).resolve().parent.parent
+VAR = ROOT / "var"
+AGENT_HEARTBEAT_S = "2"
+
+
+def demo_agents() -> list[dict]:
+    """Register the two local CPU nodes and fetch fresh tokens for their agents."""
+    tokens = VAR / "demo-agents.json"
+    subprocess.run([sys.executable, str(ROOT / "manage.py"), "demo_agents", "--write", str(tokens)],
+                   check=True, cwd=ROOT)
+    return json.loads(tokens.read_text())
+
+
+def child_commands(*, host: str, port: int, agents: list[dict] | None = None) -> list[Child]:
+    """What the embedded platform runs."""
     python = sys.executable
-    return [
+    server = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    children = [
         Child("web", [python, "-m", "daphne", "-b", host, "-p", str(port),
                       "webapp.asgi:application"]),
+        Child("worker", [python, "-m", "celery", "-A", "webapp", "worker", "--beat",
+                         "--pool", "solo", "-Q", "default,dispatch,verify,chain",
+                         "--schedule", str(VAR / "celerybeat-schedule"), "--loglevel", "WARNING"]),
     ]
+    for agent in agents or []:
+        children.append(Child(agent["name"], [
+            python, "-m", "workers.agent", "--server", server, "--token", agent["token"],
+            "--workdir", str(VAR / "agents" / agent["name"]), "--heartbeat", AGENT_HEARTBEAT_S,
+            "--advertise-addr", "127.0.0.1", "--plain"]))
+    return children
 
 
 class DevServerError(Exception):
@@ -81,6 +107,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--port", type=_port, default=default_port,
         help=f"port to listen on (env DEVSERVER_PORT; default {DEFAULT_PORT})",
     )
+    parser.add_argument("--no-agents", action="store_true",
+                        help="do not start the two local CPU provider agents")
     args = parser.parse_args(argv)
     # argparse applies `type` to string defaults too, so a bad DEVSERVER_PORT is an error.
     return args
@@ -187,8 +215,11 @@ def run(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("DEBUG", "1")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
 
+    # Agents and the server agree on the heartbeat; starts not acted on are resent that often.
+    os.environ.setdefault("AGENT_HEARTBEAT_S", AGENT_HEARTBEAT_S)
     ensure_port_free(args.host, args.port)
-    children = child_commands(host=args.host, port=args.port)
+    children = child_commands(host=args.host, port=args.port,
+                              agents=[] if args.no_agents else demo_agents())
     supervisor = Supervisor(children, sys.stdout)
 
     # The handlers only record the request; the loop below acts on it within a tick.
