@@ -2,7 +2,11 @@
 and writes nothing (a partial update that names no known field is a no-op)."""
 
 import pytest
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError
 
+from marketplace.api.exceptions import api_exception_handler
+from marketplace.errors import Conflict, MarketError, NotFound
 from marketplace.models import AuditEvent, Dataset, Job, JobEvent, Node, Offer
 
 from .api_support import assert_error
@@ -55,3 +59,21 @@ def test_odd_query_strings_on_the_search_never_500(api, carol_offer, query):
     assert response.status_code in (200, 400, 404), response.content[:300]
     if response.status_code != 200:
         assert_error(response, response.status_code)
+
+
+@pytest.mark.parametrize(("exc", "status", "field"), [
+    (MarketError("Bad region.", field="region"), 400, "region"),
+    (NotFound(), 404, None),
+    (Conflict("Already cancelled."), 409, None),
+    (DjangoValidationError({"name": ["Too long."]}), 400, "name"),
+    (DjangoValidationError("Nope."), 400, None),
+    (IntegrityError("duplicate key"), 409, None),
+])
+def test_handler_maps_domain_and_database_errors(exc, status, field):
+    response = api_exception_handler(exc, {})
+    assert response.status_code == status
+    assert response.data["field"] == field and response.data["detail"]
+
+
+def test_handler_leaves_unexpected_errors_to_surface():
+    assert api_exception_handler(RuntimeError("bug"), {}) is None

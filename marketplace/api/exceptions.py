@@ -7,10 +7,13 @@ plus `errors` ({field: [messages]}) for input validation. Domain errors (MarketE
 come from the services; anything else unexpected stays a 500 so that it gets fixed.
 """
 
+import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -18,6 +21,8 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
 from ..errors import MarketError
+
+logger = logging.getLogger(__name__)
 
 
 def _flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:
@@ -66,6 +71,17 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
         # Too many fields or files, a malformed multipart body: the client's fault.
         return Response({"detail": "The request could not be read.", "field": None,
                          "code": "bad_request"}, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(
+            exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages})
+    if isinstance(exc, IntegrityError):
+        # A race the service's own checks could not see (two requests creating the same
+        # name at once): the database refused it, so nothing was written.
+        logger.warning("API integrity error: %s", exc)
+        set_rollback()
+        return Response({"detail": "That conflicts with a change made at the same time; "
+                                   "reload and try again.", "field": None, "code": "conflict"},
+                        status=status.HTTP_409_CONFLICT)
     if isinstance(exc, exceptions.ValidationError):
         response = drf_exception_handler(exc, context)
         if response is not None:

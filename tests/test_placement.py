@@ -1,0 +1,103 @@
+"""Placement: the cheapest fitting nodes, atomic reservations, never a double booking."""
+
+import threading
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.db.models import F
+
+from marketplace.models import Assignment, Job, Offer
+from marketplace.services import placement
+from marketplace.services.execution import node_lost
+
+from .factories import JobFactory, NodeFactory, OfferFactory
+
+S = Job.Status
+
+
+def cpu_offer(price: str, slots: int = 2) -> Offer:
+    node = NodeFactory(gpu_model="cpu", gpu_memory_gb=0, gpu_count=slots)
+    return OfferFactory(node=node, price_per_gpu_hour=Decimal(price), gpus_offered=slots)
+
+
+def funded_job(**kw) -> Job:
+    return JobFactory(status=S.FUNDED, gpu_models=["cpu"], gpus_per_node=2, **kw)
+
+
+def test_places_on_the_cheapest_nodes_and_locks_prices(db):
+    cpu_offer("0.30")
+    cheap = cpu_offer("0.10")
+    mid = cpu_offer("0.20")
+    job = funded_job(nodes=2)
+    assignments = placement.job_place(job_id=job.pk)
+    assert [(a.node_rank, a.offer_id, a.price_per_gpu_hour) for a in assignments] == [
+        (0, cheap.pk, Decimal("0.100000")), (1, mid.pk, Decimal("0.200000"))]
+    job.refresh_from_db()
+    assert job.status == S.MATCHING and job.attempt == 1
+    assert Offer.objects.get(pk=cheap.pk).gpus_reserved == 2
+    assert job.events.filter(reason="placed").exists()
+
+
+def test_waits_with_reasons_and_does_not_repeat_them(db):
+    cpu_offer("0.50")
+    job = funded_job(nodes=1, max_price_per_gpu_hour=Decimal("0.10"))
+    assert placement.job_place(job_id=job.pk) == []
+    assert placement.job_place(job_id=job.pk) == []
+    notes = job.events.filter(reason="no_match")
+    assert notes.count() == 1 and "0.50" in notes.get().message
+    assert Job.objects.get(pk=job.pk).status == S.MATCHING
+
+
+def test_placing_twice_is_harmless(db):
+    cpu_offer("0.10")
+    job = funded_job(nodes=1)
+    assert len(placement.job_place(job_id=job.pk)) == 1
+    assert placement.job_place(job_id=job.pk) == []
+    assert Assignment.objects.filter(job=job).count() == 1
+
+
+def test_a_lost_node_frees_its_gpus_and_is_not_used_again(db):
+    offer = cpu_offer("0.10")
+    spare = cpu_offer("0.20")
+    job = funded_job(nodes=1)
+    (a,) = placement.job_place(job_id=job.pk)
+    Job.objects.filter(pk=job.pk).update(status=S.RUNNING)
+    Assignment.objects.filter(pk=a.pk).update(status=Assignment.Status.RUNNING)
+    assert node_lost(node_id=offer.node_id) == 1
+    job.refresh_from_db()
+    assert job.status == S.INTERRUPTED and job.excluded_nodes == [offer.node_id]
+    assert Offer.objects.get(pk=offer.pk).gpus_reserved == 0
+    (b,) = placement.job_place(job_id=job.pk)
+    assert b.offer_id == spare.pk and b.attempt == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_matching_never_double_books():
+    offers = [cpu_offer(f"0.{i + 1}0") for i in range(3)]
+    jobs = [funded_job(nodes=1) for _ in range(10)]
+    barrier = threading.Barrier(len(jobs))
+    errors = []
+
+    def place(job_id):
+        try:
+            barrier.wait()
+            placement.job_place(job_id=job_id)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=place, args=(j.pk,)) for j in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert Assignment.objects.count() == 3  # three offers of 2 slots, jobs of 2 slots
+    assert not Offer.objects.filter(gpus_reserved__gt=F("gpus_offered")).exists()
+    assert sorted(Assignment.objects.values_list("offer_id", flat=True)) == sorted(o.pk for o in offers)
+    # Rerunning the losers once capacity is gone changes nothing.
+    for job in jobs:
+        placement.job_place(job_id=job.pk)
+    assert Assignment.objects.count() == 3
