@@ -27,7 +27,7 @@ PYEOF
   OMP_NUM_THREADS=4 $PY -m torch.distributed.run --standalone --nproc-per-node 1 \
     -m workers.training.run "$1/spec.json" > "$1/train.log" 2>&1
   local rc=$?
-  echo "$1 rc=$rc wall=$(echo "$(date +%s.%N) - $t0" | bc) s"
+  echo "$1 rc=$rc wall=$(python3 -c "import time;print(round(time.time()-$t0,1))") s"
   tail -n 3 "$1/train.log"
 }
 run /tmp/gpu-full '{}' | tee "$OUT/full.txt"

@@ -234,7 +234,7 @@ SPECTACULAR_SETTINGS = {
 NODE_HEARTBEAT_TIMEOUT_S = env.int("NODE_HEARTBEAT_TIMEOUT_S", default=15)
 PLATFORM_FEE_BPS = env.int("PLATFORM_FEE_BPS", default=500)
 # Until on-chain escrow is enabled, a submitted job counts as funded and runs at once.
-ESCROW_ENABLED = env.bool("ESCROW_ENABLED", default=True)  # FLIP-AFTER-HELPERS
+ESCROW_ENABLED = env.bool("ESCROW_ENABLED", default=False)
 # Placements tried before a job that keeps failing is given up.
 JOB_MAX_ATTEMPTS = env.int("JOB_MAX_ATTEMPTS", default=3)
 # Lifetime of the token an agent uses to fetch a dataset and upload checkpoints.
