@@ -61,7 +61,8 @@ def test_create_returns_the_job_with_its_timeline(api, alice, healthcare):
     assert set(data) == DETAIL_FIELDS
     job = Job.objects.get(pk=data["id"])
     assert job.owner == healthcare and job.created_by == alice
-    assert data["status"] == "submitted" and data["status_display"] == job.get_status_display()
+    # No escrow on this platform yet: a submitted job counts as funded and goes to matching.
+    assert data["status"] == "funded" and data["status_display"] == job.get_status_display()
     # Normalised by the service: defaults filled, tokens upper/lower-cased.
     assert data["params"]["epochs"] == 5 and data["params"]["batch_size"] == 64
     assert data["regions"] == ["EU", "US-CA"] and data["compliance"] == ["hipaa"]
@@ -69,7 +70,7 @@ def test_create_returns_the_job_with_its_timeline(api, alice, healthcare):
     assert (data["max_price_per_gpu_hour"], data["budget"], data["min_reliability"]) == (
         "2.500000", "100.000000", "0.9000")
     assert [(e["from_status"], e["to_status"], e["reason"]) for e in data["timeline"]] == [
-        ("draft", "submitted", "submitted")]
+        ("draft", "submitted", "submitted"), ("submitted", "funded", "escrow_disabled")]
     assert set(data["timeline"][0]) == {"at", "from_status", "to_status", "reason", "message"}
     assert (data["progress"], data["assignments"], data["artifact_url"], data["escrow"]) == (
         None, [], None, None)

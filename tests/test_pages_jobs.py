@@ -119,7 +119,7 @@ def test_submit_creates_the_job_and_redirects_to_it(client, alice, healthcare, e
     job = Job.objects.get()
     assert response.status_code == 302
     assert response["Location"] == reverse("job_detail", args=[job.pk])
-    assert job.owner == healthcare and job.status == Job.Status.SUBMITTED
+    assert job.owner == healthcare and job.status == Job.Status.FUNDED  # no escrow yet
     assert job.params["epochs"] == 5 and job.regions == ["EU"]
     assert job.gpu_models == ["A100 80GB"] and job.min_gpu_memory_gb == 40
 

@@ -22,11 +22,21 @@ def spec(**over) -> JobSpec:
 
 def test_submit_fills_defaults_and_logs_the_timeline(healthcare, alice):
     job = job_submit(owner=healthcare, spec=spec(params={"epochs": 3}), actor=alice)
-    assert job.status == Job.Status.SUBMITTED
+    # Without on-chain escrow a submitted job counts as funded at once.
+    assert job.status == Job.Status.FUNDED
     assert job.params["epochs"] == 3 and job.params["batch_size"] == 64
-    event = job.events.get()
-    assert (event.from_status, event.to_status, event.reason) == ("draft", "submitted", "submitted")
-    assert "alice" in event.message
+    submitted, funded = job.events.all()
+    assert (submitted.from_status, submitted.to_status, submitted.reason) == (
+        "draft", "submitted", "submitted")
+    assert "alice" in submitted.message
+    assert (funded.to_status, funded.reason) == ("funded", "escrow_disabled")
+
+
+def test_with_escrow_enabled_a_job_waits_for_funding(healthcare, settings):
+    settings.ESCROW_ENABLED = True
+    job = job_submit(owner=healthcare, spec=spec())
+    assert job.status == Job.Status.SUBMITTED
+    assert [e.reason for e in job.events.all()] == ["submitted"]
 
 
 @pytest.mark.parametrize(("over", "field"), [

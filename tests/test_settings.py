@@ -24,7 +24,8 @@ SETTINGS_VARS = ("DEBUG", "SECRET_KEY", "ALLOWED_HOSTS", "DATABASE_URL", "REDIS_
 
 
 def production_env(**overrides: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in SETTINGS_VARS}
+    env = {k: v for k, v in os.environ.items()
+           if k not in SETTINGS_VARS and k != "DJANGO_ALLOW_ASYNC_UNSAFE"}
     env.update(
         DJANGO_SETTINGS_MODULE="webapp.settings",
         DEBUG="0",
