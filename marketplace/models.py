@@ -408,6 +408,9 @@ class Checkpoint(models.Model):
         constraints = [models.UniqueConstraint(fields=["assignment", "step"], name="checkpoint_step_unique")]
         indexes = [models.Index(fields=["job", "-step"], name="checkpoint_job_step")]
 
+    def __str__(self) -> str:
+        return f"job {self.job_id} step {self.step} ({self.sha256[:12]}…)"
+
 
 class MetricPoint(models.Model):
     """A training progress sample, persisted before anyone is told about it."""
@@ -426,6 +429,9 @@ class MetricPoint(models.Model):
         ordering = ["job_id", "seq"]
         constraints = [models.UniqueConstraint(fields=["job", "seq"], name="metric_seq_unique")]
 
+    def __str__(self) -> str:
+        return f"job {self.job_id} #{self.seq}: step {self.step} loss {self.loss}"
+
 
 class LogLine(models.Model):
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="log_lines")
@@ -436,3 +442,6 @@ class LogLine(models.Model):
     class Meta:
         ordering = ["job_id", "id"]
         indexes = [models.Index(fields=["job", "id"], name="logline_job")]
+
+    def __str__(self) -> str:
+        return self.line[:80]

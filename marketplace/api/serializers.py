@@ -4,13 +4,15 @@ messages. Output serializers render. Decimals are strings (money keeps its 6 pla
 from decimal import Decimal
 
 from django.conf import settings
+from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from .. import catalogue
 from ..errors import MarketError
-from ..models import Dataset, Job, JobEvent, Node, Offer
+from ..models import Assignment, Dataset, Job, JobEvent, MetricPoint, Node, Offer
+from ..selectors.execution import job_assignments, job_progress
 from ..services.job_spec import JobSpec
 from ..services.nodes import NodeSpec
 from ..services.offers import OfferSpec
@@ -243,6 +245,31 @@ class JobListSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class AssignmentSerializer(serializers.ModelSerializer):
+    """One node's part of a placement, with the price locked when it was placed."""
+
+    node_name = serializers.CharField(source="node.name")
+    provider = serializers.CharField(source="node.provider.name")
+    region = serializers.CharField(source="node.region")
+    gpu_model = serializers.CharField(source="node.gpu_model")
+    node_status = serializers.CharField(source="node.status")
+    last_heartbeat_at = serializers.DateTimeField(source="node.last_heartbeat_at")
+
+    class Meta:
+        model = Assignment
+        fields = ["id", "attempt", "node_rank", "node", "node_name", "provider", "region",
+                  "gpu_model", "gpus", "price_per_gpu_hour", "status", "node_status",
+                  "last_heartbeat_at", "resume_step", "started_at", "finished_at"]
+        read_only_fields = fields
+
+
+class MetricPointSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = MetricPoint
+        fields = ["seq", "step", "total_steps", "epoch", "loss", "samples_per_sec", "at"]
+        read_only_fields = fields
+
+
 class JobDetailSerializer(JobListSerializer):
     """The job with its timeline. progress, assignments, artifact, escrow and verification
     are filled by the execution, payment and verification work."""
@@ -261,15 +288,17 @@ class JobDetailSerializer(JobListSerializer):
 
     @extend_schema_field(OpenApiTypes.OBJECT)
     def get_progress(self, job: Job) -> dict | None:
-        return None
+        return job_progress(job)
 
-    @extend_schema_field(serializers.ListField(child=serializers.DictField()))
+    @extend_schema_field(AssignmentSerializer(many=True))
     def get_assignments(self, job: Job) -> list:
-        return []
+        return AssignmentSerializer(job_assignments(job), many=True).data
 
     @extend_schema_field(OpenApiTypes.URI)
     def get_artifact_url(self, job: Job) -> str | None:
-        return None
+        if not job.artifact:
+            return None
+        return reverse("api:job-artifact", args=[job.pk])
 
     @extend_schema_field(OpenApiTypes.OBJECT)
     def get_escrow(self, job: Job) -> dict | None:

@@ -4,8 +4,10 @@ marketplace.api.exceptions."""
 
 from django.conf import settings
 from django.contrib.auth import authenticate
+from django.http import FileResponse
 from django_filters.rest_framework import DjangoFilterBackend
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.authtoken.models import Token
@@ -17,8 +19,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .. import catalogue
+from ..errors import MarketError
 from ..models import Dataset
 from ..selectors.accounts import organization_of, require_consumer, require_provider
+from ..selectors.execution import job_metrics
 from ..selectors.market import (
     jobs_visible_to,
     nodes_of_provider,
@@ -289,6 +293,32 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         """Cancel a job that has not finished."""
         job = job_services.job_cancel(job=self.get_object(), actor=request.user)
         return self._render(job)
+
+    @extend_schema(summary="Download the trained model", request=None,
+                   responses={(200, "application/octet-stream"): OpenApiTypes.BINARY,
+                              **_errors(401, 404)})
+    @action(detail=True, methods=["get"])
+    def artifact(self, request, pk=None):
+        """The trained model (a PyTorch state dict with its template and metric)."""
+        job = self.get_object()
+        if not job.artifact:
+            raise NotFound("This job has no trained model yet.")
+        return FileResponse(job.artifact.open("rb"), as_attachment=True,
+                            filename=f"computemesh-job-{job.pk}-model.pt")
+
+    @extend_schema(summary="Progress points after a sequence number (for resync)",
+                   parameters=[OpenApiParameter("after_seq", int, description="Only later points.")],
+                   responses={200: s.MetricPointSerializer(many=True), **_errors(400, 401, 404)})
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
+    def metrics(self, request, pk=None):
+        job = self.get_object()
+        try:
+            after = int(request.query_params.get("after_seq", 0))
+        except ValueError:
+            raise MarketError("after_seq must be a whole number.", field="after_seq") from None
+        if after < 0:
+            raise MarketError("after_seq must be 0 or more.", field="after_seq")
+        return Response(s.MetricPointSerializer(job_metrics(job, after_seq=after), many=True).data)
 
     @extend_schema(summary="Which offers would take this job now, at what cost, and if none, "
                            "why", request=s.JobSpecSerializer,

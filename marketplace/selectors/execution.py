@@ -1,0 +1,36 @@
+"""Read models of a job's execution: progress with an ETA, its assignments, its metrics."""
+
+from django.db.models import QuerySet
+
+from ..models import Assignment, Job, MetricPoint
+
+ETA_WINDOW = 20  # progress points the step rate is measured over
+
+
+def job_progress(job: Job) -> dict | None:
+    if not job.total_steps:
+        return None
+    recent = list(job.metrics.order_by("-seq").values("step", "at")[:ETA_WINDOW])
+    eta = None
+    if len(recent) >= 2:
+        last, first = recent[0], recent[-1]
+        seconds = (last["at"] - first["at"]).total_seconds()
+        steps = last["step"] - first["step"]
+        if seconds > 0 and steps > 0:
+            eta = round((job.total_steps - job.current_step) / (steps / seconds), 1)
+    return {
+        "step": job.current_step, "total_steps": job.total_steps,
+        "percent": round(100 * job.current_step / job.total_steps, 1),
+        "loss": job.last_loss, "samples_per_sec": job.samples_per_sec,
+        "eta_seconds": eta if job.current_step < job.total_steps else 0,
+        "metric": {"name": job.metric_name, "value": job.metric_value} if job.metric_name else None,
+        "last_seq": job.metric_seq,
+    }
+
+
+def job_assignments(job: Job) -> QuerySet[Assignment]:
+    return job.assignments.select_related("node", "node__provider").order_by("attempt", "node_rank")
+
+
+def job_metrics(job: Job, *, after_seq: int = 0, limit: int = 1000) -> QuerySet[MetricPoint]:
+    return job.metrics.filter(seq__gt=after_seq).order_by("seq")[:limit]
