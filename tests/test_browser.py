@@ -2,7 +2,6 @@
 (the table updates in place), fill the job form, read the live quote, submit, and see the
 job's page with its timeline."""
 
-import os
 import re
 from decimal import Decimal
 from pathlib import Path
