@@ -12,7 +12,7 @@ from decimal import Decimal
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
-from django.db.models import F, QuerySet
+from django.db.models import F, Q, QuerySet
 from django.forms.models import construct_instance
 from django.template.defaultfilters import filesizeformat
 from django.urls import NoReverseMatch, reverse
@@ -386,6 +386,7 @@ class NodeAdmin(admin.ModelAdmin):
 
 
 # --- Offers --------------------------------------------------------------------------
+SEARCH_LIMIT = 1000  # nodes or providers a search term may match before it is too vague
 OFFER_FIELDS = ["node", "gpus_offered", "price_per_gpu_hour", "available_from",
                 "available_until", "min_duration_hours", "max_duration_hours"]
 
@@ -458,6 +459,22 @@ class OfferAdmin(admin.ModelAdmin):
         return ["node", "status", "gpus_reserved", "provider", "gpu_model", "gpu_memory_gb",
                 "region", "verified", "reliability_display", "node_online", "created_at",
                 "updated_at"]
+
+    def get_search_results(self, request, queryset, search_term):
+        # Find the matching nodes and providers first, then their offers by the indexed
+        # foreign keys. Django's default (join + LIKE over every offer, ordered by id) read
+        # the whole table: see docs/BENCHMARKS.md for the measurement.
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        nodes = list(Node.objects.filter(name__icontains=term).values_list("pk", flat=True)
+                     [:SEARCH_LIMIT])
+        providers = list(Organization.objects.filter(name__icontains=term)
+                         .values_list("pk", flat=True)[:SEARCH_LIMIT])
+        match = Q(node_id__in=nodes) | Q(provider_id__in=providers)
+        if term.isdigit():
+            match |= Q(pk=int(term))
+        return queryset.filter(match), False
 
     @admin.display(description="GPUs free / offered", ordering="gpus_offered")
     def gpus(self, obj: Offer) -> str:

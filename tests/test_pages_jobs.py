@@ -216,3 +216,39 @@ def test_cancel_requires_post(client, alice, healthcare):
     job = JobFactory(owner=healthcare)
     client.force_login(alice)
     assert client.get(reverse("job_cancel", args=[job.pk])).status_code == 405
+
+
+def test_job_page_shows_progress_result_and_machines(client, alice, healthcare):
+    from decimal import Decimal
+
+    from django.core.files.base import ContentFile
+    from django.utils import timezone
+
+    from marketplace.models import Assignment, MetricPoint
+
+    from .factories import NodeFactory, OfferFactory
+
+    job = JobFactory(owner=healthcare, status=Job.Status.RUNNING, total_steps=100, current_step=40,
+                     last_loss=0.25, samples_per_sec=1200.0, metric_name="accuracy", metric_value=0.9)
+    job.artifact.save("m.pt", ContentFile(b"model"), save=True)
+    node = NodeFactory(name="fin-h100", gpu_model="H100 80GB")
+    offer = OfferFactory(node=node)
+    Assignment.objects.create(job=job, node=node, offer=offer, attempt=1, node_rank=0, gpus=2,
+                              price_per_gpu_hour=Decimal("2.5"), status="running")
+    now = timezone.now()
+    for i, step in enumerate((20, 40)):
+        MetricPoint.objects.create(job=job, assignment=job.assignments.get(), seq=i + 1, step=step,
+                                   total_steps=100, at=now + timezone.timedelta(seconds=10 * i))
+    client.force_login(alice)
+    html = client.get(reverse("job_detail", args=[job.pk])).content.decode()
+    assert "Step 40 of 100" in html and "loss 0.2500" in html
+    assert "about 30 s left" in html  # 20 steps in 10 s, 60 to go
+    assert "Download the trained model" in html and "H100 80GB" in html and "2.50" in html
+    partial = client.get(reverse("job_progress", args=[job.pk]), HTTP_HX_REQUEST="true")
+    assert partial.status_code == 200 and 'hx-trigger="every 3s"' in partial.content.decode()
+
+
+def test_progress_panel_of_another_organizations_job_is_404(client, bob, healthcare):
+    job = JobFactory(owner=healthcare)
+    client.force_login(bob)
+    assert client.get(reverse("job_progress", args=[job.pk])).status_code == 404

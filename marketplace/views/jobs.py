@@ -6,6 +6,7 @@ from django.views.decorators.http import require_GET, require_POST
 from .. import catalogue, job_states
 from ..errors import MarketError
 from ..forms import JobForm, QuoteForm
+from ..selectors.execution import job_assignments, job_progress
 from ..selectors.market import jobs_visible_to
 from ..services.job_spec import job_spec_validate
 from ..services.jobs import job_cancel, job_submit
@@ -95,7 +96,20 @@ def job_detail(request, pk: int):
         "job": job, "template": template,
         "events": job.events.select_related("actor"),
         "can_cancel": job.status in job_states.CANCELLABLE,
+        **_progress_context(job),
     })
+
+
+def _progress_context(job) -> dict:
+    return {"progress": job_progress(job), "assignments": job_assignments(job),
+            "active": job.status in job_states.ACTIVE}
+
+
+@login_required
+def job_progress_view(request, pk: int):
+    """The progress panel alone, polled while the job runs."""
+    job = get_object_or_404(jobs_visible_to(request.user), pk=pk)
+    return render(request, "jobs/_progress.html", {"job": job, **_progress_context(job)})
 
 
 @login_required

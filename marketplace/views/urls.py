@@ -23,6 +23,7 @@ urlpatterns = [
     path("jobs/new/template-fields/", jobs.job_template_fields, name="job_template_fields"),
     path("jobs/<int:pk>/", jobs.job_detail, name="job_detail"),
     path("jobs/<int:pk>/cancel/", jobs.job_cancel_view, name="job_cancel"),
+    path("jobs/<int:pk>/progress/", jobs.job_progress_view, name="job_progress"),
     # Providers
     path("provider/nodes/", provider.node_list, name="provider_nodes"),
     path("provider/nodes/new/", provider.node_new, name="provider_node_new"),
