@@ -12,7 +12,7 @@ from django.http import FileResponse, HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from .errors import MarketError
+from .errors import MarketError, PermissionDenied, Unauthorized
 from .models import Assignment, Checkpoint, Job
 from .services.execution import assignment_from_token
 
@@ -26,7 +26,7 @@ def _error(exc: MarketError) -> JsonResponse:
 def _assignment(request: HttpRequest, assignment_id: int) -> Assignment:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
-        raise MarketError("Send the assignment's token as 'Authorization: Bearer …'.", code="unauthorized")
+        raise Unauthorized("Send the assignment's token as 'Authorization: Bearer …'.")
     return assignment_from_token(token.strip(), assignment_id)
 
 
@@ -74,7 +74,7 @@ def checkpoint(request, assignment_id: int, step: int):
                 return JsonResponse({"detail": "No committed checkpoint at that step."}, status=404)
             return FileResponse(ckpt.file.open("rb"), filename=f"step-{step}.pt")
         if assignment.node_rank != 0:
-            raise MarketError("Only node rank 0 uploads checkpoints.", code="permission_denied")
+            raise PermissionDenied("Only node rank 0 uploads checkpoints.")
         body, sha, size = _receive(request)
         with transaction.atomic():
             ckpt = Checkpoint(job_id=assignment.job_id, assignment=assignment, step=step, sha256=sha,
@@ -94,7 +94,7 @@ def artifact(request, assignment_id: int):
     try:
         assignment = _assignment(request, assignment_id)
         if assignment.node_rank != 0:
-            raise MarketError("Only node rank 0 uploads the model.", code="permission_denied")
+            raise PermissionDenied("Only node rank 0 uploads the model.")
         body, sha, size = _receive(request)
         with transaction.atomic():
             job = Job.objects.select_for_update().get(pk=assignment.job_id)

@@ -31,3 +31,10 @@ class Conflict(MarketError):
 
     def __init__(self, message: str, *, code: str = "conflict"):
         super().__init__(message, code=code)
+
+
+class Unauthorized(MarketError):
+    status_code = 401
+
+    def __init__(self, message: str = "Authentication required."):
+        super().__init__(message, code="unauthorized")

@@ -1,0 +1,89 @@
+"""File transfers for agents: scoped tokens, declared hashes, who may upload what."""
+
+import hashlib
+from decimal import Decimal
+
+import pytest
+from django.core.files.base import ContentFile
+
+from marketplace.models import Assignment, Checkpoint, Job
+from marketplace.services.execution import assignment_token
+
+from .factories import JobFactory, NodeFactory, OfferFactory
+
+
+@pytest.fixture
+def running(db):
+    job = JobFactory(status=Job.Status.RUNNING, nodes=2)
+    made = []
+    for rank in range(2):
+        node = NodeFactory()
+        made.append(Assignment.objects.create(
+            job=job, node=node, offer=OfferFactory(node=node), attempt=1, node_rank=rank, gpus=1,
+            price_per_gpu_hour=Decimal("1"), status=Assignment.Status.RUNNING))
+    return made
+
+
+def put(client, url, body: bytes, token: str, sha: str | None = None):
+    return client.generic("PUT", url, body, content_type="application/octet-stream",
+                          HTTP_AUTHORIZATION=f"Bearer {token}",
+                          HTTP_X_CONTENT_SHA256=sha or hashlib.sha256(body).hexdigest())
+
+
+def test_rank_zero_uploads_a_checkpoint_and_a_new_placement_downloads_it(client, running):
+    rank0, _ = running
+    body = b"checkpoint bytes"
+    url = f"/api/v1/agent/assignments/{rank0.pk}/checkpoints/50/"
+    response = put(client, url, body, assignment_token(rank0))
+    assert response.status_code == 201
+    ckpt = Checkpoint.objects.get()
+    assert ckpt.sha256 == hashlib.sha256(body).hexdigest() and ckpt.size_bytes == len(body)
+    assert put(client, url, body, assignment_token(rank0)).status_code == 409  # once per step
+    # Not committed by a `checkpoint` message yet: nobody resumes from it.
+    get = client.get(url, HTTP_AUTHORIZATION=f"Bearer {assignment_token(rank0)}")
+    assert get.status_code == 404
+    Checkpoint.objects.update(committed_at=ckpt.created_at)
+    get = client.get(url, HTTP_AUTHORIZATION=f"Bearer {assignment_token(rank0)}")
+    assert get.status_code == 200 and b"".join(get.streaming_content) == body
+
+
+@pytest.mark.parametrize("case", ["no_token", "bad_token", "other_assignment", "bad_sha", "no_sha",
+                                  "not_rank_zero", "finished"])
+def test_bad_uploads_are_refused_and_store_nothing(client, running, case):
+    rank0, rank1 = running
+    token, target, sha = assignment_token(rank0), rank0, None
+    if case == "bad_token":
+        token = "forged"
+    elif case == "other_assignment":
+        token = assignment_token(rank1)
+    elif case == "bad_sha":
+        sha = "0" * 64
+    elif case == "no_sha":
+        sha = "not-a-hash"
+    elif case == "not_rank_zero":
+        token, target = assignment_token(rank1), rank1
+    elif case == "finished":
+        Assignment.objects.filter(pk=rank0.pk).update(status=Assignment.Status.SUCCEEDED)
+    url = f"/api/v1/agent/assignments/{target.pk}/checkpoints/10/"
+    if case == "no_token":
+        response = client.generic("PUT", url, b"x", content_type="application/octet-stream")
+    else:
+        response = put(client, url, b"x", token, sha)
+    assert 400 <= response.status_code < 500
+    assert "detail" in response.json()
+    assert not Checkpoint.objects.exists()
+
+
+def test_the_dataset_is_served_only_with_a_token_for_that_job(client, running):
+    rank0, _ = running
+    job = rank0.job
+    from marketplace.models import Dataset
+
+    ds = Dataset(owner=job.owner, name="d.csv", size_bytes=4, rows=1, columns=["a"], sha256="x")
+    ds.file.save("d.csv", ContentFile(b"a\n1\n"), save=True)
+    Job.objects.filter(pk=job.pk).update(dataset=ds, dataset_ref=str(ds.pk))
+    url = f"/api/v1/agent/assignments/{rank0.pk}/dataset/"
+    ok = client.get(url, HTTP_AUTHORIZATION=f"Bearer {assignment_token(rank0)}")
+    assert ok.status_code == 200 and b"".join(ok.streaming_content) == b"a\n1\n"
+    assert client.get(url).status_code == 401
+    assert client.get(url, HTTP_AUTHORIZATION="Bearer nope").status_code == 404
