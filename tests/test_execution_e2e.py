@@ -129,3 +129,29 @@ def test_a_killed_agent_is_replaced_and_the_job_resumes_from_its_checkpoint(stac
     first_step_after = record.metrics.filter(assignment=resumed).order_by("seq").first().step
     assert first_step_after >= resumed.resume_step  # not restarted from 0
     assert record.current_step == record.total_steps
+
+
+def test_a_dataset_the_template_cannot_use_fails_the_job_fast_with_the_reason(stack, consumer_token):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from marketplace.services.datasets import dataset_upload
+
+    (node_token,) = cpu_nodes(1)
+    stack.agent("agent-a", node_token)
+    org = Organization.objects.get(name="Medisight")
+    rows = "\n".join(f"{i},{i * 2},1" for i in range(40))  # one class only
+    ds = dataset_upload(owner=org, actor=None, name="one-class.csv",
+                        uploaded_file=SimpleUploadedFile("one-class.csv", f"a,b,label\n{rows}\n".encode()))
+    code, job = stack.http("POST", "/api/v1/jobs/", token=consumer_token, body=job_body(dataset=str(ds.pk)))
+    assert code == 201, job
+    done = wait_status(stack, consumer_token, job["id"], {"failed"}, timeout=120)
+    last = done["timeline"][-1]
+    assert last["reason"] == "dataset_error" and "at least two classes" in last["message"]
+    assert Job.objects.get(pk=job["id"]).attempt == 1  # not retried elsewhere
+
+
+def test_an_agent_with_a_wrong_token_is_refused_and_says_so(stack):
+    proc = stack.agent("agent-bad", "cmn_not_a_token")
+    assert proc.wait(timeout=60) == 2
+    log = (stack.logs / "agent-bad.log").read_text()
+    assert "refused this agent's token" in log

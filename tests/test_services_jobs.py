@@ -91,3 +91,18 @@ def test_a_completed_job_cannot_be_cancelled(db):
     with pytest.raises(IllegalTransition):
         job_cancel(job=job)
     assert Job.objects.get(pk=job.pk).status == Job.Status.COMPLETED
+
+
+def test_an_uploaded_dataset_must_have_the_label_column(healthcare):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from marketplace.services.datasets import dataset_upload
+
+    rows = "\n".join(f"{i},{i % 2}" for i in range(20))
+    ds = dataset_upload(owner=healthcare, actor=None, name="x.csv",
+                        uploaded_file=SimpleUploadedFile("x.csv", f"age,outcome\n{rows}\n".encode()))
+    with pytest.raises(MarketError) as err:
+        job_submit(owner=healthcare, spec=spec(dataset=str(ds.pk)))
+    assert err.value.field == "params.label_column" and "outcome" in err.value.message
+    job = job_submit(owner=healthcare, spec=spec(dataset=str(ds.pk), params={"label_column": "outcome"}))
+    assert job.dataset == ds

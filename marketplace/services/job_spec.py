@@ -85,6 +85,11 @@ def job_spec_validate(*, spec: JobSpec, owner: Organization | None) -> JobSpec:
     template = catalogue.get_template(spec.template)
     params = template.validate_params(spec.params)
     dataset_ref, dataset = _resolve_dataset(spec.dataset, template, owner)
+    if dataset is not None:
+        for key in ("label_column", "target_column"):
+            if key in params and params[key] not in dataset.columns:
+                raise MarketError(f"The dataset has no column '{params[key]}'; its columns are "
+                                  f"{', '.join(dataset.columns[:20])}.", field=f"params.{key}")
     if not isinstance(spec.nodes, int) or not 1 <= spec.nodes <= MAX_NODES:
         raise MarketError(f"Nodes must be between 1 and {MAX_NODES}.", field="nodes")
     if not isinstance(spec.gpus_per_node, int) or not 1 <= spec.gpus_per_node <= MAX_GPUS_PER_NODE:
