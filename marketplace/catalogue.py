@@ -48,6 +48,12 @@ def region_matches(token: str, region: str) -> bool:
     return token == region or token == region.split("-")[0]
 
 
+def region_codes(tokens) -> list[str]:
+    """The region codes a job's or a search's tokens cover (blocs expanded), so that the
+    database can match them with an index: `region IN (…)`."""
+    return sorted({code for code in REGIONS for token in tokens if region_matches(token, code)})
+
+
 def validate_region_token(token: str, *, field: str = "regions") -> str:
     token = token.strip().upper()
     if token in REGIONS or token in REGION_BLOCS:
@@ -102,6 +108,12 @@ def compliance_mask(tags: list[str] | tuple[str, ...], *, field: str = "complian
                               field=field)
         mask |= _TAG_BITS[tag]
     return mask
+
+
+def masks_with(mask: int) -> list[int]:
+    """Every tag mask that contains `mask`: `compliance_verified IN (…)` can use an index,
+    where a bitwise AND cannot."""
+    return [m for m in range(1 << len(_TAG_BITS)) if m & mask == mask]
 
 
 def compliance_tags(mask: int) -> list[str]:

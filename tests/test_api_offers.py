@@ -158,8 +158,8 @@ def test_ordering(api, market, ordering, expected):
 
 def test_pagination_shape_and_pages(api, market):
     first = api.get(f"{URL}?page_size=2").json()
-    assert set(first) == {"count", "next", "previous", "results"}
-    assert first["count"] == 5 and first["previous"] is None
+    assert set(first) == {"count", "count_is_exact", "next", "previous", "results"}
+    assert first["count"] == 5 and first["count_is_exact"] and first["previous"] is None
     assert [o["node_name"] for o in first["results"]] == ["cpu-se", "4090-fr"]
     second = api.get(first["next"]).json()
     assert [o["node_name"] for o in second["results"]] == ["l40s-ca", "a100-de"]
@@ -410,3 +410,17 @@ def test_paused_offer_leaves_the_public_list_and_returns(api, carol, carol_offer
 def test_offers_cannot_be_deleted(api, carol, carol_offer):
     assert api.as_user(carol).delete(f"{URL}{carol_offer.pk}/").status_code == 405
     assert Offer.objects.filter(pk=carol_offer.pk).exists()
+
+
+def test_the_count_stops_at_a_thousand_and_says_so(api, monkeypatch, market):
+    from marketplace.api import pagination
+
+    monkeypatch.setattr(pagination, "COUNT_CAP", 3)
+    data = api.get(f"{URL}?page_size=2").json()
+    assert (data["count"], data["count_is_exact"]) == (4, False)
+    assert api.get(f"{URL}?region=EU").json()["count_is_exact"] is True
+
+
+def test_the_list_renders_offers_exactly_as_the_detail_does(api, market):
+    for row in api.get(URL).json()["results"]:
+        assert api.get(f"{URL}{row['id']}/").json() == row

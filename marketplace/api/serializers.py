@@ -77,6 +77,32 @@ class OfferSerializer(serializers.ModelSerializer):
         return offer.reliability is None
 
 
+class OfferListSerializer(OfferSerializer):
+    """The same fields as OfferSerializer, built directly: the public search renders many
+    rows per request, and DRF's per-field machinery was a third of its time."""
+
+    def to_representation(self, o: Offer) -> dict:
+        price = o.price_per_gpu_hour
+        return {
+            "id": o.pk, "node": o.node_id, "node_name": o.node.name, "provider": o.provider.name,
+            "gpu_model": o.gpu_model, "gpu_memory_gb": o.gpu_memory_gb,
+            "gpus_offered": o.gpus_offered, "gpus_available": o.gpus_offered - o.gpus_reserved,
+            "price_per_gpu_hour": f"{price:.6f}", "unit": UNIT, "region": o.region,
+            "region_name": catalogue.REGIONS.get(o.region, o.region),
+            "compliance": o.compliance_tags,
+            "reliability": f"{o.reliability:.4f}" if o.reliability is not None else None,
+            "is_new": o.reliability is None, "online": o.node_online,
+            "available_from": _iso(o.available_from), "available_until": _iso(o.available_until),
+            "min_duration_hours": f"{o.min_duration_hours:.2f}",
+            "max_duration_hours": f"{o.max_duration_hours:.2f}" if o.max_duration_hours is not None else None,
+            "status": o.status,
+        }
+
+
+def _iso(value) -> str | None:
+    return serializers.DateTimeField().to_representation(value) if value is not None else None
+
+
 class OfferWriteSerializer(serializers.Serializer):
     """Create takes `node`; update (PUT/PATCH) keeps the offer on its node."""
 

@@ -119,6 +119,9 @@ class TemplateViewSet(viewsets.ViewSet):
 class OfferViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     authentication_classes = AUTH
     serializer_class = s.OfferSerializer
+
+    def get_serializer_class(self):
+        return s.OfferListSerializer if self.action == "list" else s.OfferSerializer
     filter_backends = [DjangoFilterBackend]
     filterset_class = OfferFilter
     pagination_class = IdSubqueryPagination

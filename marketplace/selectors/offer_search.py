@@ -55,11 +55,10 @@ def offer_search(query: OfferQuery, *, base: QuerySet[Offer] | None = None) -> Q
         qs = qs.filter(gpu_memory_gb__gte=query.min_gpu_memory_gb)
     if query.region:
         token = catalogue.validate_region_token(query.region, field="region")
-        qs = qs.filter(region=token) if "-" in token else qs.filter(region__startswith=f"{token}-")
+        qs = qs.filter(region__in=catalogue.region_codes([token]))
     if query.compliance:
         mask = catalogue.compliance_mask(list(query.compliance))
-        qs = qs.alias(compliance_ok=F("compliance_verified").bitand(mask)).filter(
-            compliance_ok=mask)
+        qs = qs.filter(compliance_verified__in=catalogue.masks_with(mask))
     if query.max_price is not None:
         if query.max_price <= 0:
             raise MarketError("The maximum price must be more than 0 tUSD.", field="max_price")

@@ -76,17 +76,15 @@ def constraints_for(spec: JobSpec, *, now=None) -> list[Constraint]:
     else:
         out.append(Constraint("gpu_model", "with GPUs", ~Q(gpu_model=catalogue.CPU)))
     if spec.regions:
-        region_q = Q()
-        for token in spec.regions:
-            region_q |= Q(region=token) if "-" in token else Q(region__startswith=f"{token}-")
-        out.append(Constraint("region", f"in {' or '.join(spec.regions)}", region_q))
+        out.append(Constraint("region", f"in {' or '.join(spec.regions)}",
+                              Q(region__in=catalogue.region_codes(spec.regions))))
     if spec.min_gpu_memory_gb:
         out.append(Constraint("gpu_memory", f"with ≥ {spec.min_gpu_memory_gb} GB GPU memory",
                               Q(gpu_memory_gb__gte=spec.min_gpu_memory_gb)))
     if spec.compliance:
         mask = catalogue.compliance_mask(list(spec.compliance))
         out.append(Constraint("compliance", f"verified for {', '.join(spec.compliance)}",
-                              Q(compliance_ok=mask)))
+                              Q(compliance_verified__in=catalogue.masks_with(mask))))
     if spec.min_reliability:
         out.append(Constraint("reliability", f"with reliability ≥ {spec.min_reliability:.0%}",
                               Q(reliability__gte=spec.min_reliability)))
@@ -114,9 +112,6 @@ def _hours(hours: Decimal):
 def _base(spec: JobSpec) -> QuerySet[Offer]:
     qs = Offer.objects.filter(status=Offer.Status.ACTIVE).annotate(
         free_gpus=F("gpus_offered") - F("gpus_reserved"))
-    if spec.compliance:
-        mask = catalogue.compliance_mask(list(spec.compliance))
-        qs = qs.annotate(compliance_ok=F("compliance_verified").bitand(mask))
     return qs
 
 
