@@ -53,7 +53,7 @@ $(STAMP): pyproject.toml
 	@$(PIP) install -qq --progress-bar off -e ".[dev]"
 	@touch $@
 
-# --- demo: embedded defaults (SQLite file, in-memory channel layer, eager Celery) -------
+# --- demo: embedded defaults (SQLite, in-memory channel layer, file broker, 2 CPU agents) --
 demo: install
 	@echo "==> migrating the demo database"
 	@DEBUG=1 $(PY) manage.py migrate --noinput -v 0
