@@ -198,6 +198,11 @@ class Offer(models.Model):
             models.Index(fields=["gpu_model", "price_per_gpu_hour", "id"], name="offer_search_model",
                          include=_covering("gpu_model", "price_per_gpu_hour"),
                          condition=Q(status="active")),
+            # Data-centre GPUs (40 GB and more) sorted by price: the cheapest offers are small
+            # GPUs, so the general price index would walk past thousands of them first.
+            models.Index(fields=["price_per_gpu_hour", "id"], name="offer_search_large_gpu",
+                         include=_covering("price_per_gpu_hour"),
+                         condition=Q(status="active", gpu_memory_gb__gte=40)),
             models.Index(fields=["compliance_verified", "price_per_gpu_hour", "id"],
                          name="offer_search_compliance",
                          include=_covering("compliance_verified", "price_per_gpu_hour"),

@@ -101,3 +101,27 @@ def test_concurrent_matching_never_double_books():
     for job in jobs:
         placement.job_place(job_id=job.pk)
     assert Assignment.objects.count() == 3
+
+
+def test_new_or_resumed_offers_retry_waiting_jobs_once(db, django_capture_on_commit_callbacks, monkeypatch,
+                                                       carol_node, provider_org):
+    from django.core.cache import cache
+
+    from marketplace.services.offers import OfferSpec, offer_create, offer_set_status
+
+    sent = []
+    monkeypatch.setattr("celery.current_app.send_task", lambda name, **kw: sent.append(name))
+    cache.delete("computemesh:rematch-scheduled")
+    with django_capture_on_commit_callbacks(execute=True):
+        first = offer_create(provider=provider_org, node=carol_node,
+                             spec=OfferSpec(gpus_offered=2, price_per_gpu_hour=Decimal("1")))
+        offer_create(provider=provider_org, node=carol_node,
+                     spec=OfferSpec(gpus_offered=2, price_per_gpu_hour=Decimal("1.1")))
+    assert sent == ["workers.tasks.rematch_waiting"]  # debounced
+    cache.delete("computemesh:rematch-scheduled")
+    with django_capture_on_commit_callbacks(execute=True):
+        offer_set_status(provider=provider_org, offer=first, status="paused")
+    assert len(sent) == 1  # pausing frees nothing
+    with django_capture_on_commit_callbacks(execute=True):
+        offer_set_status(provider=provider_org, offer=first, status="active")
+    assert sent == ["workers.tasks.rematch_waiting"] * 2

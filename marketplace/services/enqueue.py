@@ -15,3 +15,12 @@ def match_job(job_id: int) -> None:
 
 def dispatch_assignment(assignment_id: int) -> None:
     enqueue("workers.tasks_dispatch.dispatch_assignment", assignment_id)
+
+
+def rematch_soon() -> None:
+    """Offers or nodes changed: retry waiting jobs shortly, at most once per two seconds
+    however many changes arrive (the cache key debounces)."""
+    from django.core.cache import cache
+
+    if cache.add("computemesh:rematch-scheduled", 1, timeout=2):
+        enqueue("workers.tasks.rematch_waiting", countdown=1)

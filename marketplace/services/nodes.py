@@ -9,6 +9,7 @@ from django.utils import timezone
 from .. import catalogue
 from ..errors import MarketError, NotFound, PermissionDenied
 from ..models import Node, Offer, Organization
+from . import enqueue
 from .audit import audit_record
 
 TOKEN_PREFIX = "cmn_"
@@ -188,6 +189,8 @@ def node_set_presence(*, node_id: int, online: bool, heartbeat_at=None,
         node.save()
         if was_online != online:
             _sync_offers(node)
+            if online:
+                enqueue.rematch_soon()
 
 
 def node_spec_validate(*, spec: NodeSpec, provider: Organization, node: Node | None = None) -> None:

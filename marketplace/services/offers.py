@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from ..errors import Conflict, MarketError, PermissionDenied
 from ..models import Node, Offer, Organization
+from . import enqueue
 
 MAX_PRICE = Decimal("10000")
 
@@ -85,7 +86,9 @@ def offer_create(*, provider: Organization, node: Node, spec: OfferSpec) -> Offe
         # Lock the node so that two concurrent offers cannot list more GPUs than it has.
         node = Node.objects.select_for_update().get(pk=node.pk)
         fields = _validate(spec, node)
-        return Offer.objects.create(node=node, **fields, **_node_fields(node))
+        offer = Offer.objects.create(node=node, **fields, **_node_fields(node))
+        enqueue.rematch_soon()
+        return offer
 
 
 def offer_update(*, provider: Organization, offer: Offer, spec: OfferSpec) -> Offer:
@@ -100,6 +103,7 @@ def offer_update(*, provider: Organization, offer: Offer, spec: OfferSpec) -> Of
         for key, value in fields.items():
             setattr(offer, key, value)
         offer.save()
+        enqueue.rematch_soon()
     return offer
 
 
@@ -113,6 +117,8 @@ def offer_set_status(*, provider: Organization | None, offer: Offer, status: str
         raise Conflict("The node is suspended; lift the suspension first.")
     Offer.objects.filter(pk=offer.pk).update(status=status, updated_at=timezone.now())
     offer.status = status
+    if status == Offer.Status.ACTIVE:
+        enqueue.rematch_soon()
     return offer
 
 

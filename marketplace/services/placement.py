@@ -61,13 +61,20 @@ def job_place(*, job_id: int) -> list[Assignment]:
         candidates = (matching._filtered(spec, constraints)
                       .exclude(node_id__in=job.excluded_nodes)
                       .order_by("price_per_gpu_hour", "-reliability", "id")
-                      .select_for_update(skip_locked=True, of=("self",)))
+                      .values_list("pk", "node_id")[: max(50, spec.nodes * 20)])
         picked: list[Offer] = []
         seen: set[int] = set()
-        for offer in candidates[: max(50, spec.nodes * 20)]:
-            if offer.node_id in seen:
+        for offer_id, node_id in candidates:
+            if node_id in seen:
                 continue
-            seen.add(offer.node_id)
+            # Lock only what is picked, skipping rows a concurrent matcher holds, and
+            # re-check the capacity on the locked row.
+            offer = (Offer.objects.select_for_update(skip_locked=True, of=("self",))
+                     .filter(pk=offer_id, status=Offer.Status.ACTIVE,
+                             gpus_reserved__lte=F("gpus_offered") - spec.gpus_per_node).first())
+            if offer is None:
+                continue
+            seen.add(node_id)
             picked.append(offer)
             if len(picked) == spec.nodes:
                 break
