@@ -28,8 +28,8 @@ def rate(points: list[tuple[int, float]]) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=20)
     args = parser.parse_args()
     setup_django()
     from django.utils import timezone
@@ -41,7 +41,7 @@ def main() -> int:
     print(machine())
     tokens, consumer = reset(nodes=1)
     platform = Platform().start(tokens)
-    params = {"epochs": args.epochs, "batch_size": 32, "seed": 0, "checkpoint_every": 100}
+    params = {"epochs": args.epochs, "batch_size": 64, "channels": 64, "seed": 0, "checkpoint_every": 100}
     agent_rates, direct_rates = [], []
     try:
         for i in range(args.runs):

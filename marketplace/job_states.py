@@ -81,3 +81,20 @@ def note(*, job_id: int, reason: str, message: str, data: dict[str, Any] | None 
     """A timeline entry without a status change (e.g. why matching found nothing)."""
     return JobEvent.objects.create(job_id=job_id, reason=reason, message=message,
                                    data=data or {}, actor=actor)
+
+
+def transition_many(*, job_ids: list[int], to: str, reason: str, message: str,
+                    expect: frozenset[str] | set[str]) -> list[int]:
+    """Move many jobs at once (the batch matcher). Only jobs whose current status is in
+    `expect` and may become `to` move; returns their ids. One UPDATE, one INSERT."""
+    sources = [s for s in expect if can_transition(s, to)]
+    with transaction.atomic():
+        rows = list(Job.objects.select_for_update().filter(pk__in=job_ids, status__in=sources)
+                    .values_list("pk", "status"))
+        moved = [pk for pk, _ in rows]
+        Job.objects.filter(pk__in=moved).update(status=to, status_changed_at=timezone.now(),
+                                                updated_at=timezone.now())
+        JobEvent.objects.bulk_create([
+            JobEvent(job_id=pk, from_status=status, to_status=to, reason=reason, message=message)
+            for pk, status in rows])
+    return moved

@@ -13,6 +13,15 @@ from marketplace.models import Organization
 from .factories import NodeFactory, OfferFactory, OrganizationFactory, UserFactory
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Throttles, debounces and explanation timers live in the cache: start each test clean."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+
+
 @pytest.fixture
 def healthcare(db):
     return OrganizationFactory(name="Medisight", slug="medisight",

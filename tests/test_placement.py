@@ -125,3 +125,47 @@ def test_new_or_resumed_offers_retry_waiting_jobs_once(db, django_capture_on_com
     with django_capture_on_commit_callbacks(execute=True):
         offer_set_status(provider=provider_org, offer=first, status="active")
     assert sent == ["workers.tasks.rematch_waiting"] * 2
+
+
+def test_the_batch_matcher_serves_the_oldest_first_at_the_lowest_price(db):
+    from marketplace import catalogue
+    from marketplace.services.batch_placement import jobs_place_waiting
+
+    cheap = cpu_offer("0.10")
+    dear = cpu_offer("0.30")
+    first = funded_job(nodes=1)
+    second = funded_job(nodes=1)
+    third = funded_job(nodes=1)  # nothing left for it
+    placed = jobs_place_waiting()
+    assert set(placed) == {first.pk, second.pk}
+    by_job = {a.job_id: a.offer_id for a in Assignment.objects.all()}
+    assert by_job == {first.pk: cheap.pk, second.pk: dear.pk}
+    assert set(Offer.objects.values_list("gpus_reserved", flat=True)) == {2}
+    third.refresh_from_db()
+    assert third.status == S.MATCHING and third.attempt == 0
+    assert [e.reason for e in Job.objects.get(pk=first.pk).events.all()] == ["matching", "placed"]
+    assert Job.objects.get(pk=first.pk).attempt == 1
+    # Constraints: a GPU job never lands on CPU slots; region and verified tags count.
+    gpu = NodeFactory(gpu_model="A100 80GB", region="US-TX",
+                      compliance_claimed=catalogue.compliance_mask(["hipaa"]),
+                      compliance_verified=catalogue.compliance_mask(["hipaa"]))
+    us = OfferFactory(node=gpu, price_per_gpu_hour=Decimal("1.5"))
+    eu_job = JobFactory(status=S.FUNDED, regions=["EU"])
+    hipaa_job = JobFactory(status=S.FUNDED, regions=["US"], compliance=["hipaa"], gpus_per_node=2)
+    placed = jobs_place_waiting()
+    assert set(placed) == {hipaa_job.pk}
+    assert Assignment.objects.get(job=hipaa_job).offer_id == us.pk
+    assert not Assignment.objects.filter(job=eu_job).exists()
+
+
+def test_the_batch_matcher_agrees_with_the_quote(db):
+    from marketplace.services.batch_placement import jobs_place_waiting
+    from marketplace.services.matching import offers_for
+
+    for price in ("0.40", "0.15", "0.25", "0.35"):
+        cpu_offer(price)
+    job = funded_job(nodes=3)
+    expected = [c.offer_id for c in offers_for(placement.spec_of(job))]
+    jobs_place_waiting()
+    got = list(Assignment.objects.filter(job=job).order_by("node_rank").values_list("offer_id", flat=True))
+    assert got == expected and len(got) == 3

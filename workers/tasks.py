@@ -5,8 +5,8 @@ import logging
 
 from celery import shared_task
 
-from marketplace.models import Job
-from marketplace.services import execution, placement
+from marketplace.models import Assignment, Job
+from marketplace.services import batch_placement, execution, placement
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +27,20 @@ def match_job(job_id: int) -> int:
 
 @shared_task(name="workers.tasks.rematch_waiting", time_limit=300, soft_time_limit=280)
 def rematch_waiting() -> int:
-    """Periodically retry jobs that found no machines (offers change all the time)."""
-    waiting = Job.objects.filter(status__in=(Job.Status.MATCHING, Job.Status.FUNDED,
-                                             Job.Status.INTERRUPTED)).values_list("pk", flat=True)
-    count = 0
-    for job_id in waiting[:500]:
-        count += match_job(job_id)
-    return count
+    """Retry every waiting job in one pass (periodically, and when offers change)."""
+    placed = batch_placement.jobs_place_waiting()
+    dispatch = "workers.tasks_dispatch.dispatch_assignment"
+    assignments = Assignment.objects.select_related("job").filter(
+        pk__in=[a for ids in placed.values() for a in ids])
+    for assignment_id in execution.dispatchable(list(assignments)):
+        rematch_waiting.app.send_task(dispatch, args=[assignment_id])
+    return len(placed)
+
+
+@shared_task(name="workers.tasks.explain_wait", time_limit=60, soft_time_limit=50)
+def explain_wait(job_id: int) -> None:
+    """Put on a waiting job's timeline why nothing fits it yet."""
+    placement.job_explain_wait(job_id=job_id)
 
 
 @shared_task(name="workers.tasks.heartbeat_watchdog", time_limit=60, soft_time_limit=50)

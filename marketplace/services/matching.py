@@ -127,8 +127,11 @@ def _pick(spec: JobSpec, qs: QuerySet[Offer], exclude_nodes: Iterable[int] = ())
     since every node carries the same number of GPUs)."""
     picked: list[Candidate] = []
     seen = set(exclude_nodes)
+    # Nodes rarely carry more than a couple of offers: looking at this many of the
+    # cheapest rows finds `nodes` distinct ones without walking every match.
+    limit = max(200, spec.nodes * 50)
     rows = (qs.select_related("node", "provider")
-            .order_by("price_per_gpu_hour", "-reliability", "id").iterator(chunk_size=200))
+            .order_by("price_per_gpu_hour", "-reliability", "id")[:limit])
     for offer in rows:
         if offer.node_id in seen:
             continue
@@ -145,8 +148,16 @@ def _pick(spec: JobSpec, qs: QuerySet[Offer], exclude_nodes: Iterable[int] = ())
     return picked
 
 
+COUNT_CAP = 1000
+
+
 def _nodes_matching(qs: QuerySet[Offer]) -> int:
-    return qs.values("node_id").distinct().count()
+    """Distinct nodes, counted up to COUNT_CAP + 1 (explanations say "1,000+")."""
+    return qs.order_by().values("node_id").distinct()[: COUNT_CAP + 1].count()
+
+
+def _n(count: int) -> str:
+    return f"{COUNT_CAP:,}+" if count > COUNT_CAP else f"{count:,}"
 
 
 def offers_for(spec: JobSpec, *, exclude_nodes: Iterable[int] = ()) -> list[Candidate]:
@@ -181,13 +192,13 @@ def _explain(spec: JobSpec, constraints: list[Constraint]) -> list[dict]:
     need = spec.nodes
     what = "nodes" if need > 1 else "node"
     total = _nodes_matching(_base(spec))
-    steps = [f"{total} {'node has' if total == 1 else 'nodes have'} active offers"]
+    steps = [f"{_n(total)} {'node has' if total == 1 else 'nodes have'} active offers"]
     qs = _base(spec)
     blocking = None
     for c in constraints:
         qs = qs.filter(c.q)
         n = _nodes_matching(qs)
-        steps.append(f"{n if n else 'none'} {c.label}")
+        steps.append(f"{_n(n) if n else 'none'} {c.label}")
         if n < need:
             blocking = c
             break

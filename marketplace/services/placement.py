@@ -4,9 +4,11 @@ Concurrent matchers never double-book: candidate offer rows are locked with
 `SELECT … FOR UPDATE SKIP LOCKED`, and capacity is re-checked on the locked row.
 """
 
+from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import transaction
 from django.db.models import F
 
@@ -29,9 +31,20 @@ def spec_of(job: Job) -> JobSpec:
     )
 
 
-def _note_no_match(job: Job, spec: JobSpec) -> None:
-    """Say why nothing fits — once per distinct reason, not at every retry."""
-    quote = matching.quote_job(spec=spec)
+EXPLAIN_EVERY = timedelta(minutes=2)
+
+
+def explain_due(job_id: int) -> bool:
+    """Working out why nothing fits costs a dozen counts: at most every two minutes a job."""
+    return cache.add(f"computemesh:explained:{job_id}", 1, timeout=EXPLAIN_EVERY.total_seconds())
+
+
+def job_explain_wait(*, job_id: int) -> None:
+    """Say on the timeline why a waiting job found no machines (once per distinct reason)."""
+    job = Job.objects.filter(pk=job_id, status=S.MATCHING).first()
+    if job is None or job.assignments.filter(status__in=Assignment.ACTIVE).exists():
+        return
+    quote = matching.quote_job(spec=spec_of(job))
     reasons = quote.reasons
     if quote.feasible or not reasons:
         excluded = ", ".join(str(n) for n in job.excluded_nodes) or "none"
@@ -43,6 +56,15 @@ def _note_no_match(job: Job, spec: JobSpec) -> None:
     if last is None or last.message != message[:1000]:
         job_states.note(job_id=job.pk, reason="no_match", message=message[:1000],
                         data={"reasons": reasons})
+
+
+def placed_message(offers: list[tuple[str, str, Decimal]], gpus_per_node: int,
+                   resume_step: int | None) -> str:
+    where = ", ".join(f"{model} in {region} at {price:.2f}" for model, region, price in offers)
+    total = sum((price for _, _, price in offers), Decimal(0)) * gpus_per_node
+    n = len(offers)
+    return (f"Placed on {n} node{'s' if n > 1 else ''} ({where} tUSD/GPU-h; {total:.2f} tUSD/h in all)"
+            + (f", resuming from step {resume_step}." if resume_step else "."))
 
 
 def job_place(*, job_id: int) -> list[Assignment]:
@@ -79,7 +101,8 @@ def job_place(*, job_id: int) -> list[Assignment]:
             if len(picked) == spec.nodes:
                 break
         if len(picked) < spec.nodes:
-            _note_no_match(job, spec)
+            if explain_due(job.pk):
+                job_explain_wait(job_id=job.pk)
             return []
         job.attempt += 1
         job.save(update_fields=["attempt", "updated_at"])
@@ -96,13 +119,10 @@ def job_place(*, job_id: int) -> list[Assignment]:
                 job=job, node_id=offer.node_id, offer=offer, attempt=job.attempt, node_rank=rank,
                 gpus=spec.gpus_per_node, price_per_gpu_hour=offer.price_per_gpu_hour,
                 resume_step=resume.step if resume else None))
-        where = ", ".join(f"{o.gpu_model} in {o.region} at {o.price_per_gpu_hour:.2f}" for o in picked)
-        total = sum((o.price_per_gpu_hour for o in picked), Decimal(0)) * spec.gpus_per_node
         job_states.note(
             job_id=job.pk, reason="placed",
-            message=(f"Placed on {len(picked)} node{'s' if len(picked) > 1 else ''} ({where} tUSD/GPU-h; "
-                     f"{total:.2f} tUSD/h in all)"
-                     + (f", resuming from step {resume.step}." if resume else ".")),
+            message=placed_message([(o.gpu_model, o.region, o.price_per_gpu_hour) for o in picked],
+                                   spec.gpus_per_node, resume.step if resume else None),
             data={"attempt": job.attempt, "offers": [o.pk for o in picked],
                   "nodes": [o.node_id for o in picked]})
     return assignments

@@ -1,0 +1,167 @@
+"""Placing many waiting jobs in one pass (the periodic re-matcher).
+
+The candidate offers are read once into an in-memory book, bucketed by GPU model, memory
+and region and sorted by price; jobs are served first come, first served, each taking the
+cheapest offers on distinct nodes that meet every constraint. The chosen offer rows are
+then locked (`FOR UPDATE SKIP LOCKED`), their capacity re-checked, and everything is
+written in a handful of statements.
+"""
+
+import heapq
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+
+from django.db import transaction
+from django.db.models import Case, F, IntegerField, Max, Value, When
+from django.utils import timezone
+
+from .. import catalogue, job_states
+from ..models import Assignment, Checkpoint, Job, JobEvent, Offer
+from . import enqueue, placement
+
+S = Job.Status
+WAITING = (S.FUNDED, S.INTERRUPTED, S.MATCHING)
+
+
+@dataclass
+class BookOffer:
+    pk: int
+    node_id: int
+    gpu_model: str
+    gpu_memory_gb: int
+    region: str
+    compliance: int
+    reliability: Decimal | None
+    free: int
+    price: Decimal
+    until: object
+    min_hours: Decimal
+    max_hours: Decimal | None
+
+
+class OfferBook:
+    def __init__(self, offers: list[BookOffer]):
+        self.buckets: dict[tuple[str, int, str], list[BookOffer]] = defaultdict(list)
+        for o in offers:
+            self.buckets[(o.gpu_model, o.gpu_memory_gb, o.region)].append(o)
+        for bucket in self.buckets.values():
+            bucket.sort(key=lambda o: (o.price, -(o.reliability or 0), o.pk))
+
+    def cheapest(self, job: Job, now) -> list[BookOffer]:
+        """The cheapest fitting offers on `job.nodes` distinct nodes, or []."""
+        models = set(job.gpu_models) or {m for m in catalogue.GPU_MODELS if m != catalogue.CPU}
+        regions = set(catalogue.region_codes(job.regions)) if job.regions else None
+        mask = catalogue.compliance_mask(job.compliance) if job.compliance else 0
+        lists = [b for (model, memory, region), b in self.buckets.items()
+                 if model in models and memory >= job.min_gpu_memory_gb
+                 and (regions is None or region in regions)]
+        hours = job.duration_hours
+        end = now + timedelta(hours=float(hours))
+        excluded = set(job.excluded_nodes)
+        picked: list[BookOffer] = []
+        nodes: set[int] = set()
+        for o in heapq.merge(*lists, key=lambda o: (o.price, -(o.reliability or 0), o.pk)):
+            if o.price > job.max_price_per_gpu_hour:
+                break
+            if (o.free < job.gpus_per_node or o.node_id in nodes or o.node_id in excluded
+                    or o.compliance & mask != mask
+                    or (job.min_reliability
+                        and (o.reliability is None or o.reliability < job.min_reliability))
+                    or (o.until is not None and o.until < end) or o.min_hours > hours
+                    or (o.max_hours is not None and o.max_hours < hours)):
+                continue
+            picked.append(o)
+            nodes.add(o.node_id)
+            if len(picked) == job.nodes:
+                return picked
+        return []
+
+
+def _book(jobs: list[Job], now) -> OfferBook:
+    smallest = min(j.gpus_per_node for j in jobs)
+    dearest = max(j.max_price_per_gpu_hour for j in jobs)
+    rows = (Offer.objects.filter(status=Offer.Status.ACTIVE, node_online=True, available_from__lte=now,
+                                 price_per_gpu_hour__lte=dearest,
+                                 gpus_offered__gte=F("gpus_reserved") + smallest)
+            .values_list("pk", "node_id", "gpu_model", "gpu_memory_gb", "region", "compliance_verified",
+                         "reliability", "gpus_offered", "gpus_reserved", "price_per_gpu_hour",
+                         "available_until", "min_duration_hours", "max_duration_hours"))
+    return OfferBook([BookOffer(pk, node, model, memory, region, comp, rel, offered - reserved, price,
+                                until, min_h, max_h)
+                      for (pk, node, model, memory, region, comp, rel, offered, reserved, price, until,
+                           min_h, max_h) in rows.iterator(chunk_size=5000)])
+
+
+def jobs_place_waiting(*, limit: int = 2000) -> dict[int, list[int]]:
+    """Place as many waiting jobs as fit, oldest first. Returns {job id: assignment ids};
+    jobs left waiting get the reasons on their timelines (rate-limited)."""
+    now = timezone.now()
+    with transaction.atomic():
+        jobs = list(Job.objects.select_for_update(skip_locked=True, of=("self",))
+                    .filter(status__in=WAITING)
+                    .exclude(assignments__status__in=Assignment.ACTIVE)
+                    .order_by("created_at", "id")[:limit])
+        if not jobs:
+            return {}
+        job_states.transition_many(job_ids=[j.pk for j in jobs], to=S.MATCHING, reason="matching",
+                                   message="Looking for machines that meet every constraint.",
+                                   expect={S.FUNDED, S.INTERRUPTED})
+        book = _book(jobs, now)
+        plans: dict[int, list[BookOffer]] = {}
+        for job in jobs:
+            picked = book.cheapest(job, now)
+            if picked:
+                for o in picked:
+                    o.free -= job.gpus_per_node
+                plans[job.pk] = picked
+        placed = _reserve(jobs, plans)
+        for job in jobs:  # the reasons are worked out off this pass, by the default queue
+            if job.pk not in placed and placement.explain_due(job.pk):
+                enqueue.enqueue("workers.tasks.explain_wait", job.pk)
+        return placed
+
+
+def _reserve(jobs: list[Job], plans: dict[int, list[BookOffer]]) -> dict[int, list[int]]:
+    """Lock the planned offers, drop plans whose offers changed meanwhile, and write the
+    reservations, assignments and timeline notes in bulk."""
+    by_job = {j.pk: j for j in jobs}
+    wanted: dict[int, int] = defaultdict(int)
+    for job_id, offers in plans.items():
+        for o in offers:
+            wanted[o.pk] += by_job[job_id].gpus_per_node
+    locked = {pk: free for pk, free in Offer.objects.select_for_update(skip_locked=True, of=("self",))
+              .filter(pk__in=list(wanted), status=Offer.Status.ACTIVE)
+              .values_list("pk", F("gpus_offered") - F("gpus_reserved"))}
+    for job_id in list(plans):  # a concurrent change: this job waits for the next pass
+        if any(o.pk not in locked or locked[o.pk] < wanted[o.pk] for o in plans[job_id]):
+            for o in plans.pop(job_id):
+                wanted[o.pk] -= by_job[job_id].gpus_per_node
+    if not plans:
+        return {}
+    wanted = {pk: n for pk, n in wanted.items() if n}
+    Offer.objects.filter(pk__in=list(wanted)).update(
+        gpus_reserved=Case(*[When(pk=pk, then=F("gpus_reserved") + Value(n)) for pk, n in wanted.items()],
+                           output_field=IntegerField()),
+        updated_at=timezone.now())
+    Job.objects.filter(pk__in=list(plans)).update(attempt=F("attempt") + 1)
+    resume = dict(Checkpoint.objects.filter(job__in=list(plans), committed_at__isnull=False)
+                  .values_list("job").annotate(step=Max("step")))
+    assignments = Assignment.objects.bulk_create([
+        Assignment(job_id=job_id, node_id=o.node_id, offer_id=o.pk, attempt=by_job[job_id].attempt + 1,
+                   node_rank=rank, gpus=by_job[job_id].gpus_per_node, price_per_gpu_hour=o.price,
+                   resume_step=resume.get(job_id))
+        for job_id, offers in plans.items() for rank, o in enumerate(offers)])
+    JobEvent.objects.bulk_create([
+        JobEvent(job_id=job_id, reason="placed", message=placement.placed_message(
+            [(o.gpu_model, o.region, o.price) for o in offers], by_job[job_id].gpus_per_node,
+            resume.get(job_id)),
+            data={"attempt": by_job[job_id].attempt + 1, "offers": [o.pk for o in offers],
+                  "nodes": [o.node_id for o in offers]})
+        for job_id, offers in plans.items()])
+    out: dict[int, list[int]] = defaultdict(list)
+    for a in assignments:
+        out[a.job_id].append(a.pk)
+    return dict(out)
+
