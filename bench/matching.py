@@ -48,12 +48,12 @@ def random_jobs(owner, count: int, rng: random.Random) -> list:
 
 
 def place_all(jobs) -> tuple[float, int, Decimal]:
+    """One pass of the batch matcher (what the periodic re-matcher runs)."""
     from marketplace.models import Assignment
-    from marketplace.services import placement
+    from marketplace.services.batch_placement import jobs_place_waiting
 
     start = time.perf_counter()
-    for job in jobs:
-        placement.job_place(job_id=job.pk)
+    jobs_place_waiting(limit=len(jobs))
     elapsed = time.perf_counter() - start
     placed = Assignment.objects.filter(job__in=jobs)
     cost = sum((a.price_per_gpu_hour * a.gpus for a in placed), Decimal(0))
@@ -109,6 +109,7 @@ def optimum(jobs, offers) -> Decimal | None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--trials", type=int, default=5, help="small instances solved exactly")
     args = parser.parse_args()
     configure_django(DB_URL)
     from django.db import transaction
@@ -131,31 +132,39 @@ def main() -> int:
             raise Rollback
     except Rollback:
         pass
-    try:
-        with transaction.atomic():
-            # A small instance: only 40 offers stay active, 20 jobs compete for them.
-            keep = list(Offer.objects.filter(status="active", node_online=True, gpus_reserved=0)
-                        .order_by("?")[:40])
-            Offer.objects.exclude(pk__in=[o.pk for o in keep]).update(status="paused")
-            owner = organization_create(name="Matching bench small", kind=Organization.Kind.CONSUMER)
-            jobs = random_jobs(owner, 20, rng)
-            for job in jobs:  # keep the small instance feasible and comparable
-                job.regions, job.gpu_models, job.min_gpu_memory_gb = [], [], 0
-                job.max_price_per_gpu_hour = Decimal("100")
-                job.save()
-            best = optimum(jobs, keep)
-            _, placed, greedy = place_all(jobs)
-            if best is None or placed < len(jobs):
-                print(f"small instance: {placed}/{len(jobs)} placed; optimum "
-                      f"{'infeasible' if best is None else best}")
-            else:
-                gap = (greedy - best) / best * 100
-                print(f"small instance (20 jobs, 40 offers): greedy {greedy:.2f} tUSD/h, optimum "
-                      f"{best:.2f} tUSD/h, {gap:.2f} % above — target ≤ 2 %: "
-                      f"{'met' if gap <= 2 else 'MISSED'}")
-            raise Rollback
-    except Rollback:
-        pass
+    gaps = []
+    for trial in range(args.trials):
+        try:
+            with transaction.atomic():
+                # A small instance: only 40 offers stay active, 20 jobs compete for them.
+                keep = list(Offer.objects.filter(status="active", node_online=True, gpus_reserved=0,
+                                                 available_until__isnull=True,
+                                                 max_duration_hours__isnull=True)
+                            .exclude(gpu_model="cpu").order_by("?")[:40])
+                Offer.objects.exclude(pk__in=[o.pk for o in keep]).update(status="paused")
+                owner = organization_create(name=f"Matching bench small {trial}",
+                                            kind=Organization.Kind.CONSUMER)
+                jobs = random_jobs(owner, 20, rng)
+                for job in jobs:  # keep the small instance feasible and comparable
+                    job.regions, job.gpu_models, job.min_gpu_memory_gb = [], [], 0
+                    job.nodes, job.gpus_per_node = rng.choice([1, 1, 2]), rng.choice([1, 1, 2])
+                    job.max_price_per_gpu_hour = Decimal("100")
+                    job.save()
+                best = optimum(jobs, keep)
+                _, placed, greedy = place_all(jobs)
+                if best is None or placed < len(jobs):
+                    print(f"trial {trial + 1}: {placed}/{len(jobs)} placed; optimum "
+                          f"{'infeasible' if best is None else best}")
+                else:
+                    gaps.append((greedy - best) / best * 100)
+                    print(f"trial {trial + 1} (20 jobs, 40 offers): greedy {greedy:.2f} tUSD/h, "
+                          f"optimum {best:.2f} tUSD/h, {gaps[-1]:.2f} % above")
+                raise Rollback
+        except Rollback:
+            pass
+    if gaps:
+        print(f"worst gap over {len(gaps)} solved instances: {max(gaps):.2f} % — target ≤ 2 %: "
+              f"{'met' if max(gaps) <= 2 else 'MISSED'}")
     assert not Node.objects.filter(name__startswith="Matching bench").exists()
     return 0
 

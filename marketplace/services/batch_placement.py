@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
+from itertools import islice
 
 from django.db import transaction
 from django.db.models import Case, F, IntegerField, Max, Value, When
@@ -41,31 +42,58 @@ class BookOffer:
     max_hours: Decimal | None
 
 
+def _key(o: BookOffer):
+    return (o.price, -(o.reliability or 0), o.pk)
+
+
 class OfferBook:
+    """Offers in price order, one list per GPU model, memory, region bloc and free capacity
+    when read (it only shrinks during a pass), so that a job walks only the lists it could use;
+    used-up offers at the head of a list are skipped once."""
+
     def __init__(self, offers: list[BookOffer]):
-        self.buckets: dict[tuple[str, int, str], list[BookOffer]] = defaultdict(list)
+        self.lists: dict[tuple[str, int, str, int], list[BookOffer]] = defaultdict(list)
         for o in offers:
-            self.buckets[(o.gpu_model, o.gpu_memory_gb, o.region)].append(o)
-        for bucket in self.buckets.values():
-            bucket.sort(key=lambda o: (o.price, -(o.reliability or 0), o.pk))
+            self.lists[(o.gpu_model, o.gpu_memory_gb, o.region.split("-")[0], o.free)].append(o)
+        for offers_ in self.lists.values():
+            offers_.sort(key=_key)
+        self.start = dict.fromkeys(self.lists, 0)
+        self.failed: set[tuple] = set()
+
+    def _walk(self, key):
+        offers, i = self.lists[key], self.start[key]
+        while i < len(offers) and offers[i].free <= 0:
+            i += 1
+        self.start[key] = i
+        return islice(offers, i, None)
 
     def cheapest(self, job: Job, now) -> list[BookOffer]:
         """The cheapest fitting offers on `job.nodes` distinct nodes, or []."""
         models = set(job.gpu_models) or {m for m in catalogue.GPU_MODELS if m != catalogue.CPU}
         regions = set(catalogue.region_codes(job.regions)) if job.regions else None
+        blocs = {r.split("-")[0] for r in regions} if regions is not None else None
         mask = catalogue.compliance_mask(job.compliance) if job.compliance else 0
-        lists = [b for (model, memory, region), b in self.buckets.items()
-                 if model in models and memory >= job.min_gpu_memory_gb
-                 and (regions is None or region in regions)]
+        # A shape that found nothing earlier in this pass finds nothing now: capacity only
+        # shrinks while a pass runs.
+        shape = (frozenset(models), job.min_gpu_memory_gb, frozenset(regions or ()), mask,
+                 job.min_reliability, job.gpus_per_node, job.nodes, job.max_price_per_gpu_hour,
+                 job.duration_hours, tuple(job.excluded_nodes))
+        if shape in self.failed:
+            return []
+        walks = [self._walk(k) for k in self.lists
+                 if k[0] in models and k[1] >= job.min_gpu_memory_gb and k[3] >= job.gpus_per_node
+                 and (blocs is None or k[2] in blocs)]
         hours = job.duration_hours
         end = now + timedelta(hours=float(hours))
         excluded = set(job.excluded_nodes)
         picked: list[BookOffer] = []
         nodes: set[int] = set()
-        for o in heapq.merge(*lists, key=lambda o: (o.price, -(o.reliability or 0), o.pk)):
+        for o in heapq.merge(*walks, key=_key):
             if o.price > job.max_price_per_gpu_hour:
                 break
             if (o.free < job.gpus_per_node or o.node_id in nodes or o.node_id in excluded
+                    or o.gpu_memory_gb < job.min_gpu_memory_gb
+                    or (regions is not None and o.region not in regions)
                     or o.compliance & mask != mask
                     or (job.min_reliability
                         and (o.reliability is None or o.reliability < job.min_reliability))
@@ -76,6 +104,7 @@ class OfferBook:
             nodes.add(o.node_id)
             if len(picked) == job.nodes:
                 return picked
+        self.failed.add(shape)
         return []
 
 
