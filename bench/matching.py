@@ -137,10 +137,11 @@ def main() -> int:
         try:
             with transaction.atomic():
                 # A small instance: only 40 offers stay active, 20 jobs compete for them.
-                keep = list(Offer.objects.filter(status="active", node_online=True, gpus_reserved=0,
+                pool = list(Offer.objects.filter(status="active", node_online=True, gpus_reserved=0,
                                                  available_until__isnull=True,
                                                  max_duration_hours__isnull=True)
-                            .exclude(gpu_model="cpu").order_by("?")[:40])
+                            .exclude(gpu_model="cpu").order_by("id").values_list("pk", flat=True)[:5000])
+                keep = list(Offer.objects.filter(pk__in=rng.sample(pool, 40)))
                 Offer.objects.exclude(pk__in=[o.pk for o in keep]).update(status="paused")
                 owner = organization_create(name=f"Matching bench small {trial}",
                                             kind=Organization.Kind.CONSUMER)

@@ -127,7 +127,7 @@ def test_new_or_resumed_offers_retry_waiting_jobs_once(db, django_capture_on_com
     assert sent == ["workers.tasks.rematch_waiting"] * 2
 
 
-def test_the_batch_matcher_serves_the_oldest_first_at_the_lowest_price(db):
+def test_the_batch_matcher_serves_equal_jobs_oldest_first_at_the_lowest_price(db):
     from marketplace import catalogue
     from marketplace.services.batch_placement import jobs_place_waiting
 
@@ -169,3 +169,17 @@ def test_the_batch_matcher_agrees_with_the_quote(db):
     jobs_place_waiting()
     got = list(Assignment.objects.filter(job=job).order_by("node_rank").values_list("offer_id", flat=True))
     assert got == expected and len(got) == 3
+
+
+def test_the_batch_matcher_places_the_largest_jobs_first(db):
+    from marketplace.services.batch_placement import jobs_place_waiting
+
+    cheap_big = cpu_offer("0.10", slots=4)
+    small_only = cpu_offer("0.20", slots=2)
+    small = funded_job(nodes=1)  # 2 slots, submitted first
+    big = JobFactory(status=S.FUNDED, gpu_models=["cpu"], gpus_per_node=4)
+    jobs_place_waiting()
+    # First come, first served would give the small job the big offer and leave the big one
+    # waiting; largest first places both.
+    assert Assignment.objects.get(job=big).offer_id == cheap_big.pk
+    assert Assignment.objects.get(job=small).offer_id == small_only.pk
