@@ -2,9 +2,9 @@
 
 The candidate offers are read once into an in-memory book, bucketed by GPU model, memory,
 region bloc and free capacity and sorted by price; jobs are served largest first, then
-oldest first, each taking the cheapest offers on distinct nodes that meet every constraint. The chosen offer rows are
-then locked (`FOR UPDATE SKIP LOCKED`), their capacity re-checked, and everything is
-written in a handful of statements.
+oldest first, each taking the cheapest offers on distinct nodes that meet every
+constraint. The chosen offer rows are then locked (`FOR UPDATE SKIP LOCKED`), their
+capacity re-checked, and everything is written in a handful of statements.
 """
 
 import heapq
