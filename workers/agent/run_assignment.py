@@ -15,6 +15,8 @@ from .events_tail import EventTail
 if TYPE_CHECKING:
     from .agent import Agent
 
+PROGRESS_FLUSH_S = 1.0  # progress points are batched into one message a second
+POLL_S = 0.25
 STALL_TIMEOUT_S = 180  # no event and no output for this long: the group is hung
 SHUTDOWN_GRACE_S = 30  # after the result, ranks that do not exit are killed
 LOG_BATCH = 50
@@ -34,6 +36,8 @@ class AssignmentRun:
         self.result: dict | None = None
         self.error: dict | None = None
         self.last_activity = time.monotonic()
+        self.progress_buffer: list[dict] = []
+        self.last_flush = 0.0
 
     @property
     def label(self) -> str:
@@ -122,8 +126,9 @@ class AssignmentRun:
                     await launcher.stop(self.process)
                     await self._finish("failed", error=f"no progress for {STALL_TIMEOUT_S} s; stopped")
                     return
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(POLL_S)
             await self._forward(tail.poll())
+            await self._flush_progress(force=True)
         finally:
             await reader
         if self.cancelled_reason:
@@ -152,32 +157,38 @@ class AssignmentRun:
             if not line:
                 return
 
+    async def _flush_progress(self, *, force: bool = False) -> None:
+        """Send buffered progress points: at most once a second (each message costs the
+        platform a transaction), and always before a checkpoint or the result."""
+        now = time.monotonic()
+        if self.progress_buffer and (force or now - self.last_flush >= PROGRESS_FLUSH_S):
+            items, self.progress_buffer = self.progress_buffer, []
+            self.last_flush = now
+            await self.agent.send_data(self.id, "progress", items=items)
+
     async def _forward(self, events: list[dict]) -> None:
-        progress = []
         for event in events:
             self.last_activity = time.monotonic()
             kind = event.pop("type")
             if kind == "started":
                 self.agent.display.assignment_started(self.id, self.label, event["total_steps"],
                                                       event["step"])
-                progress.append({**event, "phase": "started"})
+                self.progress_buffer.append({**event, "phase": "started"})
             elif kind == "progress":
-                progress.append(event)
+                self.progress_buffer.append(event)
                 self.agent.display.assignment_progress(
                     self.id, step=event["step"], total=event["total_steps"], loss=event.get("loss"),
                     rate=event.get("samples_per_sec"))
             elif kind == "checkpoint":
-                if progress:
-                    await self.agent.send_data(self.id, "progress", items=progress)
-                    progress = []
+                await self._flush_progress(force=True)
                 await self._upload_checkpoint(event)
             elif kind == "finished":
+                await self._flush_progress(force=True)
                 await self._upload_artifact(event)
             elif kind == "failed":
                 self.error = {"error": event.get("message", "training failed"),
                               "error_kind": event.get("reason", "")}
-        if progress:
-            await self.agent.send_data(self.id, "progress", items=progress)
+        await self._flush_progress()
 
     async def _upload_checkpoint(self, event: dict) -> None:
         s = self.start_msg
