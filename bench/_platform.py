@@ -136,9 +136,12 @@ def bare_torchrun(spec: dict, *, nproc: int, workdir: Path) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc)),
            "PYTHONPATH": str(ROOT)}
     launched = time.time()
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    "--nproc-per-node", str(nproc), "-m", "workers.training.run",
-                    str(workdir / "spec.json")], cwd=ROOT, env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(workdir / "torchrun.log", "w") as log:
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                               "--nproc-per-node", str(nproc), "-m", "workers.training.run",
+                               str(workdir / "spec.json")], cwd=ROOT, env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise SystemExit(f"bare torchrun failed ({done.returncode}); see {workdir}/torchrun.log")
     events = [json.loads(line) for line in (workdir / "events.jsonl").read_text().splitlines()]
     return [{"launched_at": launched}, *events]
