@@ -334,3 +334,13 @@ class OfferForm(LocalTimeFormMixin, MarketErrorMixin, forms.Form):
                          available_until=c.get("available_until"),
                          min_duration_hours=c["min_duration_hours"],
                          max_duration_hours=c.get("max_duration_hours"))
+
+
+class DatasetUploadForm(MarketErrorMixin, forms.Form):
+    file = forms.FileField(label="CSV file", help_text="UTF-8, comma-separated, with a header row.")
+    name = forms.CharField(max_length=200, required=False, label="Name",
+                           help_text="Defaults to the file name.")
+    label_column = forms.CharField(
+        max_length=128, required=False, label="Label column (classifiers)",
+        help_text="Checked now: it exists, holds at least two classes, and every other column "
+                  "is numeric. Leave empty for time series.")

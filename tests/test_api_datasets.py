@@ -162,3 +162,17 @@ def test_datasets_cannot_be_deleted_by_anyone(request, api, alice, who):
     response = api.as_user(actor(request, who)).delete(f"{URL}{dataset_id}/")
     assert response.status_code in (401, 403, 404, 405)
     assert Dataset.objects.filter(pk=dataset_id).exists()
+
+
+@pytest.mark.parametrize(("label", "content", "status"), [
+    ("label", csv_bytes(), 201),
+    ("outcome", csv_bytes(), 400),
+    ("label", b"label,f1\n" + b"".join(b"1,%d\n" % i for i in range(12)), 400),  # one class
+    ("label", b"label,f1\n" + b"".join(b"%d,x\n" % (i % 2) for i in range(12)), 400),  # not numeric
+])
+def test_a_label_column_is_checked_at_upload(api, alice, label, content, status):
+    response = upload(api.as_user(alice), content, label_column=label)
+    assert response.status_code == status, response.content
+    if status == 400:
+        assert response.json()["field"] in ("label_column", "file")
+    assert Dataset.objects.count() == (1 if status == 201 else 0)

@@ -379,6 +379,10 @@ class DatasetUploadSerializer(serializers.Serializer):
         help_text=f"A UTF-8 CSV file with a header row, at most "
                   f"{settings.DATASET_MAX_BYTES // 1_048_576} MB.")
     name = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    label_column = serializers.CharField(
+        max_length=128, required=False, allow_blank=True,
+        help_text="For classifier data: the class column. Checked at upload: it exists, holds at "
+                  "least two classes, and every other column is numeric.")
 
 
 # --- Auth ----------------------------------------------------------------------------

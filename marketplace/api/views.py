@@ -380,7 +380,8 @@ class DatasetViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         data.is_valid(raise_exception=True)
         dataset = dataset_services.dataset_upload(
             owner=owner, actor=request.user, uploaded_file=data.validated_data["file"],
-            name=data.validated_data.get("name", ""))
+            name=data.validated_data.get("name", ""),
+            label_column=data.validated_data.get("label_column", ""))
         return Response(s.DatasetSerializer(dataset).data, status=status.HTTP_201_CREATED)
 
 

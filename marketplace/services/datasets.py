@@ -32,8 +32,10 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def csv_inspect(data: bytes) -> tuple[list[str], int]:
-    """Return (header, data rows) of a CSV file, or raise MarketError saying what is wrong."""
+def csv_inspect(data: bytes, *, label_column: str = "") -> tuple[list[str], int]:
+    """Return (header, data rows) of a CSV file, or raise MarketError saying what is wrong.
+    With `label_column`, also check what a classifier needs: that column holds at least two
+    classes and every other column is numeric."""
     if not data.strip():
         raise _fail("The file is empty.")
     if b"\x00" in data:
@@ -62,6 +64,13 @@ def csv_inspect(data: bytes) -> tuple[list[str], int]:
             raise _fail(f"Column names must be unique; repeated: {', '.join(dupes)[:200]}.")
         if any(len(h) > 128 for h in header):
             raise _fail("Column names are at most 128 characters.")
+        label = -1
+        if label_column:
+            if label_column not in header:
+                raise MarketError(f"There is no column '{label_column[:128]}'; the columns are "
+                                  f"{', '.join(header[:20])[:300]}.", field="label_column")
+            label = header.index(label_column)
+        classes: set[str] = set()
         rows = 0
         for record in reader:
             if not record:
@@ -72,16 +81,27 @@ def csv_inspect(data: bytes) -> tuple[list[str], int]:
             if any(len(cell) > MAX_CELL for cell in record):
                 raise _fail(f"Line {reader.line_num} has a value longer than {MAX_CELL} "
                             "characters.")
+            if label >= 0:
+                classes.add(record[label].strip())
+                bad = next((header[i] for i, cell in enumerate(record)
+                            if i != label and not _is_number(cell)), None)
+                if bad is not None:
+                    raise _fail(f"Line {reader.line_num}: column '{bad}' is not a number; every "
+                                "column but the label must be numeric.")
             rows += 1
     except csv.Error as exc:
         raise _fail(f"This is not valid CSV (line {reader.line_num}: {exc}).") from None
     if rows < MIN_ROWS:
         raise _fail(f"The file has {rows} data rows; at least {MIN_ROWS} are needed to train "
                     "and evaluate.")
+    if label >= 0 and len(classes) < 2:
+        raise MarketError(f"The label column '{label_column}' has one class only; a classifier "
+                          "needs at least two.", field="label_column")
     return header, rows
 
 
-def dataset_upload(*, owner: Organization, actor, uploaded_file, name: str = "") -> Dataset:
+def dataset_upload(*, owner: Organization, actor, uploaded_file, name: str = "",
+                   label_column: str = "") -> Dataset:
     """Check an uploaded CSV file and store it for the owner's jobs."""
     if not owner.is_consumer:
         raise PermissionDenied("Only consumer organizations can upload datasets.")
@@ -100,7 +120,7 @@ def dataset_upload(*, owner: Organization, actor, uploaded_file, name: str = "")
     data = uploaded_file.read(limit + 1)
     if len(data) > limit:
         raise _fail(f"The file is larger than the limit of {limit / 1_048_576:.1f} MB.")
-    header, rows = csv_inspect(data)
+    header, rows = csv_inspect(data, label_column=(label_column or "").strip())
     digest = hashlib.sha256(data).hexdigest()
     dataset = Dataset(owner=owner, created_by=actor if getattr(actor, "pk", None) else None,
                       name=name, size_bytes=len(data), rows=rows, columns=header, sha256=digest)

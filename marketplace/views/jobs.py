@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
@@ -38,8 +39,9 @@ def job_new(request):
             except MarketError as exc:
                 form.add_market_error(exc)
             else:
-                messages.success(request, f"Job “{job.name}” submitted. Fund its escrow to "
-                                          "start matching.")
+                nxt = ("Fund its escrow to start matching." if settings.ESCROW_ENABLED
+                       else "The platform is looking for machines for it now.")
+                messages.success(request, f"Job “{job.name}” submitted. {nxt}")
                 return redirect("job_detail", pk=job.pk)
     else:
         form = JobForm(initial=_prefill(request), organization=request.org)

@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from . import accounts, jobs, market, provider
+from . import accounts, datasets, jobs, market, provider
 
 urlpatterns = [
     path("", market.home, name="home"),
@@ -18,6 +18,7 @@ urlpatterns = [
     path("offers/<int:pk>/", market.offer_detail, name="offer_detail"),
     # Jobs (consumers)
     path("jobs/", jobs.job_list, name="jobs"),
+    path("datasets/", datasets.dataset_list, name="datasets"),
     path("jobs/new/", jobs.job_new, name="job_new"),
     path("jobs/new/quote/", jobs.job_quote, name="job_quote"),
     path("jobs/new/template-fields/", jobs.job_template_fields, name="job_template_fields"),
