@@ -140,6 +140,21 @@ def _covering(*keys: str) -> list[str]:
     return [c for c in SEARCH_COLUMNS if c not in keys]
 
 
+class PostgresOnlyIndex(models.Index):
+    """An index built on PostgreSQL only: the embedded SQLite demo holds a few dozen offers
+    and SQLite cannot express NULLS LAST in an index."""
+
+    def create_sql(self, model, schema_editor, using="", **kwargs):
+        if schema_editor.connection.vendor != "postgresql":
+            return "SELECT 1"
+        return super().create_sql(model, schema_editor, using=using, **kwargs)
+
+    def remove_sql(self, model, schema_editor, **kwargs):
+        if schema_editor.connection.vendor != "postgresql":
+            return "SELECT 1"
+        return super().remove_sql(model, schema_editor, **kwargs)
+
+
 class Offer(models.Model):
     class Status(models.TextChoices):
         ACTIVE = "active", "Active"
@@ -191,9 +206,9 @@ class Offer(models.Model):
         indexes = [
             models.Index(fields=["price_per_gpu_hour", "id"], name="offer_search_price",
                          include=_covering("price_per_gpu_hour"), condition=Q(status="active")),
-            models.Index(F("reliability").desc(nulls_last=True), "id", name="offer_search_reliability",
+            PostgresOnlyIndex(F("reliability").desc(nulls_last=True), "id", name="offer_search_reliability",
                          include=_covering("reliability"), condition=Q(status="active")),
-            models.Index(F("gpu_memory_gb").desc(nulls_last=True), "id", name="offer_search_memory",
+            PostgresOnlyIndex(F("gpu_memory_gb").desc(nulls_last=True), "id", name="offer_search_memory",
                          include=_covering("gpu_memory_gb"), condition=Q(status="active")),
             models.Index(fields=["gpu_model", "price_per_gpu_hour", "id"], name="offer_search_model",
                          include=_covering("gpu_model", "price_per_gpu_hour"),

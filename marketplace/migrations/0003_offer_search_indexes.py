@@ -2,6 +2,8 @@
 
 from django.db import migrations, models
 
+import marketplace.models
+
 
 class Migration(migrations.Migration):
 
@@ -36,11 +38,11 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='offer',
-            index=models.Index(models.OrderBy(models.F('reliability'), descending=True, nulls_last=True), models.F('id'), condition=models.Q(('status', 'active')), include=('price_per_gpu_hour', 'gpu_model', 'gpu_memory_gb', 'region', 'compliance_verified', 'node_online', 'gpus_offered', 'gpus_reserved'), name='offer_search_reliability'),
+            index=marketplace.models.PostgresOnlyIndex(models.OrderBy(models.F('reliability'), descending=True, nulls_last=True), models.F('id'), condition=models.Q(('status', 'active')), include=('price_per_gpu_hour', 'gpu_model', 'gpu_memory_gb', 'region', 'compliance_verified', 'node_online', 'gpus_offered', 'gpus_reserved'), name='offer_search_reliability'),
         ),
         migrations.AddIndex(
             model_name='offer',
-            index=models.Index(models.OrderBy(models.F('gpu_memory_gb'), descending=True, nulls_last=True), models.F('id'), condition=models.Q(('status', 'active')), include=('price_per_gpu_hour', 'gpu_model', 'region', 'compliance_verified', 'reliability', 'node_online', 'gpus_offered', 'gpus_reserved'), name='offer_search_memory'),
+            index=marketplace.models.PostgresOnlyIndex(models.OrderBy(models.F('gpu_memory_gb'), descending=True, nulls_last=True), models.F('id'), condition=models.Q(('status', 'active')), include=('price_per_gpu_hour', 'gpu_model', 'region', 'compliance_verified', 'reliability', 'node_online', 'gpus_offered', 'gpus_reserved'), name='offer_search_memory'),
         ),
         migrations.AddIndex(
             model_name='offer',

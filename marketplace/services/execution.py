@@ -230,8 +230,8 @@ def _on_accepted(a: Assignment, m: dict) -> None:
     siblings = job.assignments.filter(attempt=a.attempt)
     if job.status == S.MATCHING and not siblings.exclude(status__in=(A.ACCEPTED, A.RUNNING)).exists():
         job_states.transition(job_id=job.pk, to=S.RUNNING, reason="started",
-                              message=f"All {job.nodes} node{'s' if job.nodes > 1 else ''} accepted; "
-                                      "training is starting.")
+                              message=(f"All {job.nodes} nodes accepted" if job.nodes > 1
+                                       else "The node accepted") + "; training is starting.")
         Job.objects.filter(pk=job.pk, started_at__isnull=True).update(started_at=timezone.now())
 
 

@@ -30,7 +30,7 @@ def job_submit(*, owner: Organization, spec: JobSpec, actor=None) -> Job:
             job_id=job.pk, to=S.SUBMITTED, reason="submitted", actor=actor,
             message=f"Submitted by {getattr(actor, 'username', 'API')}: {spec.nodes} × "
                     f"{spec.gpus_per_node} {'CPU slots' if spec.wants_cpu else 'GPUs'}, "
-                    f"up to {spec.max_price_per_gpu_hour} tUSD/GPU-h, budget {spec.budget} tUSD.",
+                    f"up to {spec.max_price_per_gpu_hour:.2f} tUSD/GPU-h, budget {spec.budget:.2f} tUSD.",
         )
         if not settings.ESCROW_ENABLED:
             job_states.transition(
