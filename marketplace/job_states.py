@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from .errors import Conflict
 from .models import Job, JobEvent
+from .services import live
 
 S = Job.Status
 
@@ -73,14 +74,17 @@ def transition(
         job.save(update_fields=["status", "status_changed_at", "updated_at"])
         JobEvent.objects.create(job=job, from_status=from_status, to_status=to, reason=reason,
                                 message=message, data=data or {}, actor=actor)
+        live.job_changed(job.pk)
     return job
 
 
 def note(*, job_id: int, reason: str, message: str, data: dict[str, Any] | None = None,
          actor=None) -> JobEvent:
     """A timeline entry without a status change (e.g. why matching found nothing)."""
-    return JobEvent.objects.create(job_id=job_id, reason=reason, message=message,
-                                   data=data or {}, actor=actor)
+    event = JobEvent.objects.create(job_id=job_id, reason=reason, message=message,
+                                    data=data or {}, actor=actor)
+    live.job_changed(job_id)
+    return event
 
 
 def transition_many(*, job_ids: list[int], to: str, reason: str, message: str,

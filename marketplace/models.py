@@ -301,6 +301,7 @@ class Job(models.Model):
     attempt = models.PositiveIntegerField(default=0)
     excluded_nodes = models.JSONField(default=list, blank=True)
     metric_seq = models.PositiveIntegerField(default=0, help_text="Last MetricPoint.seq.")
+    log_seq = models.PositiveIntegerField(default=0, help_text="Last LogLine.seq.")
     current_step = models.PositiveIntegerField(default=0)
     total_steps = models.PositiveIntegerField(default=0)
     last_loss = models.FloatField(null=True, blank=True)
@@ -476,12 +477,13 @@ class MetricPoint(models.Model):
 class LogLine(models.Model):
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="log_lines")
     assignment = models.ForeignKey(Assignment, on_delete=models.CASCADE, related_name="+")
+    seq = models.PositiveIntegerField(help_text="Per job, gap-free, for resync.")
     line = models.CharField(max_length=2000)
     at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        ordering = ["job_id", "id"]
-        indexes = [models.Index(fields=["job", "id"], name="logline_job")]
+        ordering = ["job_id", "seq"]
+        constraints = [models.UniqueConstraint(fields=["job", "seq"], name="logline_seq_unique")]
 
     def __str__(self) -> str:
         return self.line[:80]

@@ -6,7 +6,7 @@ import logging
 from celery import shared_task
 
 from marketplace.models import Assignment, Job
-from marketplace.services import batch_placement, execution, placement
+from marketplace.services import batch_placement, execution, live, placement
 
 log = logging.getLogger(__name__)
 
@@ -51,3 +51,11 @@ def heartbeat_watchdog() -> int:
         log.warning("node %s stopped heartbeating", node_id)
         lost += execution.node_lost(node_id=node_id)
     return lost
+
+
+@shared_task(name="workers.tasks.announce_jobs", time_limit=120, soft_time_limit=100)
+def announce_jobs(job_ids: list[int]) -> int:
+    """Send the current state of these jobs to their live watchers."""
+    for job_id in job_ids:
+        live.job_changed(job_id)
+    return len(job_ids)

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import time
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -12,6 +13,9 @@ from ..services.nodes import node_by_token
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 1_048_576
+# Per assignment: a burst of 50 data messages, then 20 a second. Beyond it a message is
+# refused unacknowledged, so the agent resends it later, in order; nothing is lost.
+RATE_BURST, RATE_PER_S = 50.0, 20.0
 
 
 def _token(scope) -> str | None:
@@ -33,6 +37,17 @@ def _authenticate(token):
 
 class AgentConsumer(AsyncWebsocketConsumer):
     node = None
+
+    def _allowed(self, assignment) -> bool:
+        now = time.monotonic()
+        buckets = self.__dict__.setdefault("buckets", {})
+        tokens, last = buckets.get(assignment, (RATE_BURST, now))
+        tokens = min(RATE_BURST, tokens + (now - last) * RATE_PER_S)
+        if tokens < 1:
+            buckets[assignment] = (tokens, now)
+            return False
+        buckets[assignment] = (tokens - 1, now)
+        return True
 
     async def connect(self):
         token = _token(self.scope)
@@ -71,6 +86,10 @@ class AgentConsumer(AsyncWebsocketConsumer):
             running = message.get("running") if isinstance(message.get("running"), list) else []
             out = await database_sync_to_async(execution.agent_heartbeat)(node=self.node, running=running)
         else:
+            if not self._allowed(message.get("assignment")):
+                await self._error("rate_limited", "too many messages for this assignment; resend later",
+                                  ref)
+                return
             try:
                 await database_sync_to_async(execution.agent_data)(node=self.node, message=message)
             except execution.AgentMessageError as exc:

@@ -34,3 +34,19 @@ def job_assignments(job: Job) -> QuerySet[Assignment]:
 
 def job_metrics(job: Job, *, after_seq: int = 0, limit: int = 1000) -> QuerySet[MetricPoint]:
     return job.metrics.filter(seq__gt=after_seq).order_by("seq")[:limit]
+
+
+def job_watchable_by(user) -> QuerySet[Job]:
+    """Jobs a user may watch live: its organization's, those its provider organization's
+    nodes run or ran, and all of them for staff."""
+    from .accounts import organization_of
+    from .market import jobs_visible_to
+
+    if user is None or not user.is_authenticated:
+        return Job.objects.none()
+    if user.is_staff:
+        return Job.objects.all()
+    org = organization_of(user)
+    if org is not None and org.is_provider:
+        return Job.objects.filter(assignments__node__provider=org).distinct()
+    return jobs_visible_to(user)

@@ -20,7 +20,7 @@ from django.utils import timezone
 from .. import catalogue, job_states
 from ..errors import MarketError, NotFound
 from ..models import Assignment, Job, LogLine, MetricPoint, Node
-from . import enqueue, placement
+from . import enqueue, live, placement
 from .nodes import node_set_presence
 
 S = Job.Status
@@ -263,6 +263,7 @@ def _on_progress(a: Assignment, m: dict) -> None:
             loss=_float(item.get("loss")), samples_per_sec=_float(item.get("samples_per_sec")),
             at=_ts(item.get("at"))))
     MetricPoint.objects.bulk_create(points)
+    live.broadcast(job.pk, {"type": "metrics", "points": [live.point(p) for p in points]})
     last = points[-1]
     job.current_step, job.total_steps = last.step, last.total_steps
     if last.loss is not None:
@@ -272,6 +273,7 @@ def _on_progress(a: Assignment, m: dict) -> None:
     job.save(update_fields=["metric_seq", "current_step", "total_steps", "last_loss",
                             "samples_per_sec", "updated_at"])
     Assignment.objects.filter(pk=a.pk, status=A.ACCEPTED).update(status=A.RUNNING)
+    live.job_changed(job.pk)
 
 
 def _float(value: Any) -> float | None:
@@ -284,7 +286,14 @@ def _float(value: Any) -> float | None:
 
 def _on_log(a: Assignment, m: dict) -> None:
     lines = [str(x)[:2000] for x in (m.get("lines") or [])][:500]
-    LogLine.objects.bulk_create([LogLine(job_id=a.job_id, assignment=a, line=x) for x in lines])
+    if not lines:
+        return
+    job = Job.objects.select_for_update().only("log_seq").get(pk=a.job_id)
+    first = job.log_seq + 1
+    rows = LogLine.objects.bulk_create([LogLine(job_id=a.job_id, assignment=a, seq=first + i, line=x)
+                                        for i, x in enumerate(lines)])
+    Job.objects.filter(pk=a.job_id).update(log_seq=first + len(lines) - 1)
+    live.broadcast(a.job_id, {"type": "logs", "lines": [live.log_line(x) for x in rows]})
 
 
 def _on_checkpoint(a: Assignment, m: dict) -> None:

@@ -46,6 +46,7 @@ class Agent:
         self.runs: dict[int, AssignmentRun] = {}
         self.ws = None
         self._stopping = asyncio.Event()
+        self._last_resend = 0.0
 
     # --- sending ------------------------------------------------------------------
     async def _send(self, message: dict) -> None:
@@ -98,8 +99,15 @@ class Agent:
                 await run.cancel(message.get("reason", "cancelled by the platform"))
         elif kind == "error":
             self.display.log(f"! platform says: {message.get('message')}")
-            if message.get("code") == "out_of_order":
-                # Something sent earlier has not arrived yet: resend what is unacknowledged.
+            if message.get("code") in ("out_of_order", "rate_limited"):
+                # Something earlier was not applied: resend what is unacknowledged, in order
+                # (after a pause when the platform asked us to slow down).
+                now = asyncio.get_running_loop().time()
+                if now - self._last_resend < 1.0:
+                    return  # one resend a second, however many errors arrive
+                self._last_resend = now
+                if message.get("code") == "rate_limited":
+                    await asyncio.sleep(1.0)
                 for pending in self.outbox.pending():
                     await self._send(pending)
 

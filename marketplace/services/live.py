@@ -1,0 +1,90 @@
+"""Live updates for the browser: what is sent to a job's Channels group, always after the
+data is committed (persist first, broadcast second). Group messages may be lost; browsers
+resync from the database by sequence number, so a lost one is only late."""
+
+from datetime import datetime
+from decimal import Decimal
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+from django.utils import timezone
+
+from ..models import Assignment, Job, LogLine, MetricPoint
+from ..selectors.execution import job_progress
+
+MICRO = Decimal("0.000001")
+
+
+def job_group(job_id: int) -> str:
+    return f"job.{job_id}"
+
+
+def broadcast(job_id: int, message: dict) -> None:
+    def send():
+        layer = get_channel_layer()
+        if layer is not None:
+            async_to_sync(layer.group_send)(job_group(job_id), {"type": "job.update", "message": message})
+    transaction.on_commit(send)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def point(p: MetricPoint) -> dict:
+    return {"seq": p.seq, "step": p.step, "total_steps": p.total_steps, "epoch": p.epoch,
+            "loss": p.loss, "samples_per_sec": p.samples_per_sec, "at": _iso(p.at)}
+
+
+def log_line(line: LogLine) -> dict:
+    return {"seq": line.seq, "line": line.line, "at": _iso(line.at)}
+
+
+def cost_so_far(job: Job, *, now: datetime | None = None) -> Decimal:
+    """GPU-hours used so far at each assignment's locked price (metering for settlement is
+    the payments work; this is what the consumer watches)."""
+    now = now or timezone.now()
+    total = Decimal(0)
+    for a in job.assignments.exclude(started_at__isnull=True).only(
+            "gpus", "price_per_gpu_hour", "started_at", "finished_at", "status"):
+        if a.status == Assignment.Status.CANCELLED and a.finished_at is None:
+            continue
+        seconds = Decimal(((a.finished_at or now) - a.started_at).total_seconds())
+        total += a.price_per_gpu_hour * a.gpus * seconds / Decimal(3600)
+    return total.quantize(MICRO)
+
+
+def job_snapshot(job: Job) -> dict:
+    event = job.events.order_by("-id").first()
+    return {
+        "id": job.pk, "status": job.status, "status_display": job.get_status_display(),
+        "progress": job_progress(job), "cost_so_far": str(cost_so_far(job)),
+        "event": {"at": _iso(event.created_at), "from_status": event.from_status,
+                  "to_status": event.to_status, "reason": event.reason, "message": event.message}
+        if event else None,
+    }
+
+
+def job_changed(job_id: int) -> None:
+    """Tell the job's watchers its current state, once the transaction commits."""
+    def send():
+        job = Job.objects.filter(pk=job_id).first()
+        if job is None:
+            return
+        layer = get_channel_layer()
+        if layer is not None:
+            async_to_sync(layer.group_send)(job_group(job_id), {
+                "type": "job.update", "message": {"type": "job", "job": job_snapshot(job)}})
+    transaction.on_commit(send)
+
+
+def history(job: Job, *, after_seq: int, after_log_seq: int, limit: int = 5000) -> dict:
+    return {
+        "type": "history",
+        "metrics": [point(p) for p in job.metrics.filter(seq__gt=after_seq).order_by("seq")[:limit]],
+        # The newest 500 lines at most: a log tail, not an archive.
+        "logs": [log_line(x) for x in
+                 job.log_lines.filter(seq__gt=after_log_seq).order_by("-seq")[:500]][::-1],
+        "job": job_snapshot(job),
+    }
