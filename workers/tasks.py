@@ -58,4 +58,6 @@ def announce_jobs(job_ids: list[int]) -> int:
     """Send the current state of these jobs to their live watchers."""
     for job_id in job_ids:
         live.job_changed(job_id)
+    live.offers_changed(Assignment.objects.filter(job_id__in=job_ids, status__in=Assignment.ACTIVE)
+                        .values_list("offer_id", flat=True).distinct())
     return len(job_ids)

@@ -154,7 +154,7 @@ def jobs_place_waiting(*, limit: int = 2000) -> dict[int, list[int]]:
         for job in jobs:  # the reasons are worked out off this pass, by the default queue
             if job.pk not in placed and placement.explain_due(job.pk):
                 enqueue.enqueue("workers.tasks.explain_wait", job.pk)
-        if placed:  # browsers watching these jobs are told off this pass too
+        if placed:  # browsers watching these jobs and offers are told off this pass too
             enqueue.enqueue("workers.tasks.announce_jobs", list(placed))
         return placed
 

@@ -68,6 +68,8 @@ def job_snapshot(job: Job) -> dict:
 
 def job_changed(job_id: int) -> None:
     """Tell the job's watchers its current state, once the transaction commits."""
+    dashboard_job(job_id)
+
     def send():
         job = Job.objects.filter(pk=job_id).first()
         if job is None:
@@ -88,3 +90,76 @@ def history(job: Job, *, after_seq: int, after_log_seq: int, limit: int = 5000) 
                  job.log_lines.filter(seq__gt=after_log_seq).order_by("-seq")[:500]][::-1],
         "job": job_snapshot(job),
     }
+
+
+# --- dashboards and the marketplace ---------------------------------------------------
+def org_group(org_id: int) -> str:
+    return f"org.{org_id}"
+
+
+MARKET_GROUP = "market"
+
+
+def _send(group: str, message: dict) -> None:
+    layer = get_channel_layer()
+    if layer is not None:
+        async_to_sync(layer.group_send)(group, {"type": "live.update", "message": message})
+
+
+def job_brief(job: Job) -> dict:
+    progress = job_progress(job)
+    return {"id": job.pk, "name": job.name, "status": job.status,
+            "status_display": job.get_status_display(),
+            "percent": progress["percent"] if progress else None,
+            "cost_so_far": str(cost_so_far(job))}
+
+
+def dashboard_job(job_id: int) -> None:
+    """The job's owner and the providers running it see its status change on their
+    dashboards (after commit)."""
+    def send():
+        job = Job.objects.filter(pk=job_id).first()
+        if job is None:
+            return
+        brief = {"type": "job", "job": job_brief(job)}
+        _send(org_group(job.owner_id), brief)
+        for provider_id in set(job.assignments.values_list("node__provider_id", flat=True)):
+            _send(org_group(provider_id), brief)
+    transaction.on_commit(send)
+
+
+def node_brief(node) -> dict:
+    return {"id": node.pk, "name": node.name, "status": node.status,
+            "status_display": node.get_status_display(),
+            "last_heartbeat_at": _iso(node.last_heartbeat_at),
+            "benchmark_tflops": str(node.benchmark_tflops) if node.benchmark_tflops is not None else None}
+
+
+def node_changed(node) -> None:
+    """A node went online or offline: its provider's dashboard and the offers pages."""
+    brief = node_brief(node)
+    offers = list(node.offers.values("pk", "gpus_offered", "gpus_reserved", "status", "node_online"))
+
+    def send():
+        _send(org_group(node.provider_id), {"type": "node", "node": brief})
+        for o in offers:
+            _send(MARKET_GROUP, {"type": "offer", "offer": _offer_brief(o)})
+    transaction.on_commit(send)
+
+
+def _offer_brief(o: dict) -> dict:
+    return {"id": o["pk"], "gpus_available": o["gpus_offered"] - o["gpus_reserved"],
+            "status": o["status"], "online": o["node_online"]}
+
+
+def offers_changed(offer_ids) -> None:
+    """Offers whose free capacity or status changed: the marketplace pages update."""
+    from ..models import Offer
+
+    ids = list(offer_ids)
+
+    def send():
+        for o in Offer.objects.filter(pk__in=ids).values("pk", "gpus_offered", "gpus_reserved",
+                                                          "status", "node_online"):
+            _send(MARKET_GROUP, {"type": "offer", "offer": _offer_brief(o)})
+    transaction.on_commit(send)

@@ -9,7 +9,7 @@ from django.utils import timezone
 from .. import catalogue
 from ..errors import MarketError, NotFound, PermissionDenied
 from ..models import Node, Offer, Organization
-from . import enqueue
+from . import enqueue, live
 from .audit import audit_record
 
 TOKEN_PREFIX = "cmn_"
@@ -189,6 +189,7 @@ def node_set_presence(*, node_id: int, online: bool, heartbeat_at=None,
         node.save()
         if was_online != online:
             _sync_offers(node)
+            live.node_changed(node)
             if online:
                 enqueue.rematch_soon()
 

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from ..errors import Conflict, MarketError, PermissionDenied
 from ..models import Node, Offer, Organization
-from . import enqueue
+from . import enqueue, live
 
 MAX_PRICE = Decimal("10000")
 
@@ -117,6 +117,7 @@ def offer_set_status(*, provider: Organization | None, offer: Offer, status: str
         raise Conflict("The node is suspended; lift the suspension first.")
     Offer.objects.filter(pk=offer.pk).update(status=status, updated_at=timezone.now())
     offer.status = status
+    live.offers_changed([offer.pk])
     if status == Offer.Status.ACTIVE:
         enqueue.rematch_soon()
     return offer

@@ -14,7 +14,7 @@ from django.db.models import F
 
 from .. import job_states
 from ..models import Assignment, Job, JobEvent, Offer
-from . import matching
+from . import live, matching
 from .job_spec import JobSpec
 
 S = Job.Status
@@ -119,6 +119,7 @@ def job_place(*, job_id: int) -> list[Assignment]:
                 job=job, node_id=offer.node_id, offer=offer, attempt=job.attempt, node_rank=rank,
                 gpus=spec.gpus_per_node, price_per_gpu_hour=offer.price_per_gpu_hour,
                 resume_step=resume.step if resume else None))
+        live.offers_changed([o.pk for o in picked])
         job_states.note(
             job_id=job.pk, reason="placed",
             message=placed_message([(o.gpu_model, o.region, o.price_per_gpu_hour) for o in picked],
@@ -132,6 +133,7 @@ def release(assignment: Assignment) -> None:
     """Give the assignment's GPUs back to its offer (callers guarantee exactly once)."""
     Offer.objects.filter(pk=assignment.offer_id, gpus_reserved__gte=assignment.gpus).update(
         gpus_reserved=F("gpus_reserved") - assignment.gpus)
+    live.offers_changed([assignment.offer_id])
 
 
 def max_attempts() -> int:

@@ -1,0 +1,57 @@
+"""/ws/dashboard/: a signed-in user's live summary (their organization's jobs, or its nodes)
+and /ws/market/: offers' availability for anyone browsing. Both only send."""
+
+import json
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from ..selectors.accounts import organization_of
+from ..services import live
+
+
+@database_sync_to_async
+def _summary(user) -> tuple[int | None, dict]:
+    org = organization_of(user)
+    if org is None:
+        return None, {"type": "summary", "jobs": [], "nodes": []}
+    jobs = [live.job_brief(j) for j in org.jobs.order_by("-created_at")[:50]] if org.is_consumer else []
+    nodes = [live.node_brief(n) for n in org.nodes.order_by("name")[:500]] if org.is_provider else []
+    return org.pk, {"type": "summary", "jobs": jobs, "nodes": nodes}
+
+
+class _SendOnly(AsyncWebsocketConsumer):
+    async def receive(self, text_data=None, bytes_data=None):
+        await self.send(json.dumps({"type": "error", "message": "this socket only sends"}))
+
+    async def live_update(self, event):
+        await self.send(json.dumps(event["message"]))
+
+
+class DashboardConsumer(_SendOnly):
+    group = None
+
+    async def connect(self):
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=4401)
+            return
+        org_id, summary = await _summary(user)
+        if org_id is not None:
+            self.group = live.org_group(org_id)
+            await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await self.send(json.dumps(summary))
+
+    async def disconnect(self, code):
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+
+class MarketConsumer(_SendOnly):
+    async def connect(self):
+        await self.channel_layer.group_add(live.MARKET_GROUP, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code):
+        await self.channel_layer.group_discard(live.MARKET_GROUP, self.channel_name)

@@ -1,0 +1,73 @@
+"""Dashboards and the marketplace update live (Redis channel layer, real ASGI stack)."""
+
+import asyncio
+import json
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from rest_framework.authtoken.models import Token
+
+from marketplace import job_states
+from marketplace.models import Job, Node
+from marketplace.services.nodes import node_set_presence
+from marketplace.services.offers import offer_set_status
+from webapp.asgi import application
+
+from .factories import JobFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ORIGIN = (b"origin", b"http://testserver")
+
+
+def socket(path: str, user=None):
+    headers = [ORIGIN]
+    if user is not None:
+        headers.append((b"authorization", f"Token {Token.objects.get_or_create(user=user)[0].key}".encode()))
+    return WebsocketCommunicator(application, path, headers=headers)
+
+
+async def _first_and_after(comm, action):
+    ok, _ = await comm.connect()
+    if not ok:
+        return None, None
+    first = json.loads(await comm.receive_from(timeout=5)) if "dashboard" in comm.scope["path"] else None
+    await database_sync_to_async(action)()
+    later = json.loads(await comm.receive_from(timeout=5))
+    await comm.disconnect()
+    return first, later
+
+
+def test_anonymous_users_have_no_dashboard():
+    async def go():
+        comm = socket("/ws/dashboard/")
+        ok, _ = await comm.connect()
+        return ok
+    assert asyncio.run(go()) is False
+
+
+def test_a_consumer_dashboard_lists_its_jobs_and_follows_their_status(alice, healthcare, energy):
+    mine = JobFactory(owner=healthcare, status=Job.Status.MATCHING, name="mine")
+    JobFactory(owner=energy, name="theirs")
+    comm = socket("/ws/dashboard/", alice)
+    first, later = asyncio.run(_first_and_after(comm, lambda: job_states.transition(
+        job_id=mine.pk, to=Job.Status.CANCELLED, reason="test", message="stop")))
+    assert [j["name"] for j in first["jobs"]] == ["mine"]
+    assert later["type"] == "job" and later["job"]["id"] == mine.pk and later["job"]["status"] == "cancelled"
+
+
+def test_a_provider_dashboard_shows_its_nodes_going_online(carol, carol_node):
+    Node.objects.filter(pk=carol_node.pk).update(status=Node.Status.OFFLINE)
+    comm = socket("/ws/dashboard/", carol)
+    first, later = asyncio.run(_first_and_after(comm, lambda: node_set_presence(
+        node_id=carol_node.pk, online=True)))
+    assert [n["name"] for n in first["nodes"]] == ["carol-a100"] and first["jobs"] == []
+    assert later == {"type": "node", "node": later["node"]} and later["node"]["status"] == "online"
+
+
+def test_the_marketplace_sees_an_offer_paused_without_reloading(carol_offer, provider_org):
+    comm = socket("/ws/market/")
+    _, later = asyncio.run(_first_and_after(comm, lambda: offer_set_status(
+        provider=provider_org, offer=carol_offer, status="paused")))
+    assert later["type"] == "offer" and later["offer"]["id"] == carol_offer.pk
+    assert later["offer"]["status"] == "paused" and later["offer"]["gpus_available"] == 8
