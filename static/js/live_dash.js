@@ -1,0 +1,90 @@
+// Live dashboards: "My jobs" follows job status and progress, "My nodes" follows nodes
+// going online and offline, the offers table follows free GPUs and presence. The pages are
+// complete without it; this only keeps them current. Reconnects with backoff.
+(function () {
+  "use strict";
+
+  function connect(path, onMessage) {
+    var delay = 1000;
+    function open() {
+      var proto = location.protocol === "https:" ? "wss://" : "ws://";
+      var ws = new WebSocket(proto + location.host + path);
+      ws.onopen = function () { delay = 1000; };
+      ws.onmessage = function (e) {
+        try { onMessage(JSON.parse(e.data)); } catch (err) { /* ignore a bad frame */ }
+      };
+      ws.onclose = function () {
+        setTimeout(open, delay);
+        delay = Math.min(delay * 2, 15000);
+      };
+    }
+    open();
+  }
+
+  function chip(status) {
+    var span = document.createElement("span");
+    span.className = "chip";
+    span.textContent = status;
+    return span;
+  }
+
+  function jobRow(job) {
+    var row = document.querySelector('tr[data-job-id="' + job.id + '"]');
+    if (!row) return;
+    var cell = row.querySelector(".js-status");
+    if (cell && cell.textContent.trim() !== job.status) {
+      cell.replaceChildren(chip(job.status));
+    }
+    var bar = row.querySelector(".js-progress span");
+    if (bar && job.percent !== null && job.percent !== undefined) {
+      bar.style.width = job.percent + "%";
+    }
+  }
+
+  function nodeRow(node) {
+    var row = document.querySelector('tr[data-node-id="' + node.id + '"]');
+    if (!row) return;
+    var cell = row.querySelector(".js-status");
+    if (cell) {
+      var span = document.createElement("span");
+      span.className = "status " + (node.status === "online" ? "status-ok" : "status-neutral");
+      span.textContent = node.status_display;
+      cell.replaceChildren(span);
+    }
+    var hb = row.querySelector(".js-heartbeat");
+    if (hb && node.last_heartbeat_at) {
+      hb.textContent = new Date(node.last_heartbeat_at).toLocaleString();
+    }
+  }
+
+  function offerRow(offer) {
+    var row = document.querySelector('tr[data-offer-id="' + offer.id + '"]');
+    if (!row) return;
+    var free = row.querySelector(".js-free");
+    if (free) free.textContent = offer.gpus_available;
+    var online = row.querySelector(".js-online");
+    if (online) {
+      var span = document.createElement("span");
+      span.className = "status " + (offer.online ? "status-ok" : "status-neutral");
+      span.textContent = offer.online ? "Online" : "Offline";
+      online.replaceChildren(span);
+    }
+    row.classList.toggle("is-paused", offer.status !== "active");
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    if (document.querySelector("tr[data-job-id], tr[data-node-id]") && document.body.dataset.authenticated) {
+      connect("/ws/dashboard/", function (m) {
+        if (m.type === "job") jobRow(m.job);
+        if (m.type === "node") nodeRow(m.node);
+        if (m.type === "summary") {
+          (m.jobs || []).forEach(jobRow);
+          (m.nodes || []).forEach(nodeRow);
+        }
+      });
+    }
+    if (document.querySelector("tr[data-offer-id]")) {
+      connect("/ws/market/", function (m) { if (m.type === "offer") offerRow(m.offer); });
+    }
+  });
+})();
