@@ -245,7 +245,11 @@ def test_job_page_shows_progress_result_and_machines(client, alice, healthcare):
     assert "about 30 s left" in html  # 20 steps in 10 s, 60 to go
     assert "Download the trained model" in html and "H100 80GB" in html and "2.50" in html
     partial = client.get(reverse("job_progress", args=[job.pk]), HTTP_HX_REQUEST="true")
-    assert partial.status_code == 200 and 'hx-trigger="every 3s"' in partial.content.decode()
+    # No polling any more: the page is kept live over its WebSocket (static/js/job_live.js);
+    # the partial serves reloads without JavaScript and refreshes after a status change.
+    partial_html = partial.content.decode()
+    assert partial.status_code == 200 and 'id="job-progress"' in partial_html
+    assert "hx-trigger" not in partial_html and "Step 40 of 100" in partial_html
 
 
 def test_progress_panel_of_another_organizations_job_is_404(client, bob, healthcare):

@@ -32,10 +32,4 @@ class Migration(migrations.Migration):
             preserve_default=False,
         ),
         migrations.RunPython(number_existing_lines, migrations.RunPython.noop),
-        migrations.RemoveIndex(model_name="logline", name="logline_job"),
-        migrations.AlterModelOptions(name="logline", options={"ordering": ["job_id", "seq"]}),
-        migrations.AddConstraint(
-            model_name="logline",
-            constraint=models.UniqueConstraint(fields=("job", "seq"), name="logline_seq_unique"),
-        ),
     ]

@@ -11,6 +11,7 @@ from ..selectors.execution import job_assignments, job_progress
 from ..selectors.market import jobs_visible_to
 from ..services.job_spec import job_spec_validate
 from ..services.jobs import job_cancel, job_submit
+from ..services.live import cost_so_far
 from ..services.matching import quote_job
 from .common import org_required
 
@@ -104,12 +105,12 @@ def job_detail(request, pk: int):
 
 def _progress_context(job) -> dict:
     return {"progress": job_progress(job), "assignments": job_assignments(job),
-            "active": job.status in job_states.ACTIVE}
+            "active": job.status in job_states.ACTIVE, "cost_so_far": cost_so_far(job)}
 
 
 @login_required
 def job_progress_view(request, pk: int):
-    """The progress panel alone, polled while the job runs."""
+    """The progress panel alone: the page without JavaScript, and a refresh after a status change."""
     job = get_object_or_404(jobs_visible_to(request.user), pk=pk)
     return render(request, "jobs/_progress.html", {"job": job, **_progress_context(job)})
 
