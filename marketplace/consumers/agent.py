@@ -1,5 +1,6 @@
 """The agent socket, /ws/agent/: one per provider node, authenticated by its token."""
 
+import asyncio
 import json
 import logging
 import time
@@ -17,6 +18,7 @@ MAX_MESSAGE_BYTES = 1_048_576
 # busy job may send). Beyond it a message is refused unacknowledged, so the agent resends
 # it later, in order; nothing is lost.
 RATE_BURST, RATE_PER_S = 300.0, 150.0
+DRAIN_BATCH = 200
 
 
 def _token(scope) -> str | None:
@@ -62,6 +64,9 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code):
         # Presence is judged by heartbeats (the watchdog), not by one dropped socket.
+        # Unacknowledged queued messages are simply resent by the agent after it reconnects.
+        if getattr(self, "_drainer", None) is not None:
+            self._drainer.cancel()
         if self.node is not None:
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
@@ -91,15 +96,38 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 await self._error("rate_limited", "too many messages for this assignment; resend later",
                                   ref)
                 return
-            try:
-                await database_sync_to_async(execution.agent_data)(node=self.node, message=message)
-            except execution.AgentMessageError as exc:
-                log.info("agent %s: %s", self.node.pk, exc.message)
-                await self._error(exc.code, exc.message, ref)
-                return
-            out = [{"type": "ack", "ack": ref}]
+            await self._queue().put(message)
+            return
         for item in out:
             await self.send(json.dumps(item))
+
+    def _queue(self) -> asyncio.Queue:
+        """Data messages are applied by one drainer, as many as have queued up at a time,
+        in one transaction: a busy job's progress never waits behind one commit each."""
+        if getattr(self, "_data", None) is None:
+            self._data = asyncio.Queue()
+            self._drainer = asyncio.create_task(self._drain())
+        return self._data
+
+    async def _drain(self):
+        while True:
+            batch = [await self._data.get()]
+            while not self._data.empty() and len(batch) < DRAIN_BATCH:
+                batch.append(self._data.get_nowait())
+            try:
+                results = await database_sync_to_async(execution.agent_data_batch)(
+                    node=self.node, messages=batch)
+            except Exception:  # a bug must not stop the socket: nothing was applied or acked
+                log.exception("agent %s: applying %d messages failed", self.node.pk, len(batch))
+                for message in batch:
+                    await self._error("internal", "not applied; resend later", message.get("id"))
+                continue
+            for message, error in zip(batch, results, strict=True):
+                if error is None:
+                    await self.send(json.dumps({"type": "ack", "ack": message.get("id")}))
+                else:
+                    log.info("agent %s: %s", self.node.pk, error.message)
+                    await self._error(error.code, error.message, message.get("id"))
 
     async def agent_forward(self, event):
         """A message for this node's agent from a task or service (after its commit)."""

@@ -2,11 +2,15 @@
 data is committed (persist first, broadcast second). Group messages may be lost; browsers
 resync from the database by sequence number, so a lost one is only late."""
 
+import threading
+from collections import defaultdict
+from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
@@ -20,7 +24,44 @@ def job_group(job_id: int) -> str:
     return f"job.{job_id}"
 
 
+_batch = threading.local()
+
+
+@contextmanager
+def coalesced():
+    """While active (in this thread), broadcasts are gathered and sent once at the end: one
+    metrics message and one logs message per job, one snapshot per job. Nothing is sent if
+    the block fails (its transaction rolled back)."""
+    _batch.messages, _batch.changed, _batch.throttled = defaultdict(list), set(), set()
+    try:
+        yield
+    except BaseException:
+        _batch.messages = _batch.changed = _batch.throttled = None
+        raise
+    messages, changed, throttled = _batch.messages, _batch.changed, _batch.throttled
+    _batch.messages = _batch.changed = _batch.throttled = None
+    layer = get_channel_layer()
+    for job_id, items in messages.items():
+        for kind, key in (("metrics", "points"), ("logs", "lines")):
+            merged = [x for m in items if m["type"] == kind for x in m[key]]
+            if merged and layer is not None:
+                async_to_sync(layer.group_send)(job_group(job_id), {
+                    "type": "job.update", "message": {"type": kind, key: merged}})
+    for job_id in changed:
+        job_changed(job_id)
+    for job_id in throttled - changed:
+        job_changed(job_id, throttle=True)
+
+
+def _gathering() -> bool:
+    return getattr(_batch, "messages", None) is not None
+
+
 def broadcast(job_id: int, message: dict) -> None:
+    if _gathering():
+        _batch.messages[job_id].append(message)
+        return
+
     def send():
         layer = get_channel_layer()
         if layer is not None:
@@ -66,8 +107,14 @@ def job_snapshot(job: Job) -> dict:
     }
 
 
-def job_changed(job_id: int) -> None:
-    """Tell the job's watchers its current state, once the transaction commits."""
+def job_changed(job_id: int, *, throttle: bool = False) -> None:
+    """Tell the job's watchers its current state, once the transaction commits. Progress
+    asks with `throttle`: at most one snapshot a second per job (status changes always go)."""
+    if _gathering():
+        (_batch.throttled if throttle else _batch.changed).add(job_id)
+        return
+    if throttle and not cache.add(f"computemesh:snapshot:{job_id}", 1, timeout=1):
+        return
     dashboard_job(job_id)
 
     def send():

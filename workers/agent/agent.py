@@ -99,14 +99,14 @@ class Agent:
                 await run.cancel(message.get("reason", "cancelled by the platform"))
         elif kind == "error":
             self.display.log(f"! platform says: {message.get('message')}")
-            if message.get("code") in ("out_of_order", "rate_limited"):
+            if message.get("code") in ("out_of_order", "rate_limited", "internal"):
                 # Something earlier was not applied: resend what is unacknowledged, in order
                 # (after a pause when the platform asked us to slow down).
                 now = asyncio.get_running_loop().time()
                 if now - self._last_resend < 1.0:
                     return  # one resend a second, however many errors arrive
                 self._last_resend = now
-                if message.get("code") == "rate_limited":
+                if message.get("code") in ("rate_limited", "internal"):
                     await asyncio.sleep(1.0)
                 for pending in self.outbox.pending():
                     await self._send(pending)
