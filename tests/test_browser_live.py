@@ -78,3 +78,51 @@ def test_my_jobs_and_the_offers_page_update_without_a_reload(world, monkeypatch)
             expect(free).to_have_text("1", timeout=10_000)
         finally:
             browser.close()
+
+
+def test_the_job_page_draws_progress_as_it_is_persisted(transactional_db, monkeypatch):
+    from decimal import Decimal
+
+    from django.utils import timezone
+    from playwright.sync_api import expect, sync_playwright
+
+    from marketplace.models import Assignment
+    from marketplace.services.execution import agent_data
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    consumer = OrganizationFactory(name="Medisight", slug="medisight", kind=Organization.Kind.CONSUMER)
+    UserFactory(username="alice", organization=consumer)
+    job = JobFactory(owner=consumer, name="Sepsis risk", status=Job.Status.RUNNING)
+    node = NodeFactory(name="fra-cpu", gpu_model="cpu", gpu_memory_gb=0, gpu_count=2)
+    assignment = Assignment.objects.create(
+        job=job, node=node, offer=OfferFactory(node=node), attempt=1, node_rank=0, gpus=2,
+        price_per_gpu_hour=Decimal("0.5"), status=Assignment.Status.RUNNING, started_at=timezone.now())
+
+    def report(seq, steps, lines=()):
+        agent_data(node=node, message={"type": "progress", "id": f"p{seq}", "assignment": assignment.pk,
+                                        "seq": seq, "items": [{"step": s, "total_steps": 10, "loss": 2.0 / s,
+                                                               "samples_per_sec": 900.0} for s in steps]})
+
+    report(1, [1, 2, 3])
+    with asgi_server() as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{base}/login/")
+            page.fill("input[name=username]", "alice")
+            page.fill("input[name=password]", "demo-pass-123")
+            page.click("button[type=submit]")
+            page.goto(f"{base}/jobs/{job.pk}/")
+            expect(page.get_by_test_id("live-indicator")).to_have_text("Live", timeout=10_000)
+            page.wait_for_function("window.jobLive.state.points.length === 3")
+            elsewhere(lambda: report(2, [4, 5]))
+            page.wait_for_function("window.jobLive.state.points.length === 5", timeout=10_000)
+            expect(page.locator('[data-live="progress-text"]')).to_contain_text("5")
+            elsewhere(lambda: agent_data(node=node, message={
+                "type": "log", "id": "l1", "assignment": assignment.pk, "seq": 3,
+                "lines": ["epoch 1: held-out accuracy 0.91"]}))
+            expect(page.get_by_test_id("log-tail")).to_contain_text("held-out accuracy 0.91", timeout=10_000)
+            seqs = page.evaluate("window.jobLive.state.points.map(p => p.seq)")
+            assert seqs == [1, 2, 3, 4, 5]
+        finally:
+            browser.close()
