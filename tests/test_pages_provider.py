@@ -165,3 +165,30 @@ def test_pause_and_resume(client, carol, carol_offer, dave_offer):
     assert response.status_code == 404
     dave_offer.refresh_from_db()
     assert dave_offer.status == Offer.Status.ACTIVE
+
+
+def test_my_nodes_shows_running_work_and_earnings(client, carol, carol_node, healthcare):
+    from datetime import timedelta
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    from marketplace.models import Assignment
+
+    from .factories import JobFactory, OfferFactory
+
+    offer = OfferFactory(node=carol_node)
+    now = timezone.now()
+    for status, hours in (("running", 2), ("succeeded", 1), ("lost", 5)):
+        Assignment.objects.create(job=JobFactory(owner=healthcare), node=carol_node, offer=offer, attempt=1,
+                                  node_rank=0, gpus=2, price_per_gpu_hour=Decimal("1.5"), status=status,
+                                  started_at=now - timedelta(hours=hours),
+                                  finished_at=None if status == "running" else now)
+    client.force_login(carol)
+    html = client.get("/provider/nodes/").content.decode()
+    # 2 GPUs × 1.5 tUSD × (2 h running + 1 h finished); lost work is not earned.
+    import re
+
+    assert 'data-testid="running-assignments">1<' in html
+    earned = Decimal(re.search(r'data-testid="earned">([0-9.]+)<', html).group(1))
+    assert Decimal("9") <= earned < Decimal("9.01")

@@ -1,5 +1,7 @@
 """Read models of a job's execution: progress with an ETA, its assignments, its metrics."""
 
+from decimal import Decimal
+
 from django.db.models import QuerySet
 
 from ..models import Assignment, Job, MetricPoint
@@ -50,3 +52,19 @@ def job_watchable_by(user) -> QuerySet[Job]:
     if org is not None and org.is_provider:
         return Job.objects.filter(assignments__node__provider=org).distinct()
     return jobs_visible_to(user)
+
+
+def provider_earnings(org) -> dict:
+    """What a provider's nodes have run: assignments running now, and earned so far at the
+    locked prices (before the platform fee; payouts settle on-chain with the payments work)."""
+    from django.utils import timezone
+
+    from ..services.live import MICRO, assignment_cost
+
+    now = timezone.now()
+    rows = list(Assignment.objects.filter(node__provider=org).exclude(started_at__isnull=True)
+                .only("gpus", "price_per_gpu_hour", "started_at", "finished_at", "status"))
+    earned = sum((assignment_cost(a, now=now) for a in rows if a.status != Assignment.Status.LOST),
+                 Decimal(0))
+    return {"running": sum(a.status in Assignment.ACTIVE for a in rows), "assignments": len(rows),
+            "earned": earned.quantize(MICRO)}

@@ -82,17 +82,18 @@ def log_line(line: LogLine) -> dict:
     return {"seq": line.seq, "line": line.line, "at": _iso(line.at)}
 
 
+def assignment_cost(a: Assignment, *, now: datetime) -> Decimal:
+    """GPU-hours used at the assignment's locked price (metering for settlement is the
+    payments work; this is what the consumer watches and the provider earns so far)."""
+    if a.started_at is None:
+        return Decimal(0)
+    seconds = Decimal(max(0.0, ((a.finished_at or now) - a.started_at).total_seconds()))
+    return a.price_per_gpu_hour * a.gpus * seconds / Decimal(3600)
+
+
 def cost_so_far(job: Job, *, now: datetime | None = None) -> Decimal:
-    """GPU-hours used so far at each assignment's locked price (metering for settlement is
-    the payments work; this is what the consumer watches)."""
     now = now or timezone.now()
-    total = Decimal(0)
-    for a in job.assignments.exclude(started_at__isnull=True).only(
-            "gpus", "price_per_gpu_hour", "started_at", "finished_at", "status"):
-        if a.status == Assignment.Status.CANCELLED and a.finished_at is None:
-            continue
-        seconds = Decimal(((a.finished_at or now) - a.started_at).total_seconds())
-        total += a.price_per_gpu_hour * a.gpus * seconds / Decimal(3600)
+    total = sum((assignment_cost(a, now=now) for a in job.assignments.all()), Decimal(0))
     return total.quantize(MICRO)
 
 

@@ -86,7 +86,10 @@ def job_quote(request):
 
 @login_required
 def job_list(request):
-    jobs = jobs_visible_to(request.user).select_related("owner")[:200]
+    jobs = list(jobs_visible_to(request.user).select_related("owner")
+                .prefetch_related("assignments")[:200])
+    for job in jobs:
+        job.spent = cost_so_far(job)
     return render(request, "jobs/list.html", {"jobs": jobs})
 
 

@@ -8,6 +8,7 @@ from django.views.decorators.http import require_POST
 from ..errors import MarketError
 from ..forms import NodeForm, OfferForm, utc_to_input
 from ..models import Offer
+from ..selectors.execution import provider_earnings
 from ..selectors.market import nodes_of_provider, offers_of_provider
 from ..services.nodes import node_create, node_rotate_token
 from ..services.offers import offer_create, offer_set_status, offer_update
@@ -28,7 +29,8 @@ def _agent_page(request, node, token: str, *, rotated: bool):
 def node_list(request):
     nodes = nodes_of_provider(request.user).annotate(
         offer_count=Count("offers"), gpus_listed=Sum("offers__gpus_offered"))
-    return render(request, "provider/nodes.html", {"nodes": nodes})
+    return render(request, "provider/nodes.html", {"nodes": nodes,
+                                                   "earnings": provider_earnings(request.org)})
 
 
 @org_required("provider")

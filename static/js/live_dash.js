@@ -35,6 +35,8 @@
     if (cell && cell.textContent.trim() !== job.status) {
       cell.replaceChildren(chip(job.status));
     }
+    var cost = row.querySelector(".js-cost");
+    if (cost && job.cost_so_far) cost.textContent = Number(job.cost_so_far).toFixed(2);
     var bar = row.querySelector(".js-progress span");
     if (bar && job.percent !== null && job.percent !== undefined) {
       bar.style.width = job.percent + "%";
@@ -51,6 +53,8 @@
       span.textContent = node.status_display;
       cell.replaceChildren(span);
     }
+    var bench = row.querySelector(".js-benchmark");
+    if (bench && node.benchmark_tflops) bench.textContent = node.benchmark_tflops + " TFLOP/s";
     var hb = row.querySelector(".js-heartbeat");
     if (hb && node.last_heartbeat_at) {
       hb.textContent = new Date(node.last_heartbeat_at).toLocaleString();
