@@ -97,14 +97,19 @@ def cost_so_far(job: Job, *, now: datetime | None = None) -> Decimal:
     return total.quantize(MICRO)
 
 
+def _event(e) -> dict:
+    return {"at": _iso(e.created_at), "from_status": e.from_status, "to_status": e.to_status,
+            "reason": e.reason, "message": e.message}
+
+
 def job_snapshot(job: Job) -> dict:
-    event = job.events.order_by("-id").first()
+    """The job as its page shows it. `events` are the newest timeline entries, oldest
+    first (one commit can add several); `event` is the newest."""
+    recent = [_event(e) for e in job.events.order_by("-id")[:10]][::-1]
     return {
         "id": job.pk, "status": job.status, "status_display": job.get_status_display(),
         "progress": job_progress(job), "cost_so_far": str(cost_so_far(job)),
-        "event": {"at": _iso(event.created_at), "from_status": event.from_status,
-                  "to_status": event.to_status, "reason": event.reason, "message": event.message}
-        if event else None,
+        "event": recent[-1] if recent else None, "events": recent,
     }
 
 

@@ -218,8 +218,10 @@ def _explain(spec: JobSpec, constraints: list[Constraint]) -> list[dict]:
                        f"{_fmt(top)} tUSD/GPU-h (your maximum is "
                        f"{_fmt(spec.max_price_per_gpu_hour)}).")
         elif c.code == "online":
-            message = (f"{len(alt)} matching {what} exist but their agents are not connected "
-                       "right now; the job will wait until they are.")
+            message = (f"{len(alt)} matching {what} {'exist' if len(alt) > 1 else 'exists'} but "
+                       f"{'their agents are' if len(alt) > 1 else 'its agent is'} not connected right "
+                       "now; the job will wait until "
+                       f"{'they are' if len(alt) > 1 else 'it is'}.")
         else:
             message = (f"Cheapest that fits without the {c.code.replace('_', ' ')} constraint: "
                        f"{cheapest.gpu_model} ({cheapest.gpu_memory_gb} GB) in {cheapest.region} "

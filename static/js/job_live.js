@@ -144,7 +144,7 @@
     var metricKey = metric ? metric.name + ":" + metric.value : null;
     var metricChanged = state.metricKey !== undefined && metricKey !== state.metricKey;
     state.metricKey = metricKey;
-    if (job.event) addEvent(job.event);
+    (job.events || (job.event ? [job.event] : [])).forEach(addEvent);
     if (statusChanged || metricChanged) refreshPartial(true);
     else if (Date.now() - lastPartialRefresh > PARTIAL_REFRESH_MS) refreshPartial(false);
   }
