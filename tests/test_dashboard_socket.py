@@ -71,3 +71,44 @@ def test_the_marketplace_sees_an_offer_paused_without_reloading(carol_offer, pro
         provider=provider_org, offer=carol_offer, status="paused")))
     assert later["type"] == "offer" and later["offer"]["id"] == carol_offer.pk
     assert later["offer"]["status"] == "paused" and later["offer"]["gpus_available"] == 8
+
+
+@pytest.mark.parametrize(("path", "who", "origin", "allowed"), [
+    ("/ws/dashboard/", "alice", ORIGIN, True),
+    ("/ws/dashboard/", "carol", ORIGIN, True),
+    ("/ws/dashboard/", None, ORIGIN, False),
+    ("/ws/dashboard/", "alice", (b"origin", b"http://evil.example"), False),
+    ("/ws/market/", None, ORIGIN, True),  # offers are public
+    ("/ws/market/", None, (b"origin", b"http://evil.example"), False),
+    ("/ws/agent/", "alice", ORIGIN, False),  # a person's API token is not a node's token
+])
+def test_socket_authorization_matrix(request, path, who, origin, allowed):
+    user = request.getfixturevalue(who) if who else None
+    headers = [origin]
+    if user is not None:
+        headers.append((b"authorization", f"Token {Token.objects.get_or_create(user=user)[0].key}".encode()))
+
+    async def go():
+        comm = WebsocketCommunicator(application, path, headers=headers)
+        ok, _ = await comm.connect()
+        await comm.disconnect()
+        return ok
+    assert asyncio.run(go()) is allowed
+
+
+def test_another_consumer_never_hears_of_my_jobs(alice, bob, healthcare):
+    job = JobFactory(owner=healthcare, status=Job.Status.MATCHING)
+    key = Token.objects.get_or_create(user=bob)[0].key
+
+    async def go():
+        comm = WebsocketCommunicator(application, "/ws/dashboard/",
+                                     headers=[ORIGIN, (b"authorization", f"Token {key}".encode())])
+        assert (await comm.connect())[0]
+        summary = json.loads(await comm.receive_from(timeout=5))
+        await database_sync_to_async(job_states.transition)(
+            job_id=job.pk, to=Job.Status.CANCELLED, reason="test", message="stop")
+        heard = await comm.receive_nothing(timeout=1.5)
+        await comm.disconnect()
+        return summary, heard
+    summary, heard_nothing = asyncio.run(go())
+    assert summary["jobs"] == [] and heard_nothing
