@@ -26,8 +26,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine, percentile, table  # noqa: E402
-from _platform import DB_URL, REDIS_URL, Platform, reset, setup_django  # noqa: E402
+from _platform import Platform, reset, setup_django  # noqa: E402
 
+# A database and Redis database of its own: the other execution benchmarks truncate
+# computemesh_bench_exec and flush Redis 13 when they start, which would wreck a run that
+# overlaps one of them.
+DB_URL = os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/computemesh_bench_latency")
+REDIS_URL = os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/12")
 TARGET_P99_MS = 100.0
 GRACE_S = 10.0
 SCENARIOS = {"single": (1, 100), "many": (50, 20)}
@@ -198,6 +203,7 @@ def scenario(name: str, jobs: int, rate: int, seconds: int) -> list:
     viewer_token = make_viewer(consumer)
     streams = [Stream(a.job_id, a.pk, t) for a, t in zip(assignments, tokens, strict=True)]
     platform = Platform()
+    platform.env.update(DATABASE_URL=DB_URL, REDIS_URL=REDIS_URL)
     redis.Redis.from_url(REDIS_URL).flushdb()
     daphne = platform._spawn("daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1",
                                         "-p", str(platform.port), "webapp.asgi:application"])
@@ -220,7 +226,7 @@ def scenario(name: str, jobs: int, rate: int, seconds: int) -> list:
           f"of {sent}; daphne CPU {stats['daphne_cpu']:.0%} and client CPU {stats['client_cpu']:.0%} "
           f"during the {stats['send_wall']:.1f} s send window; drained {stats['drain_s']:.1f} s after the "
           f"last send; errors {len(errors)}{' e.g. ' + json.dumps(errors[0]) if errors else ''}; "
-          f"scenario took {time.monotonic() - began:.0f} s")
+          f"scenario took {time.monotonic() - began:.0f} s; logs in {platform.tmp}")
     if ms:
         firsts = [(s.received[q] - t) * 1000 for s in streams for q, t in s.sent.items()
                   if q in s.received and q <= rate * seconds // 4]
