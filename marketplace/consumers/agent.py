@@ -115,7 +115,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
             while not self._data.empty() and len(batch) < DRAIN_BATCH:
                 batch.append(self._data.get_nowait())
             try:
-                results = await database_sync_to_async(execution.agent_data_batch)(
+                # Off the shared sync thread: one busy socket must not queue the others.
+                results = await database_sync_to_async(execution.agent_data_batch, thread_sensitive=False)(
                     node=self.node, messages=batch)
             except Exception:  # a bug must not stop the socket: nothing was applied or acked
                 log.exception("agent %s: applying %d messages failed", self.node.pk, len(batch))
