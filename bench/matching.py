@@ -70,7 +70,8 @@ def optimum(jobs, offers) -> Decimal | None:
     variables, cost = [], []
     for j, job in enumerate(jobs):
         spec = placement.spec_of(job)
-        eligible = set(matching._filtered(spec, matching.constraints_for(spec)).values_list("pk", flat=True))
+        fitting = matching.offers_matching(spec, matching.constraints_for(spec))
+        eligible = set(fitting.values_list("pk", flat=True))
         for o, offer in enumerate(offers):
             if offer.pk in eligible:
                 variables.append((j, o))

@@ -160,12 +160,12 @@ def test_the_batch_matcher_serves_equal_jobs_oldest_first_at_the_lowest_price(db
 
 def test_the_batch_matcher_agrees_with_the_quote(db):
     from marketplace.services.batch_placement import jobs_place_waiting
-    from marketplace.services.matching import offers_for
+    from marketplace.services.matching import quote_job
 
     for price in ("0.40", "0.15", "0.25", "0.35"):
         cpu_offer(price)
     job = funded_job(nodes=3)
-    expected = [c.offer_id for c in offers_for(placement.spec_of(job))]
+    expected = [c.offer_id for c in quote_job(spec=placement.spec_of(job)).candidates]
     jobs_place_waiting()
     got = list(Assignment.objects.filter(job=job).order_by("node_rank").values_list("offer_id", flat=True))
     assert got == expected and len(got) == 3

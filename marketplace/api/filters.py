@@ -9,6 +9,7 @@ from django.db.models import F, QuerySet
 
 from .. import catalogue
 from ..models import Job, Offer
+from ..selectors.offer_search import free_at_least, in_regions, verified_for
 
 MAX_INT = 2**31 - 1
 
@@ -108,17 +109,13 @@ class OfferFilter(df.FilterSet):
         fields: list[str] = []
 
     def filter_min_gpus(self, qs: QuerySet, name: str, value: int) -> QuerySet:
-        return qs.filter(gpus_offered__gte=F("gpus_reserved") + value)
+        return qs.filter(free_at_least(value))
 
     def filter_region(self, qs: QuerySet, name: str, value: list[str]) -> QuerySet:
-        if not value:
-            return qs
-        return qs.filter(region__in=catalogue.region_codes(value))
+        return qs.filter(in_regions(value)) if value else qs
 
     def filter_compliance(self, qs: QuerySet, name: str, value: list[str]) -> QuerySet:
-        if not value:
-            return qs
-        return qs.filter(compliance_verified__in=catalogue.masks_with(catalogue.compliance_mask(value)))
+        return qs.filter(verified_for(value)) if value else qs
 
 
 class JobFilter(df.FilterSet):

@@ -4,19 +4,37 @@ columns, shared by the offers page (and usable by the API's filter set)."""
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db.models import F, QuerySet
+from django.db.models import F, Q, QuerySet
 
 from .. import catalogue
 from ..errors import MarketError
 from ..models import Offer
 from .market import offers_public
 
+
+# The search's predicates, shared by this page search, the API's filter set and matching.
+def free_at_least(gpus: int) -> Q:
+    """At least `gpus` free GPUs (CPU slots), compared without an annotation so that the
+    planner can still use the search indexes."""
+    return Q(gpus_offered__gte=F("gpus_reserved") + gpus)
+
+
+def in_regions(tokens) -> Q:
+    """Region codes or blocs, expanded to an indexable `region IN (…)`."""
+    return Q(region__in=catalogue.region_codes(tokens))
+
+
+def verified_for(tags) -> Q:
+    """Verified for every tag: the masks containing them, as an indexable `IN (…)`."""
+    return Q(compliance_verified__in=catalogue.masks_with(catalogue.compliance_mask(list(tags))))
+
+
 # Ordering keys (DRF OrderingFilter style) -> ORDER BY; every one ends in a unique column
 # so that pages are stable.
 ORDERINGS: dict[str, tuple] = {
     "price_per_gpu_hour": ("price_per_gpu_hour", "id"),
     "-price_per_gpu_hour": ("-price_per_gpu_hour", "-id"),
-    "-gpu_memory_gb": ("-gpu_memory_gb", "price_per_gpu_hour", "id"),
+    "-gpu_memory_gb": (F("gpu_memory_gb").desc(nulls_last=True), "price_per_gpu_hour", "id"),
     "gpu_memory_gb": ("gpu_memory_gb", "price_per_gpu_hour", "id"),
     "-reliability": (F("reliability").desc(nulls_last=True), "price_per_gpu_hour", "id"),
     "reliability": (F("reliability").asc(nulls_first=True), "price_per_gpu_hour", "id"),
@@ -45,9 +63,7 @@ def offer_search(query: OfferQuery, *, base: QuerySet[Offer] | None = None) -> Q
     if query.min_gpus:
         if query.min_gpus < 1:
             raise MarketError("Minimum GPUs must be at least 1.", field="min_gpus")
-        # Free GPUs = offered - reserved, compared without an annotation so that the
-        # planner can still use the (status, …) indexes.
-        qs = qs.filter(gpus_offered__gte=F("gpus_reserved") + query.min_gpus)
+        qs = qs.filter(free_at_least(query.min_gpus))
     if query.min_gpu_memory_gb:
         if query.min_gpu_memory_gb < 0:
             raise MarketError("Minimum GPU memory cannot be negative.",
@@ -55,10 +71,9 @@ def offer_search(query: OfferQuery, *, base: QuerySet[Offer] | None = None) -> Q
         qs = qs.filter(gpu_memory_gb__gte=query.min_gpu_memory_gb)
     if query.region:
         token = catalogue.validate_region_token(query.region, field="region")
-        qs = qs.filter(region__in=catalogue.region_codes([token]))
+        qs = qs.filter(in_regions([token]))
     if query.compliance:
-        mask = catalogue.compliance_mask(list(query.compliance))
-        qs = qs.filter(compliance_verified__in=catalogue.masks_with(mask))
+        qs = qs.filter(verified_for(query.compliance))
     if query.max_price is not None:
         if query.max_price <= 0:
             raise MarketError("The maximum price must be more than 0 tUSD.", field="max_price")

@@ -121,16 +121,13 @@ def job_changed(job_id: int, *, throttle: bool = False) -> None:
         return
     if throttle and not cache.add(f"computemesh:snapshot:{job_id}", 1, timeout=1):
         return
-    dashboard_job(job_id)
 
     def send():
         job = Job.objects.filter(pk=job_id).first()
         if job is None:
             return
-        layer = get_channel_layer()
-        if layer is not None:
-            async_to_sync(layer.group_send)(job_group(job_id), {
-                "type": "job.update", "message": {"type": "job", "job": job_snapshot(job)}})
+        _send(job_group(job_id), {"type": "job", "job": job_snapshot(job)}, kind="job.update")
+        _to_dashboards(job)
     transaction.on_commit(send)
 
 
@@ -153,10 +150,10 @@ def org_group(org_id: int) -> str:
 MARKET_GROUP = "market"
 
 
-def _send(group: str, message: dict) -> None:
+def _send(group: str, message: dict, *, kind: str = "live.update") -> None:
     layer = get_channel_layer()
     if layer is not None:
-        async_to_sync(layer.group_send)(group, {"type": "live.update", "message": message})
+        async_to_sync(layer.group_send)(group, {"type": kind, "message": message})
 
 
 def job_brief(job: Job) -> dict:
@@ -167,18 +164,12 @@ def job_brief(job: Job) -> dict:
             "cost_so_far": str(cost_so_far(job))}
 
 
-def dashboard_job(job_id: int) -> None:
-    """The job's owner and the providers running it see its status change on their
-    dashboards (after commit)."""
-    def send():
-        job = Job.objects.filter(pk=job_id).first()
-        if job is None:
-            return
-        brief = {"type": "job", "job": job_brief(job)}
-        _send(org_group(job.owner_id), brief)
-        for provider_id in set(job.assignments.values_list("node__provider_id", flat=True)):
-            _send(org_group(provider_id), brief)
-    transaction.on_commit(send)
+def _to_dashboards(job: Job) -> None:
+    """The job's owner and the providers running it see its status change."""
+    brief = {"type": "job", "job": job_brief(job)}
+    _send(org_group(job.owner_id), brief)
+    for provider_id in set(job.assignments.values_list("node__provider_id", flat=True)):
+        _send(org_group(provider_id), brief)
 
 
 def node_brief(node) -> dict:

@@ -6,13 +6,15 @@ of the same eligibility rules.
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
-from django.db.models import F, Q, QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from .. import catalogue
 from ..models import Offer
+from ..selectors.offer_search import free_at_least, in_regions, verified_for
 from .job_spec import JobSpec
 
 MICRO = Decimal("0.000001")
@@ -76,26 +78,24 @@ def constraints_for(spec: JobSpec, *, now=None) -> list[Constraint]:
     else:
         out.append(Constraint("gpu_model", "with GPUs", ~Q(gpu_model=catalogue.CPU)))
     if spec.regions:
-        out.append(Constraint("region", f"in {' or '.join(spec.regions)}",
-                              Q(region__in=catalogue.region_codes(spec.regions))))
+        out.append(Constraint("region", f"in {' or '.join(spec.regions)}", in_regions(spec.regions)))
     if spec.min_gpu_memory_gb:
         out.append(Constraint("gpu_memory", f"with ≥ {spec.min_gpu_memory_gb} GB GPU memory",
                               Q(gpu_memory_gb__gte=spec.min_gpu_memory_gb)))
     if spec.compliance:
-        mask = catalogue.compliance_mask(list(spec.compliance))
         out.append(Constraint("compliance", f"verified for {', '.join(spec.compliance)}",
-                              Q(compliance_verified__in=catalogue.masks_with(mask))))
+                              verified_for(spec.compliance)))
     if spec.min_reliability:
         out.append(Constraint("reliability", f"with reliability ≥ {spec.min_reliability:.0%}",
                               Q(reliability__gte=spec.min_reliability)))
     unit = "CPU slot" if spec.wants_cpu else "GPU"
     plural = "s" if spec.gpus_per_node > 1 else ""
     out.append(Constraint("capacity", f"with {spec.gpus_per_node} free {unit}{plural} on one node",
-                          Q(free_gpus__gte=spec.gpus_per_node)))
+                          free_at_least(spec.gpus_per_node)))
     out.append(Constraint(
         "availability", f"available now for {hours} h",
         Q(available_from__lte=now)
-        & (Q(available_until__isnull=True) | Q(available_until__gte=now + _hours(hours)))
+        & (Q(available_until__isnull=True) | Q(available_until__gte=now + timedelta(hours=float(hours))))
         & Q(min_duration_hours__lte=hours)
         & (Q(max_duration_hours__isnull=True) | Q(max_duration_hours__gte=hours))))
     out.append(Constraint("price", f"under {_fmt(spec.max_price_per_gpu_hour)} tUSD/GPU-h",
@@ -103,19 +103,12 @@ def constraints_for(spec: JobSpec, *, now=None) -> list[Constraint]:
     return out
 
 
-def _hours(hours: Decimal):
-    from datetime import timedelta
-
-    return timedelta(hours=float(hours))
-
-
 def _base(spec: JobSpec) -> QuerySet[Offer]:
-    qs = Offer.objects.filter(status=Offer.Status.ACTIVE).annotate(
-        free_gpus=F("gpus_offered") - F("gpus_reserved"))
+    qs = Offer.objects.filter(status=Offer.Status.ACTIVE)
     return qs
 
 
-def _filtered(spec: JobSpec, constraints: Iterable[Constraint]) -> QuerySet[Offer]:
+def offers_matching(spec: JobSpec, constraints: Iterable[Constraint]) -> QuerySet[Offer]:
     qs = _base(spec)
     for c in constraints:
         qs = qs.filter(c.q)
@@ -160,16 +153,10 @@ def _n(count: int) -> str:
     return f"{COUNT_CAP:,}+" if count > COUNT_CAP else f"{count:,}"
 
 
-def offers_for(spec: JobSpec, *, exclude_nodes: Iterable[int] = ()) -> list[Candidate]:
-    """The placement the platform would choose now (empty when none fits)."""
-    picked = _pick(spec, _filtered(spec, constraints_for(spec)), exclude_nodes)
-    return picked if len(picked) == spec.nodes else []
-
-
 def quote_job(*, spec: JobSpec) -> Quote:
     now = timezone.now()
     constraints = constraints_for(spec, now=now)
-    picked = _pick(spec, _filtered(spec, constraints))
+    picked = _pick(spec, offers_matching(spec, constraints))
     if len(picked) == spec.nodes:
         total = _money(sum((c.estimated_cost for c in picked), Decimal(0)))
         quote = Quote(feasible=True, candidates=picked, estimated_cost=total,
@@ -208,7 +195,7 @@ def _explain(spec: JobSpec, constraints: list[Constraint]) -> list[dict]:
     }]
     for c in constraints:
         others = [o for o in constraints if o is not c]
-        alt = _pick(spec, _filtered(spec, others))
+        alt = _pick(spec, offers_matching(spec, others))
         if len(alt) < need:
             continue
         cheapest = alt[0]

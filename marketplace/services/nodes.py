@@ -186,7 +186,9 @@ def node_set_presence(*, node_id: int, online: bool, heartbeat_at=None,
             node.benchmark_tflops = benchmark_tflops
         if agent_version:
             node.agent_version = agent_version[:32]
-        node.save()
+        # Every heartbeat comes here: write the presence columns, not the whole row.
+        node.save(update_fields=["status", "last_heartbeat_at", "benchmark_tflops", "agent_version",
+                                 "updated_at"])
         if was_online != online:
             _sync_offers(node)
             live.node_changed(node)

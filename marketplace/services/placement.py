@@ -80,7 +80,7 @@ def job_place(*, job_id: int) -> list[Assignment]:
             return []
         spec = spec_of(job)
         constraints = matching.constraints_for(spec)
-        candidates = (matching._filtered(spec, constraints)
+        candidates = (matching.offers_matching(spec, constraints)
                       .exclude(node_id__in=job.excluded_nodes)
                       .order_by("price_per_gpu_hour", "-reliability", "id")
                       .values_list("pk", "node_id")[: max(50, spec.nodes * 20)])
