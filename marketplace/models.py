@@ -306,6 +306,10 @@ class Job(models.Model):
     total_steps = models.PositiveIntegerField(default=0)
     last_loss = models.FloatField(null=True, blank=True)
     samples_per_sec = models.FloatField(null=True, blank=True)
+    comm_bytes = models.BigIntegerField(null=True, blank=True,
+                                        help_text="Bytes the job's nodes sent to synchronise (latest report).")
+    comm_bytes_ddp = models.BigIntegerField(null=True, blank=True,
+                                            help_text="What plain DDP would have sent for the same steps.")
     metric_name = models.CharField(max_length=32, blank=True)
     metric_value = models.FloatField(null=True, blank=True)
     artifact = models.FileField(upload_to="artifacts/%Y/%m/", blank=True)
@@ -464,6 +468,8 @@ class MetricPoint(models.Model):
     epoch = models.PositiveIntegerField(default=0)
     loss = models.FloatField(null=True)
     samples_per_sec = models.FloatField(null=True)
+    comm_bytes = models.BigIntegerField(null=True, help_text="Cumulative bytes this node sent.")
+    comm_bytes_ddp = models.BigIntegerField(null=True, help_text="Cumulative bytes DDP would have sent.")
     at = models.DateTimeField()
 
     class Meta:
