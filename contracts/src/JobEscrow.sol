@@ -16,6 +16,13 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 ///         job's deadline, even while the escrow is paused.
 /// @dev Invariant: token.balanceOf(this) == sum of Funded deposits + sum of owed.
 ///      The token must move exactly the amount asked (no fee-on-transfer or rebasing tokens).
+///
+///      Storage, two slots per job: the deposit held (consumer, amount) and the terms
+///      (deadline, state). When a job closes its deposit slot is emptied, and the storage
+///      refund for that pays for much of the settlement; a settlement writes nothing else, so
+///      a job whose terms say Funded but whose deposit slot is empty has been Settled
+///      (`escrows` and the errors report it as such). A refund records Refunded. A Funded
+///      job's deposit slot is never empty: the consumer is its funder and the amount > 0.
 contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
 
@@ -29,12 +36,15 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
         Refunded
     }
 
-    /// @dev Two storage slots: (consumer, amount) and (deadline, state).
-    struct Escrow {
+    struct Deposit {
         address consumer;
         uint96 amount;
+    }
+
+    struct Escrow {
+        Deposit deposit;
         uint64 deadline;
-        State state;
+        State state; // as stored: Funded with an empty deposit means Settled
     }
 
     struct Settlement {
@@ -49,7 +59,7 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
     ///         address), which saves a storage read per settlement.
     address public immutable treasury;
 
-    mapping(bytes32 jobId => Escrow) public escrows;
+    mapping(bytes32 jobId => Escrow) private _escrows;
     mapping(address account => uint256) public owed;
 
     event JobFunded(bytes32 indexed jobId, address indexed consumer, uint256 amount, uint64 deadline);
@@ -89,9 +99,13 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
     function fund(bytes32 jobId, uint96 amount, uint64 deadline) external whenNotPaused nonReentrant {
         if (amount == 0) revert ZeroAmount();
         if (deadline <= block.timestamp) revert DeadlineNotInFuture(deadline);
-        State state = escrows[jobId].state;
-        if (state != State.None) revert JobExists(jobId, state);
-        escrows[jobId] = Escrow({consumer: msg.sender, amount: amount, deadline: deadline, state: State.Funded});
+        Escrow storage e = _escrows[jobId];
+        if (e.state != State.None) revert JobExists(jobId, _stateOf(e));
+        _escrows[jobId] = Escrow({
+            deposit: Deposit({consumer: msg.sender, amount: amount}),
+            deadline: deadline,
+            state: State.Funded
+        });
         token.safeTransferFrom(msg.sender, address(this), amount);
         emit JobFunded(jobId, msg.sender, amount, deadline);
     }
@@ -100,11 +114,10 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
     ///         goes back to the job's consumer, never to the payer.
     function topUp(bytes32 jobId, uint96 amount) external whenNotPaused nonReentrant {
         if (amount == 0) revert ZeroAmount();
-        Escrow storage e = escrows[jobId];
-        State state = e.state;
-        if (state != State.Funded) revert NotFunded(jobId, state);
-        uint96 total = e.amount + amount; // checked: a deposit above 2^96-1 reverts
-        e.amount = total;
+        Escrow storage e = _escrows[jobId];
+        if (e.deposit.consumer == address(0)) revert NotFunded(jobId, _stateOf(e));
+        uint96 total = e.deposit.amount + amount; // checked: a deposit above 2^96-1 reverts
+        e.deposit.amount = total;
         token.safeTransferFrom(msg.sender, address(this), amount);
         emit JobToppedUp(jobId, msg.sender, amount, total);
     }
@@ -112,12 +125,13 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
     /// @notice The consumer takes a funded job's whole deposit back, at or after its deadline.
     ///         Works while paused: the platform cannot hold a deposit hostage.
     function refund(bytes32 jobId) external nonReentrant {
-        Escrow storage e = escrows[jobId];
-        State state = e.state;
-        if (state != State.Funded) revert NotFunded(jobId, state);
-        if (msg.sender != e.consumer) revert NotConsumer(jobId, msg.sender);
-        if (block.timestamp < e.deadline) revert DeadlineNotReached(jobId, e.deadline);
-        _refund(jobId, e);
+        Escrow storage e = _escrows[jobId];
+        Deposit memory d = e.deposit;
+        if (d.consumer == address(0)) revert NotFunded(jobId, _stateOf(e));
+        if (msg.sender != d.consumer) revert NotConsumer(jobId, msg.sender);
+        uint64 deadline = e.deadline;
+        if (block.timestamp < deadline) revert DeadlineNotReached(jobId, deadline);
+        _refund(jobId, e, d);
     }
 
     // --- anyone: pull payments ----------------------------------------------------------
@@ -139,10 +153,10 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
     ///         fee, and credit the rest of the deposit back to the consumer.
     /// @dev No external call happens here (credits only), so no reentrancy guard is needed.
     function settle(Settlement calldata s) external onlyRole(OPERATOR_ROLE) whenNotPaused {
-        Escrow storage e = escrows[s.jobId];
-        State state = e.state;
-        if (state != State.Funded) revert NotFunded(s.jobId, state);
-        uint256 fee = _settle(e, s);
+        Escrow storage e = _escrows[s.jobId];
+        Deposit memory d = e.deposit;
+        if (d.consumer == address(0)) revert NotFunded(s.jobId, _stateOf(e));
+        uint256 fee = _settle(e, d, s);
         if (fee != 0) {
             unchecked {
                 owed[treasury] += fee;
@@ -163,15 +177,15 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
         uint256 n = batch.length;
         for (uint256 i; i < n;) {
             Settlement calldata s = batch[i];
-            Escrow storage e = escrows[s.jobId];
-            State state = e.state;
-            if (state == State.Funded) {
+            Escrow storage e = _escrows[s.jobId];
+            Deposit memory d = e.deposit;
+            if (d.consumer != address(0)) {
                 unchecked {
-                    fees += _settle(e, s);
+                    fees += _settle(e, d, s);
                     ++settledCount;
                 }
             } else {
-                emit SettlementSkipped(s.jobId, state);
+                emit SettlementSkipped(s.jobId, _stateOf(e));
             }
             unchecked {
                 ++i;
@@ -188,10 +202,24 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
     /// @notice Give a funded job's whole deposit back to its consumer now (admin decision,
     ///         or a job cancelled before it ran). Works while paused.
     function operatorRefund(bytes32 jobId) external onlyRole(OPERATOR_ROLE) nonReentrant {
-        Escrow storage e = escrows[jobId];
-        State state = e.state;
-        if (state != State.Funded) revert NotFunded(jobId, state);
-        _refund(jobId, e);
+        Escrow storage e = _escrows[jobId];
+        Deposit memory d = e.deposit;
+        if (d.consumer == address(0)) revert NotFunded(jobId, _stateOf(e));
+        _refund(jobId, e, d);
+    }
+
+    // --- views ------------------------------------------------------------------------
+
+    /// @notice A job's escrow. `consumer` and `amount` are the deposit held now: both read zero
+    ///         once the job is Settled or Refunded (its JobFunded/JobToppedUp/JobSettled/
+    ///         JobRefunded events keep the history). `state` is a State number.
+    function escrows(bytes32 jobId)
+        external
+        view
+        returns (address consumer, uint96 amount, uint64 deadline, State state)
+    {
+        Escrow storage e = _escrows[jobId];
+        return (e.deposit.consumer, e.deposit.amount, e.deadline, _stateOf(e));
     }
 
     // --- pauser -------------------------------------------------------------------------
@@ -206,9 +234,10 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
 
     // --- internals ----------------------------------------------------------------------
 
-    /// @dev Credits a Funded job's providers and consumer, marks it Settled and returns the
-    ///      fee, which the caller credits to the treasury (once per batch).
-    function _settle(Escrow storage e, Settlement calldata s) private returns (uint256 fee) {
+    /// @dev Credits a Funded job's providers and consumer, empties its deposit (which marks it
+    ///      Settled) and returns the fee, which the caller credits to the treasury (once per
+    ///      batch).
+    function _settle(Escrow storage e, Deposit memory d, Settlement calldata s) private returns (uint256 fee) {
         address[] calldata providers = s.providers;
         uint96[] calldata amounts = s.amounts;
         uint256 n = providers.length;
@@ -227,27 +256,32 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
                 ++i;
             }
         }
-        uint256 deposit = e.amount;
+        uint256 deposit = d.amount;
         fee = s.fee;
         uint256 refunded;
         unchecked {
             uint256 payout = paid + fee;
             if (payout > deposit) revert PayoutExceedsDeposit(s.jobId, payout, deposit);
             refunded = deposit - payout;
-            if (refunded != 0) owed[e.consumer] += refunded;
+            if (refunded != 0) owed[d.consumer] += refunded;
         }
-        e.state = State.Settled;
+        delete e.deposit; // now reads as Settled (see the contract's storage note)
         emit JobSettled(s.jobId, paid, fee, refunded);
     }
 
     /// @dev Pays the deposit straight to the consumer: only the consumer is involved, so a
     ///      consumer the token refuses to pay can only block its own refund.
-    function _refund(bytes32 jobId, Escrow storage e) private {
-        address consumer = e.consumer;
-        uint256 amount = e.amount;
+    function _refund(bytes32 jobId, Escrow storage e, Deposit memory d) private {
+        delete e.deposit;
         e.state = State.Refunded;
-        token.safeTransfer(consumer, amount);
-        emit JobRefunded(jobId, consumer, amount);
+        token.safeTransfer(d.consumer, d.amount);
+        emit JobRefunded(jobId, d.consumer, d.amount);
+    }
+
+    function _stateOf(Escrow storage e) private view returns (State) {
+        State state = e.state;
+        if (state == State.Funded && e.deposit.consumer == address(0)) return State.Settled;
+        return state;
     }
 
     function _withdraw(address account) private {

@@ -1,0 +1,160 @@
+"""Gas of the escrow's hot paths on the in-process EVM (eth-tester / py-evm, prague rules):
+`fund`, a single-job `settle`, and `settleBatch` per job for batches of 1, 10, 50 and 100.
+
+    .venv/bin/python bench/gas.py
+
+Gas is deterministic, so one transaction per case is enough (every fund row is the mean of
+20, which differ by nothing but calldata bytes). Steady state: the escrow already holds
+tokens and the treasury already has a credit, as on a chain that has been running; job ids
+are random 32-byte values (keccak-like: every byte non-zero on average, the dearest calldata).
+
+Batch cases, one provider per job, the same consumer throughout:
+  repeat providers   3 providers reused, all credited before the batch;
+  distinct new       a fresh address per job, never credited (each credit is a new slot).
+
+Targets (docs/BENCHMARKS.md): fund ≤ 95,000; single settlement ≤ 75,000; batches of ≥ 50 ≤
+15,000 per job with repeat providers and ≤ 30,000 with distinct new providers.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))
+
+from _common import git_revision, machine, table  # noqa: E402
+from web3 import EthereumTesterProvider, Web3  # noqa: E402
+
+from tests.contracts.support import USD, deploy_escrow, load_artifact  # noqa: E402
+
+BATCH_GAS = 25_000_000
+TARGETS = {"fund": 95_000, "settle": 75_000, "repeat": 15_000, "distinct": 30_000}
+
+
+class Bench:
+    def __init__(self) -> None:
+        self.w3 = Web3(EthereumTesterProvider())
+        accounts = self.w3.eth.accounts
+        admin, operator, treasury = accounts[0], accounts[1], accounts[2]
+        self.consumer, self.other, self.fresh_consumer = accounts[3], accounts[4], accounts[5]
+        self.d = deploy_escrow(self.w3, admin=admin, operator=operator, treasury=treasury)
+        self.operator = operator
+        token, escrow = self.d.token, self.d.escrow
+        for who in (self.consumer, self.other, self.fresh_consumer):
+            self.send(token.functions.mint(who, 10**9 * USD), admin)
+            # A large finite allowance: every fund also rewrites the allowance (dearer than
+            # an unlimited one, which OpenZeppelin's ERC20 never decrements).
+            self.send(token.functions.approve(escrow.address, 10**9 * USD), who)
+        self.repeat_providers = [Web3.to_checksum_address(os.urandom(20)) for _ in range(3)]
+        # Steady state: a token balance in the escrow, the treasury, the repeat providers and
+        # the consumer already credited.
+        warm = self.fund(self.other, 100 * USD)
+        self.settle_one(warm, self.repeat_providers, [USD] * 3, fee=USD)
+        warm = self.fund(self.consumer, 100 * USD)
+        self.settle_one(warm, [self.repeat_providers[0]], [USD], fee=USD)
+
+    def send(self, fn, sender: str, gas: int = 3_000_000) -> dict:
+        tx_hash = fn.transact({"from": sender, "gas": gas})
+        receipt = self.w3.eth.get_transaction_receipt(tx_hash)
+        if receipt["status"] != 1:
+            raise RuntimeError(f"transaction reverted: {fn.fn_name}")
+        return receipt
+
+    def deadline(self) -> int:
+        return self.w3.eth.get_block("latest")["timestamp"] + 86_400
+
+    def fund(self, consumer: str, amount: int) -> bytes:
+        job_id = os.urandom(32)
+        self.last_receipt = self.send(self.d.escrow.functions.fund(job_id, amount, self.deadline()),
+                                      consumer)
+        return job_id
+
+    def settle_one(self, job_id: bytes, providers: list[str], amounts: list[int], fee: int) -> int:
+        receipt = self.send(self.d.escrow.functions.settle((job_id, providers, amounts, fee)),
+                            self.operator)
+        return receipt["gasUsed"]
+
+    def settle_batch(self, settlements: list[tuple]) -> int:
+        receipt = self.send(self.d.escrow.functions.settleBatch(settlements), self.operator,
+                            gas=BATCH_GAS)
+        return receipt["gasUsed"]
+
+
+def new_address() -> str:
+    return Web3.to_checksum_address(os.urandom(20))
+
+
+def measure(sizes: list[int]) -> tuple[list[list], list[list], list[list]]:
+    b = Bench()
+    fund_gas = []
+    for _ in range(20):
+        b.fund(b.consumer, 100 * USD)
+        fund_gas.append(b.last_receipt["gasUsed"])
+    fund_rows = [["fund (finite allowance, escrow already holds tokens)", round(sum(fund_gas) / 20),
+                  TARGETS["fund"]]]
+
+    p = b.repeat_providers
+    settle_rows = []
+    job = b.fund(b.consumer, 100 * USD)
+    settle_rows.append(["repeat provider, consumer credited before",
+                        b.settle_one(job, [p[0]], [60 * USD], 5 * USD)])
+    job = b.fund(b.consumer, 100 * USD)
+    settle_rows.append(["new provider, consumer credited before",
+                        b.settle_one(job, [new_address()], [60 * USD], 5 * USD)])
+    job = b.fund(b.fresh_consumer, 100 * USD)
+    settle_rows.append(["new provider, consumer with nothing owed",
+                        b.settle_one(job, [new_address()], [60 * USD], 5 * USD)])
+    job = b.fund(b.consumer, 100 * USD)
+    settle_rows.append(["3 repeat providers, consumer credited before",
+                        b.settle_one(job, p, [20 * USD] * 3, 5 * USD)])
+    job = b.fund(b.consumer, 100 * USD)
+    settle_rows.append(["budget spent exactly (no remainder), repeat provider",
+                        b.settle_one(job, [p[0]], [95 * USD], 5 * USD)])
+    for row in settle_rows:
+        row.append(TARGETS["settle"])
+
+    batch_rows = []
+    for size in sizes:
+        for case in ("repeat", "distinct"):
+            settlements = []
+            for i in range(size):
+                job = b.fund(b.consumer, 100 * USD)
+                provider = p[i % 3] if case == "repeat" else new_address()
+                settlements.append((job, [provider], [60 * USD], 5 * USD))
+            gas = b.settle_batch(settlements)
+            target = TARGETS[case] if size >= 50 else ""
+            label = "repeat providers (3 reused)" if case == "repeat" else "distinct new providers"
+            batch_rows.append([label, size, gas, round(gas / size), target])
+    return fund_rows, settle_rows, batch_rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1,10,50,100", help="settleBatch sizes (comma-separated)")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+
+    compiler = load_artifact("JobEscrow")["compiler"]
+    print(f"machine: {machine()}")
+    print(f"git {git_revision()}; solc {compiler['solc']}, evmVersion {compiler['evmVersion']}, "
+          f"optimizer runs {compiler['optimizer']['runs']}; py-evm via eth-tester")
+    fund_rows, settle_rows, batch_rows = measure(sizes)
+    print()
+    print(table(["fund", "gas", "target"], fund_rows))
+    print()
+    print(table(["single settle (1 provider unless said)", "gas", "target"], settle_rows))
+    print()
+    print(table(["settleBatch", "jobs", "gas", "gas per job", "target per job"], batch_rows))
+
+    failed = [r[0] for r in fund_rows + settle_rows if r[1] > r[2]]
+    failed += [f"{r[0]} × {r[1]}" for r in batch_rows if r[4] != "" and r[3] > r[4]]
+    print()
+    print("all targets met" if not failed else "targets missed: " + "; ".join(failed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
