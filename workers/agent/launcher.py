@@ -21,7 +21,18 @@ def free_port() -> int:
 
 
 def command(*, spec_path: Path, nnodes: int, node_rank: int, nproc_per_node: int,
-            master_addr: str, master_port: int) -> list[str]:
+            master_addr: str, master_port: int, standalone: bool = False) -> list[str]:
+    if standalone:
+        # DiLoCo: this node's ranks form their own group (DDP inside the node); the nodes
+        # meet only in the outer synchronisation, at master_addr:master_port, which the
+        # runtime joins itself. A rank that fails restarts and joins again at the next
+        # outer step, except on node rank 0, which hosts that exchange.
+        return [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+            "--nproc-per-node", str(nproc_per_node),
+            "--max-restarts", "0" if node_rank == 0 else "1",
+            "-m", "workers.training.run", str(spec_path),
+        ]
     return [
         sys.executable, "-m", "torch.distributed.run",
         "--nnodes", str(nnodes), "--node-rank", str(node_rank),

@@ -65,17 +65,25 @@ class AssignmentRun:
                 rdzv = {"host": self.agent.advertise_addr, "port": launcher.free_port()}
             else:
                 rdzv = s["rdzv"]
-            spec_path = self.dir / "spec.json"
-            spec_path.write_text(json.dumps({
+            sync = s.get("sync") or {"mode": "ddp"}
+            # DiLoCo: rank 0's advertised address is where its leader hosts the outer
+            # synchronisation; each node trains in a process group of its own.
+            diloco = sync.get("mode") == "diloco" and s["nnodes"] > 1
+            spec = {
                 "template": s["template"], "params": s["params"], "dataset": dataset,
                 "workdir": str(self.dir), "backend": s.get("backend", "gloo"),
                 "resume_from": str(self.dir / "resume.pt") if s.get("resume_checkpoint_url") else None,
                 "pg_timeout_s": s.get("pg_timeout_s", 60),
-            }))
+                "sync": sync, "nnodes": s["nnodes"], "node_rank": s["node_rank"],
+            }
+            if diloco:
+                spec.update(outer=rdzv, member=str(self.id), peer_timeout_s=s.get("peer_timeout_s", 15))
+            spec_path = self.dir / "spec.json"
+            spec_path.write_text(json.dumps(spec))
             await self.agent.send_data(self.id, "assignment.accepted", rdzv=rdzv)
             cmd = launcher.command(spec_path=spec_path, nnodes=s["nnodes"], node_rank=s["node_rank"],
                                    nproc_per_node=s["nproc_per_node"], master_addr=rdzv["host"],
-                                   master_port=int(rdzv["port"]))
+                                   master_port=int(rdzv["port"]), standalone=diloco)
             threads = max(1, self.agent.cpu_threads // max(1, s["nproc_per_node"]))
             self.process = await launcher.start(cmd, launcher.environment(threads=threads), self.dir)
             await self._watch()

@@ -75,3 +75,14 @@ def evaluate(template: str, model: nn.Module, data: Splits, device) -> tuple[str
         true = y * data.target_scale + data.target_offset
         return "mape", float((100 * ((pred - true).abs() / true.abs().clamp_min(1e-6))).mean())
     return "accuracy", float((out.argmax(dim=1) == y).float().mean())
+
+
+@torch.no_grad()
+def eval_loss(model: nn.Module, loss_fn: nn.Module, data: Splits, device) -> float:
+    """The training loss on the held-out split (benchmarks compare runs by it)."""
+    model.eval()
+    x, y = data.x_test.to(device), data.y_test.to(device)
+    total = sum(float(loss_fn(model(x[i:i + 1024]), y[i:i + 1024])) * len(x[i:i + 1024])
+                for i in range(0, len(x), 1024))
+    model.train()
+    return total / max(1, len(x))

@@ -3,9 +3,16 @@
     python -m workers.training.run SPEC.json
 
 SPEC.json (written by the agent): template, params, dataset, workdir, backend, resume_from,
-pg_timeout_s. Rank 0 writes progress, checkpoint and result events to workdir/events.jsonl.
+pg_timeout_s, and for multi-node jobs sync, nnodes, node_rank and (DiLoCo) outer, member,
+peer_timeout_s. Rank 0 writes progress, checkpoint and result events to workdir/events.jsonl.
 Randomness is a function of (seed, rank, step), so a run resumed from a checkpoint, or
 replayed by a verifier, follows exactly the same path.
+
+Two ways to synchronise several nodes (the job's `sync`):
+- ddp: one process group over every rank of every node; gradients all-reduced each step.
+- diloco: each node runs its own process group (DDP among its ranks, launched standalone);
+  every H steps the node leaders exchange pseudo-gradients through `outer.py`, and every
+  rank continues from the new global model. See docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -23,10 +30,14 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data.distributed import DistributedSampler
 
-from . import checkpoint, data, nets
+from . import checkpoint, data, diloco, nets, outer
 from .events import EventWriter
 
 REPORTS_PER_RUN = 400  # progress points per run, at most (plus one per checkpoint)
+# DiLoCo: a node's leader may wait this long on the other nodes (a whole round of the
+# slowest, or the start of a replacement), so its own ranks wait as long for it.
+OUTER_WAIT_S = 900
+STARTUP_TIMEOUT_S = 120  # the host waits this long for the other leaders before step 1
 
 
 def _step_seed(seed: int, rank: int, step: int) -> int:
@@ -46,9 +57,125 @@ def _batches(sampler: DistributedSampler, batch_size: int) -> list[list[int]]:
     return [indices[i:i + batch_size] for i in range(0, len(indices) - batch_size + 1, batch_size)]
 
 
+class DiLoCoNode:
+    """This node's part of DiLoCo. Its leader (local rank 0) keeps the global parameters
+    and the outer optimizer and talks to the other nodes (node rank 0's leader hosts the
+    exchange); then every rank of the node continues from the new global model, handed
+    over by a broadcast inside the node."""
+
+    def __init__(self, *, spec: dict, sync: diloco.SyncConfig, model: torch.nn.Module, leader: bool,
+                 node_rank: int, nnodes: int, start_step: int, outer_state: dict | None, log):
+        self.sync, self.model, self.leader = sync, model, leader
+        self.node_rank, self.nnodes, self.log = node_rank, nnodes, log
+        self.params = list(model.parameters())
+        self.shapes = [p.shape for p in self.params]
+        self.global_params: list[torch.Tensor] = []
+        self.opt = diloco.OuterNesterov(sync.outer_lr, sync.outer_momentum)
+        self.opt.load_state_dict(outer_state)
+        self.link: outer.OuterHost | outer.OuterMember | None = None
+        if not leader:
+            return
+        self.global_params = [p.detach().cpu().float().clone() for p in self.params]
+        address = spec["outer"]
+        if node_rank == 0:
+            self.link = outer.OuterHost(port=int(address["port"]), precision=sync.precision,
+                                        shapes=self.shapes, log=log,
+                                        peer_timeout_s=float(spec.get("peer_timeout_s", 15)))
+        else:
+            self.link = outer.OuterMember(host=address["host"], port=int(address["port"]),
+                                          precision=sync.precision, shapes=self.shapes,
+                                          node_rank=node_rank, member=str(spec.get("member", "")),
+                                          digest=self.digest(), step=start_step)
+
+    @property
+    def sent(self) -> int:
+        return self.link.sent if self.link is not None else 0
+
+    def digest(self) -> str:
+        digest = hashlib.sha256()
+        for tensor in self.global_params:
+            digest.update(tensor.contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    def _state(self) -> tuple[dict, bytes]:
+        tensors = self.global_params + (self.opt.buffers or [])
+        return {"momentum": self.opt.buffers is not None}, diloco.encode(tensors, "fp32")
+
+    @torch.no_grad()
+    def _publish(self) -> None:
+        """Every rank of the node takes the leader's global parameters."""
+        for param, value in zip(self.params, self.global_params or self.params, strict=True):
+            if self.leader:
+                param.copy_(value.to(param.device))
+            dist.broadcast(param.data, src=0)
+
+    def start(self, step: int) -> int | None:
+        """Join the other nodes. Returns the step to train from, or None when the job ended
+        before this node could join."""
+        status = torch.tensor([step, 0], dtype=torch.long)
+        if isinstance(self.link, outer.OuterHost):
+            self.link.wait_for_joiners(self.nnodes - 1, STARTUP_TIMEOUT_S)
+            self.link.admit(round_=step, step=step, digest=self.digest(), state=self._state)
+        elif isinstance(self.link, outer.OuterMember):
+            admitted = self.link.join()
+            if admitted is None:
+                status[1] = 1
+            else:
+                if admitted["params"] is not None:
+                    self.global_params = admitted["params"]
+                    self.opt.load_state_dict({"buffers": admitted["momentum"]})
+                status[0] = admitted["step"]
+                self.log(f"outer: node rank {self.node_rank} joined at step {admitted['step']}")
+        if status.device.type != self.params[0].device.type:
+            status = status.to(self.params[0].device)
+        dist.broadcast(status, src=0)
+        if int(status[1]):
+            return None
+        self._publish()
+        return int(status[0])
+
+    def outer_step(self, step: int, *, final: bool) -> dict | None:
+        """Average the nodes' pseudo-gradients Δ = θ_global − θ_local and apply the outer
+        Nesterov step; every rank continues from the new global parameters."""
+        header = None
+        if self.leader:
+            local = [p.detach().cpu().float() for p in self.params]
+            pseudo = [g - x for g, x in zip(self.global_params, local, strict=True)]
+            average, header = self.link.exchange(step, diloco.encode(pseudo, self.sync.precision),
+                                                 final=final)
+            self.opt.step(self.global_params, average)
+            if isinstance(self.link, outer.OuterHost):
+                self.link.admit(round_=step, step=step, digest=self.digest(), state=self._state,
+                                finished=final)
+                if final:
+                    self.link.finish(step)
+        self._publish()
+        return header
+
+    def close(self) -> None:
+        if self.link is not None:
+            self.link.close()
+
+
+def _emit_log(message: str) -> None:
+    print(message, flush=True)
+
+
 def main(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    sync = diloco.SyncConfig.from_spec(spec.get("sync"))
+    nnodes, node_rank = int(spec.get("nnodes", 1)), int(spec.get("node_rank", 0))
+    # DiLoCo across nodes: this process group is the node's own (torchrun --standalone);
+    # the data shard and the randomness still follow the rank across the whole job.
+    hierarchical = sync.mode == "diloco" and nnodes > 1 and bool(spec.get("outer"))
+    local_group_rank, group_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if hierarchical:
+        nproc = group_size
+        rank, world = node_rank * nproc + local_group_rank, nnodes * nproc
+    else:
+        rank, world = local_group_rank, group_size
+        nproc = int(os.environ.get("LOCAL_WORLD_SIZE") or max(1, group_size // nnodes))
+    leader = local_group_rank == 0
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     backend = spec.get("backend", "gloo")
@@ -56,11 +183,16 @@ def main(spec_path: str) -> int:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     # Survivors of a dead peer fail after this instead of gloo's default 30 minutes.
-    dist.init_process_group(backend, timeout=timedelta(seconds=spec.get("pg_timeout_s", 60)))
+    pg_timeout = spec.get("pg_timeout_s", 60)
+    dist.init_process_group(backend, timeout=timedelta(seconds=max(pg_timeout, OUTER_WAIT_S)
+                                                       if hierarchical else pg_timeout))
 
     workdir = Path(spec["workdir"])
     ckpt_dir = workdir / "checkpoints"
     events = EventWriter(workdir / "events.jsonl" if rank == 0 else None)
+    # Every node's leader records its outer rounds (the agent forwards only rank 0's progress).
+    node_events = events if rank == 0 else EventWriter(
+        workdir / "events.jsonl" if hierarchical and leader else None)
     template, params = spec["template"], spec["params"]
     seed = int(params.get("seed", 0))
     torch.manual_seed(seed)
@@ -88,6 +220,7 @@ def main(spec_path: str) -> int:
     # the one the platform handed over (it is newer).
     resume = checkpoint.latest(ckpt_dir) or (Path(spec["resume_from"]) if spec.get("resume_from") else None)
     start_step = 0
+    outer_state = None
     if resume is not None:
         state = checkpoint.load(resume)
         model.load_state_dict(state["model"])
@@ -96,11 +229,50 @@ def main(spec_path: str) -> int:
         for group in optimizer.param_groups:
             group["lr"] = float(params["learning_rate"])
         start_step = int(state["step"])
+        outer_state = state.get("outer")
+
+    node = None
+    if hierarchical:
+        node = DiLoCoNode(spec=spec, sync=sync, model=model, leader=leader, node_rank=node_rank,
+                          nnodes=nnodes, start_step=start_step, outer_state=outer_state, log=_emit_log)
+        joined_at = node.start(start_step)
+        if joined_at is None:  # the others finished before this node could join
+            _emit_log(f"outer: the job finished before node rank {node_rank} could join")
+            node.close()
+            node_events.close()
+            dist.barrier()
+            dist.destroy_process_group()
+            return 0
+        start_step = joined_at
     ddp = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
     events.emit("started", step=start_step, total_steps=total_steps, world_size=world,
-                resumed_from=str(resume) if resume else None, steps_per_epoch=steps_per_epoch)
+                resumed_from=str(resume) if resume else None, steps_per_epoch=steps_per_epoch,
+                sync=sync.as_dict() if hierarchical else {"mode": "ddp"})
+
+    # Bytes this node sends to the other nodes in this attempt, and what DDP would send
+    # for the same steps (the fp32 gradients' ring all-reduce, one hop out of each node).
+    param_bytes = 4 * sum(p.numel() for p in model.parameters())
+    ddp_step_bytes = diloco.ddp_node_bytes_per_step(param_bytes, nnodes=nnodes, nproc_per_node=nproc)
+
+    def comm(step_now: int) -> dict:
+        if nnodes <= 1:
+            return {}
+        ddp_bytes = (step_now - start_step) * ddp_step_bytes
+        return {"comm_bytes": node.sent if node else ddp_bytes, "comm_bytes_ddp": ddp_bytes}
+
+    eval_every = int(spec.get("eval_every") or 0)  # benchmarks: held-out loss along the way
+    eval_seconds = 0.0
+
+    def trace_eval(step_now: int) -> None:
+        nonlocal eval_seconds
+        began = time.perf_counter()
+        value = nets.eval_loss(model, loss_fn, splits, device)
+        eval_seconds += time.perf_counter() - began
+        events.emit("eval", step=step_now, loss=value, eval_s=eval_seconds, **comm(step_now))
 
     every = int(params.get("checkpoint_every", 50))
+    inner = sync.inner_steps
+    last_checkpoint = start_step
     # Reporting all-reduces the loss, so every rank must decide it the same way: by step
     # number, never by its own clock (a mismatch hangs or corrupts the collectives).
     report_every = max(1, total_steps // REPORTS_PER_RUN)
@@ -118,26 +290,52 @@ def main(spec_path: str) -> int:
             optimizer.step()
             step += 1
             window_steps += 1
+            boundary = node is not None and (step % inner == 0 or step == total_steps)
+            if boundary:
+                header = node.outer_step(step, final=step == total_steps)
+                if leader:
+                    digest = param_digest(model)
+                    sent = comm(step)
+                    _emit_log(f"outer round {-(-step // inner)} step {step}: nodes "
+                              f"{','.join(header['contributors'])} · global sha256 {digest} · "
+                              f"sent {sent.get('comm_bytes', 0)} B (DDP {sent.get('comm_bytes_ddp', 0)} B)")
+                    node_events.emit("outer", step=step, round=-(-step // inner), sha256=digest,
+                                     contributors=header["contributors"], **sent)
+                if eval_every and rank == 0:
+                    trace_eval(step)
+            elif node is None and eval_every and rank == 0 and step % eval_every == 0:
+                trace_eval(step)
             now = time.perf_counter()
-            checkpoint_due = step % every == 0 or step == total_steps
+            if node is None:
+                checkpoint_due = step % every == 0 or step == total_steps
+            else:  # only the global model after an outer step is worth keeping
+                checkpoint_due = boundary and (step // every > last_checkpoint // every
+                                               or step == total_steps)
             if step % report_every == 0 or checkpoint_due:
                 mean_loss = loss.detach().clone()
                 dist.all_reduce(mean_loss, op=dist.ReduceOp.AVG if backend == "nccl" else dist.ReduceOp.SUM)
                 if backend != "nccl":
-                    mean_loss /= world
+                    mean_loss /= group_size
                 elapsed = max(now - window_start, 1e-9)
                 events.emit("progress", step=step, total_steps=total_steps, epoch=epoch,
-                            loss=float(mean_loss), samples_per_sec=window_steps * batch * world / elapsed)
+                            loss=float(mean_loss), samples_per_sec=window_steps * batch * world / elapsed,
+                            **comm(step))
                 window_start, window_steps = now, 0
             if checkpoint_due and rank == 0:
+                meta = {"template": template, "epoch": epoch}
+                if node is not None:
+                    meta.update(outer=node.opt.state_dict(), sync=sync.as_dict())
                 path, sha = checkpoint.save(ckpt_dir, step=step, model=model, optimizer=optimizer,
-                                            meta={"template": template, "epoch": epoch})
+                                            meta=meta)
+                last_checkpoint = step
                 events.emit("checkpoint", step=step, path=str(path), sha256=sha,
                             bytes=path.stat().st_size)
             if step >= total_steps:
                 break
 
-    digests: list[str | None] = [None] * world
+    if node is not None:
+        node.close()
+    digests: list[str | None] = [None] * group_size
     dist.all_gather_object(digests, param_digest(model))
     if rank == 0:
         metric, value = nets.evaluate(template, model, splits, device)
@@ -146,8 +344,10 @@ def main(spec_path: str) -> int:
                     "metric": {metric: value}}, artifact)
         events.emit("finished", step=step, total_steps=total_steps, metric=metric, value=value,
                     artifact=str(artifact), sha256=checkpoint.sha256_file(artifact),
-                    param_digests=digests)
+                    param_digests=digests, **comm(step))
     events.close()
+    if node_events is not events:
+        node_events.close()
     dist.barrier()
     dist.destroy_process_group()
     return 0
