@@ -4,9 +4,11 @@ import asyncio
 import json
 import logging
 import time
+import weakref
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 
 from ..errors import NotFound
 from ..services import execution
@@ -18,7 +20,7 @@ MAX_MESSAGE_BYTES = 1_048_576
 # busy job may send). Beyond it a message is refused unacknowledged, so the agent resends
 # it later, in order; nothing is lost.
 RATE_BURST, RATE_PER_S = 300.0, 150.0
-DRAIN_BATCH = 200
+DRAIN_BATCH = 500
 
 
 def _token(scope) -> str | None:
@@ -60,13 +62,16 @@ class AgentConsumer(AsyncWebsocketConsumer):
             return
         self.group = execution.node_group(self.node.pk)
         await self.channel_layer.group_add(self.group, self.channel_name)
+        self.ingest = _ingest()
+        self.ingest.attach()
         await self.accept()
 
     async def disconnect(self, code):
         # Presence is judged by heartbeats (the watchdog), not by one dropped socket.
-        # Unacknowledged queued messages are simply resent by the agent after it reconnects.
-        if getattr(self, "_drainer", None) is not None:
-            self._drainer.cancel()
+        # Queued messages are still applied; unacknowledged ones are resent after a reconnect.
+        if getattr(self, "ingest", None) is not None:
+            self.ingest.detach()
+            self.ingest = None
         if self.node is not None:
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
@@ -96,40 +101,82 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 await self._error("rate_limited", "too many messages for this assignment; resend later",
                                   ref)
                 return
-            await self._queue().put(message)
+            self.ingest.put(self, message)
             return
         for item in out:
             await self.send(json.dumps(item))
 
-    def _queue(self) -> asyncio.Queue:
-        """Data messages are applied by one drainer, as many as have queued up at a time,
-        in one transaction: a busy job's progress never waits behind one commit each."""
-        if getattr(self, "_data", None) is None:
-            self._data = asyncio.Queue()
-            self._drainer = asyncio.create_task(self._drain())
-        return self._data
-
-    async def _drain(self):
-        while True:
-            batch = [await self._data.get()]
-            while not self._data.empty() and len(batch) < DRAIN_BATCH:
-                batch.append(self._data.get_nowait())
-            try:
-                # Off the shared sync thread: one busy socket must not queue the others.
-                results = await database_sync_to_async(execution.agent_data_batch, thread_sensitive=False)(
-                    node=self.node, messages=batch)
-            except Exception:  # a bug must not stop the socket: nothing was applied or acked
-                log.exception("agent %s: applying %d messages failed", self.node.pk, len(batch))
-                for message in batch:
-                    await self._error("internal", "not applied; resend later", message.get("id"))
-                continue
-            for message, error in zip(batch, results, strict=True):
-                if error is None:
-                    await self.send(json.dumps({"type": "ack", "ack": message.get("id")}))
-                else:
-                    log.info("agent %s: %s", self.node.pk, error.message)
-                    await self._error(error.code, error.message, message.get("id"))
-
     async def agent_forward(self, event):
         """A message for this node's agent from a task or service (after its commit)."""
         await self.send(json.dumps(event["message"]))
+
+
+class Ingest:
+    """The data messages of all agent sockets in this process go through one queue. One
+    drainer applies whatever has queued up while the previous batch was being written, across
+    sockets, in one transaction (group commit): at a thousand progress messages a second from
+    fifty jobs that is a few dozen commits a second instead of a thousand, and no extra delay
+    when traffic is light. Each assignment's messages stay in order. The drainer lives while
+    sockets are attached, and finishes what they queued before it stops."""
+
+    def __init__(self):
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.sockets = 0
+        self.task = asyncio.create_task(self._drain())
+
+    def attach(self) -> None:
+        self.sockets += 1
+
+    def detach(self) -> None:
+        self.sockets -= 1
+        if self.sockets <= 0:
+            self.queue.put_nowait(None)  # stop once everything queued so far is applied
+
+    def put(self, consumer: "AgentConsumer", message: dict) -> None:
+        self.queue.put_nowait((consumer, message))
+
+    async def _drain(self):
+        while True:
+            batch = [await self.queue.get()]
+            while not self.queue.empty() and len(batch) < DRAIN_BATCH:
+                batch.append(self.queue.get_nowait())
+            stop = None in batch
+            batch = [item for item in batch if item is not None]
+            if batch:
+                await self._apply(batch)
+            if stop and self.sockets <= 0 and self.queue.empty():
+                _ingests.pop(asyncio.get_running_loop(), None)
+                return
+
+    async def _apply(self, batch: list) -> None:
+        outbox: list = []
+        try:
+            # Off the shared sync thread: handshakes and heartbeats must not wait on it.
+            results = await database_sync_to_async(execution.agent_data_batch, thread_sensitive=False)(
+                items=[(c.node, m) for c, m in batch], outbox=outbox)
+        except Exception:  # a bug must not stop ingestion: nothing was applied or acked
+            log.exception("applying %d agent messages failed", len(batch))
+            results = [execution.AgentMessageError("not applied; resend later", code="internal")] * len(batch)
+        for (consumer, message), error in zip(batch, results, strict=True):
+            try:
+                if error is None:
+                    await consumer.send(json.dumps({"type": "ack", "ack": message.get("id")}))
+                else:
+                    if error.code != "internal":
+                        log.info("agent %s: %s", consumer.node.pk, error.message)
+                    await consumer._error(error.code, error.message, message.get("id"))
+            except Exception:  # that socket has gone; the agent resends what it missed
+                log.debug("agent %s: reply not sent", consumer.node.pk, exc_info=True)
+        layer = get_channel_layer()
+        for group, event in outbox:
+            await layer.group_send(group, event)
+
+
+_ingests: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Ingest]" = weakref.WeakKeyDictionary()
+
+
+def _ingest() -> Ingest:
+    loop = asyncio.get_running_loop()
+    if loop not in _ingests:
+        _ingests[loop] = Ingest()
+    return _ingests[loop]

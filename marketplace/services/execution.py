@@ -189,27 +189,38 @@ DATA_TYPES = {"assignment.accepted", "assignment.rejected", "progress", "log", "
               "assignment.finished"}
 
 
-def agent_data(*, node: Node, message: dict) -> str:
-    """Apply one numbered message about an assignment of this node, exactly once.
-    Returns "applied" or "duplicate"; raises AgentMessageError (not acked)."""
+def _parse(message: dict) -> tuple[str, int, int]:
     kind = message.get("type")
     if kind not in DATA_TYPES:
         raise AgentMessageError(f"unknown message type {str(kind)[:40]!r}", code="unknown_type")
     try:
-        assignment_id, seq = int(message["assignment"]), int(message["seq"])
+        return kind, int(message["assignment"]), int(message["seq"])
     except (KeyError, TypeError, ValueError):
         raise AgentMessageError("data messages need integer 'assignment' and 'seq'",
                                 code="malformed") from None
+
+
+def _check_seq(assignment: Assignment | None, node: Node, seq: int) -> bool:
+    """True to apply, False for a duplicate (acked again, not applied); raises otherwise."""
+    if assignment is None or assignment.node_id != node.pk:
+        raise AgentMessageError("that assignment is not yours", code="not_yours")
+    if seq <= assignment.last_seq:
+        return False
+    if seq != assignment.last_seq + 1:
+        raise AgentMessageError(f"out of order: expected seq {assignment.last_seq + 1}",
+                                code="out_of_order")
+    return True
+
+
+def agent_data(*, node: Node, message: dict) -> str:
+    """Apply one numbered message about an assignment of this node, exactly once.
+    Returns "applied" or "duplicate"; raises AgentMessageError (not acked)."""
+    kind, assignment_id, seq = _parse(message)
     with transaction.atomic():
         assignment = (Assignment.objects.select_for_update().select_related("job")
                       .filter(pk=assignment_id).first())
-        if assignment is None or assignment.node_id != node.pk:
-            raise AgentMessageError("that assignment is not yours", code="not_yours")
-        if seq <= assignment.last_seq:
+        if not _check_seq(assignment, node, seq):
             return "duplicate"
-        if seq != assignment.last_seq + 1:
-            raise AgentMessageError(f"out of order: expected seq {assignment.last_seq + 1}",
-                                    code="out_of_order")
         assignment.last_seq = seq
         assignment.save(update_fields=["last_seq"])
         if assignment.status in Assignment.ACTIVE:
@@ -217,18 +228,58 @@ def agent_data(*, node: Node, message: dict) -> str:
     return "applied"
 
 
-def agent_data_batch(*, node: Node, messages: list[dict]) -> list[AgentMessageError | None]:
-    """Apply queued messages in one transaction (each in its own savepoint, so a refused
-    one undoes only itself), with their broadcasts merged: how the agent socket keeps up
-    with a hundred progress messages a second."""
-    results: list[AgentMessageError | None] = []
-    with live.coalesced(), transaction.atomic():
-        for message in messages:
+def agent_data_batch(*, items: list[tuple[Node, dict]],
+                     outbox: list | None = None) -> list[AgentMessageError | None]:
+    """Apply the messages queued on this process's agent sockets in one transaction (group
+    commit), in arrival order; each assignment's messages stay in sequence. Progress, nearly
+    all of the traffic, is stored in bulk: a handful of queries per batch however many jobs
+    it holds. Any other message runs in a savepoint of its own, so a refused one undoes only
+    itself. Broadcasts are merged, and gathered in `outbox` when given (the caller sends
+    them from its event loop)."""
+    results: list[AgentMessageError | None] = [None] * len(items)
+    parsed = []
+    for i, (node, message) in enumerate(items):
+        try:
+            parsed.append((i, node, message, *_parse(message)))
+        except AgentMessageError as exc:
+            results[i] = exc
+    with live.coalesced(outbox), transaction.atomic():
+        # Locked in id order, as every batch does: two processes' batches cannot deadlock.
+        locked = {a.pk: a for a in Assignment.objects.select_for_update(of=("self",)).select_related(
+            "job").filter(pk__in={p[4] for p in parsed}).order_by("pk")}
+        progress: list[tuple[Assignment, dict]] = []
+        numbered: dict[int, Assignment] = {}
+        for i, node, message, kind, assignment_id, seq in parsed:
+            a = locked.get(assignment_id)
             try:
-                agent_data(node=node, message=message)
-                results.append(None)
+                if not _check_seq(a, node, seq):
+                    continue
             except AgentMessageError as exc:
-                results.append(exc)
+                results[i] = exc
+                continue
+            if kind == "progress":
+                a.last_seq, numbered[a.pk] = seq, a
+                if a.status in Assignment.ACTIVE:
+                    progress.append((a, message))
+                continue
+            _store_progress(progress)  # what came before this message, first
+            progress = []
+            try:
+                with transaction.atomic():
+                    Assignment.objects.filter(pk=a.pk).update(last_seq=seq)
+                    if a.status in Assignment.ACTIVE:
+                        HANDLERS[kind](a, message)
+            except AgentMessageError as exc:
+                results[i] = exc
+                continue
+            a.last_seq = seq
+            numbered.pop(a.pk, None)
+            # A handler may end any assignment of the job (or of others): see it as it is now.
+            for pk, status in Assignment.objects.filter(pk__in=locked).values_list("pk", "status"):
+                locked[pk].status = status
+        _store_progress(progress)
+        if numbered:
+            Assignment.objects.bulk_update(numbered.values(), ["last_seq"])
     return results
 
 
@@ -264,32 +315,58 @@ def _ts(value: Any) -> datetime:
         return timezone.now()
 
 
-def _on_progress(a: Assignment, m: dict) -> None:
-    items = [i for i in (m.get("items") or []) if isinstance(i, dict)][:1000]
-    if not items:
+def _store_progress(batch: list[tuple[Assignment, dict]]) -> None:
+    """Persist progress messages in bulk (one insert, one update of the jobs), then queue
+    one metrics broadcast per job and a throttled snapshot."""
+    if not batch:
         return
-    job = Job.objects.select_for_update().get(pk=a.job_id)
-    points = []
-    for item in items:
-        job.metric_seq += 1
-        points.append(MetricPoint(
-            job=job, assignment=a, seq=job.metric_seq, step=int(item.get("step", 0)),
-            total_steps=int(item.get("total_steps", 0)), epoch=int(item.get("epoch", 0)),
-            loss=_float(item.get("loss")), samples_per_sec=_float(item.get("samples_per_sec")),
-            at=_ts(item.get("at"))))
-    MetricPoint.objects.bulk_create(points)
-    live.broadcast(job.pk, {"type": "metrics", "points": [live.point(p) for p in points]})
-    last = points[-1]
-    job.current_step, job.total_steps = last.step, last.total_steps
-    if last.loss is not None:
-        job.last_loss = last.loss
-    if last.samples_per_sec is not None:
-        job.samples_per_sec = last.samples_per_sec
-    job.save(update_fields=["metric_seq", "current_step", "total_steps", "last_loss",
-                            "samples_per_sec", "updated_at"])
-    if a.status == A.ACCEPTED:
-        Assignment.objects.filter(pk=a.pk, status=A.ACCEPTED).update(status=A.RUNNING)
-    live.job_changed(job.pk, throttle=True)
+    now = timezone.now()
+    jobs = {j.pk: j for j in Job.objects.select_for_update(of=("self",)).filter(
+        pk__in={a.job_id for a, _ in batch}).order_by("pk")}
+    points: dict[int, list[MetricPoint]] = {}
+    started = set()
+    for a, m in batch:
+        job = jobs[a.job_id]
+        for item in [i for i in (m.get("items") or []) if isinstance(i, dict)][:1000]:
+            job.metric_seq += 1
+            points.setdefault(job.pk, []).append(MetricPoint(
+                job=job, assignment=a, seq=job.metric_seq, step=_int(item.get("step")),
+                total_steps=_int(item.get("total_steps")), epoch=_int(item.get("epoch")),
+                loss=_float(item.get("loss")), samples_per_sec=_float(item.get("samples_per_sec")),
+                comm_bytes=_int(item.get("comm_bytes"), None),
+                comm_bytes_ddp=_int(item.get("comm_bytes_ddp"), None), at=_ts(item.get("at"))))
+        if a.status == A.ACCEPTED:
+            started.add(a.pk)
+            a.status = A.RUNNING
+    if not points:
+        return
+    MetricPoint.objects.bulk_create([p for ps in points.values() for p in ps])
+    for job_id, ps in points.items():
+        job, last = jobs[job_id], ps[-1]
+        job.current_step, job.total_steps, job.updated_at = last.step, last.total_steps, now
+        for field in ("loss", "samples_per_sec", "comm_bytes", "comm_bytes_ddp"):
+            value = getattr(last, field)
+            if value is not None:
+                setattr(job, "last_loss" if field == "loss" else field, value)
+        live.broadcast(job_id, {"type": "metrics", "points": [live.point(p) for p in ps]})
+        live.job_changed(job_id, throttle=True)
+    Job.objects.bulk_update([jobs[j] for j in points], [
+        "metric_seq", "current_step", "total_steps", "last_loss", "samples_per_sec", "comm_bytes",
+        "comm_bytes_ddp", "updated_at"])
+    if started:
+        Assignment.objects.filter(pk__in=started, status=A.ACCEPTED).update(status=A.RUNNING)
+
+
+def _on_progress(a: Assignment, m: dict) -> None:
+    _store_progress([(a, m)])
+
+
+def _int(value: Any, default: int | None = 0) -> int | None:
+    try:
+        out = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return default
+    return out if 0 <= out < 2**62 else default
 
 
 def _float(value: Any) -> float | None:

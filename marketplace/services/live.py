@@ -3,6 +3,7 @@ data is committed (persist first, broadcast second). Group messages may be lost;
 resync from the database by sequence number, so a lost one is only late."""
 
 import threading
+import time
 from collections import defaultdict
 from contextlib import contextmanager
 from datetime import datetime
@@ -10,8 +11,8 @@ from decimal import Decimal
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.core.cache import cache
 from django.db import transaction
+from django.db.models import Prefetch
 from django.utils import timezone
 
 from ..models import Assignment, Job, LogLine, MetricPoint
@@ -27,11 +28,24 @@ def job_group(job_id: int) -> str:
 _batch = threading.local()
 
 
+def _deliver(group: str, event: dict) -> None:
+    """Send to a group now, or add it to the active outbox (sent by the caller's loop)."""
+    outbox = getattr(_batch, "outbox", None)
+    if outbox is not None:
+        outbox.append((group, event))
+        return
+    layer = get_channel_layer()
+    if layer is not None:
+        async_to_sync(layer.group_send)(group, event)
+
+
 @contextmanager
-def coalesced():
+def coalesced(outbox: list | None = None):
     """While active (in this thread), broadcasts are gathered and sent once at the end: one
     metrics message and one logs message per job, one snapshot per job. Nothing is sent if
-    the block fails (its transaction rolled back)."""
+    the block fails (its transaction rolled back). With `outbox`, the (group, event) pairs
+    are appended to it instead of sent: an async caller sends them without a round trip
+    through a thread for each."""
     _batch.messages, _batch.changed, _batch.throttled = defaultdict(list), set(), set()
     try:
         yield
@@ -40,17 +54,20 @@ def coalesced():
         raise
     messages, changed, throttled = _batch.messages, _batch.changed, _batch.throttled
     _batch.messages = _batch.changed = _batch.throttled = None
-    layer = get_channel_layer()
-    for job_id, items in messages.items():
-        for kind, key in (("metrics", "points"), ("logs", "lines")):
-            merged = [x for m in items if m["type"] == kind for x in m[key]]
-            if merged and layer is not None:
-                async_to_sync(layer.group_send)(job_group(job_id), {
-                    "type": "job.update", "message": {"type": kind, key: merged}})
-    for job_id in changed:
-        job_changed(job_id)
-    for job_id in throttled - changed:
-        job_changed(job_id, throttle=True)
+    _batch.outbox = outbox
+    try:
+        for job_id, items in messages.items():
+            for kind, key in (("metrics", "points"), ("logs", "lines")):
+                merged = [x for m in items if m["type"] == kind for x in m[key]]
+                if merged:
+                    _deliver(job_group(job_id),
+                             {"type": "job.update", "message": {"type": kind, key: merged}})
+        for job_id in changed:
+            job_changed(job_id)
+        for job_id in throttled - changed:
+            job_changed(job_id, throttle=True)
+    finally:
+        _batch.outbox = None
 
 
 def _gathering() -> bool:
@@ -61,12 +78,7 @@ def broadcast(job_id: int, message: dict) -> None:
     if _gathering():
         _batch.messages[job_id].append(message)
         return
-
-    def send():
-        layer = get_channel_layer()
-        if layer is not None:
-            async_to_sync(layer.group_send)(job_group(job_id), {"type": "job.update", "message": message})
-    transaction.on_commit(send)
+    transaction.on_commit(lambda: _deliver(job_group(job_id), {"type": "job.update", "message": message}))
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -113,21 +125,39 @@ def job_snapshot(job: Job) -> dict:
     }
 
 
+_last_snapshot: dict[int, float] = {}
+SNAPSHOT_EVERY_S = 1.0
+
+
+def _snapshot_due(job_id: int) -> bool:
+    """At most one progress snapshot a second per job from this process (a dict, not a
+    Redis round trip: this runs for every batch of progress)."""
+    now = time.monotonic()
+    if now - _last_snapshot.get(job_id, -SNAPSHOT_EVERY_S) < SNAPSHOT_EVERY_S:
+        return False
+    if len(_last_snapshot) > 10_000:
+        _last_snapshot.clear()
+    _last_snapshot[job_id] = now
+    return True
+
+
 def job_changed(job_id: int, *, throttle: bool = False) -> None:
     """Tell the job's watchers its current state, once the transaction commits. Progress
     asks with `throttle`: at most one snapshot a second per job (status changes always go)."""
     if _gathering():
         (_batch.throttled if throttle else _batch.changed).add(job_id)
         return
-    if throttle and not cache.add(f"computemesh:snapshot:{job_id}", 1, timeout=1):
+    if throttle and not _snapshot_due(job_id):
         return
 
     def send():
-        job = Job.objects.filter(pk=job_id).first()
+        job = Job.objects.filter(pk=job_id).prefetch_related(
+            Prefetch("assignments", queryset=Assignment.objects.select_related("node"))).first()
         if job is None:
             return
-        _send(job_group(job_id), {"type": "job", "job": job_snapshot(job)}, kind="job.update")
-        _to_dashboards(job)
+        snapshot = job_snapshot(job)
+        _send(job_group(job_id), {"type": "job", "job": snapshot}, kind="job.update")
+        _to_dashboards(job, snapshot)
     transaction.on_commit(send)
 
 
@@ -151,24 +181,22 @@ MARKET_GROUP = "market"
 
 
 def _send(group: str, message: dict, *, kind: str = "live.update") -> None:
-    layer = get_channel_layer()
-    if layer is not None:
-        async_to_sync(layer.group_send)(group, {"type": kind, "message": message})
+    _deliver(group, {"type": kind, "message": message})
 
 
-def job_brief(job: Job) -> dict:
-    progress = job_progress(job)
+def job_brief(job: Job, snapshot: dict | None = None) -> dict:
+    progress = snapshot["progress"] if snapshot else job_progress(job)
     return {"id": job.pk, "name": job.name, "status": job.status,
             "status_display": job.get_status_display(),
             "percent": progress["percent"] if progress else None,
-            "cost_so_far": str(cost_so_far(job))}
+            "cost_so_far": snapshot["cost_so_far"] if snapshot else str(cost_so_far(job))}
 
 
-def _to_dashboards(job: Job) -> None:
+def _to_dashboards(job: Job, snapshot: dict) -> None:
     """The job's owner and the providers running it see its status change."""
-    brief = {"type": "job", "job": job_brief(job)}
+    brief = {"type": "job", "job": job_brief(job, snapshot)}
     _send(org_group(job.owner_id), brief)
-    for provider_id in set(job.assignments.values_list("node__provider_id", flat=True)):
+    for provider_id in {a.node.provider_id for a in job.assignments.all()}:
         _send(org_group(provider_id), brief)
 
 
