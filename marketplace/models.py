@@ -284,6 +284,8 @@ class Job(models.Model):
                                 related_name="jobs")
     nodes = models.PositiveSmallIntegerField()
     gpus_per_node = models.PositiveSmallIntegerField()
+    # How the nodes synchronise: {"mode": "ddp"} or DiLoCo's settings (services/job_spec.py).
+    sync = models.JSONField(default=dict, blank=True)
     min_gpu_memory_gb = models.PositiveSmallIntegerField(default=0)
     gpu_models = models.JSONField(default=list, blank=True)
     regions = models.JSONField(default=list, blank=True)
@@ -427,7 +429,10 @@ class Assignment(models.Model):
     class Meta:
         ordering = ["job_id", "attempt", "node_rank"]
         constraints = [
-            models.UniqueConstraint(fields=["job", "attempt", "node_rank"], name="assignment_rank_unique"),
+            # One live assignment per rank; a DiLoCo node lost mid-job is replaced in the
+            # same attempt, next to its ended one.
+            models.UniqueConstraint(fields=["job", "attempt", "node_rank"], name="assignment_live_rank_unique",
+                                    condition=~Q(status__in=["failed", "lost", "cancelled"])),
             models.CheckConstraint(condition=Q(gpus__gte=1), name="assignment_gpus_gte_1"),
         ]
         indexes = [models.Index(fields=["node", "status"], name="assignment_node_status")]
