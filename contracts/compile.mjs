@@ -55,7 +55,7 @@ function compile() {
       evmVersion: EVM_VERSION,
       optimizer: OPTIMIZER,
       outputSelection: Object.fromEntries(
-        Object.keys(sources).map((name) => [name, { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] }]),
+        Object.keys(sources).map((name) => [name, { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object", "storageLayout"] }]),
       ),
     },
   };
@@ -81,6 +81,8 @@ function compile() {
         abi: c.abi,
         bytecode: `0x${c.evm.bytecode.object}`,
         deployedBytecode: `0x${c.evm.deployedBytecode.object}`,
+        // Slot of each state variable (tests read balances straight from the chain's state).
+        storage: c.storageLayout.storage.map(({ label, slot, offset }) => ({ label, slot: Number(slot), offset })),
       };
       artifacts[`${contractName}.json`] = `${JSON.stringify(artifact, null, 2)}\n`;
     }

@@ -105,6 +105,22 @@ class Chain(Deployment):
         self.tester.time_travel(timestamp)
         assert self.now() == timestamp
 
+    def state(self):
+        """py-evm's state after the latest block, for `storage` (eth-tester's own
+        get_storage_at rebuilds it on every read and is ten times slower)."""
+        return self.tester.backend.chain.get_vm().state
+
+    def storage(self, contract: Contract, variable: str, *keys, member: int = 0, state=None) -> int:
+        """A state variable (for a mapping: the entry at `keys`; for a struct: its `member`-th
+        slot) read straight from the chain's state: a fraction of a millisecond, where an
+        eth_call runs the EVM for several. Slots come from the artifact's storage layout."""
+        name = "TestUSD" if contract.address == self.token.address else "JobEscrow"
+        slot = next(v["slot"] for v in load_artifact(name)["storage"] if v["label"] == variable)
+        for key in keys:
+            word = bytes.fromhex(key.removeprefix("0x")) if isinstance(key, str) else bytes(key)
+            slot = int.from_bytes(Web3.keccak(word.rjust(32, b"\0") + slot.to_bytes(32, "big")), "big")
+        return (state or self.state()).get_storage(bytes.fromhex(contract.address[2:]), slot + member)
+
     def balance(self, account: str) -> int:
         return self.token.functions.balanceOf(account).call()
 
