@@ -71,7 +71,7 @@ demo: install
 	@exec $(PY) -m webapp.devserver --host $(BIND) --port $(PORT)
 
 # --- test: the whole suite on PostgreSQL and Redis ------------------------------------
-test: install services chromium lint checks
+test: install contracts services chromium lint checks
 	@echo "==> pytest"
 	@$(VENV)/bin/pytest $(PYTEST_ARGS)
 
@@ -131,6 +131,24 @@ chromium:
 	    || { cat "$$log" >&2; echo "error: could not install chromium" >&2; exit 1; }; \
 	  rm -f "$$log"; \
 	fi
+
+# --- contracts: solc-js, OpenZeppelin and the hardhat dev node, pinned by package-lock.json --
+# (the compiled artifacts are committed; tests/contracts checks that they match the sources)
+CONTRACTS_STAMP := contracts/node_modules/.computemesh-installed
+.PHONY: contracts
+
+contracts: $(CONTRACTS_STAMP)
+
+$(CONTRACTS_STAMP): contracts/package.json contracts/package-lock.json
+	@command -v npm >/dev/null || { \
+	  echo "error: npm not found; install Node.js 20 and npm (Debian: apt-get install nodejs npm)" >&2; \
+	  exit 1; }
+	@echo "==> installing the contract toolchain (npm ci in contracts/)"
+	@log=$$(mktemp); \
+	  npm ci --prefix contracts --no-audit --no-fund >"$$log" 2>&1 \
+	    || { cat "$$log" >&2; rm -f "$$log"; echo "error: npm ci in contracts/ failed" >&2; exit 1; }; \
+	  rm -f "$$log"
+	@touch $@
 
 # --- operations --------------------------------------------------------------------
 # Uses the environment as it is: set DATABASE_URL and SECRET_KEY, or DEBUG=1 for the
