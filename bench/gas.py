@@ -95,15 +95,25 @@ def measure(sizes: list[int]) -> tuple[list[list], list[list], list[list]]:
         fund_gas.append(b.last_receipt["gasUsed"])
     fund_rows = [["fund (finite allowance, escrow already holds tokens)", round(sum(fund_gas) / 20),
                   TARGETS["fund"]]]
+    b.send(b.d.token.functions.approve(b.d.escrow.address, 2**256 - 1), b.other)
+    fund_gas = []
+    for _ in range(20):
+        b.fund(b.other, 100 * USD)
+        fund_gas.append(b.last_receipt["gasUsed"])
+    fund_rows.append(["fund (unlimited allowance)", round(sum(fund_gas) / 20), TARGETS["fund"]])
 
     p = b.repeat_providers
     settle_rows = []
     job = b.fund(b.consumer, 100 * USD)
     settle_rows.append(["repeat provider, consumer credited before",
                         b.settle_one(job, [p[0]], [60 * USD], 5 * USD)])
+    job = b.fund(b.fresh_consumer, 100 * USD)
+    settle_rows.append(["repeat provider, consumer with nothing owed",
+                        b.settle_one(job, [p[0]], [60 * USD], 5 * USD)])
     job = b.fund(b.consumer, 100 * USD)
     settle_rows.append(["new provider, consumer credited before",
                         b.settle_one(job, [new_address()], [60 * USD], 5 * USD)])
+    b.send(b.d.escrow.functions.withdrawFor(b.fresh_consumer), b.operator)
     job = b.fund(b.fresh_consumer, 100 * USD)
     settle_rows.append(["new provider, consumer with nothing owed",
                         b.settle_one(job, [new_address()], [60 * USD], 5 * USD)])
