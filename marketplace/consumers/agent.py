@@ -7,12 +7,12 @@ import time
 import weakref
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 
 from ..errors import NotFound
-from ..services import execution
+from ..services import execution, live
 from ..services.nodes import node_by_token
+from .base import LiveConsumer
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 1_048_576
@@ -40,7 +40,7 @@ def _authenticate(token):
         return None
 
 
-class AgentConsumer(AsyncWebsocketConsumer):
+class AgentConsumer(LiveConsumer):
     node = None
 
     def _allowed(self, assignment) -> bool:
@@ -123,6 +123,9 @@ class Ingest:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.sockets = 0
         self.task = asyncio.create_task(self._drain())
+        self.due: set[int] = set()           # jobs with progress not yet in a snapshot
+        self.snapshot_at: dict[int, float] = {}
+        self.publisher: asyncio.Task | None = None
 
     def attach(self) -> None:
         self.sockets += 1
@@ -136,6 +139,7 @@ class Ingest:
         self.queue.put_nowait((consumer, message))
 
     async def _drain(self):
+        replying = None
         while True:
             batch = [await self.queue.get()]
             while not self.queue.empty() and len(batch) < DRAIN_BATCH:
@@ -143,20 +147,32 @@ class Ingest:
             stop = None in batch
             batch = [item for item in batch if item is not None]
             if batch:
-                await self._apply(batch)
+                written = await self._write(batch)
+                # Batch N's acks and broadcasts go out while batch N+1 is written; one
+                # batch's sends after the previous one's, so every job's points stay in order.
+                replying = asyncio.create_task(self._reply(replying, batch, *written))
             if stop and self.sockets <= 0 and self.queue.empty():
+                if replying is not None:
+                    await replying
                 _ingests.pop(asyncio.get_running_loop(), None)
                 return
 
-    async def _apply(self, batch: list) -> None:
+    async def _write(self, batch: list) -> tuple[list, list, set]:
         outbox: list = []
+        snapshots: set[int] = set()
         try:
             # Off the shared sync thread: handshakes and heartbeats must not wait on it.
             results = await database_sync_to_async(execution.agent_data_batch, thread_sensitive=False)(
-                items=[(c.node, m) for c, m in batch], outbox=outbox)
+                items=[(c.node, m) for c, m in batch], outbox=outbox, snapshots=snapshots)
         except Exception:  # a bug must not stop ingestion: nothing was applied or acked
             log.exception("applying %d agent messages failed", len(batch))
             results = [execution.AgentMessageError("not applied; resend later", code="internal")] * len(batch)
+            outbox, snapshots = [], set()
+        return results, outbox, snapshots
+
+    async def _reply(self, previous, batch, results, outbox, snapshots) -> None:
+        if previous is not None:
+            await previous
         for (consumer, message), error in zip(batch, results, strict=True):
             try:
                 if error is None:
@@ -167,9 +183,37 @@ class Ingest:
                     await consumer._error(error.code, error.message, message.get("id"))
             except Exception:  # that socket has gone; the agent resends what it missed
                 log.debug("agent %s: reply not sent", consumer.node.pk, exc_info=True)
-        layer = get_channel_layer()
-        for group, event in outbox:
-            await layer.group_send(group, event)
+        try:
+            await _send_all(outbox)  # one message per group per batch
+        except Exception:  # Redis away: the points are stored; browsers resync from the database
+            log.warning("broadcast of %d live updates failed", len(outbox), exc_info=True)
+        if snapshots:
+            self.due |= snapshots
+            if self.publisher is None or self.publisher.done():
+                self.publisher = asyncio.create_task(self._publish_snapshots())
+
+    async def _publish_snapshots(self):
+        """A busy job's page and dashboards get its status, ETA and cost at most every
+        SNAPSHOT_EVERY_S, computed for all due jobs at once, beside the ingest (its points
+        go out with every batch)."""
+        while self.due:
+            now = time.monotonic()
+            ready = {j for j in self.due if now - self.snapshot_at.get(j, -1e9) >= live.SNAPSHOT_EVERY_S}
+            if ready:
+                self.due -= ready
+                self.snapshot_at.update(dict.fromkeys(ready, now))
+                try:
+                    await _send_all(await database_sync_to_async(
+                        live.progress_snapshots, thread_sensitive=False)(ready))
+                except Exception:  # a snapshot is only a courtesy: the points went out
+                    log.exception("progress snapshots of %d jobs failed", len(ready))
+            await asyncio.sleep(0.25)
+
+
+async def _send_all(events: list[tuple[str, dict]]) -> None:
+    layer = get_channel_layer()
+    if layer is not None and events:
+        await asyncio.gather(*(layer.group_send(group, event) for group, event in events))
 
 
 _ingests: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Ingest]" = weakref.WeakKeyDictionary()

@@ -4,10 +4,10 @@ and /ws/market/: offers' availability for anyone browsing. Both only send."""
 import json
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncWebsocketConsumer
 
 from ..selectors.accounts import organization_of
 from ..services import live
+from .base import LiveConsumer
 
 
 @database_sync_to_async
@@ -20,7 +20,7 @@ def _summary(user) -> tuple[int | None, dict]:
     return org.pk, {"type": "summary", "jobs": jobs, "nodes": nodes}
 
 
-class _SendOnly(AsyncWebsocketConsumer):
+class _SendOnly(LiveConsumer):
     async def receive(self, text_data=None, bytes_data=None):
         await self.send(json.dumps({"type": "error", "message": "this socket only sends"}))
 

@@ -5,10 +5,10 @@ it has not seen ("resync") and gets it from the database, then live updates."""
 import json
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncWebsocketConsumer
 
 from ..selectors.execution import job_watchable_by
 from ..services import live
+from .base import LiveConsumer
 
 
 @database_sync_to_async
@@ -21,7 +21,7 @@ def _history(job, after_seq: int, after_log_seq: int) -> dict:
     return live.history(job, after_seq=after_seq, after_log_seq=after_log_seq)
 
 
-class JobConsumer(AsyncWebsocketConsumer):
+class JobConsumer(LiveConsumer):
     job = None
 
     async def connect(self):

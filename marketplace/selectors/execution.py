@@ -2,17 +2,21 @@
 
 from decimal import Decimal
 
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet, Window
+from django.db.models.functions import RowNumber
 
 from ..models import Assignment, Job, MetricPoint
 
 ETA_WINDOW = 20  # progress points the step rate is measured over
 
 
-def job_progress(job: Job) -> dict | None:
+def job_progress(job: Job, recent: list[dict] | None = None) -> dict | None:
+    """Step, loss, throughput and an ETA from the step rate over the newest points
+    (`recent`, newest first, when the caller has fetched them for many jobs at once)."""
     if not job.total_steps:
         return None
-    recent = list(job.metrics.order_by("-seq").values("step", "at")[:ETA_WINDOW])
+    if recent is None:
+        recent = list(job.metrics.order_by("-seq").values("step", "at")[:ETA_WINDOW])
     eta = None
     if len(recent) >= 2:
         last, first = recent[0], recent[-1]
@@ -27,7 +31,20 @@ def job_progress(job: Job) -> dict | None:
         "eta_seconds": eta if job.current_step < job.total_steps else 0,
         "metric": {"name": job.metric_name, "value": job.metric_value} if job.metric_name else None,
         "last_seq": job.metric_seq,
+        # Bytes node rank 0 sent to the other nodes in this placement, and DDP's for the same steps.
+        "comm_bytes": job.comm_bytes, "comm_bytes_ddp": job.comm_bytes_ddp,
     }
+
+
+def recent_points(job_ids) -> dict[int, list[dict]]:
+    """The newest ETA_WINDOW points of each job, newest first: one query for many jobs."""
+    rows = (MetricPoint.objects.filter(job_id__in=job_ids)
+            .annotate(rank=Window(RowNumber(), partition_by=F("job_id"), order_by=F("seq").desc()))
+            .filter(rank__lte=ETA_WINDOW).order_by("job_id", "-seq").values("job_id", "step", "at"))
+    out: dict[int, list[dict]] = {}
+    for row in rows:
+        out.setdefault(row["job_id"], []).append(row)
+    return out
 
 
 def job_assignments(job: Job) -> QuerySet[Assignment]:

@@ -21,6 +21,7 @@ from .. import catalogue, job_states
 from ..errors import MarketError, NotFound
 from ..models import Assignment, Job, LogLine, MetricPoint, Node
 from . import enqueue, live, placement
+from .bulk import bulk_set
 from .nodes import node_set_presence
 
 S = Job.Status
@@ -228,14 +229,15 @@ def agent_data(*, node: Node, message: dict) -> str:
     return "applied"
 
 
-def agent_data_batch(*, items: list[tuple[Node, dict]],
-                     outbox: list | None = None) -> list[AgentMessageError | None]:
+def agent_data_batch(*, items: list[tuple[Node, dict]], outbox: list | None = None,
+                     snapshots: set | None = None) -> list[AgentMessageError | None]:
     """Apply the messages queued on this process's agent sockets in one transaction (group
     commit), in arrival order; each assignment's messages stay in sequence. Progress, nearly
     all of the traffic, is stored in bulk: a handful of queries per batch however many jobs
     it holds. Any other message runs in a savepoint of its own, so a refused one undoes only
     itself. Broadcasts are merged, and gathered in `outbox` when given (the caller sends
-    them from its event loop)."""
+    them from its event loop); with `snapshots`, the jobs due a progress snapshot are added to
+    it instead of snapshotted here."""
     results: list[AgentMessageError | None] = [None] * len(items)
     parsed = []
     for i, (node, message) in enumerate(items):
@@ -243,7 +245,7 @@ def agent_data_batch(*, items: list[tuple[Node, dict]],
             parsed.append((i, node, message, *_parse(message)))
         except AgentMessageError as exc:
             results[i] = exc
-    with live.coalesced(outbox), transaction.atomic():
+    with live.coalesced(outbox, snapshots), transaction.atomic():
         # Locked in id order, as every batch does: two processes' batches cannot deadlock.
         locked = {a.pk: a for a in Assignment.objects.select_for_update(of=("self",)).select_related(
             "job").filter(pk__in={p[4] for p in parsed}).order_by("pk")}
@@ -279,7 +281,7 @@ def agent_data_batch(*, items: list[tuple[Node, dict]],
                 locked[pk].status = status
         _store_progress(progress)
         if numbered:
-            Assignment.objects.bulk_update(numbered.values(), ["last_seq"])
+            bulk_set(Assignment, list(numbered.values()), ["last_seq"])
     return results
 
 
@@ -350,7 +352,7 @@ def _store_progress(batch: list[tuple[Assignment, dict]]) -> None:
                 setattr(job, "last_loss" if field == "loss" else field, value)
         live.broadcast(job_id, {"type": "metrics", "points": [live.point(p) for p in ps]})
         live.job_changed(job_id, throttle=True)
-    Job.objects.bulk_update([jobs[j] for j in points], [
+    bulk_set(Job, [jobs[j] for j in points], [
         "metric_seq", "current_step", "total_steps", "last_loss", "samples_per_sec", "comm_bytes",
         "comm_bytes_ddp", "updated_at"])
     if started:

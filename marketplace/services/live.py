@@ -12,7 +12,7 @@ from decimal import Decimal
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
-from django.db.models import Prefetch
+from django.db.models import Max, Prefetch
 from django.utils import timezone
 
 from ..models import Assignment, Job, LogLine, MetricPoint
@@ -40,12 +40,13 @@ def _deliver(group: str, event: dict) -> None:
 
 
 @contextmanager
-def coalesced(outbox: list | None = None):
+def coalesced(outbox: list | None = None, deferred: set | None = None):
     """While active (in this thread), broadcasts are gathered and sent once at the end: one
     metrics message and one logs message per job, one snapshot per job. Nothing is sent if
     the block fails (its transaction rolled back). With `outbox`, the (group, event) pairs
     are appended to it instead of sent: an async caller sends them without a round trip
-    through a thread for each."""
+    through a thread for each. With `deferred`, the jobs due a progress snapshot are added
+    to it instead (the caller sends `progress_snapshots` for them, at its own pace)."""
     _batch.messages, _batch.changed, _batch.throttled = defaultdict(list), set(), set()
     try:
         yield
@@ -64,8 +65,11 @@ def coalesced(outbox: list | None = None):
                              {"type": "job.update", "message": {"type": kind, key: merged}})
         for job_id in changed:
             job_changed(job_id)
-        for job_id in throttled - changed:
-            job_changed(job_id, throttle=True)
+        if deferred is not None:
+            deferred.update(throttled - changed)
+        else:
+            for job_id in throttled - changed:
+                job_changed(job_id, throttle=True)
     finally:
         _batch.outbox = None
 
@@ -87,7 +91,8 @@ def _iso(value: datetime | None) -> str | None:
 
 def point(p: MetricPoint) -> dict:
     return {"seq": p.seq, "step": p.step, "total_steps": p.total_steps, "epoch": p.epoch,
-            "loss": p.loss, "samples_per_sec": p.samples_per_sec, "at": _iso(p.at)}
+            "loss": p.loss, "samples_per_sec": p.samples_per_sec, "comm_bytes": p.comm_bytes,
+            "comm_bytes_ddp": p.comm_bytes_ddp, "at": _iso(p.at)}
 
 
 def log_line(line: LogLine) -> dict:
@@ -114,23 +119,26 @@ def _event(e) -> dict:
             "reason": e.reason, "message": e.message}
 
 
-def job_snapshot(job: Job) -> dict:
+def job_snapshot(job: Job, *, events=None, points=None) -> dict:
     """The job as its page shows it. `events` are the newest timeline entries, oldest
-    first (one commit can add several); `event` is the newest."""
-    recent = [_event(e) for e in job.events.order_by("-id")[:10]][::-1]
+    first (one commit can add several); `event` is the newest. `events` and `points` (newest
+    first) may come from the caller, fetched for many jobs at once."""
+    if events is None:
+        events = job.events.order_by("-id")[:10]
+    recent = [_event(e) for e in events][::-1]
     return {
         "id": job.pk, "status": job.status, "status_display": job.get_status_display(),
-        "progress": job_progress(job), "cost_so_far": str(cost_so_far(job)),
+        "progress": job_progress(job, points), "cost_so_far": str(cost_so_far(job)),
         "event": recent[-1] if recent else None, "events": recent,
     }
 
 
 _last_snapshot: dict[int, float] = {}
-SNAPSHOT_EVERY_S = 1.0
+SNAPSHOT_EVERY_S = 2.0
 
 
 def _snapshot_due(job_id: int) -> bool:
-    """At most one progress snapshot a second per job from this process (a dict, not a
+    """At most one progress snapshot every two seconds per job from this process (a dict, not a
     Redis round trip: this runs for every batch of progress)."""
     now = time.monotonic()
     if now - _last_snapshot.get(job_id, -SNAPSHOT_EVERY_S) < SNAPSHOT_EVERY_S:
@@ -143,7 +151,7 @@ def _snapshot_due(job_id: int) -> bool:
 
 def job_changed(job_id: int, *, throttle: bool = False) -> None:
     """Tell the job's watchers its current state, once the transaction commits. Progress
-    asks with `throttle`: at most one snapshot a second per job (status changes always go)."""
+    asks with `throttle`: at most one snapshot every SNAPSHOT_EVERY_S per job (status changes always go)."""
     if _gathering():
         (_batch.throttled if throttle else _batch.changed).add(job_id)
         return
@@ -159,6 +167,29 @@ def job_changed(job_id: int, *, throttle: bool = False) -> None:
         _send(job_group(job_id), {"type": "job", "job": snapshot}, kind="job.update")
         _to_dashboards(job, snapshot)
     transaction.on_commit(send)
+
+
+def progress_snapshots(job_ids) -> list[tuple[str, dict]]:
+    """Snapshots of many running jobs for their pages and dashboards, in four queries
+    whatever their number: what the agent ingest sends every few seconds per busy job.
+    Returns (group, event) pairs for the caller to send."""
+    from ..models import JobEvent
+    from ..selectors.execution import recent_points
+
+    ids = list(job_ids)
+    jobs = Job.objects.filter(pk__in=ids).prefetch_related(
+        Prefetch("assignments", queryset=Assignment.objects.select_related("node")))
+    newest = JobEvent.objects.filter(job_id__in=ids).values("job_id").annotate(last=Max("id"))
+    events = {e.job_id: [e] for e in JobEvent.objects.filter(pk__in=[x["last"] for x in newest])}
+    points = recent_points(ids)
+    out = []
+    for job in jobs:
+        snapshot = job_snapshot(job, events=events.get(job.pk, []), points=points.get(job.pk, []))
+        out.append((job_group(job.pk), {"type": "job.update", "message": {"type": "job", "job": snapshot}}))
+        brief = {"type": "job", "job": job_brief(job, snapshot)}
+        for org_id in {job.owner_id} | {a.node.provider_id for a in job.assignments.all()}:
+            out.append((org_group(org_id), {"type": "live.update", "message": brief}))
+    return out
 
 
 def history(job: Job, *, after_seq: int, after_log_seq: int, limit: int = 5000) -> dict:
