@@ -175,6 +175,55 @@ def templates() -> dict[str, Template]:
     }
 
 
+# --- How a multi-node job synchronises (the job's `sync`) ----------------------------------
+@dataclass(frozen=True)
+class SyncMode:
+    name: str
+    title: str
+    description: str
+    schema: dict[str, Any]
+
+    def defaults(self) -> dict[str, Any]:
+        return {k: v["default"] for k, v in self.schema["properties"].items() if "default" in v}
+
+
+@cache
+def sync_modes() -> dict[str, SyncMode]:
+    data = json.loads(CATALOGUE_PATH.read_text())
+    return {name: SyncMode(name=name, title=m["title"], description=m["description"],
+                           schema=m["schema"])
+            for name, m in data["sync"].items()}
+
+
+DEFAULT_SYNC = {"mode": "ddp"}
+
+
+def validate_sync(sync: Any) -> dict[str, Any]:
+    """Return the sync settings with defaults filled in, or raise naming the field at fault."""
+    if sync is None or sync == {}:
+        return dict(DEFAULT_SYNC)
+    modes = sync_modes()
+    if not isinstance(sync, dict):
+        raise MarketError('sync must be a JSON object, e.g. {"mode": "ddp"} or {"mode": "diloco", '
+                          '"inner_steps": 50}.', field="sync")
+    mode = sync.get("mode", "ddp")
+    if mode not in modes:
+        raise MarketError(f"Unknown sync mode '{str(mode)[:40]}'. Modes: {', '.join(modes)}.",
+                          field="sync.mode")
+    schema = modes[mode].schema
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(schema).iter_errors({"mode": mode, **sync}))
+    if error is not None:
+        where = ".".join(str(p) for p in error.absolute_path)
+        if error.validator == "additionalProperties":
+            known = ", ".join(k for k in schema["properties"] if k != "mode") or "none"
+            message = f"{error.message}. Settings of {mode}: {known}."
+        else:
+            message = f"{where}: {error.message}" if where else error.message
+        raise MarketError(f"Invalid sync settings: {message}", field=f"sync.{where}" if where else "sync")
+    return {"mode": mode, **modes[mode].defaults(), **sync}
+
+
 def get_template(name: str) -> Template:
     try:
         return templates()[name]

@@ -174,6 +174,18 @@ class JobForm(LocalTimeFormMixin, MarketErrorMixin, forms.Form):
     nodes = forms.IntegerField(min_value=1, initial=1, label="Machines (nodes)")
     gpus_per_node = forms.IntegerField(min_value=1, initial=1, label="GPUs per machine",
                                        help_text="For CPU slots: training processes per machine.")
+    sync_mode = forms.ChoiceField(
+        choices=[("ddp", "DDP: every gradient, every step"),
+                 ("diloco", "DiLoCo: one pseudo-gradient every H steps (2 or more machines)")],
+        initial="ddp", required=False, widget=forms.RadioSelect,
+        label="Synchronisation between machines")
+    inner_steps = forms.IntegerField(required=False, initial=50, label="Inner steps (H)",
+                                     help_text="DiLoCo: local steps between synchronisations.")
+    outer_lr = forms.FloatField(required=False, initial=0.7, label="Outer learning rate")
+    outer_momentum = forms.FloatField(required=False, initial=0.9, label="Outer Nesterov momentum")
+    precision = forms.ChoiceField(required=False, initial="fp32", label="Wire precision",
+                                  choices=[("fp32", "fp32 (exact)"), ("fp16", "fp16"),
+                                           ("int8", "int8, per-tensor scale")])
     min_gpu_memory_gb = forms.IntegerField(min_value=0, required=False, initial=0,
                                            label="Memory per GPU, at least",
                                            help_text="0: any amount.")
@@ -245,12 +257,32 @@ class JobForm(LocalTimeFormMixin, MarketErrorMixin, forms.Form):
         raw = self.cleaned_data.get("regions") or ""
         return [t for t in raw.replace(";", ",").replace(" ", ",").split(",") if t.strip()]
 
+    # The service names the sync setting at fault; show it on its own field.
+    SYNC_ERROR_FIELDS = {"sync": "sync_mode", "sync.mode": "sync_mode", "sync.inner_steps": "inner_steps",
+                         "sync.outer_lr": "outer_lr", "sync.outer_momentum": "outer_momentum",
+                         "sync.precision": "precision"}
+
+    def add_market_error(self, exc: MarketError) -> None:
+        target = self.SYNC_ERROR_FIELDS.get(exc.field or "")
+        if target is None:
+            super().add_market_error(exc)
+        else:
+            self.add_error(target, exc.message)
+
+    def sync_settings(self) -> dict:
+        c = self.cleaned_data
+        if c.get("sync_mode") != "diloco":
+            return {"mode": "ddp"}
+        given = {k: c.get(k) for k in ("inner_steps", "outer_lr", "outer_momentum", "precision")}
+        return {"mode": "diloco", **{k: v for k, v in given.items() if v not in (None, "")}}
+
     def to_spec(self, *, name_fallback: str = "") -> JobSpec:
         c = self.cleaned_data
         reliability = c.get("min_reliability")
         return JobSpec(
             name=c.get("name") or name_fallback, template=c["template"], dataset=c["dataset"],
             params=c.get("params") or {}, nodes=c["nodes"], gpus_per_node=c["gpus_per_node"],
+            sync=self.sync_settings(),
             min_gpu_memory_gb=c.get("min_gpu_memory_gb") or 0,
             gpu_models=tuple(c.get("gpu_models") or ()), regions=tuple(c.get("regions") or ()),
             compliance=tuple(c.get("compliance") or ()),

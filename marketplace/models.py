@@ -309,7 +309,8 @@ class Job(models.Model):
     last_loss = models.FloatField(null=True, blank=True)
     samples_per_sec = models.FloatField(null=True, blank=True)
     comm_bytes = models.BigIntegerField(null=True, blank=True,
-                                        help_text="Bytes the job's nodes sent to synchronise (latest report).")
+                                        help_text="Bytes the job's nodes sent to synchronise "
+                                                  "(latest report).")
     comm_bytes_ddp = models.BigIntegerField(null=True, blank=True,
                                             help_text="What plain DDP would have sent for the same steps.")
     metric_name = models.CharField(max_length=32, blank=True)
@@ -431,7 +432,8 @@ class Assignment(models.Model):
         constraints = [
             # One live assignment per rank; a DiLoCo node lost mid-job is replaced in the
             # same attempt, next to its ended one.
-            models.UniqueConstraint(fields=["job", "attempt", "node_rank"], name="assignment_live_rank_unique",
+            models.UniqueConstraint(fields=["job", "attempt", "node_rank"],
+                                    name="assignment_live_rank_unique",
                                     condition=~Q(status__in=["failed", "lost", "cancelled"])),
             models.CheckConstraint(condition=Q(gpus__gte=1), name="assignment_gpus_gte_1"),
         ]
@@ -498,3 +500,16 @@ class LogLine(models.Model):
 
     def __str__(self) -> str:
         return self.line[:80]
+
+
+from .payment_models import (  # noqa: E402,F401  (one app: Django finds its models here)
+    ChainAccount,
+    ChainContract,
+    ChainCursor,
+    ChainTransaction,
+    Escrow,
+    Payout,
+    Settlement,
+    SiweNonce,
+    Wallet,
+)

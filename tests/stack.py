@@ -20,8 +20,11 @@ REDIS_URL = "redis://127.0.0.1:6379/7"
 
 
 class Stack:
-    def __init__(self, tmp: Path, *, heartbeat_timeout_s: int = 6):
+    def __init__(self, tmp: Path, *, heartbeat_timeout_s: int = 6, bind: str = "127.0.0.1",
+                 redis_url: str = REDIS_URL):
         self.tmp = tmp
+        self.bind = bind  # 0.0.0.0: agents in network namespaces reach it through a bridge
+        self.redis_url = redis_url
         self.logs = ROOT / "test-results" / "stack"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -29,7 +32,7 @@ class Stack:
         self.env = {
             **os.environ, "DJANGO_SETTINGS_MODULE": "webapp.settings_test",
             "DATABASE_URL": test_database_url(), "DATABASE_POOL_MIN": "1",
-            "REDIS_URL": REDIS_URL, "MEDIA_ROOT": str(settings.MEDIA_ROOT), "ESCROW_ENABLED": "0",
+            "REDIS_URL": redis_url, "MEDIA_ROOT": str(settings.MEDIA_ROOT), "ESCROW_ENABLED": "0",
             "NODE_HEARTBEAT_TIMEOUT_S": str(heartbeat_timeout_s), "AGENT_HEARTBEAT_S": "1",
             "PYTHONUNBUFFERED": "1",
         }
@@ -43,8 +46,8 @@ class Stack:
         return proc
 
     def start(self) -> "Stack":
-        redis.Redis.from_url(REDIS_URL).flushdb()
-        self._spawn("daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p",
+        redis.Redis.from_url(self.redis_url).flushdb()
+        self._spawn("daphne", [sys.executable, "-m", "daphne", "-b", self.bind, "-p",
                                str(self.port), "webapp.asgi:application"])
         self._spawn("celery", [sys.executable, "-m", "celery", "-A", "webapp", "worker", "-B",
                                "-Q", "default,dispatch", "--concurrency", "2", "--loglevel", "INFO",
@@ -60,10 +63,14 @@ class Stack:
                 time.sleep(0.3)
         return self
 
-    def agent(self, name: str, token: str) -> subprocess.Popen:
-        return self._spawn(name, [sys.executable, "-m", "workers.agent", "--server", self.base,
-                                  "--token", token, "--workdir", str(self.tmp / name), "--plain",
-                                  "--heartbeat", "1", "--advertise-addr", "127.0.0.1"])
+    def agent(self, name: str, token: str, *, prefix: tuple[str, ...] = (), server: str | None = None,
+              advertise: str = "127.0.0.1") -> subprocess.Popen:
+        """An agent process; `prefix` runs it elsewhere (e.g. `ip netns exec <ns>`), reaching
+        the platform at `server` and advertising `advertise` to its peers."""
+        return self._spawn(name, [*prefix, sys.executable, "-m", "workers.agent", "--server",
+                                  server or self.base, "--token", token, "--workdir",
+                                  str(self.tmp / name), "--plain", "--heartbeat", "1",
+                                  "--advertise-addr", advertise])
 
     def kill(self, name: str, sig=signal.SIGKILL) -> None:
         """Kill a process and everything it started (an agent and its training ranks)."""

@@ -16,7 +16,7 @@ URL = "/api/v1/jobs/"
 pytestmark = pytest.mark.django_db
 
 DETAIL_FIELDS = {
-    "id", "name", "status", "status_display", "template", "params", "dataset", "nodes",
+    "id", "name", "status", "status_display", "template", "params", "dataset", "nodes", "sync",
     "gpus_per_node", "min_gpu_memory_gb", "gpu_models", "regions", "compliance",
     "min_reliability", "max_price_per_gpu_hour", "budget", "duration_hours", "deadline",
     "created_at", "status_changed_at", "timeline", "progress", "assignments", "artifact_url",

@@ -15,8 +15,11 @@ app.conf.task_routes = {
     "workers.tasks_chain.*": {"queue": "chain"},
     "workers.tasks_verify.*": {"queue": "verify"},
 }
-app.conf.imports = ("workers.tasks", "workers.tasks_dispatch")
+app.conf.imports = ("workers.tasks", "workers.tasks_dispatch", "workers.tasks_chain")
 app.conf.beat_schedule = {
     "heartbeat-watchdog": {"task": "workers.tasks.heartbeat_watchdog", "schedule": 5.0},
     "rematch-waiting": {"task": "workers.tasks.rematch_waiting", "schedule": 15.0},
+    "chain-sync": {"task": "workers.tasks_chain.chain_sync", "schedule": 3.0},
+    "settle-pending": {"task": "workers.tasks_chain.settle_pending",
+                       "schedule": float(os.environ.get("SETTLEMENT_INTERVAL_S", "10"))},
 }

@@ -12,7 +12,8 @@ It turns DEBUG on (this is the only place that does) and supervises child proces
 
 The children are the entries of `child_commands()`: the ASGI server, a Celery worker
 with beat (its broker is a folder under var/, so the processes share it without Redis),
-and two provider agents on this computer, which are CPU nodes and say so.
+and two provider agents on this computer, which are CPU nodes and say so. The chain is an
+in-process EVM served by this process over JSON-RPC (`start_chain`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,22 @@ def demo_agents() -> list[dict]:
     subprocess.run([sys.executable, str(ROOT / "manage.py"), "demo_agents", "--write", str(tokens)],
                    check=True, cwd=ROOT)
     return json.loads(tokens.read_text())
+
+
+def start_chain():
+    """The demo's chain: an in-process EVM served from this process over JSON-RPC to the
+    children, with the contracts deployed and development wallets funded (on every start:
+    the chain lives in memory). Skipped when CHAIN_RPC_URL names a node or escrow is off."""
+    escrow_off = os.environ.get("ESCROW_ENABLED", "1").lower() in ("0", "false", "no")
+    if os.environ.get("CHAIN_RPC_URL") or escrow_off:
+        return None
+    from marketplace.chain.devchain import serve
+
+    server, url = serve()
+    os.environ["CHAIN_RPC_URL"] = url
+    subprocess.run([sys.executable, str(ROOT / "manage.py"), "chain_deploy", "--dev-wallets"],
+                   check=True, cwd=ROOT)
+    return server
 
 
 def child_commands(*, host: str, port: int, agents: list[dict] | None = None) -> list[Child]:
@@ -218,6 +235,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     # Agents and the server agree on the heartbeat; starts not acted on are resent that often.
     os.environ.setdefault("AGENT_HEARTBEAT_S", AGENT_HEARTBEAT_S)
     ensure_port_free(args.host, args.port)
+    start_chain()  # a daemon thread of this process, until it exits
     children = child_commands(host=args.host, port=args.port,
                               agents=[] if args.no_agents else demo_agents())
     supervisor = Supervisor(children, sys.stdout)

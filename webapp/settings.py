@@ -234,9 +234,36 @@ SPECTACULAR_SETTINGS = {
 # --- Platform ----------------------------------------------------------------------
 # Seconds without a heartbeat after which a node counts as offline.
 NODE_HEARTBEAT_TIMEOUT_S = env.int("NODE_HEARTBEAT_TIMEOUT_S", default=15)
+# DiLoCo: an outer round goes on without a node whose heartbeat to rank 0 stopped this long.
+DILOCO_PEER_TIMEOUT_S = env.int("DILOCO_PEER_TIMEOUT_S", default=15)
 PLATFORM_FEE_BPS = env.int("PLATFORM_FEE_BPS", default=500)
-# Until on-chain escrow is enabled, a submitted job counts as funded and runs at once.
-ESCROW_ENABLED = env.bool("ESCROW_ENABLED", default=False)
+# Jobs wait for their escrow to be funded on the chain before they are matched. Off, a
+# submitted job counts as funded at once (a private cluster without payments; most tests).
+ESCROW_ENABLED = env.bool("ESCROW_ENABLED", default=True)
+
+# --- Chain (payments) ----------------------------------------------------------------
+# Empty: an in-process EVM (eth-tester, py-evm); `make demo` serves one to its processes.
+CHAIN_RPC_URL = env.str("CHAIN_RPC_URL", default="")
+CHAIN_RPC_TIMEOUT_S = env.float("CHAIN_RPC_TIMEOUT_S", default=10.0)
+# The platform's operator key (settles, refunds). Empty: a development key, refused by
+# `check --deploy` (it is public).
+CHAIN_OPERATOR_KEY = env.str("CHAIN_OPERATOR_KEY", default="")
+# Production pays in an existing stablecoin (USDC): its address. Empty: `chain_deploy`
+# deploys the development token tUSD.
+CHAIN_TOKEN_ADDRESS = env.str("CHAIN_TOKEN_ADDRESS", default="")
+CHAIN_TREASURY_ADDRESS = env.str("CHAIN_TREASURY_ADDRESS", default="")
+CHAIN_CONFIRMATIONS = env.int("CHAIN_CONFIRMATIONS", default=1)
+CHAIN_RECEIPT_TIMEOUT_S = env.float("CHAIN_RECEIPT_TIMEOUT_S", default=60.0)
+CHAIN_RESEND_AFTER_S = env.float("CHAIN_RESEND_AFTER_S", default=30.0)
+CHAIN_LOG_RANGE = env.int("CHAIN_LOG_RANGE", default=2000)
+CHAIN_EXPLORER_TX_URL = env.str("CHAIN_EXPLORER_TX_URL", default="")  # e.g. https://…/tx/{hash}
+# How often finished jobs are settled, in one batch transaction of at most this many jobs.
+SETTLEMENT_INTERVAL_S = env.float("SETTLEMENT_INTERVAL_S", default=10.0)
+SETTLEMENT_BATCH_MAX = env.int("SETTLEMENT_BATCH_MAX", default=100)
+# A consumer may reclaim an unsettled escrow this long after the job's deadline.
+ESCROW_RECLAIM_AFTER_S = env.int("ESCROW_RECLAIM_AFTER_S", default=7 * 24 * 3600)
+# Encrypts custodial (development) wallet keys at rest; derived from SECRET_KEY when unset.
+WALLET_ENCRYPTION_KEY = env.str("WALLET_ENCRYPTION_KEY", default="")
 # Placements tried before a job that keeps failing is given up.
 JOB_MAX_ATTEMPTS = env.int("JOB_MAX_ATTEMPTS", default=3)
 # Lifetime of the token an agent uses to fetch a dataset and upload checkpoints.

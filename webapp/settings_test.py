@@ -7,6 +7,9 @@ os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/comput
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
 os.environ.setdefault("ALLOWED_HOSTS", "testserver,127.0.0.1,localhost")
 os.environ.setdefault("STATIC_MANIFEST", "0")
+# Most tests are about matching and running jobs, not paying for them: a submitted job
+# counts as funded. The payment tests turn the escrow on (tests/payments/).
+os.environ.setdefault("ESCROW_ENABLED", "0")
 _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("MEDIA_ROOT", os.path.join(_root, "var", "test-media"))
 

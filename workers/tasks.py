@@ -34,6 +34,8 @@ def rematch_waiting() -> int:
         pk__in=[a for ids in placed.values() for a in ids])
     for assignment_id in execution.dispatchable(list(assignments)):
         rematch_waiting.app.send_task(dispatch, args=[assignment_id])
+    # DiLoCo jobs that lost a node go on without it until a replacement can be placed.
+    execution.diloco_fill_missing()
     return len(placed)
 
 

@@ -218,6 +218,11 @@ class JobSpecSerializer(serializers.Serializer):
     dataset = serializers.CharField(max_length=80,
                                     help_text='"sample:<name>" or the id of an uploaded dataset.')
     nodes = serializers.IntegerField(min_value=1, max_value=SMALL)
+    sync = serializers.JSONField(
+        required=False, allow_null=True, default=None,
+        help_text='How the nodes synchronise: {"mode": "ddp"} (default) or {"mode": "diloco", '
+                  '"inner_steps": 50, "outer_lr": 0.7, "outer_momentum": 0.9, "precision": '
+                  '"fp32" | "fp16" | "int8"} (2 or more nodes).')
     gpus_per_node = serializers.IntegerField(min_value=1, max_value=SMALL)
     min_gpu_memory_gb = serializers.IntegerField(min_value=0, max_value=SMALL, required=False,
                                                  default=0)
@@ -236,7 +241,7 @@ class JobSpecSerializer(serializers.Serializer):
         d = self.validated_data
         return JobSpec(
             name=d["name"], template=d["template"], params=d["params"], dataset=d["dataset"],
-            nodes=d["nodes"], gpus_per_node=d["gpus_per_node"],
+            nodes=d["nodes"], gpus_per_node=d["gpus_per_node"], sync=d["sync"],
             min_gpu_memory_gb=d["min_gpu_memory_gb"], gpu_models=tuple(d["gpu_models"]),
             regions=tuple(d["regions"]), compliance=tuple(d["compliance"]),
             min_reliability=d["min_reliability"],
@@ -265,7 +270,7 @@ class JobListSerializer(serializers.ModelSerializer):
     class Meta:
         model = Job
         fields = ["id", "name", "status", "status_display", "template", "params", "dataset",
-                  "nodes", "gpus_per_node", "min_gpu_memory_gb", "gpu_models", "regions",
+                  "nodes", "gpus_per_node", "sync", "min_gpu_memory_gb", "gpu_models", "regions",
                   "compliance", "min_reliability", "max_price_per_gpu_hour", "budget",
                   "duration_hours", "deadline", "created_at", "status_changed_at"]
         read_only_fields = fields
@@ -292,7 +297,8 @@ class AssignmentSerializer(serializers.ModelSerializer):
 class MetricPointSerializer(serializers.ModelSerializer):
     class Meta:
         model = MetricPoint
-        fields = ["seq", "step", "total_steps", "epoch", "loss", "samples_per_sec", "at"]
+        fields = ["seq", "step", "total_steps", "epoch", "loss", "samples_per_sec", "comm_bytes",
+                  "comm_bytes_ddp", "at"]
         read_only_fields = fields
 
 
@@ -328,11 +334,18 @@ class JobDetailSerializer(JobListSerializer):
 
     @extend_schema_field(OpenApiTypes.OBJECT)
     def get_escrow(self, job: Job) -> dict | None:
-        return None
+        from ..selectors.payments import job_escrow
+
+        return job_escrow(job)
 
     @extend_schema_field(VerificationSerializer)
     def get_verification(self, job: Job) -> dict:
         return {"status": "pending", "report_url": None}
+
+
+class FundSerializer(serializers.Serializer):
+    amount = serializers.DecimalField(max_digits=20, decimal_places=6, required=False,
+                                      help_text="Optional; must equal the job's budget.")
 
 
 # --- Quotes --------------------------------------------------------------------------
@@ -363,6 +376,14 @@ class QuoteSerializer(serializers.Serializer):
     estimated_cost = serializers.DecimalField(**MONEY, allow_null=True)
     estimated_start = serializers.CharField(allow_null=True)
     reasons = ReasonSerializer(many=True)
+    sync = serializers.JSONField(help_text="The job's synchronisation settings, defaults filled in.")
+    traffic_vs_ddp = serializers.FloatField(
+        allow_null=True, help_text="DiLoCo: how many times fewer bytes per node and step than DDP "
+                                   "(by model, for the node that sends the most); null for DDP.")
+    sync = serializers.JSONField(help_text="The job's synchronisation settings, defaults filled in.")
+    traffic_vs_ddp = serializers.FloatField(
+        allow_null=True, help_text="DiLoCo: how many times fewer bytes per node and step than DDP "
+                                   "(by model, for the node that sends the most); null for DDP.")
 
 
 # --- Datasets ------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .. import catalogue
-from ..errors import MarketError
+from ..errors import Conflict, MarketError
 from ..models import Dataset
 from ..selectors.accounts import organization_of, require_consumer, require_provider
 from ..selectors.execution import job_metrics
@@ -33,7 +33,8 @@ from ..services import datasets as dataset_services
 from ..services import jobs as job_services
 from ..services import nodes as node_services
 from ..services import offers as offer_services
-from ..services.job_spec import job_spec_validate
+from ..services import payments as payment_services
+from ..services.job_spec import job_spec_validate, sync_traffic_ratio
 from ..services.matching import quote_job
 from . import serializers as s
 from .filters import JobFilter, OfferFilter
@@ -44,6 +45,7 @@ ERRORS = {code: OpenApiResponse(s.ErrorSerializer, description=text) for code, t
     400: "Invalid input; `field` names it.", 401: "Not authenticated.",
     403: "Not allowed for your organization.", 404: "Not found (or not yours).",
     409: "Not possible in the object's current state.", 413: "The body is too large.",
+    503: "The chain node did not answer or refused the transaction; nothing was paid.",
 }.items()}
 ID = r"\d{1,18}"
 # Token first: its WWW-Authenticate header makes "not logged in" a 401, not a 403.
@@ -297,6 +299,39 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         job = job_services.job_cancel(job=self.get_object(), actor=request.user)
         return self._render(job)
 
+    def _own_job(self, request, pk):
+        """The caller's organization's job (funding is the owner's business, not staff's)."""
+        org = require_consumer(request.user)
+        job = self.get_object()
+        if job.owner_id != org.pk:
+            raise NotFound("No job with that id among your organization's jobs.")
+        return job
+
+    @extend_schema(summary="Fund the job's escrow from the organization's custodial wallet",
+                   request=s.FundSerializer, responses={200: s.JobDetailSerializer,
+                                                        **_errors(400, 401, 403, 404, 409, 503)})
+    @action(detail=True, methods=["post"])
+    def fund(self, request, pk=None):
+        """Approve and fund the escrow with the job's budget (development wallets). A wallet
+        in the browser funds with `fund-calls` instead; the job starts once the chain says so."""
+        job = self._own_job(request, pk)
+        data = s.FundSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        payment_services.job_fund(job=job, actor=request.user, amount=data.validated_data.get("amount"))
+        return self._render(job)
+
+    @extend_schema(summary="The transactions a browser wallet sends to fund the escrow",
+                   request=None, responses={200: OpenApiTypes.OBJECT, **_errors(401, 403, 404, 409, 503)})
+    @action(detail=True, methods=["get"], url_path="fund-calls")
+    def fund_calls(self, request, pk=None):
+        """`approve` (the token) then `fund` (the escrow): {to, data} each, for
+        `eth_sendTransaction` through the wallet's EIP-1193 provider."""
+        job = self._own_job(request, pk)
+        if job.status != job.Status.SUBMITTED:
+            raise Conflict(f"Job #{job.pk} is {job.get_status_display().lower()}; only a submitted "
+                           "job is funded.")
+        return Response(payment_services.fund_calls(job))
+
     @extend_schema(summary="Download the trained model", request=None,
                    responses={(200, "application/octet-stream"): OpenApiTypes.BINARY,
                               **_errors(401, 404)})
@@ -331,7 +366,9 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         data = s.JobSpecSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         spec = job_spec_validate(spec=data.to_spec(), owner=organization_of(request.user))
-        return Response(s.QuoteSerializer(quote_job(spec=spec).as_dict()).data)
+        ratio = sync_traffic_ratio(spec.sync, nodes=spec.nodes, gpus_per_node=spec.gpus_per_node)
+        return Response(s.QuoteSerializer({**quote_job(spec=spec).as_dict(), "sync": spec.sync,
+                                           "traffic_vs_ddp": ratio}).data)
 
 
 # --- Datasets ------------------------------------------------------------------------

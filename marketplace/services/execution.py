@@ -80,7 +80,7 @@ def start_message(assignment: Assignment) -> dict:
                                         committed_at__isnull=False).first()
     rdzv = None
     if assignment.node_rank > 0:
-        rank0 = job.assignments.get(attempt=assignment.attempt, node_rank=0)
+        rank0 = job.assignments.filter(attempt=assignment.attempt, node_rank=0).latest("pk")
         rdzv = {"host": rank0.rdzv_host, "port": rank0.rdzv_port}
     is_cpu = catalogue.CPU in job.gpu_models
     return _message(
@@ -88,7 +88,8 @@ def start_message(assignment: Assignment) -> dict:
         template=job.template, params=job.params, dataset=dataset,
         dataset_url=f"{base}dataset/" if dataset["kind"] == "csv" else None,
         nnodes=job.nodes, node_rank=assignment.node_rank, nproc_per_node=assignment.gpus,
-        backend="gloo" if is_cpu else "nccl", rdzv=rdzv,
+        backend="gloo" if is_cpu else "nccl", rdzv=rdzv, sync=job.sync or {"mode": "ddp"},
+        peer_timeout_s=settings.DILOCO_PEER_TIMEOUT_S,
         resume_checkpoint_url=f"{base}checkpoints/{resume.step}/" if resume else None,
         resume_checkpoint_sha256=resume.sha256 if resume else None,
         upload_url=base, token=assignment_token(assignment), pg_timeout_s=60,
@@ -414,6 +415,9 @@ def _on_finished(a: Assignment, m: dict) -> None:
             job_states.transition(job_id=job.pk, to=S.FAILED, reason="dataset_error",
                                   message=f"The dataset cannot be used: {error}")
             return
+        if is_diloco(job) and a.node_rank > 0:
+            _diloco_node_gone(job, a, f"its training failed: {error.splitlines()[0][:300]}")
+            return
         _interrupt(job, reason="assignment_failed",
                    message=f"Training failed on node {a.node_id}: {error.splitlines()[0][:300]}",
                    exclude_node=a.node_id)
@@ -435,9 +439,57 @@ def _on_finished(a: Assignment, m: dict) -> None:
             job_states.note(job_id=job.pk, reason="ranks_diverged",
                             message="Ranks finished with different parameters.")
     _end(a, A.SUCCEEDED, detail)
-    if job.status == S.RUNNING and not job.assignments.filter(attempt=a.attempt).exclude(
-            status=A.SUCCEEDED).exists():
+    if job.status == S.RUNNING and _attempt_done(job, a.attempt):
         _complete(Job.objects.get(pk=job.pk), attempt=a.attempt)
+
+
+def is_diloco(job: Job) -> bool:
+    return (job.sync or {}).get("mode") == "diloco" and job.nodes > 1
+
+
+def _attempt_done(job: Job, attempt: int) -> bool:
+    parts = job.assignments.filter(attempt=attempt)
+    if not is_diloco(job):
+        return not parts.exclude(status=A.SUCCEEDED).exists()
+    # DiLoCo: node rank 0 ends with the final global model, which every node that was still
+    # taking part has too; nodes lost on the way were replaced or left out. A replacement
+    # that has not started yet is not needed any more.
+    if not parts.filter(node_rank=0, status=A.SUCCEEDED).exists():
+        return False
+    for late in parts.filter(status__in=(A.PENDING, A.DISPATCHED)):
+        _end(late, A.CANCELLED, "the job finished before this node could join")
+    return not parts.filter(status__in=(A.ACCEPTED, A.RUNNING)).exists()
+
+
+def _diloco_node_gone(job: Job, a: Assignment, why: str) -> None:
+    """A DiLoCo node other than rank 0 stopped: the others go on without it (their outer
+    rounds drop it), and a replacement, placed now or as soon as a node is free, joins at
+    their next outer step from the current global model. No restart."""
+    if a.node_id not in job.excluded_nodes:
+        job.excluded_nodes = [*job.excluded_nodes, a.node_id]
+        job.save(update_fields=["excluded_nodes", "updated_at"])
+    if job.status != S.RUNNING:
+        return
+    if _attempt_done(job, a.attempt):
+        _complete(Job.objects.get(pk=job.pk), attempt=a.attempt)
+        return
+    job_states.note(job_id=job.pk, reason="node_dropped",
+                    message=f"Node rank {a.node_rank} (node {a.node_id}) left the job: {why}. The "
+                            "other nodes continue; a replacement joins at their next outer step.")
+    diloco_fill(job_id=job.pk)
+
+
+def diloco_fill(*, job_id: int) -> int:
+    """Place replacements for a running DiLoCo job's missing ranks and send them out."""
+    placed = placement.diloco_replace(job_id=job_id)
+    for assignment in placed:
+        assignment_dispatch(assignment_id=assignment.pk)
+    return len(placed)
+
+
+def diloco_fill_missing() -> int:
+    """Periodically: running DiLoCo jobs short of a node whose replacement found no machine."""
+    return sum(diloco_fill(job_id=job_id) for job_id in placement.diloco_jobs_short())
 
 
 def _complete(job: Job, *, attempt: int) -> None:
@@ -482,6 +534,9 @@ def node_lost(*, node_id: int, reason: str = "heartbeats stopped") -> int:
             if not _end(assignment, A.LOST, reason):
                 continue
             count += 1
+            if is_diloco(job) and assignment.node_rank > 0 and assignment.attempt == job.attempt:
+                _diloco_node_gone(job, assignment, f"node {node_id} was lost ({reason})")
+                continue
             _interrupt(job, reason="node_lost",
                        message=f"Node {node_id} was lost ({reason}); resuming elsewhere from the "
                                "last checkpoint.", exclude_node=node_id)

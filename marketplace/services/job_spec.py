@@ -34,6 +34,8 @@ class JobSpec:
     compliance: tuple[str, ...] = ()
     min_reliability: Decimal | None = None
     duration_hours: Decimal = Decimal("1")
+    # How the nodes synchronise: {"mode": "ddp"} (default) or {"mode": "diloco", …}.
+    sync: dict[str, Any] | None = None
     # Filled in by validation:
     dataset_obj: Dataset | None = None
 
@@ -44,6 +46,19 @@ class JobSpec:
     @property
     def gpus_total(self) -> int:
         return self.nodes * self.gpus_per_node
+
+
+def sync_traffic_ratio(sync: dict | None, *, nodes: int, gpus_per_node: int) -> float | None:
+    """How many times fewer bytes DiLoCo sends than DDP, per node and step, for the node
+    that sends the most (rank 0, which hands the average to the others), by model: DDP's
+    ring all-reduce sends 2·(W−1)/W of the fp32 gradients out of each node every step;
+    DiLoCo sends n−1 averages in the wire precision every H steps. None for DDP."""
+    if not sync or sync.get("mode") != "diloco" or nodes < 2:
+        return None
+    world = nodes * gpus_per_node
+    ddp = sync["inner_steps"] * 2 * (world - 1) / world * 4
+    diloco = (nodes - 1) * {"fp32": 4, "fp16": 2, "int8": 1}[sync["precision"]]
+    return ddp / diloco
 
 
 def _money(value: Decimal | None, field_name: str, label: str) -> Decimal:
@@ -95,6 +110,10 @@ def job_spec_validate(*, spec: JobSpec, owner: Organization | None) -> JobSpec:
     if not isinstance(spec.gpus_per_node, int) or not 1 <= spec.gpus_per_node <= MAX_GPUS_PER_NODE:
         raise MarketError(f"GPUs per node must be between 1 and {MAX_GPUS_PER_NODE}.",
                           field="gpus_per_node")
+    sync = catalogue.validate_sync(spec.sync)
+    if sync["mode"] == "diloco" and spec.nodes < 2:
+        raise MarketError("DiLoCo synchronises several machines: ask for 2 or more nodes, or use "
+                          "ddp on one.", field="sync.mode")
     if not 0 <= (spec.min_gpu_memory_gb or 0) <= 1024:
         raise MarketError("Minimum GPU memory must be between 0 and 1024 GB.",
                           field="min_gpu_memory_gb")
@@ -126,7 +145,7 @@ def job_spec_validate(*, spec: JobSpec, owner: Organization | None) -> JobSpec:
     if spec.deadline < now + timedelta(hours=float(hours)):
         raise MarketError(f"The deadline leaves less than the expected {hours} h to run.",
                           field="deadline")
-    return replace(spec, name=name, params=params, dataset=dataset_ref, dataset_obj=dataset,
+    return replace(spec, name=name, params=params, dataset=dataset_ref, dataset_obj=dataset, sync=sync,
                    gpu_models=gpu_models, regions=regions, compliance=compliance,
                    min_gpu_memory_gb=spec.min_gpu_memory_gb or 0, max_price_per_gpu_hour=price,
                    budget=budget, duration_hours=hours)

@@ -27,7 +27,7 @@ def spec_of(job: Job) -> JobSpec:
         budget=job.budget, deadline=job.deadline, params=job.params,
         min_gpu_memory_gb=job.min_gpu_memory_gb, gpu_models=tuple(job.gpu_models),
         regions=tuple(job.regions), compliance=tuple(job.compliance),
-        min_reliability=job.min_reliability, duration_hours=job.duration_hours,
+        min_reliability=job.min_reliability, duration_hours=job.duration_hours, sync=job.sync,
     )
 
 
@@ -127,6 +127,70 @@ def job_place(*, job_id: int) -> list[Assignment]:
             data={"attempt": job.attempt, "offers": [o.pk for o in picked],
                   "nodes": [o.node_id for o in picked]})
     return assignments
+
+
+def _missing_ranks(job: Job) -> list[int]:
+    """A running DiLoCo job's ranks with no live assignment, while rank 0 still trains."""
+    live = dict(job.assignments.filter(attempt=job.attempt, status__in=Assignment.ACTIVE)
+                .values_list("node_rank", "node_id"))
+    if 0 not in live:
+        return []
+    done = set(job.assignments.filter(attempt=job.attempt, status=Assignment.Status.SUCCEEDED)
+               .values_list("node_rank", flat=True))
+    return [r for r in range(1, job.nodes) if r not in live and r not in done]
+
+
+def diloco_replace(*, job_id: int) -> list[Assignment]:
+    """Place a running DiLoCo job's missing ranks on other nodes, in the same attempt: each
+    joins the others at their next outer step from the current global model (the runtime
+    hands it over), so nothing restarts. Ranks that find no node now stay missing; the job
+    goes on with fewer and `diloco_jobs_short` tries again."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job_id)
+        if job.status != S.RUNNING or (job.sync or {}).get("mode") != "diloco":
+            return []
+        missing = _missing_ranks(job)
+        if not missing:
+            return []
+        spec = spec_of(job)
+        busy = set(job.assignments.filter(attempt=job.attempt, status__in=Assignment.ACTIVE)
+                   .values_list("node_id", flat=True))
+        candidates = (matching.offers_matching(spec, matching.constraints_for(spec))
+                      .exclude(node_id__in=[*job.excluded_nodes, *busy])
+                      .order_by("price_per_gpu_hour", "-reliability", "id")
+                      .values_list("pk", "node_id")[:50])
+        placed: list[Assignment] = []
+        for offer_id, node_id in candidates:
+            if len(placed) == len(missing):
+                break
+            if node_id in busy:
+                continue
+            offer = (Offer.objects.select_for_update(skip_locked=True, of=("self",))
+                     .filter(pk=offer_id, status=Offer.Status.ACTIVE,
+                             gpus_reserved__lte=F("gpus_offered") - spec.gpus_per_node).first())
+            if offer is None:
+                continue
+            Offer.objects.filter(pk=offer.pk).update(gpus_reserved=F("gpus_reserved") + spec.gpus_per_node)
+            busy.add(node_id)
+            rank = missing[len(placed)]
+            placed.append(Assignment.objects.create(
+                job=job, node_id=node_id, offer=offer, attempt=job.attempt, node_rank=rank,
+                gpus=spec.gpus_per_node, price_per_gpu_hour=offer.price_per_gpu_hour))
+            job_states.note(
+                job_id=job.pk, reason="node_replaced",
+                message=f"Node rank {rank} continues on node {node_id} ({offer.gpu_model} in "
+                        f"{offer.region} at {offer.price_per_gpu_hour:.2f} tUSD/GPU-h); it joins "
+                        "the others at their next outer step.",
+                data={"attempt": job.attempt, "node_rank": rank, "node": node_id, "offer": offer.pk})
+        if placed:
+            live.offers_changed([a.offer_id for a in placed])
+    return placed
+
+
+def diloco_jobs_short() -> list[int]:
+    """Running DiLoCo jobs that lack a node (its replacement found no machine yet)."""
+    jobs = Job.objects.filter(status=S.RUNNING, nodes__gt=1, sync__mode="diloco")
+    return [job.pk for job in jobs.only("id", "attempt", "nodes") if _missing_ranks(job)]
 
 
 def release(assignment: Assignment) -> None:

@@ -83,6 +83,41 @@ def gpu_label(model: str) -> str:
     return "CPU slots" if model == catalogue.CPU else model
 
 
+@register.filter
+def sync_label(sync: dict | None) -> str:
+    """A job's synchronisation settings in a few words."""
+    if not sync or sync.get("mode") != "diloco":
+        return "DDP: gradients all-reduced every step"
+    return (f"DiLoCo: every {sync['inner_steps']} steps, {sync['precision']} pseudo-gradients, "
+            f"outer Nesterov (lr {sync['outer_lr']}, momentum {sync['outer_momentum']})")
+
+
+@register.filter
+def data_size(value) -> str:
+    """Bytes in SI units: 1 234 567 -> "1.23 MB"."""
+    if value is None:
+        return "—"
+    size = float(value)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.3g} {unit}"
+        size /= 1000
+    return f"{size:.3g} TB"
+
+
+@register.simple_tag
+def traffic_saved(sent, ddp) -> str:
+    """What the job's rank-0 node sent to the other nodes, against what DDP would have sent
+    for the same steps (static/js/job_live.js writes the same sentence)."""
+    if sent is None or not ddp:
+        return ""
+    if sent >= ddp:
+        return f"{data_size(sent)} sent to the other nodes (DDP)."
+    factor = ddp / sent if sent else float("inf")
+    ratio = "∞" if factor == float("inf") else f"{factor:,.0f}" if factor >= 10 else f"{factor:.1f}"
+    return f"{data_size(sent)} sent to the other nodes; DDP would have sent {data_size(ddp)}: {ratio}× less."
+
+
 @register.simple_tag
 def localtime(value: datetime | None, empty: str = "—"):
     """A UTC instant in a <time> element; static/js/app.js shows it in the browser's zone."""

@@ -1,15 +1,19 @@
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from .. import catalogue, job_states
 from ..errors import MarketError
 from ..forms import JobForm, QuoteForm
+from ..selectors.accounts import organization_of
 from ..selectors.execution import job_assignments, job_progress
 from ..selectors.market import jobs_visible_to
-from ..services.job_spec import job_spec_validate
+from ..selectors.payments import chain_transaction, job_escrow
+from ..services import payments as payment_services
+from ..services.job_spec import job_spec_validate, sync_traffic_ratio
 from ..services.jobs import job_cancel, job_submit
 from ..services.live import cost_so_far
 from ..services.matching import quote_job
@@ -68,7 +72,7 @@ def job_template_fields(request):
 def job_quote(request):
     """The live quote panel: validates like a submission, writes nothing."""
     form = QuoteForm(request.POST, organization=request.org)
-    quote, error = None, None
+    quote, error, spec = None, None, None
     if form.is_valid():
         try:
             spec = job_spec_validate(spec=form.to_spec(name_fallback="quote"), owner=request.org)
@@ -81,6 +85,9 @@ def job_quote(request):
     return render(request, "jobs/_quote.html", {
         "quote": quote, "problems": problems, "error": error,
         "hours": form.cleaned_data.get("duration_hours") if quote else None,
+        "sync": spec.sync if quote else None,
+        "traffic_ratio": sync_traffic_ratio(spec.sync, nodes=spec.nodes, gpus_per_node=spec.gpus_per_node)
+        if quote else None,
     })
 
 
@@ -102,8 +109,40 @@ def job_detail(request, pk: int):
         "job": job, "template": template,
         "events": job.events.select_related("actor"),
         "can_cancel": job.status in job_states.CANCELLABLE,
-        **_progress_context(job),
+        **_progress_context(job), **_escrow_context(request, job),
     })
+
+
+def _escrow_context(request, job) -> dict:
+    escrow = job_escrow(job)
+    org = organization_of(request.user)
+    mine = org is not None and org.pk == job.owner_id
+    return {"escrow": escrow,
+            "can_fund": bool(escrow) and mine and job.status == job.Status.SUBMITTED
+                        and escrow["status"] == "unfunded",
+            "has_custodial": mine and org.wallets.filter(kind="custodial").exists()}
+
+
+@login_required
+@require_POST
+def job_fund_view(request, pk: int):
+    job = get_object_or_404(jobs_visible_to(request.user), pk=pk)
+    org = organization_of(request.user)
+    if org is None or org.pk != job.owner_id:
+        raise Http404("Not your organization's job.")
+    try:
+        payment_services.job_fund(job=job, actor=request.user)
+    except MarketError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Funding sent to the chain; the job starts once it is confirmed.")
+    return redirect("job_detail", pk=job.pk)
+
+
+@login_required
+def chain_tx(request, tx_hash: str):
+    """A transaction the platform sent or saw, for the links on job pages and payouts."""
+    return render(request, "chain/tx.html", {"tx": chain_transaction(tx_hash), "tx_hash": tx_hash})
 
 
 def _progress_context(job) -> dict:

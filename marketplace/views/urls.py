@@ -24,6 +24,8 @@ urlpatterns = [
     path("jobs/new/template-fields/", jobs.job_template_fields, name="job_template_fields"),
     path("jobs/<int:pk>/", jobs.job_detail, name="job_detail"),
     path("jobs/<int:pk>/cancel/", jobs.job_cancel_view, name="job_cancel"),
+    path("jobs/<int:pk>/fund/", jobs.job_fund_view, name="job_fund"),
+    path("chain/tx/<str:tx_hash>/", jobs.chain_tx, name="chain-tx"),
     path("jobs/<int:pk>/progress/", jobs.job_progress_view, name="job_progress"),
     # Providers
     path("provider/nodes/", provider.node_list, name="provider_nodes"),

@@ -60,6 +60,21 @@
     while (frac.length < 2) frac += "0";
     return group(parts[0]) + "." + frac;
   }
+  // As the `data_size` filter and the `traffic_saved` tag (marketplace/templatetags/market_ui.py).
+  function dataSize(n) {
+    var units = ["B", "kB", "MB", "GB"], i = 0;
+    n = Number(n);
+    while (n >= 1000 && i < units.length - 1) { n /= 1000; i++; }
+    return i === 0 ? Math.round(n) + " B" : Number(n.toPrecision(3)) + " " + units[i];
+  }
+  function trafficText(t) {
+    if (!t.ddp) return "";
+    if (t.sent >= t.ddp) return dataSize(t.sent) + " sent to the other nodes (DDP).";
+    var f = t.sent ? t.ddp / t.sent : Infinity;
+    var ratio = !isFinite(f) ? "∞" : f >= 10 ? group(String(Math.round(f))) : f.toFixed(1);
+    return dataSize(t.sent) + " sent to the other nodes; DDP would have sent " + dataSize(t.ddp) +
+      ": " + ratio + "× less.";
+  }
   function metricText(metric) {  // as the template: accuracy as a percentage, others 2 decimals
     if (!metric || metric.value == null) return "—";
     var v = Number(metric.value);
@@ -78,6 +93,7 @@
       while (state.points.length && state.points[state.points.length - 1].step >= p.step) state.points.pop();
       state.points.push({ seq: p.seq, step: p.step, total_steps: p.total_steps, loss: p.loss,
                           samples_per_sec: p.samples_per_sec, t: Date.parse(p.at) });
+      if (p.comm_bytes != null) state.traffic = { sent: p.comm_bytes, ddp: p.comm_bytes_ddp, seq: p.seq };
     }
     if (state.points.length > MAX_POINTS) {  // thin the older half, keep the recent detail
       var half = Math.floor(state.points.length / 2);
@@ -139,6 +155,10 @@
       var mine = state.points.length ? state.points[state.points.length - 1].seq : 0;
       state.progress = job.progress;
       if (mine > (job.progress.last_seq || 0)) progressFromPoints(); // points are newer
+    }
+    var pr = job.progress;
+    if (pr && pr.comm_bytes != null && (!state.traffic || state.traffic.seq <= (pr.last_seq || 0))) {
+      state.traffic = { sent: pr.comm_bytes, ddp: pr.comm_bytes_ddp, seq: pr.last_seq || 0 };
     }
     var metric = job.progress && job.progress.metric;
     var metricKey = metric ? metric.name + ":" + metric.value : null;
@@ -203,6 +223,11 @@
       var eta = etaText(p.eta_seconds);
       if (eta) rest += " · " + eta;
       text.appendChild(document.createTextNode(rest));
+    }
+    var traffic = $("traffic"), trafficEl = $("traffic-text");
+    if (traffic && trafficEl && state.traffic && state.traffic.ddp) {
+      trafficEl.textContent = trafficText(state.traffic);
+      traffic.hidden = false;
     }
     var speed = $("throughput");
     if (speed) speed.textContent = p.samples_per_sec ? group(String(Math.round(p.samples_per_sec))) : "—";

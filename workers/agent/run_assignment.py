@@ -20,6 +20,7 @@ POLL_S = 0.25
 STALL_TIMEOUT_S = 180  # no event and no output for this long: the group is hung
 SHUTDOWN_GRACE_S = 30  # after the result, ranks that do not exit are killed
 LOG_BATCH = 50
+LOG_FLUSH_S = 1.0
 
 
 class AssignmentRun:
@@ -38,6 +39,8 @@ class AssignmentRun:
         self.last_activity = time.monotonic()
         self.progress_buffer: list[dict] = []
         self.last_flush = 0.0
+        self.log_batch: list[str] = []
+        self.last_log_flush = 0.0
 
     @property
     def label(self) -> str:
@@ -120,6 +123,7 @@ class AssignmentRun:
         try:
             while True:
                 await self._forward(tail.poll())
+                await self._flush_logs(older_than_s=LOG_FLUSH_S)
                 if self.process.returncode is not None:
                     break
                 now = time.monotonic()
@@ -151,19 +155,25 @@ class AssignmentRun:
                                                f"{tail_lines}")
 
     async def _read_output(self) -> None:
-        batch: list[str] = []
         while True:
             line = await self.process.stdout.readline()
             if line:
                 text = line.decode(errors="replace").rstrip()[:2000]
                 self.last_lines.append(text)
                 self.last_activity = time.monotonic()
-                batch.append(text)
-            if batch and (not line or len(batch) >= LOG_BATCH):
-                await self.agent.send_data(self.id, "log", lines=batch)
-                batch = []
+                self.log_batch.append(text)
+            if self.log_batch and (not line or len(self.log_batch) >= LOG_BATCH):
+                await self._flush_logs()
             if not line:
                 return
+
+    async def _flush_logs(self, *, older_than_s: float = 0.0) -> None:
+        """Send buffered output lines: in batches, and at least every LOG_FLUSH_S, so that a
+        quiet run's few lines are not held back until it ends."""
+        if self.log_batch and time.monotonic() - self.last_log_flush >= older_than_s:
+            lines, self.log_batch = self.log_batch, []
+            self.last_log_flush = time.monotonic()
+            await self.agent.send_data(self.id, "log", lines=lines)
 
     async def _flush_progress(self, *, force: bool = False) -> None:
         """Send buffered progress points: at most once a second (each message costs the

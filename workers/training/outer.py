@@ -43,7 +43,6 @@ from . import diloco
 
 HOST = 0  # the host's own ticket
 HEARTBEAT_S = 1.0
-POLL_S = 0.005
 LIVENESS_EVERY_S = 0.25
 
 
@@ -141,8 +140,13 @@ class OuterHost:
         `encoded`), as every node decodes it from the published bytes."""
         contributions = {HOST: diloco.decode(encoded, self.shapes, self.precision)}
         waiting, dropped = set(self.members), []
-        next_check = time.monotonic() + LIVENESS_EVERY_S
         while waiting:
+            # Block in the store (no busy polling: the node's own ranks need the CPU) for
+            # the first missing member, a quarter second at most, then look at all of them.
+            try:
+                self.store.wait([f"g/{round_}/{min(waiting)}"], timedelta(seconds=LIVENESS_EVERY_S))
+            except dist.DistStoreError:
+                pass
             for t in sorted(waiting):
                 key = f"g/{round_}/{t}"
                 if self.store.check([key]):
@@ -150,16 +154,11 @@ class OuterHost:
                     self.store.delete_key(key)
                     contributions[t] = diloco.decode(body, self.shapes, self.precision)
                     waiting.discard(t)
-            if waiting and time.monotonic() >= next_check:
-                for t in sorted(waiting):
-                    if not self._alive(t):
-                        waiting.discard(t)
-                        dropped.append(t)
-                        self.log(f"outer: node rank {self.label(t)} (ticket {t}) sent nothing for "
-                                 f"round {round_} and its heartbeat stopped; continuing without it")
-                next_check = time.monotonic() + LIVENESS_EVERY_S
-            if waiting:
-                time.sleep(POLL_S)
+                elif not self._alive(t):
+                    waiting.discard(t)
+                    dropped.append(t)
+                    self.log(f"outer: node rank {self.label(t)} (ticket {t}) sent nothing for "
+                             f"round {round_} and its heartbeat stopped; continuing without it")
         self.members = [t for t in self.members if t not in dropped]
         order = sorted(contributions)
         total = [torch.zeros(s) for s in self.shapes]

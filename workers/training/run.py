@@ -4,7 +4,8 @@
 
 SPEC.json (written by the agent): template, params, dataset, workdir, backend, resume_from,
 pg_timeout_s, and for multi-node jobs sync, nnodes, node_rank and (DiLoCo) outer, member,
-peer_timeout_s. Rank 0 writes progress, checkpoint and result events to workdir/events.jsonl.
+peer_timeout_s; benchmarks may add max_steps, report_every and eval_every. Rank 0 writes
+progress, checkpoint and result events to workdir/events.jsonl.
 Randomness is a function of (seed, rank, step), so a run resumed from a checkpoint, or
 replayed by a verifier, follows exactly the same path.
 
@@ -17,9 +18,11 @@ Two ways to synchronise several nodes (the job's `sync`):
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import json
 import os
+import signal
 import sys
 import time
 from datetime import timedelta
@@ -162,6 +165,8 @@ def _emit_log(message: str) -> None:
 
 
 def main(spec_path: str) -> int:
+    # `kill -USR1 <pid>` prints every thread's stack to the log: how to see where a hung rank is.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     spec = json.loads(Path(spec_path).read_text())
     sync = diloco.SyncConfig.from_spec(spec.get("sync"))
     nnodes, node_rank = int(spec.get("nnodes", 1)), int(spec.get("node_rank", 0))
@@ -215,6 +220,8 @@ def main(spec_path: str) -> int:
     if len(sampler) < batch:
         batch = len(sampler)
     total_steps = int(params["epochs"]) * steps_per_epoch
+    if spec.get("max_steps"):  # benchmarks: stop after exactly this many steps
+        total_steps = min(total_steps, int(spec["max_steps"]))
 
     # Resume: a local checkpoint from an earlier attempt of this process group wins over
     # the one the platform handed over (it is newer).
@@ -275,7 +282,7 @@ def main(spec_path: str) -> int:
     last_checkpoint = start_step
     # Reporting all-reduces the loss, so every rank must decide it the same way: by step
     # number, never by its own clock (a mismatch hangs or corrupts the collectives).
-    report_every = max(1, total_steps // REPORTS_PER_RUN)
+    report_every = int(spec.get("report_every") or max(1, total_steps // REPORTS_PER_RUN))
     step, window_start, window_steps = start_step, time.perf_counter(), 0
     x_all, y_all = splits.x_train, splits.y_train
     while step < total_steps:

@@ -1,0 +1,89 @@
+"""Reading the escrow's events: what the chain says moves escrows and jobs.
+
+The indexer reads logs in block ranges from where it stopped (a cursor per chain and
+contract), up to the newest block with enough confirmations, and applies each range in
+one database transaction with the cursor, so a crash re-reads the range and every handler
+is idempotent.
+"""
+
+import logging
+
+from django.conf import settings
+from django.db import transaction
+from eth_utils import event_abi_to_log_topic
+
+from ..payment_models import ChainCursor
+from .client import ChainError, _short, chain_id, w3
+from .deploy import addresses, escrow_contract
+
+log = logging.getLogger(__name__)
+EVENTS = ("JobFunded", "JobToppedUp", "JobSettled", "JobRefunded")
+
+
+def _topics(contract) -> dict[bytes, str]:
+    return {event_abi_to_log_topic(e): e["name"] for e in contract.abi
+            if e["type"] == "event" and e["name"] in EVENTS}
+
+
+def index_events(*, max_ranges: int = 50) -> int:
+    """Apply new escrow events; returns how many were applied."""
+    from ..services import payments
+
+    if "escrow" not in addresses():
+        return 0
+    contract = escrow_contract()
+    topics = _topics(contract)
+    try:
+        cid = chain_id()
+        safe = w3().eth.block_number - (settings.CHAIN_CONFIRMATIONS - 1)
+    except ChainError:
+        raise
+    except Exception as exc:
+        raise ChainError(f"The chain node does not answer: {_short(exc)}", code="chain_unavailable") from exc
+    cursor, _ = ChainCursor.objects.get_or_create(chain_id=cid, address=contract.address, defaults={
+        "last_block": max(0, _deployed_at(cid) - 1)})
+    applied = 0
+    for _ in range(max_ranges):
+        start = cursor.last_block + 1
+        if start > safe:
+            break
+        end = min(safe, start + settings.CHAIN_LOG_RANGE - 1)
+        logs = w3().eth.get_logs({"address": contract.address, "fromBlock": start, "toBlock": end})
+        with transaction.atomic():
+            locked = ChainCursor.objects.select_for_update().get(pk=cursor.pk)
+            if locked.last_block >= end:  # another indexer got there first
+                cursor = locked
+                continue
+            for entry in logs:
+                name = topics.get(bytes(entry["topics"][0])) if entry["topics"] else None
+                if name is None:
+                    continue
+                event = contract.events[name]().process_log(entry)
+                _apply(payments, name, event["args"], "0x" + bytes(entry["transactionHash"]).hex())
+                applied += 1
+            locked.last_block = end
+            locked.save(update_fields=["last_block"])
+            cursor = locked
+    return applied
+
+
+def _deployed_at(cid: int) -> int:
+    from ..payment_models import ChainContract
+
+    row = ChainContract.objects.filter(chain_id=cid, name="escrow").first()
+    return row.block_number if row else 0
+
+
+def _apply(payments, name: str, args, tx_hash: str) -> None:
+    key = "0x" + bytes(args["jobId"]).hex()
+    if name == "JobFunded":
+        payments.escrow_funded(key=key, consumer=args["consumer"], amount=args["amount"],
+                               deadline=args["deadline"], tx_hash=tx_hash)
+    elif name == "JobToppedUp":
+        payments.escrow_topped_up(key=key, total=args["total"])
+    elif name == "JobSettled":
+        payments.escrow_closed(key=key, refunded=False, paid=args["paidToProviders"], fee=args["fee"],
+                               returned=args["refunded"], tx_hash=tx_hash)
+    elif name == "JobRefunded":
+        payments.escrow_closed(key=key, refunded=True, paid=0, fee=0, returned=args["amount"],
+                               tx_hash=tx_hash)

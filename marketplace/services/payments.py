@@ -1,0 +1,317 @@
+"""Paying for jobs: the escrow each job is funded into, metering of the work that survived,
+and settlement in batches. Money moves only on the chain; every step here is idempotent
+(a retried call finds the work done, and the contract refuses a second settlement).
+
+Flow: `job_fund` (custodial wallet) or the browser funds the escrow → the indexer sees
+`JobFunded` → `escrow_funded` starts matching. When the job ends, `settlements_prepare`
+meters it; `settlement_batch_send` pays every pending job in one `settleBatch`; the indexer
+sees `JobSettled` → `escrow_closed` settles the job.
+"""
+
+import logging
+import secrets
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_DOWN, Decimal
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from .. import job_states
+from ..errors import Conflict, MarketError
+from ..models import Assignment, Escrow, Job, Organization, Payout, Settlement
+from . import audit, enqueue
+from .wallets import custodial_key, custodial_wallet, payout_address
+
+log = logging.getLogger(__name__)
+S = Job.Status
+A = Assignment.Status
+E = Escrow.Status
+MICRO = Decimal("0.000001")
+# Jobs that pay (or refund) once they stop: they may have run, and their escrow is funded.
+SETTLE_FROM = (S.COMPLETED, S.CANCELLED, S.FAILED)
+
+
+def _q(value: Decimal) -> Decimal:
+    return Decimal(value).quantize(MICRO, rounding=ROUND_DOWN)
+
+
+# --- the escrow ---------------------------------------------------------------------
+def escrow_of(job: Job) -> Escrow:
+    """The job's escrow record; its chain id is random (unpredictable: nobody can fund a
+    job id first to block the consumer's own funding)."""
+    escrow, _ = Escrow.objects.get_or_create(job=job, defaults={"key": "0x" + secrets.token_hex(32)})
+    return escrow
+
+
+def reclaim_deadline(job: Job) -> datetime:
+    """When the consumer may take an unsettled deposit back without the platform."""
+    return job.deadline + timedelta(seconds=settings.ESCROW_RECLAIM_AFTER_S)
+
+
+def fund_calls(job: Job) -> dict:
+    """What a wallet in the browser sends: approve the escrow, then fund (the amount is the
+    job's budget, in base units)."""
+    from ..chain.client import chain_id, to_units
+    from ..chain.deploy import escrow_contract, token_contract
+
+    escrow, token = escrow_contract(), token_contract()
+    record = escrow_of(job)
+    amount = to_units(job.budget)
+    deadline = int(reclaim_deadline(job).timestamp())
+    return {
+        "chain_id": chain_id(), "token": token.address, "escrow": escrow.address, "job_key": record.key,
+        "amount": str(job.budget), "amount_units": str(amount), "deadline": deadline,
+        "approve": {"to": token.address,
+                    "data": token.encode_abi("approve", args=[escrow.address, amount])},
+        "fund": {"to": escrow.address,
+                 "data": escrow.encode_abi("fund", args=[bytes.fromhex(record.key[2:]), amount, deadline])},
+    }
+
+
+def job_fund(*, job: Job, actor=None, amount: Decimal | None = None) -> Escrow:
+    """Fund the job's escrow with its budget from the organization's custodial (development)
+    wallet: approve, then fund. Idempotent: a job whose funding is under way or done is
+    returned as it is."""
+    from ..chain import sender
+    from ..chain.client import to_units
+    from ..chain.deploy import escrow_contract, token_contract
+
+    if not settings.ESCROW_ENABLED:
+        raise Conflict("Escrow is not enabled on this platform; jobs run without funding.")
+    if amount is not None and _q(amount) != job.budget:
+        raise MarketError(f"The escrow must hold the job's budget, {job.budget:.2f} tUSD "
+                          f"(not {amount} tUSD).", field="amount", code="wrong_amount")
+    with transaction.atomic():
+        escrow = Escrow.objects.select_for_update().filter(pk=escrow_of(job).pk).get()
+        if escrow.status != E.UNFUNDED:
+            return escrow
+        if Job.objects.get(pk=job.pk).status != S.SUBMITTED:
+            raise Conflict(f"Job #{job.pk} is {job.get_status_display().lower()}; only a submitted job "
+                           "is funded.")
+        wallet = custodial_wallet(job.owner)
+        key = custodial_key(wallet)
+        token, contract = token_contract(), escrow_contract()
+        units = to_units(job.budget)
+        if token.functions.balanceOf(wallet.address).call() < units:
+            raise Conflict(f"The wallet {wallet.address} holds less than {job.budget:.2f} tUSD.",
+                           code="insufficient_funds")
+        if token.functions.allowance(wallet.address, contract.address).call() < units:
+            sender.send(key=key, purpose="approve", call=token.functions.approve(contract.address, units))
+        tx = sender.send(key=key, purpose="fund", call=contract.functions.fund(
+            bytes.fromhex(escrow.key[2:]), units, int(reclaim_deadline(job).timestamp())))
+        escrow.status, escrow.fund_tx = E.FUNDING, tx.tx_hash
+        escrow.save(update_fields=["status", "fund_tx"])
+        job_states.note(job_id=job.pk, reason="funding_sent", actor=actor,
+                        message=f"Funding {job.budget:.2f} tUSD from {wallet.address}: "
+                                f"transaction {tx.tx_hash}.")
+        enqueue.enqueue("workers.tasks_chain.chain_sync", countdown=0.2)
+    return escrow
+
+
+def escrow_funded(*, key: str, consumer: str, amount: int, deadline: int, tx_hash: str) -> None:
+    """The chain says a job's escrow was funded: start the job if the deposit covers it."""
+    from ..chain.client import from_units
+
+    escrow = Escrow.objects.select_for_update().select_related("job").filter(key=key).first()
+    if escrow is None:
+        log.warning("JobFunded for unknown escrow %s (tx %s)", key, tx_hash)
+        return
+    if escrow.status in (E.FUNDED, E.SETTLED, E.REFUNDED):
+        return
+    escrow.status, escrow.consumer_address, escrow.amount = E.FUNDED, consumer, from_units(amount)
+    escrow.deadline, escrow.fund_tx = datetime.fromtimestamp(deadline, tz=UTC), tx_hash
+    escrow.funded_at = timezone.now()
+    escrow.save()
+    _start_if_covered(escrow)
+
+
+def escrow_topped_up(*, key: str, total: int) -> None:
+    from ..chain.client import from_units
+
+    escrow = Escrow.objects.select_for_update().select_related("job").filter(key=key).first()
+    if escrow is None or escrow.status != E.FUNDED:
+        return
+    escrow.amount = from_units(total)
+    escrow.save(update_fields=["amount"])
+    _start_if_covered(escrow)
+
+
+def _start_if_covered(escrow: Escrow) -> None:
+    job = escrow.job
+    if job.status != S.SUBMITTED:
+        return
+    if escrow.amount < job.budget:
+        job_states.note(job_id=job.pk, reason="underfunded",
+                        message=f"The escrow holds {escrow.amount:.2f} tUSD of the {job.budget:.2f} tUSD "
+                                "budget; top it up to start the job.")
+        return
+    job_states.transition(job_id=job.pk, to=S.FUNDED, reason="escrow_funded",
+                          message=f"Escrow funded on chain with {escrow.amount:.2f} tUSD "
+                                  f"(transaction {escrow.fund_tx}).")
+    enqueue.match_job(job.pk)
+
+
+def escrow_closed(*, key: str, refunded: bool, paid: int, fee: int, returned: int, tx_hash: str) -> None:
+    """The chain says a job's escrow was settled or refunded: the job follows."""
+    from ..chain.client import from_units
+
+    escrow = Escrow.objects.select_for_update().select_related("job").filter(key=key).first()
+    if escrow is None or escrow.status in (E.SETTLED, E.REFUNDED):
+        return
+    job = escrow.job
+    escrow.status = E.REFUNDED if refunded or (paid == 0 and fee == 0) else E.SETTLED
+    escrow.close_tx, escrow.closed_at = tx_hash, timezone.now()
+    escrow.save(update_fields=["status", "close_tx", "closed_at"])
+    Settlement.objects.filter(job=job).exclude(status=Settlement.Status.SETTLED).update(
+        status=Settlement.Status.SETTLED, settled_at=timezone.now())
+    if refunded and job.status in (S.SUBMITTED, S.FUNDED, S.MATCHING, S.INTERRUPTED, S.RUNNING):
+        from .jobs import job_cancel
+
+        job = job_cancel(job=job, reason="escrow_refunded",
+                         message="The escrow was refunded on chain; the job stops.")
+    to = S.REFUNDED if escrow.status == E.REFUNDED else S.SETTLED
+    if job_states.can_transition(Job.objects.get(pk=job.pk).status, to):
+        text = (f"Refunded {from_units(returned):.2f} tUSD to the consumer" if to == S.REFUNDED else
+                f"Settled on chain: {from_units(paid):.2f} tUSD to providers, {from_units(fee):.2f} tUSD "
+                f"platform fee, {from_units(returned):.2f} tUSD back to the consumer")
+        job_states.transition(job_id=job.pk, to=to, reason="escrow_" + to, message=f"{text} ({tx_hash}).")
+
+
+def escrow_force_refund(*, job: Job, actor=None) -> str:
+    """Admin: return a funded, unsettled escrow to the consumer (operatorRefund)."""
+    from ..chain import sender
+    from ..chain.deploy import escrow_contract, operator_key
+
+    escrow = Escrow.objects.filter(job=job).first()
+    if escrow is None or escrow.status != E.FUNDED:
+        raise Conflict("Only a funded escrow that is not settled can be refunded.")
+    tx = sender.send(key=operator_key(), purpose="refund",
+                     call=escrow_contract().functions.operatorRefund(bytes.fromhex(escrow.key[2:])))
+    audit.audit_record(actor=actor, action="escrow.force_refund", obj=job, data={"tx": tx.tx_hash},
+                       message=f"Forced a refund of job {job.pk}'s escrow.")
+    job_states.note(job_id=job.pk, reason="refund_sent", actor=actor,
+                    message=f"An administrator refunded the escrow: transaction {tx.tx_hash}.")
+    enqueue.enqueue("workers.tasks_chain.chain_sync", countdown=0.2)
+    return tx.tx_hash
+
+
+# --- metering -----------------------------------------------------------------------
+def _charged_until(a: Assignment, attempt_checkpoints: dict[int, datetime | None]) -> datetime | None:
+    """Work of an attempt that broke (a node lost or failed) counts up to its last committed
+    checkpoint: what came after it is redone, and not paid for."""
+    if a.started_at is None or a.finished_at is None:
+        return None
+    if a.status in (A.SUCCEEDED, A.CANCELLED):
+        return a.finished_at
+    last = attempt_checkpoints.get(a.attempt)
+    return min(a.finished_at, last) if last else None
+
+
+def job_statement(job: Job) -> tuple[list[dict], Decimal]:
+    """One line per assignment: GPU-seconds charged at its locked price. Returns the lines
+    and the total (not yet capped by the escrow)."""
+    assignments = list(job.assignments.select_related("node__provider").order_by(
+        "attempt", "node_rank", "pk"))
+    broken = {a.attempt for a in assignments if a.status in (A.LOST, A.FAILED)}
+    last_ckpt: dict[int, datetime | None] = {}
+    for attempt in broken:
+        ckpt = (job.checkpoints.filter(assignment__attempt=attempt, committed_at__isnull=False)
+                .order_by("-committed_at").first())
+        last_ckpt[attempt] = ckpt.committed_at if ckpt else None
+    lines, total = [], Decimal(0)
+    for a in assignments:
+        until = _charged_until(a, last_ckpt) if a.attempt in broken else (
+            a.finished_at if a.started_at and a.finished_at else None)
+        seconds = max(0.0, (until - a.started_at).total_seconds()) if until else 0.0
+        amount = _q(a.price_per_gpu_hour * a.gpus * Decimal(seconds) / Decimal(3600))
+        total += amount
+        lines.append({
+            "assignment": a.pk, "attempt": a.attempt, "rank": a.node_rank, "node": a.node.name,
+            "provider": a.node.provider_id, "provider_name": a.node.provider.name, "status": a.status,
+            "gpus": a.gpus, "gpu_seconds": round(seconds * a.gpus, 1),
+            "price_per_gpu_hour": str(a.price_per_gpu_hour), "amount": str(amount),
+            "note": ("work after the last checkpoint is not charged" if a.attempt in broken else ""),
+        })
+    return lines, total
+
+
+def settlement_prepare(*, job: Job) -> Settlement | None:
+    """Meter a stopped, funded job once: the statement, each provider's payout after the
+    platform fee, and the rest back to the consumer. Capped by the escrow."""
+    escrow = Escrow.objects.filter(job=job, status=E.FUNDED).first()
+    if escrow is None or job.status not in SETTLE_FROM:
+        return None
+    with transaction.atomic():
+        existing = Settlement.objects.filter(job=job).first()
+        if existing is not None:
+            return existing
+        lines, total = job_statement(job)
+        charged = min(total, escrow.amount)
+        scale = (charged / total) if total > 0 else Decimal(0)
+        fee_rate = Decimal(settings.PLATFORM_FEE_BPS) / Decimal(10_000)
+        per_provider: dict[int, Decimal] = {}
+        for line in lines:
+            p = line["provider"]
+            per_provider[p] = per_provider.get(p, Decimal(0)) + Decimal(line["amount"])
+        payouts = {p: _q(v * scale * (1 - fee_rate)) for p, v in per_provider.items() if v > 0}
+        fee = _q(charged - sum(payouts.values(), Decimal(0)))
+        settlement = Settlement.objects.create(job=job, charged=_q(charged), fee=fee,
+                                               refunded=_q(escrow.amount - charged), statement=lines)
+        for provider_id, amount in payouts.items():
+            org = Organization.objects.get(pk=provider_id)
+            Payout.objects.create(settlement=settlement, provider=org, amount=amount,
+                                  address=payout_address(org) or "")
+    return settlement
+
+
+def settlements_prepare() -> int:
+    """Every stopped, funded job without a statement gets one (the periodic pass)."""
+    jobs = Job.objects.filter(status__in=SETTLE_FROM, escrow__status=E.FUNDED, settlement__isnull=True)
+    return sum(settlement_prepare(job=job) is not None for job in jobs[:1000])
+
+
+def settlement_batch_send(*, limit: int | None = None) -> str | None:
+    """Pay every pending settlement in one settleBatch transaction. Each settlement is taken
+    with a row lock and marked submitted in the same transaction that stores the signed
+    transaction, so two workers never put a job into two batches; the contract skips a job
+    that is already closed, so even a replayed batch cannot pay twice."""
+    from ..chain import sender
+    from ..chain.client import to_units
+    from ..chain.deploy import escrow_contract, operator_key
+
+    limit = limit or settings.SETTLEMENT_BATCH_MAX
+    with transaction.atomic():
+        pending = list(Settlement.objects.select_for_update(skip_locked=True, of=("self",))
+                       .filter(status=Settlement.Status.PENDING, job__escrow__status=E.FUNDED)
+                       .select_related("job__escrow").prefetch_related("payouts").order_by("id")[:limit])
+        ready, waiting = [], []
+        for s in pending:
+            (waiting if any(not p.address for p in s.payouts.all()) else ready).append(s)
+        for s in waiting:
+            _missing_payout_address(s)
+        if not ready:
+            return None
+        batch = [(bytes.fromhex(s.job.escrow.key[2:]), [p.address for p in s.payouts.all()],
+                  [to_units(p.amount) for p in s.payouts.all()], to_units(s.fee)) for s in ready]
+        tx = sender.send(key=operator_key(), purpose="settle",
+                         call=escrow_contract().functions.settleBatch(batch))
+        Settlement.objects.filter(pk__in=[s.pk for s in ready]).update(
+            status=Settlement.Status.SUBMITTED, transaction=tx)
+    return tx.tx_hash
+
+
+def _missing_payout_address(s: Settlement) -> None:
+    """A provider without a payout wallet: use one set since, or say why the job waits."""
+    for p in s.payouts.all():
+        if not p.address and (address := payout_address(p.provider)):
+            Payout.objects.filter(pk=p.pk).update(address=address)
+
+
+def settlements_retry_reverted() -> int:
+    """A batch that reverted (the contract refused it) goes back to pending, once checked."""
+    from ..models import ChainTransaction
+
+    reverted = Settlement.objects.filter(status=Settlement.Status.SUBMITTED,
+                                         transaction__status=ChainTransaction.Status.REVERTED)
+    return reverted.update(status=Settlement.Status.PENDING, transaction=None)

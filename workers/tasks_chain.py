@@ -1,0 +1,38 @@
+"""The chain queue: one worker, concurrency 1, sends and watches the platform's transactions
+(nonces come from the database as well, so a second sender would still be safe)."""
+
+from celery import shared_task
+from django.conf import settings
+
+from marketplace.chain import indexer, sender
+from marketplace.services import payments
+
+
+@shared_task(name="workers.tasks_chain.chain_sync", time_limit=120, soft_time_limit=100)
+def chain_sync() -> int:
+    """Receipts of what was sent, re-broadcasts of what is stuck, then the escrow's events."""
+    if not settings.ESCROW_ENABLED:
+        return 0
+    sender.resend_stale()
+    payments.settlements_retry_reverted()
+    return indexer.index_events()
+
+
+@shared_task(name="workers.tasks_chain.settle_pending", time_limit=240, soft_time_limit=200,
+             acks_late=True, reject_on_worker_lost=True)
+def settle_pending() -> str | None:
+    """Meter the jobs that stopped and pay them all in one batch transaction."""
+    if not settings.ESCROW_ENABLED:
+        return None
+    payments.settlements_prepare()
+    tx = payments.settlement_batch_send(limit=settings.SETTLEMENT_BATCH_MAX)
+    if tx:
+        sender.wait(sender.check(_stored(tx)))
+        indexer.index_events()
+    return tx
+
+
+def _stored(tx_hash: str):
+    from marketplace.models import ChainTransaction
+
+    return ChainTransaction.objects.get(tx_hash=tx_hash)
