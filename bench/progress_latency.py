@@ -135,7 +135,7 @@ async def run_streams(port: int, viewer_token: str, streams: list[Stream], rate:
         async for raw in ws:
             m = json.loads(raw)
             if m.get("type") == "ack":
-                s.acked += 1
+                s.acked += len(m.get("ids") or [m.get("ack")])
             elif m.get("type") == "error":
                 s.errors.append(m)
 

@@ -20,7 +20,7 @@ MAX_MESSAGE_BYTES = 1_048_576
 # busy job may send). Beyond it a message is refused unacknowledged, so the agent resends
 # it later, in order; nothing is lost.
 RATE_BURST, RATE_PER_S = 300.0, 150.0
-DRAIN_BATCH = 500
+DRAIN_BATCH = 2000
 
 
 def _token(scope) -> str | None:
@@ -139,7 +139,6 @@ class Ingest:
         self.queue.put_nowait((consumer, message))
 
     async def _drain(self):
-        replying = None
         while True:
             batch = [await self.queue.get()]
             while not self.queue.empty() and len(batch) < DRAIN_BATCH:
@@ -147,13 +146,10 @@ class Ingest:
             stop = None in batch
             batch = [item for item in batch if item is not None]
             if batch:
-                written = await self._write(batch)
-                # Batch N's acks and broadcasts go out while batch N+1 is written; one
-                # batch's sends after the previous one's, so every job's points stay in order.
-                replying = asyncio.create_task(self._reply(replying, batch, *written))
+                # Sequential on purpose: while a batch is written and its replies sent, the
+                # next one gathers; overlapping them made batches smaller and slower overall.
+                await self._reply(batch, *await self._write(batch))
             if stop and self.sockets <= 0 and self.queue.empty():
-                if replying is not None:
-                    await replying
                 _ingests.pop(asyncio.get_running_loop(), None)
                 return
 
@@ -170,19 +166,17 @@ class Ingest:
             outbox, snapshots = [], set()
         return results, outbox, snapshots
 
-    async def _reply(self, previous, batch, results, outbox, snapshots) -> None:
-        if previous is not None:
-            await previous
+    async def _reply(self, batch, results, outbox, snapshots) -> None:
+        acks: dict[AgentConsumer, list] = {}
         for (consumer, message), error in zip(batch, results, strict=True):
-            try:
-                if error is None:
-                    await consumer.send(json.dumps({"type": "ack", "ack": message.get("id")}))
-                else:
-                    if error.code != "internal":
-                        log.info("agent %s: %s", consumer.node.pk, error.message)
-                    await consumer._error(error.code, error.message, message.get("id"))
-            except Exception:  # that socket has gone; the agent resends what it missed
-                log.debug("agent %s: reply not sent", consumer.node.pk, exc_info=True)
+            if error is None:
+                acks.setdefault(consumer, []).append(message.get("id"))
+                continue
+            if error.code != "internal":
+                log.info("agent %s: %s", consumer.node.pk, error.message)
+            await _quietly(consumer._error(error.code, error.message, message.get("id")))
+        for consumer, ids in acks.items():  # one frame per socket and batch
+            await _quietly(consumer.send(json.dumps({"type": "ack", "ack": ids[-1], "ids": ids})))
         try:
             await _send_all(outbox)  # one message per group per batch
         except Exception:  # Redis away: the points are stored; browsers resync from the database
@@ -208,6 +202,13 @@ class Ingest:
                 except Exception:  # a snapshot is only a courtesy: the points went out
                     log.exception("progress snapshots of %d jobs failed", len(ready))
             await asyncio.sleep(0.25)
+
+
+async def _quietly(send) -> None:
+    try:
+        await send
+    except Exception:  # that socket has gone; the agent resends what was not acknowledged
+        log.debug("reply to a closed agent socket dropped", exc_info=True)
 
 
 async def _send_all(events: list[tuple[str, dict]]) -> None:
