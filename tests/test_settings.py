@@ -20,7 +20,8 @@ TEST_DATABASE_URL = os.environ.get(
 SETTINGS_VARS = ("DEBUG", "SECRET_KEY", "ALLOWED_HOSTS", "DATABASE_URL", "REDIS_URL",
                  "CELERY_BROKER_URL", "CELERY_TASK_ALWAYS_EAGER", "STATIC_MANIFEST",
                  "SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE",
-                 "SECURE_HSTS_SECONDS", "CSRF_TRUSTED_ORIGINS", "DJANGO_SETTINGS_MODULE")
+                 "SECURE_HSTS_SECONDS", "CSRF_TRUSTED_ORIGINS", "DJANGO_SETTINGS_MODULE",
+                 "ESCROW_ENABLED", "CHAIN_RPC_URL", "CHAIN_OPERATOR_KEY")
 
 
 def production_env(**overrides: str | None) -> dict[str, str]:
@@ -32,6 +33,7 @@ def production_env(**overrides: str | None) -> dict[str, str]:
         SECRET_KEY=secrets.token_urlsafe(50),
         ALLOWED_HOSTS="example.com",
         DATABASE_URL=TEST_DATABASE_URL,
+        CHAIN_RPC_URL="https://rpc.example.com", CHAIN_OPERATOR_KEY="0x" + secrets.token_hex(32),
     )
     for key, value in overrides.items():
         if value is None:
@@ -57,6 +59,13 @@ def test_production_settings_pass_check_deploy():
     result = manage("check", "--deploy", "--fail-level", "WARNING", env=production_env())
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues" in result.stdout
+
+
+def test_check_deploy_warns_about_a_development_chain_in_production():
+    result = manage("check", "--deploy", "--fail-level", "WARNING",
+                    env=production_env(CHAIN_RPC_URL=None, CHAIN_OPERATOR_KEY=None))
+    assert result.returncode != 0
+    assert "computemesh.W001" in result.stderr and "computemesh.W002" in result.stderr
 
 
 @pytest.mark.parametrize("debug", ["0", None], ids=["DEBUG=0", "DEBUG-unset"])
