@@ -154,7 +154,8 @@ def _progress_context(job) -> dict:
 def job_progress_view(request, pk: int):
     """The progress panel alone: the page without JavaScript, and a refresh after a status change."""
     job = get_object_or_404(jobs_visible_to(request.user), pk=pk)
-    return render(request, "jobs/_progress.html", {"job": job, **_progress_context(job)})
+    return render(request, "jobs/_live_panels.html", {"job": job, **_progress_context(job),
+                                                      **_escrow_context(request, job)})
 
 
 @login_required

@@ -373,6 +373,11 @@
             if (!isNaN(d)) { el.textContent = timeFmt.format(d); el.removeAttribute("data-local"); }
           });
           current.replaceWith(fresh);
+          // The escrow panel comes along: replaced when its status moved (funded, settled).
+          var escrowNew = tpl.content.querySelector("#escrow");
+          var escrowOld = document.getElementById("escrow");
+          if (escrowNew && escrowOld && escrowNew.getAttribute("data-escrow-status") !==
+              escrowOld.getAttribute("data-escrow-status")) escrowOld.replaceWith(escrowNew);
           render(); // the live numbers may be newer than the panel
         })
         .catch(function () {})
