@@ -8,6 +8,7 @@ lost push delays work but never loses it.
 import json
 import uuid
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -21,7 +22,7 @@ from .. import catalogue, job_states
 from ..errors import MarketError, NotFound
 from ..models import Assignment, Job, LogLine, MetricPoint, Node
 from . import enqueue, live, placement
-from .bulk import bulk_set
+from .bulk import bulk_insert, bulk_set
 from .nodes import node_set_presence
 
 S = Job.Status
@@ -332,8 +333,8 @@ def _store_progress(batch: list[tuple[Assignment, dict]]) -> None:
         job = jobs[a.job_id]
         for item in [i for i in (m.get("items") or []) if isinstance(i, dict)][:1000]:
             job.metric_seq += 1
-            points.setdefault(job.pk, []).append(MetricPoint(
-                job=job, assignment=a, seq=job.metric_seq, step=_int(item.get("step")),
+            points.setdefault(job.pk, []).append(SimpleNamespace(
+                job_id=job.pk, assignment_id=a.pk, seq=job.metric_seq, step=_int(item.get("step")),
                 total_steps=_int(item.get("total_steps")), epoch=_int(item.get("epoch")),
                 loss=_float(item.get("loss")), samples_per_sec=_float(item.get("samples_per_sec")),
                 comm_bytes=_int(item.get("comm_bytes"), None),
@@ -343,7 +344,7 @@ def _store_progress(batch: list[tuple[Assignment, dict]]) -> None:
             a.status = A.RUNNING
     if not points:
         return
-    MetricPoint.objects.bulk_create([p for ps in points.values() for p in ps])
+    bulk_insert(MetricPoint, [vars(p) for ps in points.values() for p in ps])
     for job_id, ps in points.items():
         job, last = jobs[job_id], ps[-1]
         job.current_step, job.total_steps, job.updated_at = last.step, last.total_steps, now
