@@ -325,9 +325,11 @@ def _store_progress(batch: list[tuple[Assignment, dict]]) -> None:
     if not batch:
         return
     now = timezone.now()
-    jobs = {j.pk: j for j in Job.objects.select_for_update(of=("self",)).filter(
+    job_fields = ["metric_seq", "current_step", "total_steps", "last_loss", "samples_per_sec",
+                  "comm_bytes", "comm_bytes_ddp", "updated_at"]
+    jobs = {j.pk: j for j in Job.objects.select_for_update(of=("self",)).only(*job_fields).filter(
         pk__in={a.job_id for a, _ in batch}).order_by("pk")}
-    points: dict[int, list[MetricPoint]] = {}
+    points: dict[int, list[SimpleNamespace]] = {}
     started = set()
     for a, m in batch:
         job = jobs[a.job_id]
@@ -354,9 +356,7 @@ def _store_progress(batch: list[tuple[Assignment, dict]]) -> None:
                 setattr(job, "last_loss" if field == "loss" else field, value)
         live.broadcast(job_id, {"type": "metrics", "points": [live.point(p) for p in ps]})
         live.job_changed(job_id, throttle=True)
-    bulk_set(Job, [jobs[j] for j in points], [
-        "metric_seq", "current_step", "total_steps", "last_loss", "samples_per_sec", "comm_bytes",
-        "comm_bytes_ddp", "updated_at"])
+    bulk_set(Job, [jobs[j] for j in points], job_fields)
     if started:
         Assignment.objects.filter(pk__in=started, status=A.ACCEPTED).update(status=A.RUNNING)
 
