@@ -264,6 +264,8 @@ SETTLEMENT_BATCH_MAX = env.int("SETTLEMENT_BATCH_MAX", default=100)
 ESCROW_RECLAIM_AFTER_S = env.int("ESCROW_RECLAIM_AFTER_S", default=7 * 24 * 3600)
 # Encrypts custodial (development) wallet keys at rest; derived from SECRET_KEY when unset.
 WALLET_ENCRYPTION_KEY = env.str("WALLET_ENCRYPTION_KEY", default="")
+# How long a Sign-In with Ethereum nonce (linking a wallet) may be used.
+SIWE_NONCE_TTL_S = env.int("SIWE_NONCE_TTL_S", default=300)
 # Placements tried before a job that keeps failing is given up.
 JOB_MAX_ATTEMPTS = env.int("JOB_MAX_ATTEMPTS", default=3)
 # Lifetime of the token an agent uses to fetch a dataset and upload checkpoints.

@@ -348,6 +348,42 @@ class FundSerializer(serializers.Serializer):
                                       help_text="Optional; must equal the job's budget.")
 
 
+# --- Wallets -------------------------------------------------------------------------
+
+class WalletSerializer(serializers.Serializer):
+    """A wallet of the caller's organization (never its key)."""
+
+    id = serializers.IntegerField()
+    address = serializers.CharField(help_text="EIP-55 checksummed.")
+    kind = serializers.ChoiceField(choices=["custodial", "external"])
+    is_payout = serializers.BooleanField(help_text="Where the organization is paid (providers).")
+    linked_by = serializers.SerializerMethodField()
+    created_at = serializers.DateTimeField()
+
+    def get_linked_by(self, wallet) -> str | None:
+        return wallet.linked_by.get_username() if wallet.linked_by_id else None
+
+
+class SiweNonceSerializer(serializers.Serializer):
+    """What the browser needs to build the EIP-4361 message it signs."""
+
+    nonce = serializers.CharField()
+    expires_at = serializers.DateTimeField(help_text="Use it as the message's Expiration Time.")
+    domain = serializers.CharField(help_text="This host: the message's domain.")
+    uri = serializers.CharField(help_text="The message's URI.")
+    chain_id = serializers.IntegerField(help_text="The platform's chain (EIP-155).")
+    statement = serializers.CharField()
+    address = serializers.CharField(allow_null=True, help_text="The `address` query parameter, "
+                                    "EIP-55 checksummed (wallets answer in lower case).")
+
+
+class WalletLinkSerializer(serializers.Serializer):
+    message = serializers.CharField(max_length=4000, trim_whitespace=False,
+                                    help_text="The EIP-4361 message, as signed.")
+    signature = serializers.RegexField(r"^0x[0-9a-fA-F]{130}$", help_text="The personal_sign "
+                                       "(EIP-191) signature, 65 bytes hex.")
+
+
 # --- Quotes --------------------------------------------------------------------------
 
 class CandidateSerializer(serializers.Serializer):

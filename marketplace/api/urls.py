@@ -9,6 +9,7 @@ router.register("offers", views.OfferViewSet, basename="offer")
 router.register("nodes", views.NodeViewSet, basename="node")
 router.register("jobs", views.JobViewSet, basename="job")
 router.register("datasets", views.DatasetViewSet, basename="dataset")
+router.register("wallets", views.WalletViewSet, basename="wallet")
 
 app_name = "api"
 urlpatterns = [

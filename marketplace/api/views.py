@@ -8,6 +8,7 @@ from django.http import FileResponse
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from eth_utils import is_address, to_checksum_address
 from rest_framework import mixins, status, viewsets
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.authtoken.models import Token
@@ -29,11 +30,13 @@ from ..selectors.market import (
     offers_of_provider,
     offers_visible_to,
 )
+from ..selectors.payments import wallets_of
 from ..services import datasets as dataset_services
 from ..services import jobs as job_services
 from ..services import nodes as node_services
 from ..services import offers as offer_services
 from ..services import payments as payment_services
+from ..services import wallets as wallet_services
 from ..services.job_spec import job_spec_validate, sync_traffic_ratio
 from ..services.matching import quote_job
 from . import serializers as s
@@ -369,6 +372,73 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         ratio = sync_traffic_ratio(spec.sync, nodes=spec.nodes, gpus_per_node=spec.gpus_per_node)
         return Response(s.QuoteSerializer({**quote_job(spec=spec).as_dict(), "sync": spec.sync,
                                            "traffic_vs_ddp": ratio}).data)
+
+
+# --- Wallets -------------------------------------------------------------------------
+
+@extend_schema_view(
+    list=extend_schema(summary="Your organization's wallets", responses={
+        200: s.WalletSerializer(many=True), **_errors(401)}),
+)
+class WalletViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    """Wallets are linked with Sign-In with Ethereum (EIP-4361): get a nonce, build the
+    message in the browser, have the wallet `personal_sign` it, post both to `link`."""
+
+    authentication_classes = AUTH
+    permission_classes = [IsAuthenticated]
+    serializer_class = s.WalletSerializer
+    pagination_class = None
+    lookup_value_regex = ID
+
+    def get_queryset(self):
+        return wallets_of(self.request.user)
+
+    @extend_schema(summary="A Sign-In with Ethereum nonce (valid once, for a few minutes)",
+                   parameters=[OpenApiParameter("address", str, required=False, description=(
+                       "The wallet's address; answered back EIP-55 checksummed for the message."))],
+                   responses={200: s.SiweNonceSerializer, **_errors(400, 401)})
+    @action(detail=False, methods=["get"], url_path="siwe-nonce")
+    def siwe_nonce(self, request):
+        from ..chain.client import chain_id
+
+        address = request.query_params.get("address") or None
+        if address is not None:
+            if not is_address(address):
+                raise MarketError("address is not an Ethereum address.", field="address")
+            address = to_checksum_address(address)
+        cid = chain_id()
+        nonce = wallet_services.siwe_nonce_issue(user=request.user)
+        host = request.get_host()
+        return Response(s.SiweNonceSerializer({
+            "nonce": nonce.nonce, "expires_at": nonce.expires_at, "domain": host,
+            "uri": f"{request.scheme}://{host}/wallets/", "chain_id": cid,
+            "statement": wallet_services.SIWE_STATEMENT, "address": address}).data)
+
+    @extend_schema(summary="Link the wallet that signed a Sign-In with Ethereum message",
+                   request=s.WalletLinkSerializer,
+                   responses={201: s.WalletSerializer, 200: s.WalletSerializer,
+                              **_errors(400, 401, 403, 409, 503)})
+    @action(detail=False, methods=["post"])
+    def link(self, request):
+        """Checks the domain (this host), the URI, the chain, the nonce (yours, unused,
+        unexpired), the expiration and the signature. 201 with the new wallet; 200 if your
+        organization had it already; 409 if another organization has it."""
+        data = s.WalletLinkSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        wallet, created = wallet_services.wallet_link(
+            user=request.user, message=data.validated_data["message"],
+            signature=data.validated_data["signature"], domain=request.get_host())
+        wallet = wallets_of(request.user).get(pk=wallet.pk)
+        return Response(s.WalletSerializer(wallet).data,
+                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+    @extend_schema(summary="Be paid to this wallet (providers)", request=None,
+                   responses={200: s.WalletSerializer, **_errors(401, 403, 404)})
+    @action(detail=True, methods=["post"])
+    def payout(self, request, pk=None):
+        require_provider(request.user)
+        wallet = wallet_services.wallet_set_payout(wallet=self.get_object())
+        return Response(s.WalletSerializer(wallets_of(request.user).get(pk=wallet.pk)).data)
 
 
 # --- Datasets ------------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""Read models of payments: a job's escrow and statement, a provider's payouts."""
+"""Read models of payments: a job's escrow and statement, a provider's payouts, an
+organization's wallets."""
 
 from django.conf import settings
+from django.db.models import QuerySet
 
-from ..models import ChainTransaction, Escrow, Job, Organization, Payout
+from ..models import ChainTransaction, Escrow, Job, Organization, Payout, Wallet
 
 
 def tx_url(tx_hash: str) -> str | None:
@@ -60,3 +62,13 @@ def provider_payouts(org: Organization, limit: int = 50) -> list[dict]:
 
 def chain_transaction(tx_hash: str) -> ChainTransaction | None:
     return ChainTransaction.objects.filter(tx_hash=tx_hash).first()
+
+
+def wallets_of(user) -> QuerySet[Wallet]:
+    """The wallets of the user's organization (none without one)."""
+    from .accounts import organization_of
+
+    org = organization_of(user)
+    if org is None:
+        return Wallet.objects.none()
+    return Wallet.objects.filter(organization=org).select_related("linked_by").order_by("created_at", "id")

@@ -1,16 +1,23 @@
-"""Wallets: custodial development wallets (the platform holds an encrypted key) and
-payout addresses."""
+"""Wallets: custodial development wallets (the platform holds an encrypted key), wallets
+users link by Sign-In with Ethereum (EIP-4361), and payout addresses."""
 
 import base64
 import hashlib
+import secrets
+import warnings
+from datetime import timedelta
+from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 from eth_account import Account
+from eth_utils import to_checksum_address
 
-from ..errors import Conflict, MarketError
-from ..models import Organization, Wallet
+from ..errors import Conflict, MarketError, PermissionDenied
+from ..models import Organization, SiweNonce, Wallet
+from . import audit
 
 W = Wallet.Kind
 
@@ -65,3 +72,94 @@ def wallet_set_payout(*, wallet: Wallet) -> Wallet:
         Wallet.objects.filter(pk=wallet.pk).update(is_payout=True)
     wallet.refresh_from_db()
     return wallet
+
+
+# --- Sign-In with Ethereum (EIP-4361): linking a wallet the user holds ------------------
+SIWE_STATEMENT = "Link this wallet to your organization on ComputeMesh."
+
+
+def siwe_nonce_issue(*, user) -> SiweNonce:
+    """A fresh nonce for one SIWE message of `user`: valid once, for SIWE_NONCE_TTL_S."""
+    now = timezone.now()
+    # The user's stale nonces go; used ones are kept a day as the record of replays refused.
+    SiweNonce.objects.filter(user=user, expires_at__lt=now - timedelta(days=1)).delete()
+    return SiweNonce.objects.create(user=user, nonce=secrets.token_hex(16),
+                                    expires_at=now + timedelta(seconds=settings.SIWE_NONCE_TTL_S))
+
+
+def _siwe_parse(message: str):
+    with warnings.catch_warnings():  # abnf warns about siwe's grammar on first use
+        warnings.simplefilter("ignore")
+        import siwe
+
+        try:
+            return siwe, siwe.SiweMessage.from_message(message=message)
+        except Exception as exc:  # abnf's ParseError, pydantic's ValidationError, ValueError
+            raise MarketError("The message is not a Sign-In with Ethereum (EIP-4361) message: "
+                              f"{str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}.",
+                              field="message", code="malformed_message") from None
+
+
+def wallet_link(*, user, message: str, signature: str, domain: str) -> tuple[Wallet, bool]:
+    """Link the wallet that signed `message` (EIP-4361, for `domain`, the host the user is on)
+    to the user's organization. Checks the domain, the URI, the chain, the nonce (issued to
+    this user, unused, unexpired: then used up), the message's validity window and the
+    signature. The first wallet a provider links becomes its payout wallet. Returns the
+    wallet and whether it is new (linking a wallet the organization has is a no-op)."""
+    from ..chain.client import chain_id
+    from ..selectors.accounts import organization_of
+
+    org = organization_of(user)
+    if org is None:
+        raise PermissionDenied("Join or create an organization before linking a wallet.")
+    siwe, msg = _siwe_parse(message or "")
+    if msg.domain != domain:
+        raise MarketError(f"The message is for {msg.domain}, not {domain}: sign it on this site.",
+                          field="message", code="wrong_domain")
+    uri = urlsplit(str(msg.uri))
+    if uri.scheme not in ("http", "https") or uri.netloc != domain:
+        raise MarketError(f"The message's URI {msg.uri} is not on {domain}.", field="message",
+                          code="wrong_uri")
+    if msg.chain_id != chain_id():
+        raise MarketError(f"The message is for chain {msg.chain_id}; this platform runs on chain "
+                          f"{chain_id()}.", field="message", code="wrong_chain")
+    with transaction.atomic():
+        nonce = SiweNonce.objects.select_for_update().filter(nonce=msg.nonce, user=user).first()
+        if nonce is None:
+            raise MarketError("The message's nonce was not issued to you; ask for a new one.",
+                              field="message", code="unknown_nonce")
+        if nonce.used_at is not None:
+            raise MarketError("This message was used already (its nonce is spent); sign a new one.",
+                              field="message", code="nonce_used")
+        if nonce.expires_at <= timezone.now():
+            raise MarketError("The nonce has expired; ask for a new one and sign again.",
+                              field="message", code="nonce_expired")
+        try:
+            msg.verify(signature or "", domain=domain, nonce=nonce.nonce)
+        except siwe.ExpiredMessage:
+            raise MarketError("The message has expired (its Expiration Time has passed); sign a new "
+                              "one.", field="message", code="message_expired") from None
+        except siwe.NotYetValidMessage:
+            raise MarketError("The message is not valid yet (Not Before is in the future).",
+                              field="message", code="message_not_yet_valid") from None
+        except siwe.VerificationError:
+            raise MarketError(f"The signature is not {msg.address}'s signature of this message.",
+                              field="signature", code="bad_signature") from None
+        address = to_checksum_address(msg.address)
+        existing = Wallet.objects.filter(address=address).first()
+        if existing is not None and existing.organization_id != org.pk:
+            raise Conflict(f"The wallet {address} is linked to another organization; unlink it "
+                           "there first.", code="wallet_taken")
+        nonce.used_at = timezone.now()
+        nonce.save(update_fields=["used_at"])
+        if existing is not None:
+            return existing, False
+        first_external = not org.wallets.filter(kind=W.EXTERNAL).exists()
+        wallet = Wallet.objects.create(organization=org, address=address, kind=W.EXTERNAL,
+                                       linked_by=user)
+        if org.is_provider and first_external:
+            wallet = wallet_set_payout(wallet=wallet)
+        audit.audit_record(actor=user, action="wallet.link", obj=org, data={"address": address},
+                           message=f"{user.get_username()} linked the wallet {address} by "
+                                   "Sign-In with Ethereum.")
+    return wallet, True

@@ -10,8 +10,10 @@ from ..forms import NodeForm, OfferForm, utc_to_input
 from ..models import Offer
 from ..selectors.execution import provider_earnings
 from ..selectors.market import nodes_of_provider, offers_of_provider
+from ..selectors.payments import provider_payouts
 from ..services.nodes import node_create, node_rotate_token
 from ..services.offers import offer_create, offer_set_status, offer_update
+from ..services.wallets import payout_address
 from .common import org_required
 
 AGENT_SERVER = "http://127.0.0.1:8000"
@@ -30,7 +32,9 @@ def node_list(request):
     nodes = nodes_of_provider(request.user).annotate(
         offer_count=Count("offers"), gpus_listed=Sum("offers__gpus_offered"))
     return render(request, "provider/nodes.html", {"nodes": nodes,
-                                                   "earnings": provider_earnings(request.org)})
+                                                   "earnings": provider_earnings(request.org),
+                                                   "payouts": provider_payouts(request.org),
+                                                   "payout_address": payout_address(request.org)})
 
 
 @org_required("provider")

@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from . import accounts, datasets, jobs, market, provider
+from . import accounts, datasets, jobs, market, provider, wallets
 
 urlpatterns = [
     path("", market.home, name="home"),
@@ -27,6 +27,9 @@ urlpatterns = [
     path("jobs/<int:pk>/fund/", jobs.job_fund_view, name="job_fund"),
     path("chain/tx/<str:tx_hash>/", jobs.chain_tx, name="chain-tx"),
     path("jobs/<int:pk>/progress/", jobs.job_progress_view, name="job_progress"),
+    # Wallets (both kinds of organization)
+    path("wallets/", wallets.wallet_list, name="wallets"),
+    path("wallets/<int:pk>/payout/", wallets.wallet_payout, name="wallet_payout"),
     # Providers
     path("provider/nodes/", provider.node_list, name="provider_nodes"),
     path("provider/nodes/new/", provider.node_new, name="provider_node_new"),
