@@ -25,8 +25,7 @@ from .client import ChainError, _short, chain_id, w3
 log = logging.getLogger(__name__)
 T = ChainTransaction.Status
 # Answers from nodes that mean "this exact transaction is already there".
-_KNOWN = ("already known", "known transaction", "nonce too low", "already imported",
-          "transaction already in pool")
+_KNOWN = ("already known", "known transaction", "already imported", "transaction already in pool")
 
 
 def _revert_reason(exc: Exception) -> str:
@@ -35,13 +34,17 @@ def _revert_reason(exc: Exception) -> str:
     return f"the contract refused it: {_short(exc)}"
 
 
-def send(*, key: str, purpose: str, call=None, tx: dict | None = None) -> ChainTransaction:
+def send(*, key: str, purpose: str, call=None, tx: dict | None = None,
+         gas: int | None = None) -> ChainTransaction:
     """Sign `call` (a web3 contract function call) or `tx` (to/value/data) with `key`, store
-    it, then broadcast it. Raises ChainError when the node refuses it up front (a revert seen
-    by the gas estimate): nothing is stored then and no nonce is used."""
+    it, and broadcast it once the database transaction that stored it commits (inside a
+    caller's transaction: after the caller's commit, in the order sent). Raises ChainError
+    when the node refuses it up front (a revert seen by the gas estimate): nothing is stored
+    then and no nonce is used. `gas` skips the estimate (for a call that depends on an
+    earlier one not yet mined)."""
     account = Account.from_key(key)
     cid = chain_id()
-    base = {"from": account.address, "chainId": cid}
+    base = {"from": account.address, "chainId": cid, **({"gas": gas} if gas else {})}
     try:
         body = call.build_transaction(base) if call is not None else {**base, **(tx or {})}
         if "gas" not in body:
@@ -65,7 +68,9 @@ def send(*, key: str, purpose: str, call=None, tx: dict | None = None) -> ChainT
             tx_hash="0x" + signed.hash.hex().removeprefix("0x"))
         row.next_nonce += 1
         row.save(update_fields=["next_nonce"])
-    broadcast(stored)
+        # Never before the row is committed: a transaction on the chain that the database
+        # forgot would leave its nonce to be used twice.
+        transaction.on_commit(lambda: broadcast(stored))
     return stored
 
 
@@ -95,7 +100,9 @@ def broadcast(stored: ChainTransaction) -> None:
         w3().eth.send_raw_transaction(bytes.fromhex(stored.raw.removeprefix("0x")))
     except Exception as exc:
         text = _short(exc).lower()
-        if not any(k in text for k in _KNOWN):
+        # "Nonce too low" is ours only if the chain has our hash; otherwise the nonce went to
+        # another transaction, which needs a person: it stays recorded as an error.
+        if not (any(k in text for k in _KNOWN) or ("nonce too low" in text and _mined(stored))):
             ChainTransaction.objects.filter(pk=stored.pk).update(
                 error=_short(exc)[:500], broadcasts=stored.broadcasts + 1, updated_at=timezone.now())
             log.warning("broadcast of %s failed: %s", stored.tx_hash, _short(exc))
@@ -104,6 +111,13 @@ def broadcast(stored: ChainTransaction) -> None:
     ChainTransaction.objects.filter(pk=stored.pk).update(broadcasts=stored.broadcasts + 1, error="",
                                                          updated_at=timezone.now())
     stored.refresh_from_db()
+
+
+def _mined(stored: ChainTransaction) -> bool:
+    try:
+        return w3().eth.get_transaction_receipt(stored.tx_hash) is not None
+    except Exception:
+        return False
 
 
 def check(stored: ChainTransaction) -> ChainTransaction:
