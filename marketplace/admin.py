@@ -20,7 +20,24 @@ from django.utils.html import format_html
 
 from . import catalogue
 from .errors import MarketError
-from .models import AuditEvent, Dataset, Job, JobEvent, Membership, Node, Offer, Organization
+from .models import (
+    AuditEvent,
+    ChainAccount,
+    ChainContract,
+    ChainCursor,
+    ChainTransaction,
+    Dataset,
+    Escrow,
+    Job,
+    JobEvent,
+    Membership,
+    Node,
+    Offer,
+    Organization,
+    Payout,
+    Settlement,
+    Wallet,
+)
 from .services.accounts import organization_create
 from .services.jobs import job_cancel
 from .services.nodes import (
@@ -34,6 +51,7 @@ from .services.nodes import (
     node_verify_compliance,
 )
 from .services.offers import OfferSpec, offer_create, offer_set_status, offer_spec_validate, offer_update
+from .services.payments import escrow_force_refund
 
 admin.site.site_header = "ComputeMesh administration"
 admin.site.site_title = "ComputeMesh admin"
@@ -685,3 +703,166 @@ class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         except NoReverseMatch:
             return label
         return format_html('<a href="{}">{}</a>', url, label)
+
+
+# --- Payments: wallets, escrows, settlements and the platform's chain transactions ----
+# All of it is written by the payment services and the chain indexer (the chain is the
+# source of truth): read-only here, except the forced refund, which goes through its service.
+def _tx_link(tx_hash: str) -> str:
+    if not tx_hash:
+        return EMPTY
+    from .selectors.payments import tx_url
+
+    return format_html('<a href="{}"><code>{}…</code></a>', tx_url(tx_hash), tx_hash[:18])
+
+
+@admin.register(Wallet)
+class WalletAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    # `encrypted_key` is never listed, shown or searchable: custodial keys stay in the database.
+    list_display = ["address", "organization", "kind", "is_payout", "linked_by", "created_at"]
+    list_filter = ["kind", "is_payout"]
+    search_fields = ["=address", "organization__name"]
+    list_select_related = ["organization", "linked_by"]
+    fields = ["address", "organization", "kind", "is_payout", "linked_by", "created_at"]
+    ordering = ["-id"]
+
+
+@admin.register(ChainTransaction)
+class ChainTransactionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["id", "purpose", "status", "nonce", "short_hash", "block_number", "gas_used",
+                    "error", "created_at"]
+    list_filter = ["status", "purpose"]
+    search_fields = ["=tx_hash", "=sender"]
+    fields = ["purpose", "status", "chain_id", "sender", "to", "nonce", "tx_hash", "block_number",
+              "gas_used", "broadcasts", "error", "created_at", "updated_at"]
+    ordering = ["-id"]
+    show_full_result_count = False
+
+    @admin.display(description="hash", ordering="tx_hash")
+    def short_hash(self, obj: ChainTransaction) -> str:
+        return _tx_link(obj.tx_hash)
+
+
+@admin.register(Escrow)
+class EscrowAdmin(admin.ModelAdmin):
+    list_display = ["job", "status", "amount_display", "consumer_address", "funded_at", "closed_at"]
+    list_filter = ["status"]
+    search_fields = ["=job__id", "=key", "=consumer_address"]
+    list_select_related = ["job"]
+    raw_id_fields = ["job"]
+    fields = ["job", "key", "status", "amount_display", "consumer_address", "deadline", "fund_link",
+              "close_link", "funded_at", "closed_at"]
+    readonly_fields = fields
+    ordering = ["-id"]
+    show_full_result_count = False
+    actions = ["force_refund"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        # View-only pages; the list keeps the change permission so that the action runs.
+        return obj is None and super().has_change_permission(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="amount", ordering="amount")
+    def amount_display(self, obj: Escrow) -> str:
+        return money(obj.amount)
+
+    @admin.display(description="funding transaction")
+    def fund_link(self, obj: Escrow) -> str:
+        return _tx_link(obj.fund_tx)
+
+    @admin.display(description="settlement or refund transaction")
+    def close_link(self, obj: Escrow) -> str:
+        return _tx_link(obj.close_tx)
+
+    @admin.action(description="Force refund (return the deposit to the consumer on chain)",
+                  permissions=["change"])
+    def force_refund(self, request, queryset: QuerySet[Escrow]):
+        sent, refused = [], []
+        for escrow in queryset.select_related("job").order_by("pk"):
+            try:
+                tx_hash = escrow_force_refund(job=escrow.job, actor=request.user)
+            except MarketError as exc:
+                refused.append(f"job {escrow.job_id}: {exc.message}")
+            else:
+                sent.append(f"job {escrow.job_id} ({tx_hash})")
+        if sent:
+            self.message_user(request, "Refund sent for " + "; ".join(sent) + ". The job follows once "
+                              "the chain confirms it.", messages.SUCCESS)
+        if refused:
+            self.message_user(request, "Not refunded: " + "; ".join(refused), messages.ERROR)
+
+
+class PayoutInline(admin.TabularInline):
+    model = Payout
+    extra = 0
+    can_delete = False
+    fields = ["provider", "address", "amount_display"]
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("provider")
+
+    @admin.display(description="amount (after the platform fee)")
+    def amount_display(self, obj: Payout) -> str:
+        return money(obj.amount)
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Settlement)
+class SettlementAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["job", "status", "charged_display", "fee_display", "refunded_display", "tx",
+                    "created_at", "settled_at"]
+    list_filter = ["status"]
+    search_fields = ["=job__id"]
+    list_select_related = ["job", "transaction"]
+    fields = ["job", "status", "charged_display", "fee_display", "refunded_display", "tx", "statement",
+              "created_at", "settled_at"]
+    readonly_fields = fields
+    inlines = [PayoutInline]
+    ordering = ["-id"]
+    show_full_result_count = False
+
+    @admin.display(description="charged", ordering="charged")
+    def charged_display(self, obj: Settlement) -> str:
+        return money(obj.charged)
+
+    @admin.display(description="platform fee", ordering="fee")
+    def fee_display(self, obj: Settlement) -> str:
+        return money(obj.fee)
+
+    @admin.display(description="back to the consumer", ordering="refunded")
+    def refunded_display(self, obj: Settlement) -> str:
+        return money(obj.refunded)
+
+    @admin.display(description="transaction")
+    def tx(self, obj: Settlement) -> str:
+        return _tx_link(obj.transaction.tx_hash) if obj.transaction_id else EMPTY
+
+
+@admin.register(ChainContract)
+class ChainContractAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["name", "chain_id", "address", "block_number", "created_at"]
+    list_filter = ["name"]
+    ordering = ["chain_id", "name"]
+
+
+@admin.register(ChainAccount)
+class ChainAccountAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["address", "chain_id", "next_nonce"]
+    ordering = ["chain_id", "address"]
+
+
+@admin.register(ChainCursor)
+class ChainCursorAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["address", "chain_id", "last_block"]
+    ordering = ["chain_id", "address"]
