@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from django.test import TestCase
 from django.utils import timezone
 
 from marketplace import job_states
@@ -20,6 +23,14 @@ A = Assignment.Status
 RUN = (S.FUNDED, S.MATCHING, S.RUNNING, S.VERIFYING, S.COMPLETED)
 
 
+@contextmanager
+def committed() -> Iterator[None]:
+    """Runs what waits for a commit (broadcasts, task enqueues) when the block ends, as the
+    commit of a request or a task would: a test's own transaction never commits."""
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        yield
+
+
 def submitted_job(owner, *, budget: str | Decimal = "100", **fields) -> Job:
     return JobFactory(owner=owner, budget=Decimal(budget), status=S.SUBMITTED, **fields)
 
@@ -27,7 +38,8 @@ def submitted_job(owner, *, budget: str | Decimal = "100", **fields) -> Job:
 def funded_job(owner, *, budget: str | Decimal = "100", **fields) -> Job:
     """A submitted job funded from its owner's custodial wallet, the chain's word indexed."""
     job = submitted_job(owner, budget=budget, **fields)
-    payments.job_fund(job=job)
+    with committed():
+        payments.job_fund(job=job)
     indexer.index_events()
     job.refresh_from_db()
     assert job.status == S.FUNDED, job.events.values_list("reason", "message")

@@ -11,7 +11,7 @@ from marketplace.services import enqueue
 from workers.tasks import match_job
 
 from ..chain_node import free_port
-from .support import move, submitted_job, units
+from .support import committed, move, submitted_job, units
 
 pytestmark = pytest.mark.django_db
 S = Job.Status
@@ -19,7 +19,8 @@ FUNDED_STATE = 1  # JobEscrow.State.Funded
 
 
 def fund(api, user, job_id: int, body: dict | None = None):
-    return api.as_user(user).post(f"/api/v1/jobs/{job_id}/fund/", body or {}, format="json")
+    with committed():
+        return api.as_user(user).post(f"/api/v1/jobs/{job_id}/fund/", body or {}, format="json")
 
 
 def sent(purpose: str) -> int:
