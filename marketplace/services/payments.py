@@ -207,7 +207,9 @@ def _charged_until(a: Assignment, attempt_checkpoints: dict[int, datetime | None
     checkpoint: what came after it is redone, and not paid for."""
     if a.started_at is None or a.finished_at is None:
         return None
-    if a.status in (A.SUCCEEDED, A.CANCELLED):
+    # Only a part that succeeded kept all its work (a DiLoCo survivor); the peers stopped
+    # (cancelled) when the attempt broke redo theirs from the checkpoint like the lost node.
+    if a.status == A.SUCCEEDED:
         return a.finished_at
     last = attempt_checkpoints.get(a.attempt)
     return min(a.finished_at, last) if last else None
