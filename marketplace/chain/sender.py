@@ -56,6 +56,8 @@ def send(*, key: str, purpose: str, call=None, tx: dict | None = None,
     except ChainError:
         raise
     except Exception as exc:
+        if "execution reverted" in str(exc):  # the in-process EVM's revert (eth-tester's TransactionFailed)
+            raise ChainError(_revert_reason(exc), code="reverted") from exc
         raise ChainError(f"The chain node does not answer: {_short(exc)}", code="chain_unavailable") from exc
     body.pop("from", None)
     with transaction.atomic():
