@@ -168,19 +168,26 @@ def escrow_closed(*, key: str, refunded: bool, paid: int, fee: int, returned: in
     escrow.status = E.REFUNDED if refunded or (paid == 0 and fee == 0) else E.SETTLED
     escrow.close_tx, escrow.closed_at = tx_hash, timezone.now()
     escrow.save(update_fields=["status", "close_tx", "closed_at"])
-    Settlement.objects.filter(job=job).exclude(status=Settlement.Status.SETTLED).update(
-        status=Settlement.Status.SETTLED, settled_at=timezone.now())
+    if refunded:
+        # The whole deposit went back: a statement still waiting for a batch (or skipped by
+        # one) paid nobody, and must not show its payouts as paid.
+        Settlement.objects.filter(job=job).exclude(status=Settlement.Status.SETTLED).delete()
+    else:
+        Settlement.objects.filter(job=job).exclude(status=Settlement.Status.SETTLED).update(
+            status=Settlement.Status.SETTLED, settled_at=timezone.now())
     if refunded and job.status in (S.SUBMITTED, S.FUNDED, S.MATCHING, S.INTERRUPTED, S.RUNNING):
         from .jobs import job_cancel
 
         job = job_cancel(job=job, reason="escrow_refunded",
                          message="The escrow was refunded on chain; the job stops.")
     to = S.REFUNDED if escrow.status == E.REFUNDED else S.SETTLED
+    text = (f"Refunded {from_units(returned):.2f} tUSD to the consumer" if to == S.REFUNDED else
+            f"Settled on chain: {from_units(paid):.2f} tUSD to providers, {from_units(fee):.2f} tUSD "
+            f"platform fee, {from_units(returned):.2f} tUSD back to the consumer")
     if job_states.can_transition(Job.objects.get(pk=job.pk).status, to):
-        text = (f"Refunded {from_units(returned):.2f} tUSD to the consumer" if to == S.REFUNDED else
-                f"Settled on chain: {from_units(paid):.2f} tUSD to providers, {from_units(fee):.2f} tUSD "
-                f"platform fee, {from_units(returned):.2f} tUSD back to the consumer")
         job_states.transition(job_id=job.pk, to=to, reason="escrow_" + to, message=f"{text} ({tx_hash}).")
+    else:  # e.g. completed work reclaimed after the deadline: the status stays, the timeline says why
+        job_states.note(job_id=job.pk, reason="escrow_" + to, message=f"{text} ({tx_hash}).")
 
 
 def escrow_force_refund(*, job: Job, actor=None) -> str:
