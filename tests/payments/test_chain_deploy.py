@@ -1,0 +1,81 @@
+"""`manage.py chain_deploy [--dev-wallets]`: deploys once, then finds what it deployed; a
+chain it cannot use is an error with a message and a non-zero exit, not a traceback."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from decimal import Decimal
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from marketplace.chain import deploy
+from marketplace.models import ChainContract, ChainTransaction, Organization, Wallet
+
+from ..browser_support import ROOT
+from ..chain_node import free_port
+from .conftest import Chain
+
+pytestmark = pytest.mark.django_db
+
+
+def run(*args: str) -> str:
+    out = io.StringIO()
+    call_command("chain_deploy", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_deploying_twice_deploys_once_and_funds_the_dev_wallets_once(bare_chain, alice, bob, carol):
+    assert not ChainContract.objects.exists()
+
+    first = run("--dev-wallets", "--mint", "500")
+    contracts = dict(ChainContract.objects.values_list("name", "address"))
+    second = run("--dev-wallets", "--mint", "500")
+
+    assert set(contracts) == {"token", "escrow"}
+    assert dict(ChainContract.objects.values_list("name", "address")) == contracts
+    assert ChainTransaction.objects.filter(purpose="deploy").count() == 2
+    assert f"escrow {contracts['escrow']}" in first and f"escrow {contracts['escrow']}" in second
+    chain = Chain()
+    assert chain.token.address == contracts["token"] and chain.escrow.address == contracts["escrow"]
+    for org in Organization.objects.all():
+        wallet = Wallet.objects.get(organization=org)  # one custodial wallet each, not two
+        assert wallet.kind == "custodial" and wallet.is_payout
+        assert chain.w3.eth.get_balance(wallet.address) > 0
+        assert chain.balance(wallet.address) == (500 * 10**6 if org.is_consumer else 0)
+    assert ChainTransaction.objects.filter(purpose="mint").count() == 2  # alice's and bob's orgs, once
+
+
+def test_an_unreachable_node_is_an_error_with_a_message(chain, settings):
+    settings.CHAIN_RPC_URL = f"http://127.0.0.1:{free_port()}"
+    settings.CHAIN_RPC_TIMEOUT_S = 2
+    with pytest.raises(CommandError, match="does not answer"):
+        run("--dev-wallets")
+
+
+def test_the_command_exits_non_zero_when_the_node_is_unreachable():
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "webapp.settings_test",
+           "CHAIN_RPC_URL": f"http://127.0.0.1:{free_port()}", "CHAIN_RPC_TIMEOUT_S": "2"}
+    done = subprocess.run([sys.executable, "manage.py", "chain_deploy", "--dev-wallets"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "The chain node does not answer" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_chain_that_is_not_a_dev_chain_needs_the_operator_key(bare_chain, monkeypatch, settings):
+    settings.CHAIN_OPERATOR_KEY = ""
+    monkeypatch.setattr(deploy, "DEV_CHAIN_IDS", frozenset({1337, 31337}))  # this one counts as real now
+    with pytest.raises(CommandError, match="CHAIN_OPERATOR_KEY is not set"):
+        run()
+    assert not ChainContract.objects.exists()
+
+
+def test_dev_wallets_are_refused_on_a_chain_that_is_not_a_dev_chain(chain, monkeypatch, settings, alice):
+    settings.CHAIN_OPERATOR_KEY = deploy.DEV_OPERATOR_KEY  # an operator is configured
+    monkeypatch.setattr(deploy, "DEV_CHAIN_IDS", frozenset({1337, 31337}))
+    with pytest.raises(CommandError, match="only on development chains"):
+        run("--dev-wallets", "--mint", str(Decimal("10")))
+    assert not Wallet.objects.exists()
