@@ -253,10 +253,13 @@ def job_statement(job: Job) -> tuple[list[dict], Decimal]:
 def settlement_prepare(*, job: Job) -> Settlement | None:
     """Meter a stopped, funded job once: the statement, each provider's payout after the
     platform fee, and the rest back to the consumer. Capped by the escrow."""
-    escrow = Escrow.objects.filter(job=job, status=E.FUNDED).first()
-    if escrow is None or job.status not in SETTLE_FROM:
+    if job.status not in SETTLE_FROM:
         return None
     with transaction.atomic():
+        # Locked: another worker's pass metering the same job waits, then finds this statement.
+        escrow = Escrow.objects.select_for_update().filter(job=job, status=E.FUNDED).first()
+        if escrow is None:
+            return None
         existing = Settlement.objects.filter(job=job).first()
         if existing is not None:
             return existing

@@ -121,3 +121,37 @@ def test_only_a_stopped_funded_job_is_metered(healthcare, carol_node):
     unfunded = JobFactory(owner=healthcare, status=S.COMPLETED)
     assert settlement_prepare(job=running) is None
     assert settlement_prepare(job=unfunded) is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_metering_at_once_make_one_statement_per_job(healthcare, carol_node):
+    import threading
+
+    from django.db import connection
+
+    from marketplace.models import Settlement
+    from marketplace.services.payments import settlements_prepare
+
+    jobs = [job_with_escrow(healthcare, status=S.COMPLETED) for _ in range(8)]
+    for job in jobs:
+        assignment(job, carol_node, minutes=10)
+    start, errors, made = threading.Barrier(2), [], []
+
+    def prepare():
+        try:
+            start.wait()
+            made.append(settlements_prepare())
+        except BaseException as exc:  # noqa: BLE001 (reported by the test thread)
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=prepare) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+
+    assert not errors, errors
+    assert len(made) == 2
+    assert sorted(Settlement.objects.values_list("job_id", flat=True)) == sorted(j.pk for j in jobs)
