@@ -21,8 +21,9 @@ REDIS_URL = "redis://127.0.0.1:6379/7"
 
 class Stack:
     def __init__(self, tmp: Path, *, heartbeat_timeout_s: int = 6, bind: str = "127.0.0.1",
-                 redis_url: str = REDIS_URL):
+                 redis_url: str = REDIS_URL, queues: str = "default,dispatch"):
         self.tmp = tmp
+        self.queues = queues  # the worker's; add "chain" where the escrow is on
         self.bind = bind  # 0.0.0.0: agents in network namespaces reach it through a bridge
         self.redis_url = redis_url
         self.logs = ROOT / "test-results" / "stack"
@@ -49,9 +50,7 @@ class Stack:
         redis.Redis.from_url(self.redis_url).flushdb()
         self._spawn("daphne", [sys.executable, "-m", "daphne", "-b", self.bind, "-p",
                                str(self.port), "webapp.asgi:application"])
-        self._spawn("celery", [sys.executable, "-m", "celery", "-A", "webapp", "worker", "-B",
-                               "-Q", "default,dispatch", "--concurrency", "2", "--loglevel", "INFO",
-                               "--schedule", str(self.tmp / "beat-schedule")])
+        self.worker("celery")
         deadline = time.monotonic() + 40
         while True:
             try:
@@ -62,6 +61,14 @@ class Stack:
                     raise RuntimeError("daphne did not start; see test-results/stack/daphne.log") from None
                 time.sleep(0.3)
         return self
+
+    def worker(self, name: str, *, queues: str | None = None, beat: bool = True,
+               concurrency: int = 2) -> subprocess.Popen:
+        """A Celery worker on `queues` (the stack's by default), with beat in it when `beat`."""
+        periodic = ["-B", "--schedule", str(self.tmp / f"{name}-beat-schedule")] if beat else []
+        return self._spawn(name, [sys.executable, "-m", "celery", "-A", "webapp", "worker", *periodic,
+                                  "-Q", queues or self.queues, "--concurrency", str(concurrency),
+                                  "--hostname", f"{name}@%h", "--loglevel", "INFO"])
 
     def agent(self, name: str, token: str, *, prefix: tuple[str, ...] = (), server: str | None = None,
               advertise: str = "127.0.0.1") -> subprocess.Popen:
