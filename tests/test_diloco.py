@@ -228,3 +228,55 @@ def test_int8_rounds_give_every_node_the_same_decoded_average():
         a.close()
     finally:
         h.close()
+
+
+# --- the runtime, launched as the agent launches it, without the platform -----------------
+@pytest.mark.integration
+def test_hierarchical_diloco_runs_ddp_inside_each_node_for_the_forecaster(tmp_path):
+    """Two nodes of two processes each (DDP inside a node, DiLoCo between them) on the
+    load-forecast template: every outer step leaves both nodes with the same global model,
+    and both processes of a node finish with it."""
+    import json
+    import subprocess
+
+    from workers.agent import launcher
+
+    port = free_port()
+    procs = []
+    for rank in (0, 1):
+        work = tmp_path / f"node{rank}"
+        work.mkdir()
+        spec = {"template": "load-forecast", "dataset": {"kind": "sample", "name": "grid-load"},
+                "params": {"epochs": 2, "batch_size": 64, "learning_rate": 0.002, "lookback_hours": 48,
+                           "horizon_hours": 12, "hidden_size": 16, "checkpoint_every": 10, "seed": 3},
+                "workdir": str(work), "backend": "gloo", "resume_from": None, "pg_timeout_s": 60,
+                "sync": {"mode": "diloco", "inner_steps": 7, "outer_lr": 0.7, "outer_momentum": 0.9,
+                         "precision": "int8"},
+                "nnodes": 2, "node_rank": rank, "outer": {"host": "127.0.0.1", "port": port},
+                "member": f"test-{rank}", "peer_timeout_s": 10}
+        (work / "spec.json").write_text(json.dumps(spec))
+        cmd = launcher.command(spec_path=work / "spec.json", nnodes=2, node_rank=rank, nproc_per_node=2,
+                               master_addr="127.0.0.1", master_port=port, standalone=True)
+        procs.append(subprocess.Popen(cmd, env=launcher.environment(threads=1), cwd=work,
+                                      stdout=open(work / "out.log", "w"), stderr=subprocess.STDOUT))  # noqa: SIM115
+    try:
+        codes = [p.wait(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert codes == [0, 0], (tmp_path / "node1" / "out.log").read_text()[-2000:]
+
+    def outer_events(rank):
+        lines = (tmp_path / f"node{rank}" / "events.jsonl").read_text().splitlines()
+        return [e for e in map(json.loads, lines) if e["type"] in ("outer", "finished")]
+    host, other = outer_events(0), outer_events(1)
+    rounds = [e for e in host if e["type"] == "outer"]
+    total = next(e for e in host if e["type"] == "finished")["total_steps"]
+    assert [e["step"] for e in rounds] == sorted({*range(7, total + 1, 7), total})
+    assert [(e["step"], e["sha256"], e["contributors"]) for e in rounds] == [
+        (e["step"], e["sha256"], ["0", "1"]) for e in other]
+    finished = next(e for e in host if e["type"] == "finished")
+    # Both processes of node 0 hold the final global model.
+    assert finished["param_digests"] == [rounds[-1]["sha256"]] * 2
+    assert finished["comm_bytes"] < finished["comm_bytes_ddp"]
