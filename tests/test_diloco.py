@@ -280,3 +280,10 @@ def test_hierarchical_diloco_runs_ddp_inside_each_node_for_the_forecaster(tmp_pa
     # Both processes of node 0 hold the final global model.
     assert finished["param_digests"] == [rounds[-1]["sha256"]] * 2
     assert finished["comm_bytes"] < finished["comm_bytes_ddp"]
+    # Checkpoints are taken after outer steps and hold the outer optimizer's state.
+    from workers.training import checkpoint
+    latest = checkpoint.load(checkpoint.latest(tmp_path / "node0" / "checkpoints"))
+    assert latest["step"] == total and latest["sync"]["mode"] == "diloco"
+    momentum = latest["outer"]["buffers"]
+    assert [tuple(b.shape) for b in momentum] == [tuple(t.shape) for t in latest["model"].values()]
+    assert all(b.abs().sum() > 0 for b in momentum)
