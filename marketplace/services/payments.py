@@ -85,6 +85,8 @@ def job_fund(*, job: Job, actor=None, amount: Decimal | None = None) -> Escrow:
                           f"(not {amount} tUSD).", field="amount", code="wrong_amount")
     with transaction.atomic():
         escrow = Escrow.objects.select_for_update().filter(pk=escrow_of(job).pk).get()
+        if escrow.status == E.FUNDING and _reverted(escrow.fund_tx):
+            escrow.status = E.UNFUNDED  # that funding failed on chain (e.g. while paused): fund again
         if escrow.status != E.UNFUNDED:
             return escrow
         if Job.objects.get(pk=job.pk).status != S.SUBMITTED:
@@ -112,6 +114,14 @@ def job_fund(*, job: Job, actor=None, amount: Decimal | None = None) -> Escrow:
                                 f"transaction {tx.tx_hash}.")
         enqueue.enqueue("workers.tasks_chain.chain_sync", countdown=0.2)
     return escrow
+
+
+def _reverted(tx_hash: str) -> bool:
+    from ..chain import sender
+    from ..models import ChainTransaction
+
+    stored = ChainTransaction.objects.filter(tx_hash=tx_hash).first()
+    return stored is not None and sender.check(stored).status == ChainTransaction.Status.REVERTED
 
 
 def escrow_funded(*, key: str, consumer: str, amount: int, deadline: int, tx_hash: str) -> None:

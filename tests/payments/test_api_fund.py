@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from marketplace.chain import client, indexer
+from marketplace.chain import client, deploy, indexer, sender
 from marketplace.models import ChainTransaction, Escrow, Job
 from marketplace.services import enqueue
 from workers.tasks import match_job
@@ -137,3 +137,25 @@ def test_a_chain_node_that_is_down_answers_503_and_nothing_is_funded(api, alice,
     assert Job.objects.get(pk=job.pk).status == S.SUBMITTED
     settings.CHAIN_RPC_URL = ""
     assert client.w3().eth.chain_id  # the in-process chain is still there for the next test
+
+
+def test_a_funding_that_reverted_on_chain_can_be_sent_again(api, alice, healthcare, wallets):
+    """The escrow was paused when the fund transaction was mined (an incident): it reverted.
+    Once unpaused, funding again must work instead of answering "funding" for ever."""
+    job = submitted_job(healthcare, budget="40")
+    with committed():  # the operator holds the pauser role on development chains
+        sender.send(key=deploy.operator_key(), purpose="settle", call=wallets.escrow.functions.pause())
+    first = fund(api, alice, job.pk)
+    assert first.status_code == 200 and first.data["escrow"]["status"] == "funding"
+    reverted = ChainTransaction.objects.get(purpose="fund")
+    assert sender.check(reverted).status == "reverted"
+    with committed():
+        sender.send(key=deploy.operator_key(), purpose="settle", call=wallets.escrow.functions.unpause())
+
+    again = fund(api, alice, job.pk)
+
+    assert again.status_code == 200, again.data
+    assert ChainTransaction.objects.filter(purpose="fund").count() == 2
+    assert indexer.index_events() == 1
+    job.refresh_from_db()
+    assert job.status == S.FUNDED and Escrow.objects.get(job=job).amount == 40
