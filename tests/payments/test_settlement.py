@@ -150,3 +150,36 @@ def test_a_cancelled_funded_job_that_never_ran_is_refunded_whole(wallets, health
     assert job.status == S.REFUNDED and job.escrow.status == "refunded"
     assert wallets.owed(consumer) == units("25")
     assert Settlement.objects.get(job=job).charged == 0
+
+
+def test_a_batch_that_reverted_on_chain_is_paid_by_a_later_one(wallets, done, monkeypatch):
+    """The batch was signed and stored, the escrow got paused (by a separate pauser) before
+    it went out, and the re-sent batch reverted: its jobs go back to pending and the next
+    batch pays them, once."""
+    escrow, pauser = wallets.escrow, wallets.w3.eth.accounts[0]
+    with committed():  # the admin (the operator, on development chains) appoints a pauser
+        sender.send(key=deploy.operator_key(), purpose="settle", call=escrow.functions.grantRole(
+            escrow.functions.PAUSER_ROLE().call(), pauser))
+
+    def node_down(raw):
+        raise ConnectionError("Connection refused")
+
+    monkeypatch.setattr(client.w3().eth, "send_raw_transaction", node_down)
+    with committed():
+        first = payments.settlement_batch_send()
+    monkeypatch.undo()
+    wallets.transact(pauser, escrow.functions.pause())
+    assert sender.resend_stale(older_than_s=0) == 1
+    assert sender.check(ChainTransaction.objects.get(tx_hash=first)).status == "reverted"
+    wallets.transact(pauser, escrow.functions.unpause())
+
+    assert payments.settlements_retry_reverted() == 3
+    with committed():
+        second = payments.settlement_batch_send()
+
+    assert second != first
+    assert indexer.index_events() == 3
+    assert set(Settlement.objects.values_list("status", "transaction__tx_hash")) == {("settled", second)}
+    assert statuses(done) == {S.SETTLED}
+    assert_paid_once(wallets, done)
+    assert payments.settlements_retry_reverted() == 0
