@@ -191,6 +191,9 @@ def test_a_silent_member_is_dropped_and_a_replacement_joins_with_the_global_stat
         lambda: a.exchange(20, diloco.encode(vec(1.0), "fp32")),
         lambda: c.exchange(20, diloco.encode(vec(1.0), "fp32")))
     assert header["contributors"] == ["0", "1", "2"]
+    # The store keeps only the last round's average: nothing piles up over a long job.
+    assert host.store.check(["avg/20"]) and not host.store.check(["avg/10"])
+    assert not host.store.check(["state/10"]) and not host.store.check(["g/20/1"])
     a.close()
     c.close()
 

@@ -70,6 +70,7 @@ class OuterHost:
         self.sent = 0
         self._beats: dict[int, tuple[int, float]] = {}
         self._finishing: list[int] = []
+        self._previous: int | None = None  # the last round (its step) whose keys are kept
 
     # --- membership ------------------------------------------------------------------
     def _waiting_joiners(self) -> list[int]:
@@ -110,6 +111,7 @@ class OuterHost:
             if need_state and message is None:
                 message = diloco.pack({**header, "round": round_, "step": step}, body)
                 self.store.set(f"state/{round_}", message)
+                self._previous = round_
             admit = _json({"round": round_, "step": step, "state": need_state})
             self.store.set(f"admit/{t}", admit)
             self.sent += len(admit) + (len(message) if need_state else 0)
@@ -171,8 +173,11 @@ class OuterHost:
         message = diloco.pack(header, average)
         self.store.set(f"avg/{round_}", message)
         self.sent += len(message) * (len(order) - 1)
-        for key in (f"avg/{round_ - 1}", f"state/{round_ - 1}"):
-            self.store.delete_key(key)
+        # Everyone who took part in this round has read the previous average and state.
+        if self._previous is not None and self._previous != round_:
+            for key in (f"avg/{self._previous}", f"state/{self._previous}"):
+                self.store.delete_key(key)
+        self._previous = round_
         return diloco.decode(average, self.shapes, self.precision), header
 
     def finish(self, round_: int, *, timeout_s: float | None = None) -> None:
