@@ -24,6 +24,8 @@ class ChainError(MarketError):
 
     def __init__(self, message: str, *, code: str = "chain_error"):
         super().__init__(message, code=code)
+        if code == "reverted":  # the chain answered, and refused: a conflict, not an outage
+            self.status_code = 409
 
 
 class _LockedTesterProvider(EthereumTesterProvider):
