@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine, percentile, table  # noqa: E402
-from _platform import Platform, reset, setup_django  # noqa: E402
+from _platform import Platform, _free_port, reset, setup_django  # noqa: E402
 
 # A database and Redis database of its own: the other execution benchmarks truncate
 # computemesh_bench_exec and flush Redis 13 when they start, which would wreck a run that
@@ -94,18 +94,25 @@ class Stream:
         self.last_send = 0.0
 
 
-async def run_streams(port: int, viewer_token: str, streams: list[Stream], rate: int, seconds: int,
-                      daphne_pid: int) -> dict:
+async def run_streams(ports: list[int], viewer_token: str, streams: list[Stream], rate: int, seconds: int,
+                      daphne_pids: list[int]) -> dict:
     import websockets
 
-    origin = f"http://127.0.0.1:{port}"
     agents, viewers = [], []
+    turn = iter(range(10**9))  # connections go round the servers, as a balancer spreads them
+
+    def server() -> tuple[str, str]:
+        port = ports[next(turn) % len(ports)]
+        return f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}"
+
     for s in streams:
+        base, origin = server()
         agents.append(await websockets.connect(
-            f"ws://127.0.0.1:{port}/ws/agent/", origin=origin,
+            f"{base}/ws/agent/", origin=origin,
             additional_headers={"Authorization": f"Token {s.agent_token}"}, max_size=8 * 1024 * 1024))
+        base, origin = server()
         viewers.append(await websockets.connect(
-            f"ws://127.0.0.1:{port}/ws/jobs/{s.job_id}/", origin=origin,
+            f"{base}/ws/jobs/{s.job_id}/", origin=origin,
             additional_headers={"Authorization": f"Token {viewer_token}"}, max_size=64 * 1024 * 1024))
 
     history_seen = asyncio.Event()
@@ -161,13 +168,14 @@ async def run_streams(port: int, viewer_token: str, streams: list[Stream], rate:
         await v.send(json.dumps({"type": "resync", "after_seq": 0, "after_log_seq": 0}))
     await asyncio.wait_for(history_seen.wait(), timeout=30)
 
-    cpu0, client0, wall0 = cpu_seconds(daphne_pid), time.process_time(), time.perf_counter()
+    cpu0 = sum(cpu_seconds(pid) for pid in daphne_pids)
+    client0, wall0 = time.process_time(), time.perf_counter()
     start = time.perf_counter() + 0.2
     # Spread the jobs' sends evenly over each 1/rate interval, as independent agents would be.
     await asyncio.gather(*(send(s, a, j / (rate * len(streams)), start)
                            for j, (s, a) in enumerate(zip(streams, agents, strict=True))))
     send_wall = time.perf_counter() - wall0
-    cpu1, client1 = cpu_seconds(daphne_pid), time.process_time()
+    cpu1, client1 = sum(cpu_seconds(pid) for pid in daphne_pids), time.process_time()
     last_send = max(s.last_send for s in streams)
     while time.time() < last_send + GRACE_S:
         if all(len(s.received) >= len(s.sent) and s.acked >= len(s.sent) for s in streams):
@@ -194,7 +202,8 @@ def wait_for_http(base: str) -> None:
             time.sleep(0.3)
 
 
-def scenario(name: str, jobs: int, rate: int, seconds: int, warmup: float) -> list:
+def scenario(name: str, jobs: int, rate: int, seconds: int, warmup: float, servers: int = 1,
+             asgi: str = "daphne") -> list:
     import redis
 
     from marketplace.models import MetricPoint
@@ -207,11 +216,20 @@ def scenario(name: str, jobs: int, rate: int, seconds: int, warmup: float) -> li
     platform = Platform()
     platform.env.update(DATABASE_URL=DB_URL, REDIS_URL=REDIS_URL)
     redis.Redis.from_url(REDIS_URL).flushdb()
-    daphne = platform._spawn("daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1",
-                                        "-p", str(platform.port), "webapp.asgi:application"])
+    ports = [platform.port] + [_free_port() for _ in range(servers - 1)]
+    command = {
+        "daphne": lambda port: [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                                "webapp.asgi:application"],
+        # uvloop, httptools and the websockets protocol (uvicorn[standard]); no access log.
+        "uvicorn": lambda port: [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
+                                 "--no-access-log", "--log-level", "warning", "webapp.asgi:application"],
+    }[asgi]
+    daphnes = [platform._spawn(f"{asgi}-{i}", command(port)) for i, port in enumerate(ports)]
     try:
-        wait_for_http(platform.base)
-        stats = asyncio.run(run_streams(platform.port, viewer_token, streams, rate, seconds, daphne.pid))
+        for port in ports:
+            wait_for_http(f"http://127.0.0.1:{port}")
+        stats = asyncio.run(run_streams(ports, viewer_token, streams, rate, seconds,
+                                        [d.pid for d in daphnes]))
     finally:
         platform.stop()
     persisted = MetricPoint.objects.filter(job__in=[s.job_id for s in streams]).count()
@@ -227,8 +245,9 @@ def scenario(name: str, jobs: int, rate: int, seconds: int, warmup: float) -> li
     p50, p99, worst = (percentile(ms, 50), percentile(ms, 99), max(ms)) if ms else (float("nan"),) * 3
     ok = lost == 0 and p99 <= TARGET_P99_MS
     errors = [e for s in streams for e in s.errors]
-    print(f"\n[{name}] {jobs} job(s) x {rate} msg/s for {seconds} s: persisted {persisted}, acked {acked} "
-          f"of {sent}; daphne CPU {stats['daphne_cpu']:.0%} and client CPU {stats['client_cpu']:.0%} "
+    print(f"\n[{name}] {jobs} job(s) x {rate} msg/s for {seconds} s on {servers} {asgi} process(es): "
+          f"persisted {persisted}, acked {acked} "
+          f"of {sent}; server CPU (all) {stats['daphne_cpu']:.0%} and client CPU {stats['client_cpu']:.0%} "
           f"during the {stats['send_wall']:.1f} s send window; drained {stats['drain_s']:.1f} s after the "
           f"last send; errors {len(errors)}{' e.g. ' + json.dumps(errors[0]) if errors else ''}; "
           f"scenario took {time.monotonic() - began:.0f} s; logs in {platform.tmp}")
@@ -246,7 +265,7 @@ def scenario(name: str, jobs: int, rate: int, seconds: int, warmup: float) -> li
     def fmt(value: float) -> str:
         return "n/a" if value != value else f"{value:.1f}"
 
-    return [jobs, rate, sent, received, lost, fmt(p50), fmt(p99), fmt(worst),
+    return [jobs, rate, servers, sent, received, lost, fmt(p50), fmt(p99), fmt(worst),
             "PASS" if ok else "FAIL"]
 
 
@@ -254,18 +273,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", choices=["single", "many", "both"], default="both")
     parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--servers", type=int, default=1,
+                        help="ASGI server processes; sockets are spread over them as a balancer would")
+    parser.add_argument("--asgi", choices=["daphne", "uvicorn"], default="daphne", help="the ASGI server")
     parser.add_argument("--warmup", type=float, default=2.0,
                         help="seconds at the start left out of the latency percentiles")
     args = parser.parse_args()
     setup_django()
     print(machine())
     names = ["single", "many"] if args.scenario == "both" else [args.scenario]
-    rows = [scenario(name, *SCENARIOS[name], args.seconds, args.warmup) for name in names]
-    print(f"\nProgress message -> browser socket, over daphne + channels-redis pub/sub + PostgreSQL "
+    rows = [scenario(name, *SCENARIOS[name], args.seconds, args.warmup, args.servers, args.asgi)
+            for name in names]
+    print(f"\nProgress message -> browser socket, over {args.asgi} + channels-redis pub/sub + PostgreSQL "
           f"(database {DB_URL.rsplit('/', 1)[1]}); target p99 <= {TARGET_P99_MS:.0f} ms, 0 lost; "
           f"latency after a {args.warmup:g} s warm-up:")
-    print(table(["jobs", "rate/s", "sent", "received", "lost", "p50 ms", "p99 ms", "max ms", "verdict"],
-                rows))
+    print(table(["jobs", "rate/s", "servers", "sent", "received", "lost", "p50 ms", "p99 ms", "max ms",
+                 "verdict"], rows))
     return 0
 
 
