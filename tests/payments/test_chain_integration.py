@@ -12,7 +12,7 @@ from decimal import ROUND_DOWN, Decimal
 
 import pytest
 import redis
-from celery import current_app
+from celery import Celery
 from django.core.management import call_command
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
@@ -251,11 +251,14 @@ def test_two_hundred_settlements_from_two_workers(on_node, tmp_path):
         stack.worker("pay-worker-1", beat=False)
         stack.worker("pay-worker-2", beat=False)
 
+        # The stack's broker, whatever this test process's own Celery settings say.
+        beat = Celery(broker=REDIS_URL)
+
         def all_settled():
             left = Settlement.objects.exclude(status="settled").count()
             if left:
                 for _ in range(4):  # what beat would send: enough for both workers' processes
-                    current_app.send_task("workers.tasks_chain.settle_pending")
+                    beat.send_task("workers.tasks_chain.settle_pending", queue="chain")
             return left == 0
 
         wait_for(all_settled, timeout=120, every=1.0, what="200 settlements")
