@@ -52,21 +52,28 @@ def reclaim_deadline(job: Job) -> datetime:
 
 def fund_calls(job: Job) -> dict:
     """What a wallet in the browser sends: approve the escrow, then fund (the amount is the
-    job's budget, in base units)."""
+    job's budget, in base units). An escrow funded with less than the budget gets a top-up
+    of the difference in place of the fund call (`kind` says which)."""
     from ..chain.client import chain_id, to_units
     from ..chain.deploy import escrow_contract, token_contract
 
     escrow, token = escrow_contract(), token_contract()
     record = escrow_of(job)
-    amount = to_units(job.budget)
+    key = bytes.fromhex(record.key[2:])
     deadline = int(reclaim_deadline(job).timestamp())
+    if record.status == E.FUNDED and record.amount < job.budget:
+        due, kind = job.budget - record.amount, "top_up"
+        call = escrow.encode_abi("topUp", args=[key, to_units(due)])
+    else:
+        due, kind = job.budget, "fund"
+        call = escrow.encode_abi("fund", args=[key, to_units(job.budget), deadline])
+    amount = to_units(due)
     return {
         "chain_id": chain_id(), "token": token.address, "escrow": escrow.address, "job_key": record.key,
-        "amount": str(job.budget), "amount_units": str(amount), "deadline": deadline,
+        "kind": kind, "amount": str(due), "amount_units": str(amount), "deadline": deadline,
         "approve": {"to": token.address,
                     "data": token.encode_abi("approve", args=[escrow.address, amount])},
-        "fund": {"to": escrow.address,
-                 "data": escrow.encode_abi("fund", args=[bytes.fromhex(record.key[2:]), amount, deadline])},
+        "fund": {"to": escrow.address, "data": call},
     }
 
 

@@ -76,8 +76,11 @@ def test_an_underfunded_deposit_waits_for_its_top_up(api, alice, healthcare, wal
     assert "60.00 tUSD of the 90.00 tUSD" in note.message
     assert Escrow.objects.get(job=job).amount == 60
 
-    receipt = wallets.transact(holder, escrow.functions.topUp(key, units("30")))
-    assert receipt["status"] == 1
+    # The browser's calls are now a top-up of the difference, sent as they come.
+    calls = api.as_user(alice).get(f"/api/v1/jobs/{job.pk}/fund-calls/").data
+    assert calls["kind"] == "top_up" and calls["amount"] == "30.000000"
+    for step in ("approve", "fund"):
+        assert send(wallets, holder, calls[step])["status"] == 1
     assert indexer.index_events() == 1
     job.refresh_from_db()
     assert job.status == S.FUNDED
