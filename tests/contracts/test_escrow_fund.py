@@ -1,7 +1,7 @@
 """Funding a job and topping it up."""
 
 from .conftest import DAY, MINTED, job
-from .support import FUNDED, NONE, USD
+from .support import FUNDED, NONE, REFUNDED, SETTLED, USD
 
 
 def test_fund_pulls_the_deposit_and_records_the_consumer(chain):
@@ -21,6 +21,8 @@ def test_an_unknown_job_reads_as_none(chain):
 
 def test_fund_rejects_a_zero_amount(chain):
     chain.reverts(chain.escrow.functions.fund(job(1), 0, chain.now() + DAY), chain.alice, "ZeroAmount")
+    assert chain.escrow_of(job(1))[3] == NONE
+    assert chain.balance(chain.alice) == MINTED
 
 
 def test_fund_rejects_a_deadline_that_is_not_in_the_future(chain):
@@ -29,7 +31,9 @@ def test_fund_rejects_a_deadline_that_is_not_in_the_future(chain):
     for deadline in (now, now + 10):
         chain.reverts(chain.escrow.functions.fund(job(1), USD, deadline), chain.alice,
                       "DeadlineNotInFuture", deadline)
+    assert chain.escrow_of(job(1))[3] == NONE
     chain.fund(job(1), USD, deadline=now + 100)
+    assert chain.escrow_of(job(1)) == (chain.alice, USD, now + 100, FUNDED)
 
 
 def test_fund_rejects_a_job_id_already_used(chain):
@@ -43,7 +47,11 @@ def test_fund_rejects_a_closed_job_id(chain):
     chain.fund(job(1), 10 * USD)
     chain.settle(job(1), [(chain.carol, 5 * USD)], 0)
     chain.reverts(chain.escrow.functions.fund(job(1), 10 * USD, chain.now() + DAY), chain.alice,
-                  "JobExists", job(1), 2)
+                  "JobExists", job(1), SETTLED)
+    # The refused second deposit took nothing: alice paid 10 once and is owed the 5 unspent.
+    assert chain.escrow_of(job(1))[3] == SETTLED
+    assert chain.balance(chain.alice) == MINTED - 10 * USD
+    assert chain.owed(chain.alice) == 5 * USD
 
 
 def test_fund_needs_an_allowance(chain):
@@ -61,6 +69,8 @@ def test_fund_needs_the_balance(chain):
     chain.send(chain.token.functions.approve(chain.escrow.address, 100 * USD), chain.mallory)
     chain.reverts(chain.escrow.functions.fund(job(1), 100 * USD, chain.now() + DAY), chain.mallory,
                   "ERC20InsufficientBalance", chain.mallory, 0, 100 * USD, contract="TestUSD")
+    assert chain.escrow_of(job(1))[3] == NONE
+    assert chain.balance(chain.escrow.address) == 0
 
 
 def test_top_up_adds_to_the_deposit_and_anyone_may_pay(chain):
@@ -86,8 +96,13 @@ def test_top_up_rejects_zero_unknown_and_closed_jobs(chain):
     chain.reverts(top_up(job(404), USD), chain.alice, "NotFunded", job(404), NONE)
     chain.fund(job(1), 10 * USD)
     chain.reverts(top_up(job(1), 0), chain.alice, "ZeroAmount")
+    assert chain.escrow_of(job(1))[1] == 10 * USD
     chain.send(chain.escrow.functions.operatorRefund(job(1)), chain.operator)
-    chain.reverts(top_up(job(1), USD), chain.alice, "NotFunded", job(1), 3)
+    chain.reverts(top_up(job(1), USD), chain.alice, "NotFunded", job(1), REFUNDED)
+    # Nothing the refused top-ups offered was kept: alice has all her tokens back.
+    assert chain.escrow_of(job(1))[3] == REFUNDED
+    assert chain.balance(chain.alice) == MINTED
+    assert chain.balance(chain.escrow.address) == 0
 
 
 def test_top_up_cannot_overflow_the_deposit(chain):

@@ -39,6 +39,7 @@ class EscrowModel(RuleBasedStateMachine):
 
     chain: Chain
     snapshot: int
+    reached: set  # every job state any run saw on the chain: what the runs exercised
 
     def __init__(self) -> None:
         super().__init__()
@@ -198,6 +199,7 @@ class EscrowModel(RuleBasedStateMachine):
             j = self.jobs[i]
             assert state in NEXT_STATES[self.seen[i]], f"job {i}: {self.seen[i]} -> {state}"
             self.seen[i] = state
+            self.reached.add(state)
             assert state == j.state
             if state == FUNDED:
                 assert (consumer, value, deadline) == (j.consumer, j.amount, j.deadline)
@@ -226,7 +228,13 @@ class EscrowModel(RuleBasedStateMachine):
 
 def test_random_operation_sequences_keep_the_escrow_solvent(_deployed):
     chain, snapshot = _deployed
-    machine = type("BoundEscrowModel", (EscrowModel,), {"chain": chain, "snapshot": snapshot})
+    reached: set[int] = set()
+    machine = type("BoundEscrowModel", (EscrowModel,),
+                   {"chain": chain, "snapshot": snapshot, "reached": reached})
+    # Derandomized: the same sequences on every run, so that the coverage check below is
+    # stable; ESCROW_EXAMPLES explores further.
     run_state_machine_as_test(machine, settings=settings(
-        max_examples=EXAMPLES, stateful_step_count=20, deadline=None, database=None,
+        max_examples=EXAMPLES, stateful_step_count=20, deadline=None, database=None, derandomize=True,
         suppress_health_check=[HealthCheck.too_slow]))
+    # The invariants held over runs that funded jobs and closed them both ways.
+    assert {FUNDED, SETTLED, REFUNDED} <= reached, f"the runs only reached states {reached}"

@@ -54,6 +54,8 @@ def test_no_refund_of_an_unknown_job(chain):
     chain.reverts(chain.escrow.functions.refund(job(404)), chain.alice, "NotFunded", job(404), NONE)
     chain.reverts(chain.escrow.functions.operatorRefund(job(404)), chain.operator,
                   "NotFunded", job(404), NONE)
+    assert chain.escrow_of(job(404)) == (ZERO, 0, 0, NONE)
+    assert chain.balance(chain.escrow.address) == 0
 
 
 def test_the_consumer_refunds_while_paused(chain):
@@ -93,6 +95,10 @@ def test_only_the_operator_force_refunds(chain):
     for who in (chain.alice, chain.admin, chain.mallory):
         chain.reverts(chain.escrow.functions.operatorRefund(job(1)), who,
                       "AccessControlUnauthorizedAccount", who, role)
+    assert chain.escrow_of(job(1))[3] == FUNDED
+    assert chain.balance(chain.escrow.address) == 100 * USD
+    chain.send(chain.escrow.functions.operatorRefund(job(1)), chain.operator)
+    assert chain.escrow_of(job(1))[3] == REFUNDED
 
 
 def test_pause_blocks_funding_and_top_ups(chain):
@@ -111,6 +117,8 @@ def test_only_the_pauser_pauses(chain):
     role = chain.escrow.functions.PAUSER_ROLE().call()
     for who in (chain.operator, chain.alice):
         chain.reverts(chain.escrow.functions.pause(), who, "AccessControlUnauthorizedAccount", who, role)
+    assert not chain.escrow.functions.paused().call()
     chain.send(chain.escrow.functions.pause(), chain.admin)
     chain.reverts(chain.escrow.functions.unpause(), chain.operator, "AccessControlUnauthorizedAccount",
                   chain.operator, role)
+    assert chain.escrow.functions.paused().call()

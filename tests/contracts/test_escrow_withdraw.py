@@ -3,7 +3,7 @@
 import pytest
 
 from .conftest import MINTED, job
-from .support import USD, deploy
+from .support import REFUNDED, USD, deploy
 
 
 def _settled(chain):
@@ -73,7 +73,10 @@ def test_the_admin_can_hand_the_operator_role_over(chain):
     chain.send(chain.escrow.functions.grantRole(role, chain.dave), chain.admin)
     chain.send(chain.escrow.functions.revokeRole(role, chain.operator), chain.admin)
     chain.fund(job(1), 10 * USD)
+    assert chain.escrow.functions.hasRole(role, chain.dave).call()
+    assert not chain.escrow.functions.hasRole(role, chain.operator).call()
     chain.send(chain.escrow.functions.operatorRefund(job(1)), chain.dave)
+    assert chain.escrow_of(job(1))[3] == REFUNDED
     chain.reverts(chain.escrow.functions.settleBatch([]), chain.operator,
                   "AccessControlUnauthorizedAccount", chain.operator, role)
 
