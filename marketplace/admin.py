@@ -140,6 +140,20 @@ class ReadOnlyAdminMixin:
         return False
 
 
+class ViewOnlyWithActionsMixin:
+    """View-only pages for rows that only services change (a job's status, an escrow): the
+    list keeps the change permission so that its service-backed actions run."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None and super().has_change_permission(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 class ServiceValidatedForm(forms.ModelForm):
     """A model form whose `clean()` asks the service; the model's own checks would repeat
     the service's errors in worse words (e.g. "Constraint … is violated")."""
@@ -601,7 +615,7 @@ TemplateFilter = fixed_choices_filter(
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(ViewOnlyWithActionsMixin, admin.ModelAdmin):
     list_display = ["id", "name", "owner", "template", "status", "resources", "max_price",
                     "budget_display", "deadline", "status_changed_at"]
     list_filter = ["status", TemplateFilter, "owner__sector"]
@@ -623,18 +637,6 @@ class JobAdmin(admin.ModelAdmin):
          {"fields": ["status", "status_changed_at", "created_at", "updated_at"]}),
     ]
     readonly_fields = ["resources", "max_price", "budget_display"]
-
-    def has_add_permission(self, request):
-        # Jobs are submitted by consumers (validated spec, escrow); not typed in here.
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        # The change page is view-only: saving it would write `status` behind the state
-        # machine's back. The list keeps the change permission so that actions run.
-        return obj is None and super().has_change_permission(request)
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="resources")
     def resources(self, obj: Job) -> str:
@@ -744,7 +746,7 @@ class ChainTransactionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(Escrow)
-class EscrowAdmin(admin.ModelAdmin):
+class EscrowAdmin(ViewOnlyWithActionsMixin, admin.ModelAdmin):
     list_display = ["job", "status", "amount_display", "consumer_address", "funded_at", "closed_at"]
     list_filter = ["status"]
     search_fields = ["=job__id", "=key", "=consumer_address"]
@@ -756,16 +758,6 @@ class EscrowAdmin(admin.ModelAdmin):
     ordering = ["-id"]
     show_full_result_count = False
     actions = ["force_refund"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        # View-only pages; the list keeps the change permission so that the action runs.
-        return obj is None and super().has_change_permission(request)
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="amount", ordering="amount")
     def amount_display(self, obj: Escrow) -> str:
@@ -797,7 +789,7 @@ class EscrowAdmin(admin.ModelAdmin):
             self.message_user(request, "Not refunded: " + "; ".join(refused), messages.ERROR)
 
 
-class PayoutInline(admin.TabularInline):
+class PayoutInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = Payout
     extra = 0
     can_delete = False
@@ -810,12 +802,6 @@ class PayoutInline(admin.TabularInline):
     @admin.display(description="amount (after the platform fee)")
     def amount_display(self, obj: Payout) -> str:
         return money(obj.amount)
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Settlement)

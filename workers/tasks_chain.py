@@ -5,6 +5,7 @@ from celery import shared_task
 from django.conf import settings
 
 from marketplace.chain import indexer, sender
+from marketplace.models import ChainTransaction
 from marketplace.services import payments
 
 
@@ -27,12 +28,6 @@ def settle_pending() -> str | None:
     payments.settlements_prepare()
     tx = payments.settlement_batch_send(limit=settings.SETTLEMENT_BATCH_MAX)
     if tx:
-        sender.wait(sender.check(_stored(tx)))
+        sender.wait(ChainTransaction.objects.get(tx_hash=tx))
         indexer.index_events()
     return tx
-
-
-def _stored(tx_hash: str):
-    from marketplace.models import ChainTransaction
-
-    return ChainTransaction.objects.get(tx_hash=tx_hash)

@@ -15,6 +15,7 @@ import time
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Case, F, Value, When
 from django.utils import timezone
 from eth_account import Account
 from web3.exceptions import ContractCustomError, ContractLogicError, TransactionNotFound
@@ -106,12 +107,12 @@ def broadcast(stored: ChainTransaction) -> None:
         # another transaction, which needs a person: it stays recorded as an error.
         if not (any(k in text for k in _KNOWN) or ("nonce too low" in text and _mined(stored))):
             ChainTransaction.objects.filter(pk=stored.pk).update(
-                error=_short(exc)[:500], broadcasts=stored.broadcasts + 1, updated_at=timezone.now())
+                error=_short(exc)[:500], broadcasts=F("broadcasts") + 1, updated_at=timezone.now())
             log.warning("broadcast of %s failed: %s", stored.tx_hash, _short(exc))
             return
-    ChainTransaction.objects.filter(pk=stored.pk, status=T.SIGNED).update(status=T.SENT)
-    ChainTransaction.objects.filter(pk=stored.pk).update(broadcasts=stored.broadcasts + 1, error="",
-                                                         updated_at=timezone.now())
+    ChainTransaction.objects.filter(pk=stored.pk).update(
+        status=Case(When(status=T.SIGNED, then=Value(T.SENT)), default=F("status")),
+        broadcasts=F("broadcasts") + 1, error="", updated_at=timezone.now())
     stored.refresh_from_db()
 
 

@@ -195,10 +195,13 @@ class Ingest:
             ready = {j for j in self.due if now - self.snapshot_at.get(j, -1e9) >= live.SNAPSHOT_EVERY_S}
             if ready:
                 self.due -= ready
+                if len(self.snapshot_at) > 10_000:  # jobs long finished: forget them
+                    self.snapshot_at = {j: t for j, t in self.snapshot_at.items()
+                                        if now - t < live.SNAPSHOT_EVERY_S}
                 self.snapshot_at.update(dict.fromkeys(ready, now))
                 try:
                     await _send_all(await database_sync_to_async(
-                        live.progress_snapshots, thread_sensitive=False)(ready))
+                        live.snapshots, thread_sensitive=False)(ready, events=1))
                 except Exception:  # a snapshot is only a courtesy: the points went out
                     log.exception("progress snapshots of %d jobs failed", len(ready))
             await asyncio.sleep(0.25)

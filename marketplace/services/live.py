@@ -12,7 +12,8 @@ from decimal import Decimal
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
-from django.db.models import Max, Prefetch
+from django.db.models import F, Prefetch, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from ..models import Assignment, Job, LogLine, MetricPoint
@@ -46,7 +47,7 @@ def coalesced(outbox: list | None = None, deferred: set | None = None):
     the block fails (its transaction rolled back). With `outbox`, the (group, event) pairs
     are appended to it instead of sent: an async caller sends them without a round trip
     through a thread for each. With `deferred`, the jobs due a progress snapshot are added
-    to it instead (the caller sends `progress_snapshots` for them, at its own pace)."""
+    to it instead (the caller sends `snapshots` for them, at its own pace)."""
     _batch.messages, _batch.changed, _batch.throttled = defaultdict(list), set(), set()
     try:
         yield
@@ -159,32 +160,32 @@ def job_changed(job_id: int, *, throttle: bool = False) -> None:
         return
 
     def send():
-        job = Job.objects.filter(pk=job_id).prefetch_related(
-            Prefetch("assignments", queryset=Assignment.objects.select_related("node"))).first()
-        if job is None:
-            return
-        snapshot = job_snapshot(job)
-        _send(job_group(job_id), {"type": "job", "job": snapshot}, kind="job.update")
-        _to_dashboards(job, snapshot)
+        for group, event in snapshots([job_id]):
+            _deliver(group, event)
     transaction.on_commit(send)
 
 
-def progress_snapshots(job_ids) -> list[tuple[str, dict]]:
-    """Snapshots of many running jobs for their pages and dashboards, in four queries
-    whatever their number: what the agent ingest sends every few seconds per busy job.
-    Returns (group, event) pairs for the caller to send."""
+def snapshots(job_ids, *, events: int = 10) -> list[tuple[str, dict]]:
+    """Snapshots of jobs for their pages and for their owner's and providers' dashboards, as
+    (group, event) pairs for the caller to send, in four queries however many jobs: after a
+    status change (one job) and from the agent ingest every few seconds per busy job
+    (`events=1`: progress adds no timeline entries). `events` is how many of each job's
+    newest timeline entries go along (one commit can add several)."""
     from ..models import JobEvent
     from ..selectors.execution import recent_points
 
     ids = list(job_ids)
     jobs = Job.objects.filter(pk__in=ids).prefetch_related(
         Prefetch("assignments", queryset=Assignment.objects.select_related("node")))
-    newest = JobEvent.objects.filter(job_id__in=ids).values("job_id").annotate(last=Max("id"))
-    events = {e.job_id: [e] for e in JobEvent.objects.filter(pk__in=[x["last"] for x in newest])}
+    newest: dict[int, list] = {}
+    for e in (JobEvent.objects.filter(job_id__in=ids)
+              .annotate(rank=Window(RowNumber(), partition_by=F("job_id"), order_by=F("id").desc()))
+              .filter(rank__lte=events).order_by("job_id", "-id")):
+        newest.setdefault(e.job_id, []).append(e)
     points = recent_points(ids)
     out = []
     for job in jobs:
-        snapshot = job_snapshot(job, events=events.get(job.pk, []), points=points.get(job.pk, []))
+        snapshot = job_snapshot(job, events=newest.get(job.pk, []), points=points.get(job.pk, []))
         out.append((job_group(job.pk), {"type": "job.update", "message": {"type": "job", "job": snapshot}}))
         brief = {"type": "job", "job": job_brief(job, snapshot)}
         for org_id in {job.owner_id} | {a.node.provider_id for a in job.assignments.all()}:
@@ -221,14 +222,6 @@ def job_brief(job: Job, snapshot: dict | None = None) -> dict:
             "status_display": job.get_status_display(),
             "percent": progress["percent"] if progress else None,
             "cost_so_far": snapshot["cost_so_far"] if snapshot else str(cost_so_far(job))}
-
-
-def _to_dashboards(job: Job, snapshot: dict) -> None:
-    """The job's owner and the providers running it see its status change."""
-    brief = {"type": "job", "job": job_brief(job, snapshot)}
-    _send(org_group(job.owner_id), brief)
-    for provider_id in {a.node.provider_id for a in job.assignments.all()}:
-        _send(org_group(provider_id), brief)
 
 
 def node_brief(node) -> dict:

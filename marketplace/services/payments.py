@@ -226,16 +226,17 @@ def escrow_force_refund(*, job: Job, actor=None) -> str:
 
 
 # --- metering -----------------------------------------------------------------------
-def _charged_until(a: Assignment, attempt_checkpoints: dict[int, datetime | None]) -> datetime | None:
-    """Work of an attempt that broke (a node lost or failed) counts up to its last committed
-    checkpoint: what came after it is redone, and not paid for."""
+def _charged_until(a: Assignment, broken: dict[int, datetime | None]) -> datetime | None:
+    """Until when an assignment's work is paid. `broken` maps each attempt that broke (a node
+    lost or failed) to its last committed checkpoint: its work counts up to there, what came
+    after is redone and not paid for."""
     if a.started_at is None or a.finished_at is None:
         return None
     # Only a part that succeeded kept all its work (a DiLoCo survivor); the peers stopped
     # (cancelled) when the attempt broke redo theirs from the checkpoint like the lost node.
-    if a.status == A.SUCCEEDED:
+    if a.attempt not in broken or a.status == A.SUCCEEDED:
         return a.finished_at
-    last = attempt_checkpoints.get(a.attempt)
+    last = broken[a.attempt]
     return min(a.finished_at, last) if last else None
 
 
@@ -244,16 +245,14 @@ def job_statement(job: Job) -> tuple[list[dict], Decimal]:
     and the total (not yet capped by the escrow)."""
     assignments = list(job.assignments.select_related("node__provider").order_by(
         "attempt", "node_rank", "pk"))
-    broken = {a.attempt for a in assignments if a.status in (A.LOST, A.FAILED)}
-    last_ckpt: dict[int, datetime | None] = {}
-    for attempt in broken:
+    broken: dict[int, datetime | None] = {}
+    for attempt in {a.attempt for a in assignments if a.status in (A.LOST, A.FAILED)}:
         ckpt = (job.checkpoints.filter(assignment__attempt=attempt, committed_at__isnull=False)
                 .order_by("-committed_at").first())
-        last_ckpt[attempt] = ckpt.committed_at if ckpt else None
+        broken[attempt] = ckpt.committed_at if ckpt else None
     lines, total = [], Decimal(0)
     for a in assignments:
-        until = _charged_until(a, last_ckpt) if a.attempt in broken else (
-            a.finished_at if a.started_at and a.finished_at else None)
+        until = _charged_until(a, broken)
         seconds = max(0.0, (until - a.started_at).total_seconds()) if until else 0.0
         amount = _q(a.price_per_gpu_hour * a.gpus * Decimal(seconds) / Decimal(3600))
         total += amount
@@ -336,10 +335,15 @@ def settlement_batch_send(*, limit: int | None = None) -> str | None:
 
 
 def _missing_payout_address(s: Settlement) -> None:
-    """A provider without a payout wallet: use one set since, or say why the job waits."""
+    """A provider without a payout wallet: use one set since, or say (once) why the job waits."""
     for p in s.payouts.all():
-        if not p.address and (address := payout_address(p.provider)):
+        if p.address:
+            continue
+        if address := payout_address(p.provider):
             Payout.objects.filter(pk=p.pk).update(address=address)
+        elif not s.job.events.filter(reason="payout_wallet_missing").exists():
+            job_states.note(job_id=s.job_id, reason="payout_wallet_missing",
+                            message=f"Settlement waits for {p.provider.name} to link a payout wallet.")
 
 
 def settlements_retry_reverted() -> int:

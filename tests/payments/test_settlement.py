@@ -183,3 +183,28 @@ def test_a_batch_that_reverted_on_chain_is_paid_by_a_later_one(wallets, done, mo
     assert statuses(done) == {S.SETTLED}
     assert_paid_once(wallets, done)
     assert payments.settlements_retry_reverted() == 0
+
+
+def test_a_provider_without_a_payout_wallet_holds_its_settlement_and_says_why(wallets, healthcare,
+                                                                               carol_node):
+    from marketplace.models import Wallet
+
+    Wallet.objects.filter(organization=carol_node.provider).delete()
+    job = completed_job(healthcare, carol_node, minutes=30, price="1.20")
+    assert payments.settlements_prepare() == 1
+    for _ in range(2):  # two passes, one note
+        with committed():
+            assert payments.settlement_batch_send() is None
+    assert Settlement.objects.get(job=job).status == "pending"
+    notes = job.events.filter(reason="payout_wallet_missing")
+    assert notes.count() == 1 and carol_node.provider.name in notes.get().message
+
+    wallet = Wallet.objects.create(organization=carol_node.provider, address=wallets.w3.eth.accounts[6],
+                                   kind="external",
+                                   is_payout=True)
+    with committed():
+        assert payments.settlement_batch_send() is None  # this pass fills the address in
+        tx_hash = payments.settlement_batch_send()
+    assert tx_hash and indexer.index_events() == 1
+    assert Job.objects.get(pk=job.pk).status == S.SETTLED
+    assert wallets.owed(wallet.address) == units("0.57")
