@@ -231,10 +231,17 @@ def test_random_operation_sequences_keep_the_escrow_solvent(_deployed):
     reached: set[int] = set()
     machine = type("BoundEscrowModel", (EscrowModel,),
                    {"chain": chain, "snapshot": snapshot, "reached": reached})
-    # Derandomized: the same sequences on every run, so that the coverage check below is
-    # stable; ESCROW_EXAMPLES explores further.
+    # First a fixed sequence through the same model and invariants, so that this test always
+    # sees a job funded, settled and refunded and money withdrawn, whatever the random runs do.
+    m = machine()
+    for step in (lambda: m.fund(0, 0, 500, DAY), lambda: m.fund(1, 1, 300, DAY),
+                 lambda: m.settle(0, [(0, 200), (1, 100)], 50), lambda: m.operator_refund(1),
+                 lambda: m.withdraw(m.accounts.index(chain.carol), False)):
+        step()
+        m.the_escrow_holds_funded_deposits_plus_credits_and_states_only_move_forward()
+    m.teardown()
+    assert reached == {NONE, FUNDED, SETTLED, REFUNDED}
+    assert (m.paid_in, m.paid_out) == (800, 300 + 200)  # the refund, then carol's withdrawal
     run_state_machine_as_test(machine, settings=settings(
-        max_examples=EXAMPLES, stateful_step_count=20, deadline=None, database=None, derandomize=True,
+        max_examples=EXAMPLES, stateful_step_count=20, deadline=None, database=None,
         suppress_health_check=[HealthCheck.too_slow]))
-    # The invariants held over runs that funded jobs and closed them both ways.
-    assert {FUNDED, SETTLED, REFUNDED} <= reached, f"the runs only reached states {reached}"
