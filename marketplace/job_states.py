@@ -20,9 +20,12 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     S.SUBMITTED: frozenset({S.FUNDED, S.CANCELLED, S.FAILED}),
     S.FUNDED: frozenset({S.MATCHING, S.CANCELLED, S.FAILED}),
     S.MATCHING: frozenset({S.RUNNING, S.CANCELLED, S.FAILED}),
-    S.RUNNING: frozenset({S.VERIFYING, S.INTERRUPTED, S.CANCELLED, S.FAILED}),
-    S.INTERRUPTED: frozenset({S.MATCHING, S.CANCELLED, S.FAILED}),
-    S.VERIFYING: frozenset({S.COMPLETED, S.FAILED}),
+    S.RUNNING: frozenset({S.VERIFYING, S.INTERRUPTED, S.PAUSED, S.CANCELLED, S.FAILED}),
+    S.INTERRUPTED: frozenset({S.MATCHING, S.PAUSED, S.CANCELLED, S.FAILED}),
+    # The budget is spent: the nodes checkpointed and stopped; a top-up resumes from there.
+    S.PAUSED: frozenset({S.MATCHING, S.CANCELLED, S.FAILED}),
+    # A failed verification re-runs the work elsewhere (interrupted → matching).
+    S.VERIFYING: frozenset({S.COMPLETED, S.INTERRUPTED, S.FAILED}),
     S.COMPLETED: frozenset({S.SETTLED}),
     # Cancelled and failed jobs that were funded still settle the work done (or refund).
     S.CANCELLED: frozenset({S.SETTLED, S.REFUNDED}),
@@ -34,7 +37,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 # No work will happen any more; money may still move (cancelled/failed → settled/refunded).
 TERMINAL = frozenset({S.COMPLETED, S.SETTLED, S.CANCELLED, S.FAILED, S.REFUNDED})
 CANCELLABLE = frozenset(s for s, targets in TRANSITIONS.items() if S.CANCELLED in targets)
-ACTIVE = frozenset({S.FUNDED, S.MATCHING, S.RUNNING, S.INTERRUPTED, S.VERIFYING})
+ACTIVE = frozenset({S.FUNDED, S.MATCHING, S.RUNNING, S.INTERRUPTED, S.PAUSED, S.VERIFYING})
 
 
 class IllegalTransition(Conflict):

@@ -266,6 +266,7 @@ class Job(models.Model):
         MATCHING = "matching", "Looking for machines"
         RUNNING = "running", "Training"
         INTERRUPTED = "interrupted", "Interrupted, resuming"
+        PAUSED = "paused", "Paused: budget spent"
         VERIFYING = "verifying", "Verifying the result"
         COMPLETED = "completed", "Completed"
         SETTLED = "settled", "Settled"
@@ -513,3 +514,4 @@ from .payment_models import (  # noqa: E402,F401  (one app: Django finds its mod
     SiweNonce,
     Wallet,
 )
+from .trust_models import Dispute, VerificationReport  # noqa: E402,F401

@@ -1,0 +1,97 @@
+"""Trust: verification of training work and the disputes it opens.
+
+`marketplace.services.verification` writes reports; a failed one opens a Dispute that
+the operator resolves (slashing the provider's stake on the chain, or dismissing it).
+"""
+
+from django.db import models
+from django.db.models import Q
+
+MONEY = {"max_digits": 20, "decimal_places": 6}
+
+
+class VerificationReport(models.Model):
+    """The platform's check of one attempt's training work: the held-out evaluation of the
+    final model and step-replay spot checks between committed checkpoints."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting for a verifier"
+        RUNNING = "running", "Verifying"
+        PASSED = "passed", "Passed"
+        FAILED = "failed", "Failed"
+        ERROR = "error", "Could not be verified"
+
+    job = models.ForeignKey("marketplace.Job", on_delete=models.CASCADE, related_name="verifications")
+    attempt = models.PositiveIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    # [{"from_step", "to_step", "rel_l2", "passed"}], picked after the work was committed.
+    segments = models.JSONField(default=list, blank=True)
+    threshold = models.FloatField(help_text="Largest relative L2 distance a replay may show.")
+    metric_name = models.CharField(max_length=32, blank=True)
+    metric_reported = models.FloatField(null=True, blank=True)
+    metric_measured = models.FloatField(null=True, blank=True)
+    replay_steps = models.PositiveIntegerField(default=0)
+    train_steps = models.PositiveIntegerField(default=0)
+    reasons = models.JSONField(default=list, blank=True, help_text="Why it failed, one line each.")
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["job_id", "attempt"]
+        constraints = [models.UniqueConstraint(fields=["job", "attempt"], name="one_verification_per_attempt")]
+
+    def __str__(self) -> str:
+        return f"verification of job {self.job_id} attempt {self.attempt}: {self.status}"
+
+    @property
+    def compute_share(self) -> float | None:
+        """Replayed steps as a share of the steps trained (the verification overhead)."""
+        return self.replay_steps / self.train_steps if self.train_steps else None
+
+
+class Dispute(models.Model):
+    """Work that failed verification: the provider is not paid for it, and the operator
+    may slash its stake (the reason code goes on the chain with the slash)."""
+
+    class Reason(models.TextChoices):
+        REPLAY_MISMATCH = "replay_mismatch", "Replayed steps do not reproduce the checkpoint"
+        METRIC_INFLATED = "metric_inflated", "Reported metric better than the model achieves"
+        CHECKPOINT_UNCOMMITTED = "checkpoint_uncommitted", "Checkpoint not committed in time"
+        ARTIFACT_MISMATCH = "artifact_mismatch", "Model differs from the last checkpoint"
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        SLASHED = "slashed", "Stake slashed"
+        DISMISSED = "dismissed", "Dismissed"
+
+    # On the chain a reason is a small integer; this order is part of the contract's ABI use.
+    REASON_CODES = {Reason.REPLAY_MISMATCH: 1, Reason.METRIC_INFLATED: 2,
+                    Reason.CHECKPOINT_UNCOMMITTED: 3, Reason.ARTIFACT_MISMATCH: 4}
+
+    job = models.ForeignKey("marketplace.Job", on_delete=models.CASCADE, related_name="disputes")
+    assignment = models.ForeignKey("marketplace.Assignment", on_delete=models.PROTECT,
+                                   related_name="disputes")
+    provider = models.ForeignKey("marketplace.Organization", on_delete=models.PROTECT,
+                                 related_name="disputes")
+    verification = models.ForeignKey(VerificationReport, on_delete=models.PROTECT, null=True,
+                                     blank=True, related_name="disputes")
+    reason = models.CharField(max_length=32, choices=Reason.choices)
+    detail = models.CharField(max_length=2000, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    slash_amount = models.DecimalField(**MONEY, null=True, blank=True)
+    slash_tx = models.CharField(max_length=66, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["assignment", "reason"], name="one_dispute_per_reason"),
+            models.CheckConstraint(condition=Q(slash_amount__isnull=True) | Q(slash_amount__gt=0),
+                                   name="dispute_slash_positive"),
+        ]
+        indexes = [models.Index(fields=["status", "-created_at"], name="dispute_status")]
+
+    def __str__(self) -> str:
+        return f"dispute #{self.pk} on job {self.job_id}: {self.reason} ({self.status})"
