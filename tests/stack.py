@@ -16,7 +16,8 @@ from django.conf import settings
 
 from .browser_support import ROOT, free_port, test_database_url
 
-REDIS_URL = "redis://127.0.0.1:6379/7"
+# Overridable so that two test runs on one machine keep to their own Redis databases.
+REDIS_URL = os.environ.get("STACK_REDIS_URL", "redis://127.0.0.1:6379/7")
 
 
 class Stack:

@@ -40,7 +40,7 @@ from ..stack import Stack, wait_for
 from .support import assignment, committed, move, units
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
-REDIS_URL = "redis://127.0.0.1:6379/8"  # db 7 is the other stacks'
+REDIS_URL = os.environ.get("CHAIN_STACK_REDIS_URL", "redis://127.0.0.1:6379/8")  # db 7: the other stacks
 S = Job.Status
 MINT = Decimal("1000")
 
