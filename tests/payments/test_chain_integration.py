@@ -6,6 +6,7 @@ settlement; 200 settlements sent by two workers at once."""
 from __future__ import annotations
 
 import io
+import os
 import secrets
 from datetime import timedelta
 from decimal import ROUND_DOWN, Decimal
