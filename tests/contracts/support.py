@@ -61,3 +61,12 @@ def error_selector(contract_name: str, error_name: str) -> str:
             types = ",".join(i["type"] for i in item["inputs"])
             return "0x" + function_signature_to_4byte_selector(f"{error_name}({types})").hex()
     raise KeyError(f"{contract_name} declares no error {error_name}")
+
+
+WITHDRAW_DELAY = 7 * 86_400  # the stake tests' delay (the platform's comes from settings)
+
+
+def deploy_stake(w3: Web3, d: Deployment, *, delay: int = WITHDRAW_DELAY) -> Contract:
+    """A ProviderStake on the deployment's token (admin pauses, operator slashes)."""
+    return deploy(w3, "ProviderStake", d.token.address, d.treasury, d.admin, d.operator, delay,
+                  sender=d.admin)
