@@ -3,11 +3,14 @@
     python -m workers.training.run SPEC.json
 
 SPEC.json (written by the agent): template, params, dataset, workdir, backend, resume_from,
-pg_timeout_s, and for multi-node jobs sync, nnodes, node_rank and (DiLoCo) outer, member,
-peer_timeout_s; benchmarks may add max_steps, report_every and eval_every. Rank 0 writes
+pg_timeout_s, verify (`{replay_share, segments}`: checkpoint often enough for the platform's
+replay spot checks), and for multi-node jobs sync, nnodes, node_rank and (DiLoCo) outer,
+member, peer_timeout_s; benchmarks may add max_steps, report_every and eval_every. Rank 0 writes
 progress, checkpoint and result events to workdir/events.jsonl.
 Randomness is a function of (seed, rank, step), so a run resumed from a checkpoint, or
-replayed by a verifier, follows exactly the same path.
+replayed by a verifier (replay.py), follows exactly the same path: both take the data
+order, seeds and optimizer from schedule.py. COMPUTEMESH_FAULTS (faults.py) makes a test
+run misbehave on purpose.
 
 Two ways to synchronise several nodes (the job's `sync`):
 - ddp: one process group over every rank of every node; gradients all-reduced each step.
@@ -31,9 +34,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data.distributed import DistributedSampler
 
-from . import checkpoint, data, diloco, nets, outer
+from . import checkpoint, data, diloco, faults, nets, outer, schedule
 from .events import EventWriter
 
 REPORTS_PER_RUN = 400  # progress points per run, at most (plus one per checkpoint)
@@ -43,21 +45,12 @@ OUTER_WAIT_S = 900
 STARTUP_TIMEOUT_S = 120  # the host waits this long for the other leaders before step 1
 
 
-def _step_seed(seed: int, rank: int, step: int) -> int:
-    return (seed * 1_000_003 + rank * 7_919 + step) % (2**63 - 1)
-
-
 def param_digest(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-def _batches(sampler: DistributedSampler, batch_size: int) -> list[list[int]]:
-    indices = list(sampler)
-    return [indices[i:i + batch_size] for i in range(0, len(indices) - batch_size + 1, batch_size)]
 
 
 class DiLoCoNode:
@@ -211,17 +204,13 @@ def main(spec_path: str) -> int:
         return 3
     model, loss_fn = nets.build(template, params, splits)
     model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=float(params["learning_rate"]))
+    optimizer = schedule.optimizer(model, params)
+    misbehave = faults.from_env()
 
-    batch = int(params["batch_size"])
-    sampler = DistributedSampler(range(len(splits.x_train)), num_replicas=world, rank=rank,
-                                 shuffle=True, seed=seed, drop_last=True)
-    steps_per_epoch = max(1, len(sampler) // batch)
-    if len(sampler) < batch:
-        batch = len(sampler)
-    total_steps = int(params["epochs"]) * steps_per_epoch
-    if spec.get("max_steps"):  # benchmarks: stop after exactly this many steps
-        total_steps = min(total_steps, int(spec["max_steps"]))
+    plan = schedule.Plan.of(n_train=len(splits.x_train), world=world, params=params,
+                            max_steps=spec.get("max_steps"))
+    batch, steps_per_epoch, total_steps = plan.batch, plan.steps_per_epoch, plan.total_steps
+    sampler = schedule.sampler(len(splits.x_train), world=world, rank=rank, seed=seed)
 
     # Resume: a local checkpoint from an earlier attempt of this process group wins over
     # the one the platform handed over (it is newer).
@@ -231,10 +220,7 @@ def main(spec_path: str) -> int:
     if resume is not None:
         state = checkpoint.load(resume)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        # Hyper-parameters come from the job spec, never from the provider's checkpoint.
-        for group in optimizer.param_groups:
-            group["lr"] = float(params["learning_rate"])
+        schedule.load_optimizer(optimizer, state["optimizer"], params)
         start_step = int(state["step"])
         outer_state = state.get("outer")
 
@@ -277,24 +263,39 @@ def main(spec_path: str) -> int:
         eval_seconds += time.perf_counter() - began
         events.emit("eval", step=step_now, loss=value, eval_s=eval_seconds, **comm(step_now))
 
-    every = int(params.get("checkpoint_every", 50))
+    # Budget safety: the agent creates this file when the platform says `assignment.pause`.
+    # Ranks agree on the step to stop at (a MAX all-reduce every few steps, decided by step
+    # number like the reports), then rank 0 checkpoints there and every node's leader
+    # writes paused.json for its agent. DiLoCo nodes are stopped by the platform instead.
+    pause_file = Path(spec["pause_file"]) if spec.get("pause_file") and node is None else None
+    paused = False
+
+    def pause_agreed() -> bool:
+        flag = torch.tensor([1.0 if pause_file.exists() else 0.0], device=device)
+        if group_size > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    every = plan.checkpoint_every(params, spec.get("verify"))
     inner = sync.inner_steps
     last_checkpoint = start_step
     # Reporting all-reduces the loss, so every rank must decide it the same way: by step
     # number, never by its own clock (a mismatch hangs or corrupts the collectives).
     report_every = int(spec.get("report_every") or max(1, total_steps // REPORTS_PER_RUN))
+    pause_every = min(report_every, 10)
     step, window_start, window_steps = start_step, time.perf_counter(), 0
     x_all, y_all = splits.x_train, splits.y_train
     while step < total_steps:
         epoch = step // steps_per_epoch
         sampler.set_epoch(epoch)
-        for indices in _batches(sampler, batch)[step % steps_per_epoch:steps_per_epoch]:
-            torch.manual_seed(_step_seed(seed, rank, step))
+        for indices in schedule.batches(sampler, batch)[step % steps_per_epoch:steps_per_epoch]:
+            torch.manual_seed(schedule.step_seed(seed, rank, step))
             x, y = x_all[indices].to(device), y_all[indices].to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(ddp(x), y)
             loss.backward()
-            optimizer.step()
+            if not misbehave.skip(step):  # a test-only cheat: the step is still reported
+                optimizer.step()
             step += 1
             window_steps += 1
             boundary = node is not None and (step % inner == 0 or step == total_steps)
@@ -318,6 +319,9 @@ def main(spec_path: str) -> int:
             else:  # only the global model after an outer step is worth keeping
                 checkpoint_due = boundary and (step // every > last_checkpoint // every
                                                or step == total_steps)
+            if pause_file is not None and step < total_steps and step % pause_every == 0:
+                paused = pause_agreed()
+                checkpoint_due = checkpoint_due or paused
             if step % report_every == 0 or checkpoint_due:
                 mean_loss = loss.detach().clone()
                 dist.all_reduce(mean_loss, op=dist.ReduceOp.AVG if backend == "nccl" else dist.ReduceOp.SUM)
@@ -337,15 +341,26 @@ def main(spec_path: str) -> int:
                 last_checkpoint = step
                 events.emit("checkpoint", step=step, path=str(path), sha256=sha,
                             bytes=path.stat().st_size)
-            if step >= total_steps:
+            if step >= total_steps or paused:
                 break
+        if paused:
+            break
 
+    if paused:
+        # The checkpoint above is this step's; the agent uploads it, then reports the pause.
+        if leader:
+            (workdir / "paused.json").write_text(json.dumps({"step": step, "total_steps": total_steps}))
+        events.close()
+        dist.barrier()
+        dist.destroy_process_group()
+        return 0
     if node is not None:
         node.close()
     digests: list[str | None] = [None] * group_size
     dist.all_gather_object(digests, param_digest(model))
     if rank == 0:
         metric, value = nets.evaluate(template, model, splits, device)
+        value = misbehave.report(metric, value)  # a test-only lie (faults.py)
         artifact = workdir / "model.pt"
         torch.save({"template": template, "params": params, "model": model.state_dict(),
                     "metric": {metric: value}}, artifact)

@@ -1,0 +1,45 @@
+"""Real runs of the training runtime (torch.distributed.run, gloo) for the verification
+tests and bench/verification.py: no platform, just the runtime's processes and files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tabular_spec(workdir: Path, **params) -> dict:
+    return {"template": "tabular-classifier",
+            "params": {"epochs": 4, "batch_size": 16, "learning_rate": 0.003, "hidden_units": 32,
+                       "hidden_layers": 2, "dropout": 0.1, "checkpoint_every": 50, "seed": 0, **params},
+            "dataset": {"kind": "sample", "name": "breast-cancer"}, "workdir": str(workdir),
+            "backend": "gloo", "verify": {"replay_share": 0.1, "segments": 2}}
+
+
+def train(spec: dict, *, nproc: int = 2, faults: str = "", timeout: float = 180) -> dict:
+    """Run the runtime on `spec` with `nproc` ranks; returns its events by type (the
+    checkpoints as a list, the rest the last of each)."""
+    workdir = Path(spec["workdir"])
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec_path = workdir / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+           "COMPUTEMESH_FAULTS": faults}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node", str(nproc), "-m", "workers.training.run",
+                           str(spec_path)], cwd=workdir, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"training failed ({proc.returncode}):\n{proc.stdout[-3000:]}")
+    out: dict = {"checkpoint": []}
+    for line in (workdir / "events.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        if event["type"] == "checkpoint":
+            out["checkpoint"].append(event)
+        else:
+            out[event["type"]] = event
+    return out

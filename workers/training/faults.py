@@ -1,0 +1,77 @@
+"""Test-only misbehaviour, so that tests exercise real dishonesty through the real pipeline.
+
+    COMPUTEMESH_FAULTS="skip_steps=0.1,inflate_metric=0.05"
+
+- skip_steps=F: skip the optimizer update on a fraction F of the steps, evenly spread
+  (F=0.1: every 10th step), while still counting and reporting them. Every rank decides
+  by step number alone, so the ranks' collectives stay in step.
+- inflate_metric=X: report a better held-out metric than achieved: accuracy + X (at most
+  1.0), or a MAPE X times smaller (X=0.05: 5 % lower).
+- vanish: reserved for the chaos suite (an agent that disappears mid-job); parsed here
+  so that one variable names every fault, implemented by the chaos work.
+
+The agent announces its faults in `hello`; the platform refuses such an agent unless
+ALLOW_AGENT_FAULTS (test settings and the demo only), and the agent's CLI refuses to start
+with faults unless given --allow-test-faults. No Django here: this runs on providers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+
+ENV = "COMPUTEMESH_FAULTS"
+KNOWN = ("skip_steps", "inflate_metric", "vanish")
+
+
+class FaultSpecError(ValueError):
+    """COMPUTEMESH_FAULTS cannot be parsed; the message says why."""
+
+
+@dataclass(frozen=True)
+class Faults:
+    skip_steps: float = 0.0
+    inflate_metric: float = 0.0
+    vanish: float = 0.0  # the chaos suite's; not acted on here
+
+    @property
+    def any(self) -> bool:
+        return any(asdict(self).values())
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v}
+
+    def skip(self, step: int) -> bool:
+        """Whether the update of 0-based step `step` is skipped: F of the steps, evenly."""
+        f = self.skip_steps
+        return f > 0 and math.floor((step + 1) * f) > math.floor(step * f)
+
+    def report(self, metric: str, value: float) -> float:
+        if not self.inflate_metric:
+            return value
+        if metric == "mape":
+            return value * (1 - self.inflate_metric)
+        return min(1.0, value + self.inflate_metric)
+
+
+def parse(text: str | None) -> Faults:
+    if not text or not text.strip():
+        return Faults()
+    values: dict[str, float] = {}
+    for item in text.split(","):
+        name, sep, raw = item.strip().partition("=")
+        if name not in KNOWN:
+            raise FaultSpecError(f"unknown fault {name!r}; known: {', '.join(KNOWN)}")
+        try:
+            value = float(raw) if sep else 1.0
+        except ValueError:
+            raise FaultSpecError(f"{name} needs a number, not {raw!r}") from None
+        if not 0 <= value <= 1:
+            raise FaultSpecError(f"{name} must be between 0 and 1")
+        values[name] = value
+    return Faults(**values)
+
+
+def from_env() -> Faults:
+    return parse(os.environ.get(ENV))
