@@ -852,3 +852,6 @@ class ChainAccountAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 class ChainCursorAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["address", "chain_id", "last_block"]
     ordering = ["chain_id", "address"]
+
+
+from . import admin_trust  # noqa: E402,F401  (disputes and stakes)

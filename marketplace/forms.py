@@ -376,3 +376,16 @@ class DatasetUploadForm(MarketErrorMixin, forms.Form):
         max_length=128, required=False, label="Label column (classifiers)",
         help_text="Checked now: it exists, holds at least two classes, and every other column "
                   "is numeric. Leave empty for time series.")
+
+
+class StakeForm(MarketErrorMixin, forms.Form):
+    """Stake or request a withdrawal of stake; `request_id` (rendered with the form) makes a
+    resubmitted form a no-op."""
+
+    amount = forms.DecimalField(label="Amount (tUSD)", max_digits=20, decimal_places=6,
+                                min_value=Decimal("0.000001"))
+    request_id = forms.UUIDField(widget=forms.HiddenInput)
+
+
+class StakeWithdrawForm(MarketErrorMixin, forms.Form):
+    request_id = forms.UUIDField(widget=forms.HiddenInput)

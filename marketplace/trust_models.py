@@ -95,3 +95,107 @@ class Dispute(models.Model):
 
     def __str__(self) -> str:
         return f"dispute #{self.pk} on job {self.job_id}: {self.reason} ({self.status})"
+
+
+class ProviderStake(models.Model):
+    """One staking address's stake on the ProviderStake contract, as the indexer has seen it
+    (the chain is the truth; these rows follow its events)."""
+
+    address = models.CharField(max_length=42, unique=True, help_text="Checksummed 0x address.")
+    organization = models.ForeignKey("marketplace.Organization", on_delete=models.PROTECT, null=True,
+                                     blank=True, related_name="stakes",
+                                     help_text="Whose wallet it is (none: an address we do not know).")
+    staked = models.DecimalField(**MONEY, default=0, help_text="Active stake.")
+    pending = models.DecimalField(**MONEY, default=0,
+                                  help_text="Requested for withdrawal; still slashable.")
+    unlock_at = models.DateTimeField(null=True, blank=True,
+                                     help_text="When the pending stake can be withdrawn.")
+    slashed_total = models.DecimalField(**MONEY, default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["organization_id", "address"]
+
+    def __str__(self) -> str:
+        return f"stake of {self.address}: {self.staked} tUSD (+{self.pending} pending)"
+
+    @property
+    def at_stake(self):
+        return self.staked + self.pending
+
+
+class StakeEvent(models.Model):
+    """An event of the stake contract, once per log (the indexer re-reads ranges after a crash)."""
+
+    class Kind(models.TextChoices):
+        STAKED = "staked", "Staked"
+        WITHDRAWAL_REQUESTED = "withdrawal_requested", "Withdrawal requested"
+        WITHDRAWN = "withdrawn", "Withdrawn"
+        SLASHED = "slashed", "Slashed"
+
+    stake = models.ForeignKey(ProviderStake, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=24, choices=Kind.choices)
+    amount = models.DecimalField(**MONEY)
+    dispute = models.ForeignKey(Dispute, on_delete=models.SET_NULL, null=True, blank=True,
+                                related_name="stake_events")
+    recipient = models.CharField(max_length=42, blank=True)
+    reason_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    tx_hash = models.CharField(max_length=66)
+    log_index = models.PositiveIntegerField()
+    block_number = models.PositiveBigIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-block_number", "-log_index"]
+        constraints = [models.UniqueConstraint(fields=["tx_hash", "log_index"],
+                                               name="one_stake_event_per_log")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.amount} tUSD ({self.tx_hash[:12]}…)"
+
+
+class StakeOperation(models.Model):
+    """A stake, withdrawal request or withdrawal a provider asked for from its custodial
+    wallet. `request_id` makes a retried request (a double click, an API retry) a no-op."""
+
+    class Kind(models.TextChoices):
+        STAKE = "stake", "Stake"
+        REQUEST_WITHDRAWAL = "request_withdrawal", "Request withdrawal"
+        WITHDRAW = "withdraw", "Withdraw"
+
+    organization = models.ForeignKey("marketplace.Organization", on_delete=models.CASCADE,
+                                     related_name="stake_operations")
+    request_id = models.UUIDField(unique=True)
+    kind = models.CharField(max_length=24, choices=Kind.choices)
+    amount = models.DecimalField(**MONEY, null=True, blank=True)
+    address = models.CharField(max_length=42)
+    transaction = models.ForeignKey("marketplace.ChainTransaction", on_delete=models.PROTECT,
+                                    related_name="stake_operations")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.amount or ''} by {self.organization_id}"
+
+
+class DisputeSlash(models.Model):
+    """The slash the operator sends for one dispute: created with its transaction, so a
+    retried task finds it and never sends a second (the contract refuses a second slash
+    for the same `key` as well)."""
+
+    dispute = models.OneToOneField(Dispute, on_delete=models.CASCADE, related_name="slash")
+    key = models.CharField(max_length=66, unique=True,
+                           help_text="The dispute id on the chain (bytes32, hex).")
+    provider_address = models.CharField(max_length=42, blank=True)
+    recipient = models.CharField(max_length=42, blank=True)
+    amount = models.DecimalField(**MONEY, null=True, blank=True, help_text="Asked for; the chain caps it.")
+    transaction = models.ForeignKey("marketplace.ChainTransaction", on_delete=models.PROTECT, null=True,
+                                    blank=True, related_name="dispute_slashes")
+    note = models.CharField(max_length=500, blank=True, help_text="Why no slash went out (yet).")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"slash for dispute {self.dispute_id}"

@@ -5,8 +5,9 @@ from celery import shared_task
 from django.conf import settings
 
 from marketplace.chain import indexer, sender
+from marketplace.chain.client import ChainError
 from marketplace.models import ChainTransaction
-from marketplace.services import payments
+from marketplace.services import payments, staking
 
 
 @shared_task(name="workers.tasks_chain.chain_sync", time_limit=120, soft_time_limit=100)
@@ -31,3 +32,18 @@ def settle_pending() -> str | None:
         sender.wait(ChainTransaction.objects.get(tx_hash=tx))
         indexer.index_events()
     return tx
+
+
+@shared_task(name="workers.tasks_chain.dispute_slash", bind=True, time_limit=120, soft_time_limit=100,
+             acks_late=True, reject_on_worker_lost=True, max_retries=20)
+def dispute_slash(self, dispute_id: int) -> str:
+    """Slash the provider's stake for a dispute (verification opens them). Safe to run
+    twice: the service finds a slash it sent before and the contract refuses a second."""
+    if not settings.ESCROW_ENABLED:
+        return "escrow_off"
+    try:
+        return staking.dispute_slash(dispute_id=dispute_id).status
+    except ChainError as exc:
+        if exc.code in ("chain_unavailable", "not_confirmed"):  # transient: the node or the receipt
+            raise self.retry(exc=exc, countdown=10) from exc
+        raise

@@ -1,7 +1,7 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from . import views
+from . import stake, views
 
 router = DefaultRouter()
 router.register("templates", views.TemplateViewSet, basename="template")
@@ -10,6 +10,7 @@ router.register("nodes", views.NodeViewSet, basename="node")
 router.register("jobs", views.JobViewSet, basename="job")
 router.register("datasets", views.DatasetViewSet, basename="dataset")
 router.register("wallets", views.WalletViewSet, basename="wallet")
+router.register("stake", stake.StakeViewSet, basename="stake")
 
 app_name = "api"
 urlpatterns = [

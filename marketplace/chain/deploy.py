@@ -46,7 +46,7 @@ def treasury_address() -> str:
 
 
 def addresses() -> dict[str, str]:
-    """The contracts deployed on the current chain: {"token": …, "escrow": …}."""
+    """The contracts deployed on the current chain: {"token": …, "escrow": …, "stake": …}."""
     rows = {c.name: c.address for c in ChainContract.objects.filter(chain_id=chain_id())}
     if settings.CHAIN_TOKEN_ADDRESS:
         rows["token"] = Web3.to_checksum_address(settings.CHAIN_TOKEN_ADDRESS)
@@ -59,6 +59,14 @@ def escrow_contract():
         raise ChainError("The escrow contract is not deployed on this chain; run `manage.py chain_deploy`.",
                          code="not_deployed")
     return contract("JobEscrow", found["escrow"])
+
+
+def stake_contract():
+    found = addresses()
+    if "stake" not in found:
+        raise ChainError("The stake contract is not deployed on this chain; run `manage.py chain_deploy`.",
+                         code="not_deployed")
+    return contract("ProviderStake", found["stake"])
 
 
 def token_contract():
@@ -85,7 +93,7 @@ def give_gas(address: str, wei: int = GAS_ETH) -> None:
 
 def deploy(*, force: bool = False) -> dict[str, str]:
     """Deploy what the current chain lacks (the development token unless CHAIN_TOKEN_ADDRESS
-    names one, and the escrow) and record the addresses. Idempotent: contracts recorded and
+    names one, the escrow and the provider stake) and record the addresses. Idempotent: contracts recorded and
     present on the chain are kept."""
     cid = chain_id()
     key = operator_key()
@@ -98,6 +106,9 @@ def deploy(*, force: bool = False) -> dict[str, str]:
     if "escrow" not in found:
         found["escrow"] = _deploy(cid, key, "escrow", contract("JobEscrow").constructor(
             found["token"], treasury_address(), operator, operator))
+    if "stake" not in found:
+        found["stake"] = _deploy(cid, key, "stake", contract("ProviderStake").constructor(
+            found["token"], treasury_address(), operator, operator, settings.STAKE_WITHDRAW_DELAY_S))
     return found
 
 
@@ -137,6 +148,7 @@ def chain_reset_detected() -> bool:
             ChainTransaction.objects.filter(chain_id=cid).exists() and w3().eth.block_number == 0):
         return False
     Settlement.objects.filter(transaction__chain_id=cid).update(transaction=None)
+    _forget_stakes(cid)
     ChainTransaction.objects.filter(chain_id=cid).delete()
     ChainContract.objects.filter(chain_id=cid).delete()
     ChainAccount.objects.filter(chain_id=cid).delete()
@@ -144,9 +156,19 @@ def chain_reset_detected() -> bool:
     return True
 
 
-def dev_wallets(*, mint) -> list[str]:
-    """Development chains: every organization gets a custodial wallet, gas, and consumers
-    tUSD up to `mint`."""
+def _forget_stakes(cid: int) -> None:
+    """A development chain that started afresh holds no stakes: the rows that followed the
+    old one's events go, and slashes wait for a new transaction."""
+    from ..trust_models import DisputeSlash, ProviderStake, StakeOperation
+
+    DisputeSlash.objects.filter(transaction__chain_id=cid).update(transaction=None)
+    StakeOperation.objects.filter(transaction__chain_id=cid).delete()
+    ProviderStake.objects.all().delete()
+
+
+def dev_wallets(*, mint, provider_mint=Decimal(0)) -> list[str]:
+    """Development chains: every organization gets a custodial wallet, gas, consumers tUSD
+    up to `mint` and providers up to `provider_mint` (to stake)."""
     from ..models import Organization
     from ..services.wallets import wallet_create_custodial
 
@@ -157,9 +179,10 @@ def dev_wallets(*, mint) -> list[str]:
     for org in Organization.objects.order_by("pk"):
         wallet = org.wallets.filter(kind="custodial").first() or wallet_create_custodial(organization=org)
         give_gas(wallet.address)
-        if org.is_consumer:
+        want = mint if org.is_consumer else provider_mint
+        if want > 0:
             held = token.functions.balanceOf(wallet.address).call()
-            if held < to_units(mint):
-                mint_to(wallet.address, mint - Decimal(held) / 10**6)
+            if held < to_units(want):
+                mint_to(wallet.address, want - Decimal(held) / 10**6)
         out.append(f"{org.name}: {wallet.address}")
     return out

@@ -1,4 +1,5 @@
-"""Reading the escrow's events: what the chain says moves escrows and jobs.
+"""Reading the escrow's and the stake contract's events: what the chain says moves escrows,
+jobs, stakes and disputes.
 
 The indexer reads logs in block ranges from where it stopped (a cursor per chain and
 contract), up to the newest block with enough confirmations, and applies each range in
@@ -18,21 +19,34 @@ from .deploy import addresses, escrow_contract
 
 log = logging.getLogger(__name__)
 EVENTS = ("JobFunded", "JobToppedUp", "JobSettled", "JobRefunded")
+STAKE_EVENTS = ("Staked", "WithdrawalRequested", "Withdrawn", "Slashed")
 
 
-def _topics(contract) -> dict[bytes, str]:
+def _topics(contract, names) -> dict[bytes, str]:
     return {event_abi_to_log_topic(e): e["name"] for e in contract.abi
-            if e["type"] == "event" and e["name"] in EVENTS}
+            if e["type"] == "event" and e["name"] in names}
 
 
 def index_events(*, max_ranges: int = 50) -> int:
-    """Apply new escrow events; returns how many were applied."""
-    from ..services import payments
+    """Apply new events of the escrow and of the stake contract; returns how many."""
+    from ..services import payments, staking
+    from .deploy import stake_contract
 
-    if "escrow" not in addresses():
-        return 0
-    contract = escrow_contract()
-    topics = _topics(contract)
+    found = addresses()
+    applied = 0
+    if "escrow" in found:
+        applied += _index(escrow_contract(), "escrow", EVENTS,
+                          lambda name, args, tx, _log: _apply(payments, name, args, tx), max_ranges)
+    if "stake" in found:
+        applied += _index(stake_contract(), "stake", STAKE_EVENTS,
+                          lambda name, args, tx, entry: staking.stake_event_seen(
+                              name=name, args=args, tx_hash=tx, log_index=entry["logIndex"],
+                              block_number=entry["blockNumber"]), max_ranges)
+    return applied
+
+
+def _index(contract, name: str, events, apply, max_ranges: int) -> int:
+    topics = _topics(contract, events)
     try:
         cid = chain_id()
         safe = w3().eth.block_number - (settings.CHAIN_CONFIRMATIONS - 1)
@@ -41,7 +55,7 @@ def index_events(*, max_ranges: int = 50) -> int:
     except Exception as exc:
         raise ChainError(f"The chain node does not answer: {_short(exc)}", code="chain_unavailable") from exc
     cursor, _ = ChainCursor.objects.get_or_create(chain_id=cid, address=contract.address, defaults={
-        "last_block": max(0, _deployed_at(cid) - 1)})
+        "last_block": max(0, _deployed_at(cid, name) - 1)})
     applied = 0
     for _ in range(max_ranges):
         start = cursor.last_block + 1
@@ -55,11 +69,11 @@ def index_events(*, max_ranges: int = 50) -> int:
                 cursor = locked
                 continue
             for entry in logs:
-                name = topics.get(bytes(entry["topics"][0])) if entry["topics"] else None
-                if name is None:
+                event_name = topics.get(bytes(entry["topics"][0])) if entry["topics"] else None
+                if event_name is None:
                     continue
-                event = contract.events[name]().process_log(entry)
-                _apply(payments, name, event["args"], "0x" + bytes(entry["transactionHash"]).hex())
+                event = contract.events[event_name]().process_log(entry)
+                apply(event_name, event["args"], "0x" + bytes(entry["transactionHash"]).hex(), entry)
                 applied += 1
             locked.last_block = end
             locked.save(update_fields=["last_block"])
@@ -67,10 +81,10 @@ def index_events(*, max_ranges: int = 50) -> int:
     return applied
 
 
-def _deployed_at(cid: int) -> int:
+def _deployed_at(cid: int, name: str) -> int:
     from ..payment_models import ChainContract
 
-    row = ChainContract.objects.filter(chain_id=cid, name="escrow").first()
+    row = ChainContract.objects.filter(chain_id=cid, name=name).first()
     return row.block_number if row else 0
 
 

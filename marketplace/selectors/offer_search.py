@@ -4,6 +4,7 @@ columns, shared by the offers page (and usable by the API's filter set)."""
 from dataclasses import dataclass
 from decimal import Decimal
 
+from django.conf import settings
 from django.db.models import F, Q, QuerySet
 
 from .. import catalogue
@@ -25,8 +26,13 @@ def in_regions(tokens) -> Q:
 
 
 def verified_for(tags) -> Q:
-    """Verified for every tag: the masks containing them, as an indexable `IN (…)`."""
-    return Q(compliance_verified__in=catalogue.masks_with(catalogue.compliance_mask(list(tags))))
+    """Verified for every tag: the masks containing them, as an indexable `IN (…)`; and,
+    when tags are asked for, a provider stake of at least MIN_STAKE_FOR_VERIFIED_TAGS (a
+    verified claim is worth what the provider would lose for breaking it)."""
+    q = Q(compliance_verified__in=catalogue.masks_with(catalogue.compliance_mask(list(tags))))
+    if tags and settings.MIN_STAKE_FOR_VERIFIED_TAGS > 0:
+        q &= Q(provider_stake__gte=settings.MIN_STAKE_FOR_VERIFIED_TAGS)
+    return q
 
 
 # Ordering keys (DRF OrderingFilter style) -> ORDER BY; every one ends in a unique column

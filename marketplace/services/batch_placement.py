@@ -14,6 +14,7 @@ from datetime import timedelta
 from decimal import Decimal
 from itertools import islice
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Case, F, IntegerField, Max, Value, When
 from django.utils import timezone
@@ -40,6 +41,7 @@ class BookOffer:
     until: object
     min_hours: Decimal
     max_hours: Decimal | None
+    stake: Decimal = Decimal(0)
 
 
 def _key(o: BookOffer):
@@ -73,6 +75,8 @@ class OfferBook:
         regions = set(catalogue.region_codes(job.regions)) if job.regions else None
         blocs = {r.split("-")[0] for r in regions} if regions is not None else None
         mask = catalogue.compliance_mask(job.compliance) if job.compliance else 0
+        # Verified tags also need the provider's stake (offer_search.verified_for).
+        min_stake = settings.MIN_STAKE_FOR_VERIFIED_TAGS if mask else 0
         # A shape that found nothing earlier in this pass finds nothing now: capacity only
         # shrinks while a pass runs.
         shape = (frozenset(models), job.min_gpu_memory_gb, frozenset(regions or ()), mask,
@@ -94,7 +98,7 @@ class OfferBook:
             if (o.free < job.gpus_per_node or o.node_id in nodes or o.node_id in excluded
                     or o.gpu_memory_gb < job.min_gpu_memory_gb
                     or (regions is not None and o.region not in regions)
-                    or o.compliance & mask != mask
+                    or o.compliance & mask != mask or o.stake < min_stake
                     or (job.min_reliability
                         and (o.reliability is None or o.reliability < job.min_reliability))
                     or (o.until is not None and o.until < end) or o.min_hours > hours
@@ -116,11 +120,11 @@ def _book(jobs: list[Job], now) -> OfferBook:
                                  gpus_offered__gte=F("gpus_reserved") + smallest)
             .values_list("pk", "node_id", "gpu_model", "gpu_memory_gb", "region", "compliance_verified",
                          "reliability", "gpus_offered", "gpus_reserved", "price_per_gpu_hour",
-                         "available_until", "min_duration_hours", "max_duration_hours"))
+                         "available_until", "min_duration_hours", "max_duration_hours", "provider_stake"))
     return OfferBook([BookOffer(pk, node, model, memory, region, comp, rel, offered - reserved, price,
-                                until, min_h, max_h)
+                                until, min_h, max_h, stake)
                       for (pk, node, model, memory, region, comp, rel, offered, reserved, price, until,
-                           min_h, max_h) in rows.iterator(chunk_size=5000)])
+                           min_h, max_h, stake) in rows.iterator(chunk_size=5000)])
 
 
 def jobs_place_waiting(*, limit: int = 2000) -> dict[int, list[int]]:

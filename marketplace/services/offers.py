@@ -9,6 +9,7 @@ from django.utils import timezone
 from ..errors import Conflict, MarketError, PermissionDenied
 from ..models import Node, Offer, Organization
 from . import enqueue, live
+from .staking import provider_stake_total
 
 MAX_PRICE = Decimal("10000")
 
@@ -70,6 +71,7 @@ def _node_fields(node: Node) -> dict:
         "gpu_memory_gb": node.gpu_memory_gb, "region": node.region,
         "compliance_verified": node.compliance_verified, "reliability": node.reliability,
         "node_online": node.status == Node.Status.ONLINE,
+        "provider_stake": provider_stake_total(node.provider_id),
     }
 
 

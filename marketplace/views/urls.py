@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from . import accounts, datasets, jobs, market, provider, wallets
+from . import accounts, datasets, jobs, market, provider, stake, wallets
 
 urlpatterns = [
     path("", market.home, name="home"),
@@ -39,4 +39,5 @@ urlpatterns = [
     path("provider/offers/new/", provider.offer_new, name="provider_offer_new"),
     path("provider/offers/<int:pk>/edit/", provider.offer_edit, name="provider_offer_edit"),
     path("provider/offers/<int:pk>/status/", provider.offer_status, name="provider_offer_status"),
+    path("provider/stake/", stake.stake_page, name="provider_stake"),
 ]

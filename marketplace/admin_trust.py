@@ -1,0 +1,84 @@
+"""Admin for trust: disputes (slash or dismiss, through the staking service) and stakes
+(view-only: the stake indexer writes them). Loaded by admin.py."""
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+
+from .admin import ReadOnlyAdminMixin, ViewOnlyWithActionsMixin, _tx_link, money
+from .errors import MarketError
+from .models import Dispute, ProviderStake, StakeEvent
+from .services.staking import dispute_dismiss, dispute_slash_enqueue
+
+
+@admin.register(Dispute)
+class DisputeAdmin(ViewOnlyWithActionsMixin, admin.ModelAdmin):
+    list_display = ["id", "job", "provider", "reason", "status", "slash_display", "created_at", "resolved_at"]
+    list_filter = ["status", "reason"]
+    search_fields = ["=job__id", "provider__name"]
+    list_select_related = ["job", "provider"]
+    raw_id_fields = ["job", "assignment", "verification"]
+    fields = ["job", "assignment", "provider", "verification", "reason", "detail", "status",
+              "slash_display", "slash_link", "slash_note", "created_at", "resolved_at"]
+    readonly_fields = fields
+    show_full_result_count = False
+    actions = ["slash", "dismiss"]
+
+    @admin.display(description="slashed", ordering="slash_amount")
+    def slash_display(self, obj: Dispute) -> str:
+        return money(obj.slash_amount) if obj.slash_amount is not None else "—"
+
+    @admin.display(description="slash transaction")
+    def slash_link(self, obj: Dispute) -> str:
+        return _tx_link(obj.slash_tx)
+
+    @admin.display(description="slash note")
+    def slash_note(self, obj: Dispute) -> str:
+        slash = getattr(obj, "slash", None)
+        return slash.note if slash is not None else ""
+
+    @admin.action(description="Slash the provider's stake (amount by policy; to the consumer)",
+                  permissions=["change"])
+    def slash(self, request, queryset: QuerySet[Dispute]):
+        queued = [d for d in queryset.order_by("pk") if d.status == Dispute.Status.OPEN]
+        for dispute in queued:
+            dispute_slash_enqueue(dispute=dispute)
+        skipped = queryset.count() - len(queued)
+        if queued:
+            self.message_user(request, f"Slash queued for dispute{'s' if len(queued) > 1 else ''} "
+                              + ", ".join(f"#{d.pk}" for d in queued) + "; each is marked slashed once the "
+                              "chain confirms it.", messages.SUCCESS)
+        if skipped:
+            self.message_user(request, f"{skipped} dispute(s) are not open and were left alone.",
+                              messages.WARNING)
+
+    @admin.action(description="Dismiss (close without a slash)", permissions=["change"])
+    def dismiss(self, request, queryset: QuerySet[Dispute]):
+        done, refused = [], []
+        for dispute in queryset.order_by("pk"):
+            try:
+                dispute_dismiss(dispute=dispute, actor=request.user)
+            except MarketError as exc:
+                refused.append(f"#{dispute.pk}: {exc.message}")
+            else:
+                done.append(f"#{dispute.pk}")
+        if done:
+            self.message_user(request, "Dismissed " + ", ".join(done) + ".", messages.SUCCESS)
+        if refused:
+            self.message_user(request, "Not dismissed: " + "; ".join(refused), messages.ERROR)
+
+
+class StakeEventInline(ReadOnlyAdminMixin, admin.TabularInline):
+    model = StakeEvent
+    fields = ["kind", "amount", "dispute", "recipient", "tx_hash", "block_number"]
+    readonly_fields = fields
+    extra = 0
+    ordering = ["-block_number", "-log_index"]
+
+
+@admin.register(ProviderStake)
+class ProviderStakeAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["address", "organization", "staked", "pending", "unlock_at", "slashed_total",
+                    "updated_at"]
+    list_select_related = ["organization"]
+    search_fields = ["=address", "organization__name"]
+    inlines = [StakeEventInline]
