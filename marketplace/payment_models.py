@@ -101,11 +101,10 @@ class ChainTransaction(models.Model):
         GAS = "gas", "Send gas money"
         APPROVE = "approve", "Approve the escrow"
         FUND = "fund", "Fund a job"
+        TOP_UP = "top_up", "Top up a job's escrow"
         SETTLE = "settle", "Settle jobs"
         REFUND = "refund", "Refund a job"
         WITHDRAW = "withdraw", "Pay out credited funds"
-        STAKE = "stake", "Stake, or withdraw stake"
-        SLASH = "slash", "Slash a provider's stake"
 
     chain_id = models.PositiveBigIntegerField()
     purpose = models.CharField(max_length=16, choices=Purpose.choices)
@@ -150,6 +149,10 @@ class Escrow(models.Model):
     deadline = models.DateTimeField(null=True, blank=True)
     fund_tx = models.CharField(max_length=66, blank=True)
     close_tx = models.CharField(max_length=66, blank=True, help_text="Settlement or refund.")
+    # The custodial top-up in flight (services/payments.py job_fund): a retry sends no second one.
+    top_up_tx = models.CharField(max_length=66, blank=True)
+    top_up_total = models.DecimalField(**MONEY, null=True, blank=True,
+                                       help_text="The deposit once the top-up is mined.")
     funded_at = models.DateTimeField(null=True, blank=True)
     closed_at = models.DateTimeField(null=True, blank=True)
 

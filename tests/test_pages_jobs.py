@@ -206,10 +206,14 @@ def test_cancel_goes_through_the_state_machine(client, alice, healthcare):
     job.refresh_from_db()
     assert job.status == Job.Status.CANCELLED
     assert job.events.filter(to_status=Job.Status.CANCELLED, reason="cancelled_by_owner").exists()
-    # Cancelling twice is refused with a message, not a 500.
+    # Cancelling twice (a double click, a resent form) cancels once.
     response = client.post(reverse("job_cancel", args=[job.pk]), follow=True)
-    assert response.status_code == 200
-    assert b"cannot become cancelled" in response.content
+    assert response.status_code == 200 and b"Job cancelled." in response.content
+    assert job.events.filter(to_status=Job.Status.CANCELLED).count() == 1
+    # A job that finished cannot be cancelled: a message, not a 500.
+    done = JobFactory(owner=healthcare, status=Job.Status.COMPLETED)
+    response = client.post(reverse("job_cancel", args=[done.pk]), follow=True)
+    assert response.status_code == 200 and b"cannot become cancelled" in response.content
 
 
 def test_cancel_requires_post(client, alice, healthcare):

@@ -5,7 +5,6 @@ production sets DATABASE_URL, REDIS_URL, SECRET_KEY, ALLOWED_HOSTS and runs with
 DEBUG off, where `manage.py check --deploy --fail-level WARNING` passes.
 """
 
-from decimal import Decimal
 from pathlib import Path
 
 import environ
@@ -264,18 +263,6 @@ SETTLEMENT_BATCH_MAX = env.int("SETTLEMENT_BATCH_MAX", default=100)
 # A consumer may reclaim an unsettled escrow this long after the job's deadline.
 ESCROW_RECLAIM_AFTER_S = env.int("ESCROW_RECLAIM_AFTER_S", default=7 * 24 * 3600)
 # Encrypts custodial (development) wallet keys at rest; derived from SECRET_KEY when unset.
-# Provider stake (contracts/src/ProviderStake.sol): the delay between a withdrawal request
-# and the withdrawal (fixed at deployment); a slash for a dispute takes the disputed work's
-# value × SLASH_FACTOR (at least SLASH_MIN tUSD), capped at the provider's stake.
-STAKE_WITHDRAW_DELAY_S = env.int("STAKE_WITHDRAW_DELAY_S", default=7 * 24 * 3600)
-SLASH_FACTOR = Decimal(env.str("SLASH_FACTOR", default="2"))
-SLASH_MIN = Decimal(env.str("SLASH_MIN", default="1"))
-# A job requiring a verified compliance tag is matched only to providers with this stake.
-MIN_STAKE_FOR_VERIFIED_TAGS = Decimal(env.str("MIN_STAKE_FOR_VERIFIED_TAGS", default="0"))
-# Reputation (services/reputation.py): the window, and the least history that is not "new".
-REPUTATION_WINDOW_DAYS = env.int("REPUTATION_WINDOW_DAYS", default=30)
-REPUTATION_MIN_ASSIGNMENTS = env.int("REPUTATION_MIN_ASSIGNMENTS", default=3)
-REPUTATION_INTERVAL_S = env.float("REPUTATION_INTERVAL_S", default=600.0)
 WALLET_ENCRYPTION_KEY = env.str("WALLET_ENCRYPTION_KEY", default="")
 # How long a Sign-In with Ethereum nonce (linking a wallet) may be used.
 SIWE_NONCE_TTL_S = env.int("SIWE_NONCE_TTL_S", default=300)
@@ -286,6 +273,12 @@ ASSIGNMENT_TOKEN_TTL_S = env.int("ASSIGNMENT_TOKEN_TTL_S", default=12 * 3600)
 CHECKPOINT_MAX_BYTES = env.int("CHECKPOINT_MAX_BYTES", default=512 * 1_048_576)
 # Agents heartbeat this often; start messages not accepted after this long are resent.
 AGENT_HEARTBEAT_S = env.float("AGENT_HEARTBEAT_S", default=5.0)
+# Budget safety: how often running jobs' spend is checked; the nodes are asked to checkpoint
+# and pause once the budget left covers less than BUDGET_PAUSE_LEAD_S of running; a node
+# that has not paused BUDGET_PAUSE_GRACE_S later (or when the budget is gone) is stopped.
+BUDGET_CHECK_INTERVAL_S = env.float("BUDGET_CHECK_INTERVAL_S", default=2.0)
+BUDGET_PAUSE_LEAD_S = env.float("BUDGET_PAUSE_LEAD_S", default=15.0)
+BUDGET_PAUSE_GRACE_S = env.float("BUDGET_PAUSE_GRACE_S", default=60.0)
 
 # --- Security (check --deploy passes with DEBUG off) -------------------------------
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

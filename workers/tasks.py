@@ -6,7 +6,7 @@ import logging
 from celery import shared_task
 
 from marketplace.models import Assignment, Job
-from marketplace.services import batch_placement, execution, live, placement
+from marketplace.services import batch_placement, budget, execution, live, placement
 
 log = logging.getLogger(__name__)
 
@@ -63,3 +63,9 @@ def announce_jobs(job_ids: list[int]) -> int:
     live.offers_changed(Assignment.objects.filter(job_id__in=job_ids, status__in=Assignment.ACTIVE)
                         .values_list("offer_id", flat=True).distinct())
     return len(job_ids)
+
+
+@shared_task(name="workers.tasks.budget_watch", time_limit=60, soft_time_limit=50)
+def budget_watch() -> dict:
+    """Running jobs near or at their budget: warn, or checkpoint and pause them."""
+    return budget.budget_watch()

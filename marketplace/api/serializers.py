@@ -311,11 +311,12 @@ class JobDetailSerializer(JobListSerializer):
     assignments = serializers.SerializerMethodField()
     artifact_url = serializers.SerializerMethodField()
     escrow = serializers.SerializerMethodField()
+    spend = serializers.SerializerMethodField()
     verification = serializers.SerializerMethodField()
 
     class Meta(JobListSerializer.Meta):
         fields = [*JobListSerializer.Meta.fields, "timeline", "progress", "assignments",
-                  "artifact_url", "escrow", "verification"]
+                  "artifact_url", "escrow", "spend", "verification"]
         read_only_fields = fields
 
     @extend_schema_field(OpenApiTypes.OBJECT)
@@ -338,6 +339,15 @@ class JobDetailSerializer(JobListSerializer):
 
         return job_escrow(job)
 
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_spend(self, job: Job) -> dict:
+        """{limit, spent, percent, warning, paused}: the metered spend against the budget
+        (the escrowed amount when the escrow is on)."""
+        from ..services.budget import budget_view
+        from ..services.live import cost_so_far
+
+        return budget_view(job, spent=cost_so_far(job))
+
     @extend_schema_field(VerificationSerializer)
     def get_verification(self, job: Job) -> dict:
         return {"status": "pending", "report_url": None}
@@ -346,6 +356,11 @@ class JobDetailSerializer(JobListSerializer):
 class FundSerializer(serializers.Serializer):
     amount = serializers.DecimalField(max_digits=20, decimal_places=6, required=False,
                                       help_text="Optional; must equal the job's budget.")
+
+
+class BudgetSerializer(serializers.Serializer):
+    budget = serializers.DecimalField(max_digits=20, decimal_places=6, min_value=Decimal("0.000001"),
+                                      help_text="The new total budget in tUSD (only raised).")
 
 
 # --- Wallets -------------------------------------------------------------------------

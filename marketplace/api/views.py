@@ -31,6 +31,7 @@ from ..selectors.market import (
     offers_visible_to,
 )
 from ..selectors.payments import wallets_of
+from ..services import budget as budget_services
 from ..services import datasets as dataset_services
 from ..services import jobs as job_services
 from ..services import nodes as node_services
@@ -323,6 +324,20 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         payment_services.job_fund(job=job, actor=request.user, amount=data.validated_data.get("amount"))
         return self._render(job)
 
+    @extend_schema(summary="Raise the job's budget", request=s.BudgetSerializer,
+                   responses={200: s.JobDetailSerializer, **_errors(400, 401, 403, 404, 409)})
+    @action(detail=True, methods=["post"])
+    def budget(self, request, pk=None):
+        """Set a higher total budget. Without the escrow, a job paused at its budget resumes
+        from its checkpoint; with it, top the escrow up next (`fund`, or `fund-calls` for a
+        browser wallet). Idempotent: the body is the new total."""
+        job = self._own_job(request, pk)
+        data = s.BudgetSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        job = budget_services.job_budget_raise(job=job, budget=data.validated_data["budget"],
+                                               actor=request.user)
+        return self._render(job)
+
     @extend_schema(summary="The transactions a browser wallet sends to fund the escrow",
                    request=None, responses={200: OpenApiTypes.OBJECT, **_errors(401, 403, 404, 409, 503)})
     @action(detail=True, methods=["get"], url_path="fund-calls")
@@ -330,7 +345,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         """`approve` (the token) then `fund` (the escrow): {to, data} each, for
         `eth_sendTransaction` through the wallet's EIP-1193 provider."""
         job = self._own_job(request, pk)
-        if job.status != job.Status.SUBMITTED:
+        if job.status != job.Status.SUBMITTED and not payment_services.top_up_due(job):
             raise Conflict(f"Job #{job.pk} is {job.get_status_display().lower()}; only a submitted "
                            "job is funded.")
         return Response(payment_services.fund_calls(job))

@@ -49,6 +49,12 @@ def _message(type_: str, **fields) -> dict:
     return {"type": type_, "id": uuid.uuid4().hex, **fields}
 
 
+def pause_message(assignment: Assignment) -> dict:
+    """Budget safety: checkpoint at the next step and stop (services/budget.py)."""
+    return _message("assignment.pause", assignment=assignment.pk,
+                    reason="the job's budget is spent: checkpoint and stop")
+
+
 def assignment_token(assignment: Assignment) -> str:
     return signing.dumps({"a": assignment.pk, "j": assignment.job_id}, salt=TOKEN_SALT)
 
@@ -181,6 +187,8 @@ def agent_heartbeat(*, node: Node, running: list, touch: bool = True) -> list[di
         if (assignment.status == A.DISPATCHED and assignment.pk not in running_ids
                 and assignment.dispatched_at and assignment.dispatched_at < stale):
             out.append(start_message(assignment))
+        elif assignment.job.pause_requested_at is not None and assignment.pk in running_ids:
+            out.append(pause_message(assignment))  # pushed once; repeated until it stops
     return out
 
 
@@ -408,6 +416,12 @@ def _on_checkpoint(a: Assignment, m: dict) -> None:
 
 def _on_finished(a: Assignment, m: dict) -> None:
     job = Job.objects.select_for_update().get(pk=a.job_id)
+    if m.get("status") == "paused" and job.pause_requested_at is not None:
+        from .budget import job_paused_by_nodes  # budget uses this module
+
+        _end(a, A.PAUSED, f"checkpointed and paused at step {_int(m.get('step'))}")
+        job_paused_by_nodes(job=job, attempt=a.attempt)
+        return
     if m.get("status") != "succeeded":
         error = str(m.get("error") or "training failed")[:1500]
         _end(a, A.FAILED, error)

@@ -44,9 +44,16 @@ def job_submit(*, owner: Organization, spec: JobSpec, actor=None) -> Job:
 
 def job_cancel(*, job: Job, actor=None, reason: str = "cancelled_by_owner",
                message: str = "") -> Job:
-    """Cancel a job that has not finished and stop it on every node."""
+    """Cancel a job that has not finished and stop it on every node. Idempotent: a job
+    already cancelled (and maybe settled or refunded since) is returned as it is, so a
+    retried cancel settles and refunds once."""
     who = getattr(actor, "username", "the platform")
     with transaction.atomic():
+        current = Job.objects.select_for_update().get(pk=job.pk)
+        if current.status == S.CANCELLED or (
+                current.status in (S.SETTLED, S.REFUNDED)
+                and current.events.filter(to_status=S.CANCELLED).exists()):
+            return current
         job = job_states.transition(
             job_id=job.pk, to=S.CANCELLED, reason=reason, actor=actor,
             message=message or f"Cancelled by {who}.", expect=job_states.CANCELLABLE,

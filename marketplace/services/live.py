@@ -14,7 +14,6 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 from django.db.models import F, Prefetch, Window
 from django.db.models.functions import RowNumber
-from django.utils import timezone
 
 from ..models import Assignment, Job, LogLine, MetricPoint
 from ..selectors.execution import job_progress
@@ -101,8 +100,7 @@ def log_line(line: LogLine) -> dict:
 
 
 def assignment_cost(a: Assignment, *, now: datetime) -> Decimal:
-    """GPU-hours used at the assignment's locked price (metering for settlement is the
-    payments work; this is what the consumer watches and the provider earns so far)."""
+    """GPU-hours used at the assignment's locked price (a provider's earnings so far)."""
     if a.started_at is None:
         return Decimal(0)
     seconds = Decimal(max(0.0, ((a.finished_at or now) - a.started_at).total_seconds()))
@@ -110,9 +108,10 @@ def assignment_cost(a: Assignment, *, now: datetime) -> Decimal:
 
 
 def cost_so_far(job: Job, *, now: datetime | None = None) -> Decimal:
-    now = now or timezone.now()
-    total = sum((assignment_cost(a, now=now) for a in job.assignments.all()), Decimal(0))
-    return total.quantize(MICRO)
+    """What the job has spent so far: the settlement's own metering, running parts until now."""
+    from .payments import job_metered  # payments → job_states → live: imported when used
+
+    return job_metered(job, now=now)
 
 
 def _event(e) -> dict:
@@ -126,10 +125,14 @@ def job_snapshot(job: Job, *, events=None, points=None) -> dict:
     first) may come from the caller, fetched for many jobs at once."""
     if events is None:
         events = job.events.order_by("-id")[:10]
+    from .budget import budget_view  # budget → execution → live
+
     recent = [_event(e) for e in events][::-1]
+    spent = cost_so_far(job)
     return {
         "id": job.pk, "status": job.status, "status_display": job.get_status_display(),
-        "progress": job_progress(job, points), "cost_so_far": str(cost_so_far(job)),
+        "progress": job_progress(job, points), "cost_so_far": str(spent),
+        "spend": budget_view(job, spent=spent),
         "event": recent[-1] if recent else None, "events": recent,
     }
 
@@ -175,7 +178,7 @@ def snapshots(job_ids, *, events: int = 10) -> list[tuple[str, dict]]:
     from ..selectors.execution import recent_points
 
     ids = list(job_ids)
-    jobs = Job.objects.filter(pk__in=ids).prefetch_related(
+    jobs = Job.objects.filter(pk__in=ids).select_related("escrow").prefetch_related(
         Prefetch("assignments", queryset=Assignment.objects.select_related("node")))
     newest: dict[int, list] = {}
     for e in (JobEvent.objects.filter(job_id__in=ids)
@@ -221,7 +224,8 @@ def job_brief(job: Job, snapshot: dict | None = None) -> dict:
     return {"id": job.pk, "name": job.name, "status": job.status,
             "status_display": job.get_status_display(),
             "percent": progress["percent"] if progress else None,
-            "cost_so_far": snapshot["cost_so_far"] if snapshot else str(cost_so_far(job))}
+            "cost_so_far": snapshot["cost_so_far"] if snapshot else str(cost_so_far(job)),
+            "budget_warning": bool(snapshot and snapshot["spend"]["warning"])}
 
 
 def node_brief(node) -> dict:

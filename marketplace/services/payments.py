@@ -77,10 +77,16 @@ def fund_calls(job: Job) -> dict:
     }
 
 
+def top_up_due(job: Job) -> bool:
+    """A running (or paused) job whose escrow holds less than its raised budget."""
+    escrow = Escrow.objects.filter(job=job, status=E.FUNDED).first()
+    return escrow is not None and job.status in job_states.ACTIVE and escrow.amount < job.budget
+
+
 def job_fund(*, job: Job, actor=None, amount: Decimal | None = None) -> Escrow:
     """Fund the job's escrow with its budget from the organization's custodial (development)
-    wallet: approve, then fund. Idempotent: a job whose funding is under way or done is
-    returned as it is."""
+    wallet: approve, then fund; a funded escrow below a raised budget is topped up. Idempotent:
+    a job whose funding (or top-up) is under way or done is returned as it is."""
     from ..chain import sender
     from ..chain.client import to_units
     from ..chain.deploy import escrow_contract, token_contract
@@ -94,6 +100,8 @@ def job_fund(*, job: Job, actor=None, amount: Decimal | None = None) -> Escrow:
         escrow = Escrow.objects.select_for_update().filter(pk=escrow_of(job).pk).get()
         if escrow.status == E.FUNDING and _reverted(escrow.fund_tx):
             escrow.status = E.UNFUNDED  # that funding failed on chain (e.g. while paused): fund again
+        if escrow.status == E.FUNDED:
+            return _top_up(job=Job.objects.get(pk=job.pk), escrow=escrow, actor=actor)
         if escrow.status != E.UNFUNDED:
             return escrow
         if Job.objects.get(pk=job.pk).status != S.SUBMITTED:
@@ -120,6 +128,41 @@ def job_fund(*, job: Job, actor=None, amount: Decimal | None = None) -> Escrow:
                         message=f"Funding {job.budget:.2f} tUSD from {wallet.address}: "
                                 f"transaction {tx.tx_hash}.")
         enqueue.enqueue("workers.tasks_chain.chain_sync", countdown=0.2)
+    return escrow
+
+
+def _top_up(*, job: Job, escrow: Escrow, actor=None) -> Escrow:
+    """A funded escrow holding less than the job's (raised) budget gets the difference from
+    the custodial wallet. Idempotent: while a top-up is in flight (sent, not yet seen by the
+    indexer, not reverted) a retry sends nothing."""
+    from ..chain import sender
+    from ..chain.client import to_units
+    from ..chain.deploy import escrow_contract, token_contract
+
+    if escrow.amount >= job.budget or job.status not in job_states.ACTIVE:
+        return escrow
+    if (escrow.top_up_tx and escrow.top_up_total is not None and escrow.top_up_total > escrow.amount
+            and not _reverted(escrow.top_up_tx)):
+        return escrow
+    due = job.budget - escrow.amount
+    wallet = custodial_wallet(job.owner)
+    key = custodial_key(wallet)
+    token, contract = token_contract(), escrow_contract()
+    units = to_units(due)
+    if token.functions.balanceOf(wallet.address).call() < units:
+        raise Conflict(f"The wallet {wallet.address} holds less than {due:.2f} tUSD.",
+                       code="insufficient_funds")
+    approving = token.functions.allowance(wallet.address, contract.address).call() < units
+    if approving:
+        sender.send(key=key, purpose="approve", call=token.functions.approve(contract.address, units))
+    tx = sender.send(key=key, purpose="top_up", gas=FUND_GAS if approving else None,
+                     call=contract.functions.topUp(bytes.fromhex(escrow.key[2:]), units))
+    escrow.top_up_tx, escrow.top_up_total = tx.tx_hash, job.budget
+    escrow.save(update_fields=["top_up_tx", "top_up_total"])
+    job_states.note(job_id=job.pk, reason="top_up_sent", actor=actor,
+                    message=f"Topping up the escrow with {due:.2f} tUSD from {wallet.address}: "
+                            f"transaction {tx.tx_hash}.")
+    enqueue.enqueue("workers.tasks_chain.chain_sync", countdown=0.2)
     return escrow
 
 
@@ -157,6 +200,10 @@ def escrow_topped_up(*, key: str, total: int) -> None:
     escrow.amount = from_units(total)
     escrow.save(update_fields=["amount"])
     _start_if_covered(escrow)
+    if escrow.job.status == S.PAUSED:
+        from .budget import job_resume_if_covered  # budget meters with this module
+
+        job_resume_if_covered(job_id=escrow.job_id)
 
 
 def _start_if_covered(escrow: Escrow) -> None:
@@ -226,18 +273,49 @@ def escrow_force_refund(*, job: Job, actor=None) -> str:
 
 
 # --- metering -----------------------------------------------------------------------
-def _charged_until(a: Assignment, broken: dict[int, datetime | None]) -> datetime | None:
+# One metering for the live spend (budget safety, the job page) and for settlement, so that
+# what the consumer watches is what it is charged.
+def _charged_until(a: Assignment, broken: dict[int, datetime | None], now: datetime | None = None
+                   ) -> datetime | None:
     """Until when an assignment's work is paid. `broken` maps each attempt that broke (a node
     lost or failed) to its last committed checkpoint: its work counts up to there, what came
-    after is redone and not paid for."""
-    if a.started_at is None or a.finished_at is None:
+    after is redone and not paid for. A running assignment counts until `now` (live spend;
+    settlement meters stopped jobs only)."""
+    finished = a.finished_at or now
+    if a.started_at is None or finished is None:
         return None
     # Only a part that succeeded kept all its work (a DiLoCo survivor); the peers stopped
     # (cancelled) when the attempt broke redo theirs from the checkpoint like the lost node.
     if a.attempt not in broken or a.status == A.SUCCEEDED:
-        return a.finished_at
+        return finished
     last = broken[a.attempt]
-    return min(a.finished_at, last) if last else None
+    return min(finished, last) if last else None
+
+
+def _broken_attempts(job: Job, assignments) -> dict[int, datetime | None]:
+    broken: dict[int, datetime | None] = {}
+    for attempt in {a.attempt for a in assignments if a.status in (A.LOST, A.FAILED)}:
+        ckpt = (job.checkpoints.filter(assignment__attempt=attempt, committed_at__isnull=False)
+                .order_by("-committed_at").first())
+        broken[attempt] = ckpt.committed_at if ckpt else None
+    return broken
+
+
+def _charge(a: Assignment, broken: dict[int, datetime | None], now: datetime | None
+            ) -> tuple[float, Decimal]:
+    """(seconds charged, amount at the locked price) for one assignment."""
+    until = _charged_until(a, broken, now)
+    seconds = max(0.0, (until - a.started_at).total_seconds()) if until else 0.0
+    return seconds, _q(a.price_per_gpu_hour * a.gpus * Decimal(seconds) / Decimal(3600))
+
+
+def job_metered(job: Job, *, now: datetime | None = None) -> Decimal:
+    """The job's spend so far at the locked prices (running parts until `now`). Uses the
+    job's prefetched assignments when there are any (the live snapshots fetch many jobs)."""
+    assignments = list(job.assignments.all())
+    broken = _broken_attempts(job, assignments)
+    now = now or timezone.now()
+    return sum((_charge(a, broken, now)[1] for a in assignments), Decimal(0))
 
 
 def job_statement(job: Job) -> tuple[list[dict], Decimal]:
@@ -245,16 +323,10 @@ def job_statement(job: Job) -> tuple[list[dict], Decimal]:
     and the total (not yet capped by the escrow)."""
     assignments = list(job.assignments.select_related("node__provider").order_by(
         "attempt", "node_rank", "pk"))
-    broken: dict[int, datetime | None] = {}
-    for attempt in {a.attempt for a in assignments if a.status in (A.LOST, A.FAILED)}:
-        ckpt = (job.checkpoints.filter(assignment__attempt=attempt, committed_at__isnull=False)
-                .order_by("-committed_at").first())
-        broken[attempt] = ckpt.committed_at if ckpt else None
+    broken = _broken_attempts(job, assignments)
     lines, total = [], Decimal(0)
     for a in assignments:
-        until = _charged_until(a, broken)
-        seconds = max(0.0, (until - a.started_at).total_seconds()) if until else 0.0
-        amount = _q(a.price_per_gpu_hour * a.gpus * Decimal(seconds) / Decimal(3600))
+        seconds, amount = _charge(a, broken, None)
         total += amount
         lines.append({
             "assignment": a.pk, "attempt": a.attempt, "rank": a.node_rank, "node": a.node.name,

@@ -93,6 +93,10 @@ class Agent:
             self.runs[assignment] = run
             self.display.log(f"↓ {run.label}: received, preparing")
             run.launch()
+        elif kind == "assignment.pause":
+            run = self.runs.get(int(message["assignment"]))
+            if run is not None:
+                run.pause()
         elif kind == "assignment.cancel":
             run = self.runs.get(int(message["assignment"]))
             if run is not None:

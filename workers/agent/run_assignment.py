@@ -52,6 +52,13 @@ class AssignmentRun:
     def launch(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"assignment-{self.id}")
 
+    def pause(self) -> None:
+        """The platform says the job's budget is spent: the ranks checkpoint at their next
+        step boundary and exit (they watch this file); `_watch` then reports the pause.
+        Idempotent: the platform repeats it with heartbeats until the assignment ends."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "pause").touch()
+
     async def cancel(self, reason: str) -> None:
         self.cancelled_reason = reason
         if self.process is not None:
@@ -78,6 +85,7 @@ class AssignmentRun:
                 "resume_from": str(self.dir / "resume.pt") if s.get("resume_checkpoint_url") else None,
                 "pg_timeout_s": s.get("pg_timeout_s", 60),
                 "sync": sync, "nnodes": s["nnodes"], "node_rank": s["node_rank"],
+                "pause_file": str(self.dir / "pause"),
             }
             if diloco:
                 spec.update(outer=rdzv, member=str(self.id), peer_timeout_s=s.get("peer_timeout_s", 15))
@@ -145,7 +153,11 @@ class AssignmentRun:
             await reader
         if self.cancelled_reason:
             return
-        if self.error is not None:
+        paused = self.dir / "paused.json"
+        if self.error is None and self.result is None and paused.exists():
+            # Checkpointed and stopped on the platform's request; the checkpoint went first.
+            await self._finish("paused", **json.loads(paused.read_text()))
+        elif self.error is not None:
             await self._finish("failed", **self.error)
         elif self.result is not None or (self.process.returncode == 0 and self.start_msg["node_rank"] > 0):
             await self._finish("succeeded", **(self.result or {}))
@@ -229,7 +241,11 @@ class AssignmentRun:
 
     async def _finish(self, status: str, **fields) -> None:
         await self.agent.send_data(self.id, "assignment.finished", status=status, **fields)
-        icon = "✔" if status == "succeeded" else "✖"
-        detail = fields.get("error", "").splitlines()[0] if status != "succeeded" else (
-            f"{fields.get('metric', '')} {fields.get('value', '')}".strip())
+        icon = {"succeeded": "✔", "paused": "⏸"}.get(status, "✖")
+        if status == "paused":
+            detail = f"at step {fields.get('step')} (budget spent)"
+        elif status != "succeeded":
+            detail = fields.get("error", "").splitlines()[0]
+        else:
+            detail = f"{fields.get('metric', '')} {fields.get('value', '')}".strip()
         self.agent.display.assignment_done(self.id, f"{icon} assignment {self.id} {status} {detail}")

@@ -1,0 +1,243 @@
+"""Budget safety: a running job never spends past its budget without the consumer knowing.
+
+The spend is the settlement's own metering (payments.job_metered) at the locked prices. A
+periodic pass (`budget_watch`, Celery beat every BUDGET_CHECK_INTERVAL_S) checks the running
+jobs: the agent ingest is left alone, and a few seconds of lag are covered by the lead time.
+- at 80 % of the budget: one timeline note, and a warning on the job page and dashboards;
+- once the budget left covers less than BUDGET_PAUSE_LEAD_S of running at the current
+  placement's rate: each node is told to checkpoint and stop (`assignment.pause`); when
+  every node has, the job is `paused` at that checkpoint's step;
+- a node that has not paused by the time the budget is gone (or BUDGET_PAUSE_GRACE_S
+  after it was asked) is stopped, and the job pauses at its last committed checkpoint.
+Raising the budget (escrow off) or topping up the escrow resumes a paused job from its
+checkpoint: paused → matching → running. Settlement caps the charge at the escrow anyway.
+
+The budget is the escrowed amount when the escrow is on, else Job.budget.
+"""
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from .. import job_states
+from ..errors import Conflict, MarketError
+from ..models import Assignment, Escrow, Job
+from . import enqueue, execution
+from .payments import job_metered
+
+S = Job.Status
+A = Assignment.Status
+WARN_AT = Decimal("0.8")
+
+
+@dataclass(frozen=True)
+class BudgetCheck:
+    """A job's budget at one moment. Pure: the projection is unit-tested on its own."""
+
+    limit: Decimal
+    spent: Decimal
+    rate_per_s: Decimal  # what the job spends a second at its current placement
+
+    @property
+    def remaining(self) -> Decimal:
+        return max(Decimal(0), self.limit - self.spent)
+
+    @property
+    def fraction(self) -> Decimal:
+        return self.spent / self.limit if self.limit > 0 else Decimal(1)
+
+    @property
+    def seconds_left(self) -> float | None:
+        """How long the rest lasts at the current rate (None: nothing is running)."""
+        return float(self.remaining / self.rate_per_s) if self.rate_per_s > 0 else None
+
+    def verdict(self, *, lead_s: float) -> str:
+        """"stop": the budget is gone; "pause": what is left lasts less than `lead_s` (the
+        time a pause takes to reach the nodes and be checkpointed); "warn": 80 % spent."""
+        if self.spent >= self.limit:
+            return "stop"
+        if self.remaining <= self.rate_per_s * Decimal(str(lead_s)):
+            return "pause"
+        if self.fraction >= WARN_AT:
+            return "warn"
+        return "ok"
+
+
+def budget_limit(job: Job) -> Decimal:
+    """The escrowed amount when the escrow is on and funded, else the job's budget."""
+    if settings.ESCROW_ENABLED:
+        try:
+            escrow = job.escrow
+        except Escrow.DoesNotExist:
+            escrow = None
+        if escrow is not None and escrow.status == Escrow.Status.FUNDED:
+            return escrow.amount
+    return job.budget
+
+
+def _rate(assignments) -> Decimal:
+    return sum((a.price_per_gpu_hour * a.gpus / Decimal(3600) for a in assignments
+                if a.status in Assignment.ACTIVE and a.started_at is not None), Decimal(0))
+
+
+def budget_check(job: Job, *, now=None, spent: Decimal | None = None) -> BudgetCheck:
+    assignments = list(job.assignments.all())
+    return BudgetCheck(limit=budget_limit(job),
+                       spent=job_metered(job, now=now) if spent is None else spent,
+                       rate_per_s=_rate(assignments))
+
+
+def budget_view(job: Job, *, spent: Decimal) -> dict:
+    """What the job page, the API and the dashboards show."""
+    limit = budget_limit(job)
+    percent = float(spent / limit * 100) if limit > 0 else 100.0
+    return {"limit": str(limit), "spent": str(spent), "percent": round(percent, 1),
+            "warning": job.status in job_states.ACTIVE and percent >= float(WARN_AT * 100),
+            "paused": job.status == S.PAUSED}
+
+
+# --- the periodic pass ---------------------------------------------------------------
+def budget_watch(*, now=None) -> dict[str, int]:
+    """Check every running job's spend (Celery beat). Returns what it did, by kind."""
+    now = now or timezone.now()
+    done = {"warned": 0, "pausing": 0, "stopped": 0}
+    jobs = (Job.objects.filter(status=S.RUNNING).select_related("escrow")
+            .prefetch_related("assignments"))
+    for job in jobs:
+        check = budget_check(job, now=now)
+        verdict = check.verdict(lead_s=settings.BUDGET_PAUSE_LEAD_S)
+        if verdict != "ok" and job.budget_warned_at is None:
+            done["warned"] += _warn(job, check)
+        elif verdict == "ok" and job.budget_warned_at is not None:
+            Job.objects.filter(pk=job.pk).update(budget_warned_at=None)  # topped up: warn again later
+        if job.pause_requested_at is not None:
+            late = (now - job.pause_requested_at).total_seconds() > settings.BUDGET_PAUSE_GRACE_S
+            if verdict == "stop" or late:
+                done["stopped"] += job_budget_stop(job_id=job.pk, check=check)
+        elif verdict in ("pause", "stop"):
+            done["pausing"] += job_pause_request(job_id=job.pk, check=check)
+    return done
+
+
+def _warn(job: Job, check: BudgetCheck) -> int:
+    claimed = Job.objects.filter(pk=job.pk, budget_warned_at__isnull=True).update(
+        budget_warned_at=timezone.now())
+    if claimed:
+        left = check.seconds_left
+        job_states.note(job_id=job.pk, reason="budget_warning",
+                        data={"spent": str(check.spent), "limit": str(check.limit)},
+                        message=f"80 % of the budget is spent: {check.spent:.2f} of {check.limit:.2f} "
+                                "tUSD" + (f" (about {left / 60:.0f} min left at this rate)" if left else "")
+                                + ". At 100 % the job checkpoints and pauses; top up to keep it running.")
+    return claimed
+
+
+def job_pause_request(*, job_id: int, check: BudgetCheck) -> int:
+    """Ask every node of a running job to checkpoint at its next step and stop. Once."""
+    with transaction.atomic():
+        claimed = Job.objects.filter(pk=job_id, status=S.RUNNING, pause_requested_at__isnull=True).update(
+            pause_requested_at=timezone.now())
+        if not claimed:
+            return 0
+        job = Job.objects.get(pk=job_id)
+        left = check.seconds_left
+        job_states.note(job_id=job_id, reason="budget_pausing",
+                        data={"spent": str(check.spent), "limit": str(check.limit)},
+                        message=f"{check.spent:.2f} of {check.limit:.2f} tUSD spent"
+                                + (f"; the rest lasts about {left:.0f} s" if left is not None else "")
+                                + ": the nodes checkpoint and pause.")
+        if execution.is_diloco(job):
+            # DiLoCo nodes meet only at outer steps, so they cannot agree on a step to stop at:
+            # they stop now and the job pauses at the last global checkpoint.
+            return job_budget_stop(job_id=job_id, check=check)
+        for a in job.assignments.filter(status__in=Assignment.ACTIVE):
+            execution.send_to_node(a.node_id, execution.pause_message(a))
+    return 1
+
+
+def job_paused_by_nodes(*, job: Job, attempt: int) -> None:
+    """Every node of the attempt checkpointed and stopped: the job is paused (called by the
+    ingest with the job locked)."""
+    if job.status != S.RUNNING or job.attempt != attempt:
+        return
+    if job.assignments.filter(attempt=attempt, status__in=Assignment.ACTIVE).exists():
+        return
+    _pause(job, how="every node checkpointed and stopped")
+
+
+def job_budget_stop(*, job_id: int, check: BudgetCheck) -> int:
+    """The budget is gone (or the nodes did not pause in time): stop them; the job pauses at
+    its last committed checkpoint."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job_id)
+        if job.status != S.RUNNING:
+            return 0
+        execution.job_stop_assignments(job=job, reason="the job's budget is spent")
+        _pause(job, how=f"the nodes were stopped ({check.spent:.2f} of {check.limit:.2f} tUSD spent)")
+    return 1
+
+
+def _pause(job: Job, *, how: str) -> None:
+    ckpt = job.checkpoints.filter(committed_at__isnull=False).order_by("-step").first()
+    step = ckpt.step if ckpt else 0
+    Job.objects.filter(pk=job.pk).update(current_step=step)
+    job_states.transition(
+        job_id=job.pk, to=S.PAUSED, reason="budget_paused", data={"step": step},
+        message=f"Paused at step {step}: the budget is spent and {how}. "
+                + ("Top up the escrow" if settings.ESCROW_ENABLED else "Raise the budget")
+                + " to resume from that checkpoint.")
+
+
+# --- resuming ------------------------------------------------------------------------
+def job_resume_if_covered(*, job_id: int, actor=None) -> bool:
+    """A paused job whose budget now covers more than the pause lead time (twice over, at
+    the highest price it accepts) is matched again; it resumes from its checkpoint."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update(of=("self",)).select_related("escrow").get(pk=job_id)
+        if job.status != S.PAUSED:
+            return False
+        spent = job_metered(job)
+        most = job.max_price_per_gpu_hour * job.nodes * job.gpus_per_node / Decimal(3600)
+        check = BudgetCheck(limit=budget_limit(job), spent=spent, rate_per_s=most)
+        if check.remaining <= most * Decimal(str(2 * settings.BUDGET_PAUSE_LEAD_S)):
+            job_states.note(job_id=job.pk, reason="budget_still_short", actor=actor,
+                            message=f"{check.limit:.2f} tUSD covers the {spent:.2f} tUSD spent but "
+                                    "not enough more running to resume; top up further.")
+            return False
+        Job.objects.filter(pk=job.pk).update(
+            pause_requested_at=None,
+            budget_warned_at=None if check.fraction < WARN_AT else job.budget_warned_at)
+        job_states.transition(job_id=job.pk, to=S.MATCHING, reason="budget_topped_up", actor=actor,
+                              message=f"The budget is now {check.limit:.2f} tUSD ({spent:.2f} spent): "
+                                      f"resuming from step {job.current_step}.")
+        enqueue.match_job(job.pk)
+    return True
+
+
+def job_budget_raise(*, job: Job, budget: Decimal, actor=None) -> Job:
+    """Raise a job's budget. Idempotent (it sets the total, so a retry changes nothing).
+    With the escrow off a paused job resumes; with it on, the escrow is topped up next
+    (`job_fund` from the custodial wallet, or `fund_calls` for a browser wallet)."""
+    budget = Decimal(budget).quantize(Decimal("0.000001"))
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job.pk)
+        if job.status in job_states.TERMINAL:
+            raise Conflict(f"Job #{job.pk} is {job.get_status_display().lower()}; its budget is final.")
+        if budget < job.budget:
+            raise MarketError(f"The budget can only be raised (it is {job.budget:.2f} tUSD).",
+                              field="budget", code="budget_lowered")
+        if budget == job.budget:
+            return job
+        previous, job.budget = job.budget, budget
+        job.save(update_fields=["budget", "updated_at"])
+        escrow_on = settings.ESCROW_ENABLED and job.status != S.SUBMITTED
+        job_states.note(job_id=job.pk, reason="budget_raised", actor=actor,
+                        message=f"Budget raised from {previous:.2f} to {budget:.2f} tUSD"
+                                + ("; top up the escrow to use it." if escrow_on else "."))
+    if not settings.ESCROW_ENABLED:
+        job_resume_if_covered(job_id=job.pk, actor=actor)
+    job.refresh_from_db()
+    return job
