@@ -97,6 +97,10 @@ class Node(models.Model):
     agent_version = models.CharField(max_length=32, blank=True)
     # Share of assignments delivered over 30 days; NULL means too little history ("new").
     reliability = models.DecimalField(max_digits=5, decimal_places=4, null=True, blank=True)
+    # What `reliability` was computed from (services/reputation.py): each component and its
+    # sample size, or why the node is still new.
+    reliability_detail = models.JSONField(default=dict, blank=True)
+    reliability_at = models.DateTimeField(null=True, blank=True)
     token_hash = models.CharField(max_length=64, unique=True, editable=False)
     token_prefix = models.CharField(max_length=12, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -133,7 +137,7 @@ class Node(models.Model):
 
 
 SEARCH_COLUMNS = ["price_per_gpu_hour", "gpu_model", "gpu_memory_gb", "region", "compliance_verified",
-                  "reliability", "node_online", "gpus_offered", "gpus_reserved"]
+                  "reliability", "node_online", "gpus_offered", "gpus_reserved", "provider_stake"]
 
 
 def _covering(*keys: str) -> list[str]:
@@ -179,6 +183,9 @@ class Offer(models.Model):
     compliance_verified = models.PositiveIntegerField(default=0)
     reliability = models.DecimalField(max_digits=5, decimal_places=4, null=True, blank=True)
     node_online = models.BooleanField(default=False)
+    # The provider's stake (active + pending withdrawal) on the stake contract, kept in step
+    # by the stake indexer (services/staking.py).
+    provider_stake = models.DecimalField(**MONEY, default=0)
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -519,4 +526,11 @@ from .payment_models import (  # noqa: E402,F401  (one app: Django finds its mod
     SiweNonce,
     Wallet,
 )
-from .trust_models import Dispute, VerificationReport  # noqa: E402,F401
+from .trust_models import (  # noqa: E402,F401
+    Dispute,
+    DisputeSlash,
+    ProviderStake,
+    StakeEvent,
+    StakeOperation,
+    VerificationReport,
+)

@@ -105,6 +105,8 @@ class ChainTransaction(models.Model):
         SETTLE = "settle", "Settle jobs"
         REFUND = "refund", "Refund a job"
         WITHDRAW = "withdraw", "Pay out credited funds"
+        STAKE = "stake", "Stake, or withdraw stake"
+        SLASH = "slash", "Slash a provider's stake"
 
     chain_id = models.PositiveBigIntegerField()
     purpose = models.CharField(max_length=16, choices=Purpose.choices)

@@ -5,6 +5,7 @@ production sets DATABASE_URL, REDIS_URL, SECRET_KEY, ALLOWED_HOSTS and runs with
 DEBUG off, where `manage.py check --deploy --fail-level WARNING` passes.
 """
 
+from decimal import Decimal
 from pathlib import Path
 
 import environ
@@ -263,6 +264,18 @@ SETTLEMENT_BATCH_MAX = env.int("SETTLEMENT_BATCH_MAX", default=100)
 # A consumer may reclaim an unsettled escrow this long after the job's deadline.
 ESCROW_RECLAIM_AFTER_S = env.int("ESCROW_RECLAIM_AFTER_S", default=7 * 24 * 3600)
 # Encrypts custodial (development) wallet keys at rest; derived from SECRET_KEY when unset.
+# Provider stake (contracts/src/ProviderStake.sol): the delay between a withdrawal request
+# and the withdrawal (fixed at deployment); a slash for a dispute takes the disputed work's
+# value × SLASH_FACTOR (at least SLASH_MIN tUSD), capped at the provider's stake.
+STAKE_WITHDRAW_DELAY_S = env.int("STAKE_WITHDRAW_DELAY_S", default=7 * 24 * 3600)
+SLASH_FACTOR = Decimal(env.str("SLASH_FACTOR", default="2"))
+SLASH_MIN = Decimal(env.str("SLASH_MIN", default="1"))
+# A job requiring a verified compliance tag is matched only to providers with this stake.
+MIN_STAKE_FOR_VERIFIED_TAGS = Decimal(env.str("MIN_STAKE_FOR_VERIFIED_TAGS", default="0"))
+# Reputation (services/reputation.py): the window, and the least history that is not "new".
+REPUTATION_WINDOW_DAYS = env.int("REPUTATION_WINDOW_DAYS", default=30)
+REPUTATION_MIN_ASSIGNMENTS = env.int("REPUTATION_MIN_ASSIGNMENTS", default=3)
+REPUTATION_INTERVAL_S = env.float("REPUTATION_INTERVAL_S", default=600.0)
 WALLET_ENCRYPTION_KEY = env.str("WALLET_ENCRYPTION_KEY", default="")
 # How long a Sign-In with Ethereum nonce (linking a wallet) may be used.
 SIWE_NONCE_TTL_S = env.int("SIWE_NONCE_TTL_S", default=300)
