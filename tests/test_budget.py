@@ -221,3 +221,28 @@ def test_a_paused_job_can_be_cancelled_once_by_its_owner_only(api, healthcare, c
     again = api.as_user(alice).post(f"{URL}{job.pk}/cancel/")
     assert first.status_code == again.status_code == 200 and again.json()["status"] == "cancelled"
     assert job.events.filter(to_status=S.CANCELLED).count() == 1
+
+
+# --- pages ----------------------------------------------------------------------------------
+def test_the_job_page_and_my_jobs_show_the_warning(client, healthcare, carol_node, alice):
+    quiet = running_job(healthcare, carol_node, budget="100", price="10", minutes=10)
+    near = running_job(healthcare, carol_node, budget="10", price="10", minutes=50)
+    client.force_login(alice)
+    page = client.get(f"/jobs/{near.pk}/").content.decode()
+    assert 'data-testid="budget-warning" role="status">' in page and "% spent" in page
+    assert 'data-testid="budget-warning" role="status" hidden>' in client.get(f"/jobs/{quiet.pk}/").content.decode()
+    listing = client.get("/jobs/").content.decode()
+    assert listing.count('data-testid="budget-warning">80 % of budget') == 1  # the other one is hidden
+
+
+def test_raising_the_budget_from_the_page(client, healthcare, carol_node, alice, bob):
+    job = paused_job(healthcare, carol_node)
+    client.force_login(bob)
+    assert client.post(f"/jobs/{job.pk}/budget/", {"budget": "50"}).status_code == 404
+    client.force_login(alice)
+    response = client.post(f"/jobs/{job.pk}/budget/", {"budget": "lots"}, follow=True)
+    assert "must be an amount" in response.content.decode()
+    response = client.post(f"/jobs/{job.pk}/budget/", {"budget": "50"}, follow=True)
+    assert "Budget raised to 50.00 tUSD." in response.content.decode()
+    job.refresh_from_db()
+    assert job.status == S.MATCHING and job.budget == Decimal("50")

@@ -1,3 +1,5 @@
+from decimal import Decimal, InvalidOperation
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -13,6 +15,7 @@ from ..selectors.execution import job_assignments, job_progress
 from ..selectors.market import jobs_visible_to
 from ..selectors.payments import chain_transaction, job_escrow
 from ..services import payments as payment_services
+from ..services.budget import budget_view, job_budget_raise
 from ..services.job_spec import job_spec_validate, sync_traffic_ratio
 from ..services.jobs import job_cancel, job_submit
 from ..services.live import cost_so_far
@@ -93,10 +96,11 @@ def job_quote(request):
 
 @login_required
 def job_list(request):
-    jobs = list(jobs_visible_to(request.user).select_related("owner")
+    jobs = list(jobs_visible_to(request.user).select_related("owner", "escrow")
                 .prefetch_related("assignments")[:200])
     for job in jobs:
         job.spent = cost_so_far(job)
+        job.spend = budget_view(job, spent=job.spent)
     return render(request, "jobs/list.html", {"jobs": jobs})
 
 
@@ -109,6 +113,7 @@ def job_detail(request, pk: int):
         "job": job, "template": template,
         "events": job.events.select_related("actor"),
         "can_cancel": job.status in job_states.CANCELLABLE,
+        "can_raise_budget": _is_owner(request, job) and job.status not in job_states.TERMINAL,
         **_progress_context(job), **_escrow_context(request, job),
     })
 
@@ -120,6 +125,7 @@ def _escrow_context(request, job) -> dict:
     return {"escrow": escrow,
             "can_fund": bool(escrow) and mine and job.status == job.Status.SUBMITTED
                         and escrow["status"] == "unfunded",
+            "can_top_up": bool(escrow) and mine and payment_services.top_up_due(job),
             "has_custodial": mine and org.wallets.filter(kind="custodial").exists()}
 
 
@@ -146,8 +152,37 @@ def chain_tx(request, tx_hash: str):
 
 
 def _progress_context(job) -> dict:
+    spent = cost_so_far(job)
     return {"progress": job_progress(job), "assignments": job_assignments(job),
-            "active": job.status in job_states.ACTIVE, "cost_so_far": cost_so_far(job)}
+            "active": job.status in job_states.ACTIVE, "cost_so_far": spent,
+            "spend": budget_view(job, spent=spent)}
+
+
+def _is_owner(request, job) -> bool:
+    org = organization_of(request.user)
+    return org is not None and org.pk == job.owner_id
+
+
+@login_required
+@require_POST
+def job_budget_view(request, pk: int):
+    """Raise the budget (the owner's organization): with the escrow off a paused job resumes;
+    with it on, the escrow panel then offers the top-up."""
+    job = get_object_or_404(jobs_visible_to(request.user), pk=pk)
+    if not _is_owner(request, job):
+        raise Http404("Not your organization's job.")
+    try:
+        value = Decimal(request.POST.get("budget", ""))
+    except InvalidOperation:
+        messages.error(request, "The budget must be an amount in tUSD, e.g. 25.00.")
+        return redirect("job_detail", pk=job.pk)
+    try:
+        job = job_budget_raise(job=job, budget=value, actor=request.user)
+    except MarketError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Budget raised to {job.budget:.2f} tUSD.")
+    return redirect("job_detail", pk=job.pk)
 
 
 @login_required

@@ -25,6 +25,7 @@ urlpatterns = [
     path("jobs/<int:pk>/", jobs.job_detail, name="job_detail"),
     path("jobs/<int:pk>/cancel/", jobs.job_cancel_view, name="job_cancel"),
     path("jobs/<int:pk>/fund/", jobs.job_fund_view, name="job_fund"),
+    path("jobs/<int:pk>/budget/", jobs.job_budget_view, name="job_budget"),
     path("chain/tx/<str:tx_hash>/", jobs.chain_tx, name="chain-tx"),
     path("jobs/<int:pk>/progress/", jobs.job_progress_view, name="job_progress"),
     # Wallets (both kinds of organization)

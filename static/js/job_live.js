@@ -151,6 +151,7 @@
     state.status = job.status;
     state.statusDisplay = job.status_display;
     state.cost = job.cost_so_far;
+    state.spend = job.spend || state.spend;
     if (job.progress) {
       var mine = state.points.length ? state.points[state.points.length - 1].seq : 0;
       state.progress = job.progress;
@@ -197,10 +198,27 @@
     if (cancel) cancel.hidden = CANCELLABLE.indexOf(state.status) < 0;
   }
 
+  // Budget safety: the 80 % warning and the pause notice follow the snapshot's `spend`.
+  function renderBudget() {
+    var spend = state.spend;
+    if (!spend) return;
+    var warning = $("budget-warning");
+    if (warning) warning.hidden = !spend.warning;
+    var paused = $("budget-paused");
+    if (paused) paused.hidden = !spend.paused;
+    var percent = $("budget-percent");
+    if (percent) percent.textContent = String(spend.percent);
+    var spent = $("budget-spent");
+    if (spent) spent.textContent = money(spend.spent);
+    var limit = $("budget-limit");
+    if (limit) limit.textContent = money(spend.limit);
+  }
+
   function renderProgress() {
     var p = state.progress;
     var cost = $("cost");
     if (cost && state.cost != null) cost.textContent = money(state.cost);
+    renderBudget();
     if (!p) return;
     var bar = $("bar");
     if (bar) bar.style.width = Math.min(100, Math.max(0, p.percent || 0)) + "%";

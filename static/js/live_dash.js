@@ -37,6 +37,8 @@
     }
     var cost = row.querySelector(".js-cost");
     if (cost && job.cost_so_far) cost.textContent = Number(job.cost_so_far).toFixed(2);
+    var warning = row.querySelector(".js-budget-warning");
+    if (warning && job.budget_warning !== undefined) warning.hidden = !job.budget_warning;
     var bar = row.querySelector(".js-progress span");
     if (bar && job.percent !== null && job.percent !== undefined) {
       bar.style.width = job.percent + "%";
