@@ -22,7 +22,7 @@ REDIS_URL = os.environ.get("STACK_REDIS_URL", "redis://127.0.0.1:6379/7")
 
 class Stack:
     def __init__(self, tmp: Path, *, heartbeat_timeout_s: int = 6, bind: str = "127.0.0.1",
-                 redis_url: str = REDIS_URL, queues: str = "default,dispatch"):
+                 redis_url: str = REDIS_URL, queues: str = "default,dispatch,verify"):
         self.tmp = tmp
         self.queues = queues  # the worker's; add "chain" where the escrow is on
         self.bind = bind  # 0.0.0.0: agents in network namespaces reach it through a bridge
@@ -40,10 +40,10 @@ class Stack:
         }
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, cmd: list[str], env: dict | None = None) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**self.env, **(env or {})}, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
         return proc
 
@@ -72,13 +72,16 @@ class Stack:
                                   "--hostname", f"{name}@%h", "--loglevel", "INFO"])
 
     def agent(self, name: str, token: str, *, prefix: tuple[str, ...] = (), server: str | None = None,
-              advertise: str = "127.0.0.1") -> subprocess.Popen:
+              advertise: str = "127.0.0.1", faults: str = "") -> subprocess.Popen:
         """An agent process; `prefix` runs it elsewhere (e.g. `ip netns exec <ns>`), reaching
-        the platform at `server` and advertising `advertise` to its peers."""
+        the platform at `server` and advertising `advertise` to its peers. `faults` makes it
+        misbehave on purpose (COMPUTEMESH_FAULTS, workers/training/faults.py)."""
         return self._spawn(name, [*prefix, sys.executable, "-m", "workers.agent", "--server",
                                   server or self.base, "--token", token, "--workdir",
                                   str(self.tmp / name), "--plain", "--heartbeat", "1",
-                                  "--advertise-addr", advertise])
+                                  "--advertise-addr", advertise,
+                                  *(["--allow-test-faults"] if faults else [])],
+                           env={"COMPUTEMESH_FAULTS": faults})
 
     def kill(self, name: str, sig=signal.SIGKILL) -> None:
         """Kill a process and everything it started (an agent and its training ranks)."""

@@ -83,7 +83,7 @@ def test_a_job_from_the_api_trains_on_an_agent_and_completes(stack, consumer_tok
         assert hashlib.sha256(fh.read()).hexdigest() == record.artifact_sha256
     reasons = [e["reason"] for e in done["timeline"]]
     assert reasons[:3] == ["submitted", "escrow_disabled", "matching"]
-    assert reasons[-2:] == ["training_finished", "result_recorded"]
+    assert reasons[-2:] == ["training_finished", "verification_passed"]
     code, artifact = stack.http("GET", f"/api/v1/jobs/{job['id']}/artifact/", token=consumer_token,
                                 raw=True)
     assert code == 200 and hashlib.sha256(artifact).hexdigest() == record.artifact_sha256

@@ -15,7 +15,8 @@ app.conf.task_routes = {
     "workers.tasks_chain.*": {"queue": "chain"},
     "workers.tasks_verify.*": {"queue": "verify"},
 }
-app.conf.imports = ("workers.tasks", "workers.tasks_dispatch", "workers.tasks_chain")
+app.conf.imports = ("workers.tasks", "workers.tasks_dispatch", "workers.tasks_chain",
+                    "workers.tasks_verify")
 app.conf.beat_schedule = {
     "heartbeat-watchdog": {"task": "workers.tasks.heartbeat_watchdog", "schedule": 5.0},
     "rematch-waiting": {"task": "workers.tasks.rematch_waiting", "schedule": 15.0},

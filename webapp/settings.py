@@ -293,6 +293,21 @@ BUDGET_CHECK_INTERVAL_S = env.float("BUDGET_CHECK_INTERVAL_S", default=2.0)
 BUDGET_PAUSE_LEAD_S = env.float("BUDGET_PAUSE_LEAD_S", default=15.0)
 BUDGET_PAUSE_GRACE_S = env.float("BUDGET_PAUSE_GRACE_S", default=60.0)
 
+# --- Verification of training work (marketplace/services/verification.py) -----------
+# A replayed segment passes when its relative L2 distance to the committed checkpoint is at
+# most this (honest replays measured ~0 to 4e-7 here, tampering ~1e-2: DESIGN.md).
+VERIFY_REPLAY_THRESHOLD = env.float("VERIFY_REPLAY_THRESHOLD", default=1e-4)
+# Replayed steps as a share of the steps trained, at most; the runtime checkpoints often
+# enough that VERIFY_SEGMENTS segments fit in it.
+VERIFY_REPLAY_SHARE = env.float("VERIFY_REPLAY_SHARE", default=0.1)
+VERIFY_SEGMENTS = env.int("VERIFY_SEGMENTS", default=2)
+# A reported held-out metric better than the platform's own evaluation by more than this
+# share of it is inflated (the evaluation is deterministic: honest runs differ by ~0).
+VERIFY_METRIC_TOLERANCE = env.float("VERIFY_METRIC_TOLERANCE", default=1e-3)
+# Agents that announce test-only faults (COMPUTEMESH_FAULTS) are refused unless this is on:
+# only the test settings and the demo turn it on, never the environment.
+ALLOW_AGENT_FAULTS = False
+
 # --- Security (check --deploy passes with DEBUG off) -------------------------------
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)

@@ -350,7 +350,9 @@ class JobDetailSerializer(JobListSerializer):
 
     @extend_schema_field(VerificationSerializer)
     def get_verification(self, job: Job) -> dict:
-        return {"status": "pending", "report_url": None}
+        from ..selectors.verification import job_verification_summary
+
+        return job_verification_summary(job)
 
 
 class FundSerializer(serializers.Serializer):

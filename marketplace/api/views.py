@@ -31,6 +31,7 @@ from ..selectors.market import (
     offers_visible_to,
 )
 from ..selectors.payments import wallets_of
+from ..selectors.verification import job_verification_report
 from ..services import budget as budget_services
 from ..services import datasets as dataset_services
 from ..services import jobs as job_services
@@ -361,6 +362,17 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
             raise NotFound("This job has no trained model yet.")
         return FileResponse(job.artifact.open("rb"), as_attachment=True,
                             filename=f"computemesh-job-{job.pk}-model.pt")
+
+    @extend_schema(summary="The verification report (JSON, as a download)", request=None,
+                   responses={200: OpenApiTypes.OBJECT, **_errors(401, 404)})
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
+    def verification(self, request, pk=None):
+        """Each verified attempt: the replayed segments with their distances, the held-out
+        metric reported and measured, what failed and the disputes it opened."""
+        job = self.get_object()
+        response = Response(job_verification_report(job))
+        response["Content-Disposition"] = f'attachment; filename="computemesh-job-{job.pk}-verification.json"'
+        return response
 
     @extend_schema(summary="Progress points after a sequence number (for resync)",
                    parameters=[OpenApiParameter("after_seq", int, description="Only later points.")],

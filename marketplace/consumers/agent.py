@@ -92,7 +92,12 @@ class AgentConsumer(LiveConsumer):
             return
         kind, ref = message["type"], message.get("id")
         if kind == "hello":
-            out = await database_sync_to_async(execution.agent_hello)(node=self.node, hello=message)
+            try:
+                out = await database_sync_to_async(execution.agent_hello)(node=self.node, hello=message)
+            except execution.AgentRefused as exc:
+                await self._error(exc.code, exc.message, ref)
+                await self.close(code=4403)
+                return
         elif kind == "heartbeat":
             running = message.get("running") if isinstance(message.get("running"), list) else []
             out = await database_sync_to_async(execution.agent_heartbeat)(node=self.node, running=running)

@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from .. import catalogue, job_states
 from ..models import Assignment, Checkpoint, Job, JobEvent, Offer
+from ..selectors.checkpoints import checkpoints_resumable
 from . import enqueue, placement
 
 S = Job.Status
@@ -186,7 +187,7 @@ def _reserve(jobs: list[Job], plans: dict[int, list[BookOffer]]) -> dict[int, li
                            output_field=IntegerField()),
         updated_at=timezone.now())
     Job.objects.filter(pk__in=list(plans)).update(attempt=F("attempt") + 1)
-    resume = dict(Checkpoint.objects.filter(job__in=list(plans), committed_at__isnull=False)
+    resume = dict(checkpoints_resumable(Checkpoint.objects.filter(job__in=list(plans)))
                   .values_list("job").annotate(step=Max("step")))
     assignments = Assignment.objects.bulk_create([
         Assignment(job_id=job_id, node_id=o.node_id, offer_id=o.pk, attempt=by_job[job_id].attempt + 1,

@@ -21,7 +21,7 @@ from django.utils import timezone
 from .. import catalogue, job_states
 from ..errors import MarketError, NotFound
 from ..models import Assignment, Job, LogLine, MetricPoint, Node
-from . import enqueue, live, placement
+from . import enqueue, live, placement, verification
 from .bulk import bulk_insert, bulk_set
 from .nodes import node_set_presence
 
@@ -100,6 +100,7 @@ def start_message(assignment: Assignment) -> dict:
         resume_checkpoint_url=f"{base}checkpoints/{resume.step}/" if resume else None,
         resume_checkpoint_sha256=resume.sha256 if resume else None,
         upload_url=base, token=assignment_token(assignment), pg_timeout_s=60,
+        verify=verification.verify_spec(),
     )
 
 
@@ -159,8 +160,18 @@ def _interrupt(job: Job, *, reason: str, message: str, exclude_node: int | None)
 
 
 # --- what agents say ---------------------------------------------------------------
+class AgentRefused(MarketError):
+    """This agent may not work here (the socket is closed with the message)."""
+
+
 def agent_hello(*, node: Node, hello: dict) -> list[dict]:
-    """Record the agent's hardware and presence; answer with what it should be running."""
+    """Record the agent's hardware and presence; answer with what it should be running.
+    An agent announcing test-only faults is refused unless settings.ALLOW_AGENT_FAULTS."""
+    faults = hello.get("faults")
+    if faults and not settings.ALLOW_AGENT_FAULTS:
+        raise AgentRefused(f"This agent runs with test-only faults ({json.dumps(faults)[:200]}): this "
+                           "platform does not accept such agents. Unset COMPUTEMESH_FAULTS.",
+                           code="faults_refused")
     tflops = hello.get("benchmark_tflops")
     node_set_presence(node_id=node.pk, online=True, heartbeat_at=timezone.now(),
                       benchmark_tflops=round(float(tflops), 3) if isinstance(tflops, int | float) else None,
@@ -525,10 +536,8 @@ def _complete(job: Job, *, attempt: int) -> None:
                           message=f"Training finished at step {job.current_step}; held-out {label} {value}.",
                           data={"param_digests": digests, "metric": job.metric_name,
                                 "value": job.metric_value, "attempt": attempt})
-    job_states.transition(job_id=job.pk, to=S.COMPLETED, reason="result_recorded",
-                          message="Model and metric recorded. Independent verification of the work is "
-                                  "not enabled on this platform yet.")
-    Job.objects.filter(pk=job.pk).update(finished_at=timezone.now())
+    # Completed only once the work is verified (services/verification.py, verify queue).
+    verification.verification_start(job=job, attempt=attempt)
 
 
 HANDLERS = {

@@ -318,22 +318,38 @@ def job_metered(job: Job, *, now: datetime | None = None) -> Decimal:
     return sum((_charge(a, broken, now)[1] for a in assignments), Decimal(0))
 
 
+def _voided_attempts(job: Job) -> dict[int, str]:
+    """Attempts whose work failed verification (an open or upheld dispute), with the note
+    their statement lines carry: the job re-ran that work elsewhere."""
+    from ..trust_models import Dispute
+
+    out: dict[int, str] = {}
+    for attempt, pk, reason in (Dispute.objects.filter(job=job).exclude(status=Dispute.Status.DISMISSED)
+                                .values_list("assignment__attempt", "pk", "reason").order_by("pk")):
+        out.setdefault(attempt, f"failed verification ({reason}, dispute #{pk}): not charged")
+    return out
+
+
 def job_statement(job: Job) -> tuple[list[dict], Decimal]:
     """One line per assignment: GPU-seconds charged at its locked price. Returns the lines
     and the total (not yet capped by the escrow)."""
     assignments = list(job.assignments.select_related("node__provider").order_by(
         "attempt", "node_rank", "pk"))
     broken = _broken_attempts(job, assignments)
+    voided = _voided_attempts(job)
     lines, total = [], Decimal(0)
     for a in assignments:
         seconds, amount = _charge(a, broken, None)
+        if a.attempt in voided:  # failed verification: redone elsewhere, neither charged nor paid
+            seconds, amount = 0.0, Decimal(0)
         total += amount
         lines.append({
             "assignment": a.pk, "attempt": a.attempt, "rank": a.node_rank, "node": a.node.name,
             "provider": a.node.provider_id, "provider_name": a.node.provider.name, "status": a.status,
             "gpus": a.gpus, "gpu_seconds": round(seconds * a.gpus, 1),
             "price_per_gpu_hour": str(a.price_per_gpu_hour), "amount": str(amount),
-            "note": ("work after the last checkpoint is not charged" if a.attempt in broken else ""),
+            "note": (voided[a.attempt] if a.attempt in voided
+                     else "work after the last checkpoint is not charged" if a.attempt in broken else ""),
         })
     return lines, total
 

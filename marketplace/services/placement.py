@@ -14,6 +14,7 @@ from django.db.models import F
 
 from .. import job_states
 from ..models import Assignment, Job, JobEvent, Offer
+from ..selectors.checkpoints import checkpoints_resumable
 from . import live, matching
 from .job_spec import JobSpec
 
@@ -106,7 +107,7 @@ def job_place(*, job_id: int) -> list[Assignment]:
             return []
         job.attempt += 1
         job.save(update_fields=["attempt", "updated_at"])
-        resume = job.checkpoints.filter(committed_at__isnull=False).order_by("-step").first()
+        resume = checkpoints_resumable(job.checkpoints.all()).order_by("-step").first()
         assignments = []
         for rank, offer in enumerate(picked):
             reserved = Offer.objects.filter(

@@ -14,6 +14,7 @@ from ..selectors.accounts import organization_of
 from ..selectors.execution import job_assignments, job_progress
 from ..selectors.market import jobs_visible_to
 from ..selectors.payments import chain_transaction, job_escrow
+from ..selectors.verification import job_verification_report
 from ..services import payments as payment_services
 from ..services.budget import budget_view, job_budget_raise
 from ..services.job_spec import job_spec_validate, sync_traffic_ratio
@@ -114,6 +115,7 @@ def job_detail(request, pk: int):
         "events": job.events.select_related("actor"),
         "can_cancel": job.status in job_states.CANCELLABLE,
         "can_raise_budget": _is_owner(request, job) and job.status not in job_states.TERMINAL,
+        "verification": job_verification_report(job),
         **_progress_context(job), **_escrow_context(request, job),
     })
 

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from ..training.faults import from_env as faults_from_env
 from . import __version__
 from .display import Display
 from .outbox import Outbox
@@ -47,6 +48,7 @@ class Agent:
         self.ws = None
         self._stopping = asyncio.Event()
         self._last_resend = 0.0
+        self.refused: str | None = None  # why the platform will not have this agent
 
     # --- sending ------------------------------------------------------------------
     async def _send(self, message: dict) -> None:
@@ -103,6 +105,10 @@ class Agent:
                 await run.cancel(message.get("reason", "cancelled by the platform"))
         elif kind == "error":
             self.display.log(f"! platform says: {message.get('message')}")
+            if message.get("code") == "faults_refused":  # reconnecting would not change that
+                self.refused = str(message.get("message"))
+                self._stopping.set()
+                return
             if message.get("code") in ("out_of_order", "rate_limited", "internal"):
                 # Something earlier was not applied: resend what is unacknowledged, in order
                 # (after a pause when the platform asked us to slow down).
@@ -120,7 +126,9 @@ class Agent:
         return {"type": "hello", "id": uuid.uuid4().hex, "agent_version": __version__,
                 "hardware": self.hardware, "benchmark_tflops": self.benchmark_tflops,
                 "nproc_per_node": self.nproc_per_node, "advertise_addr": self.advertise_addr,
-                "running": sorted(self.runs)}
+                "running": sorted(self.runs),
+                # Test-only faults are announced: a production platform refuses such an agent.
+                "faults": faults_from_env().as_dict()}
 
     async def _heartbeats(self) -> None:
         while True:

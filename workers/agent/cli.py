@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ..training import faults as test_faults
 from . import __version__, hardware
 from .agent import Agent, TokenRefused
 from .display import Display
@@ -33,6 +34,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="address other nodes reach this one at for multi-node jobs")
     p.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats")
     p.add_argument("--plain", action="store_true", help="plain log lines, no live bars")
+    p.add_argument("--allow-test-faults", action="store_true",
+                   help=f"run with the test-only faults in {test_faults.ENV} (tests only; "
+                        "production platforms refuse such agents)")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = p.parse_args(argv)
     parts = urlsplit(args.server)
@@ -44,6 +48,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         p.error("--nproc-per-node must be at least 1")
     if args.heartbeat <= 0:
         p.error("--heartbeat must be positive")
+    try:
+        faults = test_faults.from_env()
+    except test_faults.FaultSpecError as exc:
+        p.error(f"{test_faults.ENV}: {exc}")
+    if faults.any and not args.allow_test_faults:
+        p.error(f"{test_faults.ENV} is set ({faults.as_dict()}): it makes this agent misbehave on "
+                "purpose and is for tests only; unset it, or pass --allow-test-faults in a test")
     return args
 
 
@@ -82,6 +93,9 @@ async def _main(args: argparse.Namespace, display: Display) -> int:
         return 2
     finally:
         agent.outbox.close()
+    if agent.refused:
+        display.log(f"✖ the platform refused this agent: {agent.refused}")
+        return 3
     display.log("agent stopped")
     return 0
 

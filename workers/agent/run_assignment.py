@@ -85,6 +85,7 @@ class AssignmentRun:
                 "resume_from": str(self.dir / "resume.pt") if s.get("resume_checkpoint_url") else None,
                 "pg_timeout_s": s.get("pg_timeout_s", 60),
                 "sync": sync, "nnodes": s["nnodes"], "node_rank": s["node_rank"],
+                "verify": s.get("verify"),  # checkpoint cadence for the platform's spot checks
                 "pause_file": str(self.dir / "pause"),
             }
             if diloco:

@@ -1,0 +1,37 @@
+"""Reading verification reports (the job page, the API and the downloadable report)."""
+
+from django.urls import reverse
+
+from ..models import Job
+from ..trust_models import VerificationReport
+
+
+def job_verification_summary(job: Job) -> dict:
+    """`{status, report_url}` of the job's latest attempt (the API contract)."""
+    report = job.verifications.order_by("-attempt").first()
+    if report is None:
+        return {"status": "pending", "report_url": None}
+    return {"status": report.status, "report_url": reverse("api:job-verification", args=[job.pk])}
+
+
+def _report(r: VerificationReport) -> dict:
+    return {
+        "attempt": r.attempt, "status": r.status, "status_display": r.get_status_display(),
+        "threshold": r.threshold, "segments": r.segments,
+        "replay_steps": r.replay_steps, "train_steps": r.train_steps,
+        "compute_share": r.compute_share,
+        "metric": {"name": r.metric_name, "reported": r.metric_reported, "measured": r.metric_measured},
+        "findings": [x for x in r.reasons if not x.startswith("note: ")],
+        "notes": [x.removeprefix("note: ") for x in r.reasons if x.startswith("note: ")],
+        "disputes": [{"id": d.pk, "reason": d.reason, "status": d.status, "assignment": d.assignment_id,
+                      "detail": d.detail} for d in r.disputes.all()],
+        "started_at": r.started_at.isoformat() if r.started_at else None,
+        "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+    }
+
+
+def job_verification_report(job: Job) -> dict:
+    """The whole verification record of a job: one report per verified attempt."""
+    reports = list(job.verifications.prefetch_related("disputes").order_by("attempt"))
+    return {"job": job.pk, "name": job.name, "status": job.status,
+            "reports": [_report(r) for r in reports]}

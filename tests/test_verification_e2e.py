@@ -1,0 +1,151 @@
+"""Verification through the real pipeline: agents that cheat on purpose (COMPUTEMESH_FAULTS)
+are caught, their work is disputed and not charged, the slash is queued on the chain
+queue, and the job completes on an honest agent. Real parts as in test_execution_e2e:
+PostgreSQL, Redis, daphne, a Celery worker on default,dispatch,verify, agent processes
+and gloo process groups."""
+
+import base64
+import json
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+import redis
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+
+from marketplace.models import Job, Organization
+from marketplace.services.accounts import organization_create
+from marketplace.services.nodes import NodeSpec, node_create
+from marketplace.services.offers import OfferSpec, offer_create
+from marketplace.services.payments import job_statement
+from marketplace.trust_models import Dispute, VerificationReport
+
+from .factories import UserFactory
+from .stack import Stack, wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
+
+
+@pytest.fixture
+def stack(tmp_path):
+    s = Stack(tmp_path).start()
+    yield s
+    s.stop()
+
+
+def _consumer(name: str, username: str) -> str:
+    org = organization_create(name=name, kind=Organization.Kind.CONSUMER, sector="healthcare")
+    return Token.objects.create(user=UserFactory(username=username, organization=org)).key
+
+
+@pytest.fixture
+def alice():
+    return _consumer("Medisight", "alice")
+
+
+@pytest.fixture
+def bob():
+    return _consumer("Other Clinic", "bob")
+
+
+def cpu_node(provider: str) -> tuple[int, str]:
+    org = organization_create(name=provider, kind=Organization.Kind.PROVIDER)
+    node, token = node_create(provider=org, spec=NodeSpec(
+        name="cpu-0", gpu_model="cpu", gpu_count=2, gpu_memory_gb=None, cpu_cores=2, ram_gb=8,
+        disk_gb=20, region="EU-DE"))
+    offer_create(provider=org, node=node, spec=OfferSpec(gpus_offered=2, price_per_gpu_hour=Decimal("0.50")))
+    return node.pk, token
+
+
+def job_body(params: dict) -> dict:
+    return {"name": "Sepsis risk", "template": "tabular-classifier", "params": params,
+            "dataset": "sample:breast-cancer", "nodes": 1, "gpus_per_node": 2, "gpu_models": ["cpu"],
+            "max_price_per_gpu_hour": "1.00", "budget": "10.00",
+            "deadline": (timezone.now() + timedelta(days=1)).isoformat()}
+
+
+def _timeline(stack: Stack, token: str, job_id: int) -> list[str]:
+    code, job = stack.http("GET", f"/api/v1/jobs/{job_id}/", token=token)
+    assert code == 200, job
+    if job["status"] == "failed":
+        raise AssertionError(f"job failed: {job['timeline'][-3:]}")
+    return [e["reason"] for e in job["timeline"]]
+
+
+def _queued_slashes(stack: Stack) -> list[int]:
+    """Dispute ids of the slash tasks waiting on the chain queue (no chain worker here)."""
+    out = []
+    for raw in redis.Redis.from_url(stack.redis_url).lrange("chain", 0, -1):
+        message = json.loads(raw)
+        if message["headers"]["task"] == "workers.tasks_chain.dispute_slash":
+            args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+            out.append(args[0])
+    return out
+
+
+def _cheat_then_honest(stack, alice, *, faults: str, params: dict, reason: str):
+    cheat_node, cheat_token = cpu_node("Cheap Cycles")
+    honest_node, honest_token = cpu_node("Honest Compute")
+    stack.agent("agent-cheat", cheat_token, faults=faults)
+    code, job = stack.http("POST", "/api/v1/jobs/", token=alice, body=job_body(params))
+    assert code == 201, job
+    wait_for(lambda: "verification_failed" in _timeline(stack, alice, job["id"]), timeout=240,
+             what="the cheat's work to fail verification")
+    stack.agent("agent-honest", honest_token)
+    wait_for(lambda: "verification_passed" in _timeline(stack, alice, job["id"]), timeout=240,
+             what="the job to complete on the honest node")
+    record = Job.objects.get(pk=job["id"])
+    assert record.status == "completed" and cheat_node in record.excluded_nodes
+
+    failed, passed = VerificationReport.objects.filter(job=record).order_by("attempt")
+    assert (failed.attempt, failed.status, passed.status) == (1, "failed", "passed")
+    cheat_part = record.assignments.get(attempt=1)
+    honest_part = record.assignments.get(attempt=2)
+    assert (cheat_part.node_id, honest_part.node_id) == (cheat_node, honest_node)
+    assert honest_part.resume_step is None  # nothing of the failed work is resumed from
+
+    dispute = Dispute.objects.get(job=record)
+    assert (dispute.reason, dispute.assignment_id, dispute.status) == (reason, cheat_part.pk, "open")
+    assert dispute.provider_id == cheat_part.node.provider_id and dispute.verification_id == failed.pk
+    assert _queued_slashes(stack) == [dispute.pk]
+
+    lines, total = job_statement(record)
+    by_attempt = {line["attempt"]: line for line in lines}
+    assert Decimal(by_attempt[1]["amount"]) == 0 and "failed verification" in by_attempt[1]["note"]
+    assert Decimal(by_attempt[2]["amount"]) > 0 and total == Decimal(by_attempt[2]["amount"])
+    return record, failed, passed
+
+
+def test_skipped_steps_are_caught_disputed_not_charged_and_the_job_completes_elsewhere(stack, alice, bob):
+    # 224 steps; the platform asks for checkpoints every 11 steps so that two segments fit in
+    # 10 % of the training, and a cheat skipping every 10th update shows in any segment.
+    record, failed, passed = _cheat_then_honest(
+        stack, alice, faults="skip_steps=0.1", reason="replay_mismatch",
+        params={"epochs": 8, "batch_size": 8, "hidden_units": 32})
+    assert failed.segments and not any(s["passed"] for s in failed.segments)
+    assert all(s["rel_l2"] > 1e-3 for s in failed.segments)
+    assert passed.segments and all(s["passed"] and s["rel_l2"] < 1e-6 for s in passed.segments)
+    assert 0 < passed.compute_share <= 0.1
+
+    # The report: the API names it, the owner downloads it, another tenant gets a 404.
+    code, job = stack.http("GET", f"/api/v1/jobs/{record.pk}/", token=alice)
+    assert job["verification"] == {"status": "passed",
+                                   "report_url": f"/api/v1/jobs/{record.pk}/verification/"}
+    code, report = stack.http("GET", job["verification"]["report_url"], token=alice)
+    assert code == 200 and [r["status"] for r in report["reports"]] == ["failed", "passed"]
+    assert report["reports"][0]["disputes"][0]["reason"] == "replay_mismatch"
+    code, refused = stack.http("GET", job["verification"]["report_url"], token=bob)
+    assert code == 404, refused
+    code, _ = stack.http("GET", f"/api/v1/jobs/{record.pk}/verification/")
+    assert code in (401, 403)
+
+
+def test_an_inflated_metric_is_caught_disputed_not_charged_and_the_job_completes_elsewhere(stack, alice):
+    record, failed, passed = _cheat_then_honest(
+        stack, alice, faults="inflate_metric=0.05", reason="metric_inflated",
+        params={"epochs": 4, "batch_size": 16, "hidden_units": 32})
+    # The training itself was honest: its replays pass; the metric it reported does not.
+    assert failed.segments and all(s["passed"] for s in failed.segments)
+    assert failed.metric_reported > failed.metric_measured + 0.01
+    assert passed.metric_reported == passed.metric_measured == record.metric_value
