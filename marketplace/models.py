@@ -529,6 +529,7 @@ from .payment_models import (  # noqa: E402,F401  (one app: Django finds its mod
 from .trust_models import (  # noqa: E402,F401
     Dispute,
     DisputeSlash,
+    NodeUptime,
     ProviderStake,
     StakeEvent,
     StakeOperation,

@@ -199,3 +199,21 @@ class DisputeSlash(models.Model):
 
     def __str__(self) -> str:
         return f"slash for dispute {self.dispute_id}"
+
+
+class NodeUptime(models.Model):
+    """One stretch of a node's agent being connected (hello → heartbeats stop or it leaves):
+    written on each online/offline change, read by services/reputation.py for uptime."""
+
+    node = models.ForeignKey("marketplace.Node", on_delete=models.CASCADE, related_name="uptimes")
+    online_from = models.DateTimeField()
+    online_until = models.DateTimeField(null=True, blank=True, help_text="Empty: online now.")
+
+    class Meta:
+        ordering = ["node_id", "online_from"]
+        indexes = [models.Index(fields=["node", "online_until"], name="node_uptime_open")]
+        constraints = [models.UniqueConstraint(fields=["node"], condition=Q(online_until__isnull=True),
+                                               name="one_open_uptime_per_node")]
+
+    def __str__(self) -> str:
+        return f"node {self.node_id} online {self.online_from:%Y-%m-%d %H:%M} – {self.online_until or 'now'}"

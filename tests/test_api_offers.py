@@ -79,7 +79,7 @@ def test_list_item_shape(api, market):
         "gpu_model": "A100 80GB", "gpu_memory_gb": 80, "gpus_offered": 8, "gpus_available": 6,
         "price_per_gpu_hour": "2.100000", "unit": "tUSD/GPU-h", "region": "EU-DE",
         "region_name": "Germany", "compliance": ["hipaa", "gdpr"], "reliability": "0.9900",
-        "is_new": False, "online": True,
+        "is_new": False, "online": True, "provider_stake": "0.000000",
         "available_from": item["available_from"], "available_until": None,
         "min_duration_hours": "0.25", "max_duration_hours": None, "status": "active",
     }

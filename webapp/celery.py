@@ -23,6 +23,8 @@ app.conf.beat_schedule = {
     "chain-sync": {"task": "workers.tasks_chain.chain_sync", "schedule": 3.0},
     "budget-watch": {"task": "workers.tasks.budget_watch",
                      "schedule": float(os.environ.get("BUDGET_CHECK_INTERVAL_S", "2"))},
+    "reputations": {"task": "workers.tasks.reputations_update",
+                    "schedule": float(os.environ.get("REPUTATION_INTERVAL_S", "600"))},
     "settle-pending": {"task": "workers.tasks_chain.settle_pending",
                        "schedule": float(os.environ.get("SETTLEMENT_INTERVAL_S", "10"))},
 }

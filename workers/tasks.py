@@ -6,7 +6,7 @@ import logging
 from celery import shared_task
 
 from marketplace.models import Assignment, Job
-from marketplace.services import batch_placement, budget, execution, live, placement
+from marketplace.services import batch_placement, budget, execution, live, placement, reputation
 
 log = logging.getLogger(__name__)
 
@@ -69,3 +69,20 @@ def announce_jobs(job_ids: list[int]) -> int:
 def budget_watch() -> dict:
     """Running jobs near or at their budget: warn, or checkpoint and pause them."""
     return budget.budget_watch()
+
+
+@shared_task(name="workers.tasks.node_reputation", time_limit=60, soft_time_limit=50)
+def node_reputation(node_id: int) -> str | None:
+    """Recompute one node's reliability (an assignment of it ended)."""
+    from marketplace.models import Node
+
+    if not Node.objects.filter(pk=node_id).exists():
+        return None
+    node = reputation.node_reputation_update(node_id=node_id)
+    return str(node.reliability) if node.reliability is not None else "new"
+
+
+@shared_task(name="workers.tasks.reputations_update", time_limit=600, soft_time_limit=570)
+def reputations_update() -> int:
+    """Every active node's reliability over the rolling window (beat)."""
+    return reputation.reputations_update()

@@ -62,7 +62,7 @@ class OfferSerializer(serializers.ModelSerializer):
         model = Offer
         fields = ["id", "node", "node_name", "provider", "gpu_model", "gpu_memory_gb",
                   "gpus_offered", "gpus_available", "price_per_gpu_hour", "unit", "region",
-                  "region_name", "compliance", "reliability", "is_new", "online",
+                  "region_name", "compliance", "reliability", "is_new", "online", "provider_stake",
                   "available_from", "available_until", "min_duration_hours",
                   "max_duration_hours", "status"]
         read_only_fields = fields
@@ -92,6 +92,7 @@ class OfferListSerializer(OfferSerializer):
             "compliance": o.compliance_tags,
             "reliability": f"{o.reliability:.4f}" if o.reliability is not None else None,
             "is_new": o.reliability is None, "online": o.node_online,
+            "provider_stake": f"{o.provider_stake:.6f}",
             "available_from": _iso(o.available_from), "available_until": _iso(o.available_until),
             "min_duration_hours": f"{o.min_duration_hours:.2f}",
             "max_duration_hours": f"{o.max_duration_hours:.2f}" if o.max_duration_hours is not None else None,
@@ -149,8 +150,14 @@ class NodeSerializer(serializers.ModelSerializer):
         fields = ["id", "name", "gpu_model", "gpu_count", "gpu_memory_gb", "cpu_cores", "ram_gb",
                   "disk_gb", "bandwidth_mbps", "region", "compliance_claimed",
                   "compliance_verified", "status", "last_heartbeat_at", "benchmark_tflops",
-                  "agent_version", "reliability", "token_prefix", "created_at"]
+                  "agent_version", "reliability", "is_new", "reliability_detail", "reliability_at",
+                  "token_prefix", "created_at"]
         read_only_fields = fields
+
+    is_new = serializers.SerializerMethodField(help_text="Too little history for a reliability yet.")
+
+    def get_is_new(self, node: Node) -> bool:
+        return node.reliability is None
 
 
 class NodeWithTokenSerializer(NodeSerializer):

@@ -128,6 +128,7 @@ def _end(assignment: Assignment, status: str, detail: str = "") -> bool:
         status=status, detail=detail[:2000], finished_at=timezone.now())
     if done:
         placement.release(assignment)
+        enqueue.enqueue("workers.tasks.node_reputation", assignment.node_id)  # its record changed
         if status in (A.CANCELLED, A.LOST, A.FAILED):
             send_to_node(assignment.node_id, _message(
                 "assignment.cancel", assignment=assignment.pk, reason=detail[:200] or status))

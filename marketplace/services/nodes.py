@@ -9,7 +9,7 @@ from django.utils import timezone
 from .. import catalogue
 from ..errors import MarketError, NotFound, PermissionDenied
 from ..models import Node, Offer, Organization
-from . import enqueue, live
+from . import enqueue, live, reputation
 from .audit import audit_record
 
 TOKEN_PREFIX = "cmn_"
@@ -190,6 +190,7 @@ def node_set_presence(*, node_id: int, online: bool, heartbeat_at=None,
         node.save(update_fields=["status", "last_heartbeat_at", "benchmark_tflops", "agent_version",
                                  "updated_at"])
         if was_online != online:
+            reputation.uptime_changed(node_id=node.pk, online=online)
             _sync_offers(node)
             live.node_changed(node)
             if online:
