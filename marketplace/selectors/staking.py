@@ -1,5 +1,7 @@
 """Read models of stake: a provider's stake panel, and disputes."""
 
+from decimal import Decimal
+
 from django.conf import settings
 
 from ..models import Organization, ProviderStake, StakeEvent, StakeOperation
@@ -15,9 +17,9 @@ def stake_panel(org: Organization) -> dict:
                   .order_by("-created_at", "-id")[:20])
     return {
         "stakes": rows,
-        "staked": sum((r.staked for r in rows), start=0),
-        "pending": sum((r.pending for r in rows), start=0),
-        "slashed": sum((r.slashed_total for r in rows), start=0),
+        "staked": sum((r.staked for r in rows), start=Decimal(0)),
+        "pending": sum((r.pending for r in rows), start=Decimal(0)),
+        "slashed": sum((r.slashed_total for r in rows), start=Decimal(0)),
         "unlock_at": max((r.unlock_at for r in rows if r.unlock_at), default=None),
         "events": [{"kind": e.get_kind_display(), "amount": e.amount, "address": e.stake.address,
                     "dispute": e.dispute_id, "recipient": e.recipient, "tx": e.tx_hash,
@@ -33,7 +35,8 @@ def stake_panel(org: Organization) -> dict:
 def stake_api(org: Organization) -> dict:
     panel = stake_panel(org)
     return {
-        "staked": str(panel["staked"]), "pending": str(panel["pending"]), "slashed": str(panel["slashed"]),
+        "staked": f"{panel['staked']:.6f}", "pending": f"{panel['pending']:.6f}",
+        "slashed": f"{panel['slashed']:.6f}",
         "unlock_at": panel["unlock_at"].isoformat() if panel["unlock_at"] else None,
         "withdraw_delay_s": panel["delay_s"],
         "min_stake_for_verified_tags": str(panel["min_for_verified_tags"]),
