@@ -288,7 +288,7 @@ CHECKPOINT_MAX_BYTES = env.int("CHECKPOINT_MAX_BYTES", default=512 * 1_048_576)
 AGENT_HEARTBEAT_S = env.float("AGENT_HEARTBEAT_S", default=5.0)
 # Budget safety: how often running jobs' spend is checked; the nodes are asked to checkpoint
 # and pause once the budget left covers less than BUDGET_PAUSE_LEAD_S of running; a node
-# that has not paused BUDGET_PAUSE_GRACE_S later (or when the budget is gone) is stopped.
+# that has not paused BUDGET_PAUSE_GRACE_S later is stopped.
 BUDGET_CHECK_INTERVAL_S = env.float("BUDGET_CHECK_INTERVAL_S", default=2.0)
 BUDGET_PAUSE_LEAD_S = env.float("BUDGET_PAUSE_LEAD_S", default=15.0)
 BUDGET_PAUSE_GRACE_S = env.float("BUDGET_PAUSE_GRACE_S", default=60.0)

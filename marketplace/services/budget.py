@@ -7,8 +7,10 @@ jobs: the agent ingest is left alone, and a few seconds of lag are covered by th
 - once the budget left covers less than BUDGET_PAUSE_LEAD_S of running at the current
   placement's rate: each node is told to checkpoint and stop (`assignment.pause`); when
   every node has, the job is `paused` at that checkpoint's step;
-- a node that has not paused by the time the budget is gone (or BUDGET_PAUSE_GRACE_S
-  after it was asked) is stopped, and the job pauses at its last committed checkpoint.
+- a node that has not paused BUDGET_PAUSE_GRACE_S after it was asked (an agent that does
+  not know the message, a hung rank) is stopped, and the job pauses at its last committed
+  checkpoint. Settlement never charges more than the escrow, so a pause that lands late
+  costs the consumer nothing beyond it.
 Raising the budget (escrow off) or topping up the escrow resumes a paused job from its
 checkpoint: paused → matching → running. Settlement caps the charge at the escrow anyway.
 
@@ -114,8 +116,9 @@ def budget_watch(*, now=None) -> dict[str, int]:
         elif verdict == "ok" and job.budget_warned_at is not None:
             Job.objects.filter(pk=job.pk).update(budget_warned_at=None)  # topped up: warn again later
         if job.pause_requested_at is not None:
-            late = (now - job.pause_requested_at).total_seconds() > settings.BUDGET_PAUSE_GRACE_S
-            if verdict == "stop" or late:
+            # Wait for the checkpoint (a rank may still be starting up) rather than lose the
+            # work since the last one; the charge is capped by the escrow meanwhile.
+            if (now - job.pause_requested_at).total_seconds() > settings.BUDGET_PAUSE_GRACE_S:
                 done["stopped"] += job_budget_stop(job_id=job.pk, check=check)
         elif verdict in ("pause", "stop"):
             done["pausing"] += job_pause_request(job_id=job.pk, check=check)
@@ -169,8 +172,8 @@ def job_paused_by_nodes(*, job: Job, attempt: int) -> None:
 
 
 def job_budget_stop(*, job_id: int, check: BudgetCheck) -> int:
-    """The budget is gone (or the nodes did not pause in time): stop them; the job pauses at
-    its last committed checkpoint."""
+    """The nodes did not pause in time (or cannot agree on a step, DiLoCo): stop them; the
+    job pauses at its last committed checkpoint."""
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=job_id)
         if job.status != S.RUNNING:
