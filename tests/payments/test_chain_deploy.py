@@ -35,18 +35,20 @@ def test_deploying_twice_deploys_once_and_funds_the_dev_wallets_once(bare_chain,
     contracts = dict(ChainContract.objects.values_list("name", "address"))
     second = run("--dev-wallets", "--mint", "500")
 
-    assert set(contracts) == {"token", "escrow"}
+    assert set(contracts) == {"token", "escrow", "stake"}
     assert dict(ChainContract.objects.values_list("name", "address")) == contracts
-    assert ChainTransaction.objects.filter(purpose="deploy").count() == 2
+    assert ChainTransaction.objects.filter(purpose="deploy").count() == 3
     assert f"escrow {contracts['escrow']}" in first and f"escrow {contracts['escrow']}" in second
+    assert f"stake {contracts['stake']}" in first
     chain = Chain()
     assert chain.token.address == contracts["token"] and chain.escrow.address == contracts["escrow"]
     for org in Organization.objects.all():
         wallet = Wallet.objects.get(organization=org)  # one custodial wallet each, not two
         assert wallet.kind == "custodial" and wallet.is_payout
         assert chain.w3.eth.get_balance(wallet.address) > 0
-        assert chain.balance(wallet.address) == (500 * 10**6 if org.is_consumer else 0)
-    assert ChainTransaction.objects.filter(purpose="mint").count() == 2  # alice's and bob's orgs, once
+        # Consumers get --mint, providers --provider-mint (1,000 by default: to stake).
+        assert chain.balance(wallet.address) == (500 if org.is_consumer else 1000) * 10**6
+    assert ChainTransaction.objects.filter(purpose="mint").count() == 3  # alice's, bob's, carol's orgs, once
 
 
 def test_an_unreachable_node_is_an_error_with_a_message(chain, settings):
