@@ -19,6 +19,7 @@ from marketplace.services.accounts import organization_create
 from marketplace.services.nodes import NodeSpec, node_create
 from marketplace.services.offers import OfferSpec, offer_create
 from marketplace.services.payments import job_statement
+from marketplace.services.verification import verification_run
 from marketplace.trust_models import Dispute, VerificationReport
 
 from .factories import UserFactory
@@ -139,6 +140,18 @@ def test_skipped_steps_are_caught_disputed_not_charged_and_the_job_completes_els
     assert code == 404, refused
     code, _ = stack.http("GET", f"/api/v1/jobs/{record.pk}/verification/")
     assert code in (401, 403)
+
+    # Run twice (acks_late redelivery): a check whose report is final does nothing; a twin of
+    # a check whose worker died mid-way (its report still running) checks again and doubles
+    # nothing: one dispute, one slash queued, one completion, no new placement.
+    assert verification_run(report_id=failed.pk) == "failed"
+    VerificationReport.objects.filter(pk=passed.pk).update(status="running")
+    assert verification_run(report_id=passed.pk) == "passed"
+    record.refresh_from_db()
+    assert record.status == "completed" and record.attempt == 2
+    assert record.events.filter(reason="verification_passed").count() == 1
+    assert record.events.filter(reason="verification_failed").count() == 1
+    assert Dispute.objects.filter(job=record).count() == 1 and len(_queued_slashes(stack)) == 1
 
 
 def test_an_inflated_metric_is_caught_disputed_not_charged_and_the_job_completes_elsewhere(stack, alice):

@@ -35,6 +35,10 @@ def train(spec: dict, *, nproc: int = 2, faults: str = "", timeout: float = 180)
                           timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"training failed ({proc.returncode}):\n{proc.stdout[-3000:]}")
+    return read_events(workdir)
+
+
+def read_events(workdir: Path) -> dict:
     out: dict = {"checkpoint": []}
     for line in (workdir / "events.jsonl").read_text().splitlines():
         event = json.loads(line)

@@ -126,7 +126,7 @@ def _dataset(job: Job) -> dict:
     return {"kind": "csv", "path": job.dataset.file.path}
 
 
-def _inflated(metric: str, reported: float, measured: float, tolerance: float) -> bool:
+def metric_inflated(metric: str, reported: float, measured: float, tolerance: float) -> bool:
     better_by = (measured - reported) if metric == "mape" else (reported - measured)
     return better_by > tolerance * max(abs(measured), 1e-9)
 
@@ -187,7 +187,7 @@ def _check(job: Job, attempt: int, rng: secrets.SystemRandom | None = None) -> O
                                     f"The model uploaded differs from the checkpoint committed at "
                                     f"step {final.step}."))
     metric, out.metric_measured = runner.evaluate(artifact["model"])
-    if job.metric_value is not None and _inflated(metric, job.metric_value, out.metric_measured,
+    if job.metric_value is not None and metric_inflated(metric, job.metric_value, out.metric_measured,
                                                   settings.VERIFY_METRIC_TOLERANCE):
         out.findings.append(Finding(Dispute.Reason.METRIC_INFLATED, (
             f"Reported held-out {metric} {job.metric_value:.6g}; the platform measures "
