@@ -14,6 +14,10 @@ Batch cases, one provider per job, the same consumer throughout:
 
 Targets (docs/BENCHMARKS.md): fund ≤ 95,000; single settlement ≤ 75,000; batches of ≥ 50 ≤
 15,000 per job with repeat providers and ≤ 30,000 with distinct new providers.
+
+ProviderStake (no targets set; measured for docs/BENCHMARKS.md): a first and a further
+stake, a withdrawal request, the withdrawal after the delay, and a slash to a consumer
+(taking active stake only, and reaching into the stake pending withdrawal).
 """
 
 import argparse
@@ -28,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from _common import git_revision, machine, table  # noqa: E402
 from web3 import EthereumTesterProvider, Web3  # noqa: E402
 
-from tests.contracts.support import USD, deploy_escrow, load_artifact  # noqa: E402
+from tests.contracts.support import USD, deploy_escrow, deploy_stake, load_artifact  # noqa: E402
 
 BATCH_GAS = 25_000_000
 TARGETS = {"fund": 95_000, "settle": 75_000, "repeat": 15_000, "distinct": 30_000}
@@ -141,6 +145,31 @@ def measure(sizes: list[int]) -> tuple[list[list], list[list], list[list]]:
     return fund_rows, settle_rows, batch_rows
 
 
+def measure_stake() -> list[list]:
+    """Gas of each ProviderStake operation, in a steady state (the contract and the
+    consumer already hold tokens)."""
+    b = Bench()
+    stake = deploy_stake(b.w3, b.d, delay=3600)
+    provider, other = b.w3.eth.accounts[6], b.w3.eth.accounts[7]
+    admin = b.d.admin
+    for who in (provider, other):
+        b.send(b.d.token.functions.mint(who, 10**6 * USD), admin)
+        b.send(b.d.token.functions.approve(stake.address, 10**6 * USD), who)
+    b.send(stake.functions.stake(100 * USD), other)  # the contract already holds tokens
+    rows = [["stake (first)", b.send(stake.functions.stake(500 * USD), provider)["gasUsed"]],
+            ["stake (adding to a stake)", b.send(stake.functions.stake(100 * USD), provider)["gasUsed"]],
+            ["requestWithdrawal", b.send(stake.functions.requestWithdrawal(200 * USD), provider)["gasUsed"]]]
+    b.w3.provider.ethereum_tester.time_travel(b.w3.eth.get_block("latest")["timestamp"] + 3601)
+    rows.append(["withdraw (after the delay)", b.send(stake.functions.withdraw(), provider)["gasUsed"]])
+    consumer = b.consumer  # holds tokens already: the transfer writes a warm, non-zero balance
+    rows.append(["slash to a consumer (active stake only)", b.send(stake.functions.slash(
+        provider, 10 * USD, 1, os.urandom(32), consumer), b.operator)["gasUsed"]])
+    b.send(stake.functions.requestWithdrawal(300 * USD), provider)
+    rows.append(["slash to a consumer (active + pending stake)", b.send(stake.functions.slash(
+        provider, 200 * USD, 2, os.urandom(32), consumer), b.operator)["gasUsed"]])
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1,10,50,100", help="settleBatch sizes (comma-separated)")
@@ -158,6 +187,8 @@ def main() -> int:
     print(table(["single settle (1 provider unless said)", "gas", "target"], settle_rows))
     print()
     print(table(["settleBatch", "jobs", "gas", "gas per job", "target per job"], batch_rows))
+    print()
+    print(table(["ProviderStake", "gas"], measure_stake()))
 
     failed = [r[0] for r in fund_rows + settle_rows if r[1] > r[2]]
     failed += [f"{r[0]} × {r[1]}" for r in batch_rows if r[4] != "" and r[3] > r[4]]
