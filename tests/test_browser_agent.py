@@ -51,7 +51,7 @@ def test_a_consumer_watches_a_real_job_train_live(tmp_path, monkeypatch):
             points = page.evaluate("window.jobLive.state.points.length")
             last_width = page.evaluate(bar_width)
             assert points > 10 and last_width == 100 and first_width < 100
-            expect(page.get_by_test_id("timeline")).to_contain_text("result_recorded")
+            expect(page.get_by_test_id("timeline")).to_contain_text("verification_passed")
             expect(page.get_by_test_id("timeline")).to_contain_text("training_finished")
             assert page.evaluate("window.__marker") == 1
             seqs = page.evaluate("window.jobLive.state.points.map(p => p.seq)")

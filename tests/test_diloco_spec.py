@@ -192,5 +192,5 @@ def test_a_diloco_job_completes_when_rank_0_ends_and_cancels_a_replacement_not_y
     execution._on_finished(rank0, {"status": "succeeded", "artifact_sha256": "a" * 64, "metric": "accuracy",
                                    "value": 0.9, "step": 10, "param_digests": ["x"]})
     job.refresh_from_db()
-    assert job.status == Job.Status.COMPLETED
+    assert job.status == Job.Status.VERIFYING  # then completed once the work is verified
     assert job.assignments.get(node_rank=1, status=Assignment.Status.CANCELLED)
