@@ -32,7 +32,7 @@ def test_a_job_at_its_budget_checkpoints_pauses_and_resumes_from_there_after_a_r
     bob_org = organization_create(name="GridCast", kind=Organization.Kind.CONSUMER, sector="energy")
     bob = Token.objects.create(user=UserFactory(username="bob", organization=bob_org)).key
     (node_token,) = cpu_nodes(1, price="36")  # 2 CPU slots: 0.02 tUSD a second
-    stack.agent("agent-a", node_token)
+    stack.agent("budget-agent", node_token)
     # 0.12 tUSD: 6 s of running. The pause is asked for 2 s before (lead time), which is before
     # the ranks can have finished starting up and training 880 steps on any machine here.
     code, job = stack.http("POST", "/api/v1/jobs/", token=alice, body=job_body(
@@ -69,5 +69,5 @@ def test_a_job_at_its_budget_checkpoints_pauses_and_resumes_from_there_after_a_r
     # It started at the checkpoint's step (its first report) and went on from there, not from 0.
     assert steps[0] == ckpt.step and min(steps) >= ckpt.step and max(steps) == 880
     assert record.current_step == record.total_steps == 880
-    wait_for(lambda: "⏸ assignment" in (stack.logs / "agent-a.log").read_text(), timeout=5,
+    wait_for(lambda: "⏸ assignment" in (stack.logs / "budget-agent.log").read_text(), timeout=5,
              what="the agent to say it paused")

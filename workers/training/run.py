@@ -39,6 +39,7 @@ from . import checkpoint, data, diloco, faults, nets, outer, schedule
 from .events import EventWriter
 
 REPORTS_PER_RUN = 400  # progress points per run, at most (plus one per checkpoint)
+PAUSE_CHECK_EVERY = 10  # steps between checks of the agent's pause file (budget safety)
 # DiLoCo: a node's leader may wait this long on the other nodes (a whole round of the
 # slowest, or the start of a replacement), so its own ranks wait as long for it.
 OUTER_WAIT_S = 900
@@ -264,8 +265,8 @@ def main(spec_path: str) -> int:
         events.emit("eval", step=step_now, loss=value, eval_s=eval_seconds, **comm(step_now))
 
     # Budget safety: the agent creates this file when the platform says `assignment.pause`.
-    # Ranks agree on the step to stop at (a MAX all-reduce every few steps, decided by step
-    # number like the reports), then rank 0 checkpoints there and every node's leader
+    # Ranks agree on the step to stop at (a MAX all-reduce every PAUSE_CHECK_EVERY steps,
+    # decided by step number like the reports), then rank 0 checkpoints there and every node's leader
     # writes paused.json for its agent. DiLoCo nodes are stopped by the platform instead.
     pause_file = Path(spec["pause_file"]) if spec.get("pause_file") and node is None else None
     paused = False
@@ -282,7 +283,9 @@ def main(spec_path: str) -> int:
     # Reporting all-reduces the loss, so every rank must decide it the same way: by step
     # number, never by its own clock (a mismatch hangs or corrupts the collectives).
     report_every = int(spec.get("report_every") or max(1, total_steps // REPORTS_PER_RUN))
-    pause_every = min(report_every, 10)
+    # A scalar all-reduce every PAUSE_CHECK_EVERY steps rather than every step; the platform
+    # asks BUDGET_PAUSE_LEAD_S ahead, which covers that many steps of most jobs.
+    pause_every = PAUSE_CHECK_EVERY
     step, window_start, window_steps = start_step, time.perf_counter(), 0
     x_all, y_all = splits.x_train, splits.y_train
     while step < total_steps:
