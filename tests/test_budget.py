@@ -52,6 +52,20 @@ def test_seconds_left_at_the_current_rate():
     assert check("10", "11").remaining == 0 and check("10", "11").seconds_left == 0
 
 
+def test_the_lead_time_grows_for_slow_steps(settings):
+    settings.BUDGET_PAUSE_LEAD_S, settings.BUDGET_CHECK_INTERVAL_S = 15, 2
+    fast = Job(params={"batch_size": 64}, nodes=1, gpus_per_node=2, samples_per_sec=12_800.0)
+    slow = Job(params={"batch_size": 64}, nodes=2, gpus_per_node=4, samples_per_sec=256.0)  # 2 s a step
+    unknown = Job(params={}, nodes=1, gpus_per_node=1, samples_per_sec=None)
+    assert budget.lead_seconds(fast) == 15  # 10 ms a step
+    assert budget.lead_seconds(slow) == pytest.approx(2 + 2 * 10 * 2.0)
+    assert budget.lead_seconds(unknown) == 15
+    # 30 s of budget left: enough warning for the fast job, not for the slow one.
+    left = check("10", "9.7", "36")
+    assert left.verdict(lead_s=budget.lead_seconds(fast)) == "warn"
+    assert left.verdict(lead_s=budget.lead_seconds(slow)) == "pause"
+
+
 # --- jobs ---------------------------------------------------------------------------------
 def running_job(owner, node, *, budget: str, price: str, minutes: float, gpus: int = 1, **fields) -> Job:
     """A running job whose only node has been training for `minutes` at `price` per GPU-hour."""

@@ -5,7 +5,8 @@ periodic pass (`budget_watch`, Celery beat every BUDGET_CHECK_INTERVAL_S) checks
 jobs: the agent ingest is left alone, and a few seconds of lag are covered by the lead time.
 - at 80 % of the budget: one timeline note, and a warning on the job page and dashboards;
 - once the budget left covers less than BUDGET_PAUSE_LEAD_S of running at the current
-  placement's rate: each node is told to checkpoint and stop (`assignment.pause`); when
+  placement's rate (longer when the job's throughput says its steps are slow, see
+  `lead_seconds`): each node is told to checkpoint and stop (`assignment.pause`); when
   every node has, the job is `paused` at that checkpoint's step;
 - a node that has not paused BUDGET_PAUSE_GRACE_S after it was asked (an agent that does
   not know the message, a hung rank) is stopped, and the job pauses at its last committed
@@ -33,6 +34,8 @@ from .payments import job_metered
 S = Job.Status
 A = Assignment.Status
 WARN_AT = Decimal("0.8")
+# The ranks look for a pause every this many steps (docs/agent-protocol.md, assignment.pause).
+PAUSE_CHECK_STEPS = 10
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,18 @@ class BudgetCheck:
         if self.fraction >= WARN_AT:
             return "warn"
         return "ok"
+
+
+def lead_seconds(job: Job) -> float:
+    """How long before the budget runs out the pause is asked for: BUDGET_PAUSE_LEAD_S, or
+    longer for a job whose steps are slow (from its reported throughput), so that the next
+    check (two intervals of PAUSE_CHECK_STEPS steps, after the next budget pass) comes first."""
+    lead = settings.BUDGET_PAUSE_LEAD_S
+    batch = (job.params or {}).get("batch_size")
+    if job.samples_per_sec and isinstance(batch, int) and batch > 0:
+        step_s = batch * job.nodes * job.gpus_per_node / job.samples_per_sec
+        lead = max(lead, settings.BUDGET_CHECK_INTERVAL_S + 2 * PAUSE_CHECK_STEPS * step_s)
+    return lead
 
 
 def budget_limit(job: Job) -> Decimal:
@@ -110,7 +125,7 @@ def budget_watch(*, now=None) -> dict[str, int]:
             .prefetch_related("assignments"))
     for job in jobs:
         check = budget_check(job, now=now)
-        verdict = check.verdict(lead_s=settings.BUDGET_PAUSE_LEAD_S)
+        verdict = check.verdict(lead_s=lead_seconds(job))
         if verdict != "ok" and job.budget_warned_at is None:
             done["warned"] += _warn(job, check)
         elif verdict == "ok" and job.budget_warned_at is not None:
