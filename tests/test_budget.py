@@ -96,6 +96,23 @@ def test_the_live_spend_is_the_settlement_metering(healthcare, carol_node):
     assert payments.job_statement(job)[1] == spent
 
 
+def test_work_that_failed_verification_is_not_in_the_spend(healthcare, carol_node):
+    from marketplace.trust_models import Dispute
+
+    job = running_job(healthcare, carol_node, budget="100", price="6", minutes=30)
+    cheat = Assignment.objects.create(
+        job=job, node=carol_node, offer=offer_on(carol_node), attempt=0, node_rank=0, gpus=1,
+        price_per_gpu_hour=Decimal("6"), status=A.SUCCEEDED,
+        started_at=timezone.now() - timedelta(hours=2), finished_at=timezone.now() - timedelta(hours=1))
+    before = live.cost_so_far(job)
+    Dispute.objects.create(job=job, assignment=cheat, provider=carol_node.provider,
+                           reason=Dispute.Reason.REPLAY_MISMATCH)
+    now = timezone.now()
+    assert before - live.cost_so_far(job, now=now) == pytest.approx(Decimal("6"), abs=Decimal("0.01"))
+    job.assignments.filter(status=A.RUNNING).update(status=A.CANCELLED, finished_at=now)
+    assert payments.job_statement(job)[1] == live.cost_so_far(job, now=now)
+
+
 def test_the_consumer_is_warned_once_at_80_percent(healthcare, carol_node):
     job = running_job(healthcare, carol_node, budget="10", price="10", minutes=50)  # 8.33 tUSD
     assert budget.budget_watch() == {"warned": 1, "pausing": 0, "stopped": 0}

@@ -314,8 +314,9 @@ def job_metered(job: Job, *, now: datetime | None = None) -> Decimal:
     job's prefetched assignments when there are any (the live snapshots fetch many jobs)."""
     assignments = list(job.assignments.all())
     broken = _broken_attempts(job, assignments)
+    voided = _voided_attempts(job)  # failed verification: not charged, as in the statement
     now = now or timezone.now()
-    return sum((_charge(a, broken, now)[1] for a in assignments), Decimal(0))
+    return sum((_charge(a, broken, now)[1] for a in assignments if a.attempt not in voided), Decimal(0))
 
 
 def _voided_attempts(job: Job) -> dict[int, str]:
