@@ -1,0 +1,102 @@
+"""Verification: its overhead, false rejections of honest work, and how often cheating is
+caught. Real runs of the training runtime (torch.distributed.run, gloo, `--nproc` ranks)
+checked by the platform's verifier logic (services/verification.py's segment choice and
+metric test, workers/training/replay.py's replay), without the database.
+
+    .venv/bin/python bench/verification.py [--honest 20] [--trials 10] [--nproc 2] [--epochs 8]
+
+Reported: replayed steps / trained steps (target ≤ 10 %), the verifier's wall time as a
+share of the training's (rank 0's started→finished; replay runs the W ranks one after the
+other in one process, so compute per replayed step equals the job's per trained step),
+the false-reject rate over honest runs, and the detection rate for each fault.
+"""
+
+import argparse
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings_test")
+
+import django  # noqa: E402
+
+django.setup()
+
+from _common import git_revision, machine  # noqa: E402
+
+from marketplace.services.verification import choose_segments, metric_inflated  # noqa: E402
+from tests.training_runs import tabular_spec, train  # noqa: E402
+from workers.training import checkpoint, replay  # noqa: E402
+
+THRESHOLD, SHARE, TOLERANCE = 1e-4, 0.1, 1e-3
+
+
+def verify(spec: dict, events: dict, world: int) -> dict:
+    began = time.perf_counter()
+    replayer = replay.Replayer(replay.Job(template=spec["template"], params=spec["params"],
+                                          dataset=spec["dataset"], world_size=world))
+    paths = {c["step"]: c["path"] for c in events["checkpoint"]}
+    total = events["finished"]["step"]
+    segments = choose_segments(sorted(paths), train_steps=total, share=SHARE, rng=secrets.SystemRandom())
+    distances = [replay.check_segment(replayer, paths[a], paths[b], threshold=THRESHOLD).rel_l2
+                 for a, b in segments]
+    artifact = checkpoint.load(events["finished"]["artifact"])
+    artifact_ok = replay.rel_l2(artifact["model"], checkpoint.load(paths[total])["model"]) == 0
+    metric, measured = replayer.evaluate(artifact["model"])
+    inflated = metric_inflated(metric, events["finished"]["value"], measured, TOLERANCE)
+    return {"passed": bool(segments) and all(d <= THRESHOLD for d in distances) and artifact_ok
+            and not inflated, "replayed": sum(b - a for a, b in segments), "trained": total,
+            "seconds": time.perf_counter() - began,
+            "train_seconds": events["finished"]["at"] - events["started"]["at"],
+            "max_rel_l2": max(distances, default=0.0), "segments": len(segments)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--honest", type=int, default=20, help="honest runs")
+    parser.add_argument("--trials", type=int, default=10, help="runs per fault")
+    parser.add_argument("--nproc", type=int, default=2, help="ranks per run (world size)")
+    parser.add_argument("--epochs", type=int, default=8)
+    args = parser.parse_args()
+    cases = [("honest", "", args.honest), ("skip_steps=0.1", "skip_steps=0.1", args.trials),
+             ("skip_steps=0.02", "skip_steps=0.02", args.trials),
+             ("inflate_metric=0.05", "inflate_metric=0.05", args.trials)]
+    print(f"machine: {machine()}; revision {git_revision()}; tabular-classifier (breast-cancer), "
+          f"{args.epochs} epochs, batch 8, world size {args.nproc}; threshold {THRESHOLD:g}, "
+          f"replay share {SHARE:.0%}, metric tolerance {TOLERANCE:g}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, faults, runs in cases:
+            results = []
+            for i in range(runs):
+                spec = tabular_spec(Path(tmp) / f"{label}-{i}", seed=1000 + i, epochs=args.epochs,
+                                    batch_size=8)
+                events = train(spec, nproc=args.nproc, faults=faults)
+                results.append(verify(spec, events, args.nproc))
+            rejected = sum(not r["passed"] for r in results)
+            rows.append((label, runs, rejected, results))
+            print(f"  {label}: {runs} runs, {rejected} rejected", flush=True)
+    print()
+    print(f"{'runs':<22}{'n':>4}{'rejected':>10}{'replayed/trained':>18}{'verify s / train s':>20}"
+          f"{'max rel L2':>12}")
+    for label, runs, rejected, results in rows:
+        share = sum(r["replayed"] for r in results) / sum(r["trained"] for r in results)
+        wall = statistics.median(r["seconds"] / r["train_seconds"] for r in results)
+        worst = max(r["max_rel_l2"] for r in results)
+        print(f"{label:<22}{runs:>4}{rejected:>10}{share:>17.1%}{wall:>19.1%} (median){worst:>11.1e}")
+    honest = rows[0]
+    print(f"\nfalse-reject rate: {honest[2]}/{honest[1]}")
+    for label, runs, rejected, _ in rows[1:]:
+        print(f"detection rate {label}: {rejected}/{runs}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
