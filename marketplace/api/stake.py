@@ -8,6 +8,7 @@ from rest_framework.authentication import SessionAuthentication, TokenAuthentica
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from ..models import StakeOperation
 from ..selectors.accounts import require_provider
 from ..selectors.staking import stake_api
 from ..services import staking
@@ -35,11 +36,24 @@ def _operation(op) -> dict:
             "tx_hash": op.transaction.tx_hash, "tx_status": op.transaction.status}
 
 
-class StakeViewSet(viewsets.ViewSet):
+Summary = inline_serializer("StakeSummary", {
+    "staked": serializers.CharField(), "pending": serializers.CharField(),
+    "slashed": serializers.CharField(), "unlock_at": serializers.DateTimeField(allow_null=True),
+    "withdraw_delay_s": serializers.IntegerField(),
+    "min_stake_for_verified_tags": serializers.CharField(),
+    "addresses": serializers.ListField(child=serializers.DictField()),
+    "history": serializers.ListField(child=serializers.DictField())})
+
+
+class StakeViewSet(viewsets.GenericViewSet):
     authentication_classes = [TokenAuthentication, SessionAuthentication]
     permission_classes = [IsProvider]
+    serializer_class = StakeInput
+    pagination_class = None
+    queryset = StakeOperation.objects.none()  # for the schema: every call reads the caller's own stake
 
-    @extend_schema(summary="Your organization's stake, per address, and its history")
+    @extend_schema(summary="Your organization's stake, per address, and its history",
+                   responses={200: Summary})
     def list(self, request):
         return Response(stake_api(require_provider(request.user)))
 

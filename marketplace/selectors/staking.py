@@ -8,6 +8,14 @@ from ..models import Organization, ProviderStake, StakeEvent, StakeOperation
 from .payments import tx_url
 
 
+def _duration(seconds: int) -> str:
+    for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds} seconds"
+
+
 def stake_panel(org: Organization) -> dict:
     """A provider's stake per address, its totals and history (newest first)."""
     rows = list(ProviderStake.objects.filter(organization=org).order_by("address"))
@@ -28,6 +36,7 @@ def stake_panel(org: Organization) -> dict:
                         "tx": o.transaction.tx_hash, "tx_url": tx_url(o.transaction.tx_hash),
                         "at": o.created_at} for o in operations],
         "delay_s": settings.STAKE_WITHDRAW_DELAY_S,
+        "delay_text": _duration(settings.STAKE_WITHDRAW_DELAY_S),
         "min_for_verified_tags": settings.MIN_STAKE_FOR_VERIFIED_TAGS,
     }
 
