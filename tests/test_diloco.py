@@ -1,6 +1,7 @@
-"""DiLoCo's pure parts (wire encodings, the outer Nesterov step, byte accounting) and the
-outer synchronisation protocol between a host and members over a real c10d TCPStore on
-loopback, in threads of this process."""
+"""DiLoCo's pure parts (wire encodings, chunks, the outer Nesterov step, byte accounting)
+and the outer synchronisation protocol (a reduce-scatter and an all-gather between node
+leaders, coordinated by the host) over real c10d TCPStores on loopback, in threads of this
+process."""
 
 import threading
 
@@ -99,10 +100,11 @@ def test_sync_settings_default_to_ddp_and_fill_diloco_defaults():
 
 # --- the protocol --------------------------------------------------------------------------
 SHAPES = [torch.Size([5, 4]), torch.Size([4])]
+PEER_TIMEOUT_S = 2.5  # members beat every second: well above it, so no one is dropped by mistake
 
 
-def vec(value: float) -> list[torch.Tensor]:
-    return [torch.full(s, value) for s in SHAPES]
+def vec(value: float, shapes=SHAPES) -> list[torch.Tensor]:
+    return [torch.full(s, value) for s in shapes]
 
 
 def run_all(*calls):
@@ -121,21 +123,27 @@ def run_all(*calls):
         t.join(60)
     if errors:
         raise errors[0]
+    assert not any(t.is_alive() for t in threads), "a member hung"
     return results
+
+
+def new_host(precision="fp32", shapes=SHAPES):
+    return outer.OuterHost(port=free_port(), precision=precision, shapes=shapes,
+                           peer_timeout_s=PEER_TIMEOUT_S, log=lambda _: None)
 
 
 @pytest.fixture
 def host():
-    h = outer.OuterHost(port=free_port(), precision="fp32", shapes=SHAPES, peer_timeout_s=1.0,
-                        log=lambda _: None)
+    h = new_host()
     yield h
     h.close()
 
 
-def member(host, node_rank, digest="same", step=0, precision="fp32"):
+def member(host, node_rank, digest="same", step=0, precision="fp32", shapes=SHAPES, **more):
     return outer.OuterMember(host="127.0.0.1", port=host.store.port, precision=precision,
-                             shapes=SHAPES, node_rank=node_rank, member=f"a{node_rank}",
-                             digest=digest, step=step, connect_timeout_s=10, wait_timeout_s=20)
+                             shapes=shapes, node_rank=node_rank, member=f"a{node_rank}",
+                             digest=digest, step=step, connect_timeout_s=10, wait_timeout_s=20,
+                             peer_timeout_s=PEER_TIMEOUT_S, log=lambda _: None, **more)
 
 
 def state_of(params, momentum=None):
@@ -143,85 +151,149 @@ def state_of(params, momentum=None):
                     diloco.encode(params + (momentum or []), "fp32"))
 
 
+def start(host, *members):
+    host.wait_for_joiners(len(members), timeout_s=10)
+    admitted = host.admit(round_=0, step=0, digest="same", state=state_of(vec(0, host.shapes)))
+    joined = run_all(*(m.join for m in members))
+    return admitted, joined
+
+
+def rounds(round_, pairs):
+    """One exchange of every (node, pseudo-gradient) pair, at once."""
+    return run_all(*(lambda n=n, g=g: n.exchange(round_, g) for n, g in pairs))
+
+
+def same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
 def test_a_round_averages_every_members_pseudo_gradient_and_counts_its_bytes(host):
     a, b = member(host, 1), member(host, 2)
-    host.wait_for_joiners(2, timeout_s=10)
-    assert host.admit(round_=0, step=0, digest="same", state=state_of(vec(0))) == [1, 2]
-    joined = run_all(a.join, b.join)
+    admitted, joined = start(host, a, b)
+    assert admitted == [1, 2]
     assert [j["params"] for j in joined] == [None, None]  # same model at the start: no download
-    (h_avg, header), (a_avg, _), (b_avg, _) = run_all(
-        lambda: host.exchange(10, diloco.encode(vec(1.0), "fp32")),
-        lambda: a.exchange(10, diloco.encode(vec(2.0), "fp32")),
-        lambda: b.exchange(10, diloco.encode(vec(6.0), "fp32")))
+    (h_avg, header), (a_avg, a_header), (b_avg, _) = rounds(10, [(host, vec(1.0)), (a, vec(2.0)),
+                                                                 (b, vec(6.0))])
     assert header["contributors"] == ["0", "1", "2"] and header["members"] == [0, 1, 2]
+    assert a_header == header and header["repaired"] == []
     for avg in (h_avg, a_avg, b_avg):
-        assert all(torch.equal(t, torch.full(s, 3.0)) for t, s in zip(avg, SHAPES, strict=True))
-    message = diloco.pack({"round": 10}, diloco.encode(vec(2.0), "fp32"))
-    join_record = len(b'{"node_rank":1,"member":"a1","digest":"same","step":0}')
-    assert a.sent == join_record + len(message)
-    avg_message = diloco.pack(header, diloco.encode(vec(3.0), "fp32"))
-    admits = 2 * len(b'{"round":0,"step":0,"state":false}')
-    assert host.sent == admits + 2 * len(avg_message)  # one average to each member
+        assert same(avg, vec(3.0))
+    # 24 values in three chunks of 8: each member sends two parts of its pseudo-gradient
+    # and its averaged chunk twice, every one 8 fp32 values plus its header.
+    chunk = 8 * 4
+    part = len(diloco.pack({"round": 10})) + chunk
+    averaged = len(diloco.pack({"round": 10, "contributors": [0, 1, 2]})) + chunk
+    join_record = len(b'{"node_rank":1,"member":"a1","digest":"same","step":0,"addr":["127.0.0.1",')
+    join_record += len(f'{a.inbox.port}]}}')
+    report = len(b'{"missing":[],"chunks":{"1":[0,1,2],"0":[0,1,2],"2":[0,1,2]}}')
+    assert a.sent == join_record + 2 * part + 2 * averaged + report
     a.close()
     b.close()
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_four_members_apply_identical_averages_and_each_sends_two_n_minus_one_over_n(precision):
+    """A reduce-scatter and an all-gather: every node, the host too, sends about
+    2·(n−1)/n of the payload a round; all decode the same bytes."""
+    shapes = [torch.Size([300, 100]), torch.Size([100]), torch.Size([3, 1, 3, 3]), torch.Size([7])]
+    h = new_host(precision, shapes)
+    try:
+        ms = [member(h, r, precision=precision, shapes=shapes) for r in (1, 2, 3)]
+        start(h, *ms)
+        nodes = [h, *ms]
+        before = [n.sent for n in nodes]
+        g = torch.Generator().manual_seed(7)
+        scales = (1e-3, 5.0, 1e3, 0)
+        grads = [[torch.randn(s, generator=g) * k for s, k in zip(shapes, scales, strict=True)]
+                 for _ in nodes]
+        results = rounds(50, list(zip(nodes, grads, strict=True)))
+        averages = [avg for avg, _ in results]
+        assert all(same(averages[0], avg) for avg in averages[1:])
+        assert results[0][1]["contributors"] == ["0", "1", "2", "3"]
+        assert results[0][1]["repaired"] == []  # no chunk went through the host
+        mean = [sum(gs) / 4 for gs in zip(*grads, strict=True)]
+        for got, want, inputs in zip(averages[0], mean, zip(*grads, strict=True), strict=True):
+            if precision == "fp32":
+                torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+            else:  # each part quantized by its sender, the average once by its owner
+                bound = sum(map(diloco.int8_error_bound, inputs)) / 4 + diloco.int8_error_bound(want) * 1.1
+                assert float((got - want).abs().max()) <= bound + 1e-9
+        payload = diloco.payload_bytes([s.numel() for s in shapes], precision)
+        ideal = 2 * 3 * payload / 4
+        for node, was in zip(nodes, before, strict=True):
+            sent = node.sent - was
+            # Headers, per-piece int8 scales, the report (and the host's three verdicts).
+            assert ideal <= sent <= ideal * 1.005 + 1500, (node, sent, ideal)
+        for m in ms:
+            m.close()
+    finally:
+        h.close()
+
+
 def test_a_silent_member_is_dropped_and_a_replacement_joins_with_the_global_state(host):
     a, b = member(host, 1), member(host, 2)
-    host.wait_for_joiners(2, timeout_s=10)
-    host.admit(round_=0, step=0, digest="same", state=state_of(vec(0)))
-    run_all(a.join, b.join)
-    b.close()  # node rank 2 dies: no pseudo-gradient, no heartbeat
-    (avg, header), (a_avg, _) = run_all(
-        lambda: host.exchange(10, diloco.encode(vec(1.0), "fp32")),
-        lambda: a.exchange(10, diloco.encode(vec(3.0), "fp32")))
-    assert header["contributors"] == ["0", "1"] and 2 not in header["members"]
-    assert torch.equal(avg[0], torch.full(SHAPES[0], 2.0))
+    start(host, a, b)
+    b.close()  # node rank 2 hangs: no parts, no averaged chunk, no heartbeat
     # A replacement for node rank 2 asks in; it is let in after the next completed round
     # with the global parameters and the outer momentum of that round.
     c = member(host, 2, digest="other", step=0)
+    (avg, header), (a_avg, _) = rounds(10, [(host, vec(1.0)), (a, vec(3.0))])
+    assert header["contributors"] == ["0", "1"] and header["members"] == [0, 1, 3]
+    # Node rank 2 owned a chunk: it is averaged through the host instead, the same for all.
+    assert header["repaired"] == [2]
+    assert same(avg, vec(2.0)) and same(a_avg, vec(2.0))
     glob, momentum = vec(0.25), vec(-0.5)
     host.admit(round_=10, step=10, digest="mine", state=state_of(glob, momentum))
     got = c.join()
     assert got["step"] == 10 and got["round"] == 10
-    assert all(torch.equal(x, y) for x, y in zip(got["params"], glob, strict=True))
-    assert all(torch.equal(x, y) for x, y in zip(got["momentum"], momentum, strict=True))
-    (_, header), _, _ = run_all(
-        lambda: host.exchange(20, diloco.encode(vec(1.0), "fp32")),
-        lambda: a.exchange(20, diloco.encode(vec(1.0), "fp32")),
-        lambda: c.exchange(20, diloco.encode(vec(1.0), "fp32")))
-    assert header["contributors"] == ["0", "1", "2"]
-    # The store keeps only the last round's average: nothing piles up over a long job.
-    assert host.store.check(["avg/20"]) and not host.store.check(["avg/10"])
-    assert not host.store.check(["state/10"]) and not host.store.check(["g/20/1"])
+    assert same(got["params"], glob) and same(got["momentum"], momentum)
+    (avg, header), _, (c_avg, _) = rounds(20, [(host, vec(1.0)), (a, vec(1.0)), (c, vec(4.0))])
+    assert header["contributors"] == ["0", "1", "2"] and header["repaired"] == []
+    assert same(avg, vec(2.0)) and same(c_avg, vec(2.0))
+    # The store keeps only the last round's verdict: nothing piles up over a long job.
+    assert host.store.check(["round/20"]) and not host.store.check(["round/10"])
+    assert not host.store.check(["state/10"]) and not host.store.check(["fix/10/2"])
+    assert not host.store.check(["g/20/1"]) and not host.store.check(["a/20/1"])
     a.close()
     c.close()
 
 
+def test_an_unreachable_member_is_served_through_the_host(host):
+    """Node rank 2 beats and sends, but nobody reaches its inbox (its advertised port is
+    closed): the others give it up for the chunks it should have sent or received, and
+    those chunks are averaged through the host, so every node still applies the same bytes."""
+    a, b = member(host, 1), member(host, 2, advertise_port=free_port())
+    start(host, a, b)
+    results = rounds(10, [(host, vec(1.0)), (a, vec(2.0)), (b, vec(6.0))])
+    for avg, header in results:
+        assert same(avg, vec(3.0))
+        assert header["repaired"] == [0, 1, 2] and header["contributors"] == ["0", "1", "2"]
+    a.close()
+    b.close()
+
+
 def test_a_member_the_host_dropped_is_told_so(host):
     a = member(host, 1)
-    host.wait_for_joiners(1, timeout_s=10)
-    host.admit(round_=0, step=0, digest="same", state=state_of(vec(0)))
-    a.join()
+    start(host, a)
     a.close()  # stops beating; it will come back late
-    host.exchange(10, diloco.encode(vec(1.0), "fp32"))
+    host.exchange(10, vec(1.0))
     with pytest.raises(outer.OuterError, match="dropped"):
-        a.exchange(10, diloco.encode(vec(1.0), "fp32"))
+        a.exchange(10, vec(1.0))
+    # What it pushed late does not stay in the host's inbox once the next round is over.
+    host.admit(round_=10, step=10, digest="x", state=state_of(vec(0)))
+    host.exchange(20, vec(1.0))
+    assert not host.store.check(["g/10/1"]) and not host.store.check(["a/10/1"])
 
 
 def test_int8_rounds_give_every_node_the_same_decoded_average():
-    h = outer.OuterHost(port=free_port(), precision="int8", shapes=SHAPES, peer_timeout_s=1.0,
-                        log=lambda _: None)
+    h = new_host("int8")
     try:
         a = member(h, 1, precision="int8")
-        h.wait_for_joiners(1, timeout_s=10)
-        h.admit(round_=0, step=0, digest="same", state=state_of(vec(0)))
-        a.join()
+        start(h, a)
         g0 = [torch.linspace(-1, 1, 20).reshape(5, 4), torch.tensor([0.1, 0.2, 0.3, 0.4])]
         g1 = [torch.linspace(1, -3, 20).reshape(5, 4), torch.tensor([1.0, -1.0, 0.5, 0.0])]
-        (h_avg, _), (a_avg, _) = run_all(lambda: h.exchange(5, diloco.encode(g0, "int8")),
-                                         lambda: a.exchange(5, diloco.encode(g1, "int8")))
-        assert all(torch.equal(x, y) for x, y in zip(h_avg, a_avg, strict=True))
+        (h_avg, _), (a_avg, _) = rounds(5, [(h, g0), (a, g1)])
+        assert same(h_avg, a_avg)
         exact = [(x + y) / 2 for x, y in zip(g0, g1, strict=True)]
         for got, want, x, y in zip(h_avg, exact, g0, g1, strict=True):
             # Both inputs quantized, then the average quantized again.
@@ -231,6 +303,25 @@ def test_int8_rounds_give_every_node_the_same_decoded_average():
         a.close()
     finally:
         h.close()
+
+
+@pytest.mark.parametrize(("total", "parts"), [(24, 3), (10, 4), (3, 4), (21_386, 4)])
+def test_chunks_cover_the_parameters_once_and_split_at_tensor_ends(total, parts):
+    bounds = diloco.chunk_bounds(total, parts)
+    assert bounds[0][0] == 0 and bounds[-1][1] == total
+    assert all(hi == lo2 for (_, hi), (lo2, _) in zip(bounds, bounds[1:], strict=False))
+    assert max(hi - lo for lo, hi in bounds) - min(hi - lo for lo, hi in bounds) <= 1
+    numels = [total // 3, total // 3, total - 2 * (total // 3)]
+    for lo, hi in bounds:
+        pieces = diloco.chunk_pieces(numels, lo, hi)
+        assert sum(pieces) == hi - lo and all(p > 0 for p in pieces)
+        values = torch.arange(lo, hi, dtype=torch.float32)
+        for precision in diloco.PRECISIONS:
+            data = diloco.encode_chunk(values, pieces, precision)
+            assert len(data) == diloco.payload_bytes(pieces, precision)
+            back = diloco.decode_chunk(data, pieces, precision)
+            assert back.shape == values.shape
+    assert diloco.chunk_pieces([5, 5], 3, 7) == [2, 2]  # cut where the first tensor ends
 
 
 # --- the runtime, launched as the agent launches it, without the platform -----------------

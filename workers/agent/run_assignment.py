@@ -76,7 +76,7 @@ class AssignmentRun:
             else:
                 rdzv = s["rdzv"]
             sync = s.get("sync") or {"mode": "ddp"}
-            # DiLoCo: rank 0's advertised address is where its leader hosts the outer
+            # DiLoCo: rank 0's advertised address is where its leader coordinates the outer
             # synchronisation; each node trains in a process group of its own.
             diloco = sync.get("mode") == "diloco" and s["nnodes"] > 1
             spec = {
@@ -89,7 +89,9 @@ class AssignmentRun:
                 "pause_file": str(self.dir / "pause"),
             }
             if diloco:
-                spec.update(outer=rdzv, member=str(self.id), peer_timeout_s=s.get("peer_timeout_s", 15))
+                # advertise_host: where the other leaders reach this one's chunk inbox.
+                spec.update(outer=rdzv, member=str(self.id), peer_timeout_s=s.get("peer_timeout_s", 15),
+                            advertise_host=self.agent.advertise_addr)
             spec_path = self.dir / "spec.json"
             spec_path.write_text(json.dumps(spec))
             await self.agent.send_data(self.id, "assignment.accepted", rdzv=rdzv)

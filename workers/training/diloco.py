@@ -6,7 +6,8 @@ averages the pseudo-gradients Δ = θ_global − θ_local across nodes and appli
 global parameters with an outer Nesterov-momentum SGD. Only Δ crosses the wide-area
 link, once every H steps, in fp32, fp16 or int8 (per-tensor scale).
 
-Nothing here talks to the network; `outer.py` carries these payloads between nodes.
+Nothing here talks to the network; `outer.py` carries these payloads between nodes, in
+chunks of the flattened parameters (one owner per chunk, see `chunk_bounds`).
 """
 
 from __future__ import annotations
@@ -112,6 +113,39 @@ def decode(data: bytes, shapes: Sequence[torch.Size], precision: str) -> list[to
         out.append(chunk.clone().reshape(shape))
         at += n
     return out
+
+
+# --- chunks of the flattened parameters (the bandwidth-balanced exchange) ----------------
+def chunk_bounds(total: int, parts: int) -> list[tuple[int, int]]:
+    """[lo, hi) of each of `parts` near-equal chunks of `total` elements; member i of an
+    outer round owns chunk i."""
+    return [(total * i // parts, total * (i + 1) // parts) for i in range(parts)]
+
+
+def chunk_pieces(numels: Sequence[int], lo: int, hi: int) -> list[int]:
+    """Sizes of the pieces of [lo, hi) of the concatenated tensors, cut where one tensor
+    ends: each piece gets its own int8 scale, so a chunk is scaled as finely as whole
+    tensors are (a tensor of tiny values never shares a scale with one of large values)."""
+    sizes, start = [], 0
+    for n in numels:
+        a, b = max(lo, start), min(hi, start + n)
+        if a < b:
+            sizes.append(b - a)
+        start += n
+    return sizes
+
+
+def encode_chunk(values: torch.Tensor, pieces: Sequence[int], precision: str) -> bytes:
+    """A 1-D slice of the flattened parameters → bytes, one scale per piece in int8."""
+    return encode(list(values.split(list(pieces))), precision) if pieces else b""
+
+
+def decode_chunk(data: bytes, pieces: Sequence[int], precision: str) -> torch.Tensor:
+    if not pieces:
+        if data:
+            raise ValueError(f"payload of {len(data)} bytes for an empty chunk")
+        return torch.zeros(0)
+    return torch.cat(decode(data, [torch.Size([n]) for n in pieces], precision))
 
 
 def pack(header: dict, body: bytes = b"") -> bytes:

@@ -82,7 +82,9 @@ class DiLoCoNode:
             self.link = outer.OuterMember(host=address["host"], port=int(address["port"]),
                                           precision=sync.precision, shapes=self.shapes,
                                           node_rank=node_rank, member=str(spec.get("member", "")),
-                                          digest=self.digest(), step=start_step)
+                                          digest=self.digest(), step=start_step, log=log,
+                                          advertise_host=spec.get("advertise_host"),
+                                          peer_timeout_s=float(spec.get("peer_timeout_s", 15)))
 
     @property
     def sent(self) -> int:
@@ -138,8 +140,7 @@ class DiLoCoNode:
         if self.leader:
             local = [p.detach().cpu().float() for p in self.params]
             pseudo = [g - x for g, x in zip(self.global_params, local, strict=True)]
-            average, header = self.link.exchange(step, diloco.encode(pseudo, self.sync.precision),
-                                                 final=final)
+            average, header = self.link.exchange(step, pseudo, final=final)
             self.opt.step(self.global_params, average)
             if isinstance(self.link, outer.OuterHost):
                 self.link.admit(round_=step, step=step, digest=self.digest(), state=self._state,
