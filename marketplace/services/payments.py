@@ -239,7 +239,7 @@ def escrow_closed(*, key: str, refunded: bool, paid: int, fee: int, returned: in
     else:
         Settlement.objects.filter(job=job).exclude(status=Settlement.Status.SETTLED).update(
             status=Settlement.Status.SETTLED, settled_at=timezone.now())
-    if refunded and job.status in (S.SUBMITTED, S.FUNDED, S.MATCHING, S.INTERRUPTED, S.RUNNING):
+    if refunded and job.status in (S.SUBMITTED, S.FUNDED, S.MATCHING, S.INTERRUPTED, S.RUNNING, S.PAUSED):
         from .jobs import job_cancel
 
         job = job_cancel(job=job, reason="escrow_refunded",

@@ -146,3 +146,18 @@ def test_an_interrupted_job_cancelled_is_charged_up_to_its_last_checkpoint(
     assert (s.charged, s.refunded) == (Decimal("2"), Decimal("8"))
     assert wallets.owed(healthcare.wallets.get().address) == units("8")
     assert Job.objects.get(pk=job.pk).status == S.SETTLED
+
+
+def test_a_paused_job_whose_escrow_is_refunded_on_chain_ends_refunded(wallets, healthcare, carol_node,
+                                                                     admin_user):
+    job, _ = paused(healthcare, carol_node)
+    wallet = healthcare.wallets.get().address
+    before = wallets.balance(wallet)
+    with committed():
+        payments.escrow_force_refund(job=job, actor=admin_user)
+    assert indexer.index_events() == 1
+    job.refresh_from_db()
+    assert job.status == S.REFUNDED
+    assert [e.to_status for e in job.events.exclude(to_status="").order_by("pk")][-3:] == [
+        S.PAUSED, S.CANCELLED, S.REFUNDED]
+    assert wallets.balance(wallet) == before + units("10")  # the whole deposit goes back
