@@ -159,11 +159,13 @@ def chain_reset_detected() -> bool:
 def _forget_stakes(cid: int) -> None:
     """A development chain that started afresh holds no stakes: the rows that followed the
     old one's events go, and slashes wait for a new transaction."""
+    from ..models import Offer
     from ..trust_models import DisputeSlash, ProviderStake, StakeOperation
 
     DisputeSlash.objects.filter(transaction__chain_id=cid).update(transaction=None)
     StakeOperation.objects.filter(transaction__chain_id=cid).delete()
     ProviderStake.objects.all().delete()
+    Offer.objects.filter(provider_stake__gt=0).update(provider_stake=0)
 
 
 def dev_wallets(*, mint, provider_mint=Decimal(0)) -> list[str]:
