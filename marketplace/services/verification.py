@@ -4,10 +4,13 @@ When an attempt's training finishes the job goes to `verifying` and a task on th
 queue runs `verification_run`:
 - checkpoint commitments: a checkpoint counts only if the provider committed its SHA-256
   (the agent's `checkpoint` message) before the next checkpoint of that assignment was
-  uploaded, or before the assignment finished for the last one. A late commitment could
-  have been made after seeing later work, so that checkpoint is left out of the spot checks
-  (an unverifiable segment, listed in the report) rather than disputed: the agent commits
-  asynchronously, and a slow socket must not cost an honest provider its stake;
+  uploaded, or before the assignment finished for the last one, give or take
+  VERIFY_COMMIT_GRACE_S: the commitment travels on the agent socket and is applied by the
+  ingest a moment after the agent sent it, while the next upload is plain HTTP (a file's
+  content is fixed at its upload anyway: a step cannot be uploaded twice). A late
+  checkpoint is left out of the spot checks (an unverifiable boundary, listed in the
+  report) rather than disputed; an attempt left with nothing to replay for want of
+  commitments is disputed (checkpoint_uncommitted), or a cheat could dodge the replay;
 - step-replay spot checks: segments between consecutive counted checkpoints, drawn with
   SystemRandom only now, after every checkpoint was committed, within VERIFY_REPLAY_SHARE
   of the attempt's steps (the runtime checkpoints often enough for VERIFY_SEGMENTS of
@@ -30,6 +33,7 @@ import logging
 import math
 import secrets
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
@@ -74,9 +78,10 @@ def counted_checkpoints(checkpoints: list[Checkpoint], *,
     counted, notes = [], []
     for i, ckpt in enumerate(checkpoints):
         deadline = checkpoints[i + 1].created_at if i + 1 < len(checkpoints) else finished_at
+        grace = timedelta(seconds=settings.VERIFY_COMMIT_GRACE_S)
         if ckpt.committed_at is None:
             notes.append(f"checkpoint at step {ckpt.step} was never committed")
-        elif deadline is not None and ckpt.committed_at > deadline:
+        elif deadline is not None and ckpt.committed_at > deadline + grace:
             notes.append(f"checkpoint at step {ckpt.step} was committed after the next one was written")
         else:
             counted.append(ckpt)
@@ -158,7 +163,11 @@ def _check(job: Job, attempt: int, rng: secrets.SystemRandom | None = None) -> O
     else:
         segments = choose_segments(sorted(by_step), train_steps=out.train_steps,
                                    share=settings.VERIFY_REPLAY_SHARE, rng=rng)
-        if not segments:
+        if not segments and len(own) >= 2 and len(counted) < 2:
+            out.findings.append(Finding(Dispute.Reason.CHECKPOINT_UNCOMMITTED, (
+                f"{len(own) - len(counted)} of {len(own)} checkpoints were not committed in time, "
+                "so no segment of this work can be replayed.")))
+        elif not segments:
             out.notes.append("no two counted checkpoints to replay between")
         for a, b in segments:
             try:

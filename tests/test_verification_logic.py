@@ -1,0 +1,52 @@
+"""The verifier's pure rules: which checkpoints count, and which segments are replayed."""
+
+import random
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+import pytest
+from django.test import override_settings
+
+from marketplace.services.verification import choose_segments, counted_checkpoints, metric_inflated
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def ckpt(step: int, uploaded_s: float, committed_s: float | None):
+    return SimpleNamespace(step=step, created_at=T0 + timedelta(seconds=uploaded_s),
+                           committed_at=None if committed_s is None else T0 + timedelta(seconds=committed_s))
+
+
+@override_settings(VERIFY_COMMIT_GRACE_S=2)
+def test_a_checkpoint_counts_only_if_committed_before_the_next_one_was_uploaded():
+    checkpoints = [ckpt(10, 0, 1), ckpt(20, 10, 11.5),  # committed within the grace of the next upload
+                   ckpt(30, 11, 40),                     # committed long after step 40 existed
+                   ckpt(40, 20, None),                   # never committed
+                   ckpt(50, 30, 31)]
+    counted, notes = counted_checkpoints(checkpoints, finished_at=T0 + timedelta(seconds=32))
+    assert [c.step for c in counted] == [10, 20, 50]
+    assert notes == ["checkpoint at step 30 was committed after the next one was written",
+                     "checkpoint at step 40 was never committed"]
+    late_last, notes = counted_checkpoints([ckpt(10, 0, 1), ckpt(20, 5, 60)],
+                                           finished_at=T0 + timedelta(seconds=6))
+    assert [c.step for c in late_last] == [10] and "step 20" in notes[0]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_segments_are_consecutive_boundaries_within_the_replay_budget(seed):
+    boundaries = list(range(0, 225, 11)) + [224]
+    segments = choose_segments(boundaries, train_steps=224, share=0.1, rng=random.Random(seed))
+    assert segments and all((a, b) in zip(boundaries, boundaries[1:], strict=False) for a, b in segments)
+    assert sum(b - a for a, b in segments) <= 22
+
+
+def test_without_a_segment_in_budget_the_shortest_is_replayed():
+    assert choose_segments([100, 150, 160], train_steps=60, share=0.1) == [(150, 160)]
+    assert choose_segments([100], train_steps=60, share=0.1) == []
+
+
+def test_only_a_better_metric_than_measured_is_inflated():
+    assert metric_inflated("accuracy", 0.97, 0.95, 1e-3)
+    assert not metric_inflated("accuracy", 0.95, 0.97, 1e-3)  # modest is not cheating
+    assert not metric_inflated("accuracy", 0.9500001, 0.95, 1e-3)
+    assert metric_inflated("mape", 9.0, 10.0, 1e-3) and not metric_inflated("mape", 11.0, 10.0, 1e-3)
