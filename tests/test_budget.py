@@ -12,6 +12,7 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
+from marketplace import job_states
 from marketplace.errors import MarketError
 from marketplace.models import Assignment, Job
 from marketplace.services import budget, execution, live, payments
@@ -281,3 +282,20 @@ def test_raising_the_budget_from_the_page(client, healthcare, carol_node, alice,
     assert "Budget raised to 50.00 tUSD." in response.content.decode()
     job.refresh_from_db()
     assert job.status == S.MATCHING and job.budget == Decimal("50")
+
+
+def test_placements_that_paused_at_the_budget_do_not_count_as_failed_attempts(healthcare, carol_node,
+                                                                             settings):
+    settings.JOB_MAX_ATTEMPTS = 3
+    job = paused_job(healthcare, carol_node)  # placement 1 paused
+    Job.objects.filter(pk=job.pk).update(attempt=3)  # and placement 2 too; this is the third
+    job_states.note(job_id=job.pk, reason="budget_paused", message="an earlier pause")
+    move(job, S.MATCHING, S.RUNNING)
+    job.refresh_from_db()
+    a = Assignment.objects.create(
+        job=job, node=carol_node, offer=offer_on(carol_node), attempt=3, node_rank=0, gpus=1,
+        price_per_gpu_hour=Decimal("1"), status=A.RUNNING, started_at=timezone.now())
+    assert execution.node_lost(node_id=carol_node.pk) == 1
+    job.refresh_from_db()
+    a.refresh_from_db()
+    assert a.status == A.LOST and job.status == S.INTERRUPTED  # one failed placement of three

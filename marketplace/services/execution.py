@@ -152,7 +152,7 @@ def _interrupt(job: Job, *, reason: str, message: str, exclude_node: int | None)
         job.save(update_fields=["excluded_nodes", "updated_at"])
     if job.status not in (S.RUNNING, S.MATCHING):
         return
-    if job.attempt >= placement.max_attempts():
+    if placement.attempts_used(job) >= placement.max_attempts():
         job_states.transition(job_id=job.pk, to=S.FAILED, reason="too_many_attempts",
                               message=f"{message} Gave up after {job.attempt} placements.")
         return

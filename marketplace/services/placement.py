@@ -203,3 +203,9 @@ def release(assignment: Assignment) -> None:
 
 def max_attempts() -> int:
     return settings.JOB_MAX_ATTEMPTS
+
+
+def attempts_used(job: Job) -> int:
+    """Placements that count against JOB_MAX_ATTEMPTS: a placement that ended because the
+    budget was spent (paused, then resumed by a top-up) did not fail."""
+    return job.attempt - job.events.filter(reason="budget_paused").count()
