@@ -304,6 +304,9 @@ VERIFY_SEGMENTS = env.int("VERIFY_SEGMENTS", default=2)
 # A reported held-out metric better than the platform's own evaluation by more than this
 # share of it is inflated (the evaluation is deterministic: honest runs differ by ~0).
 VERIFY_METRIC_TOLERANCE = env.float("VERIFY_METRIC_TOLERANCE", default=1e-3)
+# A checkpoint's commitment may be applied this long after the next checkpoint's upload
+# (the agent socket's ingest lags the HTTP upload) and still count.
+VERIFY_COMMIT_GRACE_S = env.float("VERIFY_COMMIT_GRACE_S", default=10.0)
 # Agents that announce test-only faults (COMPUTEMESH_FAULTS) are refused unless this is on:
 # only the test settings and the demo turn it on, never the environment.
 ALLOW_AGENT_FAULTS = False
