@@ -8,20 +8,22 @@ Adam 1e-3), one training process per node. Every node is a network namespace beh
 100 Mbit/s `tc tbf` link (both directions), made and removed by this script
 (tests/netns.py); the training runtime is the real one (workers/training/run.py under
 torch.distributed.run), DDP with gloo across the namespaces, DiLoCo as the agent starts
-it (one standalone group per node, outer synchronisation to node rank 0).
+it (one standalone group per node; outer synchronisation between the node leaders, a
+reduce-scatter and an all-gather of pseudo-gradient chunks coordinated by node rank 0).
 
 For 2 and 4 nodes:
 1. DDP for N steps; its evaluation loss (held-out cross-entropy) at step N is the target.
 2. DiLoCo for up to 2N steps for H in {10, 50, 100} and each wire precision; the first
    outer step whose global model reaches the target.
-Reported: bytes each node sends to get there (node rank 0, which sends the most, and the
-mean over nodes; exact payload counts from the runtime; DDP's are the ring all-reduce
+Reported: bytes each node sends to get there (node rank 0, the node that sends the most
+and the mean over nodes; exact payload counts from the runtime; DDP's are the ring all-reduce
 computed, 2·(n−1)/n of the fp32 gradients per step), the bytes measured on the links over
 the whole run (IP packets with headers, heartbeats, rendezvous), and the wall-clock time
 to the target over the emulated link plus the latency this kernel cannot emulate (no
 netem), added by model: RTT × rounds of synchronisation, where a DDP step is a ring
-all-reduce (2·(n−1) one-way hops = (n−1) round trips) and a DiLoCo outer step is one
-round trip (pseudo-gradient to rank 0, average back).
+all-reduce (2·(n−1) one-way hops = (n−1) round trips) and a DiLoCo outer step is two
+round trips (DILOCO_RTTS: the reduce-scatter and the all-gather, one one-way hop each, then
+the report to node rank 0 and its verdict).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ TEMPLATE, SAMPLE = "image-classifier", "digits"
 INNER = (10, 50, 100)
 PRECISIONS = ("fp32", "fp16", "int8")
 _ports = iter(range(29517, 29999))
+DILOCO_RTTS = 2  # round trips of synchronisation per DiLoCo outer step (see above)
 
 
 def params() -> dict:
@@ -81,7 +84,8 @@ def run(hosts: Hosts, n: int, *, sync: dict, steps: int, work: Path, eval_every:
                 "sync": sync, "nnodes": n, "node_rank": i, "max_steps": steps,
                 "report_every": steps, "eval_every": eval_every}
         if diloco:
-            spec.update(outer={"host": hosts.addr(0), "port": port}, member=f"bench-{i}", peer_timeout_s=30)
+            spec.update(outer={"host": hosts.addr(0), "port": port}, member=f"bench-{i}", peer_timeout_s=30,
+                        advertise_host=hosts.addr(i))
         (wd / "spec.json").write_text(json.dumps(spec))
         cmd = launcher.command(spec_path=wd / "spec.json", nnodes=n, node_rank=i, nproc_per_node=1,
                                master_addr=hosts.addr(0), master_port=port, standalone=diloco)
@@ -152,8 +156,8 @@ def bench(hosts: Hosts, n: int, steps: int, rtt: float, work: Path) -> dict:
                             for outer in res["outer"]]
                 known = [b for b in per_node if b is not None]
                 row.update(step=hit["step"], loss=hit["loss"], bytes_rank0=hit["bytes"],
-                           bytes_mean=sum(known) / len(known), seconds=hit["seconds"],
-                           latency_s=rounds * rtt, per_node=per_node)
+                           bytes_mean=sum(known) / len(known), bytes_max=max(known), seconds=hit["seconds"],
+                           latency_s=DILOCO_RTTS * rounds * rtt, per_node=per_node)
             rows.append(row)
             if hit is None:
                 print(f"{row['config']}: target not reached in {2 * steps} steps "
@@ -174,21 +178,23 @@ def table(result: dict, rtt_ms: float) -> str:
     ddp = result["rows"][0]
     ddp_total = ddp["seconds"] + ddp["latency_s"]
     lines = [
-        f"| {result['nodes']} nodes | step reached | eval loss | bytes sent, rank 0 | bytes sent, mean "
-        f"per node | × fewer than DDP (rank 0) | link bytes, busiest node, whole run | wall clock "
-        f"measured | + {rtt_ms:.0f} ms RTT by model | total | vs DDP |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        f"| {result['nodes']} nodes | step reached | eval loss | bytes sent, rank 0 | bytes sent, "
+        f"node that sent most | bytes sent, mean per node | × fewer than DDP (node that sent most) | "
+        f"link bytes, busiest node, whole run | wall clock measured | + {rtt_ms:.0f} ms RTT by model "
+        f"| total | vs DDP |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in result["rows"]:
         if "step" not in r:
             lines.append(f"| {r['config']} | not within {2 * result['steps']} | best {r['best_loss']:.4f} "
-                         f"| | | | {fmt_bytes(r['link_bytes_max'])} | | | | |")
+                         f"| | | | | {fmt_bytes(r['link_bytes_max'])} | | | | |")
             continue
         total = r["seconds"] + r["latency_s"]
-        factor = ddp["bytes_rank0"] / r["bytes_rank0"] if r["bytes_rank0"] else float("inf")
+        most = r.get("bytes_max", r["bytes_rank0"])  # DDP: every node sends the same
+        factor = ddp["bytes_rank0"] / most if most else float("inf")
         lines.append(
             f"| {r['config']} | {r['step']} | {r['loss']:.4f} | {fmt_bytes(r['bytes_rank0'])} | "
-            f"{fmt_bytes(r['bytes_mean'])} | {'—' if r is ddp else f'{factor:,.0f}×'} | "
+            f"{fmt_bytes(most)} | {fmt_bytes(r['bytes_mean'])} | {'—' if r is ddp else f'{factor:,.0f}×'} | "
             f"{fmt_bytes(r['link_bytes_max'])} | {r['seconds']:.1f} s | {r['latency_s']:.1f} s | "
             f"{total:.1f} s | {'—' if r is ddp else speed(ddp_total / total)} |")
     return "\n".join(lines)
@@ -216,7 +222,7 @@ def svg(results: list[dict], path: Path, rtt: float) -> None:
                         x = p["bytes"]
                     else:
                         rounds = p["step"] * (result["nodes"] - 1) if r["config"] == "DDP" else \
-                            -(-p["step"] // r["inner"])
+                            DILOCO_RTTS * -(-p["step"] // r["inner"])
                         x = p["seconds"] + rounds * rtt
                     if x > 0:  # (a log axis has no 0)
                         pts.append((x, p["loss"]))
