@@ -220,12 +220,16 @@ def _send(group: str, message: dict, *, kind: str = "live.update") -> None:
 
 
 def job_brief(job: Job, snapshot: dict | None = None) -> dict:
+    from .budget import budget_view  # budget → execution → live
+
     progress = snapshot["progress"] if snapshot else job_progress(job)
+    if snapshot is None:
+        spent = cost_so_far(job)
+        snapshot = {"cost_so_far": str(spent), "spend": budget_view(job, spent=spent)}
     return {"id": job.pk, "name": job.name, "status": job.status,
             "status_display": job.get_status_display(),
             "percent": progress["percent"] if progress else None,
-            "cost_so_far": snapshot["cost_so_far"] if snapshot else str(cost_so_far(job)),
-            "budget_warning": bool(snapshot and snapshot["spend"]["warning"])}
+            "cost_so_far": snapshot["cost_so_far"], "budget_warning": snapshot["spend"]["warning"]}
 
 
 def node_brief(node) -> dict:
