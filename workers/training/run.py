@@ -352,7 +352,9 @@ def main(spec_path: str) -> int:
 
     if paused:
         # The checkpoint above is this step's; the agent uploads it, then reports the pause.
-        if leader:
+        # One file per node (its agent reads it): local rank 0, not `leader` (with DDP across
+        # nodes that is global rank 0 only).
+        if local_rank == 0:
             (workdir / "paused.json").write_text(json.dumps({"step": step, "total_steps": total_steps}))
         events.close()
         dist.barrier()
