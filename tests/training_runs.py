@@ -34,7 +34,8 @@ def train(spec: dict, *, nproc: int = 2, faults: str = "", timeout: float = 180)
                            str(spec_path)], cwd=workdir, env=env, capture_output=True, text=True,
                           timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"training failed ({proc.returncode}):\n{proc.stdout[-3000:]}")
+        raise RuntimeError(f"training failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                           f"{proc.stderr[-3000:]}")
     return read_events(workdir)
 
 
