@@ -82,7 +82,9 @@ def test_the_quote_states_the_sync_and_its_traffic_saving(api, alice, cpu_offers
     # DiLoCo sends 1 B (int8) per parameter once every 100 steps.
     assert data["traffic_vs_ddp"] == pytest.approx(400)
     assert api.as_user(alice).post(URL + "quote/", cpu_body(), format="json").json()["traffic_vs_ddp"] is None
-    assert sync_traffic_ratio(DILOCO, nodes=4, gpus_per_node=1) == pytest.approx(100 * 1.5 * 4 / 3)
+    # Four nodes: DDP's ring sends 1.5 × 4 B per parameter per step out of each node, the
+    # leaders' reduce-scatter and all-gather 1.5 × 1 B once every 100 steps.
+    assert sync_traffic_ratio(DILOCO, nodes=4, gpus_per_node=1) == pytest.approx(100 * 1.5 * 4 / 1.5)
 
 
 def form_data(**overrides) -> dict:

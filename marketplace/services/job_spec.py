@@ -49,15 +49,16 @@ class JobSpec:
 
 
 def sync_traffic_ratio(sync: dict | None, *, nodes: int, gpus_per_node: int) -> float | None:
-    """How many times fewer bytes DiLoCo sends than DDP, per node and step, for the node
-    that sends the most (rank 0, which hands the average to the others), by model: DDP's
+    """How many times fewer bytes DiLoCo sends than DDP, per node and step, by model: DDP's
     ring all-reduce sends 2·(W−1)/W of the fp32 gradients out of each node every step;
-    DiLoCo sends n−1 averages in the wire precision every H steps. None for DDP."""
+    DiLoCo's reduce-scatter and all-gather between the n node leaders send 2·(n−1)/n of
+    the pseudo-gradient in the wire precision out of each node every H steps (headers and
+    control messages aside: ~1 % in docs/BENCHMARKS.md). None for DDP."""
     if not sync or sync.get("mode") != "diloco" or nodes < 2:
         return None
     world = nodes * gpus_per_node
     ddp = sync["inner_steps"] * 2 * (world - 1) / world * 4
-    diloco = (nodes - 1) * {"fp32": 4, "fp16": 2, "int8": 1}[sync["precision"]]
+    diloco = 2 * (nodes - 1) / nodes * {"fp32": 4, "fp16": 2, "int8": 1}[sync["precision"]]
     return ddp / diloco
 
 
