@@ -72,8 +72,9 @@ def start_chain():
 
     server, url = serve()
     os.environ["CHAIN_RPC_URL"] = url
-    subprocess.run([sys.executable, str(ROOT / "manage.py"), "chain_deploy", "--dev-wallets"],
-                   check=True, cwd=ROOT)
+    # Providers stake 500 of their 1,000 tUSD, so that offers show a stake from the start.
+    subprocess.run([sys.executable, str(ROOT / "manage.py"), "chain_deploy", "--dev-wallets",
+                    "--provider-stake", "500"], check=True, cwd=ROOT)
     return server
 
 

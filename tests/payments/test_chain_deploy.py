@@ -13,7 +13,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from marketplace.chain import deploy
-from marketplace.models import ChainContract, ChainTransaction, Organization, Wallet
+from marketplace.models import ChainContract, ChainTransaction, Organization, ProviderStake, Wallet
 
 from ..browser_support import ROOT
 from ..chain_node import free_port
@@ -49,6 +49,20 @@ def test_deploying_twice_deploys_once_and_funds_the_dev_wallets_once(bare_chain,
         # Consumers get --mint, providers --provider-mint (1,000 by default: to stake).
         assert chain.balance(wallet.address) == (500 if org.is_consumer else 1000) * 10**6
     assert ChainTransaction.objects.filter(purpose="mint").count() == 3  # alice's, bob's, carol's orgs, once
+
+
+def test_dev_wallets_can_stake_for_providers_once_per_chain(bare_chain, alice, carol, carol_offer):
+    first = run("--dev-wallets", "--provider-stake", "300")
+    second = run("--dev-wallets", "--provider-stake", "300")
+    assert "staked 300 tUSD" in first and "staked 300 tUSD" in second
+    (stake,) = ProviderStake.objects.all()
+    assert stake.organization == carol_offer.provider and stake.staked == Decimal("300")
+    assert deploy.stake_contract().functions.stakes(stake.address).call()[0] == 300 * 10**6
+    assert ChainTransaction.objects.filter(purpose="stake").count() == 1  # the second run sent none
+    carol_offer.refresh_from_db()
+    assert carol_offer.provider_stake == Decimal("300")
+    # The second run topped the wallet up to --provider-mint again; it staked nothing more.
+    assert Chain().balance(stake.address) == 1000 * 10**6
 
 
 def test_an_unreachable_node_is_an_error_with_a_message(chain, settings):
