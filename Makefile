@@ -25,7 +25,7 @@ REDIS_HOST := 127.0.0.1
 REDIS_PORT ?= 6379
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: help install demo test lint checks services chromium migrate serve bench clean distclean
+.PHONY: help install demo test lint checks services chromium migrate serve bench chaos clean distclean
 
 help:
 	@echo "make demo     install, migrate, seed and serve the demo at http://$(BIND):$(PORT)/"
@@ -34,6 +34,7 @@ help:
 	@echo "make migrate  apply migrations to DATABASE_URL (embedded SQLite when unset)"
 	@echo "make serve    production-like ASGI server (daphne; DEBUG off, needs SECRET_KEY)"
 	@echo "make bench    bench/offer_search.py against PostgreSQL"
+	@echo "make chaos    the long chaos run (tests/chaos; figures in test-results/chaos.json)"
 	@echo "make clean    remove caches, build output, var/ and the demo database"
 	@echo "make distclean  clean, and remove $(VENV)"
 
@@ -165,6 +166,18 @@ serve: install
 
 bench: install services
 	@$(PY) bench/offer_search.py
+
+# The chaos suite's long form: more jobs, nodes and agent kills than the short form that
+# `make test` runs. Its figures go to test-results/chaos.json (docs/BENCHMARKS.md, "Chaos").
+CHAOS_JOBS ?= 8
+CHAOS_NODES ?= 4
+CHAOS_AGENT_KILLS ?= 4
+CHAOS_EPOCHS ?= 60
+CHAOS_TIMEOUT_S ?= 1200
+chaos: install contracts services
+	@CHAOS_JOBS=$(CHAOS_JOBS) CHAOS_NODES=$(CHAOS_NODES) CHAOS_AGENT_KILLS=$(CHAOS_AGENT_KILLS) \
+	  CHAOS_EPOCHS=$(CHAOS_EPOCHS) CHAOS_TIMEOUT_S=$(CHAOS_TIMEOUT_S) \
+	  $(VENV)/bin/pytest -m chaos tests/chaos $(PYTEST_ARGS)
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build dist *.egg-info test-results bench/results var

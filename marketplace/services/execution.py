@@ -156,6 +156,13 @@ def _interrupt(job: Job, *, reason: str, message: str, exclude_node: int | None)
         job_states.transition(job_id=job.pk, to=S.FAILED, reason="too_many_attempts",
                               message=f"{message} Gave up after {job.attempt} placements.")
         return
+    if job.status == S.MATCHING:
+        # Broke before every node accepted (e.g. lost between dispatch and start): the job
+        # is still matching, so it is placed again as it is (the tests/payments lifecycle
+        # property test found MATCHING → INTERRUPTED raising here, which rolled the loss back).
+        job_states.note(job_id=job.pk, reason=reason, message=message)
+        enqueue.match_job(job.pk)
+        return
     job_states.transition(job_id=job.pk, to=S.INTERRUPTED, reason=reason, message=message)
     enqueue.match_job(job.pk)
 

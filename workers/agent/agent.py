@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -14,11 +15,14 @@ from urllib.parse import urlsplit
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from ..training import faults as test_faults
 from ..training.faults import from_env as faults_from_env
 from . import __version__
 from .display import Display
 from .outbox import Outbox
 from .run_assignment import AssignmentRun
+
+VANISH_EXIT_CODE = 75  # how the agent process ends when it vanished on purpose
 
 
 class TokenRefused(Exception):
@@ -28,7 +32,7 @@ class TokenRefused(Exception):
 class Agent:
     def __init__(self, *, server: str, token: str, workdir: Path, nproc_per_node: int | None,
                  advertise_addr: str, heartbeat_s: float, display: Display, hardware: dict,
-                 benchmark_tflops: float):
+                 benchmark_tflops: float, faults: test_faults.Faults | None = None):
         parts = urlsplit(server.rstrip("/"))
         scheme = "wss" if parts.scheme == "https" else "ws"
         self.ws_url = f"{scheme}://{parts.netloc}/ws/agent/"
@@ -42,6 +46,8 @@ class Agent:
         self.display = display
         self.hardware = hardware
         self.benchmark_tflops = benchmark_tflops
+        # Test-only misbehaviour (COMPUTEMESH_FAULTS, workers/training/faults.py).
+        self.faults = faults if faults is not None else test_faults.from_env()
         self.cpu_threads = os.cpu_count() or 1
         self.outbox = Outbox(workdir / "outbox.sqlite3")
         self.runs: dict[int, AssignmentRun] = {}
@@ -173,6 +179,20 @@ class Agent:
             except TimeoutError:
                 pass
             backoff = min(backoff * 2, 30.0)
+
+    def vanish(self, step: int) -> None:
+        """Fault injection (`vanish=F`: at a share F of a job's steps the machine dies).
+        Every training process group is SIGKILLed and the agent exits on the spot: no
+        result, no goodbye, no more heartbeats, the outbox left as it is on disk. The
+        platform learns of it as of a dead machine, from the heartbeat timeout."""
+        self.display.log(f"✖ fault injection: vanishing at step {step}")
+        for run in self.runs.values():
+            if run.process is not None and run.process.returncode is None:
+                try:
+                    os.killpg(run.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        os._exit(VANISH_EXIT_CODE)
 
     async def shutdown(self) -> None:
         self._stopping.set()

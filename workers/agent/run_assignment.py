@@ -41,6 +41,7 @@ class AssignmentRun:
         self.last_flush = 0.0
         self.log_batch: list[str] = []
         self.last_log_flush = 0.0
+        self.total_steps = 0
 
     @property
     def label(self) -> str:
@@ -203,6 +204,8 @@ class AssignmentRun:
         for event in events:
             self.last_activity = time.monotonic()
             kind = event.pop("type")
+            if kind in ("started", "progress", "checkpoint") and self._vanish_due(event):
+                self.agent.vanish(int(event["step"]))
             if kind == "started":
                 self.agent.display.assignment_started(self.id, self.label, event["total_steps"],
                                                       event["step"])
@@ -222,6 +225,13 @@ class AssignmentRun:
                 self.error = {"error": event.get("message", "training failed"),
                               "error_kind": event.get("reason", "")}
         await self._flush_progress()
+
+    def _vanish_due(self, event: dict) -> bool:
+        """Fault injection: has training reached the share of its steps where this node
+        is to vanish? (`total_steps` comes with the started and progress events.)"""
+        share = self.agent.faults.vanish
+        self.total_steps = int(event.get("total_steps") or self.total_steps or 0)
+        return share > 0 and self.total_steps > 0 and int(event.get("step", -1)) >= share * self.total_steps
 
     async def _upload_checkpoint(self, event: dict) -> None:
         s = self.start_msg

@@ -1,0 +1,184 @@
+"""What the chaos suite injects, and the processes it injects it into: the platform of
+tests/stack.py (daphne, a Celery worker with beat, real agents), a Redis server of the
+suite's own that it restarts (never the machine's shared one), and the hardhat node."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from ..browser_support import free_port
+from ..stack import Stack
+
+
+class RedisServer:
+    """A redis-server on a free port, in a directory of its own. Append-only persistence,
+    as production runs it, so that a restart keeps the broker's queued tasks."""
+
+    def __init__(self, tmp: Path):
+        self.dir = tmp / "redis"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+             "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(self.dir),
+             "--logfile", str(self.dir / "redis.log")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if redis.Redis.from_url(self.url, socket_timeout=1).ping():
+                    return self
+            except redis.ConnectionError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start; see {self.dir / 'redis.log'}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        """A clean shutdown (SIGTERM: redis writes its append-only file and exits)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def restart(self, down_s: float = 2.0) -> None:
+        self.stop()
+        time.sleep(down_s)
+        self.start()
+
+
+def pids_working_in(directory: Path) -> list[int]:
+    """Processes whose working directory lies under `directory`: an agent's training ranks,
+    which run in a session of their own (started in the assignment's folder)."""
+    found, root = [], str(directory.resolve())
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+        except OSError:
+            continue
+        if cwd == root or cwd.startswith(root + os.sep):
+            found.append(int(entry))
+    return found
+
+
+@dataclass
+class Injection:
+    kind: str  # agent_sigkill, agent_vanish, worker_sigkill_dispatch, worker_sigkill_settlement, ...
+    at: float  # wall clock (time.time())
+    target: str
+    assignments: list[int] = field(default_factory=list)  # what the node was running
+
+
+class ChaosStack(Stack):
+    """tests/stack.py's platform with restarts: every process can be killed and started again
+    (a restarted agent keeps its work folder and outbox, as a rebooted machine would)."""
+
+    def __init__(self, tmp: Path, *, redis_url: str, heartbeat_timeout_s: int, env: dict[str, str]):
+        super().__init__(tmp, heartbeat_timeout_s=heartbeat_timeout_s, redis_url=redis_url,
+                         queues="default,dispatch,chain,verify")
+        self.env.update(env)
+        self.generation: dict[str, int] = {}
+        self.agent_procs: dict[str, subprocess.Popen] = {}
+        self.injections: list[Injection] = []
+
+    def _next(self, name: str) -> str:
+        self.generation[name] = self.generation.get(name, 0) + 1
+        return f"{name}-{self.generation[name]}"
+
+    def _spawn_env(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115
+        proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2], env={**self.env, **env},
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    # --- agents ------------------------------------------------------------------------
+    def chaos_agent(self, name: str, token: str, *, faults: str = "") -> subprocess.Popen:
+        """Starts (or restarts) agent `name` in its own work folder."""
+        env = {"COMPUTEMESH_FAULTS": faults} if faults else {}
+        proc = self._spawn_env(self._next(name), [
+            sys.executable, "-m", "workers.agent", "--server", self.base, "--token", token,
+            "--workdir", str(self.tmp / name), "--plain", "--heartbeat", "1",
+            "--advertise-addr", "127.0.0.1", *(["--allow-test-faults"] if faults else [])], env)
+        self.agent_procs[name] = proc
+        return proc
+
+    def kill_agent(self, name: str, *, running: list[int]) -> None:
+        """The machine dies: the agent and its training ranks, SIGKILLed at once."""
+        proc = self.agent_procs[name]
+        targets = pids_working_in(self.tmp / name)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for pid in targets:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait(timeout=20)
+        self.injections.append(Injection("agent_sigkill", time.time(), name, running))
+
+    def reap_training(self, name: str) -> None:
+        """After a vanish: nothing of that machine may run on (the agent killed its ranks;
+        this makes sure of it)."""
+        for pid in pids_working_in(self.tmp / name):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    # --- the platform's processes ------------------------------------------------------
+    def start(self) -> ChaosStack:
+        super().start()
+        self.generation["celery"] = 1
+        return self
+
+    def restart_worker(self, kind: str) -> None:
+        """SIGKILL the Celery worker (with beat in it) and start a new one."""
+        name = f"celery-{self.generation['celery']}" if self.generation["celery"] > 1 else "celery"
+        self.kill(name)
+        self.injections.append(Injection(kind, time.time(), name))
+        time.sleep(1.0)
+        self.worker(self._next("celery"))
+
+    def restart_daphne(self) -> None:
+        """SIGKILL the ASGI server while the agents are connected, then start it again on the
+        same port; the agents reconnect and resend what was not acknowledged."""
+        name = f"daphne-{self.generation['daphne']}" if self.generation.get("daphne") else "daphne"
+        self.kill(name)
+        self.injections.append(Injection("daphne_sigkill", time.time(), name))
+        self._spawn(self._next("daphne"), [sys.executable, "-m", "daphne", "-b", self.bind, "-p",
+                                           str(self.port), "webapp.asgi:application"])
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(self.base + "/api/v1/templates/", timeout=2):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("daphne did not come back") from None
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        super().stop()
+        for name in self.agent_procs:
+            self.reap_training(name)
