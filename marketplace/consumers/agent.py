@@ -100,7 +100,9 @@ class AgentConsumer(LiveConsumer):
                 return
         elif kind == "heartbeat":
             running = message.get("running") if isinstance(message.get("running"), list) else []
-            out = await database_sync_to_async(execution.agent_heartbeat)(node=self.node, running=running)
+            unacked = message.get("unacked") if isinstance(message.get("unacked"), list) else None
+            out = await database_sync_to_async(execution.agent_heartbeat)(node=self.node, running=running,
+                                                                          unacked=unacked)
         else:
             if not self._allowed(message.get("assignment")):
                 await self._error("rate_limited", "too many messages for this assignment; resend later",

@@ -187,17 +187,32 @@ def agent_hello(*, node: Node, hello: dict) -> list[dict]:
     active = list(Assignment.objects.filter(node=node, status__in=Assignment.ACTIVE))
     out = [_message("welcome", node=node.pk, name=node.name, heartbeat_s=settings.AGENT_HEARTBEAT_S,
                     assignments=[a.pk for a in active])]
-    return out + agent_heartbeat(node=node, running=hello.get("running") or [], touch=False)
+    unacked = hello.get("unacked")
+    return out + agent_heartbeat(node=node, running=hello.get("running") or [], touch=False,
+                                 unacked=unacked if isinstance(unacked, list) else None)
 
 
-def agent_heartbeat(*, node: Node, running: list, touch: bool = True) -> list[dict]:
-    """Re-send starts the agent has not acted on; cancel what it runs but should not."""
+def _ids(values: list) -> set[int]:
+    return {int(x) for x in values if isinstance(x, int) or str(x).isdigit()}
+
+
+def agent_heartbeat(*, node: Node, running: list, touch: bool = True,
+                    unacked: list | None = None) -> list[dict]:
+    """Re-send starts the agent has not acted on; cancel what it runs but should not. An
+    assignment that started here but that the agent neither runs nor still has messages
+    about (`unacked`: its outbox's assignments) was lost with the agent: a machine that
+    rebooted within the heartbeat timeout does not go silent, so this is how it is noticed."""
     if touch:
         node_set_presence(node_id=node.pk, online=True, heartbeat_at=timezone.now())
-    running_ids = {int(x) for x in running if isinstance(x, int) or str(x).isdigit()}
+    running_ids = _ids(running)
     out = []
     active = {a.pk: a for a in Assignment.objects.select_related("job").filter(
         node=node, status__in=Assignment.ACTIVE)}
+    if unacked is not None:  # an agent that does not say is caught by the heartbeat timeout
+        for assignment in [a for a in active.values() if a.status in (A.ACCEPTED, A.RUNNING)
+                           and a.pk not in running_ids | _ids(unacked)]:
+            if _assignment_lost(assignment, "its agent restarted without it"):
+                del active[assignment.pk]
     for assignment_id in running_ids - set(active):
         out.append(_message("assignment.cancel", assignment=assignment_id,
                             reason="the platform no longer runs this assignment here"))
@@ -559,20 +574,24 @@ HANDLERS = {
 def node_lost(*, node_id: int, reason: str = "heartbeats stopped") -> int:
     """Mark a silent node offline, fail its assignments and re-place their jobs."""
     node_set_presence(node_id=node_id, online=False)
-    count = 0
-    for assignment in Assignment.objects.filter(node_id=node_id, status__in=Assignment.ACTIVE):
-        with transaction.atomic():
-            job = Job.objects.select_for_update().get(pk=assignment.job_id)
-            if not _end(assignment, A.LOST, reason):
-                continue
-            count += 1
-            if is_diloco(job) and assignment.node_rank > 0 and assignment.attempt == job.attempt:
-                _diloco_node_gone(job, assignment, f"node {node_id} was lost ({reason})")
-                continue
-            _interrupt(job, reason="node_lost",
-                       message=f"Node {node_id} was lost ({reason}); resuming elsewhere from the "
-                               "last checkpoint.", exclude_node=node_id)
-    return count
+    return sum(_assignment_lost(assignment, reason) for assignment in
+               Assignment.objects.filter(node_id=node_id, status__in=Assignment.ACTIVE))
+
+
+def _assignment_lost(assignment: Assignment, reason: str) -> bool:
+    """The node lost this assignment's work: end it and resume the job elsewhere."""
+    node_id = assignment.node_id
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=assignment.job_id)
+        if not _end(assignment, A.LOST, reason):
+            return False
+        if is_diloco(job) and assignment.node_rank > 0 and assignment.attempt == job.attempt:
+            _diloco_node_gone(job, assignment, f"node {node_id} was lost ({reason})")
+            return True
+        _interrupt(job, reason="node_lost",
+                   message=f"Node {node_id} was lost ({reason}); resuming elsewhere from the "
+                           "last checkpoint.", exclude_node=node_id)
+    return True
 
 
 def nodes_silent(*, timeout_s: int | None = None) -> list[int]:

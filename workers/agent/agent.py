@@ -132,7 +132,7 @@ class Agent:
         return {"type": "hello", "id": uuid.uuid4().hex, "agent_version": __version__,
                 "hardware": self.hardware, "benchmark_tflops": self.benchmark_tflops,
                 "nproc_per_node": self.nproc_per_node, "advertise_addr": self.advertise_addr,
-                "running": sorted(self.runs),
+                "running": sorted(self.runs), "unacked": self.outbox.assignments(),
                 # Test-only faults are announced: a production platform refuses such an agent.
                 "faults": faults_from_env().as_dict()}
 
@@ -140,7 +140,7 @@ class Agent:
         while True:
             await asyncio.sleep(self.heartbeat_s)
             await self._send({"type": "heartbeat", "id": uuid.uuid4().hex,
-                              "running": sorted(self.runs)})
+                              "running": sorted(self.runs), "unacked": self.outbox.assignments()})
 
     async def run_forever(self) -> None:
         backoff = 1.0

@@ -43,6 +43,11 @@ class Outbox:
             rows = self._db.execute("SELECT body FROM pending ORDER BY created, rowid").fetchall()
         return [json.loads(body) for (body,) in rows]
 
+    def assignments(self) -> list[int]:
+        """The assignments that unacknowledged messages are about: the platform must not
+        write their work off while they are on their way."""
+        return sorted({m["assignment"] for m in self.pending() if isinstance(m.get("assignment"), int)})
+
     def __len__(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM pending").fetchone()[0]
