@@ -36,6 +36,7 @@ def rematch_waiting() -> int:
         rematch_waiting.app.send_task(dispatch, args=[assignment_id])
     # DiLoCo jobs that lost a node go on without it until a replacement can be placed.
     execution.diloco_fill_missing()
+    execution.assignments_dispatch_stalled()
     return len(placed)
 
 

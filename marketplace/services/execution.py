@@ -121,6 +121,22 @@ def dispatchable(assignments: list[Assignment]) -> list[int]:
     return [a.pk for a in assignments if a.node_rank == 0 or a.job.nodes == 1]
 
 
+STALLED_DISPATCH_S = 10  # placing and sending take well under a second
+
+
+def assignments_dispatch_stalled() -> int:
+    """Send placed assignments whose dispatch never happened: the worker that placed them
+    died before it sent the dispatch task, and its redelivered task finds the job placed and
+    sends nothing (the chaos suite found such a job waiting for ever). Periodic; the claim in
+    assignment_dispatch sends each once. Ranks after 0 wait for rank 0's rendezvous."""
+    cutoff = timezone.now() - timezone.timedelta(seconds=STALLED_DISPATCH_S)
+    stalled = Assignment.objects.select_related("job").filter(status=A.PENDING, created_at__lt=cutoff)
+    ready = set(dispatchable(list(stalled)))
+    ready |= {a.pk for a in stalled if a.node_rank > 0 and Assignment.objects.filter(
+        job_id=a.job_id, attempt=a.attempt, node_rank=0, rdzv_port__isnull=False).exists()}
+    return sum(assignment_dispatch(assignment_id=pk) for pk in sorted(ready))
+
+
 # --- ending assignments ------------------------------------------------------------
 def _end(assignment: Assignment, status: str, detail: str = "") -> bool:
     """Move an active assignment to a final status exactly once, freeing its GPUs."""
