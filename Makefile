@@ -169,11 +169,11 @@ bench: install services
 
 # The chaos suite's long form: more jobs, nodes and agent kills than the short form that
 # `make test` runs. Its figures go to test-results/chaos.json (docs/BENCHMARKS.md, "Chaos").
-CHAOS_JOBS ?= 8
+CHAOS_JOBS ?= 6
 CHAOS_NODES ?= 4
-CHAOS_AGENT_KILLS ?= 4
-CHAOS_EPOCHS ?= 60
-CHAOS_TIMEOUT_S ?= 1200
+CHAOS_AGENT_KILLS ?= 3
+CHAOS_EPOCHS ?= 20
+CHAOS_TIMEOUT_S ?= 1500
 chaos: install contracts services
 	@CHAOS_JOBS=$(CHAOS_JOBS) CHAOS_NODES=$(CHAOS_NODES) CHAOS_AGENT_KILLS=$(CHAOS_AGENT_KILLS) \
 	  CHAOS_EPOCHS=$(CHAOS_EPOCHS) CHAOS_TIMEOUT_S=$(CHAOS_TIMEOUT_S) \

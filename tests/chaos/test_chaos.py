@@ -283,8 +283,9 @@ def detection_to_resume(injections: list[Injection]) -> list[dict]:
                 row["resumed_step"] = first.step
                 row["resumed_after_placement_s"] = round((first.at - nxt.created_at).total_seconds(), 1)
                 row["resumed_after_detection_s"] = round((first.at - a.finished_at).total_seconds(), 1)
-                row["resumed_after_heartbeat_timeout_s"] = round(
-                    first.at.timestamp() - (inj.at + HEARTBEAT_TIMEOUT_S), 1)
+                if "rebooted_at_once" not in inj.kind:  # found by the heartbeat timeout
+                    row["resumed_after_heartbeat_timeout_s"] = round(
+                        first.at.timestamp() - (inj.at + HEARTBEAT_TIMEOUT_S), 1)
             rows.append(row)
     return rows
 
