@@ -92,8 +92,10 @@ class ChaosStack(Stack):
     (a restarted agent keeps its work folder and outbox, as a rebooted machine would)."""
 
     def __init__(self, tmp: Path, *, redis_url: str, heartbeat_timeout_s: int, env: dict[str, str]):
+        # Workers as docker-compose.yml runs them: one for matching, dispatch and verification
+        # (with beat here), and the single chain sender.
         super().__init__(tmp, heartbeat_timeout_s=heartbeat_timeout_s, redis_url=redis_url,
-                         queues="default,dispatch,chain,verify")
+                         queues="default,dispatch,verify")
         self.env.update(env)
         self.generation: dict[str, int] = {}
         self.agent_procs: dict[str, subprocess.Popen] = {}
@@ -147,18 +149,22 @@ class ChaosStack(Stack):
                 pass
 
     # --- the platform's processes ------------------------------------------------------
+    WORKERS = {"celery": {}, "chain": {"queues": "chain", "beat": False, "concurrency": 1}}
+
     def start(self) -> ChaosStack:
         super().start()
         self.generation["celery"] = 1
+        self.worker(self._next("chain"), **self.WORKERS["chain"])
         return self
 
-    def restart_worker(self, kind: str) -> None:
-        """SIGKILL the Celery worker (with beat in it) and start a new one."""
-        name = f"celery-{self.generation['celery']}" if self.generation["celery"] > 1 else "celery"
+    def restart_worker(self, which: str, kind: str) -> None:
+        """SIGKILL a Celery worker (`celery`, with beat in it, or `chain`) and start a new one."""
+        gen = self.generation[which]
+        name = which if which == "celery" and gen == 1 else f"{which}-{gen}"  # Stack.start's is "celery"
         self.kill(name)
         self.injections.append(Injection(kind, time.time(), name))
         time.sleep(1.0)
-        self.worker(self._next("celery"))
+        self.worker(self._next(which), **self.WORKERS[which])
 
     def restart_daphne(self) -> None:
         """SIGKILL the ASGI server while the agents are connected, then start it again on the

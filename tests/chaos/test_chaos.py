@@ -1,10 +1,10 @@
 """Chaos: real jobs, paid through the escrow on a real JSON-RPC node (hardhat), while the
 platform's parts are killed under them. Injected: agents SIGKILLed mid-job with their
 training (every other one restarted at once, the rest once the heartbeat timeout has
-written their work off), an agent that vanishes
-mid-job (the `vanish` fault), the Celery worker SIGKILLed during dispatch and during
-settlement, the Redis server restarted while progress streams, and the ASGI server killed
-and restarted while the agents are connected.
+written their work off), an agent that vanishes mid-job (the `vanish` fault), the Celery
+workers SIGKILLed during dispatch (the one for matching, dispatch and verification, with
+beat) and during settlement (the chain sender), the Redis server restarted while progress
+streams, and the ASGI server killed and restarted while the agents are connected.
 
 At the end, whatever happened: every job is settled, as completed work or as cleanly
 failed work with its reason; no resumed attempt starts its step counter from 0; each job
@@ -156,19 +156,18 @@ class Scenario:
         st, now = self.stack, time.monotonic()
         if "dispatch" not in self.done and Assignment.objects.filter(
                 job_id__in=self.jobs, status__in=(A.PENDING, A.DISPATCHED)).exists():
-            st.restart_worker("worker_sigkill_dispatch")
+            st.restart_worker("celery", "worker_sigkill_dispatch")
             self.done.add("dispatch")
         if "redis" not in self.done and any(j.metrics.count() >= 5 for j in self.jobs_in(S.RUNNING)):
             self.redis.restart()
             st.injections.append(Injection("redis_restart", time.time(), self.redis.url))
             self.done.add("redis")
             self.redis_restarted_at = now
-        if ("daphne" not in self.done and "redis" in self.done and now - self.redis_restarted_at > 5
-                and self.jobs_in(S.RUNNING)):
+        if "daphne" not in self.done and "redis" in self.done and now - self.redis_restarted_at > 5:
             st.restart_daphne()
             self.done.add("daphne")
         if "settlement" not in self.done and ChainTransaction.objects.filter(purpose="settle").exists():
-            st.restart_worker("worker_sigkill_settlement")
+            st.restart_worker("chain", "worker_sigkill_settlement")
             self.done.add("settlement")
         self._vanished()
         if self.agent_kills < AGENT_KILLS and now - self.last_kill > 10:
