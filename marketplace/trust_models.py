@@ -39,7 +39,8 @@ class VerificationReport(models.Model):
 
     class Meta:
         ordering = ["job_id", "attempt"]
-        constraints = [models.UniqueConstraint(fields=["job", "attempt"], name="one_verification_per_attempt")]
+        constraints = [models.UniqueConstraint(fields=["job", "attempt"],
+                                               name="one_verification_per_attempt")]
 
     def __str__(self) -> str:
         return f"verification of job {self.job_id} attempt {self.attempt}: {self.status}"
