@@ -50,3 +50,30 @@ def test_only_a_better_metric_than_measured_is_inflated():
     assert not metric_inflated("accuracy", 0.95, 0.97, 1e-3)  # modest is not cheating
     assert not metric_inflated("accuracy", 0.9500001, 0.95, 1e-3)
     assert metric_inflated("mape", 9.0, 10.0, 1e-3) and not metric_inflated("mape", 11.0, 10.0, 1e-3)
+
+
+def test_checks_whose_task_was_lost_are_queued_again(healthcare, monkeypatch):
+    from django.utils import timezone
+
+    from marketplace.services import enqueue, verification
+    from marketplace.trust_models import VerificationReport
+
+    from .factories import JobFactory
+
+    sent = []
+    monkeypatch.setattr(enqueue, "enqueue", lambda task, *args, **kw: sent.append((task, args)))
+    job = JobFactory(owner=healthcare, status="verifying")
+    old = timezone.now() - timedelta(seconds=400)
+    lost = VerificationReport.objects.create(job=job, attempt=1, threshold=1e-4)
+    fresh = VerificationReport.objects.create(job=job, attempt=2, threshold=1e-4)
+    dead = VerificationReport.objects.create(job=job, attempt=3, threshold=1e-4, status="running",
+                                             started_at=timezone.now() - timedelta(hours=1))
+    busy = VerificationReport.objects.create(job=job, attempt=4, threshold=1e-4, status="running",
+                                             started_at=timezone.now())
+    done = VerificationReport.objects.create(job=job, attempt=5, threshold=1e-4, status="passed")
+    VerificationReport.objects.filter(pk__in=[lost.pk, dead.pk, busy.pk, done.pk]).update(created_at=old)
+
+    assert verification.verifications_stale() == 2
+    assert sorted(args[0] for _, args in sent) == sorted([lost.pk, dead.pk])
+    assert {task for task, _ in sent} == {verification.VERIFY_TASK}
+    assert fresh.pk not in [args[0] for _, args in sent]

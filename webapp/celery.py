@@ -21,6 +21,7 @@ app.conf.beat_schedule = {
     "heartbeat-watchdog": {"task": "workers.tasks.heartbeat_watchdog", "schedule": 5.0},
     "rematch-waiting": {"task": "workers.tasks.rematch_waiting", "schedule": 15.0},
     "chain-sync": {"task": "workers.tasks_chain.chain_sync", "schedule": 3.0},
+    "verify-stale": {"task": "workers.tasks_verify.verify_stale", "schedule": 60.0},
     "budget-watch": {"task": "workers.tasks.budget_watch",
                      "schedule": float(os.environ.get("BUDGET_CHECK_INTERVAL_S", "2"))},
     "reputations": {"task": "workers.tasks.reputations_update",

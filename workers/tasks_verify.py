@@ -18,3 +18,9 @@ def verify_attempt(self, report_id: int) -> str:
             verification.verification_error(report_id=report_id, message=f"files unreadable: {exc}")
             return "error"
         raise
+
+
+@shared_task(name="workers.tasks_verify.verify_stale", time_limit=60, soft_time_limit=50)
+def verify_stale() -> int:
+    """Periodically: checks whose task was lost are queued again."""
+    return verification.verifications_stale()

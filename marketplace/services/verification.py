@@ -37,6 +37,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from .. import job_states
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 S = Job.Status
 R = VerificationReport.Status
 FINAL = (R.PASSED, R.FAILED, R.ERROR)
+# As long as a verify task may run (workers/tasks_verify.py's time limit); a check started
+# longer ago than this died with its worker.
+RUN_LIMIT = timedelta(seconds=1800)
 SLASH_TASK = "workers.tasks_chain.dispute_slash"
 VERIFY_TASK = "workers.tasks_verify.verify_attempt"
 
@@ -250,6 +254,20 @@ def verification_error(*, report_id: int, message: str) -> None:
                         message=f"The work could not be verified: {message[:300]}")
 
 
+def verifications_stale(*, queued_for_s: float = 300) -> int:
+    """Queue again the checks whose message was lost (a broker or worker killed between the
+    commit and the task): pending for `queued_for_s`, or running past the task's time limit.
+    A twin that runs beside a slow original does the work twice but acts once (the report's
+    status is checked again under its lock before anything is decided)."""
+    now = timezone.now()
+    stale = list(VerificationReport.objects.filter(
+        Q(status=R.PENDING, created_at__lt=now - timedelta(seconds=queued_for_s))
+        | Q(status=R.RUNNING, started_at__lt=now - RUN_LIMIT)).values_list("pk", flat=True)[:100])
+    for report_id in stale:
+        enqueue.enqueue(VERIFY_TASK, report_id)
+    return len(stale)
+
+
 def verification_retry(*, report_id: int) -> None:
     """Queue a check that ended in an error again."""
     with transaction.atomic():
@@ -272,13 +290,14 @@ def _passed(job: Job, report: VerificationReport) -> None:
 
 def _failed(job: Job, report: VerificationReport, findings: list[Finding]) -> None:
     rank0 = Assignment.objects.select_related("node").get(job=job, attempt=report.attempt, node_rank=0)
-    for finding in findings:
-        dispute, created = Dispute.objects.get_or_create(
-            assignment=rank0, reason=finding.reason,
-            defaults={"job": job, "provider_id": rank0.node.provider_id, "verification": report,
-                      "detail": finding.detail[:2000]})
-        if created:
-            enqueue.enqueue(SLASH_TASK, dispute.pk)
+    # One dispute (and so at most one slash) per failed attempt, named by its first finding;
+    # the others are its evidence. Two findings are one piece of dishonest work, not two.
+    dispute, created = Dispute.objects.get_or_create(
+        assignment=rank0, reason=findings[0].reason,
+        defaults={"job": job, "provider_id": rank0.node.provider_id, "verification": report,
+                  "detail": " ".join(f.detail for f in findings)[:2000]})
+    if created:
+        enqueue.enqueue(SLASH_TASK, dispute.pk)
     if rank0.node_id not in job.excluded_nodes:
         job.excluded_nodes = [*job.excluded_nodes, rank0.node_id]
         job.save(update_fields=["excluded_nodes", "updated_at"])
