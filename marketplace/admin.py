@@ -657,12 +657,16 @@ class JobAdmin(ViewOnlyWithActionsMixin, admin.ModelAdmin):
         cancelled, refused = 0, []
         for job in queryset.order_by("pk"):
             try:
+                before = job.events.count()
                 job_cancel(job=job, actor=request.user, reason="cancelled_by_admin",
                            message=f"Cancelled by {who} (platform admin).")
             except MarketError as exc:
                 refused.append(exc.message)
             else:
-                cancelled += 1
+                if job.events.count() == before:  # a retried cancel is a no-op
+                    refused.append(f"Job #{job.pk} was already cancelled.")
+                else:
+                    cancelled += 1
         if cancelled:
             self.message_user(request, f"Cancelled {cancelled} job(s).", messages.SUCCESS)
         if refused:

@@ -229,9 +229,14 @@ def agent_heartbeat(*, node: Node, running: list, touch: bool = True,
                            and a.pk not in running_ids | _ids(unacked)]:
             if _assignment_lost(assignment, "its agent restarted without it"):
                 del active[assignment.pk]
-    for assignment_id in running_ids - set(active):
-        out.append(_message("assignment.cancel", assignment=assignment_id,
-                            reason="the platform no longer runs this assignment here"))
+    ended = running_ids - set(active)
+    if ended:  # the push was missed or is still on its way: say the same reason it did
+        why = dict(Assignment.objects.filter(pk__in=ended, node=node, status__in=(
+            A.CANCELLED, A.FAILED, A.LOST)).values_list("pk", "detail"))
+        for assignment_id in sorted(ended):
+            out.append(_message("assignment.cancel", assignment=assignment_id,
+                                reason=(why.get(assignment_id) or
+                                        "the platform no longer runs this assignment here")[:200]))
     stale = timezone.now() - timezone.timedelta(seconds=settings.AGENT_HEARTBEAT_S)
     for assignment in active.values():
         if (assignment.status == A.DISPATCHED and assignment.pk not in running_ids

@@ -61,7 +61,7 @@ def on_node(node, settings):
     return node
 
 
-def stack_for(tmp_path, node: str, *, queues: str = "default,dispatch,chain", **env: str) -> Stack:
+def stack_for(tmp_path, node: str, *, queues: str = "default,dispatch,verify,chain", **env: str) -> Stack:
     stack = Stack(tmp_path, redis_url=REDIS_URL, queues=queues)
     stack.env.update({"ESCROW_ENABLED": "1", "CHAIN_RPC_URL": node, "SETTLEMENT_INTERVAL_S": "2",
                       "CHAIN_RESEND_AFTER_S": "1", **env})
