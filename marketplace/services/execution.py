@@ -312,8 +312,10 @@ def agent_data_batch(*, items: list[tuple[Node, dict]], outbox: list | None = No
             results[i] = exc
     with live.coalesced(outbox, snapshots), transaction.atomic():
         # Locked in id order, as every batch does: two processes' batches cannot deadlock.
-        locked = {a.pk: a for a in Assignment.objects.select_for_update(of=("self",)).select_related(
-            "job").filter(pk__in={p[4] for p in parsed}).order_by("pk")}
+        # Without the job: progress, nearly all of the traffic, needs only job_id (a job row
+        # with its JSON fields cost the ingest ~10 % of its CPU); handlers load it if needed.
+        locked = {a.pk: a for a in Assignment.objects.select_for_update(of=("self",))
+                  .filter(pk__in={p[4] for p in parsed}).order_by("pk")}
         progress: list[tuple[Assignment, dict]] = []
         numbered: dict[int, Assignment] = {}
         for i, node, message, kind, assignment_id, seq in parsed:

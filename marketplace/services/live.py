@@ -179,7 +179,7 @@ def snapshots(job_ids, *, events: int = 10) -> list[tuple[str, dict]]:
 
     ids = list(job_ids)
     jobs = Job.objects.filter(pk__in=ids).select_related("escrow").prefetch_related(
-        Prefetch("assignments", queryset=Assignment.objects.select_related("node")))
+        Prefetch("assignments", queryset=Assignment.objects.select_related("node")), "disputes")
     newest: dict[int, list] = {}
     for e in (JobEvent.objects.filter(job_id__in=ids)
               .annotate(rank=Window(RowNumber(), partition_by=F("job_id"), order_by=F("id").desc()))

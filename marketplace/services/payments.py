@@ -325,9 +325,14 @@ def _voided_attempts(job: Job) -> dict[int, str]:
     from ..trust_models import Dispute
 
     out: dict[int, str] = {}
-    for attempt, pk, reason in (Dispute.objects.filter(job=job).exclude(status=Dispute.Status.DISMISSED)
-                                .values_list("assignment__attempt", "pk", "reason").order_by("pk")):
-        out.setdefault(attempt, f"failed verification ({reason}, dispute #{pk}): not charged")
+    # job.disputes.all() uses the live snapshots' prefetch (one query for many jobs).
+    disputes = sorted((d for d in job.disputes.all() if d.status != Dispute.Status.DISMISSED),
+                      key=lambda d: d.pk)
+    attempts = dict(Assignment.objects.filter(pk__in={d.assignment_id for d in disputes})
+                    .values_list("pk", "attempt")) if disputes else {}
+    for d in disputes:
+        out.setdefault(attempts[d.assignment_id],
+                       f"failed verification ({d.reason}, dispute #{d.pk}): not charged")
     return out
 
 
