@@ -87,8 +87,13 @@ def chain_id() -> int:
     try:
         return w3().eth.chain_id
     except Exception as exc:  # connection refused, timeouts, a node answering garbage
-        raise ChainError(f"The chain node does not answer: {_short(exc)}", code="chain_unavailable") from exc
+        raise unavailable(exc) from exc
 
 
-def _short(exc: Exception) -> str:
+def unavailable(exc: Exception) -> ChainError:
+    """The error for a node that did not answer (connection refused, timeouts, garbage)."""
+    return ChainError(f"The chain node does not answer: {short_error(exc)}", code="chain_unavailable")
+
+
+def short_error(exc: Exception) -> str:
     return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__

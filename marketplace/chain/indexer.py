@@ -14,7 +14,7 @@ from django.db import transaction
 from eth_utils import event_abi_to_log_topic
 
 from ..payment_models import ChainCursor
-from .client import ChainError, _short, chain_id, w3
+from .client import ChainError, chain_id, unavailable, w3
 from .deploy import addresses, escrow_contract
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def _index(contract, name: str, events, apply, max_ranges: int) -> int:
     except ChainError:
         raise
     except Exception as exc:
-        raise ChainError(f"The chain node does not answer: {_short(exc)}", code="chain_unavailable") from exc
+        raise unavailable(exc) from exc
     cursor, _ = ChainCursor.objects.get_or_create(chain_id=cid, address=contract.address, defaults={
         "last_block": max(0, _deployed_at(cid, name) - 1)})
     applied = 0

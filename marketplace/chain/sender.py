@@ -21,7 +21,7 @@ from eth_account import Account
 from web3.exceptions import ContractCustomError, ContractLogicError, TransactionNotFound
 
 from ..payment_models import ChainAccount, ChainTransaction
-from .client import ChainError, _short, chain_id, w3
+from .client import ChainError, chain_id, short_error, unavailable, w3
 
 log = logging.getLogger(__name__)
 T = ChainTransaction.Status
@@ -32,7 +32,7 @@ _KNOWN = ("already known", "known transaction", "already imported", "transaction
 def _revert_reason(exc: Exception) -> str:
     if isinstance(exc, ContractCustomError) and getattr(exc, "data", None):
         return f"the contract refused it (custom error {str(exc.data)[:10]})"
-    return f"the contract refused it: {_short(exc)}"
+    return f"the contract refused it: {short_error(exc)}"
 
 
 def send(*, key: str, purpose: str, call=None, tx: dict | None = None,
@@ -59,7 +59,7 @@ def send(*, key: str, purpose: str, call=None, tx: dict | None = None,
     except Exception as exc:
         if "execution reverted" in str(exc):  # the in-process EVM's revert (eth-tester's TransactionFailed)
             raise ChainError(_revert_reason(exc), code="reverted") from exc
-        raise ChainError(f"The chain node does not answer: {_short(exc)}", code="chain_unavailable") from exc
+        raise unavailable(exc) from exc
     body.pop("from", None)
     with transaction.atomic():
         row = _account(cid, account.address)
@@ -102,13 +102,13 @@ def broadcast(stored: ChainTransaction) -> None:
     try:
         w3().eth.send_raw_transaction(bytes.fromhex(stored.raw.removeprefix("0x")))
     except Exception as exc:
-        text = _short(exc).lower()
+        text = short_error(exc).lower()
         # "Nonce too low" is ours only if the chain has our hash; otherwise the nonce went to
         # another transaction, which needs a person: it stays recorded as an error.
         if not (any(k in text for k in _KNOWN) or ("nonce too low" in text and _mined(stored))):
             ChainTransaction.objects.filter(pk=stored.pk).update(
-                error=_short(exc)[:500], broadcasts=F("broadcasts") + 1, updated_at=timezone.now())
-            log.warning("broadcast of %s failed: %s", stored.tx_hash, _short(exc))
+                error=short_error(exc)[:500], broadcasts=F("broadcasts") + 1, updated_at=timezone.now())
+            log.warning("broadcast of %s failed: %s", stored.tx_hash, short_error(exc))
             return
     ChainTransaction.objects.filter(pk=stored.pk).update(
         status=Case(When(status=T.SIGNED, then=Value(T.SENT)), default=F("status")),
@@ -132,7 +132,7 @@ def check(stored: ChainTransaction) -> ChainTransaction:
     except TransactionNotFound:
         return stored
     except Exception as exc:
-        raise ChainError(f"The chain node does not answer: {_short(exc)}", code="chain_unavailable") from exc
+        raise unavailable(exc) from exc
     fields = {"block_number": receipt["blockNumber"], "gas_used": receipt["gasUsed"]}
     if receipt["status"] != 1:
         fields.update(status=T.REVERTED, error="reverted on chain")

@@ -89,7 +89,7 @@ def job_fund(*, job: Job, actor=None, amount: Decimal | None = None) -> Escrow:
     a job whose funding (or top-up) is under way or done is returned as it is."""
     from ..chain import sender
     from ..chain.client import to_units
-    from ..chain.deploy import escrow_contract, token_contract
+    from ..chain.deploy import escrow_contract
 
     if not settings.ESCROW_ENABLED:
         raise Conflict("Escrow is not enabled on this platform; jobs run without funding.")
@@ -107,21 +107,13 @@ def job_fund(*, job: Job, actor=None, amount: Decimal | None = None) -> Escrow:
         if Job.objects.get(pk=job.pk).status != S.SUBMITTED:
             raise Conflict(f"Job #{job.pk} is {job.get_status_display().lower()}; only a submitted job "
                            "is funded.")
-        wallet = custodial_wallet(job.owner)
-        key = custodial_key(wallet)
-        token, contract = token_contract(), escrow_contract()
-        units = to_units(job.budget)
-        if token.functions.balanceOf(wallet.address).call() < units:
-            raise Conflict(f"The wallet {wallet.address} holds less than {job.budget:.2f} tUSD.",
-                           code="insufficient_funds")
-        approving = token.functions.allowance(wallet.address, contract.address).call() < units
-        if approving:
-            sender.send(key=key, purpose="approve", call=token.functions.approve(contract.address, units))
+        wallet, key, approving = _custodial_approve(job.owner, job.budget)
         # Both go out after this transaction commits, in order; the fund's gas cannot be
         # estimated before the approval is mined, so it gets a fixed limit then.
         tx = sender.send(key=key, purpose="fund", gas=FUND_GAS if approving else None,
-                         call=contract.functions.fund(bytes.fromhex(escrow.key[2:]), units,
-                                                      int(reclaim_deadline(job).timestamp())))
+                         call=escrow_contract().functions.fund(
+                             bytes.fromhex(escrow.key[2:]), to_units(job.budget),
+                             int(reclaim_deadline(job).timestamp())))
         escrow.status, escrow.fund_tx = E.FUNDING, tx.tx_hash
         escrow.save(update_fields=["status", "fund_tx"])
         job_states.note(job_id=job.pk, reason="funding_sent", actor=actor,
@@ -131,13 +123,40 @@ def job_fund(*, job: Job, actor=None, amount: Decimal | None = None) -> Escrow:
     return escrow
 
 
+def _custodial_approve(owner: Organization, amount: Decimal):
+    """The owner's development wallet and key, once it is known to hold `amount`, with an
+    approval of the escrow for it queued when the allowance is short (`approving`: the next
+    call's gas cannot be estimated before that is mined). The chain's reads raise ChainError
+    (503) when the node does not answer, never a 500."""
+    from ..chain import sender
+    from ..chain.client import to_units, unavailable
+    from ..chain.deploy import escrow_contract, token_contract
+
+    wallet = custodial_wallet(owner)
+    key = custodial_key(wallet)
+    token, escrow = token_contract(), escrow_contract()
+    units = to_units(amount)
+    try:
+        balance = token.functions.balanceOf(wallet.address).call()
+        allowance = token.functions.allowance(wallet.address, escrow.address).call()
+    except Exception as exc:  # connection refused, timeouts, a node answering garbage
+        raise unavailable(exc) from exc
+    if balance < units:
+        raise Conflict(f"The wallet {wallet.address} holds less than {amount:.2f} tUSD.",
+                       code="insufficient_funds")
+    approving = allowance < units
+    if approving:
+        sender.send(key=key, purpose="approve", call=token.functions.approve(escrow.address, units))
+    return wallet, key, approving
+
+
 def _top_up(*, job: Job, escrow: Escrow, actor=None) -> Escrow:
     """A funded escrow holding less than the job's (raised) budget gets the difference from
     the custodial wallet. Idempotent: while a top-up is in flight (sent, not yet seen by the
     indexer, not reverted) a retry sends nothing."""
     from ..chain import sender
     from ..chain.client import to_units
-    from ..chain.deploy import escrow_contract, token_contract
+    from ..chain.deploy import escrow_contract
 
     if escrow.amount >= job.budget or job.status not in job_states.ACTIVE:
         return escrow
@@ -145,18 +164,9 @@ def _top_up(*, job: Job, escrow: Escrow, actor=None) -> Escrow:
             and not _reverted(escrow.top_up_tx)):
         return escrow
     due = job.budget - escrow.amount
-    wallet = custodial_wallet(job.owner)
-    key = custodial_key(wallet)
-    token, contract = token_contract(), escrow_contract()
-    units = to_units(due)
-    if token.functions.balanceOf(wallet.address).call() < units:
-        raise Conflict(f"The wallet {wallet.address} holds less than {due:.2f} tUSD.",
-                       code="insufficient_funds")
-    approving = token.functions.allowance(wallet.address, contract.address).call() < units
-    if approving:
-        sender.send(key=key, purpose="approve", call=token.functions.approve(contract.address, units))
+    wallet, key, approving = _custodial_approve(job.owner, due)
     tx = sender.send(key=key, purpose="top_up", gas=FUND_GAS if approving else None,
-                     call=contract.functions.topUp(bytes.fromhex(escrow.key[2:]), units))
+                     call=escrow_contract().functions.topUp(bytes.fromhex(escrow.key[2:]), to_units(due)))
     escrow.top_up_tx, escrow.top_up_total = tx.tx_hash, job.budget
     escrow.save(update_fields=["top_up_tx", "top_up_total"])
     job_states.note(job_id=job.pk, reason="top_up_sent", actor=actor,
