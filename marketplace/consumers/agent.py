@@ -12,6 +12,7 @@ from channels.layers import get_channel_layer
 from ..errors import NotFound
 from ..services import execution, live
 from ..services.nodes import node_by_token
+from ..services.progress_ingest import ProgressWriter
 from .base import LiveConsumer
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ class Ingest:
         self.due: set[int] = set()           # jobs with progress not yet in a snapshot
         self.snapshot_at: dict[int, float] = {}
         self.publisher: asyncio.Task | None = None
+        self.writer = ProgressWriter() if ProgressWriter.available() else None
 
     def attach(self) -> None:
         self.sockets += 1
@@ -148,23 +150,37 @@ class Ingest:
         self.queue.put_nowait((consumer, message))
 
     async def _drain(self):
-        while True:
-            batch = [await self.queue.get()]
-            while not self.queue.empty() and len(batch) < DRAIN_BATCH:
-                batch.append(self.queue.get_nowait())
-            stop = None in batch
-            batch = [item for item in batch if item is not None]
-            if batch:
-                # Sequential on purpose: while a batch is written and its replies sent, the
-                # next one gathers; overlapping them made batches smaller and slower overall.
-                await self._reply(batch, *await self._write(batch))
-            if stop and self.sockets <= 0 and self.queue.empty():
-                _ingests.pop(asyncio.get_running_loop(), None)
-                return
+        try:
+            while True:
+                batch = [await self.queue.get()]
+                while not self.queue.empty() and len(batch) < DRAIN_BATCH:
+                    batch.append(self.queue.get_nowait())
+                stop = None in batch
+                batch = [item for item in batch if item is not None]
+                if batch:
+                    # Sequential on purpose: while a batch is written and its replies sent, the
+                    # next one gathers; overlapping them made batches smaller and slower overall.
+                    await self._reply(batch, *await self._write(batch))
+                if stop and self.sockets <= 0 and self.queue.empty():
+                    _ingests.pop(asyncio.get_running_loop(), None)
+                    return
+        finally:  # stopped, or cancelled with its loop: the connection goes with it
+            if self.writer is not None:
+                await _quietly(self.writer.close())
 
     async def _write(self, batch: list) -> tuple[list, list, set]:
         outbox: list = []
         snapshots: set[int] = set()
+        if self.writer is not None:
+            try:
+                results = await self.writer.apply([(c.node, m) for c, m in batch], outbox, snapshots)
+            except Exception:  # PostgreSQL away or the connection broken: the ORM path decides
+                log.warning("progress fast path failed; applying %d messages through the ORM", len(batch),
+                            exc_info=True)
+                await _quietly(self.writer.close())
+                results, outbox, snapshots = None, [], set()
+            if results is not None:
+                return results, outbox, snapshots
         try:
             # Off the shared sync thread: handshakes and heartbeats must not wait on it.
             results = await database_sync_to_async(execution.agent_data_batch, thread_sensitive=False)(

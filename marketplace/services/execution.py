@@ -255,7 +255,7 @@ DATA_TYPES = {"assignment.accepted", "assignment.rejected", "progress", "log", "
               "assignment.finished"}
 
 
-def _parse(message: dict) -> tuple[str, int, int]:
+def parse_data(message: dict) -> tuple[str, int, int]:
     kind = message.get("type")
     if kind not in DATA_TYPES:
         raise AgentMessageError(f"unknown message type {str(kind)[:40]!r}", code="unknown_type")
@@ -266,7 +266,7 @@ def _parse(message: dict) -> tuple[str, int, int]:
                                 code="malformed") from None
 
 
-def _check_seq(assignment: Assignment | None, node: Node, seq: int) -> bool:
+def check_seq(assignment: Assignment | None, node: Node, seq: int) -> bool:
     """True to apply, False for a duplicate (acked again, not applied); raises otherwise."""
     if assignment is None or assignment.node_id != node.pk:
         raise AgentMessageError("that assignment is not yours", code="not_yours")
@@ -281,11 +281,11 @@ def _check_seq(assignment: Assignment | None, node: Node, seq: int) -> bool:
 def agent_data(*, node: Node, message: dict) -> str:
     """Apply one numbered message about an assignment of this node, exactly once.
     Returns "applied" or "duplicate"; raises AgentMessageError (not acked)."""
-    kind, assignment_id, seq = _parse(message)
+    kind, assignment_id, seq = parse_data(message)
     with transaction.atomic():
         assignment = (Assignment.objects.select_for_update().select_related("job")
                       .filter(pk=assignment_id).first())
-        if not _check_seq(assignment, node, seq):
+        if not check_seq(assignment, node, seq):
             return "duplicate"
         assignment.last_seq = seq
         assignment.save(update_fields=["last_seq"])
@@ -307,7 +307,7 @@ def agent_data_batch(*, items: list[tuple[Node, dict]], outbox: list | None = No
     parsed = []
     for i, (node, message) in enumerate(items):
         try:
-            parsed.append((i, node, message, *_parse(message)))
+            parsed.append((i, node, message, *parse_data(message)))
         except AgentMessageError as exc:
             results[i] = exc
     with live.coalesced(outbox, snapshots), transaction.atomic():
@@ -321,7 +321,7 @@ def agent_data_batch(*, items: list[tuple[Node, dict]], outbox: list | None = No
         for i, node, message, kind, assignment_id, seq in parsed:
             a = locked.get(assignment_id)
             try:
-                if not _check_seq(a, node, seq):
+                if not check_seq(a, node, seq):
                     continue
             except AgentMessageError as exc:
                 results[i] = exc
@@ -384,6 +384,17 @@ def _ts(value: Any) -> datetime:
         return timezone.now()
 
 
+def progress_items(message: dict) -> list[dict]:
+    """A progress message's samples as MetricPoint values (less job, assignment and seq):
+    at most 1,000, bad numbers dropped to their defaults."""
+    return [{"step": _int(item.get("step")), "total_steps": _int(item.get("total_steps")),
+             "epoch": _int(item.get("epoch")), "loss": _float(item.get("loss")),
+             "samples_per_sec": _float(item.get("samples_per_sec")),
+             "comm_bytes": _int(item.get("comm_bytes"), None),
+             "comm_bytes_ddp": _int(item.get("comm_bytes_ddp"), None), "at": _ts(item.get("at"))}
+            for item in [i for i in (message.get("items") or []) if isinstance(i, dict)][:1000]]
+
+
 def _store_progress(batch: list[tuple[Assignment, dict]]) -> None:
     """Persist progress messages in bulk (one insert, one update of the jobs), then queue
     one metrics broadcast per job and a throttled snapshot."""
@@ -398,14 +409,10 @@ def _store_progress(batch: list[tuple[Assignment, dict]]) -> None:
     started = set()
     for a, m in batch:
         job = jobs[a.job_id]
-        for item in [i for i in (m.get("items") or []) if isinstance(i, dict)][:1000]:
+        for item in progress_items(m):
             job.metric_seq += 1
             points.setdefault(job.pk, []).append(SimpleNamespace(
-                job_id=job.pk, assignment_id=a.pk, seq=job.metric_seq, step=_int(item.get("step")),
-                total_steps=_int(item.get("total_steps")), epoch=_int(item.get("epoch")),
-                loss=_float(item.get("loss")), samples_per_sec=_float(item.get("samples_per_sec")),
-                comm_bytes=_int(item.get("comm_bytes"), None),
-                comm_bytes_ddp=_int(item.get("comm_bytes_ddp"), None), at=_ts(item.get("at"))))
+                job_id=job.pk, assignment_id=a.pk, seq=job.metric_seq, **item))
         if a.status == A.ACCEPTED:
             started.add(a.pk)
             a.status = A.RUNNING

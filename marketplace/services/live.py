@@ -95,6 +95,11 @@ def point(p: MetricPoint) -> dict:
             "comm_bytes_ddp": p.comm_bytes_ddp, "at": _iso(p.at)}
 
 
+def point_values(values: dict) -> dict:
+    """`point` for a sample not (yet) loaded as a model: a dict of its fields."""
+    return {**values, "at": _iso(values["at"])}
+
+
 def log_line(line: LogLine) -> dict:
     return {"seq": line.seq, "line": line.line, "at": _iso(line.at)}
 
