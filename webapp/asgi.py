@@ -1,5 +1,6 @@
 """ASGI entry point: HTTP goes to Django; WebSockets are origin-checked and authenticated."""
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -23,3 +24,9 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+# Everything imported so far lives as long as the process: keep it out of the cyclic
+# garbage collector's full passes, which walked the whole Django heap and were the live
+# progress latency's tail (max 150-245 ms -> 37-53 ms at 1,000 messages a second,
+# bench/progress_latency.py; docs/BENCHMARKS.md).
+gc.freeze()

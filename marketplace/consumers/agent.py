@@ -244,7 +244,11 @@ async def _quietly(send) -> None:
 
 async def _send_all(events: list[tuple[str, dict]]) -> None:
     layer = get_channel_layer()
-    if layer is not None and events:
+    if layer is None or not events:
+        return
+    if hasattr(layer, "group_send_many"):  # Redis: one round trip (webapp/channel_layer.py)
+        await layer.group_send_many(events)
+    else:
         await asyncio.gather(*(layer.group_send(group, event) for group, event in events))
 
 
