@@ -53,9 +53,12 @@ async def drive(url: str, origin: str, token: str, assignment: int, rate: int, s
         async def receive():
             async for raw in ws:
                 m = json.loads(raw)
-                if m.get("type") == "ack" and m.get("ack") in sent:
-                    t0 = sent.pop(m["ack"])
-                    latencies.append((t0, time.perf_counter() - t0))
+                if m.get("type") == "ack":  # one frame may acknowledge several messages
+                    now = time.perf_counter()
+                    for mid in m.get("ids") or [m.get("ack")]:
+                        if mid in sent:
+                            t0 = sent.pop(mid)
+                            latencies.append((t0, now - t0))
                 elif m.get("type") == "error":
                     print("error:", m)
 
