@@ -162,3 +162,14 @@ def test_an_inflated_metric_is_caught_disputed_not_charged_and_the_job_completes
     assert failed.segments and all(s["passed"] for s in failed.segments)
     assert failed.metric_reported > failed.metric_measured + 0.01
     assert passed.metric_reported == passed.metric_measured == record.metric_value
+
+
+def test_work_without_committed_checkpoints_is_disputed_not_charged_and_runs_elsewhere(stack, alice):
+    # A provider that uploads no checkpoint leaves nothing to replay: it is not paid on the
+    # strength of the final model alone.
+    record, failed, passed = _cheat_then_honest(
+        stack, alice, faults="withhold_checkpoints", reason="checkpoint_uncommitted",
+        params={"epochs": 4, "batch_size": 16, "hidden_units": 32})
+    assert not failed.segments and failed.replay_steps == 0
+    assert not record.checkpoints.filter(assignment__attempt=1).exists()
+    assert passed.segments and all(s["passed"] for s in passed.segments)

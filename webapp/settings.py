@@ -308,7 +308,7 @@ VERIFY_METRIC_TOLERANCE = env.float("VERIFY_METRIC_TOLERANCE", default=1e-3)
 # (the agent socket's ingest lags the HTTP upload) and still count.
 VERIFY_COMMIT_GRACE_S = env.float("VERIFY_COMMIT_GRACE_S", default=10.0)
 # Agents that announce test-only faults (COMPUTEMESH_FAULTS) are refused unless this is on:
-# only the test settings and the demo turn it on, never the environment.
+# only the test settings turn it on, never the environment.
 ALLOW_AGENT_FAULTS = False
 
 # --- Security (check --deploy passes with DEBUG off) -------------------------------

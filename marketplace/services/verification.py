@@ -167,10 +167,16 @@ def _check(job: Job, attempt: int, rng: secrets.SystemRandom | None = None) -> O
     else:
         segments = choose_segments(sorted(by_step), train_steps=out.train_steps,
                                    share=settings.VERIFY_REPLAY_SHARE, rng=rng)
-        if not segments and len(own) >= 2 and len(counted) < 2:
+        # The runtime checkpoints at the platform's cadence and at the last step, so every
+        # honest attempt that trained leaves segments to replay: without them the work is
+        # unverifiable, and unverifiable work is not paid for.
+        if not segments and out.train_steps > 0:
+            missing = (f"{len(own) - len(counted)} of {len(own)} checkpoints were not committed in time"
+                       if len(own) > len(counted) else
+                       f"{len(own) or 'no'} checkpoint{'' if len(own) == 1 else 's'} uploaded")
             out.findings.append(Finding(Dispute.Reason.CHECKPOINT_UNCOMMITTED, (
-                f"{len(own) - len(counted)} of {len(own)} checkpoints were not committed in time, "
-                "so no segment of this work can be replayed.")))
+                f"{missing} for {out.train_steps} steps of training, so no segment of this work "
+                "can be replayed.")))
         elif not segments:
             out.notes.append("no two counted checkpoints to replay between")
         for a, b in segments:
@@ -193,7 +199,11 @@ def _check(job: Job, attempt: int, rng: secrets.SystemRandom | None = None) -> O
     # The final model: the last committed checkpoint's, and as good as reported.
     artifact = ckpt_io.load(job.artifact.path)
     final = by_step.get(job.current_step)
-    if final is None:
+    if final is None and out.train_steps > 0:
+        out.findings.append(Finding(Dispute.Reason.CHECKPOINT_UNCOMMITTED, (
+            f"No checkpoint was committed at the final step {job.current_step}, so the uploaded "
+            "model cannot be tied to the checked work.")))
+    elif final is None:
         out.notes.append(f"no counted checkpoint at the final step {job.current_step}")
     elif replay.rel_l2(artifact["model"], ckpt_io.load(final.file.path)["model"]) != 0:
         out.findings.append(Finding(Dispute.Reason.ARTIFACT_MISMATCH,

@@ -234,6 +234,8 @@ class AssignmentRun:
         return share > 0 and self.total_steps > 0 and int(event.get("step", -1)) >= share * self.total_steps
 
     async def _upload_checkpoint(self, event: dict) -> None:
+        if self.agent.faults.withhold_checkpoints:  # test-only: work nobody can replay
+            return
         s = self.start_msg
         url = self.agent.url(f"{s['upload_url']}checkpoints/{event['step']}/")
         path = Path(event["path"])

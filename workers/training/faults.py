@@ -7,11 +7,13 @@
   by step number alone, so the ranks' collectives stay in step.
 - inflate_metric=X: report a better held-out metric than achieved: accuracy + X (at most
   1.0), or a MAPE X times smaller (X=0.05: 5 % lower).
+- withhold_checkpoints: the agent uploads and commits none of the job's checkpoints (the
+  final model still goes up), so that no step of the work can be replayed.
 - vanish: reserved for the chaos suite (an agent that disappears mid-job); parsed here
   so that one variable names every fault, implemented by the chaos work.
 
 The agent announces its faults in `hello`; the platform refuses such an agent unless
-ALLOW_AGENT_FAULTS (test settings and the demo only), and the agent's CLI refuses to start
+ALLOW_AGENT_FAULTS (the test settings only), and the agent's CLI refuses to start
 with faults unless given --allow-test-faults. No Django here: this runs on providers.
 """
 
@@ -22,7 +24,7 @@ import os
 from dataclasses import asdict, dataclass
 
 ENV = "COMPUTEMESH_FAULTS"
-KNOWN = ("skip_steps", "inflate_metric", "vanish")
+KNOWN = ("skip_steps", "inflate_metric", "withhold_checkpoints", "vanish")
 
 
 class FaultSpecError(ValueError):
@@ -33,6 +35,7 @@ class FaultSpecError(ValueError):
 class Faults:
     skip_steps: float = 0.0
     inflate_metric: float = 0.0
+    withhold_checkpoints: float = 0.0  # acted on by the agent (run_assignment.py)
     vanish: float = 0.0  # the chaos suite's; not acted on here
 
     @property
