@@ -13,7 +13,6 @@ an assignment that is not running yet (its first point starts it), is declined a
 through `agent_data_batch`.
 """
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +23,6 @@ from ..models import Assignment, Job, MetricPoint
 from . import live
 from .execution import AgentMessageError, check_seq, parse_data, progress_items
 
-log = logging.getLogger(__name__)
 A = Assignment.Status
 
 _A, _J, _M = Assignment._meta.db_table, Job._meta.db_table, MetricPoint._meta.db_table
@@ -95,6 +93,8 @@ class ProgressWriter:
                 parsed.append((i, node, message, *parse_data(message)[1:]))
             except AgentMessageError as exc:
                 results[i] = exc
+        if not parsed:
+            return results
         conn = await self._connection()
         try:
             async with conn.transaction():
