@@ -325,11 +325,24 @@ def test_chunks_cover_the_parameters_once_and_split_at_tensor_ends(total, parts)
 
 
 # --- the runtime, launched as the agent launches it, without the platform -----------------
+HIERARCHICAL = {  # every built-in template, small enough for a test
+    "load-forecast": ({"kind": "sample", "name": "grid-load"},
+                      {"epochs": 2, "batch_size": 64, "learning_rate": 0.002, "lookback_hours": 48,
+                       "horizon_hours": 12, "hidden_size": 16}),
+    "tabular-classifier": ({"kind": "sample", "name": "breast-cancer"},
+                           {"epochs": 2, "batch_size": 16, "learning_rate": 0.003, "hidden_units": 16,
+                            "hidden_layers": 2, "dropout": 0.1}),
+    "image-classifier": ({"kind": "sample", "name": "digits"},
+                         {"epochs": 1, "batch_size": 64, "learning_rate": 0.003, "channels": 4}),
+}
+
+
 @pytest.mark.integration
-def test_hierarchical_diloco_runs_ddp_inside_each_node_for_the_forecaster(tmp_path):
-    """Two nodes of two processes each (DDP inside a node, DiLoCo between them) on the
-    load-forecast template: every outer step leaves both nodes with the same global model,
-    and both processes of a node finish with it."""
+@pytest.mark.parametrize("template", sorted(HIERARCHICAL))
+def test_hierarchical_diloco_runs_ddp_inside_each_node(tmp_path, template):
+    """Two nodes of two processes each (DDP inside a node, DiLoCo between them), for each
+    built-in template: every outer step leaves both nodes with the same global model, and
+    both processes of a node finish with it."""
     import json
     import subprocess
 
@@ -340,9 +353,9 @@ def test_hierarchical_diloco_runs_ddp_inside_each_node_for_the_forecaster(tmp_pa
     for rank in (0, 1):
         work = tmp_path / f"node{rank}"
         work.mkdir()
-        spec = {"template": "load-forecast", "dataset": {"kind": "sample", "name": "grid-load"},
-                "params": {"epochs": 2, "batch_size": 64, "learning_rate": 0.002, "lookback_hours": 48,
-                           "horizon_hours": 12, "hidden_size": 16, "checkpoint_every": 10, "seed": 3},
+        dataset, params = HIERARCHICAL[template]
+        spec = {"template": template, "dataset": dataset,
+                "params": {**params, "checkpoint_every": 10, "seed": 3},
                 "workdir": str(work), "backend": "gloo", "resume_from": None, "pg_timeout_s": 60,
                 "sync": {"mode": "diloco", "inner_steps": 7, "outer_lr": 0.7, "outer_momentum": 0.9,
                          "precision": "int8"},
