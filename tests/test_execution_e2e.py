@@ -8,6 +8,7 @@ import hashlib
 import subprocess
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -155,3 +156,41 @@ def test_an_agent_with_a_wrong_token_is_refused_and_says_so(stack):
     assert proc.wait(timeout=60) == 2
     log = (stack.logs / "agent-bad.log").read_text()
     assert "refused this agent's token" in log
+
+
+def _training_processes(workdir) -> list[int]:
+    """Pids of the training ranks an agent started under `workdir` (their command lines name
+    files inside it; the agent's own names the folder alone)."""
+    inside = f"{workdir}/".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and inside in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:  # gone meanwhile
+            continue
+    return pids
+
+
+def test_a_two_node_job_cancelled_by_its_owner_stops_on_every_node(stack, consumer_token):
+    for i, token in enumerate(cpu_nodes(2)):
+        stack.agent(f"agent-{i}", token)
+    code, job = stack.http("POST", "/api/v1/jobs/", token=consumer_token,
+                           body=job_body(nodes=2, params={"epochs": 200}))
+    assert code == 201, job
+    record = Job.objects.get(pk=job["id"])
+    wait_for(lambda: record.metrics.filter(step__gte=5).exists(), timeout=150,
+             what="both nodes to be training")
+    workdirs = [stack.tmp / f"agent-{i}" for i in range(2)]
+    assert all(_training_processes(w) for w in workdirs)  # ranks run on both machines
+
+    code, cancelled = stack.http("POST", f"/api/v1/jobs/{record.pk}/cancel/", token=consumer_token)
+    assert code == 200 and cancelled["status"] == "cancelled", cancelled
+    for i, workdir in enumerate(workdirs):
+        wait_for(lambda w=workdir: not _training_processes(w), timeout=30,
+                 what=f"agent-{i}'s training ranks to stop")
+        assert "stopped: job cancelled by alice" in (stack.logs / f"agent-{i}.log").read_text()
+    statuses = list(record.assignments.order_by("node_rank").values_list("node_rank", "status"))
+    assert statuses == [(0, "cancelled"), (1, "cancelled")]
+    record.refresh_from_db()
+    assert record.current_step < record.total_steps
