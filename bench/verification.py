@@ -5,10 +5,13 @@ metric test, workers/training/replay.py's replay), without the database.
 
     .venv/bin/python bench/verification.py [--honest 20] [--trials 10] [--nproc 2] [--epochs 8]
 
-Reported: replayed steps / trained steps (target ≤ 10 %), the verifier's wall time as a
-share of the training's (rank 0's started→finished; replay runs the W ranks one after the
-other in one process, so compute per replayed step equals the job's per trained step),
-the false-reject rate over honest runs, and the detection rate for each fault.
+Reported: replayed steps / trained steps (target ≤ 10 %); the replay's compute as a share
+of the training's: replay seconds on one thread over W ranks × rank 0's started→finished
+seconds (each rank trains on one thread, `OMP_NUM_THREADS=1`; replay runs the W ranks one
+after the other in one process, so compute per replayed step equals the job's per trained
+step); the verifier's whole wall time as a share of the training's (loading data and
+checkpoints included); the false-reject rate over honest runs, and the detection rate for
+each fault.
 """
 
 import argparse
@@ -29,6 +32,7 @@ import django  # noqa: E402
 
 django.setup()
 
+import torch  # noqa: E402
 from _common import git_revision, machine  # noqa: E402
 
 from marketplace.services.verification import choose_segments, metric_inflated  # noqa: E402
@@ -67,6 +71,7 @@ def main() -> int:
     parser.add_argument("--nproc", type=int, default=2, help="ranks per run (world size)")
     parser.add_argument("--epochs", type=int, default=8)
     args = parser.parse_args()
+    torch.set_num_threads(1)  # as each training rank runs: compute shares compare like with like
     cases = [("honest", "", args.honest), ("skip_steps=0.1", "skip_steps=0.1", args.trials),
              ("skip_steps=0.02", "skip_steps=0.02", args.trials),
              ("inflate_metric=0.05", "inflate_metric=0.05", args.trials)]
@@ -84,7 +89,8 @@ def main() -> int:
                     events = train(spec, nproc=args.nproc, faults=faults)
                 except RuntimeError as exc:  # a run that did not train is not a verdict: say so
                     failed_runs.append(f"{label} #{i}: {str(exc).splitlines()[0]}")
-                    print(f"  ! {failed_runs[-1]}", flush=True)
+                    tail = "\n    ".join(line for line in str(exc).splitlines()[-12:] if line.strip())
+                    print(f"  ! {failed_runs[-1]}\n    {tail}", flush=True)
                     continue
                 results.append(verify(spec, events, args.nproc))
             rejected = sum(not r["passed"] for r in results)
@@ -92,16 +98,19 @@ def main() -> int:
             print(f"  {label}: {len(results)} runs, {rejected} rejected", flush=True)
     print()
     print(f"{'runs':<22}{'n':>4}{'rejected':>10}{'metric lies':>12}{'replayed/trained':>18}"
-          f"{'replay s/train s':>18}{'verify s/train s':>18}{'max rel L2':>12}")
+          f"{'replay CPU/train CPU':>22}{'replay s/train s':>18}{'verify s/train s':>18}{'max rel L2':>12}")
     for label, runs, rejected, results in rows:
         share = sum(r["replayed"] for r in results) / sum(r["trained"] for r in results)
         replay_wall = statistics.median(r["replay_seconds"] / r["train_seconds"] for r in results)
+        replay_cpu = sum(r["replay_seconds"] for r in results) / (
+            args.nproc * sum(r["train_seconds"] for r in results))
         wall = statistics.median(r["seconds"] / r["train_seconds"] for r in results)
         worst = max(r["max_rel_l2"] for r in results)
         lies = sum(r["metric_lie"] for r in results)
-        print(f"{label:<22}{runs:>4}{rejected:>10}{lies:>12}{share:>17.1%}{replay_wall:>17.1%}"
-              f"{wall:>17.1%}{worst:>12.1e}")
-    print("(wall-time shares are medians; train s is rank 0's first to last step)")
+        print(f"{label:<22}{runs:>4}{rejected:>10}{lies:>12}{share:>17.1%}{replay_cpu:>21.1%}"
+              f"{replay_wall:>17.1%}{wall:>17.1%}{worst:>12.1e}")
+    print("(wall-time shares are medians; train s is rank 0's first to last step; replay CPU/train CPU "
+          "is the replay's single-thread seconds over nproc x train s, summed over the runs)")
     honest = rows[0]
     print(f"\nfalse-reject rate: {honest[2]}/{honest[1]}")
     for label, runs, rejected, _ in rows[1:]:
