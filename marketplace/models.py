@@ -434,6 +434,10 @@ class Assignment(models.Model):
     resume_step = models.PositiveIntegerField(null=True, blank=True)
     # Highest agent message sequence number applied; the next must be last_seq + 1.
     last_seq = models.PositiveIntegerField(default=0)
+    comm_bytes = models.BigIntegerField(
+        null=True, blank=True, help_text="Bytes this node sent to the other nodes (its agent's last report).")
+    comm_bytes_ddp = models.BigIntegerField(
+        null=True, blank=True, help_text="Bytes DDP would have sent from this node for the same steps.")
     detail = models.CharField(max_length=2000, blank=True)
     dispatched_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)

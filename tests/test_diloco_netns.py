@@ -126,6 +126,13 @@ def test_a_two_node_diloco_job_across_namespaces_keeps_one_global_model(wan, con
     # Traffic, as node rank 0 reported it with its progress: far below DDP's for the same steps.
     assert job.comm_bytes and job.comm_bytes_ddp and job.comm_bytes * 50 < job.comm_bytes_ddp
     assert job.metrics.filter(comm_bytes__isnull=False).exists()
+    # Each node's own traffic, kept with its assignment: both nodes send alike (the balanced
+    # exchange), each far below what DDP would have sent from it.
+    for a in (rank0, rank1):
+        a.refresh_from_db()
+        assert a.comm_bytes and a.comm_bytes_ddp and a.comm_bytes * 50 < a.comm_bytes_ddp, a
+    assert rank0.comm_bytes == job.comm_bytes
+    assert 0.5 < rank1.comm_bytes / rank0.comm_bytes < 2
 
 
 def test_a_node_killed_between_outer_steps_is_replaced_at_the_next_one(wan, consumer_token):

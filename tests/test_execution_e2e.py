@@ -104,6 +104,10 @@ def test_a_two_node_job_runs_world_size_four_with_identical_parameters(stack, co
     finished = record.events.get(reason="training_finished")
     digests = finished.data["param_digests"]
     assert len(digests) == 4 and len(set(digests)) == 1
+    # Each node's traffic is stored with its part: under DDP both send the gradients'
+    # ring all-reduce share for the same steps, and that is what DDP sends.
+    sent = list(record.assignments.order_by("node_rank").values_list("comm_bytes", "comm_bytes_ddp"))
+    assert sent[0] == sent[1] and sent[0][0] == sent[0][1] > 0
 
 
 def test_a_killed_agent_is_replaced_and_the_job_resumes_from_its_checkpoint(stack, consumer_token):
@@ -189,7 +193,9 @@ def test_a_two_node_job_cancelled_by_its_owner_stops_on_every_node(stack, consum
     for i, workdir in enumerate(workdirs):
         wait_for(lambda w=workdir: not _training_processes(w), timeout=30,
                  what=f"agent-{i}'s training ranks to stop")
-        assert "stopped: job cancelled by alice" in (stack.logs / f"agent-{i}.log").read_text()
+        log = stack.logs / f"agent-{i}.log"  # the agent says why once its ranks are gone
+        wait_for(lambda log=log: "stopped: job cancelled by alice" in log.read_text(), timeout=10,
+                 what=f"agent-{i} to say why it stopped")
     statuses = list(record.assignments.order_by("node_rank").values_list("node_rank", "status"))
     assert statuses == [(0, "cancelled"), (1, "cancelled")]
     record.refresh_from_db()

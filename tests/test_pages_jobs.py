@@ -1,6 +1,7 @@
 """Job form (live quote, field errors, submission), my jobs, job detail and cancel."""
 
 import json
+import re
 from datetime import timedelta
 from decimal import Decimal
 
@@ -238,7 +239,8 @@ def test_job_page_shows_progress_result_and_machines(client, alice, healthcare):
     node = NodeFactory(name="fin-h100", gpu_model="H100 80GB")
     offer = OfferFactory(node=node)
     Assignment.objects.create(job=job, node=node, offer=offer, attempt=1, node_rank=0, gpus=2,
-                              price_per_gpu_hour=Decimal("2.5"), status="running")
+                              price_per_gpu_hour=Decimal("2.5"), status="running",
+                              comm_bytes=3_000_000, comm_bytes_ddp=900_000_000)
     now = timezone.now()
     for i, step in enumerate((20, 40)):
         MetricPoint.objects.create(job=job, assignment=job.assignments.get(), seq=i + 1, step=step,
@@ -248,6 +250,8 @@ def test_job_page_shows_progress_result_and_machines(client, alice, healthcare):
     assert "Step 40 of 100" in html and "loss 0.2500" in html
     assert "about 30 s left" in html  # 20 steps in 10 s, 60 to go
     assert "Download the trained model" in html and "H100 80GB" in html and "2.50" in html
+    # Each machine's traffic to the others, against what DDP would have sent from it.
+    assert re.search(r'data-testid="node-traffic">3(\.0)? MB<div class="sub">DDP: 900(\.0)? MB', html), html
     partial = client.get(reverse("job_progress", args=[job.pk]), HTTP_HX_REQUEST="true")
     # No polling any more: the page is kept live over its WebSocket (static/js/job_live.js);
     # the partial serves reloads without JavaScript and refreshes after a status change.

@@ -297,7 +297,8 @@ class AssignmentSerializer(serializers.ModelSerializer):
         model = Assignment
         fields = ["id", "attempt", "node_rank", "node", "node_name", "provider", "region",
                   "gpu_model", "gpus", "price_per_gpu_hour", "status", "node_status",
-                  "last_heartbeat_at", "resume_step", "started_at", "finished_at"]
+                  "last_heartbeat_at", "resume_step", "started_at", "finished_at", "comm_bytes",
+                  "comm_bytes_ddp"]
         read_only_fields = fields
 
 

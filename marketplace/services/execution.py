@@ -480,6 +480,9 @@ def _on_checkpoint(a: Assignment, m: dict) -> None:
 
 def _on_finished(a: Assignment, m: dict) -> None:
     job = Job.objects.select_for_update().get(pk=a.job_id)
+    sent, ddp = _int(m.get("comm_bytes"), None), _int(m.get("comm_bytes_ddp"), None)
+    if sent is not None or ddp is not None:  # this node's traffic, kept with the job (per node)
+        Assignment.objects.filter(pk=a.pk).update(comm_bytes=sent, comm_bytes_ddp=ddp)
     if m.get("status") == "paused" and job.pause_requested_at is not None:
         from .budget import job_paused_by_nodes  # budget uses this module
 

@@ -42,6 +42,7 @@ class AssignmentRun:
         self.log_batch: list[str] = []
         self.last_log_flush = 0.0
         self.total_steps = 0
+        self.comm: dict = {}  # the bytes this node sent to the others, and DDP's for the same steps
 
     @property
     def label(self) -> str:
@@ -204,6 +205,8 @@ class AssignmentRun:
         for event in events:
             self.last_activity = time.monotonic()
             kind = event.pop("type")
+            if "comm_bytes" in event:  # progress, outer rounds, the end: this node's traffic
+                self.comm = {k: event[k] for k in ("comm_bytes", "comm_bytes_ddp") if k in event}
             if kind in ("started", "progress", "checkpoint") and self._vanish_due(event):
                 self.agent.vanish(int(event["step"]))
             if kind == "started":
@@ -255,6 +258,7 @@ class AssignmentRun:
                        "artifact_sha256": event["sha256"], "param_digests": event["param_digests"]}
 
     async def _finish(self, status: str, **fields) -> None:
+        fields = {**self.comm, **fields}
         await self.agent.send_data(self.id, "assignment.finished", status=status, **fields)
         icon = {"succeeded": "✔", "paused": "⏸"}.get(status, "✖")
         if status == "paused":

@@ -190,9 +190,11 @@ def main(spec_path: str) -> int:
     workdir = Path(spec["workdir"])
     ckpt_dir = workdir / "checkpoints"
     events = EventWriter(workdir / "events.jsonl" if rank == 0 else None)
-    # Every node's leader records its outer rounds (the agent forwards only rank 0's progress).
+    # Every node's leader (its local rank 0) records its outer rounds and, at the end, the
+    # bytes its node sent: the agent forwards only rank 0's progress.
+    node_leader = local_rank == 0
     node_events = events if rank == 0 else EventWriter(
-        workdir / "events.jsonl" if hierarchical and leader else None)
+        workdir / "events.jsonl" if nnodes > 1 and node_leader else None)
     template, params = spec["template"], spec["params"]
     seed = int(params.get("seed", 0))
     torch.manual_seed(seed)
@@ -362,6 +364,8 @@ def main(spec_path: str) -> int:
         return 0
     if node is not None:
         node.close()
+    if rank != 0 and node_leader and nnodes > 1:  # rank 0's own go with `finished`
+        node_events.emit("node_finished", step=step, **comm(step))
     digests: list[str | None] = [None] * group_size
     dist.all_gather_object(digests, param_digest(model))
     if rank == 0:
