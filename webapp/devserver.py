@@ -78,6 +78,15 @@ def start_chain():
     return server
 
 
+def prepare(*, with_agents: bool = True) -> list[dict]:
+    """The local agents' nodes first, then the chain: its development wallets go to every
+    organization there is, the agents' provider included, or that provider would have no
+    payout wallet and its jobs' settlements would wait for ever."""
+    agents = demo_agents() if with_agents else []
+    start_chain()  # a daemon thread of this process, until it exits
+    return agents
+
+
 def child_commands(*, host: str, port: int, agents: list[dict] | None = None) -> list[Child]:
     """What the embedded platform runs."""
     python = sys.executable
@@ -236,9 +245,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     # Agents and the server agree on the heartbeat; starts not acted on are resent that often.
     os.environ.setdefault("AGENT_HEARTBEAT_S", AGENT_HEARTBEAT_S)
     ensure_port_free(args.host, args.port)
-    start_chain()  # a daemon thread of this process, until it exits
-    children = child_commands(host=args.host, port=args.port,
-                              agents=[] if args.no_agents else demo_agents())
+    agents = prepare(with_agents=not args.no_agents)
+    children = child_commands(host=args.host, port=args.port, agents=agents)
     supervisor = Supervisor(children, sys.stdout)
 
     # The handlers only record the request; the loop below acts on it within a tick.
