@@ -90,12 +90,18 @@ def test_a_job_from_the_api_trains_on_an_agent_and_completes(stack, consumer_tok
     assert code == 200 and hashlib.sha256(artifact).hexdigest() == record.artifact_sha256
 
 
-def test_a_two_node_job_runs_world_size_four_with_identical_parameters(stack, consumer_token):
-    for i, token in enumerate(cpu_nodes(2)):
-        stack.agent(f"agent-{i}", token)
-    code, job = stack.http("POST", "/api/v1/jobs/", token=consumer_token,
-                           body=job_body(nodes=2, params={"epochs": 6}))
+def two_node_job(stack: Stack, token: str, *, epochs: int) -> dict:
+    """Two CPU nodes with their agents, and a job that takes both (2 processes each)."""
+    for i, node_token in enumerate(cpu_nodes(2)):
+        stack.agent(f"agent-{i}", node_token)
+    code, job = stack.http("POST", "/api/v1/jobs/", token=token,
+                           body=job_body(nodes=2, params={"epochs": epochs}))
     assert code == 201, job
+    return job
+
+
+def test_a_two_node_job_runs_world_size_four_with_identical_parameters(stack, consumer_token):
+    job = two_node_job(stack, consumer_token, epochs=6)
     wait_status(stack, consumer_token, job["id"], {"completed"}, timeout=240)
     record = Job.objects.get(pk=job["id"])
     ranks = list(record.assignments.order_by("node_rank").values_list("node_rank", "status", "node_id"))
@@ -177,11 +183,7 @@ def _training_processes(workdir) -> list[int]:
 
 
 def test_a_two_node_job_cancelled_by_its_owner_stops_on_every_node(stack, consumer_token):
-    for i, token in enumerate(cpu_nodes(2)):
-        stack.agent(f"agent-{i}", token)
-    code, job = stack.http("POST", "/api/v1/jobs/", token=consumer_token,
-                           body=job_body(nodes=2, params={"epochs": 200}))
-    assert code == 201, job
+    job = two_node_job(stack, consumer_token, epochs=200)
     record = Job.objects.get(pk=job["id"])
     wait_for(lambda: record.metrics.filter(step__gte=5).exists(), timeout=150,
              what="both nodes to be training")

@@ -278,6 +278,32 @@ def check_seq(assignment: Assignment | None, node: Node, seq: int) -> bool:
     return True
 
 
+def parse_batch(items: list[tuple[Node, dict]]) -> tuple[list[AgentMessageError | None], list[tuple]]:
+    """A batch's results (None until something is refused) and its parsable messages as
+    (index, node, message, kind, assignment id, seq); the others are refused in results."""
+    results: list[AgentMessageError | None] = [None] * len(items)
+    parsed = []
+    for i, (node, message) in enumerate(items):
+        try:
+            parsed.append((i, node, message, *parse_data(message)))
+        except AgentMessageError as exc:
+            results[i] = exc
+    return results, parsed
+
+
+def applicable(parsed: list[tuple], rows: dict, results: list):
+    """The parsed messages to apply, in order, as (index, message, kind, assignment row, seq):
+    resends skipped (acked again), refusals recorded in `results`. Lazy, so each check sees
+    what the caller applied before it."""
+    for i, node, message, kind, assignment_id, seq in parsed:
+        a = rows.get(assignment_id)
+        try:
+            if check_seq(a, node, seq):
+                yield i, message, kind, a, seq
+        except AgentMessageError as exc:
+            results[i] = exc
+
+
 def agent_data(*, node: Node, message: dict) -> str:
     """Apply one numbered message about an assignment of this node, exactly once.
     Returns "applied" or "duplicate"; raises AgentMessageError (not acked)."""
@@ -303,13 +329,7 @@ def agent_data_batch(*, items: list[tuple[Node, dict]], outbox: list | None = No
     itself. Broadcasts are merged, and gathered in `outbox` when given (the caller sends
     them from its event loop); with `snapshots`, the jobs due a progress snapshot are added to
     it instead of snapshotted here."""
-    results: list[AgentMessageError | None] = [None] * len(items)
-    parsed = []
-    for i, (node, message) in enumerate(items):
-        try:
-            parsed.append((i, node, message, *parse_data(message)))
-        except AgentMessageError as exc:
-            results[i] = exc
+    results, parsed = parse_batch(items)
     with live.coalesced(outbox, snapshots), transaction.atomic():
         # Locked in id order, as every batch does: two processes' batches cannot deadlock.
         # Without the job: progress, nearly all of the traffic, needs only job_id (a job row
@@ -318,14 +338,7 @@ def agent_data_batch(*, items: list[tuple[Node, dict]], outbox: list | None = No
                   .filter(pk__in={p[4] for p in parsed}).order_by("pk")}
         progress: list[tuple[Assignment, dict]] = []
         numbered: dict[int, Assignment] = {}
-        for i, node, message, kind, assignment_id, seq in parsed:
-            a = locked.get(assignment_id)
-            try:
-                if not check_seq(a, node, seq):
-                    continue
-            except AgentMessageError as exc:
-                results[i] = exc
-                continue
+        for i, message, kind, a, seq in applicable(parsed, locked, results):
             if kind == "progress":
                 a.last_seq, numbered[a.pk] = seq, a
                 if a.status in Assignment.ACTIVE:

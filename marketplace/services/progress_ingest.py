@@ -21,7 +21,7 @@ from django.db import connections
 
 from ..models import Assignment, Job, MetricPoint
 from . import live
-from .execution import AgentMessageError, check_seq, parse_data, progress_items
+from .execution import AgentMessageError, applicable, parse_batch, progress_items
 
 A = Assignment.Status
 
@@ -84,32 +84,19 @@ class ProgressWriter:
     async def apply(self, items: list[tuple[Any, dict]], outbox: list,
                     snapshots: set) -> list[AgentMessageError | None] | None:
         """`items` are (node, message) in arrival order; results as agent_data_batch's."""
-        results: list[AgentMessageError | None] = [None] * len(items)
-        parsed = []
-        for i, (node, message) in enumerate(items):
-            if message.get("type") != "progress":
-                return None
-            try:
-                parsed.append((i, node, message, *parse_data(message)[1:]))
-            except AgentMessageError as exc:
-                results[i] = exc
+        if any(message.get("type") != "progress" for _, message in items):
+            return None
+        results, parsed = parse_batch(items)
         if not parsed:
             return results
         conn = await self._connection()
         try:
             async with conn.transaction():
                 cur = conn.cursor()
-                await cur.execute(LOCK_ASSIGNMENTS, ([p[3] for p in parsed],))
+                await cur.execute(LOCK_ASSIGNMENTS, ([p[4] for p in parsed],))
                 rows = {r[0]: _Row(*r) for r in await cur.fetchall()}
                 taken = []
-                for i, node, message, assignment_id, seq in parsed:
-                    a = rows.get(assignment_id)
-                    try:
-                        if not check_seq(a, node, seq):
-                            continue
-                    except AgentMessageError as exc:
-                        results[i] = exc
-                        continue
+                for _, message, _, a, seq in applicable(parsed, rows, results):
                     if a.status != A.RUNNING and a.status in Assignment.ACTIVE:
                         raise _Declined  # its first point starts it: the ORM path does that
                     a.last_seq = seq
