@@ -407,10 +407,10 @@ def main(spec_path: str) -> int:
 if __name__ == "__main__":
     code = main(sys.argv[1])
     # Everything is written and closed and the group destroyed: leave without the
-    # interpreter's teardown, in which torch's C++ side now and then aborted a rank whose
-    # work was done ("terminate called without an active exception", about 1 run in 50 on
-    # CPU here), and torchrun then restarted a finished node. An exception still exits the
-    # usual way, with its traceback.
+    # interpreter's teardown. A rank whose work was done now and then aborted on its way out
+    # ("terminate called without an active exception": a joinable C++ thread destroyed;
+    # about 1 run in 50 on CPU here), and torchrun then restarted a finished node. An
+    # exception still exits the usual way, with its traceback.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
