@@ -13,7 +13,7 @@ import pytest
 
 from workers.agent import launcher
 
-from .training_runs import ROOT
+from .training_runs import ROOT, event_list
 
 pytestmark = pytest.mark.integration
 
@@ -43,11 +43,6 @@ def start_two_nodes(tmp: Path, name: str) -> list[subprocess.Popen]:
     return procs
 
 
-def events(work: Path) -> list[dict]:
-    path = work / "events.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-
-
 def wait(procs: list[subprocess.Popen], tmp: Path, name: str) -> None:
     try:
         codes = [p.wait(timeout=240) for p in procs]
@@ -61,13 +56,13 @@ def wait(procs: list[subprocess.Popen], tmp: Path, name: str) -> None:
 def test_two_nodes_pause_at_the_same_step_with_a_checkpoint(tmp_path):
     procs = start_two_nodes(tmp_path, "node")
     deadline = time.monotonic() + 180
-    while not any(e["type"] == "progress" and e["step"] >= 20 for e in events(tmp_path / "node0")):
+    while not any(e["type"] == "progress" and e["step"] >= 20 for e in event_list(tmp_path / "node0")):
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "no training"
         time.sleep(0.2)
     (tmp_path / "node1" / "pause").touch()  # only node rank 1's agent heard the platform so far
     wait(procs, tmp_path, "node")
 
-    host = events(tmp_path / "node0")
+    host = event_list(tmp_path / "node0")
     total = next(e for e in host if e["type"] == "started")["total_steps"]
     paused = [json.loads((tmp_path / f"node{r}" / "paused.json").read_text()) for r in (0, 1)]
     step = paused[0]["step"]

@@ -15,14 +15,9 @@ import pytest
 
 from workers.agent import launcher
 
-from .training_runs import ROOT, tabular_spec
+from .training_runs import ROOT, event_list, tabular_spec
 
 pytestmark = pytest.mark.integration
-
-
-def events(work: Path) -> list[dict]:
-    path = work / "events.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
 def ranks_of(torchrun_pid: int) -> list[int]:
@@ -43,11 +38,11 @@ def test_a_killed_rank_restarts_the_group_from_its_last_checkpoint(tmp_path):
                             stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
-        while not any(e["type"] == "checkpoint" and e["step"] >= 80 for e in events(tmp_path)):
+        while not any(e["type"] == "checkpoint" and e["step"] >= 80 for e in event_list(tmp_path)):
             assert proc.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "no checkpoint at step 80 within 120 s"
             time.sleep(0.2)
-        killed_at = max(e["step"] for e in events(tmp_path) if e["type"] == "checkpoint")
+        killed_at = max(e["step"] for e in event_list(tmp_path) if e["type"] == "checkpoint")
         os.kill(ranks_of(proc.pid)[-1], signal.SIGKILL)  # one of the two ranks
         code = proc.wait(timeout=180)
     finally:
@@ -55,7 +50,7 @@ def test_a_killed_rank_restarts_the_group_from_its_last_checkpoint(tmp_path):
             proc.kill()
     assert code == 0, log.read_text()[-3000:]
 
-    seen = events(tmp_path)
+    seen = event_list(tmp_path)
     started = [e for e in seen if e["type"] == "started"]
     assert len(started) == 2, [e["type"] for e in seen]
     # The restart resumes from a checkpoint at or after the one seen before the kill (rank 0

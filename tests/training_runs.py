@@ -45,6 +45,12 @@ def train(spec: dict, *, nproc: int = 2, faults: str = "", timeout: float = 180)
     return read_events(workdir)
 
 
+def event_list(workdir: Path) -> list[dict]:
+    """The runtime's events so far, in order (none before the file exists)."""
+    path = workdir / "events.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
 def read_events(workdir: Path) -> dict:
     out: dict = {"checkpoint": []}
     for line in (workdir / "events.jsonl").read_text().splitlines():
