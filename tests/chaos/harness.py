@@ -80,6 +80,16 @@ def pids_working_in(directory: Path) -> list[int]:
 
 
 @dataclass
+class Exit:
+    """A process that exited on its own, which the harness restarted as a supervisor would."""
+
+    process: str
+    at: float
+    returncode: int
+    why: str  # its log's last error line
+
+
+@dataclass
 class Injection:
     kind: str  # agent_sigkill, agent_vanish, worker_sigkill_dispatch, worker_sigkill_settlement, ...
     at: float  # wall clock (time.time())
@@ -100,6 +110,7 @@ class ChaosStack(Stack):
         self.generation: dict[str, int] = {}
         self.agent_procs: dict[str, subprocess.Popen] = {}
         self.injections: list[Injection] = []
+        self.exits: list[Exit] = []
 
     def _next(self, name: str) -> str:
         self.generation[name] = self.generation.get(name, 0) + 1
@@ -157,14 +168,34 @@ class ChaosStack(Stack):
         self.worker(self._next("chain"), **self.WORKERS["chain"])
         return self
 
+    def _current(self, which: str) -> str:
+        gen = self.generation[which]
+        return which if which == "celery" and gen == 1 else f"{which}-{gen}"  # Stack.start's is "celery"
+
     def restart_worker(self, which: str, kind: str) -> None:
         """SIGKILL a Celery worker (`celery`, with beat in it, or `chain`) and start a new one."""
-        gen = self.generation[which]
-        name = which if which == "celery" and gen == 1 else f"{which}-{gen}"  # Stack.start's is "celery"
+        name = self._current(which)
         self.kill(name)
         self.injections.append(Injection(kind, time.time(), name))
         time.sleep(1.0)
         self.worker(self._next(which), **self.WORKERS[which])
+
+    def supervise(self) -> None:
+        """Start again a worker that exited on its own, as docker-compose's `restart:
+        unless-stopped` does in production, and write the exit down for the figures. Seen:
+        celery 5.7.0's worker can exit when the broker restarts under it ("Unrecoverable
+        error: AttributeError(... 'hostname')": after a connection error it closes the broken
+        connection, and restoring the unacknowledged messages then finds its transport gone)."""
+        for which in self.WORKERS:
+            name = self._current(which)
+            proc = self.procs[name]
+            if proc.poll() is None:
+                continue
+            log = (self.logs / f"{name}.log").read_text(errors="replace").splitlines()
+            errors = ([line for line in log if "CRITICAL" in line]
+                      or [line for line in log if "ERROR" in line] or ["(none logged)"])
+            self.exits.append(Exit(name, time.time(), proc.returncode, errors[0][:300]))
+            self.worker(self._next(which), **self.WORKERS[which])
 
     def restart_daphne(self) -> None:
         """SIGKILL the ASGI server while the agents are connected, then start it again on the
