@@ -132,8 +132,8 @@ def test_skipped_steps_are_caught_disputed_not_charged_and_the_job_completes_els
     spans_skip = [any(skipped.skip(i) for i in range(s["from_step"], s["to_step"]))
                   for s in failed.segments]
     assert any(spans_skip) and [not s["passed"] for s in failed.segments] == spans_skip
-    # Replaying all 19 segments of this run: one skipped update in 11 shows 9.5e-4..9.0e-3,
-    # smallest late in training where updates are small; an honest replay shows 0.
+    # Replaying every segment of one such run, the 19 that span a skipped update show
+    # 9.5e-4..9.0e-3 (smallest late in training, where updates are small); honest ones 0.
     caught = [s["rel_l2"] for s, bad in zip(failed.segments, spans_skip, strict=True) if bad]
     assert all(d > 5 * failed.threshold for d in caught), (caught, failed.threshold)
     assert passed.segments and all(s["passed"] and s["rel_l2"] < 1e-6 for s in passed.segments)

@@ -86,7 +86,7 @@ class Exit:
     process: str
     at: float
     returncode: int
-    why: str  # its log's last error line
+    why: str  # its log's first CRITICAL line (else its first ERROR line)
 
 
 @dataclass
