@@ -72,3 +72,18 @@ def test_the_agent_reports_what_its_outbox_still_holds(tmp_path):
     box.ack("a")
     assert box.assignments() == [3]
     box.close()
+
+
+def test_a_message_that_cannot_be_kept_takes_no_sequence_number(tmp_path):
+    from workers.agent.outbox import Outbox
+
+    box = Outbox(tmp_path / "outbox.sqlite3")
+    first = box.put_numbered(7, {"id": "a", "type": "progress"})
+    with pytest.raises(TypeError):  # fails after numbering, before storing: nothing of it stays
+        box.put_numbered(7, {"id": "b", "type": "log", "lines": object()})
+    box.close()
+    box = Outbox(tmp_path / "outbox.sqlite3")  # as after a restart
+    second = box.put_numbered(7, {"id": "c", "type": "log"})
+    assert (first["seq"], second["seq"]) == (1, 2)
+    assert [(m["id"], m["assignment"], m["seq"]) for m in box.pending()] == [("a", 7, 1), ("c", 7, 2)]
+    box.close()

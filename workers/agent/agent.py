@@ -68,9 +68,7 @@ class Agent:
 
     async def send_data(self, assignment: int, type_: str, **fields) -> None:
         """A message that must arrive: numbered per assignment, kept until acknowledged."""
-        message = {"type": type_, "id": uuid.uuid4().hex, "assignment": assignment,
-                   "seq": self.outbox.next_seq(assignment), **fields}
-        self.outbox.put(message)
+        message = self.outbox.put_numbered(assignment, {"type": type_, "id": uuid.uuid4().hex, **fields})
         await self._send(message)
 
     def url(self, path: str) -> str:

@@ -21,18 +21,32 @@ class Outbox:
         self._db.execute("CREATE TABLE IF NOT EXISTS seqs (assignment INTEGER PRIMARY KEY,"
                          " next INTEGER NOT NULL)")
 
-    def next_seq(self, assignment: int) -> int:
+    def put_numbered(self, assignment: int, message: dict) -> dict:
+        """Keep `message` with its assignment's next sequence number, in one transaction: a
+        kill between numbering and storing would leave a number that no message carries, and
+        the platform applies an assignment's messages strictly in order."""
         with self._lock:
-            self._db.execute("INSERT INTO seqs VALUES (?, 1) ON CONFLICT(assignment) DO UPDATE "
-                             "SET next = next + 1", (assignment,))
-            (seq,) = self._db.execute("SELECT next FROM seqs WHERE assignment = ?",
-                                      (assignment,)).fetchone()
-            return seq
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("INSERT INTO seqs VALUES (?, 1) ON CONFLICT(assignment) DO UPDATE "
+                                 "SET next = next + 1", (assignment,))
+                (seq,) = self._db.execute("SELECT next FROM seqs WHERE assignment = ?",
+                                          (assignment,)).fetchone()
+                numbered = {**message, "assignment": assignment, "seq": seq}
+                self._store(numbered)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return numbered
 
     def put(self, message: dict) -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO pending VALUES (?, ?, ?)",
-                             (message["id"], json.dumps(message), time.time()))
+            self._store(message)
+
+    def _store(self, message: dict) -> None:
+        self._db.execute("INSERT OR REPLACE INTO pending VALUES (?, ?, ?)",
+                         (message["id"], json.dumps(message), time.time()))
 
     def ack(self, message_id: str) -> None:
         with self._lock:
