@@ -65,9 +65,8 @@ def test_the_agent_reports_what_its_outbox_still_holds(tmp_path):
     from workers.agent.outbox import Outbox
 
     box = Outbox(tmp_path / "outbox.sqlite3")
-    box.put({"id": "a", "type": "progress", "assignment": 7, "seq": 1})
-    box.put({"id": "b", "type": "log", "assignment": 3, "seq": 1})
-    box.put({"id": "c", "type": "hello"})
+    box.put_numbered(7, {"id": "a", "type": "progress"})
+    box.put_numbered(3, {"id": "b", "type": "log"})
     assert box.assignments() == [3, 7]
     box.ack("a")
     assert box.assignments() == [3]

@@ -33,20 +33,13 @@ class Outbox:
                 (seq,) = self._db.execute("SELECT next FROM seqs WHERE assignment = ?",
                                           (assignment,)).fetchone()
                 numbered = {**message, "assignment": assignment, "seq": seq}
-                self._store(numbered)
+                self._db.execute("INSERT OR REPLACE INTO pending VALUES (?, ?, ?)",
+                                 (numbered["id"], json.dumps(numbered), time.time()))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         return numbered
-
-    def put(self, message: dict) -> None:
-        with self._lock:
-            self._store(message)
-
-    def _store(self, message: dict) -> None:
-        self._db.execute("INSERT OR REPLACE INTO pending VALUES (?, ?, ?)",
-                         (message["id"], json.dumps(message), time.time()))
 
     def ack(self, message_id: str) -> None:
         with self._lock:
@@ -60,7 +53,7 @@ class Outbox:
     def assignments(self) -> list[int]:
         """The assignments that unacknowledged messages are about: the platform must not
         write their work off while they are on their way."""
-        return sorted({m["assignment"] for m in self.pending() if isinstance(m.get("assignment"), int)})
+        return sorted({m["assignment"] for m in self.pending()})
 
     def __len__(self) -> int:
         with self._lock:
