@@ -17,13 +17,13 @@ S = Job.Status
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     S.DRAFT: frozenset({S.SUBMITTED, S.CANCELLED}),
-    S.SUBMITTED: frozenset({S.FUNDED, S.CANCELLED, S.FAILED}),
-    S.FUNDED: frozenset({S.MATCHING, S.CANCELLED, S.FAILED}),
+    S.SUBMITTED: frozenset({S.FUNDED, S.CANCELLED}),
+    S.FUNDED: frozenset({S.MATCHING, S.CANCELLED}),
     S.MATCHING: frozenset({S.RUNNING, S.CANCELLED, S.FAILED}),
     S.RUNNING: frozenset({S.VERIFYING, S.INTERRUPTED, S.PAUSED, S.CANCELLED, S.FAILED}),
-    S.INTERRUPTED: frozenset({S.MATCHING, S.PAUSED, S.CANCELLED, S.FAILED}),
+    S.INTERRUPTED: frozenset({S.MATCHING, S.CANCELLED}),
     # The budget is spent: the nodes checkpointed and stopped; a top-up resumes from there.
-    S.PAUSED: frozenset({S.MATCHING, S.CANCELLED, S.FAILED}),
+    S.PAUSED: frozenset({S.MATCHING, S.CANCELLED}),
     # A failed verification re-runs the work elsewhere (interrupted → matching).
     S.VERIFYING: frozenset({S.COMPLETED, S.INTERRUPTED, S.FAILED}),
     S.COMPLETED: frozenset({S.SETTLED}),

@@ -13,12 +13,57 @@ from .factories import JobFactory
 
 S = Job.Status
 ALL = list(S.values)
-LEGAL = [(a, b) for a, targets in TRANSITIONS.items() for b in targets]
-ILLEGAL = [(a, b) for a in ALL for b in ALL if b not in TRANSITIONS[a]]
+
+# The transitions the product makes, written out here rather than read from the module, so
+# that a wrong entry in job_states.TRANSITIONS fails this file. Each entry names its caller.
+EXPECTED: dict[str, set[str]] = {
+    # services/jobs.py job_submit creates the draft and submits it in one transaction;
+    # job_cancel accepts any cancellable job, a draft included.
+    S.DRAFT: {S.SUBMITTED, S.CANCELLED},
+    # payments._start_if_covered (escrow funded) or job_submit (escrow disabled); job_cancel.
+    S.SUBMITTED: {S.FUNDED, S.CANCELLED},
+    # placement.job_place / batch_placement.jobs_place_waiting; job_cancel.
+    S.FUNDED: {S.MATCHING, S.CANCELLED},
+    # execution._on_accepted (every node accepted); job_cancel; execution._interrupt gives up
+    # after too many placements, and a dataset error reported before every node accepted.
+    S.MATCHING: {S.RUNNING, S.CANCELLED, S.FAILED},
+    # execution._complete (training finished), _interrupt (node lost or failed), budget._pause,
+    # job_cancel, and the failures above.
+    S.RUNNING: {S.VERIFYING, S.INTERRUPTED, S.PAUSED, S.CANCELLED, S.FAILED},
+    # DESIGN: interrupted goes back to matching (placement); job_cancel.
+    S.INTERRUPTED: {S.MATCHING, S.CANCELLED},
+    # budget.job_resume_if_covered after a top-up; job_cancel.
+    S.PAUSED: {S.MATCHING, S.CANCELLED},
+    # verification._passed; verification._failed re-places the work (interrupted) or gives
+    # up after the last placement (failed). A job under verification cannot be cancelled.
+    S.VERIFYING: {S.COMPLETED, S.INTERRUPTED, S.FAILED},
+    # payments.escrow_closed: the chain settled the escrow.
+    S.COMPLETED: {S.SETTLED},
+    # payments.escrow_closed: work done before the stop is settled, or everything refunded.
+    S.CANCELLED: {S.SETTLED, S.REFUNDED},
+    S.FAILED: {S.SETTLED, S.REFUNDED},
+    S.SETTLED: set(),
+    S.REFUNDED: set(),
+}
+LEGAL = [(a, b) for a in ALL for b in ALL if b in EXPECTED[a]]
+ILLEGAL = [(a, b) for a in ALL for b in ALL if b not in EXPECTED[a]]
+
+
+def test_the_module_allows_exactly_the_expected_transitions():
+    """Both ways: nothing expected is missing from the table, nothing extra is in it."""
+    table = {a: set(b) for a, b in TRANSITIONS.items()}
+    missing = sorted((a, b) for a in EXPECTED for b in EXPECTED[a] - table.get(a, set()))
+    extra = sorted((a, b) for a in table for b in table[a] - EXPECTED.get(a, set()))
+    assert (missing, extra) == ([], [])
+
+
+def test_cancellable_statuses_are_those_before_verification():
+    assert job_states.CANCELLABLE == {S.DRAFT, S.SUBMITTED, S.FUNDED, S.MATCHING, S.RUNNING,
+                                      S.INTERRUPTED, S.PAUSED}
 
 
 def test_every_status_has_a_row():
-    assert set(TRANSITIONS) == set(ALL)
+    assert set(TRANSITIONS) == set(EXPECTED) == set(ALL)
 
 
 @pytest.mark.parametrize(("src", "dst"), LEGAL)
@@ -49,11 +94,6 @@ def test_expect_guards_against_stale_callers(db):
     assert Job.objects.get(pk=job.pk).status == S.MATCHING
 
 
-def test_settled_and_refunded_are_final():
-    assert TRANSITIONS[S.SETTLED] == frozenset()
-    assert TRANSITIONS[S.REFUNDED] == frozenset()
-
-
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_transitions_apply_once():
     """Two workers race to move the same job: the row lock lets exactly one win."""
@@ -75,7 +115,8 @@ def test_concurrent_transitions_apply_once():
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads), "a transition is stuck behind the row lock"
     assert sorted(results).count("refused") == 1
     assert JobEvent.objects.filter(job=job).count() == 1
     assert Job.objects.get(pk=job.pk).status in (S.VERIFYING, S.CANCELLED)
