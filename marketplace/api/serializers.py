@@ -13,6 +13,7 @@ from .. import catalogue
 from ..errors import MarketError
 from ..models import Assignment, Dataset, Job, JobEvent, MetricPoint, Node, Offer
 from ..selectors.execution import job_assignments, job_progress
+from ..selectors.verification import job_model_downloadable
 from ..services.job_spec import JobSpec
 from ..services.nodes import NodeSpec
 from ..services.offers import OfferSpec
@@ -337,7 +338,9 @@ class JobDetailSerializer(JobListSerializer):
 
     @extend_schema_field(OpenApiTypes.URI)
     def get_artifact_url(self, job: Job) -> str | None:
-        if not job.artifact:
+        """Only where the download would be served (after verification passed; staff always)."""
+        request = self.context.get("request")
+        if not job_model_downloadable(job, getattr(request, "user", None)):
             return None
         return reverse("api:job-artifact", args=[job.pk])
 

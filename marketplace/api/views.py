@@ -31,7 +31,7 @@ from ..selectors.market import (
     offers_visible_to,
 )
 from ..selectors.payments import wallets_of
-from ..selectors.verification import job_verification_report
+from ..selectors.verification import job_model_downloadable, job_verification_report
 from ..services import budget as budget_services
 from ..services import datasets as dataset_services
 from ..services import jobs as job_services
@@ -353,13 +353,17 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
 
     @extend_schema(summary="Download the trained model", request=None,
                    responses={(200, "application/octet-stream"): OpenApiTypes.BINARY,
-                              **_errors(401, 404)})
+                              **_errors(401, 404, 409)})
     @action(detail=True, methods=["get"])
     def artifact(self, request, pk=None):
-        """The trained model (a PyTorch state dict with its template and metric)."""
+        """The trained model (a PyTorch state dict with its template and metric), once the
+        work behind it passed verification (the job is completed or settled)."""
         job = self.get_object()
         if not job.artifact:
             raise NotFound("This job has no trained model yet.")
+        if not job_model_downloadable(job, request.user):
+            raise Conflict(f"Job #{job.pk} is {job.get_status_display().lower()}; its model can be "
+                           "downloaded once its verification has passed.")
         return FileResponse(job.artifact.open("rb"), as_attachment=True,
                             filename=f"computemesh-job-{job.pk}-model.pt")
 

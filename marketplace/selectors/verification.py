@@ -6,6 +6,21 @@ from ..models import Job
 from ..trust_models import VerificationReport
 
 
+def job_model_verified(job: Job) -> bool:
+    """The trained model is the consumer's only once the work behind it passed verification:
+    before that it may be a cheat's (an inflated metric, skipped steps), and a consumer who
+    downloads it has what it wanted whether or not the provider is then disputed."""
+    return (bool(job.artifact) and job.status in (Job.Status.COMPLETED, Job.Status.SETTLED)
+            and job.verifications.filter(attempt=job.attempt, status=VerificationReport.Status.PASSED)
+            .exists())
+
+
+def job_model_downloadable(job: Job, user) -> bool:
+    """Whether `user` (who may see the job) may download its model: staff may at any time, to
+    look into a dispute; everyone else once the model is verified."""
+    return bool(job.artifact) and (getattr(user, "is_staff", False) or job_model_verified(job))
+
+
 def job_verification_summary(job: Job) -> dict:
     """`{status, report_url}` of the job's latest attempt (the API contract)."""
     report = job.verifications.order_by("-attempt").first()

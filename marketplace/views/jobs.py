@@ -14,7 +14,7 @@ from ..selectors.accounts import organization_of
 from ..selectors.execution import job_assignments, job_progress
 from ..selectors.market import jobs_visible_to
 from ..selectors.payments import chain_transaction, job_escrow
-from ..selectors.verification import job_verification_report
+from ..selectors.verification import job_model_downloadable, job_verification_report
 from ..services import payments as payment_services
 from ..services.budget import budget_view, job_budget_raise
 from ..services.job_spec import job_spec_validate, sync_traffic_ratio
@@ -116,7 +116,7 @@ def job_detail(request, pk: int):
         "can_cancel": job.status in job_states.CANCELLABLE,
         "can_raise_budget": _is_owner(request, job) and job.status not in job_states.TERMINAL,
         "verification": job_verification_report(job),
-        **_progress_context(job), **_escrow_context(request, job),
+        **_progress_context(job, request.user), **_escrow_context(request, job),
     })
 
 
@@ -153,9 +153,10 @@ def chain_tx(request, tx_hash: str):
     return render(request, "chain/tx.html", {"tx": chain_transaction(tx_hash), "tx_hash": tx_hash})
 
 
-def _progress_context(job) -> dict:
+def _progress_context(job, user) -> dict:
     spent = cost_so_far(job)
     return {"progress": job_progress(job), "assignments": job_assignments(job),
+            "model_downloadable": job_model_downloadable(job, user),
             "active": job.status in job_states.ACTIVE, "cost_so_far": spent,
             "spend": budget_view(job, spent=spent)}
 
@@ -191,7 +192,7 @@ def job_budget_view(request, pk: int):
 def job_progress_view(request, pk: int):
     """The progress panel alone: the page without JavaScript, and a refresh after a status change."""
     job = get_object_or_404(jobs_visible_to(request.user), pk=pk)
-    return render(request, "jobs/_live_panels.html", {"job": job, **_progress_context(job),
+    return render(request, "jobs/_live_panels.html", {"job": job, **_progress_context(job, request.user),
                                                       **_escrow_context(request, job)})
 
 
