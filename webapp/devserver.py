@@ -63,14 +63,17 @@ def demo_agents() -> list[dict]:
 
 def start_chain():
     """The demo's chain: an in-process EVM served from this process over JSON-RPC to the
-    children, with the contracts deployed and development wallets funded (on every start:
-    the chain lives in memory). Skipped when CHAIN_RPC_URL names a node or escrow is off."""
+    children, kept on disk under var/chain/ so that a restart finds its escrows again.
+    `chain_deploy` then deploys only what that chain lacks (nothing, after the first start)
+    and tops up the development wallets; a chain that is not the one the database's escrows
+    were funded on (var/chain/ deleted) is noticed there, and those escrows are marked.
+    Skipped when CHAIN_RPC_URL names a node or escrow is off."""
     escrow_off = os.environ.get("ESCROW_ENABLED", "1").lower() in ("0", "false", "no")
     if os.environ.get("CHAIN_RPC_URL") or escrow_off:
         return None
     from marketplace.chain.devchain import serve
 
-    server, url = serve()
+    server, url = serve(folder=VAR / "chain")
     os.environ["CHAIN_RPC_URL"] = url
     # Providers stake 500 of their 1,000 tUSD, so that offers show a stake from the start.
     subprocess.run([sys.executable, str(ROOT / "manage.py"), "chain_deploy", "--dev-wallets",

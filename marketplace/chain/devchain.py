@@ -1,16 +1,19 @@
 """The embedded demo's chain: one in-process EVM (eth-tester, py-evm) served over JSON-RPC,
 so that the demo's web server and Celery worker (separate processes) share it. Development
-only: it keeps everything in memory, and `make demo` deploys the contracts on each start."""
+only. Given a folder, the chain is kept there (`persist`) and a restart of `make demo`
+finds its escrows again; without one it lives in memory."""
 
 import json
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from web3 import Web3
 from web3._utils.encoding import Web3JsonEncoder
 
 from .client import _LockedTesterProvider
+from .persist import PersistentTesterProvider
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +52,23 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug(format, *args)
 
 
-def serve(host: str = "127.0.0.1", port: int = 0) -> tuple[ThreadingHTTPServer, str]:
-    """Start the chain in a background thread; returns the server and its URL."""
-    handler = type("Handler", (_Handler,), {"chain": Web3(_LockedTesterProvider())})
-    server = ThreadingHTTPServer((host, port), handler)
+class ChainServer(ThreadingHTTPServer):
+    provider: _LockedTesterProvider
+
+    def close(self) -> None:
+        """Stop serving and, for a chain on disk, write what is pending and unlock its folder."""
+        self.shutdown()
+        self.server_close()
+        if isinstance(self.provider, PersistentTesterProvider):
+            self.provider.close()
+
+
+def serve(host: str = "127.0.0.1", port: int = 0, *, folder: Path | None = None) -> tuple[ChainServer, str]:
+    """Start the chain in a background thread; returns the server and its URL. With `folder`
+    the chain is the one stored there (a new one if there is none)."""
+    provider = PersistentTesterProvider(folder) if folder is not None else _LockedTesterProvider()
+    handler = type("Handler", (_Handler,), {"chain": Web3(provider)})
+    server = ChainServer((host, port), handler)
+    server.provider = provider
     threading.Thread(target=server.serve_forever, name="devchain", daemon=True).start()
     return server, f"http://{host}:{server.server_address[1]}"
