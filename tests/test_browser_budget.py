@@ -59,7 +59,9 @@ def test_the_warning_appears_live_at_80_percent(transactional_db, monkeypatch):
             chip = page.locator(f'tr[data-job-id="{job.pk}"] .js-budget-warning')
             expect(chip).to_be_visible()
             page.evaluate("window.__marker = 2")
-            page.wait_for_timeout(1000)  # the socket is open
+            # live_dash.js marks the body once the server accepted the socket (after joining
+            # it to the group that the budget change is sent to).
+            page.wait_for_selector('body[data-live-dashboard="open"]', state="attached", timeout=10_000)
             # A raised budget takes it back under 80 %: the mark goes, live.
             elsewhere(lambda: budget.job_budget_raise(job=job, budget=Decimal("100")))
             expect(chip).to_be_hidden(timeout=10_000)

@@ -63,7 +63,9 @@ def test_my_jobs_and_the_offers_page_update_without_a_reload(world, monkeypatch)
             row = page.locator(f'tr[data-job-id="{job.pk}"] .js-status')
             expect(row).to_have_text("matching")
             page.evaluate("window.__marker = 1")  # gone if the page reloads
-            page.wait_for_timeout(1000)  # the socket is open
+            # live_dash.js marks the body once the server accepted the socket, which it
+            # does after joining the socket to the group that the change below is sent to.
+            page.wait_for_selector('body[data-live-dashboard="open"]', state="attached", timeout=10_000)
             elsewhere(lambda: job_states.transition(job_id=job.pk, to=Job.Status.CANCELLED,
                                                     reason="test", message="Cancelled from the test."))
             expect(row).to_have_text("cancelled", timeout=10_000)
@@ -72,7 +74,7 @@ def test_my_jobs_and_the_offers_page_update_without_a_reload(world, monkeypatch)
             page.goto(f"{base}/offers/")
             free = page.locator(f'tr[data-offer-id="{offer.pk}"] .js-free')
             expect(free).to_have_text("4")
-            page.wait_for_timeout(1000)
+            page.wait_for_selector('body[data-live-market="open"]', state="attached", timeout=10_000)
             Offer.objects.filter(pk=offer.pk).update(gpus_reserved=3)
             elsewhere(lambda: offer_set_status(provider=offer.provider, offer=offer, status="active"))
             expect(free).to_have_text("1", timeout=10_000)

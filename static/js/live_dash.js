@@ -4,16 +4,23 @@
 (function () {
   "use strict";
 
-  function connect(path, onMessage) {
+  // `name` marks the body (data-live-<name>="open" or "closed") while its socket is open:
+  // the server joins the socket to its group before accepting it, so from "open" on every
+  // change is sent to this page (the browser tests wait for it rather than for time).
+  function connect(name, path, onMessage) {
     var delay = 1000;
     function open() {
       var proto = location.protocol === "https:" ? "wss://" : "ws://";
       var ws = new WebSocket(proto + location.host + path);
-      ws.onopen = function () { delay = 1000; };
+      ws.onopen = function () {
+        delay = 1000;
+        document.body.setAttribute("data-live-" + name, "open");
+      };
       ws.onmessage = function (e) {
         try { onMessage(JSON.parse(e.data)); } catch (err) { /* ignore a bad frame */ }
       };
       ws.onclose = function () {
+        document.body.setAttribute("data-live-" + name, "closed");
         setTimeout(open, delay);
         delay = Math.min(delay * 2, 15000);
       };
@@ -80,7 +87,7 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     if (document.querySelector("tr[data-job-id], tr[data-node-id]") && document.body.dataset.authenticated) {
-      connect("/ws/dashboard/", function (m) {
+      connect("dashboard", "/ws/dashboard/", function (m) {
         if (m.type === "job") jobRow(m.job);
         if (m.type === "node") nodeRow(m.node);
         if (m.type === "summary") {
@@ -90,7 +97,7 @@
       });
     }
     if (document.querySelector("tr[data-offer-id]")) {
-      connect("/ws/market/", function (m) { if (m.type === "offer") offerRow(m.offer); });
+      connect("market", "/ws/market/", function (m) { if (m.type === "offer") offerRow(m.offer); });
     }
   });
 })();
