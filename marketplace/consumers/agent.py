@@ -107,7 +107,10 @@ class AgentConsumer(LiveConsumer):
             out = await database_sync_to_async(execution.agent_heartbeat)(node=self.node, running=running,
                                                                           unacked=unacked)
         else:
-            if not self._allowed(message.get("assignment")):
+            # One bucket per assignment id; anything else (a list would not even hash) shares
+            # one, and parse_data refuses it.
+            assignment = message.get("assignment")
+            if not self._allowed(assignment if isinstance(assignment, int) else None):
                 await self._error("rate_limited", "too many messages for this assignment; resend later",
                                   ref)
                 return

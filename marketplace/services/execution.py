@@ -6,6 +6,7 @@ lost push delays work but never loses it.
 """
 
 import json
+import logging
 import uuid
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -25,6 +26,7 @@ from . import enqueue, live, placement, verification
 from .bulk import bulk_insert, bulk_set
 from .nodes import node_set_presence
 
+log = logging.getLogger(__name__)
 S = Job.Status
 A = Assignment.Status
 TOKEN_SALT = "computemesh.assignment"
@@ -209,7 +211,10 @@ def agent_hello(*, node: Node, hello: dict) -> list[dict]:
 
 
 def _ids(values: list) -> set[int]:
-    return {int(x) for x in values if isinstance(x, int) or str(x).isdigit()}
+    """The assignment ids in an agent's list; anything that cannot be one is left out."""
+    ids = {x if isinstance(x, int) else int(x) for x in values
+           if (isinstance(x, int) and not isinstance(x, bool)) or (isinstance(x, str) and x.isdigit())}
+    return {x for x in ids if 1 <= x <= MAX_ID}
 
 
 def agent_heartbeat(*, node: Node, running: list, touch: bool = True,
@@ -254,16 +259,142 @@ class AgentMessageError(MarketError):
 DATA_TYPES = {"assignment.accepted", "assignment.rejected", "progress", "log", "checkpoint",
               "assignment.finished"}
 
+# --- what agents send, checked in one place ------------------------------------------
+# Every field of a data message is validated and coerced here, before any handler runs, and
+# handlers read only the cleaned copy. A handler that met a value it did not expect used to
+# raise, and the whole ingest batch, other agents' messages included, was refused
+# (tests/test_agent_ingest_isolation.py). Bounds are the columns': ids are bigint, steps,
+# epochs and sequence numbers PostgreSQL integers.
+MAX_ID = 2**63 - 1
+MAX_COUNT = 2**31 - 1
+MAX_PROGRESS_ITEMS, MAX_LOG_LINES, MAX_LINE_CHARS, MAX_DIGESTS = 1000, 500, 2000, 256
+FINISHED_STATUSES = {"succeeded", "failed", "paused"}
 
-def parse_data(message: dict) -> tuple[str, int, int]:
+
+def _invalid(field: str, expected: str) -> AgentMessageError:
+    return AgentMessageError(f"{field}: expected {expected}", code="invalid")
+
+
+def _integer(value: Any, field: str, *, low: int = 0, high: int = MAX_COUNT,
+             optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _invalid(field, f"an integer in {low}..{high}" + (" or null" if optional else ""))
+    return value
+
+
+# Measurements (losses, rates, traffic, clocks) that are not usable numbers are stored as
+# unknown rather than refused: a diverged loss is NaN on an honest node, and refusing the
+# message would stall the assignment's whole stream behind it.
+def _byte_count(value: Any) -> int | None:
+    """A traffic counter: a whole number of bytes (an int or an integral float), else None."""
+    if (isinstance(value, bool) or not isinstance(value, int | float) or value != value
+            or not 0 <= value <= MAX_ID or value != int(value)):
+        return None
+    return int(value)
+
+
+def _number(value: Any) -> float | None:
+    """A finite number, else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    out = float(value)
+    return out if out == out and abs(out) != float("inf") else None
+
+
+def _text(value: Any, field: str, *, limit: int, optional: bool = True) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise _invalid(field, "a string")
+    return value[:limit]
+
+
+def _sha256(value: Any, field: str, *, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not (isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)):
+        raise _invalid(field, "a SHA-256 as 64 lowercase hex digits")
+    return value
+
+
+def _list(value: Any, field: str, *, limit: int) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _invalid(field, "a list")
+    return value[:limit]
+
+
+def _progress_item(item: Any, n: int) -> dict:
+    field = f"items[{n}]"
+    if not isinstance(item, dict):
+        raise _invalid(field, "an object")
+    return {"step": _integer(item.get("step"), f"{field}.step"),
+            "total_steps": _integer(item.get("total_steps"), f"{field}.total_steps"),
+            "epoch": _integer(item.get("epoch", 0), f"{field}.epoch"),
+            "loss": _number(item.get("loss")),
+            "samples_per_sec": _number(item.get("samples_per_sec")),
+            "comm_bytes": _byte_count(item.get("comm_bytes")),
+            "comm_bytes_ddp": _byte_count(item.get("comm_bytes_ddp")),
+            "at": _number(item.get("at"))}
+
+
+def _clean_body(kind: str, m: dict) -> dict:
+    """The fields of a `kind` message that its handler reads, validated; the rest dropped."""
+    if kind == "progress":
+        return {"items": [_progress_item(item, n) for n, item in
+                          enumerate(_list(m.get("items"), "items", limit=MAX_PROGRESS_ITEMS))]}
+    if kind == "log":
+        lines = _list(m.get("lines"), "lines", limit=MAX_LOG_LINES)
+        return {"lines": [_text(x, f"lines[{n}]", limit=MAX_LINE_CHARS, optional=False)
+                          for n, x in enumerate(lines)]}
+    if kind == "checkpoint":
+        return {"step": _integer(m.get("step"), "step"), "sha256": _sha256(m.get("sha256"), "sha256"),
+                "bytes": _byte_count(m.get("bytes"))}
+    if kind == "assignment.accepted":
+        rdzv = m.get("rdzv")
+        if rdzv is None:
+            return {"rdzv": {}}
+        if not isinstance(rdzv, dict):
+            raise _invalid("rdzv", "an object with 'host' and 'port'")
+        return {"rdzv": {"host": _text(rdzv.get("host"), "rdzv.host", limit=255) or "",
+                         "port": _integer(rdzv.get("port"), "rdzv.port", low=1, high=65535,
+                                          optional=True)}}
+    if kind == "assignment.rejected":
+        return {"reason": _text(m.get("reason"), "reason", limit=500)}
+    status = m.get("status")
+    if status not in FINISHED_STATUSES:
+        raise _invalid("status", " or ".join(sorted(FINISHED_STATUSES)))
+    return {"status": status, "error": _text(m.get("error"), "error", limit=1500),
+            "error_kind": _text(m.get("error_kind"), "error_kind", limit=32),
+            "metric": _text(m.get("metric"), "metric", limit=32),
+            "value": _number(m.get("value")),
+            "step": _integer(m.get("step"), "step", optional=True),
+            "total_steps": _integer(m.get("total_steps"), "total_steps", optional=True),
+            "artifact_sha256": _sha256(m.get("artifact_sha256"), "artifact_sha256", optional=True),
+            "param_digests": [_text(d, f"param_digests[{n}]", limit=64, optional=False) for n, d in
+                              enumerate(_list(m.get("param_digests"), "param_digests", limit=MAX_DIGESTS))],
+            "comm_bytes": _byte_count(m.get("comm_bytes")),
+            "comm_bytes_ddp": _byte_count(m.get("comm_bytes_ddp"))}
+
+
+def parse_data(message: dict) -> tuple[str, int, int, dict]:
+    """A data message's type, assignment id and seq, and its cleaned copy (what handlers
+    read); raises AgentMessageError with the reason otherwise."""
     kind = message.get("type")
     if kind not in DATA_TYPES:
         raise AgentMessageError(f"unknown message type {str(kind)[:40]!r}", code="unknown_type")
-    try:
-        return kind, int(message["assignment"]), int(message["seq"])
-    except (KeyError, TypeError, ValueError):
-        raise AgentMessageError("data messages need integer 'assignment' and 'seq'",
-                                code="malformed") from None
+    assignment, seq = message.get("assignment"), message.get("seq")
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (assignment, seq)):
+        raise AgentMessageError("data messages need integer 'assignment' and 'seq'", code="malformed")
+    if not (1 <= assignment <= MAX_ID and 1 <= seq <= MAX_COUNT):
+        raise AgentMessageError(f"'assignment' must lie in 1..{MAX_ID} and 'seq' in 1..{MAX_COUNT}",
+                                code="malformed")
+    clean = {"type": kind, "id": message.get("id"), "assignment": assignment, "seq": seq,
+             **_clean_body(kind, message)}
+    return kind, assignment, seq, clean
 
 
 def check_seq(assignment: Assignment | None, node: Node, seq: int) -> bool:
@@ -280,14 +411,16 @@ def check_seq(assignment: Assignment | None, node: Node, seq: int) -> bool:
 
 def parse_batch(items: list[tuple[Node, dict]]) -> tuple[list[AgentMessageError | None], list[tuple]]:
     """A batch's results (None until something is refused) and its parsable messages as
-    (index, node, message, kind, assignment id, seq); the others are refused in results."""
+    (index, node, cleaned message, kind, assignment id, seq); the others are refused in results."""
     results: list[AgentMessageError | None] = [None] * len(items)
     parsed = []
     for i, (node, message) in enumerate(items):
         try:
-            parsed.append((i, node, message, *parse_data(message)))
+            kind, assignment_id, seq, clean = parse_data(message)
         except AgentMessageError as exc:
             results[i] = exc
+            continue
+        parsed.append((i, node, clean, kind, assignment_id, seq))
     return results, parsed
 
 
@@ -307,7 +440,7 @@ def applicable(parsed: list[tuple], rows: dict, results: list):
 def agent_data(*, node: Node, message: dict) -> str:
     """Apply one numbered message about an assignment of this node, exactly once.
     Returns "applied" or "duplicate"; raises AgentMessageError (not acked)."""
-    kind, assignment_id, seq = parse_data(message)
+    kind, assignment_id, seq, message = parse_data(message)
     with transaction.atomic():
         assignment = (Assignment.objects.select_for_update().select_related("job")
                       .filter(pk=assignment_id).first())
@@ -354,6 +487,11 @@ def agent_data_batch(*, items: list[tuple[Node, dict]], outbox: list | None = No
             except AgentMessageError as exc:
                 results[i] = exc
                 continue
+            except Exception as exc:  # a bug: its savepoint is undone, the batch goes on
+                log.exception("agent message %s for assignment %s failed", kind, a.pk)
+                results[i] = AgentMessageError(f"not applied ({type(exc).__name__}); resend later",
+                                               code="internal")
+                continue
             a.last_seq = seq
             numbered.pop(a.pk, None)
             # A handler may end any assignment of the job (or of others): see it as it is now.
@@ -384,7 +522,7 @@ def _on_accepted(a: Assignment, m: dict) -> None:
 
 
 def _on_rejected(a: Assignment, m: dict) -> None:
-    reason = str(m.get("reason", "rejected by the agent"))[:500]
+    reason = m.get("reason") or "rejected by the agent"  # cleaned by parse_data
     _end(a, A.FAILED, reason)
     _interrupt(Job.objects.get(pk=a.job_id), reason="assignment_rejected",
                message=f"Node {a.node_id} rejected its part: {reason}", exclude_node=a.node_id)
@@ -526,7 +664,7 @@ def _on_finished(a: Assignment, m: dict) -> None:
             return
         digests = [str(d)[:64] for d in (m.get("param_digests") or [])][:256]
         detail = json.dumps({"param_digests": digests})
-        job.metric_name = str(m.get("metric", ""))[:32]
+        job.metric_name = m.get("metric") or ""
         job.metric_value = _float(m.get("value"))
         job.current_step = int(m.get("step") or job.current_step)
         job.save(update_fields=["metric_name", "metric_value", "current_step", "updated_at"])
