@@ -4,6 +4,11 @@ A job warned at 80 % checkpoints and pauses at its budget (not failed), the owne
 the budget, and it resumes from that checkpoint and completes: the step counter never
 restarts from 0."""
 
+import os
+import signal
+import threading
+from pathlib import Path
+
 import pytest
 from rest_framework.authtoken.models import Token
 
@@ -14,7 +19,71 @@ from .factories import UserFactory
 from .stack import Stack, wait_for
 from .test_execution_e2e import cpu_nodes, job_body, wait_status
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration, pytest.mark.timeout(900)]
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """The processes below `pid` and their command lines, read from /proc."""
+    parents, commands = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:  # it ended meanwhile
+            continue
+        parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    found, todo = {}, [pid]
+    while todo:
+        parent = todo.pop()
+        for child, ppid in parents.items():
+            if ppid == parent and child not in found:
+                found[child] = commands.get(child, "")
+                todo.append(child)
+    return found
+
+
+class TrainingHeld:
+    """Hold the training an agent starts frozen (SIGSTOP) until the platform's pause reaches
+    the agent (its `pause` file exists), so that the work cannot finish before the pause is
+    due whatever the machine's speed. The launcher is caught while it is still importing
+    torch, before any rank exists; ranks started by then are frozen too."""
+
+    def __init__(self, agent, agent_dir: Path):
+        self.agent_pid, self.agent_dir = agent.pid, agent_dir
+        self.frozen: list[int] = []
+        self.stop, self.errors = threading.Event(), []
+        self.thread = threading.Thread(target=self._hold, name="hold-training", daemon=True)
+
+    def paused(self) -> bool:
+        return any(self.agent_dir.glob("assignments/*/pause"))
+
+    def _hold(self) -> None:
+        try:
+            while not self.stop.is_set() and not self.paused():
+                for pid, command in _descendants(self.agent_pid).items():
+                    if pid not in self.frozen and "workers.training" in command:
+                        os.kill(pid, signal.SIGSTOP)
+                        self.frozen.append(pid)
+                self.stop.wait(0.02)
+        except OSError as exc:
+            self.errors.append(exc)
+        finally:
+            for pid in self.frozen:
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive(), "the hold on the training did not end"
 
 
 @pytest.fixture
@@ -32,14 +101,18 @@ def test_a_job_at_its_budget_checkpoints_pauses_and_resumes_from_there_after_a_r
     bob_org = organization_create(name="GridCast", kind=Organization.Kind.CONSUMER, sector="energy")
     bob = Token.objects.create(user=UserFactory(username="bob", organization=bob_org)).key
     (node_token,) = cpu_nodes(1, price="36")  # 2 CPU slots: 0.02 tUSD a second
-    stack.agent("budget-agent", node_token)
-    # 0.12 tUSD: 6 s of running. The pause is asked for 2 s before (lead time), which is before
-    # the ranks can have finished starting up and training 880 steps on any machine here.
-    code, job = stack.http("POST", "/api/v1/jobs/", token=alice, body=job_body(
-        template="image-classifier", dataset="sample:digits", budget="0.12",
-        max_price_per_gpu_hour="40", params={"epochs": 40, "batch_size": 32, "checkpoint_every": 100}))
-    assert code == 201, job
-    job_id = job["id"]
+    agent = stack.agent("budget-agent", node_token)
+    # 0.12 tUSD: 6 s of running; the pause is asked for 2 s before (lead time). The training
+    # is held frozen until the pause reaches the agent, so it cannot finish first on a fast
+    # machine, and pauses at its next pause check (every 10 steps) once let go.
+    with TrainingHeld(agent, stack.tmp / "budget-agent") as held:
+        code, job = stack.http("POST", "/api/v1/jobs/", token=alice, body=job_body(
+            template="image-classifier", dataset="sample:digits", budget="0.12",
+            max_price_per_gpu_hour="40", params={"epochs": 40, "batch_size": 32, "checkpoint_every": 100}))
+        assert code == 201, job
+        job_id = job["id"]
+        wait_for(held.paused, timeout=150, what="the platform's pause to reach the agent")
+    assert held.frozen and not held.errors, (held.frozen, held.errors)
     paused = wait_status(stack, alice, job_id, {"paused"}, timeout=150)
     record = Job.objects.get(pk=job_id)
     first = record.assignments.get()
