@@ -11,6 +11,7 @@ from rest_framework.test import APIClient
 from marketplace.models import Organization
 
 from .factories import NodeFactory, OfferFactory, OrganizationFactory, UserFactory
+from .stack import platform_logs_clean  # noqa: F401  (autouse: every Stack's logs are read at teardown)
 
 
 @pytest.fixture(autouse=True)

@@ -1,8 +1,14 @@
 """The real platform for integration tests: daphne, a Celery worker with beat, and provider
-agents, each its own process, on the test database and a Redis database of their own."""
+agents, each its own process, on the test database and a Redis database of their own.
+
+Every test that starts one fails at teardown when a process's log holds a traceback, an
+ERROR or CRITICAL line, or an `internal` answer to an agent, unless the test allowed it
+(`Stack.allow`, for the faults it injects): the platform catches exceptions to stay up, so
+without reading its logs a test passes over a bug that only the logs show."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 import redis
 from django.conf import settings
 
@@ -27,7 +34,9 @@ class Stack:
         self.queues = queues  # the worker's; add "chain" where the escrow is on
         self.bind = bind  # 0.0.0.0: agents in network namespaces reach it through a bridge
         self.redis_url = redis_url
-        self.logs = ROOT / "test-results" / "stack"
+        # A folder per test (its tmp_path's name), kept for CI: stacks of other test runs on
+        # the machine write theirs meanwhile, and each test's logs are read at its teardown.
+        self.logs = ROOT / "test-results" / "stack" / tmp.name
         self.logs.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -39,12 +48,33 @@ class Stack:
             "PYTHONUNBUFFERED": "1",
         }
         self.procs: dict[str, subprocess.Popen] = {}
+        self.log_names: list[str] = []  # every process this stack started, restarts included
+        self.allowed: list[tuple[re.Pattern, str]] = []
+        _stacks.append(self)
+
+    def allow(self, pattern: str, *, why: str) -> None:
+        """Let log entries matching `pattern` (a regular expression searched in the entry:
+        the line, with its traceback when it has one) pass the teardown check; `why` names
+        the injected fault that causes them."""
+        self.allowed.append((re.compile(pattern), why))
+
+    def log_problems(self) -> list[str]:
+        """The unexpected entries in this stack's logs, each as `log:line: text`."""
+        found = []
+        for name in dict.fromkeys(self.log_names):
+            path = self.logs / f"{name}.log"
+            lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+            for lineno, entry in log_entries(lines):
+                if not any(p.search(entry) for p, _ in self.allowed):
+                    found.append(f"{name}.log:{lineno}: {entry[-1500:]}")
+        return found
 
     def _spawn(self, name: str, cmd: list[str], env: dict | None = None) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115
         proc = subprocess.Popen(cmd, cwd=ROOT, env={**self.env, **(env or {})}, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
+        self.log_names.append(name)
         return proc
 
     def start(self) -> "Stack":
@@ -59,7 +89,7 @@ class Stack:
                     break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError("daphne did not start; see test-results/stack/daphne.log") from None
+                    raise RuntimeError(f"daphne did not start; see {self.logs / 'daphne.log'}") from None
                 time.sleep(0.3)
         return self
 
@@ -126,3 +156,49 @@ def wait_for(predicate, *, timeout: float, every: float = 0.5, what: str = "cond
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(every)
+
+
+# A log entry that fails the test unless allowed: a traceback, a record at ERROR or CRITICAL
+# (Django's "… ERROR name: …", Celery's "[…: ERROR/MainProcess] …"), or an agent told that
+# its messages were not applied because the platform failed ("internal": the server logs
+# the cause; the agent logs "platform says: not applied").
+PROBLEM = re.compile(r"Traceback \(most recent call last\)|\b(ERROR|CRITICAL)\b|"
+                     r"platform says: not applied|\"code\": \"internal\"")
+_TRACEBACK_BODY = ("  ", "\t", "Traceback", "During handling", "The above exception")
+
+
+def log_entries(lines: list[str]):
+    """(line number, text) of each problem in a log; a line followed by a traceback, or a
+    traceback, is one entry up to and including its exception's line."""
+    i = 0
+    while i < len(lines):
+        if not PROBLEM.search(lines[i]):
+            i += 1
+            continue
+        j = i + 1
+        if "Traceback (most recent call last)" in lines[i] or (
+                j < len(lines) and lines[j].startswith("Traceback")):
+            while j < len(lines) and (lines[j].startswith(_TRACEBACK_BODY) or not lines[j].strip()):
+                j += 1
+            j = min(j + 1, len(lines))  # the exception's own line
+        yield i + 1, "\n".join(lines[i:j])
+        i = j
+
+
+_stacks: list[Stack] = []
+
+
+@pytest.fixture(autouse=True)
+def platform_logs_clean():
+    """Fails the test at teardown on an unexpected problem in the logs of any Stack it
+    started (after the Stack's own teardown: this fixture is set up first)."""
+    _stacks.clear()
+    yield
+    stacks, problems = list(_stacks), []
+    _stacks.clear()
+    for stack in stacks:
+        problems += stack.log_problems()
+    if problems:
+        pytest.fail(f"{len(problems)} unexpected problem(s) in the platform's logs "
+                    f"(allow an injected fault with Stack.allow):\n\n"
+                    + "\n\n".join(problems[:20]), pytrace=False)

@@ -121,6 +121,7 @@ class ChaosStack(Stack):
         proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[2], env={**self.env, **env},
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
+        self.log_names.append(name)
         return proc
 
     # --- agents ------------------------------------------------------------------------
