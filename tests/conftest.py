@@ -13,6 +13,20 @@ from marketplace.models import Organization
 from .factories import NodeFactory, OfferFactory, OrganizationFactory, UserFactory
 from .stack import platform_logs_clean  # noqa: F401  (autouse: every Stack's logs are read at teardown)
 
+# Time limits (pytest-timeout) by layer, for tests that do not name their own: the default
+# in pyproject.toml (300 s) suits unit and single-process tests; a full stack waits minutes
+# for real training; the chaos suite and the `slow` 10-minute runs take longer still.
+LAYER_TIMEOUTS_S = {"slow": 1800, "chaos": 1800, "integration": 900}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("timeout") is not None:
+            continue
+        limits = [s for name, s in LAYER_TIMEOUTS_S.items() if item.get_closest_marker(name)]
+        if limits:
+            item.add_marker(pytest.mark.timeout(max(limits)))
+
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():
