@@ -92,7 +92,8 @@ def test_concurrent_matching_never_double_books():
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads), "a racing thread is stuck (a lock never released?)"
     assert errors == []
     assert Assignment.objects.count() == 3  # three offers of 2 slots, jobs of 2 slots
     assert not Offer.objects.filter(gpus_reserved__gt=F("gpus_offered")).exists()

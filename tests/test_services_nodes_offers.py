@@ -162,6 +162,7 @@ def test_concurrent_offers_never_overbook_a_node():
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads), "a racing thread is stuck (a lock never released?)"
     assert Offer.objects.filter(node=node).count() == 1
     assert len(errors) == 1
