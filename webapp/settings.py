@@ -2,7 +2,8 @@
 
 Embedded defaults (SQLite, in-memory channel layer, in-process broker) need no setup;
 production sets DATABASE_URL, REDIS_URL, SECRET_KEY, ALLOWED_HOSTS and runs with
-DEBUG off, where `manage.py check --deploy --fail-level WARNING` passes.
+DEBUG off, where `manage.py check --deploy --fail-level WARNING` passes. The demo runner
+(webapp/devserver.py) sets REDIS_URL to its embedded Redis (unix:///…/redis.sock).
 """
 
 from decimal import Decimal
@@ -133,9 +134,13 @@ else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 # --- Celery ------------------------------------------------------------------------
-# Without Redis (the embedded demo) the broker is a folder that the web process and the
-# worker process share: kombu's filesystem transport.
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://")
+# Without Redis (manage.py run without the demo runner) the broker is a folder that the
+# processes share: kombu's filesystem transport. redis-py and channels-redis name a unix
+# socket unix:///path (the demo's embedded Redis); kombu names it redis+socket:///path.
+_redis_broker = REDIS_URL
+if REDIS_URL.startswith("unix://"):
+    _redis_broker = "redis+socket://" + REDIS_URL.removeprefix("unix://")
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=_redis_broker or "filesystem://")
 if CELERY_BROKER_URL == "filesystem://":
     _queue_dir = BASE_DIR / "var" / "celery-queue"
     _queue_dir.mkdir(parents=True, exist_ok=True)
