@@ -20,7 +20,7 @@ from ..training.faults import from_env as faults_from_env
 from . import __version__
 from .display import Display
 from .outbox import Outbox
-from .run_assignment import AssignmentRun
+from .run_assignment import STALL_TIMEOUT_S, AssignmentRun
 
 VANISH_EXIT_CODE = 75  # how the agent process ends when it vanished on purpose
 
@@ -32,7 +32,8 @@ class TokenRefused(Exception):
 class Agent:
     def __init__(self, *, server: str, token: str, workdir: Path, nproc_per_node: int | None,
                  advertise_addr: str, heartbeat_s: float, display: Display, hardware: dict,
-                 benchmark_tflops: float, faults: test_faults.Faults | None = None):
+                 benchmark_tflops: float, faults: test_faults.Faults | None = None,
+                 stall_timeout_s: float = STALL_TIMEOUT_S):
         parts = urlsplit(server.rstrip("/"))
         scheme = "wss" if parts.scheme == "https" else "ws"
         self.ws_url = f"{scheme}://{parts.netloc}/ws/agent/"
@@ -43,6 +44,7 @@ class Agent:
         self.nproc_per_node = nproc_per_node
         self.advertise_addr = advertise_addr
         self.heartbeat_s = heartbeat_s
+        self.stall_timeout_s = stall_timeout_s  # a training group silent this long is stopped
         self.display = display
         self.hardware = hardware
         self.benchmark_tflops = benchmark_tflops
@@ -131,14 +133,20 @@ class Agent:
                 "hardware": self.hardware, "benchmark_tflops": self.benchmark_tflops,
                 "nproc_per_node": self.nproc_per_node, "advertise_addr": self.advertise_addr,
                 "running": sorted(self.runs), "unacked": self.outbox.assignments(),
+                "steps": self.steps(),
                 # Test-only faults are announced: a production platform refuses such an agent.
                 "faults": faults_from_env().as_dict()}
+
+    def steps(self) -> dict[str, int]:
+        """Each running assignment's last step on this node (its own ranks', not rank 0's)."""
+        return {str(a): run.step for a, run in sorted(self.runs.items()) if run.step is not None}
 
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_s)
             await self._send({"type": "heartbeat", "id": uuid.uuid4().hex,
-                              "running": sorted(self.runs), "unacked": self.outbox.assignments()})
+                              "running": sorted(self.runs), "unacked": self.outbox.assignments(),
+                              "steps": self.steps()})
 
     async def run_forever(self) -> None:
         backoff = 1.0

@@ -18,6 +18,7 @@ from ..training import faults as test_faults
 from . import __version__, hardware
 from .agent import Agent, TokenRefused
 from .display import Display
+from .run_assignment import STALL_TIMEOUT_S
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -33,6 +34,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--advertise-addr", default=None,
                    help="address other nodes reach this one at for multi-node jobs")
     p.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats")
+    p.add_argument("--stall-timeout", type=float,
+                   default=os.environ.get("AGENT_STALL_TIMEOUT_S") or STALL_TIMEOUT_S,
+                   help="seconds without any sign of progress from a job's ranks on this node "
+                        f"before they are stopped as hung (or AGENT_STALL_TIMEOUT_S; default "
+                        f"{STALL_TIMEOUT_S:g})")
     p.add_argument("--plain", action="store_true", help="plain log lines, no live bars")
     p.add_argument("--allow-test-faults", action="store_true",
                    help=f"run with the test-only faults in {test_faults.ENV} (tests only; "
@@ -48,6 +54,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         p.error("--nproc-per-node must be at least 1")
     if args.heartbeat <= 0:
         p.error("--heartbeat must be positive")
+    if args.stall_timeout <= 0:
+        p.error("--stall-timeout must be positive")
     try:
         faults = test_faults.from_env()
     except test_faults.FaultSpecError as exc:
@@ -81,7 +89,8 @@ async def _main(args: argparse.Namespace, display: Display) -> int:
     agent = Agent(server=args.server, token=args.token, workdir=args.workdir,
                   nproc_per_node=args.nproc_per_node,
                   advertise_addr=args.advertise_addr or _default_addr(args.server),
-                  heartbeat_s=args.heartbeat, display=display, hardware=hw, benchmark_tflops=tflops)
+                  heartbeat_s=args.heartbeat, display=display, hardware=hw, benchmark_tflops=tflops,
+                  stall_timeout_s=args.stall_timeout)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(agent.shutdown()))

@@ -17,7 +17,10 @@ if TYPE_CHECKING:
 
 PROGRESS_FLUSH_S = 1.0  # progress points are batched into one message a second
 POLL_S = 0.25
-STALL_TIMEOUT_S = 180  # no event and no output for this long: the group is hung
+STALL_TIMEOUT_S = 180.0  # default: no event and no output for this long, the group is hung
+# Before the ranks' first event the limit is at least this: importing torch and forming the
+# process group (which gives up by itself after pg_timeout_s, 60 s) show nothing.
+STARTUP_GRACE_S = 90.0
 SHUTDOWN_GRACE_S = 30  # after the result, ranks that do not exit are killed
 LOG_BATCH = 50
 LOG_FLUSH_S = 1.0
@@ -37,6 +40,11 @@ class AssignmentRun:
         self.result: dict | None = None
         self.error: dict | None = None
         self.last_activity = time.monotonic()
+        self.launched_at: float | None = None  # when the ranks were started
+        self.reported = False  # the ranks wrote an event: the startup grace is over
+        # This node's own last training step: every node's leader writes it (`alive`, at
+        # least every few seconds), not only global rank 0; heartbeats carry it.
+        self.step: int | None = None
         self.progress_buffer: list[dict] = []
         self.last_flush = 0.0
         self.log_batch: list[str] = []
@@ -102,6 +110,7 @@ class AssignmentRun:
                                    master_port=int(rdzv["port"]), standalone=diloco)
             threads = max(1, self.agent.cpu_threads // max(1, s["nproc_per_node"]))
             self.process = await launcher.start(cmd, launcher.environment(threads=threads), self.dir)
+            self.launched_at = self.last_activity = time.monotonic()
             await self._watch()
         except transfer.TransferError as exc:
             await self._finish("failed", error=str(exc))
@@ -147,9 +156,10 @@ class AssignmentRun:
                                                "stopping them")
                         await launcher.stop(self.process)
                         break
-                elif now - self.last_activity > STALL_TIMEOUT_S:
+                elif self.stalled(now):
                     await launcher.stop(self.process)
-                    await self._finish("failed", error=f"no progress for {STALL_TIMEOUT_S} s; stopped")
+                    await self._finish("failed", error=f"no progress for {self.agent.stall_timeout_s:g} s; "
+                                                       "stopped")
                     return
                 await asyncio.sleep(POLL_S)
             await self._forward(tail.poll())
@@ -170,6 +180,16 @@ class AssignmentRun:
             tail_lines = "\n".join(list(self.last_lines)[-8:])
             await self._finish("failed", error=f"training exited with {self.process.returncode}:\n"
                                                f"{tail_lines}")
+
+    def stalled(self, now: float) -> bool:
+        """Hung: nothing from this node's own ranks (no event, no output) for the stall
+        timeout. Every node's leader writes an event at least every few seconds while its
+        steps complete, and a step completes only when its collectives do, so a node that
+        waits on a slow peer still shows life; one stuck in a collective does not."""
+        if now - self.last_activity <= self.agent.stall_timeout_s:
+            return False
+        launched = self.launched_at if self.launched_at is not None else now
+        return self.reported or now - launched > STARTUP_GRACE_S
 
     async def _read_output(self) -> None:
         while True:
@@ -204,7 +224,12 @@ class AssignmentRun:
     async def _forward(self, events: list[dict]) -> None:
         for event in events:
             self.last_activity = time.monotonic()
+            self.reported = True
             kind = event.pop("type")
+            if isinstance(event.get("step"), int):
+                self.step = event["step"]
+            if kind == "alive":  # liveness only: its step goes out with heartbeats
+                continue
             if "comm_bytes" in event:  # progress, outer rounds, the end: this node's traffic
                 self.comm = {k: event[k] for k in ("comm_bytes", "comm_bytes_ddp") if k in event}
             if kind in ("started", "progress", "checkpoint") and self._vanish_due(event):

@@ -6,7 +6,8 @@ SPEC.json (written by the agent): template, params, dataset, workdir, backend, r
 pg_timeout_s, verify (`{replay_share, segments}`: checkpoint often enough for the platform's
 replay spot checks), and for multi-node jobs sync, nnodes, node_rank and (DiLoCo) outer,
 member, peer_timeout_s; benchmarks may add max_steps, report_every and eval_every. Rank 0 writes
-progress, checkpoint and result events to workdir/events.jsonl.
+progress, checkpoint and result events to workdir/events.jsonl; every node's leader writes
+`alive` events with its own step there, at least every LIVENESS_EVERY_S while steps complete.
 Randomness is a function of (seed, rank, step), so a run resumed from a checkpoint, or
 replayed by a verifier (replay.py), follows exactly the same path: both take the data
 order, seeds and optimizer from schedule.py. COMPUTEMESH_FAULTS (faults.py) makes a test
@@ -44,6 +45,9 @@ PAUSE_CHECK_EVERY = 10  # steps between checks of the agent's pause file (budget
 # slowest, or the start of a replacement), so its own ranks wait as long for it.
 OUTER_WAIT_S = 900
 STARTUP_TIMEOUT_S = 120  # the host waits this long for the other leaders before step 1
+# Every node's leader tells its agent that its ranks still complete steps at least this often
+# (time, not steps: a cheap file append however fast or slow the steps are).
+LIVENESS_EVERY_S = 2.0
 
 
 def param_digest(model: torch.nn.Module) -> str:
@@ -264,6 +268,12 @@ def main(spec_path: str) -> int:
     events.emit("started", step=start_step, total_steps=total_steps, world_size=world,
                 resumed_from=str(resume) if resume else None, steps_per_epoch=steps_per_epoch,
                 sync=sync.as_dict() if hierarchical else {"mode": "ddp"})
+    # The agent's stall watchdog sees only its own node's file. Without this a node holding no
+    # global rank 0 wrote nothing until its end, and its agent stopped it as hung after the
+    # stall timeout (180 s) while the job trained. A step completes only when its collectives
+    # do, so a node stuck in one goes quiet here too.
+    node_events.emit("alive", step=start_step)
+    alive_at = time.monotonic()
 
     # Bytes this node sends to the other nodes in this attempt, and what DDP would send
     # for the same steps (the fp32 gradients' ring all-reduce, one hop out of each node).
@@ -323,6 +333,9 @@ def main(spec_path: str) -> int:
                 optimizer.step()
             step += 1
             window_steps += 1
+            if node_leader and time.monotonic() - alive_at >= LIVENESS_EVERY_S:
+                node_events.emit("alive", step=step)
+                alive_at = time.monotonic()
             boundary = node is not None and (step % inner == 0 or step == total_steps)
             if boundary:
                 header = node.outer_step(step, final=step == total_steps)

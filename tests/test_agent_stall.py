@@ -1,0 +1,68 @@
+"""The agent's stall watchdog: a node's training is stopped as hung only when its own ranks
+show nothing for the stall timeout, and every node's leader's `alive` events count (tests/
+test_node_liveness.py runs it for real across two agents)."""
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+
+from workers.agent import cli
+from workers.agent.run_assignment import STARTUP_GRACE_S, AssignmentRun
+
+
+def a_run(tmp_path, stall_s: float = 10) -> AssignmentRun:
+    sent = []
+
+    async def send_data(assignment, type_, **fields):
+        sent.append((type_, fields))
+
+    agent = SimpleNamespace(workdir=tmp_path, stall_timeout_s=stall_s, send_data=send_data,
+                            faults=SimpleNamespace(vanish=0), display=SimpleNamespace(
+                                assignment_progress=lambda *a, **k: None,
+                                assignment_started=lambda *a, **k: None))
+    run = AssignmentRun(agent, {"assignment": 7, "job": 3})
+    run.sent = sent
+    return run
+
+
+def test_a_node_is_hung_after_the_stall_timeout_without_a_sign_of_its_own_ranks(tmp_path):
+    run = a_run(tmp_path)
+    run.launched_at = run.last_activity = 1000.0
+    asyncio.run(run._forward([{"type": "alive", "step": 0}]))  # the group formed
+    run.last_activity = 1000.0
+    assert not run.stalled(1010.0)
+    assert run.stalled(1010.5)
+
+
+def test_alive_events_keep_a_node_alive_carry_its_step_and_are_not_forwarded(tmp_path):
+    run = a_run(tmp_path)
+    run.launched_at = run.last_activity = 0.0
+    for step in range(0, 100, 10):  # ten stall timeouts of steps, an event every 2 s
+        asyncio.run(run._forward([{"type": "alive", "step": step, "at": 1.0}]))
+        assert not run.stalled(run.last_activity + 9.9)
+    assert run.step == 90
+    assert run.sent == []  # no progress message: only rank 0's progress is the job's
+
+
+def test_before_the_ranks_first_event_the_startup_grace_applies(tmp_path):
+    run = a_run(tmp_path)
+    run.launched_at = run.last_activity = 0.0
+    assert not run.stalled(STARTUP_GRACE_S - 1)  # importing torch, forming the group
+    assert run.stalled(STARTUP_GRACE_S + 1)
+    long = a_run(tmp_path, stall_s=180)  # the default: the timeout is longer than the grace
+    long.launched_at = long.last_activity = 0.0
+    assert not long.stalled(179) and long.stalled(181)
+
+
+def test_the_stall_timeout_is_an_option_and_an_environment_variable(monkeypatch):
+    base = ["--server", "http://127.0.0.1:8000", "--token", "cmn_x"]
+    assert cli.parse(base).stall_timeout == 180
+    assert cli.parse([*base, "--stall-timeout", "8"]).stall_timeout == 8
+    monkeypatch.setenv("AGENT_STALL_TIMEOUT_S", "12.5")
+    assert cli.parse(base).stall_timeout == 12.5
+    with pytest.raises(SystemExit):
+        cli.parse([*base, "--stall-timeout", "0"])
+    monkeypatch.setenv("AGENT_STALL_TIMEOUT_S", "soon")
+    with pytest.raises(SystemExit):  # a bad value fails loudly, as the option's would
+        cli.parse(base)
