@@ -51,7 +51,7 @@ from .services.nodes import (
     node_verify_compliance,
 )
 from .services.offers import OfferSpec, offer_create, offer_set_status, offer_spec_validate, offer_update
-from .services.payments import escrow_force_refund
+from .services.payments import escrow_force_refund, escrow_lost_refund
 
 admin.site.site_header = "ComputeMesh administration"
 admin.site.site_title = "ComputeMesh admin"
@@ -740,7 +740,7 @@ class ChainTransactionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_filter = ["status", "purpose"]
     search_fields = ["=tx_hash", "=sender"]
     fields = ["purpose", "status", "chain_id", "sender", "to", "nonce", "tx_hash", "block_number",
-              "gas_used", "broadcasts", "error", "created_at", "updated_at"]
+              "gas_used", "broadcasts", "error", "lost_reason", "lost_genesis", "created_at", "updated_at"]
     ordering = ["-id"]
     show_full_result_count = False
 
@@ -751,17 +751,18 @@ class ChainTransactionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(Escrow)
 class EscrowAdmin(ViewOnlyWithActionsMixin, admin.ModelAdmin):
-    list_display = ["job", "status", "amount_display", "consumer_address", "funded_at", "closed_at"]
-    list_filter = ["status"]
+    list_display = ["job", "status", "amount_display", "consumer_address", "funded_at", "closed_at",
+                    "lost_reason"]
+    list_filter = ["status"]  # "Chain lost (staff to resolve)" lists what waits for the lost-refund action
     search_fields = ["=job__id", "=key", "=consumer_address"]
     list_select_related = ["job"]
     raw_id_fields = ["job"]
-    fields = ["job", "key", "status", "amount_display", "consumer_address", "deadline", "fund_link",
-              "close_link", "funded_at", "closed_at"]
+    fields = ["job", "key", "status", "lost_reason", "amount_display", "consumer_address", "deadline",
+              "fund_link", "close_link", "funded_at", "closed_at"]
     readonly_fields = fields
     ordering = ["-id"]
     show_full_result_count = False
-    actions = ["force_refund"]
+    actions = ["force_refund", "lost_refund"]
 
     @admin.display(description="amount", ordering="amount")
     def amount_display(self, obj: Escrow) -> str:
@@ -792,6 +793,22 @@ class EscrowAdmin(ViewOnlyWithActionsMixin, admin.ModelAdmin):
         if refused:
             self.message_user(request, "Not refunded: " + "; ".join(refused), messages.ERROR)
 
+    @admin.action(description="Refund a lost escrow (its chain is gone: mint the deposit to the consumer "
+                              "on the development chain)", permissions=["change"])
+    def lost_refund(self, request, queryset: QuerySet[Escrow]):
+        sent, refused = [], []
+        for escrow in queryset.select_related("job").order_by("pk"):
+            try:
+                tx_hash = escrow_lost_refund(job=escrow.job, actor=request.user)
+            except MarketError as exc:
+                refused.append(f"job {escrow.job_id}: {exc.message}")
+            else:
+                sent.append(f"job {escrow.job_id} ({tx_hash})")
+        if sent:
+            self.message_user(request, "Refunded " + "; ".join(sent) + ".", messages.SUCCESS)
+        if refused:
+            self.message_user(request, "Not refunded: " + "; ".join(refused), messages.ERROR)
+
 
 class PayoutInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = Payout
@@ -815,8 +832,8 @@ class SettlementAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_filter = ["status"]
     search_fields = ["=job__id"]
     list_select_related = ["job", "transaction"]
-    fields = ["job", "status", "charged_display", "fee_display", "refunded_display", "tx", "statement",
-              "created_at", "settled_at"]
+    fields = ["job", "status", "skipped_state", "charged_display", "fee_display", "refunded_display", "tx",
+              "statement", "created_at", "settled_at"]
     readonly_fields = fields
     inlines = [PayoutInline]
     ordering = ["-id"]

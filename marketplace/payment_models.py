@@ -60,6 +60,11 @@ class ChainContract(models.Model):
     name = models.CharField(max_length=32)
     address = models.CharField(max_length=42)
     block_number = models.PositiveBigIntegerField(default=0)
+    # Which chain this is, beyond its id: a development chain that starts afresh (or a node
+    # pointed elsewhere) keeps the id. `deploy.chain_identity_check` compares these.
+    genesis_hash = models.CharField(max_length=66, blank=True)
+    block_hash = models.CharField(max_length=66, blank=True, help_text="The deployment block's hash.")
+    code_hash = models.CharField(max_length=66, blank=True, help_text="keccak of the deployed code.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -114,19 +119,28 @@ class ChainTransaction(models.Model):
     to = models.CharField(max_length=42, blank=True)
     nonce = models.PositiveBigIntegerField()
     raw = models.TextField(help_text="The signed transaction, hex.")
-    tx_hash = models.CharField(max_length=66, unique=True)
+    tx_hash = models.CharField(max_length=66, db_index=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.SIGNED)
     block_number = models.PositiveBigIntegerField(null=True, blank=True)
     gas_used = models.PositiveBigIntegerField(null=True, blank=True)
     broadcasts = models.PositiveIntegerField(default=0)
     error = models.CharField(max_length=500, blank=True)
+    # Set when the chain it was sent on is gone (reset, or not the node it was sent to): the
+    # row stays, so its page can say what was sent where, and frees its nonce and hash for
+    # the new chain (the same signed bytes can recur there: development keys are fixed).
+    lost_reason = models.CharField(max_length=300, blank=True)
+    lost_genesis = models.CharField(max_length=66, blank=True, help_text="The lost chain's genesis hash.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["-id"]
-        constraints = [models.UniqueConstraint(fields=["chain_id", "sender", "nonce"],
-                                               name="one_tx_per_nonce")]
+        constraints = [
+            models.UniqueConstraint(fields=["chain_id", "sender", "nonce"], condition=Q(lost_reason=""),
+                                    name="one_tx_per_nonce"),
+            models.UniqueConstraint(fields=["tx_hash"], condition=Q(lost_reason=""),
+                                    name="one_live_tx_per_hash"),
+        ]
         indexes = [models.Index(fields=["status", "id"], name="chaintx_status")]
 
     def __str__(self) -> str:
@@ -142,6 +156,7 @@ class Escrow(models.Model):
         FUNDED = "funded", "Funded"
         SETTLED = "settled", "Settled"
         REFUNDED = "refunded", "Refunded"
+        CHAIN_LOST = "chain_lost", "Chain lost (staff to resolve)"
 
     job = models.OneToOneField("marketplace.Job", on_delete=models.CASCADE, related_name="escrow")
     key = models.CharField(max_length=66, unique=True, help_text="The job id on the chain (bytes32, hex).")
@@ -157,6 +172,8 @@ class Escrow(models.Model):
                                        help_text="The deposit once the top-up is mined.")
     funded_at = models.DateTimeField(null=True, blank=True)
     closed_at = models.DateTimeField(null=True, blank=True)
+    lost_reason = models.CharField(max_length=300, blank=True,
+                                   help_text="Why the chain that held this deposit is gone.")
 
     def __str__(self) -> str:
         return f"escrow of job {self.job_id}: {self.status}"
@@ -169,6 +186,7 @@ class Settlement(models.Model):
         PENDING = "pending", "Waiting for the next batch"
         SUBMITTED = "submitted", "In a batch transaction"
         SETTLED = "settled", "Settled on chain"
+        SKIPPED = "skipped", "Skipped by the contract (see the job's timeline)"
 
     job = models.OneToOneField("marketplace.Job", on_delete=models.CASCADE, related_name="settlement")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
@@ -178,6 +196,9 @@ class Settlement(models.Model):
     statement = models.JSONField(default=list, help_text="One line per assignment.")
     transaction = models.ForeignKey(ChainTransaction, on_delete=models.PROTECT, null=True, blank=True,
                                     related_name="settlements")
+    # The contract's SettlementSkipped: the escrow's state on chain then (0 none, 1 funded,
+    # 2 settled, 3 refunded).
+    skipped_state = models.PositiveSmallIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     settled_at = models.DateTimeField(null=True, blank=True)
 

@@ -4,7 +4,7 @@
 from celery import shared_task
 from django.conf import settings
 
-from marketplace.chain import indexer, sender
+from marketplace.chain import deploy, indexer, sender
 from marketplace.chain.client import ChainError
 from marketplace.models import ChainTransaction
 from marketplace.services import payments, staking
@@ -15,6 +15,8 @@ def chain_sync() -> int:
     """Receipts of what was sent, re-broadcasts of what is stuck, then the escrow's events."""
     if not settings.ESCROW_ENABLED:
         return 0
+    # First: on a chain that is not ours, a re-broadcast would send old bytes to a stranger.
+    deploy.chain_identity_check(force=True)
     sender.resend_stale()
     payments.settlements_retry_reverted()
     return indexer.index_events()
@@ -26,6 +28,7 @@ def settle_pending() -> str | None:
     """Meter the jobs that stopped and pay them all in one batch transaction."""
     if not settings.ESCROW_ENABLED:
         return None
+    deploy.chain_identity_check(force=True)  # no statement goes to a chain without its escrow
     payments.settlements_prepare()
     tx = payments.settlement_batch_send(limit=settings.SETTLEMENT_BATCH_MAX)
     if tx:

@@ -6,22 +6,28 @@ CHAIN_OPERATOR_KEY means a fixed development key, which `check --deploy` refuses
 public, like every development key.
 """
 
+import time
 from decimal import Decimal
 
 from django.conf import settings
+from django.db import transaction
 from eth_account import Account
 from eth_utils import keccak
 from web3 import Web3
 
-from ..payment_models import ChainAccount, ChainContract, ChainCursor
+from ..payment_models import ChainAccount, ChainContract, ChainCursor, ChainTransaction
 from . import sender
-from .client import ChainError, chain_id, contract, to_units, w3
+from .client import ChainError, chain_id, contract, to_units, unavailable, w3
 
 # 1337 and 31337: local nodes (ganache, hardhat); the last is eth-tester's own chain id.
 DEV_CHAIN_IDS = frozenset({1337, 31337, 131277322940537})
 DEV_OPERATOR_KEY = "0x" + keccak(text="computemesh development operator key").hex()
 DEV_TREASURY_KEY = "0x" + keccak(text="computemesh development treasury key").hex()
 GAS_ETH = Web3.to_wei(10, "ether")
+# How long a process trusts its last look at the chain's identity: every send and every
+# indexer pass reads the contracts' addresses, and each look costs a few calls.
+IDENTITY_TTL_S = 5.0
+_identity_seen: dict[tuple[str, int], float] = {}
 
 
 def is_dev_chain() -> bool:
@@ -46,7 +52,9 @@ def treasury_address() -> str:
 
 
 def addresses() -> dict[str, str]:
-    """The contracts deployed on the current chain: {"token": …, "escrow": …, "stake": …}."""
+    """The contracts deployed on the current chain: {"token": …, "escrow": …, "stake": …}.
+    None when the chain is not the one they were deployed on (`chain_identity_check`)."""
+    chain_identity_check()
     rows = {c.name: c.address for c in ChainContract.objects.filter(chain_id=chain_id())}
     if settings.CHAIN_TOKEN_ADDRESS:
         rows["token"] = Web3.to_checksum_address(settings.CHAIN_TOKEN_ADDRESS)
@@ -119,7 +127,8 @@ def _deploy(cid: int, key: str, name: str, constructor) -> str:
         raise ChainError(f"Deploying the {name} contract failed ({stored.tx_hash}).", code="reverted")
     address = receipt["contractAddress"]
     ChainContract.objects.update_or_create(chain_id=cid, name=name, defaults={
-        "address": address, "block_number": receipt["blockNumber"]})
+        "address": address, "block_number": receipt["blockNumber"],
+        **_identity_of(address, receipt["blockNumber"])})
     return address
 
 
@@ -131,29 +140,99 @@ def mint_to(address: str, amount) -> None:
                             call=token_contract().functions.mint(address, to_units(amount))))
 
 
-def chain_reset_detected() -> bool:
-    """A development chain that started afresh (the in-process EVM on each `make demo`):
-    it is behind blocks we recorded. Its contracts, our nonces, our transactions and the
-    indexer's place went with it: forget them."""
+def _block_hash(number: int | str) -> str:
+    block = w3().eth.get_block(number)
+    return "0x" + bytes(block["hash"]).hex()
+
+
+def _identity_of(address: str, block_number: int) -> dict[str, str]:
+    """What says that a contract is the one we deployed: the chain's genesis, its deployment
+    block and its code, as hashes."""
+    return {"genesis_hash": _block_hash(0), "block_hash": _block_hash(block_number),
+            "code_hash": "0x" + keccak(bytes(w3().eth.get_code(Web3.to_checksum_address(address)))).hex()}
+
+
+def _identity_mismatch(rows: list[ChainContract]) -> str | None:
+    """Why the chain is not the one `rows` were deployed on, or None."""
+    genesis = _block_hash(0)
+    for row in rows:
+        if row.genesis_hash and row.genesis_hash != genesis:
+            return f"the chain was reset: its genesis block is {genesis}, not {row.genesis_hash}"
+    for row in rows:
+        try:
+            now = _identity_of(row.address, row.block_number)
+        except Exception:  # web3's BlockNotFound and friends: the node is behind our records
+            return (f"the chain has no block {row.block_number}, where the {row.name} contract was "
+                    f"deployed ({row.block_hash or 'hash not recorded'})")
+        if row.block_hash and now["block_hash"] != row.block_hash:
+            return (f"the chain was rewritten: block {row.block_number} is {now['block_hash']}, "
+                    f"not {row.block_hash}, where the {row.name} contract was deployed")
+        if row.code_hash and now["code_hash"] != row.code_hash:
+            return f"the {row.name} contract at {row.address} is not there (its code hash changed)"
+    return None
+
+
+def _behind_records(cid: int) -> str | None:
+    """With no contract recorded (a deployment cut short) the transactions must do: a chain
+    behind the blocks they were mined in is not theirs."""
     from django.db.models import Max
 
-    from ..payment_models import ChainTransaction, Settlement
+    live = ChainTransaction.objects.filter(chain_id=cid, lost_reason="")
+    seen = live.aggregate(b=Max("block_number"))["b"] or 0
+    head = w3().eth.block_number
+    if seen > head or (head == 0 and live.exists()):
+        return (f"the chain was reset: its head is block {head}, and the platform's transactions were "
+                f"sent on one that reached block {seen}")
+    return None
 
-    if not is_dev_chain():
-        return False
-    cid = chain_id()
-    seen = max(ChainTransaction.objects.filter(chain_id=cid).aggregate(b=Max("block_number"))["b"] or 0,
-               ChainContract.objects.filter(chain_id=cid).aggregate(b=Max("block_number"))["b"] or 0)
-    if seen <= w3().eth.block_number and not (
-            ChainTransaction.objects.filter(chain_id=cid).exists() and w3().eth.block_number == 0):
-        return False
-    Settlement.objects.filter(transaction__chain_id=cid).update(transaction=None)
-    _forget_stakes(cid)
-    ChainTransaction.objects.filter(chain_id=cid).delete()
-    ChainContract.objects.filter(chain_id=cid).delete()
-    ChainAccount.objects.filter(chain_id=cid).delete()
-    ChainCursor.objects.filter(chain_id=cid).delete()
-    return True
+
+def chain_identity_check(*, force: bool = False) -> str | None:
+    """Is the chain the node serves the one our contracts (and so our escrows) are on? The
+    chain id alone cannot tell: a development chain that starts afresh, or a node pointed
+    at another network with the same id, keeps it. Compares the genesis, each contract's
+    deployment block and its code with what `deploy` recorded; on a mismatch the old chain
+    is handled as lost (`chain_lost`) and the reason returned. Checked at most every
+    IDENTITY_TTL_S per process unless `force`."""
+    try:
+        cid = chain_id()
+        seen_key = (settings.CHAIN_RPC_URL or "in-process", cid)
+        if not force and time.monotonic() - _identity_seen.get(seen_key, -IDENTITY_TTL_S) < IDENTITY_TTL_S:
+            return None
+        rows = list(ChainContract.objects.filter(chain_id=cid).order_by("block_number", "name"))
+        reason = _identity_mismatch(rows) if rows else _behind_records(cid)
+        if reason is None:
+            for row in rows:  # rows recorded before identities were: this chain is theirs
+                if not (row.genesis_hash and row.block_hash and row.code_hash):
+                    ChainContract.objects.filter(pk=row.pk).update(
+                        **_identity_of(row.address, row.block_number))
+    except ChainError:
+        raise
+    except Exception as exc:
+        raise unavailable(exc) from exc
+    if reason is None:
+        _identity_seen[seen_key] = time.monotonic()
+        return None
+    chain_lost(cid=cid, genesis=next((r.genesis_hash for r in rows if r.genesis_hash), ""), reason=reason)
+    return reason
+
+
+def chain_lost(*, cid: int, genesis: str, reason: str) -> None:
+    """The chain our contracts were on is gone. Its escrows are marked (`escrows_chain_lost`:
+    staff resolve them), the transactions sent there stay recorded as sent on it, and the
+    contracts, nonces and the indexer's place are forgotten: `chain_deploy` deploys afresh.
+    Within a caller's transaction this is undone with it; the indexer's next pass (no
+    transaction around it) records it."""
+    from ..services.payments import escrows_chain_lost
+
+    with transaction.atomic():
+        escrows_chain_lost(reason=reason)
+        if cid in DEV_CHAIN_IDS:
+            _forget_stakes(cid)
+        ChainTransaction.objects.filter(chain_id=cid, lost_reason="").update(
+            lost_reason=reason[:300], lost_genesis=genesis)
+        ChainContract.objects.filter(chain_id=cid).delete()
+        ChainAccount.objects.filter(chain_id=cid).delete()
+        ChainCursor.objects.filter(chain_id=cid).delete()
 
 
 def _forget_stakes(cid: int) -> None:

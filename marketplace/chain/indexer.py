@@ -18,7 +18,7 @@ from .client import ChainError, chain_id, unavailable, w3
 from .deploy import addresses, escrow_contract
 
 log = logging.getLogger(__name__)
-EVENTS = ("JobFunded", "JobToppedUp", "JobSettled", "JobRefunded")
+EVENTS = ("JobFunded", "JobToppedUp", "JobSettled", "JobRefunded", "SettlementSkipped")
 STAKE_EVENTS = ("Staked", "WithdrawalRequested", "Withdrawn", "Slashed")
 
 
@@ -101,3 +101,5 @@ def _apply(payments, name: str, args, tx_hash: str) -> None:
     elif name == "JobRefunded":
         payments.escrow_closed(key=key, refunded=True, paid=0, fee=0, returned=args["amount"],
                                tx_hash=tx_hash)
+    elif name == "SettlementSkipped":  # the batch paid nothing for this job: say why
+        payments.escrow_settlement_skipped(key=key, state=args["state"], tx_hash=tx_hash)

@@ -98,7 +98,9 @@ def _account(cid: int, address: str) -> ChainAccount:
 
 def broadcast(stored: ChainTransaction) -> None:
     """Send the stored bytes (again). Errors are recorded, not raised: the row stays SIGNED
-    or SENT and `resend_stale` tries again."""
+    or SENT and `resend_stale` tries again. A row whose chain is gone is never sent to another."""
+    if stored.lost_reason:
+        return
     try:
         w3().eth.send_raw_transaction(bytes.fromhex(stored.raw.removeprefix("0x")))
     except Exception as exc:
@@ -125,8 +127,8 @@ def _mined(stored: ChainTransaction) -> bool:
 
 def check(stored: ChainTransaction) -> ChainTransaction:
     """Look at the receipt: MINED, CONFIRMED (enough confirmations) or REVERTED."""
-    if stored.status in (T.CONFIRMED, T.REVERTED):
-        return stored
+    if stored.status in (T.CONFIRMED, T.REVERTED) or stored.lost_reason:
+        return stored  # a lost chain's row: this node's answer would be about another chain
     try:
         receipt = w3().eth.get_transaction_receipt(stored.tx_hash)
     except TransactionNotFound:
@@ -153,6 +155,9 @@ def wait(stored: ChainTransaction, *, timeout_s: float | None = None) -> ChainTr
         stored = check(stored)
         if stored.status in (T.CONFIRMED, T.REVERTED):
             return stored
+        if stored.lost_reason:
+            raise ChainError(f"Transaction {stored.tx_hash} was sent on a chain that is gone: "
+                             f"{stored.lost_reason}", code="chain_lost")
         if time.monotonic() > deadline:
             raise ChainError(f"Transaction {stored.tx_hash} is not confirmed yet; it will be checked again.",
                              code="not_confirmed")
@@ -167,7 +172,7 @@ def resend_stale(*, older_than_s: float | None = None) -> int:
     cutoff = timezone.now() - timezone.timedelta(
         seconds=settings.CHAIN_RESEND_AFTER_S if older_than_s is None else older_than_s)
     count = 0
-    for stored in ChainTransaction.objects.filter(status__in=(T.SIGNED, T.SENT, T.MINED),
+    for stored in ChainTransaction.objects.filter(status__in=(T.SIGNED, T.SENT, T.MINED), lost_reason="",
                                                   updated_at__lte=cutoff).order_by("sender", "nonce"):
         stored = check(stored)
         if stored.status in (T.SIGNED, T.SENT):

@@ -61,7 +61,10 @@ def provider_payouts(org: Organization, limit: int = 50) -> list[dict]:
 
 
 def chain_transaction(tx_hash: str) -> ChainTransaction | None:
-    return ChainTransaction.objects.filter(tx_hash=tx_hash).first()
+    """The platform's transaction with this hash: the one on the current chain, else the
+    latest sent on a chain that is gone (the same signed bytes can be sent on both)."""
+    return (ChainTransaction.objects.filter(tx_hash=tx_hash, lost_reason="").first()
+            or ChainTransaction.objects.filter(tx_hash=tx_hash).first())
 
 
 def wallets_of(user) -> QuerySet[Wallet]:

@@ -180,7 +180,7 @@ def _reverted(tx_hash: str) -> bool:
     from ..chain import sender
     from ..models import ChainTransaction
 
-    stored = ChainTransaction.objects.filter(tx_hash=tx_hash).first()
+    stored = ChainTransaction.objects.filter(tx_hash=tx_hash, lost_reason="").first()
     return stored is not None and sender.check(stored).status == ChainTransaction.Status.REVERTED
 
 
@@ -280,6 +280,109 @@ def escrow_force_refund(*, job: Job, actor=None) -> str:
                     message=f"An administrator refunded the escrow: transaction {tx.tx_hash}.")
     enqueue.enqueue("workers.tasks_chain.chain_sync", countdown=0.2)
     return tx.tx_hash
+
+
+# --- a chain that is gone ----------------------------------------------------------
+def escrows_chain_lost(*, reason: str) -> int:
+    """The chain that held the deposits is gone (`chain.deploy.chain_lost`): each funded,
+    unsettled escrow is marked `chain_lost` with the reason and says so on its job's
+    timeline, for staff to resolve (`escrow_lost_refund`); its statement, if any, waits
+    again (the batch that carried it went to the lost chain, and no batch takes a lost
+    escrow). A funding in flight is forgotten: the consumer funds again on the new chain.
+    Idempotent: marked escrows are not marked again. Returns how many were marked."""
+    marked = 0
+    for escrow in (Escrow.objects.select_for_update().select_related("job")
+                   .filter(status__in=(E.FUNDED, E.FUNDING)).order_by("pk")):
+        if escrow.status == E.FUNDING:
+            Escrow.objects.filter(pk=escrow.pk).update(status=E.UNFUNDED)
+            job_states.note(job_id=escrow.job_id, reason="funding_lost", data={"reason": reason},
+                            message=f"The funding transaction {escrow.fund_tx} went to a chain that is gone "
+                                    f"({reason}); fund the job again.")
+            continue
+        Escrow.objects.filter(pk=escrow.pk).update(status=E.CHAIN_LOST, lost_reason=reason[:300])
+        Settlement.objects.filter(job_id=escrow.job_id, status=Settlement.Status.SUBMITTED).update(
+            status=Settlement.Status.PENDING, transaction=None)
+        job_states.note(job_id=escrow.job_id, reason="chain_lost", data={"reason": reason},
+                        message=f"The escrow's chain is gone: {reason}. Its {escrow.amount:.2f} tUSD deposit "
+                                f"(transaction {escrow.fund_tx}) was neither paid out nor refunded there; "
+                                "staff will refund it.")
+        marked += 1
+    if marked:
+        log.error("chain lost (%s): %d funded escrows marked chain_lost", reason, marked)
+    return marked
+
+
+def escrow_lost_refund(*, job: Job, actor=None) -> str:
+    """Staff: make the consumer of an escrow whose chain is gone whole. On a development
+    chain the deposit is minted again to the address that funded it (the operator mints
+    tUSD); the escrow is refunded and the job follows. Idempotent: a retry returns the
+    refund already sent. A real chain's token cannot be minted: refused with what to do."""
+    from ..chain import sender
+    from ..chain.client import to_units
+    from ..chain.deploy import is_dev_chain, operator_key, token_contract
+
+    with transaction.atomic():
+        escrow = Escrow.objects.select_for_update().filter(job=job).first()
+        if escrow is not None and escrow.status == E.REFUNDED and escrow.lost_reason:
+            return escrow.close_tx
+        if escrow is None or escrow.status != E.CHAIN_LOST:
+            raise Conflict("Only an escrow whose chain is gone is refunded this way.")
+        if settings.CHAIN_TOKEN_ADDRESS or not is_dev_chain():
+            raise Conflict(f"The settlement token cannot be minted here: pay {escrow.amount:.2f} tUSD to "
+                           f"{escrow.consumer_address} from the treasury, and record it in the job's notes.",
+                           code="not_dev_chain")
+        tx = sender.send(key=operator_key(), purpose="refund", call=token_contract().functions.mint(
+            escrow.consumer_address, to_units(escrow.amount)))
+        escrow.status, escrow.close_tx, escrow.closed_at = E.REFUNDED, tx.tx_hash, timezone.now()
+        escrow.save(update_fields=["status", "close_tx", "closed_at"])
+        # Nothing was paid from the lost deposit: its statement must not show payouts.
+        Settlement.objects.filter(job=job).exclude(status=Settlement.Status.SETTLED).delete()
+        audit.audit_record(actor=actor, action="escrow.lost_refund", obj=job, data={"tx": tx.tx_hash},
+                           message=f"Refunded job {job.pk}'s lost escrow: minted {escrow.amount:.2f} tUSD.")
+        text = (f"An administrator refunded the escrow lost with its chain: {escrow.amount:.2f} tUSD "
+                f"minted to {escrow.consumer_address} on the current development chain "
+                f"(transaction {tx.tx_hash}).")
+        current = Job.objects.get(pk=job.pk)
+        if current.status in job_states.ACTIVE or current.status == S.SUBMITTED:
+            from .jobs import job_cancel
+
+            current = job_cancel(job=current, actor=actor, reason="escrow_refunded",
+                                 message="The escrow's chain is gone and its deposit was refunded; "
+                                         "the job stops.")
+        if job_states.can_transition(current.status, S.REFUNDED):
+            job_states.transition(job_id=job.pk, to=S.REFUNDED, reason="escrow_refunded", actor=actor,
+                                  message=text)
+        else:  # completed work: the status stays, the timeline says what happened
+            job_states.note(job_id=job.pk, reason="escrow_refunded", actor=actor, message=text)
+        enqueue.enqueue("workers.tasks_chain.chain_sync", countdown=0.2)
+    return tx.tx_hash
+
+
+def escrow_settlement_skipped(*, key: str, state: int, tx_hash: str) -> None:
+    """The contract skipped a job in a settlement batch: the escrow was not funded on chain
+    (0 no such escrow, 2 already settled, 3 refunded). Recorded on the statement and the
+    timeline, once per transaction. An escrow the chain does not know while we hold it
+    funded means its chain is not this one: it is marked chain_lost so that no batch
+    carries it again."""
+    escrow = Escrow.objects.select_for_update().select_related("job").filter(key=key).first()
+    if escrow is None:
+        log.warning("SettlementSkipped for unknown escrow %s (tx %s)", key, tx_hash)
+        return
+    if escrow.job.events.filter(reason="settlement_skipped", data__tx=tx_hash).exists():
+        return
+    names = {0: "unknown to the contract", 1: "funded", 2: "already settled", 3: "already refunded"}
+    Settlement.objects.filter(job=escrow.job).exclude(status=Settlement.Status.SETTLED).update(
+        status=Settlement.Status.SKIPPED, skipped_state=state)
+    job_states.note(job_id=escrow.job_id, reason="settlement_skipped", data={"tx": tx_hash, "state": state},
+                    message=f"The escrow contract skipped this job's settlement (transaction {tx_hash}): "
+                            f"its escrow is {names.get(state, f'in state {state}')} on chain.")
+    if state == 0 and escrow.status == E.FUNDED:
+        reason = f"the settlement transaction {tx_hash} found no escrow for this job on the chain"
+        escrow.status, escrow.lost_reason = E.CHAIN_LOST, reason
+        escrow.save(update_fields=["status", "lost_reason"])
+        job_states.note(job_id=escrow.job_id, reason="chain_lost", data={"reason": reason},
+                        message=f"The chain does not hold this job's escrow ({reason}); its "
+                                f"{escrow.amount:.2f} tUSD deposit waits for staff to refund it.")
 
 
 # --- metering -----------------------------------------------------------------------

@@ -97,7 +97,14 @@ def test_a_replayed_batch_pays_nothing_twice(wallets, done):
     skipped = wallets.escrow.events.SettlementSkipped().process_receipt(receipt)
     assert sorted(e["args"]["jobId"].hex() for e in skipped) == sorted(j.escrow.key[2:] for j in done)
     assert wallets.escrow.events.JobSettled().process_receipt(receipt) == ()
+    assert indexer.index_events() == 3  # the skips, recorded: each job's timeline says why
+    for job in done:
+        skipped = job.events.get(reason="settlement_skipped")
+        assert skipped.data == {"tx": replay.tx_hash, "state": SETTLED}
+        assert "already settled" in skipped.message
     assert indexer.index_events() == 0
+    assert statuses(done) == {S.SETTLED}
+    assert set(Settlement.objects.values_list("status", flat=True)) == {"settled"}
     assert_paid_once(wallets, done)
 
 

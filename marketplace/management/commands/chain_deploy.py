@@ -37,9 +37,12 @@ class Command(BaseCommand):
         from marketplace.chain.client import chain_id
 
         try:
-            fresh = deploy.chain_reset_detected()
+            lost = deploy.chain_identity_check(force=True)
+            if lost:
+                self.stderr.write(f"The recorded contracts' chain is gone ({lost}): their escrows are marked "
+                                  "'chain lost' for staff to resolve; deploying afresh.")
             found = deploy.deploy(force=force)
-            self.stdout.write(f"chain {chain_id()}{' (fresh)' if fresh else ''}: token {found['token']}, "
+            self.stdout.write(f"chain {chain_id()}{' (fresh)' if lost else ''}: token {found['token']}, "
                               f"escrow {found['escrow']}, stake {found['stake']}, "
                               f"operator {deploy.operator_address()}")
             if dev_wallets:
@@ -71,7 +74,7 @@ def _dev_stakes(amount: Decimal) -> list[str]:
             ops.append(stake_deposit(organization=org, amount=amount, request_id=request_id))
         out.append(f"{org.name}: staked {amount} tUSD ({ops[-1].transaction.tx_hash})")
     # Each wallet's approval goes before its stake: see them through in nonce order.
-    pending = ChainTransaction.objects.filter(sender__in=[op.address for op in ops]).exclude(
+    pending = ChainTransaction.objects.filter(sender__in=[op.address for op in ops], lost_reason="").exclude(
         status__in=(ChainTransaction.Status.CONFIRMED, ChainTransaction.Status.REVERTED))
     for tx in pending.order_by("sender", "nonce"):
         sender.wait(tx)
