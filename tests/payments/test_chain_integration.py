@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import secrets
 from datetime import timedelta
 from decimal import ROUND_DOWN, Decimal
@@ -44,6 +45,9 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 REDIS_URL = os.environ.get("CHAIN_STACK_REDIS_URL", "redis://127.0.0.1:6379/8")  # db 7: the other stacks
 S = Job.Status
 MINT = Decimal("1000")
+# A worker's log line for a settle_pending task that sent (or re-sent) a batch.
+SETTLE_TASK = re.compile(r"settle_pending\[([0-9a-f-]+)\] (received|succeeded)")
+SETTLE_SENT = re.compile(r"settle_pending\[[^\]]+\] succeeded in [\d.]+s: '(0x[0-9a-fA-F]{64})'")
 
 
 @pytest.fixture(scope="module")
@@ -249,8 +253,13 @@ def test_two_hundred_settlements_from_two_workers(on_node, tmp_path):
     redis.Redis.from_url(REDIS_URL).flushdb()
     stack = stack_for(tmp_path, on_node, queues="chain", SETTLEMENT_BATCH_MAX=str(batch))
     try:
-        stack.worker("pay-worker-1", beat=False)
-        stack.worker("pay-worker-2", beat=False)
+        workers = ("pay-worker-1", "pay-worker-2")
+        for name in workers:
+            stack.worker(name, beat=False)
+        # Both consume before the first task is sent, so that neither gets the work alone.
+        for name in workers:
+            wait_for(lambda name=name: " ready." in (stack.logs / f"{name}.log").read_text(),
+                     timeout=60, what=f"{name} to be ready")
 
         # The stack's broker, whatever this test process's own Celery settings say.
         beat = Celery(broker=REDIS_URL)
@@ -263,11 +272,32 @@ def test_two_hundred_settlements_from_two_workers(on_node, tmp_path):
             return left == 0
 
         wait_for(all_settled, timeout=120, every=1.0, what="200 settlements")
+
+        def drained():  # the tasks sent meanwhile ran to the end, each worker's log says so
+            if redis.Redis.from_url(REDIS_URL).llen("chain"):
+                return False
+            for name in workers:
+                events = SETTLE_TASK.findall((stack.logs / f"{name}.log").read_text())
+                if {i for i, e in events if e == "received"} - {i for i, e in events if e == "succeeded"}:
+                    return False
+            return True
+
+        # Stopping a worker amid a task loses it (WorkerLostError in its log) and the log
+        # line that names the batch it sent: wait for both before stopping.
+        wait_for(drained, timeout=120, what="the workers to finish the tasks they took")
     finally:
         stack.stop()
 
     batches = ChainTransaction.objects.filter(purpose="settle")
     assert batches.count() >= count // batch
+    # Each worker's share, from its own log (Celery logs each task's result: the batch's
+    # transaction hash): both sent batches, and together they sent every one.
+    sent = {name: set(SETTLE_SENT.findall((stack.logs / f"{name}.log").read_text())) for name in workers}
+    assert set().union(*sent.values()) == set(batches.values_list("tx_hash", flat=True)), sent
+    shares = {name: Settlement.objects.filter(transaction__tx_hash__in=hashes).count()
+              for name, hashes in sent.items()}
+    assert all(shares.values()) and Settlement.objects.filter(
+        transaction__tx_hash__in=set().union(*sent.values())).count() == count, shares
     assert set(batches.values_list("status", flat=True)) == {"confirmed"}
     assert not ChainTransaction.objects.exclude(status="confirmed").exists()
     assert_nonces_consecutive()
