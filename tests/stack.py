@@ -66,7 +66,8 @@ class Stack:
             lines = path.read_text(errors="replace").splitlines() if path.exists() else []
             for lineno, entry in log_entries(lines):
                 if not any(p.search(entry) for p, _ in self.allowed):
-                    found.append(f"{name}.log:{lineno}: {entry[-1500:]}")
+                    text = entry if len(entry) < 2000 else f"{entry[:500]}\n  …\n{entry[-1200:]}"
+                    found.append(f"{name}.log:{lineno}: {text}")
         return found
 
     def _spawn(self, name: str, cmd: list[str], env: dict | None = None) -> subprocess.Popen:
@@ -169,7 +170,8 @@ _TRACEBACK_BODY = ("  ", "\t", "Traceback", "During handling", "The above except
 
 def log_entries(lines: list[str]):
     """(line number, text) of each problem in a log; a line followed by a traceback, or a
-    traceback, is one entry up to and including its exception's line."""
+    traceback, is one entry up to and including its exception's line, chained exceptions
+    ("During handling of the above exception …") included."""
     i = 0
     while i < len(lines):
         if not PROBLEM.search(lines[i]):
@@ -178,9 +180,16 @@ def log_entries(lines: list[str]):
         j = i + 1
         if "Traceback (most recent call last)" in lines[i] or (
                 j < len(lines) and lines[j].startswith("Traceback")):
-            while j < len(lines) and (lines[j].startswith(_TRACEBACK_BODY) or not lines[j].strip()):
-                j += 1
-            j = min(j + 1, len(lines))  # the exception's own line
+            while True:
+                while j < len(lines) and (lines[j].startswith(_TRACEBACK_BODY) or not lines[j].strip()):
+                    j += 1
+                j = min(j + 1, len(lines))  # the exception's own line
+                k = j
+                while k < len(lines) and not lines[k].strip():
+                    k += 1
+                if not (k < len(lines) and lines[k].startswith(_TRACEBACK_BODY[3:])):
+                    break
+                j = k  # an exception chained to it: the same entry
         yield i + 1, "\n".join(lines[i:j])
         i = j
 

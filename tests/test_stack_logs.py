@@ -29,6 +29,17 @@ def test_each_kind_of_problem_is_found():
     assert [n for n, _ in log_entries(lines)] == [1, 2, 3, 5]
 
 
+def test_a_chained_traceback_is_one_entry():
+    lines = ["[t: ERROR/MainProcess] consumer: lost the broker",
+             "Traceback (most recent call last):", '  File "a.py", line 1',
+             "redis.exceptions.ConnectionError: Error 111 connecting to 127.0.0.1:6399.", "",
+             "During handling of the above exception, another exception occurred:", "",
+             "Traceback (most recent call last):", '  File "b.py", line 2', "IndexError: pop from empty list",
+             "[t: INFO/MainProcess] reconnected"]
+    ((n, entry),) = log_entries(lines)
+    assert n == 1 and "127.0.0.1:6399" in entry and entry.endswith("IndexError: pop from empty list")
+
+
 def test_a_process_that_crashes_is_reported_unless_the_test_allows_it(tmp_path):
     stack = Stack(tmp_path)
     proc = stack._spawn("crasher", [sys.executable, "-c", "raise ValueError('injected on purpose')"])
