@@ -51,7 +51,9 @@ def test_create_returns_the_token_once_and_stores_only_its_hash(api, carol, prov
     assert data["reliability"] is None and data["bandwidth_mbps"] == 1000
     # Never again.
     assert "agent_token" not in client.get(f"{URL}{node.pk}/").json()
-    assert all("agent_token" not in n for n in client.get(URL).json()["results"])
+    listed = client.get(URL).json()["results"]
+    assert node.pk in [n["id"] for n in listed]  # the new node is in the list checked below
+    assert all("agent_token" not in n for n in listed)
     assert AuditEvent.objects.filter(action="node.create", object_id=str(node.pk)).exists()
 
 

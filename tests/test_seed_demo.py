@@ -43,7 +43,9 @@ def test_seed_creates_a_realistic_market(seeded):
     assert nodes.exclude(compliance_verified=0).exists()
     assert nodes.exclude(compliance_claimed=0).filter(compliance_verified=0).exists()
     assert AuditEvent.objects.filter(action="node.verify_compliance").exists()
-    for offer in Offer.objects.all():
+    offers = list(Offer.objects.all())
+    assert offers
+    for offer in offers:
         low, high = PRICE_BANDS[offer.gpu_model]
         assert low <= float(offer.price_per_gpu_hour) <= high, offer
         assert offer.status == Offer.Status.ACTIVE

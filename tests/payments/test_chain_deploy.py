@@ -42,7 +42,9 @@ def test_deploying_twice_deploys_once_and_funds_the_dev_wallets_once(bare_chain,
     assert f"stake {contracts['stake']}" in first
     chain = Chain()
     assert chain.token.address == contracts["token"] and chain.escrow.address == contracts["escrow"]
-    for org in Organization.objects.all():
+    orgs = list(Organization.objects.all())
+    assert orgs  # the dev wallets belong to the seeded organizations
+    for org in orgs:
         wallet = Wallet.objects.get(organization=org)  # one custodial wallet each, not two
         assert wallet.kind == "custodial" and wallet.is_payout
         assert chain.w3.eth.get_balance(wallet.address) > 0
