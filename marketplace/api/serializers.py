@@ -299,7 +299,7 @@ class AssignmentSerializer(serializers.ModelSerializer):
         fields = ["id", "attempt", "node_rank", "node", "node_name", "provider", "region",
                   "gpu_model", "gpus", "price_per_gpu_hour", "status", "node_status",
                   "last_heartbeat_at", "resume_step", "started_at", "finished_at", "comm_bytes",
-                  "comm_bytes_ddp"]
+                  "comm_bytes_ddp", "last_step", "last_step_at"]
         read_only_fields = fields
 
 

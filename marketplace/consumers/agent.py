@@ -105,7 +105,8 @@ class AgentConsumer(LiveConsumer):
             running = message.get("running") if isinstance(message.get("running"), list) else []
             unacked = message.get("unacked") if isinstance(message.get("unacked"), list) else None
             out = await database_sync_to_async(execution.agent_heartbeat)(node=self.node, running=running,
-                                                                          unacked=unacked)
+                                                                          unacked=unacked,
+                                                                          steps=message.get("steps"))
         else:
             # One bucket per assignment id; anything else (a list would not even hash) shares
             # one, and parse_data refuses it.

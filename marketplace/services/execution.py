@@ -24,6 +24,7 @@ from ..errors import MarketError, NotFound
 from ..models import Assignment, Job, LogLine, MetricPoint, Node
 from . import enqueue, live, placement, verification
 from .bulk import bulk_insert, bulk_set
+from .liveness import assignment_steps_record
 from .nodes import node_set_presence
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,8 @@ def agent_hello(*, node: Node, hello: dict) -> list[dict]:
                     assignments=[a.pk for a in active])]
     unacked = hello.get("unacked")
     return out + agent_heartbeat(node=node, running=hello.get("running") or [], touch=False,
-                                 unacked=unacked if isinstance(unacked, list) else None)
+                                 unacked=unacked if isinstance(unacked, list) else None,
+                                 steps=hello.get("steps"))
 
 
 def _ids(values: list) -> set[int]:
@@ -218,13 +220,14 @@ def _ids(values: list) -> set[int]:
 
 
 def agent_heartbeat(*, node: Node, running: list, touch: bool = True,
-                    unacked: list | None = None) -> list[dict]:
+                    unacked: list | None = None, steps: Any = None) -> list[dict]:
     """Re-send starts the agent has not acted on; cancel what it runs but should not. An
     assignment that started here but that the agent neither runs nor still has messages
     about (`unacked`: its outbox's assignments) was lost with the agent: a machine that
     rebooted within the heartbeat timeout does not go silent, so this is how it is noticed."""
     if touch:
         node_set_presence(node_id=node.pk, online=True, heartbeat_at=timezone.now())
+    assignment_steps_record(node=node, steps=steps)  # each node's own step (services/liveness.py)
     running_ids = _ids(running)
     out = []
     active = {a.pk: a for a in Assignment.objects.select_related("job").filter(
