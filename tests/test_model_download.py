@@ -103,3 +103,4 @@ def test_the_job_page_links_the_model_only_once_verified(client, alice, healthca
         html = client.get(page).content.decode()
         assert 'id="job-progress"' in html  # the panel that would hold the link was rendered
         assert ('data-testid="artifact-link"' in html) is link, page
+        assert ('data-testid="artifact-pending"' in html) is not link, page  # says why not yet
