@@ -86,3 +86,75 @@ def test_a_message_that_cannot_be_kept_takes_no_sequence_number(tmp_path):
     assert (first["seq"], second["seq"]) == (1, 2)
     assert [(m["id"], m["assignment"], m["seq"]) for m in box.pending()] == [("a", 7, 1), ("c", 7, 2)]
     box.close()
+
+
+# --- which node of a multi-node job is blamed -------------------------------------------
+@pytest.fixture
+def two_nodes(carol_node, carol_offer, dave_node, dave_offer):
+    """A two-node DDP job running on carol's node (rank 0) and dave's (rank 1)."""
+    job = JobFactory(status=S.RUNNING, attempt=1, nodes=2)
+    parts = []
+    for rank, (node, offer) in enumerate(((carol_node, carol_offer), (dave_node, dave_offer))):
+        offer.gpus_reserved = 1
+        offer.save(update_fields=["gpus_reserved"])
+        parts.append(Assignment.objects.create(
+            job=job, node=node, offer=offer, attempt=1, node_rank=rank, gpus=1,
+            price_per_gpu_hour=Decimal("1.50"), status=A.RUNNING, started_at=timezone.now()))
+    return job, parts
+
+
+def failed(part: Assignment, error: str = "training exited with 1") -> None:
+    """The part's agent reports that its ranks failed (the next message in its sequence)."""
+    execution.agent_data(node=part.node, message={
+        "type": "assignment.finished", "id": f"f{part.pk}", "assignment": part.pk,
+        "seq": part.last_seq + 1, "status": "failed", "error": error})
+
+
+def test_a_survivor_whose_peer_died_is_not_blamed_when_the_peer_comes_back_without_its_work(two_nodes):
+    job, (host, survivor) = two_nodes
+    failed(survivor)  # the host died: the survivor's collectives fail first
+    job.refresh_from_db()
+    assert job.status == S.RUNNING and job.excluded_nodes == []
+    assert job.events.filter(reason="node_failed").exists()  # waiting to see who broke the group
+    # The host's agent restarted (same token, same work folder) and runs nothing.
+    execution.agent_hello(node=host.node, hello={"running": [], "unacked": [], "faults": {}})
+    job.refresh_from_db()
+    host.refresh_from_db()
+    survivor.refresh_from_db()
+    assert host.status == A.LOST and survivor.status == A.FAILED
+    assert job.status == S.INTERRUPTED and job.excluded_nodes == [host.node_id]
+    assert not execution.attempt_failure_settle(job_id=job.pk, attempt=1)  # the delayed check: done
+
+
+def test_a_survivor_whose_peer_went_silent_is_not_blamed(two_nodes):
+    job, (host, survivor) = two_nodes
+    failed(survivor)
+    execution.node_lost(node_id=host.node_id)  # the heartbeat watchdog
+    job.refresh_from_db()
+    assert job.status == S.INTERRUPTED and job.excluded_nodes == [host.node_id]
+
+
+def test_without_a_lost_peer_the_first_node_that_failed_is_blamed(two_nodes):
+    job, (host, other) = two_nodes
+    failed(host, "RuntimeError: CUDA error: an illegal memory access was encountered")
+    failed(other, "Connection closed by peer")  # every part ended: decided at once
+    job.refresh_from_db()
+    assert job.status == S.INTERRUPTED and job.excluded_nodes == [host.node_id]
+    assert "illegal memory access" in job.events.get(reason="assignment_failed").message
+
+
+def test_a_failed_part_is_blamed_when_its_peers_stay_alive(two_nodes):
+    job, (host, other) = two_nodes
+    failed(other)
+    execution.agent_heartbeat(node=host.node, running=[host.pk], unacked=[])  # the host lives on
+    assert execution.attempt_failure_settle(job_id=job.pk, attempt=1)
+    job.refresh_from_db()
+    host.refresh_from_db()
+    assert job.status == S.INTERRUPTED and job.excluded_nodes == [other.node_id]
+    assert host.status == A.CANCELLED
+
+
+def test_a_single_node_failure_is_blamed_at_once(accepted, carol_node):
+    failed(accepted)
+    job = Job.objects.get(pk=accepted.job_id)
+    assert job.status == S.INTERRUPTED and job.excluded_nodes == [carol_node.pk]

@@ -56,6 +56,13 @@ def heartbeat_watchdog() -> int:
     return lost
 
 
+@shared_task(name="workers.tasks.attempt_failure_settle", time_limit=60, soft_time_limit=50, **RELIABLE)
+def attempt_failure_settle(job_id: int, attempt: int) -> bool:
+    """A node of a multi-node job failed a while ago and none of its peers was lost since:
+    that node is blamed and the job placed again (services/execution.py, _blame_later)."""
+    return execution.attempt_failure_settle(job_id=job_id, attempt=attempt)
+
+
 @shared_task(name="workers.tasks.announce_jobs", time_limit=120, soft_time_limit=100)
 def announce_jobs(job_ids: list[int]) -> int:
     """Send the current state of these jobs to their live watchers."""

@@ -654,6 +654,8 @@ def _on_finished(a: Assignment, m: dict) -> None:
         if is_diloco(job) and a.node_rank > 0:
             _diloco_node_gone(job, a, f"its training failed: {error.splitlines()[0][:300]}")
             return
+        if _blame_later(job, a, error):
+            return
         _interrupt(job, reason="assignment_failed",
                    message=f"Training failed on node {a.node_id}: {error.splitlines()[0][:300]}",
                    exclude_node=a.node_id)
@@ -677,6 +679,55 @@ def _on_finished(a: Assignment, m: dict) -> None:
     _end(a, A.SUCCEEDED, detail)
     if job.status == S.RUNNING and _attempt_done(job, a.attempt):
         _complete(Job.objects.get(pk=job.pk), attempt=a.attempt)
+
+
+def attribution_delay_s() -> float:
+    """How long a failed part of a multi-node DDP job waits before its node is blamed: until a
+    peer that died with it is surely noticed (the heartbeat timeout, plus two runs of the
+    5 s heartbeat watchdog), or its restarted agent has said hello without it."""
+    return settings.NODE_HEARTBEAT_TIMEOUT_S + 10
+
+
+def _blame_later(job: Job, a: Assignment, error: str) -> bool:
+    """One node of a DDP process group across nodes failed while the others still run. When
+    a node dies, every other node's collectives fail within a second, usually before the
+    platform notices the dead one (its heartbeats stop for the timeout first, or its
+    restarted agent has to say hello); blaming the first node to report excluded the healthy
+    survivor and cancelled the dead node's part. So the failed part ends now and the blame
+    waits: a peer of the same placement found lost meanwhile interrupts the job and is the
+    one excluded (_assignment_lost); otherwise `attempt_failure_settle` blames the first node
+    that failed, as before. True when it waits."""
+    if is_diloco(job) or job.nodes < 2 or job.status != S.RUNNING:
+        return False
+    if not job.assignments.filter(attempt=a.attempt, status__in=Assignment.ACTIVE).exists():
+        attempt_failure_settle(job_id=job.pk, attempt=a.attempt)  # nobody left to hear from
+        return True
+    delay = attribution_delay_s()
+    job_states.note(job_id=job.pk, reason="node_failed",
+                    message=f"Training failed on node {a.node_id}: {error.splitlines()[0][:300]}. "
+                            f"Waiting up to {delay:g} s for the other nodes of this placement: a node "
+                            "lost meanwhile broke the group; otherwise this one is excluded.")
+    enqueue.enqueue("workers.tasks.attempt_failure_settle", job.pk, a.attempt, countdown=delay)
+    return True
+
+
+def attempt_failure_settle(*, job_id: int, attempt: int) -> bool:
+    """A part of this placement failed and no peer was lost since (or the job would have
+    been interrupted already): the first node that failed is blamed, excluded, and the job
+    placed again. Idempotent: does nothing once the job moved on. True when it acted."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job_id)
+        if job.status != S.RUNNING or job.attempt != attempt:
+            return False
+        first = (job.assignments.filter(attempt=attempt, status=A.FAILED)
+                 .order_by("finished_at", "pk").first())
+        if first is None:
+            return False
+        _interrupt(job, reason="assignment_failed",
+                   message=f"Training failed on node {first.node_id}: "
+                           f"{(first.detail or 'training failed').splitlines()[0][:300]}",
+                   exclude_node=first.node_id)
+    return True
 
 
 def is_diloco(job: Job) -> bool:
