@@ -214,3 +214,55 @@ def test_a_batch_the_contract_skips_is_recorded_and_not_sent_again(chain, wallet
     with committed():
         assert settle_pending() is None
     assert ChainTransaction.objects.filter(purpose="settle").count() == 1
+
+
+KILLED_MID_STREAM = """
+import os, sys, threading
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings_test")
+import django; django.setup()
+from pathlib import Path
+from web3 import Web3
+from marketplace.chain.persist import PersistentTesterProvider
+w3 = Web3(PersistentTesterProvider(Path(sys.argv[1])))
+a, b = w3.eth.accounts[:2]
+while True:  # until SIGKILLed
+    w3.eth.send_transaction({"from": a, "to": b, "value": 1})
+    print(w3.eth.block_number, flush=True)
+"""
+
+
+def test_a_chain_killed_mid_stream_reopens_at_a_whole_block(tmp_path):
+    """SIGKILL while transactions stream in: the chain reopens at the last committed block,
+    its state readable and its next transaction accepted."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from web3 import Web3
+
+    from marketplace.chain.persist import PersistentTesterProvider
+
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_MID_STREAM, str(tmp_path)], stdout=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).resolve().parent.parent.parent)
+    try:
+        deadline = time.monotonic() + 60
+        seen = 0
+        while seen < 30 and time.monotonic() < deadline:
+            seen = int(proc.stdout.readline() or 0)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert seen >= 30
+
+    provider = PersistentTesterProvider(tmp_path)
+    try:
+        w3 = Web3(provider)
+        head = w3.eth.block_number
+        a, b = w3.eth.accounts[:2]
+        assert head >= seen
+        assert w3.eth.get_balance(b) == 10**24 + head  # one wei per block, each block whole
+        w3.eth.send_transaction({"from": a, "to": b, "value": 1})
+        assert w3.eth.block_number == head + 1
+    finally:
+        provider.close()
