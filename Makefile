@@ -54,7 +54,7 @@ $(STAMP): pyproject.toml
 	@$(PIP) install -qq --progress-bar off -e ".[dev]"
 	@touch $@
 
-# --- demo: embedded defaults (SQLite, in-memory channel layer, file broker, 2 CPU agents) --
+# --- demo: embedded defaults (SQLite, embedded Redis, dev chain, 2 CPU agents), supervised --
 demo: install
 	@echo "==> migrating the demo database"
 	@DEBUG=1 $(PY) manage.py migrate --noinput -v 0
