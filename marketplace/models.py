@@ -467,6 +467,13 @@ class Assignment(models.Model):
 class Checkpoint(models.Model):
     """A checkpoint a provider uploaded, with the SHA-256 it committed to."""
 
+    class Status(models.TextChoices):
+        # Checked on the verify queue after the upload (services/verification.py
+        # checkpoint_validate): only a valid checkpoint is resumed from or paid up to.
+        PENDING = "pending", "Being checked"
+        VALID = "valid", "Valid"
+        REJECTED = "rejected", "Rejected"
+
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="checkpoints")
     assignment = models.ForeignKey(Assignment, on_delete=models.CASCADE, related_name="checkpoints")
     step = models.PositiveIntegerField()
@@ -474,6 +481,9 @@ class Checkpoint(models.Model):
     size_bytes = models.PositiveBigIntegerField()
     file = models.FileField(upload_to="checkpoints/%Y/%m/")
     committed_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    rejected_reason = models.CharField(max_length=500, blank=True)
+    validated_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

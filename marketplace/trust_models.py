@@ -60,6 +60,7 @@ class Dispute(models.Model):
         METRIC_INFLATED = "metric_inflated", "Reported metric better than the model achieves"
         CHECKPOINT_UNCOMMITTED = "checkpoint_uncommitted", "Checkpoint not committed in time"
         ARTIFACT_MISMATCH = "artifact_mismatch", "Model differs from the last checkpoint"
+        VERIFICATION_ERROR = "verification_error", "The work could not be verified"
 
     class Status(models.TextChoices):
         OPEN = "open", "Open"
@@ -68,7 +69,8 @@ class Dispute(models.Model):
 
     # On the chain a reason is a small integer; this order is part of the contract's ABI use.
     REASON_CODES = {Reason.REPLAY_MISMATCH: 1, Reason.METRIC_INFLATED: 2,
-                    Reason.CHECKPOINT_UNCOMMITTED: 3, Reason.ARTIFACT_MISMATCH: 4}
+                    Reason.CHECKPOINT_UNCOMMITTED: 3, Reason.ARTIFACT_MISMATCH: 4,
+                    Reason.VERIFICATION_ERROR: 5}
 
     job = models.ForeignKey("marketplace.Job", on_delete=models.CASCADE, related_name="disputes")
     assignment = models.ForeignKey("marketplace.Assignment", on_delete=models.PROTECT,
@@ -80,6 +82,10 @@ class Dispute(models.Model):
     reason = models.CharField(max_length=32, choices=Reason.choices)
     detail = models.CharField(max_length=2000, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    # False when the failed work cannot be pinned on this node (a DDP attempt across nodes
+    # averages every node's gradients; an error while verifying): never slashed
+    # automatically, left to staff, and not counted against the node's reputation.
+    attributed = models.BooleanField(default=True)
     slash_amount = models.DecimalField(**MONEY, null=True, blank=True)
     slash_tx = models.CharField(max_length=66, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
