@@ -440,8 +440,10 @@ class Assignment(models.Model):
         null=True, blank=True, help_text="Bytes DDP would have sent from this node for the same steps.")
     # This node's own training step (its agent's heartbeats), and when the platform first saw
     # it: every node's, not only rank 0's, whose progress is the job's.
-    last_step = models.PositiveIntegerField(null=True, blank=True)
-    last_step_at = models.DateTimeField(null=True, blank=True)
+    last_step = models.PositiveIntegerField(
+        null=True, blank=True, help_text="This node's own last training step (its agent's heartbeats).")
+    last_step_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the platform first saw last_step.")
     detail = models.CharField(max_length=2000, blank=True)
     dispatched_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -13,11 +13,11 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='assignment',
             name='last_step',
-            field=models.PositiveIntegerField(blank=True, null=True),
+            field=models.PositiveIntegerField(blank=True, help_text="This node's own last training step (its agent's heartbeats).", null=True),
         ),
         migrations.AddField(
             model_name='assignment',
             name='last_step_at',
-            field=models.DateTimeField(blank=True, null=True),
+            field=models.DateTimeField(blank=True, help_text='When the platform first saw last_step.', null=True),
         ),
     ]
