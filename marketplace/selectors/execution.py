@@ -1,11 +1,10 @@
 """Read models of a job's execution: progress with an ETA, its assignments, its metrics."""
 
-from decimal import Decimal
-
 from django.db.models import F, QuerySet, Window
 from django.db.models.functions import RowNumber
 
 from ..models import Assignment, Job, MetricPoint
+from ..services.metering import provider_earned
 
 ETA_WINDOW = 20  # progress points the step rate is measured over
 
@@ -72,16 +71,9 @@ def job_watchable_by(user) -> QuerySet[Job]:
 
 
 def provider_earnings(org) -> dict:
-    """What a provider's nodes have run: assignments running now, and earned so far at the
-    locked prices (before the platform fee; payouts settle on-chain with the payments work)."""
-    from django.utils import timezone
-
-    from ..services.live import MICRO, assignment_cost
-
-    now = timezone.now()
-    rows = list(Assignment.objects.filter(node__provider=org).exclude(started_at__isnull=True)
-                .only("gpus", "price_per_gpu_hour", "started_at", "finished_at", "status"))
-    earned = sum((assignment_cost(a, now=now) for a in rows if a.status != Assignment.Status.LOST),
-                 Decimal(0))
-    return {"running": sum(a.status in Assignment.ACTIVE for a in rows), "assignments": len(rows),
-            "earned": earned.quantize(MICRO)}
+    """What a provider's nodes have run: assignments running now, and what they are owed so
+    far at the locked prices, before the platform fee — the settlement's own metering
+    (services/metering.py), so a failed or disputed attempt is not counted as earned."""
+    rows = Assignment.objects.filter(node__provider=org).exclude(started_at__isnull=True)
+    return {"running": rows.filter(status__in=Assignment.ACTIVE).count(), "assignments": rows.count(),
+            "earned": provider_earned(org.pk)}

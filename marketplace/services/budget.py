@@ -1,6 +1,6 @@
 """Budget safety: a running job never spends past its budget without the consumer knowing.
 
-The spend is the settlement's own metering (payments.job_metered) at the locked prices. A
+The spend is the settlement's own metering (metering.job_metered) at the locked prices. A
 periodic pass (`budget_watch`, Celery beat every BUDGET_CHECK_INTERVAL_S) checks the running
 jobs: the agent ingest is left alone, and a few seconds of lag are covered by the lead time.
 - at 80 % of the budget: one timeline note, and a warning on the job page and dashboards;
@@ -29,7 +29,7 @@ from .. import job_states
 from ..errors import Conflict, MarketError
 from ..models import Assignment, Escrow, Job
 from . import enqueue, execution
-from .payments import job_metered
+from .metering import job_metered
 
 S = Job.Status
 A = Assignment.Status

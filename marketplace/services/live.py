@@ -17,8 +17,7 @@ from django.db.models.functions import RowNumber
 
 from ..models import Assignment, Job, LogLine, MetricPoint
 from ..selectors.execution import job_progress
-
-MICRO = Decimal("0.000001")
+from .metering import job_metered
 
 
 def job_group(job_id: int) -> str:
@@ -104,18 +103,8 @@ def log_line(line: LogLine) -> dict:
     return {"seq": line.seq, "line": line.line, "at": _iso(line.at)}
 
 
-def assignment_cost(a: Assignment, *, now: datetime) -> Decimal:
-    """GPU-hours used at the assignment's locked price (a provider's earnings so far)."""
-    if a.started_at is None:
-        return Decimal(0)
-    seconds = Decimal(max(0.0, ((a.finished_at or now) - a.started_at).total_seconds()))
-    return a.price_per_gpu_hour * a.gpus * seconds / Decimal(3600)
-
-
 def cost_so_far(job: Job, *, now: datetime | None = None) -> Decimal:
     """What the job has spent so far: the settlement's own metering, running parts until now."""
-    from .payments import job_metered  # payments → job_states → live: imported when used
-
     return job_metered(job, now=now)
 
 

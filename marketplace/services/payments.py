@@ -11,7 +11,7 @@ sees `JobSettled` → `escrow_closed` settles the job.
 import logging
 import secrets
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_DOWN, Decimal
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
@@ -21,20 +21,17 @@ from .. import job_states
 from ..errors import Conflict, MarketError
 from ..models import Assignment, Escrow, Job, Organization, Payout, Settlement
 from . import audit, enqueue
+from .metering import job_statement
+from .metering import q as _q
 from .wallets import custodial_key, custodial_wallet, payout_address
 
 log = logging.getLogger(__name__)
 S = Job.Status
 A = Assignment.Status
 E = Escrow.Status
-MICRO = Decimal("0.000001")
 # Jobs that pay (or refund) once they stop: they may have run, and their escrow is funded.
 SETTLE_FROM = (S.COMPLETED, S.CANCELLED, S.FAILED)
 FUND_GAS = 150_000  # measured: fund costs 93,364 (bench/gas.py)
-
-
-def _q(value: Decimal) -> Decimal:
-    return Decimal(value).quantize(MICRO, rounding=ROUND_DOWN)
 
 
 # --- the escrow ---------------------------------------------------------------------
@@ -385,93 +382,7 @@ def escrow_settlement_skipped(*, key: str, state: int, tx_hash: str) -> None:
                                 f"{escrow.amount:.2f} tUSD deposit waits for staff to refund it.")
 
 
-# --- metering -----------------------------------------------------------------------
-# One metering for the live spend (budget safety, the job page) and for settlement, so that
-# what the consumer watches is what it is charged.
-def _charged_until(a: Assignment, broken: dict[int, datetime | None], now: datetime | None = None
-                   ) -> datetime | None:
-    """Until when an assignment's work is paid. `broken` maps each attempt that broke (a node
-    lost or failed) to its last committed checkpoint: its work counts up to there, what came
-    after is redone and not paid for. A running assignment counts until `now` (live spend;
-    settlement meters stopped jobs only)."""
-    finished = a.finished_at or now
-    if a.started_at is None or finished is None:
-        return None
-    # Only a part that succeeded kept all its work (a DiLoCo survivor); the peers stopped
-    # (cancelled) when the attempt broke redo theirs from the checkpoint like the lost node.
-    if a.attempt not in broken or a.status == A.SUCCEEDED:
-        return finished
-    last = broken[a.attempt]
-    return min(finished, last) if last else None
-
-
-def _broken_attempts(job: Job, assignments) -> dict[int, datetime | None]:
-    broken: dict[int, datetime | None] = {}
-    for attempt in {a.attempt for a in assignments if a.status in (A.LOST, A.FAILED)}:
-        ckpt = (job.checkpoints.filter(assignment__attempt=attempt, committed_at__isnull=False)
-                .order_by("-committed_at").first())
-        broken[attempt] = ckpt.committed_at if ckpt else None
-    return broken
-
-
-def _charge(a: Assignment, broken: dict[int, datetime | None], now: datetime | None
-            ) -> tuple[float, Decimal]:
-    """(seconds charged, amount at the locked price) for one assignment."""
-    until = _charged_until(a, broken, now)
-    seconds = max(0.0, (until - a.started_at).total_seconds()) if until else 0.0
-    return seconds, _q(a.price_per_gpu_hour * a.gpus * Decimal(seconds) / Decimal(3600))
-
-
-def job_metered(job: Job, *, now: datetime | None = None) -> Decimal:
-    """The job's spend so far at the locked prices (running parts until `now`). Uses the
-    job's prefetched assignments when there are any (the live snapshots fetch many jobs)."""
-    assignments = list(job.assignments.all())
-    broken = _broken_attempts(job, assignments)
-    voided = _voided_attempts(job)  # failed verification: not charged, as in the statement
-    now = now or timezone.now()
-    return sum((_charge(a, broken, now)[1] for a in assignments if a.attempt not in voided), Decimal(0))
-
-
-def _voided_attempts(job: Job) -> dict[int, str]:
-    """Attempts whose work failed verification (an open or upheld dispute), with the note
-    their statement lines carry: the job re-ran that work elsewhere."""
-    from ..trust_models import Dispute
-
-    out: dict[int, str] = {}
-    # job.disputes.all() uses the live snapshots' prefetch (one query for many jobs).
-    disputes = sorted((d for d in job.disputes.all() if d.status != Dispute.Status.DISMISSED),
-                      key=lambda d: d.pk)
-    attempts = dict(Assignment.objects.filter(pk__in={d.assignment_id for d in disputes})
-                    .values_list("pk", "attempt")) if disputes else {}
-    for d in disputes:
-        out.setdefault(attempts[d.assignment_id],
-                       f"failed verification ({d.reason}, dispute #{d.pk}): not charged")
-    return out
-
-
-def job_statement(job: Job) -> tuple[list[dict], Decimal]:
-    """One line per assignment: GPU-seconds charged at its locked price. Returns the lines
-    and the total (not yet capped by the escrow)."""
-    assignments = list(job.assignments.select_related("node__provider").order_by(
-        "attempt", "node_rank", "pk"))
-    broken = _broken_attempts(job, assignments)
-    voided = _voided_attempts(job)
-    lines, total = [], Decimal(0)
-    for a in assignments:
-        seconds, amount = _charge(a, broken, None)
-        if a.attempt in voided:  # failed verification: redone elsewhere, neither charged nor paid
-            seconds, amount = 0.0, Decimal(0)
-        total += amount
-        lines.append({
-            "assignment": a.pk, "attempt": a.attempt, "rank": a.node_rank, "node": a.node.name,
-            "provider": a.node.provider_id, "provider_name": a.node.provider.name, "status": a.status,
-            "gpus": a.gpus, "gpu_seconds": round(seconds * a.gpus, 1),
-            "price_per_gpu_hour": str(a.price_per_gpu_hour), "amount": str(amount),
-            "note": (voided[a.attempt] if a.attempt in voided
-                     else "work after the last checkpoint is not charged" if a.attempt in broken else ""),
-        })
-    return lines, total
-
+# --- metering: services/metering.py (one metering for settlement and every page) ----
 
 def settlement_prepare(*, job: Job) -> Settlement | None:
     """Meter a stopped, funded job once: the statement, each provider's payout after the

@@ -98,7 +98,7 @@ def job_quote(request):
 @login_required
 def job_list(request):
     jobs = list(jobs_visible_to(request.user).select_related("owner", "escrow")
-                .prefetch_related("assignments")[:200])
+                .prefetch_related("assignments", "disputes")[:200])
     for job in jobs:
         job.spent = cost_so_far(job)
         job.spend = budget_view(job, spent=job.spent)
