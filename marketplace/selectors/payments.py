@@ -29,6 +29,7 @@ def job_escrow(job: Job) -> dict | None:
            "job_key": escrow.key if escrow else None,
            "consumer_address": escrow.consumer_address if escrow else "",
            "deadline": escrow.deadline.isoformat() if escrow and escrow.deadline else None,
+           "lost_reason": escrow.lost_reason if escrow else "",
            "transactions": [], "statement": None}
     if escrow is None:
         return out

@@ -140,6 +140,8 @@ def test_a_reset_chain_marks_funded_escrows_lost_for_staff_to_refund(
     page = client.get(reverse("chain-tx", args=[fund_tx])).content.decode()
     assert "did not send" not in page and "no record" not in page
     assert "which this node no longer has" in page and old_genesis in page
+    job_page = client.get(reverse("job_detail", args=[job.pk])).content.decode()
+    assert 'data-testid="escrow-lost"' in job_page and old_genesis in job_page
 
     # Staff find it by the status filter and refund it on the new chain; twice is once.
     client.force_login(admin_user)
