@@ -4,6 +4,7 @@ Each request carries the short-lived token of one running assignment (Bearer).""
 import hashlib
 import re
 import tempfile
+import zipfile
 
 from django.conf import settings
 from django.core.files import File
@@ -15,6 +16,7 @@ from django.views.decorators.http import require_http_methods
 from .errors import MarketError, PermissionDenied, Unauthorized
 from .models import Assignment, Checkpoint, Job
 from .services.execution import assignment_from_token
+from .services.verification import checkpoint_validate_enqueue
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -68,19 +70,31 @@ def checkpoint(request, assignment_id: int, step: int):
     try:
         assignment = _assignment(request, assignment_id)
         if request.method == "GET":
-            ckpt = Checkpoint.objects.filter(job=assignment.job_id, step=step,
-                                             committed_at__isnull=False).first()
+            # Only a checkpoint the platform checked is handed to another node: a garbage one
+            # would fail that node's resume and get it blamed.
+            ckpt = Checkpoint.objects.filter(job=assignment.job_id, step=step, committed_at__isnull=False,
+                                             status=Checkpoint.Status.VALID).first()
             if ckpt is None:
-                return JsonResponse({"detail": "No committed checkpoint at that step."}, status=404)
+                return JsonResponse({"detail": "No committed, valid checkpoint at that step."}, status=404)
             return FileResponse(ckpt.file.open("rb"), filename=f"step-{step}.pt")
         if assignment.node_rank != 0:
             raise PermissionDenied("Only node rank 0 uploads checkpoints.")
+        if step <= (assignment.resume_step or 0):
+            raise MarketError(f"Step {step} is not after step {assignment.resume_step or 0}, where this "
+                              "placement started.", field="step")
         body, sha, size = _receive(request)
+        # What needs no torch is refused here; the rest (it loads with weights_only, holds
+        # this job's model, its step) is checked on the verify queue, where the platform
+        # already loads checkpoints (services/verification.checkpoint_validate).
+        if not zipfile.is_zipfile(body):
+            raise MarketError("Not a checkpoint: torch.save writes a zip archive.", field="body")
+        body.seek(0)
         with transaction.atomic():
             ckpt = Checkpoint(job_id=assignment.job_id, assignment=assignment, step=step, sha256=sha,
                               size_bytes=size)
             ckpt.file.save(f"job-{assignment.job_id}-step-{step}.pt", File(body), save=False)
             ckpt.save()
+            checkpoint_validate_enqueue(ckpt)
     except IntegrityError:
         return JsonResponse({"detail": "That checkpoint was uploaded already."}, status=409)
     except MarketError as exc:

@@ -33,6 +33,7 @@ class VerificationReport(models.Model):
     replay_steps = models.PositiveIntegerField(default=0)
     train_steps = models.PositiveIntegerField(default=0)
     reasons = models.JSONField(default=list, blank=True, help_text="Why it failed, one line each.")
+    runs = models.PositiveSmallIntegerField(default=0, help_text="Times the check was started.")
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -1,6 +1,8 @@
 """File transfers for agents: scoped tokens, declared hashes, who may upload what."""
 
 import hashlib
+import io
+import zipfile
 from decimal import Decimal
 
 import pytest
@@ -24,6 +26,14 @@ def running(db):
     return made
 
 
+def zipped(payload: bytes = b"checkpoint bytes") -> bytes:
+    """Bytes in torch.save's container (a zip archive): what the endpoint takes without torch."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        archive.writestr("archive/data.pkl", payload)
+    return out.getvalue()
+
+
 def put(client, url, body: bytes, token: str, sha: str | None = None):
     return client.generic("PUT", url, body, content_type="application/octet-stream",
                           HTTP_AUTHORIZATION=f"Bearer {token}",
@@ -32,7 +42,7 @@ def put(client, url, body: bytes, token: str, sha: str | None = None):
 
 def test_rank_zero_uploads_a_checkpoint_and_a_new_placement_downloads_it(client, running):
     rank0, _ = running
-    body = b"checkpoint bytes"
+    body = zipped()
     url = f"/api/v1/agent/assignments/{rank0.pk}/checkpoints/50/"
     response = put(client, url, body, assignment_token(rank0))
     assert response.status_code == 201
@@ -43,8 +53,24 @@ def test_rank_zero_uploads_a_checkpoint_and_a_new_placement_downloads_it(client,
     get = client.get(url, HTTP_AUTHORIZATION=f"Bearer {assignment_token(rank0)}")
     assert get.status_code == 404
     Checkpoint.objects.update(committed_at=ckpt.created_at)
+    # Committed but not yet checked on the verify queue: still not handed to anyone.
+    assert ckpt.status == Checkpoint.Status.PENDING
+    get = client.get(url, HTTP_AUTHORIZATION=f"Bearer {assignment_token(rank0)}")
+    assert get.status_code == 404
+    Checkpoint.objects.update(status=Checkpoint.Status.VALID)
     get = client.get(url, HTTP_AUTHORIZATION=f"Bearer {assignment_token(rank0)}")
     assert get.status_code == 200 and b"".join(get.streaming_content) == body
+
+
+def test_garbage_and_steps_before_the_resume_point_are_refused_at_upload(client, running):
+    rank0, _ = running
+    url = f"/api/v1/agent/assignments/{rank0.pk}/checkpoints/50/"
+    refused = put(client, url, b"\x00garbage, not a checkpoint", assignment_token(rank0))
+    assert refused.status_code == 400 and "zip archive" in refused.json()["detail"]
+    Assignment.objects.filter(pk=rank0.pk).update(resume_step=50)
+    refused = put(client, url, zipped(), assignment_token(rank0))
+    assert refused.status_code == 400 and "not after step 50" in refused.json()["detail"]
+    assert not Checkpoint.objects.exists()
 
 
 @pytest.mark.parametrize("case", ["no_token", "bad_token", "other_assignment", "bad_sha", "no_sha",

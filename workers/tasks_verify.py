@@ -1,4 +1,5 @@
-"""The verify queue: checking finished training work (torch runs in this worker)."""
+"""The verify queue: checking finished training work and uploaded checkpoints (torch runs in
+this worker)."""
 
 from celery import shared_task
 
@@ -8,19 +9,33 @@ from marketplace.services import verification
 # Replays stay under 10 % of the training they check; the limit stays below the broker's
 # visibility timeout (1 h) so Redis never hands a running check to a second worker.
 @shared_task(bind=True, name="workers.tasks_verify.verify_attempt", acks_late=True,
-             reject_on_worker_lost=True, time_limit=1800, soft_time_limit=1700,
-             autoretry_for=(OSError,), retry_backoff=5, max_retries=3)
+             reject_on_worker_lost=True, time_limit=1800, soft_time_limit=1700, max_retries=10)
 def verify_attempt(self, report_id: int) -> str:
     try:
         return verification.verification_run(report_id=report_id)
-    except OSError as exc:
-        if self.request.retries >= self.max_retries:
-            verification.verification_error(report_id=report_id, message=f"files unreadable: {exc}")
-            return "error"
-        raise
+    except Exception as exc:
+        # Any error, not only unreadable files: before, anything else left the job verifying
+        # for ever with its deposit locked. The runs are counted on the report (a worker
+        # killed mid-check is redelivered and counts too), so this ends in an outcome.
+        if verification.verification_retry_due(report_id=report_id):
+            raise self.retry(exc=exc, countdown=5 * 2 ** self.request.retries) from exc
+        verification.verification_error(report_id=report_id, message=f"{type(exc).__name__}: {exc}")
+        return "error"
+
+
+# The progress naming a checkpoint's step normally arrives first; when it has not, look
+# again shortly (checkpoint_validate rejects once PROGRESS_WAIT_S have passed).
+@shared_task(bind=True, name="workers.tasks_verify.checkpoint_validate", acks_late=True,
+             reject_on_worker_lost=True, time_limit=300, soft_time_limit=280, max_retries=20,
+             autoretry_for=(OSError,), retry_backoff=2)
+def checkpoint_validate(self, checkpoint_id: int) -> str:
+    status = verification.checkpoint_validate(checkpoint_id=checkpoint_id)
+    if status == "pending":
+        raise self.retry(countdown=3)
+    return status
 
 
 @shared_task(name="workers.tasks_verify.verify_stale", time_limit=60, soft_time_limit=50)
 def verify_stale() -> int:
     """Periodically: checks whose task was lost are queued again."""
-    return verification.verifications_stale()
+    return verification.verifications_stale() + verification.checkpoints_stale()

@@ -33,6 +33,11 @@ class Migration(migrations.Migration):
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
+            model_name='verificationreport',
+            name='runs',
+            field=models.PositiveSmallIntegerField(default=0, help_text='Times the check was started.'),
+        ),
+        migrations.AddField(
             model_name='dispute',
             name='attributed',
             field=models.BooleanField(default=True),

@@ -43,6 +43,7 @@ class BookOffer:
     min_hours: Decimal
     max_hours: Decimal | None
     stake: Decimal = Decimal(0)
+    provider_id: int = 0
 
 
 def _key(o: BookOffer):
@@ -82,7 +83,7 @@ class OfferBook:
         # shrinks while a pass runs.
         shape = (frozenset(models), job.min_gpu_memory_gb, frozenset(regions or ()), mask,
                  job.min_reliability, job.gpus_per_node, job.nodes, job.max_price_per_gpu_hour,
-                 job.duration_hours, tuple(job.excluded_nodes))
+                 job.duration_hours, tuple(job.excluded_nodes), job.owner_id)
         if shape in self.failed:
             return []
         walks = [self._walk(k) for k in self.lists
@@ -97,6 +98,7 @@ class OfferBook:
             if o.price > job.max_price_per_gpu_hour:
                 break
             if (o.free < job.gpus_per_node or o.node_id in nodes or o.node_id in excluded
+                    or o.provider_id == job.owner_id  # placement's never_own_nodes
                     or o.gpu_memory_gb < job.min_gpu_memory_gb
                     or (regions is not None and o.region not in regions)
                     or o.compliance & mask != mask or o.stake < min_stake
@@ -121,11 +123,12 @@ def _book(jobs: list[Job], now) -> OfferBook:
                                  gpus_offered__gte=F("gpus_reserved") + smallest)
             .values_list("pk", "node_id", "gpu_model", "gpu_memory_gb", "region", "compliance_verified",
                          "reliability", "gpus_offered", "gpus_reserved", "price_per_gpu_hour",
-                         "available_until", "min_duration_hours", "max_duration_hours", "provider_stake"))
+                         "available_until", "min_duration_hours", "max_duration_hours", "provider_stake",
+                         "provider_id"))
     return OfferBook([BookOffer(pk, node, model, memory, region, comp, rel, offered - reserved, price,
-                                until, min_h, max_h, stake)
+                                until, min_h, max_h, stake, provider)
                       for (pk, node, model, memory, region, comp, rel, offered, reserved, price, until,
-                           min_h, max_h, stake) in rows.iterator(chunk_size=5000)])
+                           min_h, max_h, stake, provider) in rows.iterator(chunk_size=5000)])
 
 
 def jobs_place_waiting(*, limit: int = 2000) -> dict[int, list[int]]:

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from .. import catalogue, job_states
 from ..errors import MarketError, NotFound
-from ..models import Assignment, Job, LogLine, MetricPoint, Node
+from ..models import Assignment, Checkpoint, Job, LogLine, MetricPoint, Node
 from . import enqueue, live, placement, verification
 from .bulk import bulk_insert, bulk_set
 from .liveness import assignment_steps_record
@@ -651,6 +651,9 @@ def _on_finished(a: Assignment, m: dict) -> None:
             job_states.transition(job_id=job.pk, to=S.FAILED, reason="dataset_error",
                                   message=f"The dataset cannot be used: {error}")
             return
+        if m.get("error_kind") == "resume" and a.resume_step is not None:
+            _resume_failed(job, a, error)
+            return
         if is_diloco(job) and a.node_rank > 0:
             _diloco_node_gone(job, a, f"its training failed: {error.splitlines()[0][:300]}")
             return
@@ -679,6 +682,23 @@ def _on_finished(a: Assignment, m: dict) -> None:
     _end(a, A.SUCCEEDED, detail)
     if job.status == S.RUNNING and _attempt_done(job, a.attempt):
         _complete(Job.objects.get(pk=job.pk), attempt=a.attempt)
+
+
+def _resume_failed(job: Job, a: Assignment, error: str) -> None:
+    """The node could not load the checkpoint the platform handed it: that checkpoint's
+    author is answerable, never the node that tried (a provider that uploaded garbage and
+    vanished used to get the next honest node excluded). The checkpoint is checked again
+    (pending meanwhile, so the new placement resumes from an earlier one): if the platform
+    cannot load it either it is rejected, unpaid, and its author's node left out of the job
+    (verification.checkpoint_validate). The node that reported it is not excluded."""
+    ckpt = job.checkpoints.filter(step=a.resume_step, status=Checkpoint.Status.VALID).first()
+    if ckpt is not None and Checkpoint.objects.filter(pk=ckpt.pk, status=Checkpoint.Status.VALID).update(
+            status=Checkpoint.Status.PENDING, validated_at=None):
+        verification.checkpoint_validate_enqueue(ckpt)
+    _interrupt(job, reason="resume_failed", exclude_node=None,
+               message=f"Node {a.node_id} could not resume from the checkpoint at step {a.resume_step}: "
+                       f"{error.splitlines()[0][:300]}. That checkpoint is checked again; the job is "
+                       "placed again from an earlier one.")
 
 
 def attribution_delay_s() -> float:

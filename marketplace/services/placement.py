@@ -19,6 +19,9 @@ from . import live, matching
 from .job_spec import JobSpec
 
 S = Job.Status
+# never_own_nodes: an organization that is both consumer and provider never gets its own
+# nodes on its own jobs (here, in diloco_replace and in batch_placement). As a node of its
+# own job it could corrupt its share of the gradients and have an honest peer blamed.
 
 
 def spec_of(job: Job) -> JobSpec:
@@ -83,6 +86,7 @@ def job_place(*, job_id: int) -> list[Assignment]:
         constraints = matching.constraints_for(spec)
         candidates = (matching.offers_matching(spec, constraints)
                       .exclude(node_id__in=job.excluded_nodes)
+                      .exclude(provider_id=job.owner_id)  # never_own_nodes
                       .order_by("price_per_gpu_hour", "-reliability", "id")
                       .values_list("pk", "node_id")[: max(50, spec.nodes * 20)])
         picked: list[Offer] = []
@@ -158,6 +162,7 @@ def diloco_replace(*, job_id: int) -> list[Assignment]:
                    .values_list("node_id", flat=True))
         candidates = (matching.offers_matching(spec, matching.constraints_for(spec))
                       .exclude(node_id__in=[*job.excluded_nodes, *busy])
+                      .exclude(provider_id=job.owner_id)  # never_own_nodes
                       .order_by("price_per_gpu_hour", "-reliability", "id")
                       .values_list("pk", "node_id")[:50])
         placed: list[Assignment] = []

@@ -59,7 +59,9 @@ def _delivery(node: Node, since) -> dict | None:
 
 def _verification(node: Node, since) -> dict | None:
     mine = Assignment.objects.filter(node=node, finished_at__gte=since)
-    disputed = set(Dispute.objects.filter(assignment__in=mine).exclude(status=Dispute.Status.DISMISSED)
+    # A dispute not attributed to the node (a DDP attempt across nodes) says nothing about it.
+    disputed = set(Dispute.objects.filter(assignment__in=mine, attributed=True)
+                   .exclude(status=Dispute.Status.DISMISSED)
                    .values_list("assignment_id", flat=True))
     passed_attempts = set(VerificationReport.objects.filter(
         status=VerificationReport.Status.PASSED, job_id__in=mine.values("job_id"))

@@ -6,9 +6,12 @@ Providers stake from their custodial (development) wallet: `stake_deposit`,
 `stake_event_seen`, which keeps `ProviderStake` rows and each offer's `provider_stake` in step
 with the chain.
 
-`dispute_slash` slashes the provider of an open Dispute: the disputed work's value ×
-SLASH_FACTOR, capped at the stake, to the job's consumer (else the treasury). It is safe to
-retry: the `DisputeSlash` row is created with the transaction (a retry checks that
+`dispute_slash` slashes the provider of an open, attributed Dispute: the disputed work's value ×
+SLASH_FACTOR, capped at the stake, to the platform's treasury — never to an address the
+consumer controls: a consumer who could collect slashes would profit from framing an honest
+provider (the consumer is made whole otherwise: failed work is not charged). A dispute not
+attributed to one node (services/verification.attribute) is never slashed here; staff review
+it. It is safe to retry: the `DisputeSlash` row is created with the transaction (a retry checks that
 transaction instead of sending another), and the contract refuses a second slash for the
 same dispute id.
 """
@@ -300,6 +303,11 @@ def dispute_slash(*, dispute_id: int, actor=None) -> Dispute:
                    .select_related("provider", "assignment", "job").get(pk=dispute_id))
         if dispute.status != D.OPEN:
             return dispute
+        if not dispute.attributed:
+            job_states.note(job_id=dispute.job_id, reason="dispute_unattributed",
+                            message=f"Dispute #{dispute.pk} is not attributed to {dispute.provider.name}'s "
+                                    "node: no slash. Staff review it.")
+            return dispute
         slash, _ = DisputeSlash.objects.get_or_create(dispute=dispute, defaults={"key": dispute_key(dispute)})
         key = bytes.fromhex(slash.key[2:])
         if slash.transaction_id:
@@ -320,9 +328,7 @@ def dispute_slash(*, dispute_id: int, actor=None) -> Dispute:
                 slash.save(update_fields=["note", "updated_at"])
                 return dispute
             amount = min(slash_policy_amount(dispute), Decimal(at_stake) / 10**6)
-            escrow = Escrow.objects.filter(job_id=dispute.job_id).first()
-            recipient = (escrow.consumer_address if escrow and escrow.consumer_address
-                         else treasury_address())
+            recipient = treasury_address()
             call = stake_contract().functions.slash(address, to_units(amount),
                                                     Dispute.REASON_CODES[dispute.reason], key, recipient)
             waiting = sender.send(key=operator_key(), purpose="slash", call=call)

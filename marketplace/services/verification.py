@@ -20,11 +20,27 @@ queue runs `verification_run`:
   own held-out evaluation must not be worse than the reported metric by more than
   VERIFY_METRIC_TOLERANCE.
 
-Pass → completed. Fail → a Dispute against node rank 0's assignment (it committed the
-checkpoints and reported the metric), the slash task enqueued on the chain queue, the
-node excluded, the attempt's work neither charged nor paid (payments.job_statement), and
-the job re-placed from the last checkpoint before that attempt (or from scratch).
+Pass → completed. Fail → one Dispute for the attempt, the attempt's work neither charged
+nor paid (payments.job_statement), and the job re-placed from the last checkpoint before
+that attempt (or from scratch). Who is at fault decides what else happens (attribution):
+- what node rank 0 alone produced — the checkpoints and the model it uploaded, their
+  commitments, the metric it reported — is rank 0's: the dispute is attributed to it, the
+  slash task is enqueued and the node excluded;
+- a replay that does not reproduce a DDP attempt across nodes cannot be pinned on one node
+  (every node's gradients are averaged into each step; a corrupting rank 1 and a tampering
+  rank 0 leave the same checkpoints): the dispute is not attributed, nobody is slashed
+  automatically (staff review it), and every node of the attempt is left out of this job's
+  next placement — no blame, no reputation cost;
+- a check that cannot finish (an error, a crash, a time limit) is retried a bounded number
+  of times (VERIFY_MAX_RUNS runs of the check in all, whatever retried it), then ends as an
+  unattributed `verification_error` dispute for staff: a job never stays `verifying`.
 Idempotent: a redelivered task finds the report final and does nothing.
+
+Checkpoints are also checked one by one when they are uploaded (`checkpoint_validate`, on
+the same queue, since that is where the platform may import torch): a checkpoint that does
+not load with weights_only=True, whose tensors' names and shapes are not the job's model's,
+whose optimizer state does not fit it, or whose step does not fit the progress reported is
+rejected with the reason. Only valid checkpoints are resumed from and paid up to.
 """
 
 from __future__ import annotations
@@ -42,7 +58,7 @@ from django.utils import timezone
 
 from .. import job_states
 from ..errors import NotFound
-from ..models import Assignment, Checkpoint, Job
+from ..models import Assignment, Checkpoint, Job, MetricPoint
 from ..trust_models import Dispute, VerificationReport
 from . import enqueue, placement
 
@@ -56,6 +72,13 @@ FINAL = (R.PASSED, R.FAILED, R.ERROR)
 RUN_LIMIT = timedelta(seconds=1800)
 SLASH_TASK = "workers.tasks_chain.dispute_slash"
 VERIFY_TASK = "workers.tasks_verify.verify_attempt"
+VALIDATE_TASK = "workers.tasks_verify.checkpoint_validate"
+# Runs of one attempt's check, whoever started them (task retries, redeliveries after a
+# worker died, the stale re-queue): after this many, the check ends as verification_error.
+VERIFY_MAX_RUNS = 4
+# Findings about what node rank 0 alone produced: its uploads, its commitments, its metric.
+RANK0_OWN = {Dispute.Reason.METRIC_INFLATED, Dispute.Reason.ARTIFACT_MISMATCH,
+             Dispute.Reason.CHECKPOINT_UNCOMMITTED}
 
 
 def verify_spec() -> dict:
@@ -117,6 +140,18 @@ class Finding:
     detail: str
 
 
+def _load_model(ckpt_io, path: str, what: str) -> tuple[dict | None, Finding | None]:
+    """A model state from a file the provider uploaded; a file that does not load (or holds
+    no model) is the uploader's finding, not an error of the check."""
+    try:
+        state = ckpt_io.load(path)
+    except Exception as exc:  # noqa: BLE001  (any failure to read the provider's bytes)
+        return None, Finding(Dispute.Reason.ARTIFACT_MISMATCH, f"{what} does not load: {str(exc)[:200]}")
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        return None, Finding(Dispute.Reason.ARTIFACT_MISMATCH, f"{what} holds no model state.")
+    return state["model"], None
+
+
 @dataclass
 class Outcome:
     segments: list[dict] = field(default_factory=list)
@@ -153,8 +188,8 @@ def _check(job: Job, attempt: int, rng: secrets.SystemRandom | None = None) -> O
     out.train_steps = max(0, job.current_step - start)
     own = list(rank0.checkpoints.order_by("step"))
     counted, out.notes = counted_checkpoints(own, finished_at=rank0.finished_at)
-    resume = (job.checkpoints.filter(step=start, committed_at__isnull=False).exclude(assignment=rank0)
-              .first() if rank0.resume_step else None)
+    resume = (job.checkpoints.filter(step=start, committed_at__isnull=False, status=Checkpoint.Status.VALID)
+              .exclude(assignment=rank0).first() if rank0.resume_step else None)
     by_step = {c.step: c for c in ([resume] if resume else []) + counted}
 
     runner = replay.Replayer(replay.Job(template=job.template, params=job.params, dataset=_dataset(job),
@@ -196,8 +231,16 @@ def _check(job: Job, attempt: int, rng: secrets.SystemRandom | None = None) -> O
                     f"Replaying steps {a}..{b} gives parameters {result.rel_l2:.2e} (relative L2) "
                     f"from the committed checkpoint at step {b}; the threshold is {threshold:.0e}.")))
 
-    # The final model: the last committed checkpoint's, and as good as reported.
-    artifact = ckpt_io.load(job.artifact.path)
+    # The final model: the last committed checkpoint's, and as good as reported. Rank 0
+    # uploaded both files: one that does not load is its finding (before, the exception left
+    # the job verifying for ever).
+    if not job.artifact:
+        out.findings.append(Finding(Dispute.Reason.ARTIFACT_MISMATCH, "No model was uploaded."))
+        return out
+    artifact, bad = _load_model(ckpt_io, job.artifact.path, "The model uploaded")
+    if bad is not None:
+        out.findings.append(bad)
+        return out
     final = by_step.get(job.current_step)
     if final is None and out.train_steps > 0:
         out.findings.append(Finding(Dispute.Reason.CHECKPOINT_UNCOMMITTED, (
@@ -205,11 +248,21 @@ def _check(job: Job, attempt: int, rng: secrets.SystemRandom | None = None) -> O
             "model cannot be tied to the checked work.")))
     elif final is None:
         out.notes.append(f"no counted checkpoint at the final step {job.current_step}")
-    elif replay.rel_l2(artifact["model"], ckpt_io.load(final.file.path)["model"]) != 0:
+    else:
+        final_model, bad = _load_model(ckpt_io, final.file.path, f"The checkpoint at step {final.step}")
+        if bad is not None:
+            out.findings.append(bad)
+            return out
+        if replay.rel_l2(artifact, final_model) != 0:
+            out.findings.append(Finding(Dispute.Reason.ARTIFACT_MISMATCH,
+                                        f"The model uploaded differs from the checkpoint committed at "
+                                        f"step {final.step}."))
+    try:
+        metric, out.metric_measured = runner.evaluate(artifact)
+    except (RuntimeError, ValueError, KeyError) as exc:  # tensors that are not the job's model
         out.findings.append(Finding(Dispute.Reason.ARTIFACT_MISMATCH,
-                                    f"The model uploaded differs from the checkpoint committed at "
-                                    f"step {final.step}."))
-    metric, out.metric_measured = runner.evaluate(artifact["model"])
+                                    f"The model uploaded is not this job's model: {str(exc)[:200]}"))
+        return out
     if job.metric_value is not None and metric_inflated(metric, job.metric_value, out.metric_measured,
                                                   settings.VERIFY_METRIC_TOLERANCE):
         out.findings.append(Finding(Dispute.Reason.METRIC_INFLATED, (
@@ -225,8 +278,18 @@ def verification_run(*, report_id: int, rng: secrets.SystemRandom | None = None)
         report = VerificationReport.objects.select_for_update().filter(pk=report_id).first()
         if report is None or report.status in FINAL:
             return report.status if report else "missing"
-        report.status, report.started_at = R.RUNNING, timezone.now()
-        report.save(update_fields=["status", "started_at"])
+        if report.runs >= VERIFY_MAX_RUNS:
+            # Every earlier run died without an answer (a crash, a worker killed, the time
+            # limit): a further one would do the same, and the job must leave verifying.
+            runs = report.runs
+        else:
+            runs = 0
+            report.status, report.started_at, report.runs = R.RUNNING, timezone.now(), report.runs + 1
+            report.save(update_fields=["status", "started_at", "runs"])
+    if runs:
+        verification_error(report_id=report_id, message=f"the check was started {runs} times and never "
+                                                          "finished")
+        return R.ERROR
     job = Job.objects.select_related("dataset").get(pk=report.job_id)
     outcome = _check(job, report.attempt, rng)  # minutes of torch: outside any transaction
 
@@ -250,18 +313,30 @@ def verification_run(*, report_id: int, rng: secrets.SystemRandom | None = None)
     return report.status
 
 
+def verification_retry_due(*, report_id: int) -> bool:
+    """A run of the check raised: may it be tried again? (Runs are counted on the report, so
+    retries, redeliveries and the stale re-queue together stay within VERIFY_MAX_RUNS.)"""
+    runs = VerificationReport.objects.filter(pk=report_id).values_list("runs", flat=True).first()
+    return runs is not None and runs < VERIFY_MAX_RUNS
+
+
 def verification_error(*, report_id: int, message: str) -> None:
-    """The check itself could not run (after retries): the job stays verifying, the report
-    and the timeline say why, and an operator may queue it again (verification_retry)."""
+    """The check itself could not finish, after its bounded retries. The job does not wait
+    for ever with the deposit locked: the report ends `error`, an unattributed
+    `verification_error` dispute goes to staff (no automatic slash: the fault may be ours),
+    the attempt's work is not charged until staff dismiss it, and the job leaves verifying
+    as after a failed check (placed again, or failed after JOB_MAX_ATTEMPTS)."""
     with transaction.atomic():
         report = VerificationReport.objects.select_for_update().get(pk=report_id)
         if report.status in FINAL:
             return
+        job = Job.objects.select_for_update().get(pk=report.job_id)
         report.status, report.finished_at = R.ERROR, timezone.now()
         report.reasons = [f"error: {message[:500]}"]
         report.save(update_fields=["status", "finished_at", "reasons"])
-        job_states.note(job_id=report.job_id, reason="verification_error",
-                        message=f"The work could not be verified: {message[:300]}")
+        _failed(job, report, [Finding(Dispute.Reason.VERIFICATION_ERROR,
+                                      f"The work could not be verified: {message[:300]}.")],
+                outcome="verification_error")
 
 
 def verifications_stale(*, queued_for_s: float = 300) -> int:
@@ -298,29 +373,191 @@ def _passed(job: Job, report: VerificationReport) -> None:
     Job.objects.filter(pk=job.pk).update(finished_at=timezone.now())
 
 
-def _failed(job: Job, report: VerificationReport, findings: list[Finding]) -> None:
-    rank0 = Assignment.objects.select_related("node").get(job=job, attempt=report.attempt, node_rank=0)
-    # One dispute (and so at most one slash) per failed attempt, named by its first finding;
-    # the others are its evidence. Two findings are one piece of dishonest work, not two.
+def attribute(parts: list[Assignment], findings: list[Finding]) -> tuple[Finding, bool]:
+    """The finding the dispute is named by, and whether it is attributed to node rank 0.
+    Rank 0's own products (uploads, commitments, its metric) are its own in any job; a
+    replay mismatch is pinned on a node only when the attempt ran on one node (DDP across
+    nodes averages every node's gradients into each step: the checkpoints look the same
+    whichever node corrupted its share)."""
+    single = len({a.node_rank for a in parts}) <= 1
+    for f in findings:
+        if f.reason in RANK0_OWN or (single and f.reason == Dispute.Reason.REPLAY_MISMATCH):
+            return f, True
+    return findings[0], False
+
+
+def _failed(job: Job, report: VerificationReport, findings: list[Finding], *,
+            outcome: str = "verification_failed") -> None:
+    parts = list(Assignment.objects.select_related("node").filter(job=job, attempt=report.attempt)
+                 .order_by("node_rank"))
+    rank0 = next(a for a in parts if a.node_rank == 0)
+    named, attributed = attribute(parts, findings)
+    if named.reason == Dispute.Reason.VERIFICATION_ERROR:
+        attributed = False
+    # One dispute (and so at most one slash) per failed attempt, named by its attributable
+    # finding if any; the others are its evidence. Two findings are one piece of dishonest
+    # work, not two. An unattributed dispute still names rank 0's assignment (a dispute is
+    # about an attempt's work) but is never slashed without staff and costs no reputation.
+    evidence = [named, *(f for f in findings if f is not named)]
     dispute, created = Dispute.objects.get_or_create(
-        assignment=rank0, reason=findings[0].reason,
+        assignment=rank0, reason=named.reason,
         defaults={"job": job, "provider_id": rank0.node.provider_id, "verification": report,
-                  "detail": " ".join(f.detail for f in findings)[:2000]})
-    if created:
+                  "attributed": attributed, "detail": " ".join(f.detail for f in evidence)[:2000]})
+    if created and attributed:
         enqueue.enqueue(SLASH_TASK, dispute.pk)
-    if rank0.node_id not in job.excluded_nodes:
-        job.excluded_nodes = [*job.excluded_nodes, rank0.node_id]
+    if attributed:
+        leave_out = [rank0.node_id]
+    elif named.reason == Dispute.Reason.VERIFICATION_ERROR:
+        leave_out = []  # nothing is known against the nodes
+    else:  # the work was bad but its author is unknown: none of them runs this job again
+        leave_out = [a.node_id for a in parts]
+    missing = [n for n in leave_out if n not in job.excluded_nodes]
+    if missing:
+        job.excluded_nodes = [*job.excluded_nodes, *missing]
         job.save(update_fields=["excluded_nodes", "updated_at"])
     if job.status != S.VERIFYING or job.attempt != report.attempt:
         return
     why = "; ".join(sorted({f.reason for f in findings}))
-    message = (f"Verification failed ({why}) for node {rank0.node_id}'s work: {findings[0].detail} "
-               "That work is not charged; the job runs again elsewhere.")
+    if attributed:
+        whose = f"node {rank0.node_id}'s work"
+    elif named.reason == Dispute.Reason.VERIFICATION_ERROR:
+        whose = "this attempt's work (staff review it; nobody is slashed automatically)"
+    else:
+        whose = (f"the work of nodes {', '.join(str(a.node_id) for a in parts)} (it cannot be "
+                 "pinned on one of them: nobody is slashed automatically, staff review it)")
+    message = (f"Verification {'could not finish' if outcome == 'verification_error' else 'failed'} "
+               f"({why}) for {whose}: {named.detail} That work is not charged; the job runs again "
+               "elsewhere.")
     if job.attempt >= placement.max_attempts():
-        job_states.transition(job_id=job.pk, to=S.FAILED, reason="verification_failed",
+        job_states.transition(job_id=job.pk, to=S.FAILED, reason=outcome,
                               message=message + f" Gave up after {job.attempt} placements.",
-                              data={"verification": report.pk})
+                              data={"verification": report.pk, "dispute": dispute.pk})
         return
-    job_states.transition(job_id=job.pk, to=S.INTERRUPTED, reason="verification_failed",
-                          message=message, data={"verification": report.pk})
+    job_states.transition(job_id=job.pk, to=S.INTERRUPTED, reason=outcome,
+                          message=message, data={"verification": report.pk, "dispute": dispute.pk})
     enqueue.match_job(job.pk)
+
+
+# --- checkpoints, one by one, when they are uploaded ------------------------------------------
+# Waiting for the progress that names a checkpoint's step: the agent sends it over its
+# socket just before the upload (plain HTTP), so it is normally there first.
+PROGRESS_WAIT_S = 30
+
+
+def checkpoint_validate_enqueue(checkpoint: Checkpoint) -> None:
+    enqueue.enqueue(VALIDATE_TASK, checkpoint.pk)
+
+
+def _expected_state(job: Job, world: int) -> tuple[dict[str, tuple], int, object]:
+    """The job's model (names and shapes of its state), its total steps, and a builder for
+    a fresh model + optimizer: what a resume on another node would load the checkpoint into."""
+    import torch  # only in the verify worker
+
+    from workers.training import nets, replay, schedule
+
+    runner = replay.Replayer(replay.Job(template=job.template, params=job.params,
+                                        dataset=_dataset(job), world_size=world))
+
+    def fresh():
+        torch.manual_seed(runner.job.seed)
+        model, _ = nets.build(job.template, job.params, runner.splits)
+        return model, schedule.optimizer(model, job.params)
+
+    model, _ = fresh()
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return shapes, runner.plan.total_steps, fresh
+
+
+def _checkpoint_problem(ckpt: Checkpoint) -> str | None:
+    """Why a checkpoint cannot be resumed from, or None: it loads as tensors and plain data,
+    holds this job's model (same tensor names and shapes) and an optimizer state that fits it,
+    and says the step it was uploaded as. The same steps as the runtime's resume."""
+    from workers.training import checkpoint as ckpt_io
+    from workers.training import schedule
+
+    job = ckpt.job
+    world = sum(job.assignments.filter(attempt=ckpt.assignment.attempt).values_list("gpus", flat=True))
+    try:
+        state = ckpt_io.load(ckpt.file.path)
+    except Exception as exc:  # noqa: BLE001  (any failure to read the provider's bytes)
+        return f"it does not load as tensors (torch.load, weights_only=True): {str(exc)[:200]}"
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        return "it holds no model state"
+    if state.get("step") != ckpt.step or not isinstance(state.get("step"), int):
+        return f"it says step {str(state.get('step'))[:20]}, but was uploaded as step {ckpt.step}"
+    shapes, total_steps, fresh = _expected_state(job, world)
+    got = {k: tuple(v.shape) for k, v in state["model"].items() if hasattr(v, "shape")}
+    if got.keys() != shapes.keys():
+        missing, extra = sorted(shapes.keys() - got.keys()), sorted(got.keys() - shapes.keys())
+        return (f"its tensors are not the {job.template} model's (missing "
+                f"{', '.join(missing[:5]) or 'none'}; unexpected {', '.join(extra[:5]) or 'none'})")
+    wrong = [f"{k} {got[k]} instead of {shapes[k]}" for k in shapes if got[k] != shapes[k]]
+    if wrong:
+        return f"its tensors have the wrong shapes: {'; '.join(wrong[:3])}"
+    if ckpt.step > total_steps:
+        return f"step {ckpt.step} is past the job's last step {total_steps}"
+    model, opt = fresh()
+    try:
+        model.load_state_dict(state["model"])
+        schedule.load_optimizer(opt, state.get("optimizer"), job.params)
+    except Exception as exc:  # noqa: BLE001  (a resume would fail the same way)
+        return f"it cannot be resumed from: {str(exc)[:200]}"
+    return None
+
+
+def _progress_problem(ckpt: Checkpoint) -> str | None:
+    """A checkpoint's step must be one the assignment trained: after where it resumed, and
+    not beyond the progress it reported. None when it fits, "wait" while the progress may
+    still be on its way."""
+    a = ckpt.assignment
+    if ckpt.step <= (a.resume_step or 0):
+        return f"step {ckpt.step} is not after step {a.resume_step or 0}, where this placement started"
+    reported = max(MetricPoint.objects.filter(assignment=a).order_by("-step")
+                   .values_list("step", flat=True).first() or 0, a.last_step or 0)
+    if ckpt.step <= reported:
+        return None
+    if timezone.now() - ckpt.created_at < timedelta(seconds=PROGRESS_WAIT_S):
+        return "wait"
+    return f"step {ckpt.step} is ahead of the progress this node reported (step {reported})"
+
+
+def checkpoint_validate(*, checkpoint_id: int) -> str:
+    """Check one uploaded checkpoint once; returns its status ("pending" while the progress
+    that names its step may still arrive: call again later). A rejected checkpoint is never
+    resumed from nor paid up to; the timeline says why."""
+    ckpt = (Checkpoint.objects.select_related("job", "job__dataset", "assignment")
+            .filter(pk=checkpoint_id).first())
+    if ckpt is None or ckpt.status != Checkpoint.Status.PENDING:
+        return ckpt.status if ckpt else "missing"
+    problem = _progress_problem(ckpt)
+    if problem == "wait":
+        return Checkpoint.Status.PENDING
+    problem = problem or _checkpoint_problem(ckpt)  # torch: outside any transaction
+    status = Checkpoint.Status.REJECTED if problem else Checkpoint.Status.VALID
+    with transaction.atomic():
+        done = Checkpoint.objects.filter(pk=ckpt.pk, status=Checkpoint.Status.PENDING).update(
+            status=status, rejected_reason=(problem or "")[:500], validated_at=timezone.now())
+        if done and problem:
+            # Its author uploaded what no node can resume from: it is not placed on this job
+            # again (nor paid for it, metering.paid_checkpoint_at); a node that later fails
+            # to load a checkpoint is never the one blamed (execution._resume_failed).
+            job = Job.objects.select_for_update().get(pk=ckpt.job_id)
+            if ckpt.assignment.node_id not in job.excluded_nodes:
+                job.excluded_nodes = [*job.excluded_nodes, ckpt.assignment.node_id]
+                job.save(update_fields=["excluded_nodes", "updated_at"])
+            job_states.note(job_id=ckpt.job_id, reason="checkpoint_rejected",
+                            data={"checkpoint": ckpt.pk, "step": ckpt.step, "node": ckpt.assignment.node_id},
+                            message=f"The checkpoint at step {ckpt.step} from node {ckpt.assignment.node_id} "
+                                    f"was rejected: {problem}. Work is neither resumed from it nor paid "
+                                    "up to it.")
+    return Checkpoint.objects.filter(pk=ckpt.pk).values_list("status", flat=True).get()
+
+
+def checkpoints_stale(*, older_than_s: float = 120) -> int:
+    """Queue again the checks of checkpoints still pending (a lost task): periodic."""
+    cutoff = timezone.now() - timedelta(seconds=older_than_s)
+    stale = list(Checkpoint.objects.filter(status=Checkpoint.Status.PENDING, created_at__lt=cutoff)
+                 .values_list("pk", flat=True)[:200])
+    for pk in stale:
+        enqueue.enqueue(VALIDATE_TASK, pk)
+    return len(stale)

@@ -181,7 +181,8 @@ class Lifecycle(RuleBasedStateMachine):
             step = (rank0.checkpoints.order_by("-step").values_list("step", flat=True).first()
                     or rank0.resume_step or 0) + 10
             Checkpoint.objects.create(job=job, assignment=rank0, step=step, sha256=f"{step:064x}",
-                                      size_bytes=1, file=f"checkpoints/property-{rank0.pk}-{step}.pt")
+                                      size_bytes=1, file=f"checkpoints/property-{rank0.pk}-{step}.pt",
+                                      status=Checkpoint.Status.VALID)  # as checked on upload
             self.say(rank0, "checkpoint", step=step, sha256=f"{step:064x}", bytes=1)
 
     @precondition(lambda self: self.with_status(*RUNNING_ONES))

@@ -245,10 +245,20 @@ def main(spec_path: str) -> int:
     start_step = 0
     outer_state = None
     if resume is not None:
-        state = checkpoint.load(resume)
-        model.load_state_dict(state["model"])
-        schedule.load_optimizer(optimizer, state["optimizer"], params)
-        start_step = int(state["step"])
+        try:
+            state = checkpoint.load(resume)
+            model.load_state_dict(state["model"])
+            schedule.load_optimizer(optimizer, state["optimizer"], params)
+            start_step = int(state["step"])
+        except Exception as exc:
+            if spec.get("resume_from") is None or resume != Path(spec["resume_from"]):
+                raise  # this node's own local checkpoint
+            # Another provider's checkpoint that does not load is its author's fault, not this
+            # node's: say so (error_kind "resume"), so the platform does not blame this node.
+            node_events.emit("failed", reason="resume", message=f"the resume checkpoint does not load: {exc}")
+            events.close()
+            dist.destroy_process_group()
+            return 4
         outer_state = state.get("outer")
 
     node = None
