@@ -86,12 +86,14 @@ def test_a_cheat_is_slashed_on_chain_not_paid_and_the_job_settles_on_honest_work
     cheat_part, honest_part = record.assignments.order_by("attempt")
     assert (cheat_part.node_id, honest_part.node_id) == (cheat_node.pk, honest_node.pk)
     assert cheat_node.pk in record.excluded_nodes
-    # Slashed once, on chain, to the consumer, by the dispute's amount.
+    # Slashed once, on chain, to the treasury (never to an address the consumer controls:
+    # issue 12, item 5), by the dispute's amount.
     dispute.refresh_from_db()
     assert dispute.reason == "replay_mismatch" and dispute.slash_amount > 0
     (event,) = slashed_events()
     consumer_address = Escrow.objects.get(job=record).consumer_address
-    assert event["recipient"] == consumer_address and event["amount"] == units(dispute.slash_amount)
+    assert event["recipient"] == deploy.treasury_address() != consumer_address
+    assert event["amount"] == units(dispute.slash_amount)
     assert staking_left(cheat) == units("50") - units(dispute.slash_amount)
     # Paid: the honest work only, once; the cheat is owed nothing.
     s = Settlement.objects.get(job=record)

@@ -75,11 +75,12 @@ def test_the_task_enqueued_twice_slashes_once(on_node, tmp_path):
         stack.stop()
 
     events = slashed_events()
-    assert len(events) == 1 and events[0]["recipient"] == consumer_address
+    # To the treasury, never to the consumer (issue 12, item 5).
+    assert len(events) == 1 and events[0]["recipient"] == deploy.treasury_address() != consumer_address
     assert events[0]["amount"] == units("6") == units(dispute.slash_amount)
     assert ChainTransaction.objects.filter(purpose="slash").count() == 1
     assert deploy.stake_contract().functions.stakes(provider_address).call()[0] == units("44")
-    assert deploy.token_contract().functions.balanceOf(consumer_address).call() == units(MINT - 5 + 6)
+    assert deploy.token_contract().functions.balanceOf(consumer_address).call() == units(MINT - 5)
 
 
 def test_a_worker_killed_mid_slash_leaves_the_dispute_slashed_once(on_node, tmp_path):
@@ -108,4 +109,4 @@ def test_a_worker_killed_mid_slash_leaves_the_dispute_slashed_once(on_node, tmp_
     assert ChainTransaction.objects.filter(purpose="slash").count() == 1
     events = slashed_events()
     assert len(events) == 1
-    assert (events[0]["amount"], events[0]["recipient"]) == (units("3"), consumer_address)
+    assert (events[0]["amount"], events[0]["recipient"]) == (units("3"), deploy.treasury_address())

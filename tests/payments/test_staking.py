@@ -125,14 +125,17 @@ def _dispute(job, node, provider, minutes=30):
                                   detail="replayed steps diverge")
 
 
-def test_a_retried_slash_task_slashes_once_and_compensates_the_consumer(
+def test_a_retried_slash_task_slashes_once_to_the_treasury_never_the_consumer(
         wallets, staker, provider_org, healthcare, carol_node):
+    # Issue 12, item 5: slashes used to go to the escrow's consumer address, so a consumer
+    # running a node on its own job could frame an honest peer and collect the slash.
     with committed():
         op = staking.stake_deposit(organization=provider_org, amount="100")
     _mined(op)
     job = funded_job(healthcare, budget="50")
     consumer = Escrow.objects.get(job=job).consumer_address
-    before = wallets.balance(consumer)
+    treasury = deploy.treasury_address()
+    before, treasury_before = wallets.balance(consumer), wallets.balance(treasury)
     dispute = _dispute(job, carol_node, provider_org)
 
     # 30 min × 1 GPU × 1.20 tUSD/GPU-h = 0.60 tUSD of work × SLASH_FACTOR 2.
@@ -143,9 +146,11 @@ def test_a_retried_slash_task_slashes_once_and_compensates_the_consumer(
     slash = DisputeSlash.objects.get(dispute=dispute)
     assert (dispute.status, dispute.slash_amount) == ("slashed", Decimal("1.2"))
     assert dispute.slash_tx == slash.transaction.tx_hash and dispute.resolved_at is not None
-    assert slash.recipient == consumer
+    assert slash.recipient == treasury != consumer
     assert ChainTransaction.objects.filter(purpose="slash").count() == 1
-    assert wallets.balance(consumer) == before + units("1.2")
+    assert wallets.balance(consumer) == before
+    assert wallets.balance(treasury) == treasury_before + units("1.2")
+    assert StakeEvent.objects.get(kind="slashed", dispute=dispute).recipient == treasury
     assert stake_of(staker) == (units("98.8"), 0, 0)
     assert deploy.stake_contract().functions.slashedFor(bytes.fromhex(slash.key[2:])).call() == units("1.2")
     row = ProviderStake.objects.get(address=staker)
@@ -186,6 +191,22 @@ def test_a_slash_sent_but_not_seen_through_is_finished_by_the_retry(
     assert dispute_slash_task(dispute.pk) == "slashed"
     assert ChainTransaction.objects.filter(purpose="slash").count() == 1
     assert stake_of(staker) == (units("76"), 0, 0)
+
+
+def test_a_dispute_not_attributed_to_a_node_is_never_slashed_automatically(
+        wallets, staker, provider_org, healthcare, carol_node):
+    with committed():
+        op = staking.stake_deposit(organization=provider_org, amount="100")
+    _mined(op)
+    job = funded_job(healthcare, budget="50")
+    dispute = _dispute(job, carol_node, provider_org)
+    Dispute.objects.filter(pk=dispute.pk).update(attributed=False)
+    assert dispute_slash_task(dispute.pk) == "open"
+    assert dispute_slash_task(dispute.pk) == "open"
+    assert not DisputeSlash.objects.filter(dispute=dispute).exists()
+    assert not ChainTransaction.objects.filter(purpose="slash").exists()
+    assert stake_of(staker) == (units("100"), 0, 0)
+    assert job.events.filter(reason="dispute_unattributed").exists()
 
 
 def test_slash_goes_to_the_treasury_when_the_consumer_address_is_unknown(
