@@ -95,6 +95,10 @@ class Node(models.Model):
     benchmark_tflops = models.DecimalField(max_digits=10, decimal_places=3, null=True,
                                            blank=True, help_text="Measured matmul TFLOP/s.")
     agent_version = models.CharField(max_length=32, blank=True)
+    # What the agent's last `hello` said the machine has (validated, services/claims.py) and
+    # when: compared with the node's offers on connect and on every accepted assignment.
+    hardware = models.JSONField(default=dict, blank=True)
+    hardware_at = models.DateTimeField(null=True, blank=True)
     # Share of assignments delivered over 30 days; NULL means too little history ("new").
     reliability = models.DecimalField(max_digits=5, decimal_places=4, null=True, blank=True)
     # What `reliability` was computed from (services/reputation.py): each component and its
@@ -173,6 +177,9 @@ class Offer(models.Model):
     min_duration_hours = models.DecimalField(max_digits=8, decimal_places=2, default=Decimal("0.25"))
     max_duration_hours = models.DecimalField(max_digits=8, decimal_places=2, null=True, blank=True)
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.ACTIVE)
+    # Why the platform took the offer off the market (its node's agent reported less hardware
+    # than it lists: services/claims.py); empty when the provider paused it, or it is active.
+    status_reason = models.CharField(max_length=500, blank=True)
 
     # Copies of the node's searchable attributes, kept in step by the node services, so
     # that the public search is one table with covering indexes (see bench/offer_search.py).
@@ -542,6 +549,7 @@ from .payment_models import (  # noqa: E402,F401  (one app: Django finds its mod
     ChainTransaction,
     Escrow,
     Payout,
+    PayoutChange,
     Settlement,
     SiweNonce,
     Wallet,

@@ -41,6 +41,37 @@ class Wallet(models.Model):
         return f"{self.address} ({self.get_kind_display().split(' (')[0].lower()})"
 
 
+class PayoutChange(models.Model):
+    """An organization admin's request to be paid to another wallet. It takes effect
+    PAYOUT_CHANGE_DELAY_S after it was asked for (announced on the provider's pages
+    meanwhile), so that a stolen session or a rogue member cannot redirect the payouts of
+    work already done before anyone notices; settlements until then pay the old wallet."""
+
+    organization = models.ForeignKey("marketplace.Organization", on_delete=models.CASCADE,
+                                     related_name="payout_changes")
+    wallet = models.ForeignKey(Wallet, on_delete=models.CASCADE, related_name="payout_changes")
+    previous = models.ForeignKey(Wallet, on_delete=models.SET_NULL, null=True, blank=True,
+                                 related_name="+", help_text="The payout wallet when it was asked for.")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
+                                     blank=True, related_name="+")
+    requested_at = models.DateTimeField(auto_now_add=True)
+    effective_at = models.DateTimeField()
+    applied_at = models.DateTimeField(null=True, blank=True)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+        constraints = [
+            # One pending change per organization: a new request replaces (cancels) it.
+            models.UniqueConstraint(fields=["organization"],
+                                    condition=Q(applied_at__isnull=True, cancelled_at__isnull=True),
+                                    name="one_pending_payout_change"),
+        ]
+
+    def __str__(self) -> str:
+        return f"payout of {self.organization_id} to {self.wallet_id} from {self.effective_at}"
+
+
 class SiweNonce(models.Model):
     """A Sign-In with Ethereum nonce: issued to one user, valid once, for a few minutes."""
 

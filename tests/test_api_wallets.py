@@ -103,18 +103,19 @@ def test_consumer_links_a_wallet(api, alice, healthcare):
     assert set(listed[0]) == {"id", "address", "kind", "is_payout", "linked_by", "created_at"}
 
 
-def test_first_wallet_a_provider_links_is_its_payout_wallet(api, carol, provider_org):
+def test_a_wallet_a_provider_admin_links_becomes_its_payout_wallet_after_the_delay(
+        api, carol, provider_org, settings):
+    settings.PAYOUT_CHANGE_DELAY_S = 0  # the delay itself: tests/test_payout_wallets.py
     client = api.as_user(carol)
     custodial = wallet_create_custodial(organization=provider_org)
-    assert custodial.is_payout  # the development wallet was, until the provider links its own
+    assert custodial.is_payout  # the development wallet is, until the provider links its own
     first, second = Account.create(), Account.create()
-    assert link(client, first).json()["is_payout"] is True
-    assert link(client, second).json()["is_payout"] is False
-    assert Wallet.objects.get(organization=provider_org, is_payout=True).address == first.address
-    # …and the provider can move payouts to another of its wallets.
+    assert link(client, first).status_code == 201
+    assert link(client, second).status_code == 201
+    assert client.get(f"{LIST}payout/").json()["payout_address"] == first.address
+    # …and an admin can move payouts to another of its wallets.
     wallet = Wallet.objects.get(address=second.address)
-    assert client.post(f"{LIST}{wallet.pk}/payout/").json()["is_payout"] is True
-    assert Wallet.objects.get(organization=provider_org, is_payout=True) == wallet
+    assert client.post(f"{LIST}{wallet.pk}/payout/").status_code == 202
     kinds = {w["address"]: (w["kind"], w["is_payout"]) for w in client.get(LIST).json()}
     assert kinds == {custodial.address: ("custodial", False), first.address: ("external", False),
                      second.address: ("external", True)}

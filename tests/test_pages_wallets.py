@@ -29,12 +29,13 @@ def test_wallets_page_lists_the_organizations_wallets_and_the_payout_one(client,
     assert reverse("api:wallet-siwe-nonce") in page and reverse("api:wallet-link") in page
 
 
-def test_provider_moves_payouts_to_another_wallet(client, carol, provider_org):
+def test_provider_moves_payouts_to_another_wallet(client, carol, provider_org, settings):
+    settings.PAYOUT_CHANGE_DELAY_S = 0  # the delay itself: tests/test_payout_wallets.py
     first = Wallet.objects.create(organization=provider_org, address=ADDR, kind="external", is_payout=True)
     second = Wallet.objects.create(organization=provider_org, address=OTHER, kind="external")
     client.force_login(carol)
     response = client.post(reverse("wallet_payout", args=[second.pk]), follow=True)
-    assert f"Payouts now go to {OTHER}" in response.content.decode()
+    assert f"Payouts go to {OTHER} from" in response.content.decode()
     first.refresh_from_db(), second.refresh_from_db()
     assert second.is_payout and not first.is_payout
 

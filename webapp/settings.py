@@ -268,6 +268,14 @@ SETTLEMENT_INTERVAL_S = env.float("SETTLEMENT_INTERVAL_S", default=10.0)
 SETTLEMENT_BATCH_MAX = env.int("SETTLEMENT_BATCH_MAX", default=100)
 # A consumer may reclaim an unsettled escrow this long after the job's deadline.
 ESCROW_RECLAIM_AFTER_S = env.int("ESCROW_RECLAIM_AFTER_S", default=7 * 24 * 3600)
+# A job stops (checkpoints and settles) this long before its escrow's reclaim deadline at
+# the latest, so that its settlement lands before the consumer may take the deposit back;
+# a job whose time to its deadline is shorter than what its budget buys (capped by its
+# expected duration) is not matched (services/deadlines.py).
+DEADLINE_SETTLE_MARGIN_S = env.int("DEADLINE_SETTLE_MARGIN_S", default=3600)
+# A new payout wallet takes effect this long after an organization admin asks for it
+# (services/wallets.py); settlements until then pay the old one.
+PAYOUT_CHANGE_DELAY_S = env.int("PAYOUT_CHANGE_DELAY_S", default=48 * 3600)
 # Encrypts custodial (development) wallet keys at rest; derived from SECRET_KEY when unset.
 # Provider stake (contracts/src/ProviderStake.sol): the delay between a withdrawal request
 # and the withdrawal (fixed at deployment); a slash for a dispute takes the disputed work's

@@ -392,6 +392,16 @@ class WalletSerializer(serializers.Serializer):
         return wallet.linked_by.get_username() if wallet.linked_by_id else None
 
 
+class PayoutChangeSerializer(serializers.Serializer):
+    """Where the organization is paid, and the change waiting for its delay."""
+
+    payout_address = serializers.CharField(allow_null=True, help_text="Paid here now.")
+    pending_address = serializers.CharField(allow_null=True,
+                                            help_text="Paid here from `effective_at` (null: none pending).")
+    effective_at = serializers.DateTimeField(allow_null=True)
+    requested_by = serializers.CharField(allow_null=True)
+
+
 class SiweNonceSerializer(serializers.Serializer):
     """What the browser needs to build the EIP-4361 message it signs."""
 

@@ -424,6 +424,12 @@ class WalletViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     def get_queryset(self):
         return wallets_of(self.request.user)
 
+    def list(self, request, *args, **kwargs):
+        org = organization_of(request.user)
+        if org is not None:  # a payout change whose delay is over shows as made
+            wallet_services.payout_changes_apply(organization=org)
+        return super().list(request, *args, **kwargs)
+
     @extend_schema(summary="A Sign-In with Ethereum nonce (valid once, for a few minutes)",
                    parameters=[OpenApiParameter("address", str, required=False, description=(
                        "The wallet's address; answered back EIP-55 checksummed for the message."))],
@@ -463,13 +469,33 @@ class WalletViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         return Response(s.WalletSerializer(wallet).data,
                         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
-    @extend_schema(summary="Be paid to this wallet (providers)", request=None,
-                   responses={200: s.WalletSerializer, **_errors(401, 403, 404)})
+    @extend_schema(summary="Be paid to this wallet (providers' admins)", request=None,
+                   responses={200: s.PayoutChangeSerializer, 202: s.PayoutChangeSerializer,
+                              **_errors(401, 403, 404)})
     @action(detail=True, methods=["post"])
     def payout(self, request, pk=None):
-        require_provider(request.user)
-        wallet = wallet_services.wallet_set_payout(wallet=self.get_object())
-        return Response(s.WalletSerializer(wallets_of(request.user).get(pk=wallet.pk)).data)
+        """Only an admin of the organization may. The change takes effect after
+        PAYOUT_CHANGE_DELAY_S (202, with `effective_at`); settlements until then pay the
+        current wallet. Asking for the current payout wallet cancels a pending change (200)."""
+        org = require_provider(request.user)
+        change = wallet_services.wallet_set_payout(wallet=self.get_object(), actor=request.user)
+        return Response(_payout_state(org), status=status.HTTP_202_ACCEPTED if change else status.HTTP_200_OK)
+
+    @extend_schema(summary="Where your organization is paid, and a pending change",
+                   responses={200: s.PayoutChangeSerializer, **_errors(401, 403)})
+    @action(detail=False, methods=["get"], url_path="payout")
+    def payout_state(self, request):
+        return Response(_payout_state(require_provider(request.user)))
+
+
+def _payout_state(org) -> dict:
+    address = wallet_services.payout_address(org)
+    change = wallet_services.payout_change_pending(org)
+    return s.PayoutChangeSerializer({
+        "payout_address": address, "pending_address": change.wallet.address if change else None,
+        "effective_at": change.effective_at if change else None,
+        "requested_by": change.requested_by.get_username() if change and change.requested_by else None,
+    }).data
 
 
 # --- Datasets ------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from eth_account import Account
 from eth_utils import to_checksum_address
 
 from ..errors import Conflict, MarketError, PermissionDenied
-from ..models import Organization, SiweNonce, Wallet
+from ..models import Membership, Organization, PayoutChange, SiweNonce, Wallet
 from . import audit
 
 W = Wallet.Kind
@@ -62,16 +62,96 @@ def custodial_wallet(organization: Organization) -> Wallet:
 
 
 def payout_address(organization: Organization) -> str | None:
+    """Where the organization is paid now: a requested change counts once its delay is over."""
+    payout_changes_apply(organization=organization)
     wallet = organization.wallets.filter(is_payout=True).first()
     return wallet.address if wallet else None
 
 
-def wallet_set_payout(*, wallet: Wallet) -> Wallet:
+def is_org_admin(user, organization: Organization) -> bool:
+    member = getattr(user, "membership", None) if getattr(user, "is_authenticated", False) else None
+    return (member is not None and member.organization_id == organization.pk
+            and member.role in (Membership.Role.OWNER, Membership.Role.ADMIN))
+
+
+def payout_change_pending(organization: Organization) -> PayoutChange | None:
+    """The change of payout wallet waiting for its delay, if any (announced on the pages)."""
+    return (PayoutChange.objects.filter(organization=organization, applied_at__isnull=True,
+                                        cancelled_at__isnull=True)
+            .select_related("wallet", "previous", "requested_by").first())
+
+
+def wallet_set_payout(*, wallet: Wallet, actor) -> PayoutChange | None:
+    """An organization admin asks to be paid to `wallet`. With no payout wallet yet it is
+    set at once (nothing to redirect); otherwise the change waits PAYOUT_CHANGE_DELAY_S,
+    announced on the provider's pages, and settlements until then pay the old wallet: a
+    stolen session or a rogue member cannot redirect the pay for work already done before
+    the admins notice. Asking for the current payout wallet cancels a pending change.
+    Audited. Returns the pending change (None when nothing is pending). Idempotent: asking
+    again for the wallet already pending returns that change, its clock not restarted."""
+    org = wallet.organization
+    if not is_org_admin(actor, org):
+        raise PermissionDenied("Only an admin of your organization can change where it is paid.")
+    now = timezone.now()
     with transaction.atomic():
-        Wallet.objects.filter(organization=wallet.organization_id, is_payout=True).update(is_payout=False)
-        Wallet.objects.filter(pk=wallet.pk).update(is_payout=True)
-    wallet.refresh_from_db()
-    return wallet
+        Organization.objects.select_for_update().filter(pk=org.pk).first()  # one change at a time
+        payout_changes_apply(organization=org, now=now)
+        current = org.wallets.filter(is_payout=True).first()
+        pending = payout_change_pending(org)
+        who = actor.get_username()
+        if current is None:
+            _payout_switch(org, wallet)
+            audit.audit_record(actor=actor, action="wallet.payout_set", obj=org,
+                               data={"address": wallet.address},
+                               message=f"{who} made {wallet.address} the payout wallet (there was none).")
+            return None
+        if pending is not None and pending.wallet_id == wallet.pk:
+            return pending
+        if pending is not None:
+            PayoutChange.objects.filter(pk=pending.pk).update(cancelled_at=now)
+            audit.audit_record(actor=actor, action="wallet.payout_change_cancelled", obj=org,
+                               data={"address": pending.wallet.address},
+                               message=f"{who} cancelled the pending payout change to "
+                                       f"{pending.wallet.address}.")
+        if current.pk == wallet.pk:
+            return None
+        change = PayoutChange.objects.create(
+            organization=org, wallet=wallet, previous=current, requested_by=actor,
+            effective_at=now + timedelta(seconds=settings.PAYOUT_CHANGE_DELAY_S))
+        audit.audit_record(actor=actor, action="wallet.payout_change_requested", obj=org,
+                           data={"address": wallet.address, "previous": current.address,
+                                 "effective_at": change.effective_at.isoformat()},
+                           message=f"{who} asked for payouts to go to {wallet.address} instead of "
+                                   f"{current.address} from {change.effective_at.isoformat()}.")
+    return change
+
+
+def _payout_switch(org: Organization, wallet: Wallet) -> None:
+    Wallet.objects.filter(organization=org.pk, is_payout=True).exclude(pk=wallet.pk).update(is_payout=False)
+    Wallet.objects.filter(pk=wallet.pk).update(is_payout=True)
+
+
+def payout_changes_apply(*, organization: Organization | None = None, now=None) -> int:
+    """Changes whose delay is over take effect (each once: claimed by compare-and-set).
+    Called before anything reads the payout wallet, so no periodic task is needed."""
+    now = now or timezone.now()
+    due = PayoutChange.objects.filter(applied_at__isnull=True, cancelled_at__isnull=True,
+                                      effective_at__lte=now).select_related("wallet", "organization")
+    if organization is not None:
+        due = due.filter(organization=organization)
+    applied = 0
+    for change in due:
+        with transaction.atomic():
+            if not PayoutChange.objects.filter(pk=change.pk, applied_at__isnull=True,
+                                               cancelled_at__isnull=True).update(applied_at=now):
+                continue
+            _payout_switch(change.organization, change.wallet)
+            audit.audit_record(actor=None, action="wallet.payout_changed", obj=change.organization,
+                               data={"address": change.wallet.address, "change": change.pk},
+                               message=f"Payouts now go to {change.wallet.address} (asked for on "
+                                       f"{change.requested_at.isoformat()}).")
+            applied += 1
+    return applied
 
 
 # --- Sign-In with Ethereum (EIP-4361): linking a wallet the user holds ------------------
@@ -157,8 +237,13 @@ def wallet_link(*, user, message: str, signature: str, domain: str) -> tuple[Wal
         first_external = not org.wallets.filter(kind=W.EXTERNAL).exists()
         wallet = Wallet.objects.create(organization=org, address=address, kind=W.EXTERNAL,
                                        linked_by=user)
-        if org.is_provider and first_external:
-            wallet = wallet_set_payout(wallet=wallet)
+        # The first wallet a provider links (or one linked while it has no payout wallet)
+        # is proposed as its payout wallet only when an admin links it, and then with the
+        # same delay as any other change (at once when there was none).
+        unpaid = not org.wallets.filter(is_payout=True).exists()
+        if org.is_provider and (first_external or unpaid) and is_org_admin(user, org):
+            wallet_set_payout(wallet=wallet, actor=user)
+            wallet.refresh_from_db()
         audit.audit_record(actor=user, action="wallet.link", obj=org, data={"address": address},
                            message=f"{user.get_username()} linked the wallet {address} by "
                                    "Sign-In with Ethereum.")
