@@ -236,6 +236,10 @@ def test_a_killed_agent_and_worker_are_started_again_and_the_web_keeps_serving(d
     assert not failures and polls[0] > 10, failures[:5]
     assert demo.pid("web") == web and demo.proc.poll() is None
 
+    # Redis too is a child: it comes back on the same socket, with its append-only file.
+    # (The API throttles through the cache, so requests fail while it is down.)
+    kill_and_wait_back(demo, "redis")
+
     # The demo still works end to end on the restarted processes: a funded job is matched
     # by the worker, trained by the agents, verified and settled.
     token = demo.token()
