@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 from marketplace.models import Organization
 
 from .factories import NodeFactory, OfferFactory, OrganizationFactory, UserFactory
-from .stack import platform_logs_clean  # noqa: F401  (autouse: every Stack's logs are read at teardown)
+from .platform_logs import platform_logs_clean  # noqa: F401  (autouse: platform logs read at teardown)
 
 # Time limits (pytest-timeout) by layer, for tests that do not name their own: the default
 # in pyproject.toml (300 s) suits unit and single-process tests; a full stack waits minutes

@@ -1,7 +1,8 @@
 """A job really trains: API → Celery worker → agent processes → torch.distributed → result.
 
 Real parts only: PostgreSQL, Redis (broker and channel layer), daphne, a Celery worker
-with beat, agent processes and gloo process groups.
+with beat, agent processes and gloo process groups; one two-node job is paid through the
+escrow on a real JSON-RPC node (hardhat).
 """
 
 import hashlib
@@ -14,15 +15,19 @@ import pytest
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from marketplace.models import Assignment, Job, Organization
+from marketplace.chain import deploy
+from marketplace.models import Assignment, Job, Organization, Settlement
 from marketplace.services.accounts import organization_create
 from marketplace.services.nodes import NodeSpec, node_create
 from marketplace.services.offers import OfferSpec, offer_create
 
 from .factories import UserFactory
+from .payments import test_chain_integration as paid
+from .payments.support import units
 from .stack import Stack, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
+node, on_node = paid.node, paid.on_node  # the hardhat node, and this process on it (fixtures)
 
 
 @pytest.fixture
@@ -43,10 +48,10 @@ def cpu_nodes(count: int, *, price="0.05") -> list[str]:
     provider = organization_create(name="Local CPU Lab", kind=Organization.Kind.PROVIDER)
     tokens = []
     for i in range(count):
-        node, token = node_create(provider=provider, spec=NodeSpec(
+        machine, token = node_create(provider=provider, spec=NodeSpec(
             name=f"cpu-{i}", gpu_model="cpu", gpu_count=2, gpu_memory_gb=None, cpu_cores=2, ram_gb=8,
             disk_gb=20, region="EU-DE"))
-        offer_create(provider=provider, node=node,
+        offer_create(provider=provider, node=machine,
                      spec=OfferSpec(gpus_offered=2, price_per_gpu_hour=Decimal(price)))
         tokens.append(token)
     return tokens
@@ -202,3 +207,54 @@ def test_a_two_node_job_cancelled_by_its_owner_stops_on_every_node(stack, consum
     assert statuses == [(0, "cancelled"), (1, "cancelled")]
     record.refresh_from_db()
     assert record.current_step < record.total_steps
+
+
+def test_a_two_node_job_paid_through_the_escrow_pays_both_providers_on_chain(on_node, tmp_path):
+    """The escrow on (hardhat's JSON-RPC node): funded from the consumer's custodial wallet,
+    trained on two providers' nodes by real agents, verified, settled; the chain then owes
+    each provider, the treasury and the consumer exactly what the database recorded."""
+    org, token = paid.consumer()
+    providers = []
+    for name in ("Carol CPU Lab", "Dave CPU Lab"):
+        provider = organization_create(name=name, kind=Organization.Kind.PROVIDER)
+        machine, node_token = node_create(provider=provider, spec=NodeSpec(
+            name=f"{name.split()[0].lower()}-0", gpu_model="cpu", gpu_count=2, gpu_memory_gb=None,
+            cpu_cores=2, ram_gb=8, disk_gb=20, region="EU-DE"))
+        offer_create(provider=provider, node=machine,
+                     spec=OfferSpec(gpus_offered=2, price_per_gpu_hour=Decimal("3.00")))
+        providers.append((provider, node_token))
+    paid.chain_deploy()  # after the organizations: it gives each its development wallets
+    wallet = org.wallets.get().address
+    stack = Stack(tmp_path, queues="default,dispatch,verify,chain")
+    stack.env.update({"ESCROW_ENABLED": "1", "CHAIN_RPC_URL": on_node, "SETTLEMENT_INTERVAL_S": "2",
+                      "CHAIN_RESEND_AFTER_S": "1"})
+    stack.start()
+    try:
+        for i, (_, node_token) in enumerate(providers):
+            stack.agent(f"paid-agent-{i}", node_token)
+        code, job = stack.http("POST", "/api/v1/jobs/", token=token,
+                               body=job_body(nodes=2, params={"epochs": 4}, max_price_per_gpu_hour="5.00"))
+        assert code == 201 and job["status"] == "submitted", job
+        code, funded = stack.http("POST", f"/api/v1/jobs/{job['id']}/fund/", token=token,
+                                  body={"amount": "10"})
+        assert code == 200, funded
+        done = wait_status(stack, token, job["id"], {"settled"}, timeout=300)
+    finally:
+        stack.stop()
+
+    reasons = [e["reason"] for e in done["timeline"]]
+    assert reasons.index("escrow_funded") < reasons.index("started") < reasons.index("escrow_settled")
+    record = Job.objects.get(pk=job["id"])
+    assert list(record.assignments.order_by("node_rank").values_list("node_rank", "status")) == \
+        [(0, "succeeded"), (1, "succeeded")]
+    settlement = Settlement.objects.get(job=record)
+    payouts = {p.address: p.amount for p in settlement.payouts.all()}
+    addresses = [p.wallets.get(is_payout=True).address for p, _ in providers]
+    assert set(payouts) == set(addresses) and all(amount > 0 for amount in payouts.values()), payouts
+    assert sum(payouts.values()) + settlement.fee == settlement.charged
+    assert settlement.charged + settlement.refunded == Decimal("10")
+    for address in addresses:  # what the chain owes each provider is what the database paid
+        assert paid.owed(address) == units(payouts[address])
+    assert paid.owed(deploy.treasury_address()) == units(settlement.fee)
+    assert paid.owed(wallet) == units(settlement.refunded)
+    assert paid.settled_events() == [record.escrow.key]  # closed once

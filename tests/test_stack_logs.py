@@ -3,7 +3,8 @@ or CRITICAL record, or an `internal` answer to an agent fails the test unless al
 
 import sys
 
-from .stack import Stack, log_entries
+from .platform_logs import log_entries
+from .stack import Stack
 
 DJANGO_ERROR = """2026-12-06 18:00:01,001 INFO marketplace: fine
 2026-12-06 18:00:02,002 ERROR marketplace.consumers.agent: applying 3 agent messages failed

@@ -1,6 +1,7 @@
 """What the chaos suite injects, and the processes it injects it into: the platform of
 tests/stack.py (daphne, a Celery worker with beat, real agents), a Redis server of the
-suite's own that it restarts (never the machine's shared one), and the hardhat node."""
+suite's own that it restarts (tests/stack.py's RedisServer, never the machine's shared
+one), and the hardhat node."""
 
 from __future__ import annotations
 
@@ -14,54 +15,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import redis
-
-from ..browser_support import free_port
-from ..stack import Stack
-
-
-class RedisServer:
-    """A redis-server on a free port, in a directory of its own. Append-only persistence,
-    as production runs it, so that a restart keeps the broker's queued tasks."""
-
-    def __init__(self, tmp: Path):
-        self.dir = tmp / "redis"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> RedisServer:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(self.dir),
-             "--logfile", str(self.dir / "redis.log")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if redis.Redis.from_url(self.url, socket_timeout=1).ping():
-                    return self
-            except redis.ConnectionError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start; see {self.dir / 'redis.log'}")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        """A clean shutdown (SIGTERM: redis writes its append-only file and exits)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def restart(self, down_s: float = 2.0) -> None:
-        self.stop()
-        time.sleep(down_s)
-        self.start()
+from ..stack import RedisServer, Stack  # noqa: F401  (RedisServer: the suite uses it from here)
 
 
 def pids_working_in(directory: Path) -> list[int]:
