@@ -1,0 +1,118 @@
+"""Pay only for verified work (issue 12, item 4): a checkpoint is checked when it is uploaded
+(at once what needs no torch; the rest by the real verify worker), a broken attempt is paid
+only up to a checkpoint that passed, work resumes only from such a checkpoint, and a node
+that cannot load the checkpoint it was handed is not the one blamed.
+
+Before: a provider committed garbage on schedule, vanished, and was paid up to its last
+commitment; the job resumed from the garbage and the next, honest node failed to load it
+and was excluded."""
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from marketplace.models import Assignment, Checkpoint, Job
+from marketplace.services import placement, verification
+from marketplace.services.execution import node_lost, start_message
+from marketplace.services.payments import job_statement
+
+from . import verify_support
+from .stack import wait_for
+from .verify_support import Agent, checkpoint_bytes, cpu_node, fresh, running_job, wrong_shapes, zip_garbage
+
+verify_worker = verify_support.verify_worker  # a fixture
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration, pytest.mark.timeout(600)]
+C = Checkpoint.Status
+
+
+def _statuses(job: Job) -> dict[int, str]:
+    return dict(job.checkpoints.values_list("step", "status"))
+
+
+def test_garbage_checkpoints_then_vanishing_earn_nothing_and_the_next_node_is_not_blamed(
+        client, verify_worker):
+    cheat_node, honest_node = cpu_node(price="1.20"), cpu_node(price="1.50")
+    job, (part,) = running_job([cheat_node])
+    cheat = Agent(client, part)
+    _, model, opt = fresh(world=1)
+    # Ten honest steps and a real checkpoint, then garbage committed on schedule.
+    cheat.progress(10)
+    assert cheat.checkpoint(10, checkpoint_bytes(10, model.state_dict(), opt.state_dict())).status_code == 201
+    cheat.progress(30)
+    assert cheat.checkpoint(20, zip_garbage()).status_code == 201
+    assert cheat.checkpoint(30, wrong_shapes(30)).status_code == 201
+    # Bytes that are not even a torch file are refused at the door, with the reason.
+    refused = cheat.checkpoint(40, b"\x00" * 64)
+    assert refused.status_code == 400 and "zip archive" in refused.json()["detail"]
+
+    wait_for(lambda: C.PENDING not in _statuses(job).values(), timeout=120,
+             what="the verify worker to check the uploads")
+    assert _statuses(job) == {10: C.VALID, 20: C.REJECTED, 30: C.REJECTED}
+    reasons = dict(job.checkpoints.values_list("step", "rejected_reason"))
+    assert "does not load" in reasons[20] and "weights_only" in reasons[20]
+    assert "not the tabular-classifier model's" in reasons[30]
+    assert job.events.filter(reason="checkpoint_rejected").count() == 2
+
+    # The provider vanishes 20 minutes in; its commitments were 5, 10 and 15 minutes in.
+    began = timezone.now() - timedelta(minutes=20)
+    Assignment.objects.filter(pk=part.pk).update(started_at=began)
+    for step, minutes in ((10, 5), (20, 10), (30, 15)):
+        job.checkpoints.filter(step=step).update(committed_at=began + timedelta(minutes=minutes))
+    node_lost(node_id=cheat_node.pk)
+    job.refresh_from_db()
+    assert job.status == Job.Status.INTERRUPTED
+
+    # Paid up to the checkpoint that passed (5 min at 1.20 tUSD/h = 0.10), not up to the
+    # garbage (15 min = 0.30, what it was paid before).
+    lines, total = job_statement(job)
+    assert (len(lines), Decimal(lines[0]["amount"])) == (1, Decimal("0.100000"))
+    assert total == Decimal("0.100000")
+
+    # The next placement resumes from the valid checkpoint on the honest node.
+    (honest_part,) = placement.job_place(job_id=job.pk)
+    assert (honest_part.node_id, honest_part.resume_step) == (honest_node.pk, 10)
+    assert start_message(honest_part)["resume_checkpoint_url"].endswith("/checkpoints/10/")
+    honest = Agent(client, honest_part)
+    assert honest.get_checkpoint(10).status_code == 200
+    assert honest.get_checkpoint(30).status_code == 404  # garbage is never handed out
+    job.refresh_from_db()
+    assert cheat_node.pk in job.excluded_nodes and honest_node.pk not in job.excluded_nodes
+
+    # Had the honest node been unable to load it, it would say so (the runtime's
+    # error_kind "resume"): the checkpoint is checked again, and the node is not blamed.
+    Assignment.objects.filter(pk=honest_part.pk).update(status=Assignment.Status.RUNNING,
+                                                        started_at=timezone.now())
+    honest.say("assignment.finished", status="failed", error_kind="resume",
+               error="the resume checkpoint does not load: invalid load key")
+    job.refresh_from_db()
+    # (Still matching here: the test skipped the node's acceptance; it is placed again.)
+    assert job.status in (Job.Status.MATCHING, Job.Status.INTERRUPTED)
+    assert honest_node.pk not in job.excluded_nodes
+    assert job.events.filter(reason="resume_failed").exists()
+    assert Assignment.objects.get(pk=honest_part.pk).status == Assignment.Status.FAILED
+    wait_for(lambda: _statuses(job)[10] == C.VALID, timeout=120, what="the checkpoint to be checked again")
+
+
+def test_a_checkpoint_ahead_of_the_progress_reported_is_rejected(client):
+    """Checked in this process (the worker's PROGRESS_WAIT_S is 30 s): the step must be one
+    the node said it trained."""
+    node = cpu_node()
+    job, (part,) = running_job([node])
+    agent = Agent(client, part)
+    _, model, opt = fresh(world=1)
+    agent.progress(10)
+    assert agent.checkpoint(50, checkpoint_bytes(50, model.state_dict(), opt.state_dict())).status_code == 201
+    ckpt = job.checkpoints.get(step=50)
+    assert verification.checkpoint_validate(checkpoint_id=ckpt.pk) == C.PENDING  # progress may follow
+    Checkpoint.objects.filter(pk=ckpt.pk).update(created_at=timezone.now() - timedelta(minutes=1))
+    assert verification.checkpoint_validate(checkpoint_id=ckpt.pk) == C.REJECTED
+    assert "ahead of the progress" in Checkpoint.objects.get(pk=ckpt.pk).rejected_reason
+    # A checkpoint that says another step than it was uploaded as is refused too.
+    agent.progress(60)
+    assert agent.checkpoint(60, checkpoint_bytes(59, model.state_dict(), opt.state_dict())).status_code == 201
+    ckpt = job.checkpoints.get(step=60)
+    assert verification.checkpoint_validate(checkpoint_id=ckpt.pk) == C.REJECTED
+    assert "says step 59" in Checkpoint.objects.get(pk=ckpt.pk).rejected_reason
