@@ -479,7 +479,7 @@ class OfferAdmin(admin.ModelAdmin):
     def get_fields(self, request, obj=None):
         if obj is None:
             return OFFER_FIELDS
-        return OFFER_FIELDS + ["status", "gpus_reserved", "provider", "gpu_model",
+        return OFFER_FIELDS + ["status", "status_reason", "gpus_reserved", "provider", "gpu_model",
                                "gpu_memory_gb", "region", "verified", "reliability_display",
                                "node_online", "created_at", "updated_at"]
 
@@ -488,7 +488,7 @@ class OfferAdmin(admin.ModelAdmin):
             return []
         # Status changes through the actions; the rest is copied from the node by the
         # node services, and reservations belong to matching.
-        return ["node", "status", "gpus_reserved", "provider", "gpu_model", "gpu_memory_gb",
+        return ["node", "status", "status_reason", "gpus_reserved", "provider", "gpu_model", "gpu_memory_gb",
                 "region", "verified", "reliability_display", "node_online", "created_at",
                 "updated_at"]
 

@@ -22,7 +22,7 @@ from django.utils import timezone
 from .. import catalogue, job_states
 from ..errors import MarketError, NotFound
 from ..models import Assignment, Checkpoint, Job, LogLine, MetricPoint, Node
-from . import enqueue, live, placement, verification
+from . import claims, enqueue, live, placement, verification
 from .bulk import bulk_insert, bulk_set
 from .liveness import assignment_steps_record
 from .nodes import node_set_presence
@@ -203,6 +203,8 @@ def agent_hello(*, node: Node, hello: dict) -> list[dict]:
     node_set_presence(node_id=node.pk, online=True, heartbeat_at=timezone.now(),
                       benchmark_tflops=round(float(tflops), 3) if isinstance(tflops, int | float) else None,
                       agent_version=str(hello.get("agent_version", ""))[:32])
+    # The hardware it reports against what its offers list: one that lists more leaves the market.
+    claims.node_hardware_report(node=node, hardware=hello.get("hardware"))
     active = list(Assignment.objects.filter(node=node, status__in=Assignment.ACTIVE))
     out = [_message("welcome", node=node.pk, name=node.name, heartbeat_s=settings.AGENT_HEARTBEAT_S,
                     assignments=[a.pk for a in active])]
@@ -507,6 +509,10 @@ def agent_data_batch(*, items: list[tuple[Node, dict]], outbox: list | None = No
 
 
 def _on_accepted(a: Assignment, m: dict) -> None:
+    why = claims.assignment_claims_check(a)
+    if why is not None:  # the offer lists more than the node reported: it does not run it
+        _on_rejected(a, {"reason": f"the node's hardware does not match its offer: {why}"})
+        return
     rdzv = m.get("rdzv") or {}
     fields = {"status": A.ACCEPTED, "started_at": timezone.now()}
     if a.node_rank == 0:

@@ -9,6 +9,7 @@ from django.utils import timezone
 from ..errors import Conflict, MarketError, PermissionDenied
 from ..models import Node, Offer, Organization
 from . import enqueue, live
+from .claims import offer_resume_check
 from .staking import provider_stake_total
 
 MAX_PRICE = Decimal("10000")
@@ -117,8 +118,12 @@ def offer_set_status(*, provider: Organization | None, offer: Offer, status: str
         _check_owner(provider, offer.node)
     elif status == Offer.Status.ACTIVE and offer.node.status == Node.Status.SUSPENDED:
         raise Conflict("The node is suspended; lift the suspension first.")
-    Offer.objects.filter(pk=offer.pk).update(status=status, updated_at=timezone.now())
-    offer.status = status
+    if status == Offer.Status.ACTIVE and (why := offer_resume_check(offer)):
+        # Taken off the market because the node reported less than it lists (services/claims.py).
+        raise Conflict(f"This offer cannot go back on the market: {why}. List what the node has, "
+                       "or reconnect its agent on the machine the offer describes.", code="claims_mismatch")
+    Offer.objects.filter(pk=offer.pk).update(status=status, status_reason="", updated_at=timezone.now())
+    offer.status, offer.status_reason = status, ""
     live.offers_changed([offer.pk])
     if status == Offer.Status.ACTIVE:
         enqueue.rematch_soon()
