@@ -78,3 +78,30 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][0] != "Z"
     except (FileNotFoundError, ProcessLookupError):
         return False
+
+
+def test_the_runner_refuses_to_start_a_second_redis_on_a_socket_that_answers(tmp_path):
+    """A runner killed with SIGKILL leaves its Redis running; a new one on the same var/ must
+    not start a second server writing the same append-only file. A stale socket file (a
+    Redis that was SIGKILLed) is no reason to refuse."""
+    from .browser_support import free_port
+
+    sock = tmp_path / "var" / "redis" / "redis.sock"
+    sock.parent.mkdir(parents=True)
+    env = {**{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DJANGO_SETTINGS_MODULE")},
+           "DEBUG": "1", "DATABASE_URL": f"sqlite:///{tmp_path / 'demo.sqlite3'}",
+           "DEVSERVER_VAR": str(tmp_path / "var")}
+    server = subprocess.Popen([devserver.redis_server(), "--port", "0", "--unixsocket", str(sock),
+                               "--save", "", "--daemonize", "no"], stdout=subprocess.DEVNULL)
+    try:
+        wait_for(sock.exists, timeout=10, every=0.05, what="the first Redis's socket")
+        done = subprocess.run([sys.executable, "-m", "webapp.devserver", "--port", str(free_port()),
+                               "--no-agents"], cwd=devserver.ROOT, env=env, capture_output=True,
+                              text=True, timeout=60)
+    finally:
+        server.kill()
+        server.wait()
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"a Redis already answers on {sock}" in done.stderr
+    assert sock.exists()  # SIGKILLed: the stale file stays, and is no longer refused
+    devserver.ensure_redis_free(sock)

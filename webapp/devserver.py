@@ -148,6 +148,23 @@ def redis_child(sock: Path) -> Child:
                  stop_last=True)
 
 
+def ensure_redis_free(sock: Path) -> None:
+    """Refuse to start a second Redis on a socket that one answers on: a runner killed
+    with SIGKILL leaves its children running, and two servers would write one
+    append-only file."""
+    if not sock.exists():
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1)
+        try:
+            probe.connect(str(sock))
+        except OSError:
+            return  # a stale socket file: redis-server replaces it
+    raise DevServerError(f"a Redis already answers on {sock} (is another `make demo` running on "
+                         f"this var/, or left over from one that was killed?). Stop it, or use "
+                         f"another folder: --var DIR.")
+
+
 def wait_for_redis(url: str, supervisor: Supervisor, timeout: float = REDIS_READY_TIMEOUT_S) -> None:
     import redis
 
@@ -433,6 +450,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         # Redis first: the preparation's management commands already use the cache and broker.
         if not os.environ.get("REDIS_URL"):
             sock = redis_socket()
+            ensure_redis_free(sock)
             supervisor.add(redis_child(sock))
             os.environ["REDIS_URL"] = f"unix://{sock}"
             wait_for_redis(os.environ["REDIS_URL"], supervisor)
