@@ -8,8 +8,9 @@ as docker-compose's `restart: unless-stopped` does in production:
 - each child's output is forwarded line by line with its name as a prefix;
 - a child that exits on its own, whatever its code, is started again after a backoff
   (1 s, doubling to 30 s; back to 1 s once it has stayed up 30 s), with a line saying which
-  child exited, how, and when it comes back; what it left in its process group (an agent's
-  training ranks) is killed first. One child dying never takes the others down;
+  child exited, how, and when it comes back; what it left behind is killed first (the rest
+  of its process group, and an agent's training ranks, which lead sessions of their own).
+  One child dying never takes the others down;
 - Ctrl-C or SIGTERM stops every child (SIGTERM to its process group, then SIGKILL after
   a grace period), Redis last, and exits 0.
 
@@ -18,9 +19,11 @@ others: no TCP port, a unix socket, its append-only file under var/redis/. The c
 get it as REDIS_URL=unix:///…/redis.sock, so they run the production channel layer and
 Celery broker (webapp/settings.py has one code path): a status written by the worker
 reaches a browser connected to the web process. A REDIS_URL already in the environment is
-used instead. The other children are the entries of `child_commands()`; the agents are CPU
-nodes and say so, and a restarted agent keeps its workdir (its outbox) and its token. The
-chain is an in-process EVM served by this process over JSON-RPC (`start_chain`).
+used instead; a Redis that still answers on the socket (left by a runner that was
+SIGKILLed) stops the start with a message. The other children are the entries of
+`child_commands()`; the agents are CPU nodes and say so, and a restarted agent keeps its
+workdir (its outbox) and its token. The chain is an in-process EVM served by this process
+over JSON-RPC (`start_chain`).
 
 `--var DIR` (env DEVSERVER_VAR) moves everything the runner writes (Redis's data, the
 agents' workdirs, beat's schedule, uploads) from the repository's var/ elsewhere.
@@ -302,7 +305,6 @@ class Supervisor:
         self.runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
         self._width = len("devserver")
-        self.stopping = threading.Event()
 
     def say(self, name: str, line: str) -> None:
         with self._lock:
@@ -363,7 +365,6 @@ class Supervisor:
     def stop(self, grace: float = STOP_GRACE_S) -> None:
         """Stop everything, the `stop_last` children (Redis) after the others: a worker
         shutting down still hands its unfinished tasks back to the broker."""
-        self.stopping.set()
         runs = list(self.runs.values())
         self._terminate([r for r in runs if not r.child.stop_last], grace)
         self._terminate([r for r in runs if r.child.stop_last], grace)
