@@ -184,3 +184,24 @@ def test_the_batch_matcher_places_the_largest_jobs_first(db):
     # waiting; largest first places both.
     assert Assignment.objects.get(job=big).offer_id == cheap_big.pk
     assert Assignment.objects.get(job=small).offer_id == small_only.pk
+
+
+@pytest.mark.parametrize("matcher", ["job_place", "batch"])
+def test_a_consumer_s_own_nodes_are_never_placed_on_its_jobs(db, matcher):
+    """Issue 12, item 5: an organization that is both consumer and provider could land as a
+    node of its own job, corrupt its share of the gradients and have an honest peer blamed.
+    Its own offers are left out even when they are the cheapest."""
+    from marketplace.services.batch_placement import jobs_place_waiting
+
+    own = cpu_offer("0.05")
+    other = cpu_offer("0.20")
+    job = funded_job(nodes=1, owner=own.provider)
+    place = (lambda: placement.job_place(job_id=job.pk)) if matcher == "job_place" else jobs_place_waiting
+    place()
+    assert list(Assignment.objects.filter(job=job).values_list("offer_id", flat=True)) == [other.pk]
+    # With only its own offer left, the job waits rather than run on it.
+    second = funded_job(nodes=1, owner=own.provider)
+    place = (lambda: placement.job_place(job_id=second.pk)) if matcher == "job_place" else jobs_place_waiting
+    place()
+    assert not Assignment.objects.filter(job=second).exists()
+    assert Offer.objects.get(pk=own.pk).gpus_reserved == 0
