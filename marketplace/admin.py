@@ -733,11 +733,26 @@ class WalletAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     ordering = ["-id"]
 
 
+class LostChainFilter(admin.SimpleListFilter):
+    title = "chain"
+    parameter_name = "chain"
+
+    def lookups(self, request, model_admin):
+        return [("current", "Sent on the current chain"), ("lost", "Sent on a chain that is gone")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "current":
+            return queryset.filter(lost_reason="")
+        if self.value() == "lost":
+            return queryset.exclude(lost_reason="")
+        return queryset
+
+
 @admin.register(ChainTransaction)
 class ChainTransactionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["id", "purpose", "status", "nonce", "short_hash", "block_number", "gas_used",
                     "error", "created_at"]
-    list_filter = ["status", "purpose"]
+    list_filter = ["status", "purpose", LostChainFilter]
     search_fields = ["=tx_hash", "=sender"]
     fields = ["purpose", "status", "chain_id", "sender", "to", "nonce", "tx_hash", "block_number",
               "gas_used", "broadcasts", "error", "lost_reason", "lost_genesis", "created_at", "updated_at"]

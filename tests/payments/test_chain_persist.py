@@ -147,6 +147,8 @@ def test_a_reset_chain_marks_funded_escrows_lost_for_staff_to_refund(
     client.force_login(admin_user)
     listing = client.get(reverse("admin:marketplace_escrow_changelist"), {"status__exact": "chain_lost"})
     assert listing.content.decode().count("the chain was reset") == 2
+    sent_there = client.get(reverse("admin:marketplace_chaintransaction_changelist"), {"chain": "lost"})
+    assert fund_tx[:12] in sent_there.content.decode()
     deploy.deploy()  # `make demo` redeploys on the fresh chain
     before = Chain().balance(consumer)
     for _ in range(2):
