@@ -121,7 +121,9 @@ class Agent:
     _ids = itertools.count(1)
 
     def __init__(self, client, assignment: Assignment):
-        self.client, self.a, self.seq = client, assignment, 0
+        # Numbered after what the platform applied already (an agent's outbox does the same).
+        self.client, self.a = client, assignment
+        self.seq = Assignment.objects.get(pk=assignment.pk).last_seq
         self.token = assignment_token(assignment)
 
     def say(self, kind: str, **fields) -> str:
@@ -155,3 +157,30 @@ class Agent:
             assert self.put("artifact/", artifact).status_code == 201
             sha = hashlib.sha256(artifact).hexdigest()
         self.say("assignment.finished", status="succeeded", step=step, artifact_sha256=sha, **fields)
+
+
+def corrupted_replay(runner: replay.Replayer, start: dict, *, to_step: int, bad_rank: int) -> dict:
+    """The model a DDP group reaches when one rank sends the negation of its gradients (a
+    corrupting peer): replay.Replayer.replay with one rank's share flipped. Its checkpoints
+    look the same whichever node did it."""
+    job, plan, splits = runner.job, runner.plan, runner.splits
+    model, loss_fn = runner._model(start)
+    opt = schedule.optimizer(model, job.params)
+    schedule.load_optimizer(opt, start["optimizer"], job.params)
+    model.train()
+    params = list(model.parameters())
+    for step in range(int(start["step"]), to_step):
+        total = [torch.zeros_like(p) for p in params]
+        for rank in range(job.world_size):
+            indices = schedule.rank_indices(len(splits.x_train), plan, world=job.world_size, rank=rank,
+                                            seed=job.seed, step=step)
+            torch.manual_seed(schedule.step_seed(job.seed, rank, step))
+            model.zero_grad(set_to_none=True)
+            loss_fn(model(splits.x_train[indices]), splits.y_train[indices]).backward()
+            sign = -1.0 if rank == bad_rank else 1.0
+            for acc, p in zip(total, params, strict=True):
+                acc.add_(sign * p.grad / job.world_size)
+        for p, g in zip(params, total, strict=True):
+            p.grad = g
+        opt.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
