@@ -116,7 +116,7 @@ def test_work_that_failed_verification_is_not_in_the_spend(healthcare, carol_nod
 
 def test_the_consumer_is_warned_once_at_80_percent(healthcare, carol_node):
     job = running_job(healthcare, carol_node, budget="10", price="10", minutes=50)  # 8.33 tUSD
-    assert budget.budget_watch() == {"warned": 1, "pausing": 0, "stopped": 0}
+    assert budget.budget_watch() == {"warned": 1, "pausing": 0, "stopped": 0, "expired": 0}
     assert budget.budget_watch()["warned"] == 0
     (note,) = job.events.filter(reason="budget_warning")
     assert "80 % of the budget is spent: 8.3" in note.message
@@ -128,7 +128,7 @@ def test_the_consumer_is_warned_once_at_80_percent(healthcare, carol_node):
 
 def test_no_warning_below_80_percent(healthcare, carol_node):
     job = running_job(healthcare, carol_node, budget="10", price="10", minutes=40)  # 6.67 tUSD
-    assert budget.budget_watch() == {"warned": 0, "pausing": 0, "stopped": 0}
+    assert budget.budget_watch() == {"warned": 0, "pausing": 0, "stopped": 0, "expired": 0}
     assert not job.events.filter(reason="budget_warning").exists()
     assert live.job_snapshot(job)["spend"]["warning"] is False
 
@@ -141,7 +141,7 @@ def finished(a: Assignment, *, seq: int, step: int) -> dict:
 def test_at_the_budget_each_node_checkpoints_and_the_job_pauses_at_that_step(healthcare, carol_node):
     job = running_job(healthcare, carol_node, budget="10", price="36", minutes=16.6)  # 9.96 tUSD, 0.01/s
     (a,) = job.assignments.all()
-    assert budget.budget_watch() == {"warned": 1, "pausing": 1, "stopped": 0}
+    assert budget.budget_watch() == {"warned": 1, "pausing": 1, "stopped": 0, "expired": 0}
     job.refresh_from_db()
     assert job.pause_requested_at is not None and job.status == S.RUNNING
     assert job.events.filter(reason="budget_pausing").count() == 1

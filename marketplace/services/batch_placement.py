@@ -22,7 +22,7 @@ from django.utils import timezone
 from .. import catalogue, job_states
 from ..models import Assignment, Checkpoint, Job, JobEvent, Offer
 from ..selectors.checkpoints import checkpoints_resumable
-from . import enqueue, placement
+from . import deadlines, enqueue, placement
 
 S = Job.Status
 WAITING = (S.FUNDED, S.INTERRUPTED, S.MATCHING)
@@ -153,6 +153,8 @@ def jobs_place_waiting(*, limit: int = 2000) -> dict[int, list[int]]:
         # price on every instance bench/matching.py solved exactly (first come, first served
         # was up to 1.9 % above it).
         for job in sorted(jobs, key=lambda j: (-j.gpus_per_node, -j.nodes, j.created_at, j.pk)):
+            if deadlines.job_shortfall(job, now=now) is not None:  # explain_wait says why
+                continue
             picked = book.cheapest(job, now)
             if picked:
                 for o in picked:

@@ -19,17 +19,20 @@ The budget is the escrowed amount when the escrow is on, else Job.budget.
 """
 
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from .. import job_states
 from ..errors import Conflict, MarketError
 from ..models import Assignment, Escrow, Job
-from . import enqueue, execution
-from .metering import job_metered
+from . import deadlines, enqueue, execution
+from .jobs import job_cancel
+from .metering import budget_limit, job_metered
 
 S = Job.Status
 A = Assignment.Status
@@ -83,18 +86,6 @@ def lead_seconds(job: Job) -> float:
     return lead
 
 
-def budget_limit(job: Job) -> Decimal:
-    """The escrowed amount when the escrow is on and funded, else the job's budget."""
-    if settings.ESCROW_ENABLED:
-        try:
-            escrow = job.escrow
-        except Escrow.DoesNotExist:
-            escrow = None
-        if escrow is not None and escrow.status == Escrow.Status.FUNDED:
-            return escrow.amount
-    return job.budget
-
-
 def _rate(assignments) -> Decimal:
     return sum((a.price_per_gpu_hour * a.gpus / Decimal(3600) for a in assignments
                 if a.status in Assignment.ACTIVE and a.started_at is not None), Decimal(0))
@@ -137,7 +128,33 @@ def budget_watch(*, now=None) -> dict[str, int]:
                 done["stopped"] += job_budget_stop(job_id=job.pk, check=check)
         elif verdict in ("pause", "stop"):
             done["pausing"] += job_pause_request(job_id=job.pk, check=check)
+        elif deadlines.reached(job, now=now, lead_s=lead_seconds(job)):
+            # The same checkpoint-and-stop; _pause then ends the job instead of pausing it.
+            done["pausing"] += job_pause_request(job_id=job.pk, check=check, why="deadline")
+    done["expired"] = _deadlines_expire(now=now)
     return done
+
+
+def _deadlines_expire(*, now) -> int:
+    """Jobs not running (waiting for machines, interrupted, paused) that must have stopped
+    by now are cancelled: their work so far settles, the rest of the deposit goes back."""
+    margin = timedelta(seconds=settings.DEADLINE_SETTLE_MARGIN_S)
+    waiting = (Job.objects.filter(status__in=(S.FUNDED, S.MATCHING, S.INTERRUPTED, S.PAUSED))
+               .filter(Q(deadline__lte=now) | Q(escrow__status=Escrow.Status.FUNDED,
+                                                escrow__deadline__lte=now + margin))
+               .select_related("escrow"))
+    ended = 0
+    for job in waiting:
+        if deadlines.reached(job, now=now):
+            until = deadlines.job_stop_by(job)
+            job_cancel(job=job, reason="deadline_reached",
+                       message=f"The job had to stop by {until.isoformat(timespec='seconds')} (its deadline"
+                               + (", or its escrow's reclaim deadline less the time settlement needs"
+                                  if until < job.deadline else "")
+                               + f") and was {job.get_status_display().lower()}: it ends; the work done "
+                               "so far is settled and the rest of the deposit goes back.")
+            ended += 1
+    return ended
 
 
 def _warn(job: Job, check: BudgetCheck) -> int:
@@ -153,8 +170,9 @@ def _warn(job: Job, check: BudgetCheck) -> int:
     return claimed
 
 
-def job_pause_request(*, job_id: int, check: BudgetCheck) -> int:
-    """Ask every node of a running job to checkpoint at its next step and stop. Once."""
+def job_pause_request(*, job_id: int, check: BudgetCheck, why: str = "budget") -> int:
+    """Ask every node of a running job to checkpoint at its next step and stop. Once.
+    `why`: "budget" (it pauses; a top-up resumes it) or "deadline" (it then ends)."""
     with transaction.atomic():
         claimed = Job.objects.filter(pk=job_id, status=S.RUNNING, pause_requested_at__isnull=True).update(
             pause_requested_at=timezone.now())
@@ -162,11 +180,18 @@ def job_pause_request(*, job_id: int, check: BudgetCheck) -> int:
             return 0
         job = Job.objects.get(pk=job_id)
         left = check.seconds_left
-        job_states.note(job_id=job_id, reason="budget_pausing",
-                        data={"spent": str(check.spent), "limit": str(check.limit)},
-                        message=f"{check.spent:.2f} of {check.limit:.2f} tUSD spent"
-                                + (f"; the rest lasts about {left:.0f} s" if left is not None else "")
-                                + ": the nodes checkpoint and pause.")
+        if why == "deadline":
+            until = deadlines.job_stop_by(job)
+            job_states.note(job_id=job_id, reason="deadline_stopping",
+                            data={"stop_by": until.isoformat()},
+                            message=f"The job must stop by {until.isoformat(timespec='seconds')}: the nodes "
+                                    "checkpoint and stop, and the work done is settled.")
+        else:
+            job_states.note(job_id=job_id, reason="budget_pausing",
+                            data={"spent": str(check.spent), "limit": str(check.limit)},
+                            message=f"{check.spent:.2f} of {check.limit:.2f} tUSD spent"
+                                    + (f"; the rest lasts about {left:.0f} s" if left is not None else "")
+                                    + ": the nodes checkpoint and pause.")
         if execution.is_diloco(job):
             # DiLoCo nodes meet only at outer steps, so they cannot agree on a step to stop at:
             # they stop now and the job pauses at the last global checkpoint.
@@ -202,6 +227,18 @@ def _pause(job: Job, *, how: str) -> None:
     ckpt = job.checkpoints.filter(committed_at__isnull=False).order_by("-step").first()
     step = ckpt.step if ckpt else 0
     Job.objects.filter(pk=job.pk).update(current_step=step)
+    if deadlines.reached(job, now=timezone.now(), lead_s=lead_seconds(job)):
+        # It could not run on after a top-up: it ends, and settles what was done.
+        until = deadlines.job_stop_by(job)
+        job_states.transition(
+            job_id=job.pk, to=S.CANCELLED, reason="deadline_reached",
+            data={"step": step, "stop_by": until.isoformat()},
+            message=f"Stopped at step {step}: the job had to stop by {until.isoformat(timespec='seconds')} "
+                    + ("(its escrow's reclaim deadline less the settlement margin) " if until < job.deadline
+                       else "(its deadline) ")
+                    + "and its nodes checkpointed and stopped. The work done is settled; the rest of "
+                      "the deposit goes back.")
+        return
     job_states.transition(
         job_id=job.pk, to=S.PAUSED, reason="budget_paused", data={"step": step},
         message=f"Paused at step {step}: the budget is spent and {how}. "

@@ -9,12 +9,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
+from django.conf import settings
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from .. import catalogue
 from ..models import Offer
 from ..selectors.offer_search import free_at_least, in_regions, verified_for
+from . import deadlines
 from .job_spec import JobSpec
 
 MICRO = Decimal("0.000001")
@@ -153,8 +155,24 @@ def _n(count: int) -> str:
     return f"{COUNT_CAP:,}+" if count > COUNT_CAP else f"{count:,}"
 
 
+def _deadline_reason(spec: JobSpec, now) -> dict | None:
+    """The job's deadlines leave it too little time (services/deadlines.py); before funding,
+    its escrow's reclaim deadline is the one funding will set."""
+    if spec.deadline is None:
+        return None
+    escrow_deadline = (spec.deadline + timedelta(seconds=settings.ESCROW_RECLAIM_AFTER_S)
+                       if settings.ESCROW_ENABLED else None)
+    need = deadlines.needed_s(budget_left=spec.budget, max_price_per_gpu_hour=spec.max_price_per_gpu_hour,
+                              gpus=spec.nodes * spec.gpus_per_node, duration_hours=spec.duration_hours)
+    return deadlines.shortfall_reason(until=deadlines.stop_by(deadline=spec.deadline,
+                                                              escrow_deadline=escrow_deadline),
+                                      now=now, need_s=need, escrowed=escrow_deadline is not None)
+
+
 def quote_job(*, spec: JobSpec) -> Quote:
     now = timezone.now()
+    if (late := _deadline_reason(spec, now)) is not None:
+        return Quote(feasible=False, reasons=[late])
     constraints = constraints_for(spec, now=now)
     picked = _pick(spec, offers_matching(spec, constraints))
     if len(picked) == spec.nodes:

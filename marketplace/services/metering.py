@@ -13,7 +13,7 @@ Rules:
   part that succeeded (a DiLoCo survivor) keeps all its work;
 - an attempt whose work failed verification (an open or upheld dispute) is not charged.
 
-A leaf: it imports only models and the money helpers, so that services, selectors and
+A leaf: it imports only models, settings and the money helpers, so that services, selectors and
 views may all use it without an import cycle.
 """
 
@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_DOWN, Decimal
 
+from django.conf import settings
 from django.utils import timezone
 
-from ..models import Assignment, Dispute, Job, Settlement
+from ..models import Assignment, Dispute, Escrow, Job, Settlement
 from ..selectors.checkpoints import checkpoints_payable
 
 A = Assignment.Status
@@ -127,6 +128,19 @@ def job_statement(job: Job) -> tuple[list[dict], Decimal]:
             "price_per_gpu_hour": str(a.price_per_gpu_hour), "amount": str(c.amount), "note": c.note,
         })
     return lines, total
+
+
+def budget_limit(job: Job) -> Decimal:
+    """What the job may spend: the escrowed amount when the escrow is on and funded, else
+    the job's budget."""
+    if settings.ESCROW_ENABLED:
+        try:
+            escrow = job.escrow
+        except Escrow.DoesNotExist:
+            escrow = None
+        if escrow is not None and escrow.status == Escrow.Status.FUNDED:
+            return escrow.amount
+    return job.budget
 
 
 def provider_earned(provider_id: int, *, now: datetime | None = None) -> Decimal:

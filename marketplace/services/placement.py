@@ -11,11 +11,12 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 from django.db.models import F
+from django.utils import timezone
 
 from .. import job_states
 from ..models import Assignment, Job, JobEvent, Offer
 from ..selectors.checkpoints import checkpoints_resumable
-from . import live, matching
+from . import deadlines, live, matching
 from .job_spec import JobSpec
 
 S = Job.Status
@@ -48,6 +49,9 @@ def job_explain_wait(*, job_id: int) -> None:
     job = Job.objects.filter(pk=job_id, status=S.MATCHING).first()
     if job is None or job.assignments.filter(status__in=Assignment.ACTIVE).exists():
         return
+    if (late := deadlines.job_shortfall(job, now=timezone.now())) is not None:
+        _note_wait(job, late["message"], [late])
+        return
     quote = matching.quote_job(spec=spec_of(job))
     reasons = quote.reasons
     if quote.feasible or not reasons:
@@ -56,6 +60,11 @@ def job_explain_wait(*, job_id: int) -> None:
                    f"not used again (nodes {excluded}); waiting for another node to come online.")
     else:
         message = " ".join(r["message"] for r in reasons[:3])
+    _note_wait(job, message, reasons)
+
+
+def _note_wait(job: Job, message: str, reasons: list[dict]) -> None:
+    """Why the job waits, on its timeline once per distinct reason."""
     last = JobEvent.objects.filter(job=job, reason="no_match").order_by("-id").first()
     if last is None or last.message != message[:1000]:
         job_states.note(job_id=job.pk, reason="no_match", message=message[:1000],
@@ -81,6 +90,11 @@ def job_place(*, job_id: int) -> list[Assignment]:
                                   message="Looking for machines that meet every constraint.")
             job.refresh_from_db()
         if job.status != S.MATCHING or job.assignments.filter(status__in=Assignment.ACTIVE).exists():
+            return []
+        # Not placed when it would have to stop before its budget's work is done: its
+        # providers would not be paid after the consumer may reclaim the escrow.
+        if (late := deadlines.job_shortfall(job, now=timezone.now())) is not None:
+            _note_wait(job, late["message"], [late])
             return []
         spec = spec_of(job)
         constraints = matching.constraints_for(spec)
