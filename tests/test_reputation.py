@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from marketplace.models import (
     Assignment,
+    AuditEvent,
     Dispute,
     MetricPoint,
     Node,
@@ -166,3 +167,27 @@ def test_an_ending_assignment_asks_for_its_node_to_be_recomputed(db, django_capt
     with django_capture_on_commit_callbacks(execute=True):
         assert execution._end(a, A.LOST, "heartbeats stopped")
     assert ("workers.tasks.node_reputation", [node.pk]) in sent
+
+
+def test_claims_not_lived_up_to_are_recorded_and_weigh(db):
+    """Issue 12, item 12: delivered throughput far below the benchmark, and an offer taken
+    off the market for listing more hardware than the agent reported, are recorded in the
+    node's reputation (`claims`, score 0, weight 0.3)."""
+    honest = [NodeFactory(benchmark_tflops=Decimal("100")) for _ in range(2)]
+    cheat = NodeFactory(benchmark_tflops=Decimal("100"))  # promises as much, delivers a tenth
+    for node, sps in ((honest[0], 1000.0), (honest[1], 1000.0), (cheat, 100.0)):
+        for _ in range(3):
+            ran(node, A.SUCCEEDED, samples_per_sec=sps)
+    value, detail = reputation.node_reputation_compute(cheat)
+    claims = detail["components"]["claims"]
+    assert claims == {"score": 0.0, "hardware_mismatches": 0,
+                      "throughput_far_below_benchmark": ["image-classifier"]}
+    # delivery 1 × 0.4, throughput 0.1 × 0.1, claims 0 × 0.3 (no verification, no uptime)
+    assert value == Decimal(str(round((0.4 + 0.01) / 0.8, 4)))
+    assert reputation.node_reputation_compute(honest[0])[1]["components"]["claims"] is None
+
+    offer = OfferFactory(node=honest[1])
+    AuditEvent.objects.create(action="offer.claims_mismatch", object_type="offer", object_id=str(offer.pk),
+                              message="Off the market: …", data={"node": honest[1].pk})
+    claims = reputation.node_reputation_compute(honest[1])[1]["components"]["claims"]
+    assert claims["hardware_mismatches"] == 1 and claims["throughput_far_below_benchmark"] == []

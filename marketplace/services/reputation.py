@@ -17,6 +17,11 @@ Components, each a share in [0, 1] with its sample size:
   window, capped at 1: a node that delivers what its benchmark promises, as its peers do,
   scores 1; one that delivers half scores 0.5. Absent without a benchmark or peers.
 
+- claims: present only when the node was caught claiming more than it has in the window
+  (an offer taken off the market for listing more hardware than the agent reported, or
+  delivered throughput below THROUGHPUT_FLOOR of what its benchmark promises against its
+  peers); its score is 0 and its weight 0.3.
+
 The score is the weighted mean of the components that have data (WEIGHTS); a node with
 fewer than REPUTATION_MIN_ASSIGNMENTS delivered-or-lost assignments in the window is `new`.
 """
@@ -30,10 +35,22 @@ from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from ..models import Assignment, Dispute, MetricPoint, Node, NodeUptime, Offer, VerificationReport
+from ..models import (
+    Assignment,
+    AuditEvent,
+    Dispute,
+    MetricPoint,
+    Node,
+    NodeUptime,
+    Offer,
+    VerificationReport,
+)
 
 A = Assignment.Status
-WEIGHTS = {"delivery": 0.4, "verification": 0.3, "uptime": 0.2, "throughput": 0.1}
+WEIGHTS = {"delivery": 0.4, "verification": 0.3, "uptime": 0.2, "throughput": 0.1, "claims": 0.3}
+# Delivered throughput below this share of what the node's benchmark promises (measured
+# against its peers on the same template) is a claim the machine does not live up to.
+THROUGHPUT_FLOOR = 0.25
 FOUR_PLACES = Decimal("0.0001")
 
 
@@ -113,6 +130,22 @@ def _throughput(node: Node, efficiencies: dict[str, dict[int, float]]) -> dict |
     return {"score": round(sum(ratios) / len(ratios), 4), "templates": len(ratios)}
 
 
+def _claims(node: Node, since, efficiencies: dict[str, dict[int, float]]) -> dict | None:
+    """Claims the machine did not live up to in the window, present only when there are
+    any (score 0, so it drags the mean down with its weight): offers taken off the market
+    because the agent reported less hardware than listed (services/claims.py), and
+    templates on which it delivered less than THROUGHPUT_FLOOR of what its benchmark
+    promises, against its peers (an 8× H100 listing running on less shows up here)."""
+    mismatches = AuditEvent.objects.filter(action="offer.claims_mismatch", data__node=node.pk,
+                                           created_at__gte=since).count()
+    slow = sorted(template for template, per_node in efficiencies.items()
+                  if node.pk in per_node and len(per_node) >= 2
+                  and per_node[node.pk] < THROUGHPUT_FLOOR * median(per_node.values()))
+    if not mismatches and not slow:
+        return None
+    return {"score": 0.0, "hardware_mismatches": mismatches, "throughput_far_below_benchmark": slow}
+
+
 def node_reputation_compute(node: Node, *, now=None, efficiencies=None) -> tuple[Decimal | None, dict]:
     """(reliability or None for `new`, the components) of one node; writes nothing."""
     now = now or timezone.now()
@@ -120,7 +153,8 @@ def node_reputation_compute(node: Node, *, now=None, efficiencies=None) -> tuple
     if efficiencies is None:
         efficiencies = _efficiencies(since)
     parts = {"delivery": _delivery(node, since), "verification": _verification(node, since),
-             "uptime": _uptime(node, since, now), "throughput": _throughput(node, efficiencies)}
+             "uptime": _uptime(node, since, now), "throughput": _throughput(node, efficiencies),
+             "claims": _claims(node, since, efficiencies)}
     detail = {"window_days": settings.REPUTATION_WINDOW_DAYS, "components": parts}
     history = parts["delivery"]["total"] if parts["delivery"] else 0
     if history < settings.REPUTATION_MIN_ASSIGNMENTS:
