@@ -35,6 +35,7 @@ from .models import (
     Offer,
     Organization,
     Payout,
+    PayoutChange,
     Settlement,
     Wallet,
 )
@@ -730,6 +731,19 @@ class WalletAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     search_fields = ["=address", "organization__name"]
     list_select_related = ["organization", "linked_by"]
     fields = ["address", "organization", "kind", "is_payout", "linked_by", "created_at"]
+    ordering = ["-id"]
+
+
+@admin.register(PayoutChange)
+class PayoutChangeAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Payout wallet changes asked for by providers' admins (services/wallets.py): staff see
+    who asked, from which wallet to which, and when it took effect or was cancelled."""
+
+    list_display = ["organization", "wallet", "previous", "requested_by", "requested_at", "effective_at",
+                    "applied_at", "cancelled_at"]
+    list_filter = [("applied_at", admin.EmptyFieldListFilter), ("cancelled_at", admin.EmptyFieldListFilter)]
+    search_fields = ["organization__name", "=wallet__address"]
+    list_select_related = ["organization", "wallet", "previous", "requested_by"]
     ordering = ["-id"]
 
 
