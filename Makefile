@@ -34,6 +34,7 @@ help:
 	@echo "make migrate  apply migrations to DATABASE_URL (embedded SQLite when unset)"
 	@echo "make serve    production-like ASGI server (daphne; DEBUG off, needs SECRET_KEY)"
 	@echo "make bench    bench/offer_search.py against PostgreSQL"
+	@echo "make slow     the ten-minute DDP and DiLoCo jobs across two agents (tests/test_long_runs.py)"
 	@echo "make chaos    the long chaos run (tests/chaos; figures in test-results/chaos.json)"
 	@echo "make clean    remove caches, build output, var/ and the demo database"
 	@echo "make distclean  clean, and remove $(VENV)"
@@ -166,6 +167,12 @@ serve: install
 
 bench: install services
 	@$(PY) bench/offer_search.py
+
+# Ten-minute jobs (DDP and DiLoCo) across two real agents at the default stall timeout, marked
+# slow and skipped unless COMPUTEMESH_SLOW=1; durations in test-results/slow-runs.json.
+.PHONY: slow
+slow: install services
+	@COMPUTEMESH_SLOW=1 $(VENV)/bin/pytest -m slow tests/test_long_runs.py $(PYTEST_ARGS)
 
 # The chaos suite's long form: more jobs, nodes and agent kills than the short form that
 # `make test` runs. Its figures go to test-results/chaos.json (docs/BENCHMARKS.md, "Chaos").
