@@ -13,8 +13,8 @@ Rules:
   part that succeeded (a DiLoCo survivor) keeps all its work;
 - an attempt whose work failed verification (an open or upheld dispute) is not charged.
 
-A leaf: it imports only models, settings and the money helpers, so that services, selectors and
-views may all use it without an import cycle.
+A leaf: it imports only models, settings, the checkpoint selector (itself a leaf) and the
+money helpers, so that services, selectors and views may all use it without an import cycle.
 """
 
 from dataclasses import dataclass
