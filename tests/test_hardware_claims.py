@@ -111,21 +111,29 @@ def test_an_honest_node_keeps_its_offer_and_a_cpu_node_is_not_compared(h100_node
     assert offer.status == Offer.Status.ACTIVE
 
 
-def test_an_offer_raised_after_the_node_connected_is_caught_when_it_accepts(h100_node):
+def test_an_offer_raised_while_the_node_is_connected_leaves_the_market_at_once(h100_node):
     node, offer = h100_node
     Offer.objects.filter(pk=offer.pk).update(gpus_offered=2)
     asyncio.run(_session([hello(h100s(2))]))
     offer.refresh_from_db()
     assert offer.status == Offer.Status.ACTIVE
-    offer_update(provider=node.provider, offer=offer,  # listed up while connected
-                 spec=OfferSpec(gpus_offered=8, price_per_gpu_hour=offer.price_per_gpu_hour))
+    offer = offer_update(provider=node.provider, offer=offer,
+                         spec=OfferSpec(gpus_offered=8, price_per_gpu_hour=offer.price_per_gpu_hour))
+    assert offer.status == Offer.Status.PAUSED and "when the offer was changed" in offer.status_reason
+
+
+def test_a_node_that_reports_less_before_it_accepts_does_not_run_the_assignment(h100_node):
+    node, offer = h100_node
+    asyncio.run(_session([hello(h100s(8))]))  # honest when placed
     job = JobFactory(status=Job.Status.MATCHING, attempt=1, gpus_per_node=8)
     Offer.objects.filter(pk=offer.pk).update(gpus_reserved=8)
     a = Assignment.objects.create(job=job, node=node, offer=offer, attempt=1, node_rank=0, gpus=8,
                                   price_per_gpu_hour=offer.price_per_gpu_hour,
                                   status=Assignment.Status.DISPATCHED)
 
-    asyncio.run(_session([{"type": "assignment.accepted", "id": "1", "assignment": a.pk, "seq": 1,
+    # The agent comes back on a smaller machine and accepts the assignment placed on 8 GPUs.
+    asyncio.run(_session([hello(h100s(2)),
+                          {"type": "assignment.accepted", "id": "1", "assignment": a.pk, "seq": 1,
                            "rdzv": {"host": "10.0.0.5", "port": 29500}}]))
 
     a.refresh_from_db(), offer.refresh_from_db(), job.refresh_from_db()
@@ -133,4 +141,4 @@ def test_an_offer_raised_after_the_node_connected_is_caught_when_it_accepts(h100
     assert offer.status == Offer.Status.PAUSED and "the agent reports 2" in offer.status_reason
     assert offer.gpus_reserved == 0 and node.pk in job.excluded_nodes
     assert job.status in (Job.Status.INTERRUPTED, Job.Status.MATCHING)
-    assert AuditEvent.objects.filter(action="offer.claims_mismatch", object_id=str(offer.pk)).count() == 1
+    assert AuditEvent.objects.filter(action="offer.claims_mismatch", object_id=str(offer.pk)).count() == 2

@@ -124,6 +124,18 @@ def node_hardware_report(*, node: Node, hardware: Any) -> list[Offer]:
         return _take_off(offers, mismatches(node, offers, report), when="when the node connected")
 
 
+def node_offers_recheck(*, node: Node, when: str) -> list[Offer]:
+    """Compare the node's active offers with its last report (none yet: checked when its
+    agent connects). Run when an offer is listed or changed, so that a listing raised
+    while the agent is connected does not wait for an accepted assignment to be caught."""
+    node = Node.objects.get(pk=node.pk)
+    if node.hardware_at is None:
+        return []
+    offers = list(Offer.objects.select_for_update().filter(node=node, status=Offer.Status.ACTIVE)
+                  .order_by("pk"))
+    return _take_off(offers, mismatches(node, offers, node.hardware), when=when)
+
+
 def assignment_claims_check(assignment: Assignment) -> str | None:
     """When a node accepts an assignment: does the offer it was placed on still fit what
     the node reported? Returns why not (the offer is then off the market), else None."""

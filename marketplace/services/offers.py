@@ -9,7 +9,7 @@ from django.utils import timezone
 from ..errors import Conflict, MarketError, PermissionDenied
 from ..models import Node, Offer, Organization
 from . import enqueue, live
-from .claims import offer_resume_check
+from .claims import node_offers_recheck, offer_resume_check
 from .staking import provider_stake_total
 
 MAX_PRICE = Decimal("10000")
@@ -90,6 +90,8 @@ def offer_create(*, provider: Organization, node: Node, spec: OfferSpec) -> Offe
         node = Node.objects.select_for_update().get(pk=node.pk)
         fields = _validate(spec, node)
         offer = Offer.objects.create(node=node, **fields, **_node_fields(node))
+        node_offers_recheck(node=node, when="when the offer was listed")
+        offer.refresh_from_db()
         enqueue.rematch_soon()
         return offer
 
@@ -106,6 +108,8 @@ def offer_update(*, provider: Organization, offer: Offer, spec: OfferSpec) -> Of
         for key, value in fields.items():
             setattr(offer, key, value)
         offer.save()
+        node_offers_recheck(node=node, when="when the offer was changed")
+        offer.refresh_from_db()
         enqueue.rematch_soon()
     return offer
 
