@@ -17,10 +17,13 @@ from .base import LiveConsumer
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 1_048_576
-# Per assignment: a burst of 300 data messages, then 150 a second (above the 100 a second a
-# busy job may send). Beyond it a message is refused unacknowledged, so the agent resends
-# it later, in order; nothing is lost.
+# Per node (the id its token authenticated, never a value from the message, which the sender
+# chooses): a burst of 300 data messages, then 150 a second (above the 100 a second a busy
+# job may send). Beyond it a message is refused unacknowledged, so the agent resends it
+# later, in order; nothing is lost.
 RATE_BURST, RATE_PER_S = 300.0, 150.0
+# hello and heartbeat each write the node's row: an honest agent sends one every 5 s.
+CONTROL_BURST, CONTROL_PER_S = 10.0, 1.0
 DRAIN_BATCH = 2000
 # At most this many progress snapshots each 0.25 s tick (40 jobs a second per process).
 SNAPSHOTS_PER_TICK = 10
@@ -43,19 +46,34 @@ def _authenticate(token):
         return None
 
 
+class NodeLimiter:
+    """Token buckets per authenticated node, shared by all of its sockets on this event loop
+    (one per server process):
+    a second connection with the same token does not get a second allowance. (Each server
+    process keeps its own; an agent spreading sockets over N processes gets N times the
+    rate, which is what one honest agent per process costs anyway.)"""
+
+    def __init__(self):
+        self.buckets: dict[tuple[int, str], tuple[float, float]] = {}
+
+    def allow(self, node_id: int, kind: str, burst: float, per_s: float) -> bool:
+        now = time.monotonic()
+        if len(self.buckets) > 50_000:  # nodes long gone: a full bucket is the same as none
+            self.buckets = {k: v for k, v in self.buckets.items() if now - v[1] < burst / per_s}
+        tokens, last = self.buckets.get((node_id, kind), (burst, now))
+        tokens = min(burst, tokens + (now - last) * per_s)
+        allowed = tokens >= 1
+        self.buckets[(node_id, kind)] = (tokens - 1 if allowed else tokens, now)
+        return allowed
+
+
 class AgentConsumer(LiveConsumer):
     node = None
 
-    def _allowed(self, assignment) -> bool:
-        now = time.monotonic()
-        buckets = self.__dict__.setdefault("buckets", {})
-        tokens, last = buckets.get(assignment, (RATE_BURST, now))
-        tokens = min(RATE_BURST, tokens + (now - last) * RATE_PER_S)
-        if tokens < 1:
-            buckets[assignment] = (tokens, now)
-            return False
-        buckets[assignment] = (tokens - 1, now)
-        return True
+    def _allowed(self, kind: str) -> bool:
+        if kind in ("hello", "heartbeat"):
+            return _limiter().allow(self.node.pk, "control", CONTROL_BURST, CONTROL_PER_S)
+        return _limiter().allow(self.node.pk, "data", RATE_BURST, RATE_PER_S)
 
     async def connect(self):
         token = _token(self.scope)
@@ -94,6 +112,9 @@ class AgentConsumer(LiveConsumer):
             await self._error("malformed", "a message is a JSON object with a 'type'")
             return
         kind, ref = message["type"], message.get("id")
+        if not self._allowed(kind):
+            await self._error("rate_limited", "too many messages from this node; resend later", ref)
+            return
         if kind == "hello":
             try:
                 out = await database_sync_to_async(execution.agent_hello)(node=self.node, hello=message)
@@ -108,13 +129,6 @@ class AgentConsumer(LiveConsumer):
                                                                           unacked=unacked,
                                                                           steps=message.get("steps"))
         else:
-            # One bucket per assignment id; anything else (a list would not even hash) shares
-            # one, and parse_data refuses it.
-            assignment = message.get("assignment")
-            if not self._allowed(assignment if isinstance(assignment, int) else None):
-                await self._error("rate_limited", "too many messages for this assignment; resend later",
-                                  ref)
-                return
             self.ingest.put(self, message)
             return
         for item in out:
@@ -264,3 +278,13 @@ def _ingest() -> Ingest:
     if loop not in _ingests:
         _ingests[loop] = Ingest()
     return _ingests[loop]
+
+
+_limiters: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, NodeLimiter]" = weakref.WeakKeyDictionary()
+
+
+def _limiter() -> NodeLimiter:
+    loop = asyncio.get_running_loop()
+    if loop not in _limiters:
+        _limiters[loop] = NodeLimiter()
+    return _limiters[loop]
