@@ -103,11 +103,25 @@ def node_update(*, node: Node, spec: NodeSpec, actor=None) -> Node:
         raise MarketError(f"Your offers on this node list {offered} GPUs; reduce them first.",
                           field="gpu_count")
     with transaction.atomic():
+        before = Node.objects.select_for_update().get(pk=node.pk)
         claimed = fields["compliance_claimed"]
         for key, value in fields.items():
             setattr(node, key, value)
         # A tag dropped from the claims is no longer verified either.
-        node.compliance_verified &= claimed
+        node.compliance_verified = before.compliance_verified & claimed
+        # An auditor verified a machine in a place, with its hardware, run by its provider:
+        # another region, GPU model or provider is another machine as far as the tags go.
+        moved = [(name, old, new) for name, old, new in (
+            ("region", before.region, node.region), ("gpu_model", before.gpu_model, node.gpu_model),
+            ("provider", before.provider_id, node.provider_id)) if old != new]
+        if moved and node.compliance_verified:
+            dropped = catalogue.compliance_tags(node.compliance_verified)
+            node.compliance_verified = 0
+            changes = "; ".join(f"{name} {old} → {new}" for name, old, new in moved)
+            audit_record(actor=actor, action="node.compliance_unverified", obj=node,
+                         message=f"Verified tags {', '.join(dropped)} of {node.name} dropped to "
+                                 f"unverified: {changes}.",
+                         data={"tags": dropped, "changes": {n: [str(o), str(v)] for n, o, v in moved}})
         node.save()
         _sync_offers(node)
     return node
