@@ -168,6 +168,17 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "home"
+# Behind this many reverse proxies (load balancer, nginx) the client's address is the N-th
+# from the right of X-Forwarded-For; 0 ignores the header, which the client writes itself
+# (marketplace/services/login_throttle.client_address; DRF's throttles use the same count).
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+if TRUSTED_PROXY_COUNT < 0:
+    raise ImproperlyConfigured("TRUSTED_PROXY_COUNT is the number of proxies in front: 0 or more.")
+# Failed sign-ins (the login page and the token endpoint together) allowed per account and
+# per client address within LOGIN_FAILURE_WINDOW_S of the first; then refused until it ends.
+LOGIN_FAILURES_PER_ACCOUNT = env.int("LOGIN_FAILURES_PER_ACCOUNT", default=10)
+LOGIN_FAILURES_PER_ADDRESS = env.int("LOGIN_FAILURES_PER_ADDRESS", default=50)
+LOGIN_FAILURE_WINDOW_S = env.int("LOGIN_FAILURE_WINDOW_S", default=900)
 
 # --- Internationalisation: UTC in storage and APIs, the browser shows local time ----
 LANGUAGE_CODE = "en-us"
@@ -222,6 +233,9 @@ REST_FRAMEWORK = {
         "anon": env.str("THROTTLE_ANON", default="600/min"),
         "user": env.str("THROTTLE_USER", default="3000/min"),
     },
+    # Unset, DRF keys anonymous throttles on the whole X-Forwarded-For header: a client that
+    # rotates it gets a fresh allowance per request.
+    "NUM_PROXIES": TRUSTED_PROXY_COUNT,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "ComputeMesh API",
@@ -297,6 +311,44 @@ JOB_MAX_ATTEMPTS = env.int("JOB_MAX_ATTEMPTS", default=3)
 # Lifetime of the token an agent uses to fetch a dataset and upload checkpoints.
 ASSIGNMENT_TOKEN_TTL_S = env.int("ASSIGNMENT_TOKEN_TTL_S", default=12 * 3600)
 CHECKPOINT_MAX_BYTES = env.int("CHECKPOINT_MAX_BYTES", default=512 * 1_048_576)
+# What one job's checkpoints may take on the platform, all attempts together: beyond either
+# an upload is refused (409, the reason), so a provider cannot fill the platform's disk.
+CHECKPOINTS_MAX_PER_JOB = env.int("CHECKPOINTS_MAX_PER_JOB", default=200)
+CHECKPOINT_BYTES_MAX_PER_JOB = env.int("CHECKPOINT_BYTES_MAX_PER_JOB", default=20 * 1024 * 1_048_576)
+
+
+def _secret(name: str) -> str:
+    """A secret from NAME, or read from the file NAME_FILE names (a Docker or Kubernetes
+    secret); both set is a mistake."""
+    path = env.str(f"{name}_FILE", default="")
+    value = env.str(name, default="")
+    if path and value:
+        raise ImproperlyConfigured(f"Set {name} or {name}_FILE, not both.")
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise ImproperlyConfigured(f"{name}_FILE: cannot read {path}: {exc}") from None
+    return value
+
+
+# Encrypts uploaded datasets at rest (AES-256-GCM; marketplace/services/datasets.py): 32
+# random bytes, URL-safe base64 (`python -c "import base64,os;print(base64.urlsafe_b64encode(
+# os.urandom(32)).decode())"`). Unset: derived from SECRET_KEY, so that a rotated SECRET_KEY
+# would make the stored datasets unreadable - production sets its own.
+DATASET_ENCRYPTION_KEY = _secret("DATASET_ENCRYPTION_KEY")
+if DATASET_ENCRYPTION_KEY:
+    import base64 as _b64
+    import binascii as _binascii
+
+    try:
+        _key_ok = len(_b64.urlsafe_b64decode(DATASET_ENCRYPTION_KEY)) == 32
+    except (_binascii.Error, ValueError):
+        _key_ok = False
+    if not _key_ok:
+        raise ImproperlyConfigured("DATASET_ENCRYPTION_KEY must be 32 bytes in URL-safe base64 "
+                                   "(44 characters).")
+
 # Agents heartbeat this often; start messages not accepted after this long are resent.
 AGENT_HEARTBEAT_S = env.float("AGENT_HEARTBEAT_S", default=5.0)
 # Budget safety: how often running jobs' spend is checked; the nodes are asked to checkpoint

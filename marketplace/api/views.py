@@ -13,7 +13,7 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.authtoken.models import Token
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException, NotFound, ValidationError
+from rest_framework.exceptions import APIException, NotFound, Throttled, ValidationError
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
@@ -35,6 +35,7 @@ from ..selectors.verification import job_model_downloadable, job_verification_re
 from ..services import budget as budget_services
 from ..services import datasets as dataset_services
 from ..services import jobs as job_services
+from ..services import login_throttle
 from ..services import nodes as node_services
 from ..services import offers as offer_services
 from ..services import payments as payment_services
@@ -50,6 +51,7 @@ ERRORS = {code: OpenApiResponse(s.ErrorSerializer, description=text) for code, t
     400: "Invalid input; `field` names it.", 401: "Not authenticated.",
     403: "Not allowed for your organization.", 404: "Not found (or not yours).",
     409: "Not possible in the object's current state.", 413: "The body is too large.",
+    429: "Too many attempts; `Retry-After` says when to try again.",
     503: "The chain node did not answer or refused the transaction; nothing was paid.",
 }.items()}
 ID = r"\d{1,18}"
@@ -71,15 +73,21 @@ class TokenView(APIView):
     parser_classes = [JSONParser, FormParser]
 
     @extend_schema(request=s.TokenRequestSerializer,
-                   responses={200: s.TokenSerializer, **_errors(400)}, auth=[])
+                   responses={200: s.TokenSerializer, **_errors(400, 429)}, auth=[])
     def post(self, request):
         data = s.TokenRequestSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        user = authenticate(request=request._request, username=data.validated_data["username"],
+        # The login page's throttle too (services/login_throttle.py): by account and address.
+        username, address = data.validated_data["username"], login_throttle.client_address(request)
+        if wait := login_throttle.login_wait(username=username, address=address):
+            raise Throttled(wait=wait, detail=login_throttle.wait_message(wait))
+        user = authenticate(request=request._request, username=username,
                             password=data.validated_data["password"])
         if user is None or not user.is_active:
+            login_throttle.login_failed(username=username, address=address)
             raise ValidationError({"non_field_errors": [
                 "Unable to log in with that username and password."]}, code="authorization")
+        login_throttle.login_succeeded(username=username)
         token, _ = Token.objects.get_or_create(user=user)
         return Response({"token": token.key})
 

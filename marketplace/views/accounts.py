@@ -1,6 +1,9 @@
 from django.contrib import messages
 from django.contrib.auth import login
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import AuthenticationForm
+from django.core.exceptions import ValidationError
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
@@ -8,7 +11,40 @@ from ..errors import MarketError
 from ..forms import SignupForm
 from ..models import Membership
 from ..selectors.accounts import organization_of
+from ..services import login_throttle
 from ..services.accounts import organization_rotate_join_code, user_signup
+
+
+class ThrottledAuthenticationForm(AuthenticationForm):
+    """The sign-in form, under the token endpoint's throttle (services/login_throttle.py)."""
+
+    throttled = False
+
+    def clean(self):
+        username = self.cleaned_data.get("username") or ""
+        address = login_throttle.client_address(self.request)
+        if wait := login_throttle.login_wait(username=username, address=address):
+            self.throttled = True
+            raise ValidationError(login_throttle.wait_message(wait), code="throttled")
+        try:
+            data = super().clean()
+        except ValidationError:
+            login_throttle.login_failed(username=username, address=address)
+            raise
+        login_throttle.login_succeeded(username=username)
+        return data
+
+
+class LoginView(auth_views.LoginView):
+    form_class = ThrottledAuthenticationForm
+    template_name = "accounts/login.html"
+    redirect_authenticated_user = True
+
+    def form_invalid(self, form):
+        response = super().form_invalid(form)
+        if form.throttled:  # the page says why; scripts see the status
+            response.status_code = 429
+        return response
 
 
 def signup(request):

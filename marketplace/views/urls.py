@@ -6,8 +6,7 @@ from . import accounts, datasets, jobs, market, provider, stake, wallets
 urlpatterns = [
     path("", market.home, name="home"),
     # Accounts
-    path("login/", auth_views.LoginView.as_view(template_name="accounts/login.html",
-                                                redirect_authenticated_user=True), name="login"),
+    path("login/", accounts.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("signup/", accounts.signup, name="signup"),
     path("organization/", accounts.organization, name="organization"),
