@@ -25,7 +25,7 @@ REDIS_HOST := 127.0.0.1
 REDIS_PORT ?= 6379
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: help install demo test lint checks services chromium migrate serve bench chaos clean distclean
+.PHONY: help install demo test lint checks services chromium migrate serve bench chaos soak clean distclean
 
 help:
 	@echo "make demo     install, migrate, seed and serve the demo at http://$(BIND):$(PORT)/"
@@ -36,6 +36,7 @@ help:
 	@echo "make bench    bench/offer_search.py against PostgreSQL"
 	@echo "make slow     the ten-minute DDP and DiLoCo jobs across two agents (tests/test_long_runs.py)"
 	@echo "make chaos    the long chaos run (tests/chaos; figures in test-results/chaos.json)"
+	@echo "make soak     an hour of 2-node jobs under agent kills (CHAOS_SOAK_S; counts in test-results/soak.json)"
 	@echo "make clean    remove caches, build output, var/ and the demo database"
 	@echo "make distclean  clean, and remove $(VENV)"
 
@@ -184,7 +185,16 @@ CHAOS_TIMEOUT_S ?= 1500
 chaos: install contracts services
 	@CHAOS_JOBS=$(CHAOS_JOBS) CHAOS_NODES=$(CHAOS_NODES) CHAOS_AGENT_KILLS=$(CHAOS_AGENT_KILLS) \
 	  CHAOS_EPOCHS=$(CHAOS_EPOCHS) CHAOS_TIMEOUT_S=$(CHAOS_TIMEOUT_S) \
-	  $(VENV)/bin/pytest -m chaos tests/chaos $(PYTEST_ARGS)
+	  $(VENV)/bin/pytest -m chaos tests/chaos/test_chaos.py $(PYTEST_ARGS)
+
+# The soak: 2-node paid jobs one after another for CHAOS_SOAK_S seconds under agent kills
+# (tests/chaos/test_soak.py); its counts go to test-results/soak.json. `make soak
+# CHAOS_SOAK_S=300` is the 5-minute form.
+CHAOS_SOAK_S ?= 3600
+CHAOS_SOAK_KILL_EVERY_S ?= 60
+soak: install contracts services
+	@CHAOS_SOAK_S=$(CHAOS_SOAK_S) CHAOS_SOAK_KILL_EVERY_S=$(CHAOS_SOAK_KILL_EVERY_S) \
+	  $(VENV)/bin/pytest -m chaos tests/chaos/test_soak.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build dist *.egg-info test-results bench/results var
