@@ -12,12 +12,15 @@ from .services.staking import dispute_dismiss, dispute_slash_enqueue
 
 @admin.register(Dispute)
 class DisputeAdmin(ViewOnlyWithActionsMixin, admin.ModelAdmin):
-    list_display = ["id", "job", "provider", "reason", "status", "slash_display", "created_at", "resolved_at"]
-    list_filter = ["status", "reason"]
+    list_display = ["id", "job", "provider", "reason", "attributed", "status", "slash_display", "created_at",
+                    "resolved_at"]
+    # Unattributed disputes (a replay mismatch across nodes, an error while verifying) wait
+    # for staff: nothing slashes them (services/staking.dispute_slash).
+    list_filter = ["status", "attributed", "reason"]
     search_fields = ["=job__id", "provider__name"]
     list_select_related = ["job", "provider"]
     raw_id_fields = ["job", "assignment", "verification"]
-    fields = ["job", "assignment", "provider", "verification", "reason", "detail", "status",
+    fields = ["job", "assignment", "provider", "verification", "reason", "attributed", "detail", "status",
               "slash_display", "slash_link", "slash_note", "created_at", "resolved_at"]
     readonly_fields = fields
     show_full_result_count = False
@@ -36,7 +39,8 @@ class DisputeAdmin(ViewOnlyWithActionsMixin, admin.ModelAdmin):
         slash = getattr(obj, "slash", None)
         return slash.note if slash is not None else ""
 
-    @admin.action(description="Slash the provider's stake (amount by policy; to the consumer)",
+    @admin.action(description="Slash the provider's stake (amount by policy; to the treasury; attributed "
+                              "disputes only)",
                   permissions=["change"])
     def slash(self, request, queryset: QuerySet[Dispute]):
         queued = [d for d in queryset.order_by("pk") if d.status == Dispute.Status.OPEN]

@@ -110,6 +110,9 @@ def test_a_checkpoint_ahead_of_the_progress_reported_is_rejected(client):
     Checkpoint.objects.filter(pk=ckpt.pk).update(created_at=timezone.now() - timedelta(minutes=1))
     assert verification.checkpoint_validate(checkpoint_id=ckpt.pk) == C.REJECTED
     assert "ahead of the progress" in Checkpoint.objects.get(pk=ckpt.pk).rejected_reason
+    # A redelivered task (acks_late) or the stale re-queue changes nothing and says it once.
+    assert verification.checkpoint_validate(checkpoint_id=ckpt.pk) == C.REJECTED
+    assert job.events.filter(reason="checkpoint_rejected").count() == 1
     # A checkpoint that says another step than it was uploaded as is refused too.
     agent.progress(60)
     assert agent.checkpoint(60, checkpoint_bytes(59, model.state_dict(), opt.state_dict())).status_code == 201

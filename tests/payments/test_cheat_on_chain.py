@@ -1,5 +1,5 @@
 """A cheat, end to end and on chain: a staked provider that skips updates trains a funded
-job; the verifier catches it, the provider is slashed on chain to the consumer, the job runs
+job; the verifier catches it, the provider is slashed on chain to the treasury, the job runs
 again on an honest provider, and the settlement pays the honest work only. Real parts: the
 hardhat JSON-RPC node, daphne, a Celery worker on every queue (the chain sender among
 them), real agents and torch.distributed."""
