@@ -11,6 +11,8 @@ from pathlib import Path
 
 from django.conf import settings
 
+from .platform_logs import LogFile, watch
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -36,7 +38,12 @@ def asgi_server(timeout: float = 30.0):
     port = free_port()
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "webapp.settings_test",
            "DATABASE_URL": test_database_url(), "DATABASE_POOL_MIN": "1"}
-    log = open(ROOT / "test-results" / "daphne.log", "w")  # noqa: SIM115
+    # One log per server (other test runs on the machine start theirs meanwhile), read at
+    # the test's teardown (tests/platform_logs.py).
+    path = ROOT / "test-results" / "browser" / f"daphne-{port}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(path, "w")  # noqa: SIM115
+    watch(LogFile(path))
     proc = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
          "webapp.asgi:application"],
@@ -46,7 +53,7 @@ def asgi_server(timeout: float = 30.0):
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"daphne exited with {proc.returncode}; see test-results/daphne.log")
+                raise RuntimeError(f"daphne exited with {proc.returncode}; see {path}")
             try:
                 with urllib.request.urlopen(base + "/", timeout=2) as r:
                     if r.status == 200:
@@ -54,7 +61,7 @@ def asgi_server(timeout: float = 30.0):
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("daphne did not answer in time; see test-results/daphne.log")
+                raise RuntimeError(f"daphne did not answer in time; see {path}")
             time.sleep(0.2)
         yield base
     finally:
