@@ -53,6 +53,7 @@ from .services.nodes import (
 )
 from .services.offers import OfferSpec, offer_create, offer_set_status, offer_spec_validate, offer_update
 from .services.payments import escrow_force_refund, escrow_lost_refund
+from .services.suspension import organization_suspend, organization_unsuspend
 
 admin.site.site_header = "ComputeMesh administration"
 admin.site.site_title = "ComputeMesh admin"
@@ -194,8 +195,28 @@ class OrganizationAdmin(admin.ModelAdmin):
     list_filter = ["kind", "sector", "is_verified", "is_suspended"]
     search_fields = ["name", "slug"]
     ordering = ["name"]
-    readonly_fields = ["slug", "join_code", "created_at"]
+    # Suspension goes through its service (the actions): it disconnects the agents, takes the
+    # offers off the market and stops running work, which flipping the flag would not.
+    readonly_fields = ["slug", "is_suspended", "join_code", "created_at"]
     inlines = [MembershipInline]
+    actions = ["suspend_organizations", "unsuspend_organizations"]
+
+    @admin.action(description="Suspend selected organizations (disconnects their agents, takes their "
+                              "offers off the market, stops their running work)", permissions=["change"])
+    def suspend_organizations(self, request, queryset: QuerySet[Organization]):
+        orgs = list(queryset.filter(is_suspended=False))
+        for org in orgs:
+            organization_suspend(organization=org, actor=request.user,
+                                 reason=f"suspended by {request.user.get_username()} in the admin")
+        self.message_user(request, f"Suspended {len(orgs)} organization(s).", messages.SUCCESS)
+
+    @admin.action(description="Lift the suspension of selected organizations", permissions=["change"])
+    def unsuspend_organizations(self, request, queryset: QuerySet[Organization]):
+        orgs = list(queryset.filter(is_suspended=True))
+        for org in orgs:
+            organization_unsuspend(organization=org, actor=request.user)
+        self.message_user(request, f"Lifted the suspension of {len(orgs)} organization(s); their "
+                                   "offers stay paused until the providers resume them.", messages.SUCCESS)
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         if obj is None:

@@ -1,7 +1,7 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from . import stake, views
+from . import organizations, stake, views
 
 router = DefaultRouter()
 router.register("templates", views.TemplateViewSet, basename="template")
@@ -11,6 +11,7 @@ router.register("jobs", views.JobViewSet, basename="job")
 router.register("datasets", views.DatasetViewSet, basename="dataset")
 router.register("wallets", views.WalletViewSet, basename="wallet")
 router.register("stake", stake.StakeViewSet, basename="stake")
+router.register("organizations", organizations.OrganizationViewSet, basename="organization")
 
 app_name = "api"
 urlpatterns = [

@@ -138,6 +138,12 @@ class AgentConsumer(LiveConsumer):
         """A message for this node's agent from a task or service (after its commit)."""
         await self.send(json.dumps(event["message"]))
 
+    async def agent_close(self, event):
+        """The platform took this node off (its organization was suspended): say why and
+        close; its token is refused at the next handshake (services/suspension.py)."""
+        await _quietly(self._error("suspended", str(event.get("reason", ""))[:500]))
+        await self.close(code=int(event.get("code", 4403)))
+
 
 class Ingest:
     """The data messages of all agent sockets in this process go through one queue. One

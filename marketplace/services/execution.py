@@ -842,18 +842,27 @@ def node_lost(*, node_id: int, reason: str = "heartbeats stopped") -> int:
                Assignment.objects.filter(node_id=node_id, status__in=Assignment.ACTIVE))
 
 
-def _assignment_lost(assignment: Assignment, reason: str) -> bool:
+def node_assignments_stop(*, node_id: int, reason: str) -> int:
+    """The platform takes a node out (its organization suspended): its work ends cancelled
+    with the reason and each job resumes elsewhere from its last checkpoint, without it."""
+    return sum(_assignment_lost(assignment, reason, status=A.CANCELLED, why="node_removed",
+                                what="was taken off the platform")
+               for assignment in Assignment.objects.filter(node_id=node_id, status__in=Assignment.ACTIVE))
+
+
+def _assignment_lost(assignment: Assignment, reason: str, *, status: str = A.LOST, why: str = "node_lost",
+                     what: str = "was lost") -> bool:
     """The node lost this assignment's work: end it and resume the job elsewhere."""
     node_id = assignment.node_id
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=assignment.job_id)
-        if not _end(assignment, A.LOST, reason):
+        if not _end(assignment, status, reason):
             return False
         if is_diloco(job) and assignment.node_rank > 0 and assignment.attempt == job.attempt:
-            _diloco_node_gone(job, assignment, f"node {node_id} was lost ({reason})")
+            _diloco_node_gone(job, assignment, f"node {node_id} {what} ({reason})")
             return True
-        _interrupt(job, reason="node_lost",
-                   message=f"Node {node_id} was lost ({reason}); resuming elsewhere from the "
+        _interrupt(job, reason=why,
+                   message=f"Node {node_id} {what} ({reason}); resuming elsewhere from the "
                            "last checkpoint.", exclude_node=node_id)
     return True
 

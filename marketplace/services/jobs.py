@@ -14,6 +14,8 @@ def job_submit(*, owner: Organization, spec: JobSpec, actor=None) -> Job:
     """Validate and record a job; it then waits for its escrow to be funded."""
     if not owner.is_consumer:
         raise PermissionDenied("Only consumer organizations can submit jobs.")
+    if owner.is_suspended:
+        raise PermissionDenied("Your organization is suspended; contact support.")
     spec = job_spec_validate(spec=spec, owner=owner)
     with transaction.atomic():
         job = Job.objects.create(

@@ -82,6 +82,8 @@ def node_create(*, provider: Organization, spec: NodeSpec, actor=None) -> tuple[
     """Register a machine. Returns the node and its agent token, shown this once."""
     if not provider.is_provider:
         raise PermissionDenied("Only provider organizations can register nodes.")
+    if provider.is_suspended:
+        raise PermissionDenied("Your organization is suspended; contact support.")
     fields = _validate(spec)
     if Node.objects.filter(provider=provider, name=fields["name"]).exists():
         raise MarketError("You already have a node with this name.", field="name")
@@ -139,7 +141,7 @@ def node_rotate_token(*, node: Node, actor=None) -> str:
 
 def node_by_token(token: str) -> Node:
     node = Node.objects.select_related("provider").filter(token_hash=hash_token(token)).first()
-    if node is None or node.status == Node.Status.SUSPENDED:
+    if node is None or node.status == Node.Status.SUSPENDED or node.provider.is_suspended:
         raise NotFound("Unknown or revoked agent token.")
     return node
 
@@ -189,8 +191,10 @@ def node_set_presence(*, node_id: int, online: bool, heartbeat_at=None,
                       benchmark_tflops: Decimal | None = None, agent_version: str = "") -> None:
     """Used by the agent connection and the heartbeat watchdog."""
     with transaction.atomic():
-        node = Node.objects.select_for_update().get(pk=node_id)
-        if node.status == Node.Status.SUSPENDED:
+        node = Node.objects.select_for_update(of=("self",)).select_related("provider").get(pk=node_id)
+        # A heartbeat already on its way when the organization was suspended does not bring
+        # the node back (services/suspension.py).
+        if node.status == Node.Status.SUSPENDED or (online and node.provider.is_suspended):
             return
         was_online = node.status == Node.Status.ONLINE
         node.status = Node.Status.ONLINE if online else Node.Status.OFFLINE

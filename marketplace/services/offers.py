@@ -79,6 +79,8 @@ def _node_fields(node: Node) -> dict:
 def _check_owner(provider: Organization, node: Node) -> None:
     if node.provider_id != provider.pk:
         raise PermissionDenied("That node belongs to another provider.")
+    if node.provider.is_suspended:
+        raise PermissionDenied("The organization is suspended; its offers cannot change.")
     if node.status == Node.Status.SUSPENDED:
         raise PermissionDenied("That node is suspended; its offers cannot change.")
 
@@ -122,6 +124,8 @@ def offer_set_status(*, provider: Organization | None, offer: Offer, status: str
         _check_owner(provider, offer.node)
     elif status == Offer.Status.ACTIVE and offer.node.status == Node.Status.SUSPENDED:
         raise Conflict("The node is suspended; lift the suspension first.")
+    elif status == Offer.Status.ACTIVE and offer.node.provider.is_suspended:
+        raise Conflict("The organization is suspended; lift its suspension first.")
     if status == Offer.Status.ACTIVE and (why := offer_resume_check(offer)):
         # Taken off the market because the node reported less than it lists (services/claims.py).
         raise Conflict(f"This offer cannot go back on the market: {why}. List what the node has, "
