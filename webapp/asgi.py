@@ -2,6 +2,7 @@
 
 import gc
 import os
+import sys
 
 from django.core.asgi import get_asgi_application
 
@@ -15,10 +16,16 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from marketplace.consumers.auth import TokenAuthMiddleware  # noqa: E402
 from marketplace.routing import websocket_urlpatterns  # noqa: E402
+from webapp.limits import RequestLimits, daphne_limits  # noqa: E402
+
+if "twisted.web.http" in sys.modules:
+    # Served by daphne: refuse oversized bodies before Twisted reads them into memory, and
+    # answer overlong request lines instead of dropping the connection (webapp/limits.py).
+    daphne_limits()
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": RequestLimits(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
         ),

@@ -14,7 +14,7 @@ from rest_framework.authentication import SessionAuthentication, TokenAuthentica
 from rest_framework.authtoken.models import Token
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, NotFound, Throttled, ValidationError
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -45,6 +45,7 @@ from ..services.matching import quote_job
 from . import serializers as s
 from .filters import JobFilter, OfferFilter
 from .pagination import IdSubqueryPagination
+from .parsers import DepthLimitedJSONParser
 from .permissions import IsConsumer, IsProvider
 
 ERRORS = {code: OpenApiResponse(s.ErrorSerializer, description=text) for code, text in {
@@ -70,7 +71,7 @@ class TokenView(APIView):
 
     permission_classes = [AllowAny]
     authentication_classes: list = []
-    parser_classes = [JSONParser, FormParser]
+    parser_classes = [DepthLimitedJSONParser, FormParser]
 
     @extend_schema(request=s.TokenRequestSerializer,
                    responses={200: s.TokenSerializer, **_errors(400, 429)}, auth=[])
