@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from eth_account import Account
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DATABASE_URL = os.environ.get(
@@ -21,7 +22,8 @@ SETTINGS_VARS = ("DEBUG", "SECRET_KEY", "ALLOWED_HOSTS", "DATABASE_URL", "REDIS_
                  "CELERY_BROKER_URL", "CELERY_TASK_ALWAYS_EAGER", "STATIC_MANIFEST",
                  "SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE",
                  "SECURE_HSTS_SECONDS", "CSRF_TRUSTED_ORIGINS", "DJANGO_SETTINGS_MODULE",
-                 "ESCROW_ENABLED", "CHAIN_RPC_URL", "CHAIN_OPERATOR_KEY")
+                 "ESCROW_ENABLED", "CHAIN_RPC_URL", "CHAIN_OPERATOR_KEY", "CHAIN_TREASURY_ADDRESS",
+                 "CHAIN_ADMIN_ADDRESS", "CHAIN_PAUSER_ADDRESS")
 
 
 def production_env(**overrides: str | None) -> dict[str, str]:
@@ -34,6 +36,8 @@ def production_env(**overrides: str | None) -> dict[str, str]:
         ALLOWED_HOSTS="example.com",
         DATABASE_URL=TEST_DATABASE_URL,
         CHAIN_RPC_URL="https://rpc.example.com", CHAIN_OPERATOR_KEY="0x" + secrets.token_hex(32),
+        CHAIN_TREASURY_ADDRESS="0x" + secrets.token_hex(20), CHAIN_ADMIN_ADDRESS="0x" + secrets.token_hex(20),
+        CHAIN_PAUSER_ADDRESS="0x" + secrets.token_hex(20),
     )
     for key, value in overrides.items():
         if value is None:
@@ -61,11 +65,28 @@ def test_production_settings_pass_check_deploy():
     assert "System check identified no issues" in result.stdout
 
 
-def test_check_deploy_warns_about_a_development_chain_in_production():
-    result = manage("check", "--deploy", "--fail-level", "WARNING",
+def test_check_deploy_fails_on_a_development_chain_in_production():
+    # --fail-level ERROR: these are errors, not warnings a deployment could wave through.
+    result = manage("check", "--deploy", "--fail-level", "ERROR",
                     env=production_env(CHAIN_RPC_URL=None, CHAIN_OPERATOR_KEY=None))
     assert result.returncode != 0
-    assert "computemesh.W001" in result.stderr and "computemesh.W002" in result.stderr
+    assert "computemesh.E001" in result.stderr and "computemesh.E002" in result.stderr
+
+
+def test_check_deploy_fails_without_a_treasury_or_with_one_key_for_every_role():
+    """Issue 12, items 3 and 10: unset, the treasury was a development address whose key is
+    derived from a public string, and the operator's hot key was admin and pauser too."""
+    result = manage("check", "--deploy", "--fail-level", "ERROR", env=production_env(
+        CHAIN_TREASURY_ADDRESS=None, CHAIN_ADMIN_ADDRESS=None, CHAIN_PAUSER_ADDRESS=None))
+    assert result.returncode != 0
+    for setting in ("CHAIN_TREASURY_ADDRESS", "CHAIN_ADMIN_ADDRESS", "CHAIN_PAUSER_ADDRESS"):
+        assert f"{setting} is empty" in result.stderr, result.stderr
+    key = "0x" + secrets.token_hex(32)
+    operator = Account.from_key(key).address
+    result = manage("check", "--deploy", "--fail-level", "ERROR", env=production_env(
+        CHAIN_OPERATOR_KEY=key, CHAIN_ADMIN_ADDRESS=operator, CHAIN_PAUSER_ADDRESS=operator.lower()))
+    assert result.returncode != 0
+    assert "computemesh.E004" in result.stderr and "admin, operator, pauser" in result.stderr
 
 
 @pytest.mark.parametrize("debug", ["0", None], ids=["DEBUG=0", "DEBUG-unset"])

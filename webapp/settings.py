@@ -271,7 +271,15 @@ CHAIN_OPERATOR_KEY = env.str("CHAIN_OPERATOR_KEY", default="")
 # Production pays in an existing stablecoin (USDC): its address. Empty: `chain_deploy`
 # deploys the development token tUSD.
 CHAIN_TOKEN_ADDRESS = env.str("CHAIN_TOKEN_ADDRESS", default="")
+# Where the platform fee is credited (a multisig). Empty: a development address, on
+# development chains only (`chain_deploy` refuses any other chain without it).
 CHAIN_TREASURY_ADDRESS = env.str("CHAIN_TREASURY_ADDRESS", default="")
+# The contracts' other roles, by address (their keys never reach the platform): the admin
+# grants and revokes roles (a cold key or multisig), the pauser pauses funding and
+# settlement. Empty: the operator holds them, on development chains only; `check --deploy`
+# requires admin, pauser and operator to be three different addresses.
+CHAIN_ADMIN_ADDRESS = env.str("CHAIN_ADMIN_ADDRESS", default="")
+CHAIN_PAUSER_ADDRESS = env.str("CHAIN_PAUSER_ADDRESS", default="")
 CHAIN_CONFIRMATIONS = env.int("CHAIN_CONFIRMATIONS", default=1)
 CHAIN_RECEIPT_TIMEOUT_S = env.float("CHAIN_RECEIPT_TIMEOUT_S", default=60.0)
 CHAIN_RESEND_AFTER_S = env.float("CHAIN_RESEND_AFTER_S", default=30.0)

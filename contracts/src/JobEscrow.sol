@@ -4,16 +4,21 @@ pragma solidity 0.8.30;
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 
 /// @title ComputeMesh job escrow
-/// @notice A consumer funds a job's budget in the settlement token; the platform's operator
-///         settles it once: each provider's payout and the platform fee are credited, the rest
+/// @notice A consumer funds a job's budget in the settlement token, on terms the platform's
+///         operator signed for that consumer (EIP-712 `FundTerms`: job id, consumer, amount,
+///         deadline); the operator settles it once: each provider's payout and the platform fee are credited, the rest
 ///         goes back to the consumer. Credits are pull payments (`withdraw`, or `withdrawFor`,
 ///         which anyone may call because it only ever pays an account its own balance).
 ///         If the platform never settles, the consumer takes the whole deposit back after the
-///         job's deadline, even while the escrow is paused.
+///         job's deadline, even while the escrow is paused. Only the consumer the terms name can
+///         fund, top up or refund a job id: nobody can take a job id first (front-running)
+///         or pick their own deadline (funding, being served, and refunding before settlement).
 /// @dev Invariant: token.balanceOf(this) == sum of Funded deposits + sum of owed.
 ///      The token must move exactly the amount asked (no fee-on-transfer or rebasing tokens).
 ///
@@ -23,11 +28,14 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 ///      a job whose terms say Funded but whose deposit slot is empty has been Settled
 ///      (`escrows` and the errors report it as such). A refund records Refunded. A Funded
 ///      job's deposit slot is never empty: the consumer is its funder and the amount > 0.
-contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
+contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 {
     using SafeERC20 for IERC20;
 
     bytes32 public constant OPERATOR_ROLE = keccak256("OPERATOR_ROLE");
     bytes32 public constant PAUSER_ROLE = keccak256("PAUSER_ROLE");
+    /// @notice EIP-712 type of the terms an operator signs for one funding.
+    bytes32 public constant FUND_TERMS_TYPEHASH =
+        keccak256("FundTerms(bytes32 jobId,address consumer,uint96 amount,uint64 deadline)");
 
     enum State {
         None,
@@ -80,15 +88,24 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
     error NotConsumer(bytes32 jobId, address caller);
     error DeadlineNotReached(bytes32 jobId, uint64 deadline);
     error NothingOwed(address account);
+    error TermsNotSigned(bytes32 jobId, address signer);
 
-    constructor(address token_, address treasury_, address admin, address operator) {
-        if (token_ == address(0) || treasury_ == address(0) || admin == address(0) || operator == address(0)) {
+    /// @param admin    DEFAULT_ADMIN_ROLE: grants and revokes every role (a cold key or multisig).
+    /// @param pauser   PAUSER_ROLE: pauses funding and settlement.
+    /// @param operator OPERATOR_ROLE: signs funding terms, settles, refunds.
+    constructor(address token_, address treasury_, address admin, address pauser, address operator)
+        EIP712("ComputeMesh JobEscrow", "1")
+    {
+        if (
+            token_ == address(0) || treasury_ == address(0) || admin == address(0) || pauser == address(0)
+                || operator == address(0)
+        ) {
             revert ZeroAddress();
         }
         token = IERC20(token_);
         treasury = treasury_;
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
-        _grantRole(PAUSER_ROLE, admin);
+        _grantRole(PAUSER_ROLE, pauser);
         _grantRole(OPERATOR_ROLE, operator);
     }
 
@@ -96,11 +113,24 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
 
     /// @notice Deposit `amount` for `jobId`, pulled from the caller (who must have approved
     ///         it), refundable to the caller from `deadline` on if the job is never settled.
-    function fund(bytes32 jobId, uint96 amount, uint64 deadline) external whenNotPaused nonReentrant {
+    ///         `signature` is an operator's EIP-712 signature of FundTerms(jobId, caller,
+    ///         amount, deadline): the platform signs the job's own terms for the owner's wallet,
+    ///         so another caller, amount or deadline recovers another signer and reverts.
+    function fund(bytes32 jobId, uint96 amount, uint64 deadline, bytes calldata signature)
+        external
+        whenNotPaused
+        nonReentrant
+    {
         if (amount == 0) revert ZeroAmount();
         if (deadline <= block.timestamp) revert DeadlineNotInFuture(deadline);
         Escrow storage e = _escrows[jobId];
         if (e.state != State.None) revert JobExists(jobId, _stateOf(e));
+        // No nonce is needed: a job id is funded at most once, and the terms name the caller.
+        address signer = ECDSA.recoverCalldata(
+            _hashTypedDataV4(keccak256(abi.encode(FUND_TERMS_TYPEHASH, jobId, msg.sender, amount, deadline))),
+            signature
+        );
+        if (!hasRole(OPERATOR_ROLE, signer)) revert TermsNotSigned(jobId, signer);
         _escrows[jobId] = Escrow({
             deposit: Deposit({consumer: msg.sender, amount: amount}),
             deadline: deadline,
@@ -110,12 +140,15 @@ contract JobEscrow is AccessControl, Pausable, ReentrancyGuardTransient {
         emit JobFunded(jobId, msg.sender, amount, deadline);
     }
 
-    /// @notice Add `amount` to a funded job's deposit. Anyone may pay; whatever is not spent
-    ///         goes back to the job's consumer, never to the payer.
+    /// @notice The job's consumer adds `amount` to its funded deposit. Only the consumer: nobody
+    ///         but the bound consumer acts on a job id (a stranger's money in someone else's
+    ///         escrow could only ever be refunded to that consumer).
     function topUp(bytes32 jobId, uint96 amount) external whenNotPaused nonReentrant {
         if (amount == 0) revert ZeroAmount();
         Escrow storage e = _escrows[jobId];
-        if (e.deposit.consumer == address(0)) revert NotFunded(jobId, _stateOf(e));
+        address consumer = e.deposit.consumer;
+        if (consumer == address(0)) revert NotFunded(jobId, _stateOf(e));
+        if (msg.sender != consumer) revert NotConsumer(jobId, msg.sender);
         uint96 total = e.deposit.amount + amount; // checked: a deposit above 2^96-1 reverts
         e.deposit.amount = total;
         token.safeTransferFrom(msg.sender, address(this), amount);

@@ -349,16 +349,21 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         return self._render(job)
 
     @extend_schema(summary="The transactions a browser wallet sends to fund the escrow",
-                   request=None, responses={200: OpenApiTypes.OBJECT, **_errors(401, 403, 404, 409, 503)})
+                   parameters=[OpenApiParameter(
+                       "address", str, description="The organization's wallet that sends them (default: "
+                       "its only linked wallet); the fund call is signed for it alone.")],
+                   request=None,
+                   responses={200: OpenApiTypes.OBJECT, **_errors(400, 401, 403, 404, 409, 503)})
     @action(detail=True, methods=["get"], url_path="fund-calls")
     def fund_calls(self, request, pk=None):
         """`approve` (the token) then `fund` (the escrow): {to, data} each, for
-        `eth_sendTransaction` through the wallet's EIP-1193 provider."""
+        `eth_sendTransaction` through the wallet's EIP-1193 provider, from `address`: the fund
+        call carries the operator's signature of the job's terms for that wallet only."""
         job = self._own_job(request, pk)
         if job.status != job.Status.SUBMITTED and not payment_services.top_up_due(job):
             raise Conflict(f"Job #{job.pk} is {job.get_status_display().lower()}; only a submitted "
                            "job is funded.")
-        return Response(payment_services.fund_calls(job))
+        return Response(payment_services.fund_calls(job, address=request.query_params.get("address")))
 
     @extend_schema(summary="Download the trained model", request=None,
                    responses={(200, "application/octet-stream"): OpenApiTypes.BINARY,

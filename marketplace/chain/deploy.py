@@ -1,9 +1,12 @@
 """Deploying the contracts and funding development accounts.
 
-The operator key signs settlements and refunds. On a development chain (the in-process EVM,
-or a local node with unlocked accounts) an empty
-CHAIN_OPERATOR_KEY means a fixed development key, which `check --deploy` refuses: it is
-public, like every development key.
+Roles (docs/operations.md, "Chain keys"): the operator key signs funding terms, settlements
+and refunds; the admin (CHAIN_ADMIN_ADDRESS) grants and revokes roles; the pauser
+(CHAIN_PAUSER_ADDRESS) pauses; the fee goes to the treasury (CHAIN_TREASURY_ADDRESS). On a
+development chain (the in-process EVM, or a local node with unlocked accounts) an empty
+CHAIN_OPERATOR_KEY means a fixed development key, and the operator also administers and
+pauses, with the fee credited to a development address; `check --deploy` refuses all of it
+(the development keys are public), and `deploy` refuses any other chain without them.
 """
 
 import time
@@ -16,7 +19,7 @@ from eth_utils import keccak
 from web3 import Web3
 
 from ..payment_models import ChainAccount, ChainContract, ChainCursor, ChainTransaction
-from . import sender
+from . import sender, terms
 from .client import ChainError, chain_id, contract, to_units, unavailable, w3
 
 # 1337 and 31337: local nodes (ganache, hardhat); the last is eth-tester's own chain id.
@@ -48,7 +51,32 @@ def operator_address() -> str:
 
 
 def treasury_address() -> str:
-    return settings.CHAIN_TREASURY_ADDRESS or Account.from_key(DEV_TREASURY_KEY).address
+    """Where the platform fee is credited. The development address's key is derived from a
+    public string: anyone could withdraw what it holds, so only a development chain gets it."""
+    return _role_address("CHAIN_TREASURY_ADDRESS", lambda: Account.from_key(DEV_TREASURY_KEY).address)
+
+
+def admin_address() -> str:
+    """DEFAULT_ADMIN_ROLE (grants and revokes every role): CHAIN_ADMIN_ADDRESS, a cold key or
+    multisig; the operator on a development chain."""
+    return _role_address("CHAIN_ADMIN_ADDRESS", operator_address)
+
+
+def pauser_address() -> str:
+    """PAUSER_ROLE: CHAIN_PAUSER_ADDRESS; the operator on a development chain."""
+    return _role_address("CHAIN_PAUSER_ADDRESS", operator_address)
+
+
+def _role_address(setting: str, development) -> str:
+    value = getattr(settings, setting)
+    if value:
+        if not Web3.is_address(value):
+            raise ChainError(f"{setting} is not an address: {value!r}.", code="not_configured")
+        return Web3.to_checksum_address(value)
+    if not is_dev_chain():
+        raise ChainError(f"{setting} is not set; only a development chain has a default "
+                         f"(chain id {chain_id()} is not one).", code="not_configured")
+    return development()
 
 
 def addresses() -> dict[str, str]:
@@ -67,6 +95,16 @@ def escrow_contract():
         raise ChainError("The escrow contract is not deployed on this chain; run `manage.py chain_deploy`.",
                          code="not_deployed")
     return contract("JobEscrow", found["escrow"])
+
+
+def fund_terms_signature(*, job_key: str, consumer: str, amount: int, deadline: int) -> str:
+    """The operator's signature (0x hex) of the terms `JobEscrow.fund` checks: only
+    `consumer` can fund `job_key`, with exactly `amount` base units and this `deadline`."""
+    signature = terms.sign_fund_terms(
+        key=operator_key(), chain_id=chain_id(), escrow=escrow_contract().address,
+        job_id=bytes.fromhex(job_key.removeprefix("0x")), consumer=Web3.to_checksum_address(consumer),
+        amount=amount, deadline=deadline)
+    return "0x" + signature.hex()
 
 
 def stake_contract():
@@ -109,14 +147,20 @@ def deploy(*, force: bool = False) -> dict[str, str]:
     if is_dev_chain():
         give_gas(operator)
     found = {} if force else {n: a for n, a in addresses().items() if _deployed(a)}
+    if {"token", "escrow", "stake"} <= found.keys():
+        return found
+    # Every role's address before anything is sent: a chain that is not a development one
+    # gets no contract with a public treasury or a single hot key holding every role.
+    treasury, admin, pauser = treasury_address(), admin_address(), pauser_address()
     if "token" not in found:
         found["token"] = _deploy(cid, key, "token", contract("TestUSD").constructor(operator))
     if "escrow" not in found:
         found["escrow"] = _deploy(cid, key, "escrow", contract("JobEscrow").constructor(
-            found["token"], treasury_address(), operator, operator))
+            found["token"], treasury, admin, pauser, operator))
     if "stake" not in found:
+        # ProviderStake's admin also holds its pauser role (one address in its constructor).
         found["stake"] = _deploy(cid, key, "stake", contract("ProviderStake").constructor(
-            found["token"], treasury_address(), operator, operator, settings.STAKE_WITHDRAW_DELAY_S))
+            found["token"], treasury, admin, operator, settings.STAKE_WITHDRAW_DELAY_S))
     return found
 
 

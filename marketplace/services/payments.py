@@ -2,8 +2,10 @@
 and settlement in batches. Money moves only on the chain; every step here is idempotent
 (a retried call finds the work done, and the contract refuses a second settlement).
 
-Flow: `job_fund` (custodial wallet) or the browser funds the escrow → the indexer sees
-`JobFunded` → `escrow_funded` starts matching. When the job ends, `settlements_prepare`
+Flow: `job_fund` (custodial wallet) or the browser funds the escrow, on terms the operator
+signs for one of the owner's wallets (`fund_terms`: the job's key, that wallet, the budget,
+the reclaim deadline; the contract takes nothing else) → the indexer sees `JobFunded` →
+`escrow_funded` checks it against the terms and starts matching. When the job ends, `settlements_prepare`
 meters it; `settlement_batch_send` pays every pending job in one `settleBatch`; the indexer
 sees `JobSettled` → `escrow_closed` settles the job.
 """
@@ -19,11 +21,13 @@ from django.utils import timezone
 
 from .. import job_states
 from ..errors import Conflict, MarketError
-from ..models import Assignment, Escrow, Job, Organization, Payout, Settlement
+from ..models import Assignment, Escrow, Job, Organization, Payout, Settlement, Wallet
 from . import audit, enqueue
 from .metering import job_statement
 from .metering import q as _q
 from .wallets import custodial_key, custodial_wallet, payout_address
+
+W = Wallet.Kind
 
 log = logging.getLogger(__name__)
 S = Job.Status
@@ -31,7 +35,7 @@ A = Assignment.Status
 E = Escrow.Status
 # Jobs that pay (or refund) once they stop: they may have run, and their escrow is funded.
 SETTLE_FROM = (S.COMPLETED, S.CANCELLED, S.FAILED)
-FUND_GAS = 150_000  # measured: fund costs 93,364 (bench/gas.py)
+FUND_GAS = 150_000  # measured: fund costs 101,416 with its signed terms (bench/gas.py)
 
 
 # --- the escrow ---------------------------------------------------------------------
@@ -47,27 +51,68 @@ def reclaim_deadline(job: Job) -> datetime:
     return job.deadline + timedelta(seconds=settings.ESCROW_RECLAIM_AFTER_S)
 
 
-def fund_calls(job: Job) -> dict:
-    """What a wallet in the browser sends: approve the escrow, then fund (the amount is the
-    job's budget, in base units). An escrow funded with less than the budget gets a top-up
-    of the difference in place of the fund call (`kind` says which)."""
-    from ..chain.client import chain_id, to_units
-    from ..chain.deploy import escrow_contract, token_contract
+def fund_deadline(job: Job) -> int:
+    """The escrow's deadline in the terms the platform signs (unix seconds): the same for
+    every signature of one job, and the only one `escrow_funded` accepts."""
+    return int(reclaim_deadline(job).timestamp())
 
-    escrow, token = escrow_contract(), token_contract()
+
+def funding_wallet(job: Job, address: str | None) -> str:
+    """The owner's wallet that funds `job` (checksummed): `address` when it is one of the
+    owner's wallets (linked, or custodial), or else the owner's only linked wallet. The
+    platform signs terms for no other address."""
+    from eth_utils import is_address, to_checksum_address
+
+    wallets = Wallet.objects.filter(organization=job.owner)
+    if address:
+        if not is_address(address):
+            raise MarketError(f"{address!r} is not an address.", field="address")
+        address = to_checksum_address(address)
+        if not wallets.filter(address=address).exists():
+            raise MarketError(f"{address} is not one of {job.owner.name}'s wallets; link it first "
+                              "(Sign-In with Ethereum).", field="address", code="not_your_wallet")
+        return address
+    linked = list(wallets.filter(kind=W.EXTERNAL).values_list("address", flat=True))
+    if len(linked) != 1:
+        raise MarketError("Say which of your linked wallets funds the job (`address`)." if linked else
+                          "Link a wallet first (Sign-In with Ethereum); the escrow is funded from it.",
+                          field="address", code="wallet_required")
+    return linked[0]
+
+
+def fund_calls(job: Job, *, address: str | None = None) -> dict:
+    """What a wallet in the browser sends: approve the escrow, then fund (the amount is the
+    job's budget, in base units) with the operator's signature of the terms for that wallet
+    (`address`, one of the owner's wallets: only it can send this fund call). An escrow
+    funded with less than the budget gets a top-up of the difference in place of the fund
+    call (`kind` says which), and only from the wallet that funded it."""
+    from ..chain.client import chain_id, to_units
+    from ..chain.deploy import escrow_contract, fund_terms_signature, token_contract
+
     record = escrow_of(job)
+    if not address and record.status == E.FUNDED:
+        address = record.consumer_address  # a top-up comes from the wallet that funded it
+    consumer = funding_wallet(job, address)
+    escrow, token = escrow_contract(), token_contract()
     key = bytes.fromhex(record.key[2:])
-    deadline = int(reclaim_deadline(job).timestamp())
+    deadline = fund_deadline(job)
+    signature = ""
     if record.status == E.FUNDED and record.amount < job.budget:
+        if record.consumer_address != consumer:
+            raise Conflict(f"The escrow was funded from {record.consumer_address}; only that wallet can "
+                           "top it up.", code="not_the_funding_wallet")
         due, kind = job.budget - record.amount, "top_up"
         call = escrow.encode_abi("topUp", args=[key, to_units(due)])
     else:
         due, kind = job.budget, "fund"
-        call = escrow.encode_abi("fund", args=[key, to_units(job.budget), deadline])
+        signature = fund_terms_signature(job_key=record.key, consumer=consumer, amount=to_units(due),
+                                         deadline=deadline)
+        call = escrow.encode_abi("fund", args=[key, to_units(due), deadline, bytes.fromhex(signature[2:])])
     amount = to_units(due)
     return {
         "chain_id": chain_id(), "token": token.address, "escrow": escrow.address, "job_key": record.key,
-        "kind": kind, "amount": str(due), "amount_units": str(amount), "deadline": deadline,
+        "kind": kind, "consumer": consumer, "amount": str(due), "amount_units": str(amount),
+        "deadline": deadline, "signature": signature,
         "approve": {"to": token.address,
                     "data": token.encode_abi("approve", args=[escrow.address, amount])},
         "fund": {"to": escrow.address, "data": call},
@@ -86,7 +131,7 @@ def job_fund(*, job: Job, actor=None, amount: Decimal | None = None) -> Escrow:
     a job whose funding (or top-up) is under way or done is returned as it is."""
     from ..chain import sender
     from ..chain.client import to_units
-    from ..chain.deploy import escrow_contract
+    from ..chain.deploy import escrow_contract, fund_terms_signature
 
     if not settings.ESCROW_ENABLED:
         raise Conflict("Escrow is not enabled on this platform; jobs run without funding.")
@@ -105,12 +150,14 @@ def job_fund(*, job: Job, actor=None, amount: Decimal | None = None) -> Escrow:
             raise Conflict(f"Job #{job.pk} is {job.get_status_display().lower()}; only a submitted job "
                            "is funded.")
         wallet, key, approving = _custodial_approve(job.owner, job.budget)
+        units, deadline = to_units(job.budget), fund_deadline(job)
+        signature = fund_terms_signature(job_key=escrow.key, consumer=wallet.address, amount=units,
+                                         deadline=deadline)
         # Both go out after this transaction commits, in order; the fund's gas cannot be
         # estimated before the approval is mined, so it gets a fixed limit then.
         tx = sender.send(key=key, purpose="fund", gas=FUND_GAS if approving else None,
                          call=escrow_contract().functions.fund(
-                             bytes.fromhex(escrow.key[2:]), to_units(job.budget),
-                             int(reclaim_deadline(job).timestamp())))
+                             bytes.fromhex(escrow.key[2:]), units, deadline, bytes.fromhex(signature[2:])))
         escrow.status, escrow.fund_tx = E.FUNDING, tx.tx_hash
         escrow.save(update_fields=["status", "fund_tx"])
         job_states.note(job_id=job.pk, reason="funding_sent", actor=actor,
@@ -160,6 +207,10 @@ def _top_up(*, job: Job, escrow: Escrow, actor=None) -> Escrow:
     if (escrow.top_up_tx and escrow.top_up_total is not None and escrow.top_up_total > escrow.amount
             and not _reverted(escrow.top_up_tx)):
         return escrow
+    wallet = custodial_wallet(job.owner)
+    if escrow.consumer_address != wallet.address:  # only the bound consumer tops up
+        raise Conflict(f"The escrow was funded from {escrow.consumer_address}; top it up from that "
+                       "wallet (fund-calls).", code="not_the_funding_wallet")
     due = job.budget - escrow.amount
     wallet, key, approving = _custodial_approve(job.owner, due)
     tx = sender.send(key=key, purpose="top_up", gas=FUND_GAS if approving else None,
@@ -182,7 +233,9 @@ def _reverted(tx_hash: str) -> bool:
 
 
 def escrow_funded(*, key: str, consumer: str, amount: int, deadline: int, tx_hash: str) -> None:
-    """The chain says a job's escrow was funded: start the job if the deposit covers it."""
+    """The chain says a job's escrow was funded: start the job if the deposit covers it.
+    Only a funding on the job's terms counts: from one of the owner's wallets, with the
+    deadline the platform signs. Anything else is foreign (`escrow_foreign_funding`)."""
     from ..chain.client import from_units
 
     escrow = Escrow.objects.select_for_update().select_related("job").filter(key=key).first()
@@ -191,11 +244,50 @@ def escrow_funded(*, key: str, consumer: str, amount: int, deadline: int, tx_has
         return
     if escrow.status in (E.FUNDED, E.SETTLED, E.REFUNDED):
         return
+    job = escrow.job
+    if not Wallet.objects.filter(organization=job.owner, address=consumer).exists():
+        why = f"{consumer} is not one of {job.owner.name}'s wallets"
+    elif deadline != fund_deadline(job):
+        why = f"its deadline {deadline} is not the job's {fund_deadline(job)}"
+    elif amount <= 0:
+        why = "it deposited nothing"
+    else:
+        why = ""
+    if why:
+        escrow_foreign_funding(escrow=escrow, consumer=consumer, amount=amount, deadline=deadline,
+                               tx_hash=tx_hash, why=why)
+        return
     escrow.status, escrow.consumer_address, escrow.amount = E.FUNDED, consumer, from_units(amount)
     escrow.deadline, escrow.fund_tx = datetime.fromtimestamp(deadline, tz=UTC), tx_hash
     escrow.funded_at = timezone.now()
     escrow.save()
     _start_if_covered(escrow)
+
+
+def escrow_foreign_funding(*, escrow: Escrow, consumer: str, amount: int, deadline: int, tx_hash: str,
+                           why: str) -> None:
+    """A JobFunded that is not the job's own: never the escrow's consumer, never a top-up
+    target. It is recorded for staff (audit trail, the job's timeline) and the job gets a
+    fresh key, so that its owner funds on its own terms (the contract refuses a second
+    funding of a key). The contract only accepts operator-signed terms, so this means terms
+    signed for a wallet the owner no longer holds, or an operator key to rotate."""
+    from ..chain.client import from_units
+
+    old_key, escrow.key = escrow.key, "0x" + secrets.token_hex(32)
+    reset = escrow.status == E.FUNDING  # the owner's funding in flight went to the old key
+    if reset:
+        escrow.status = E.UNFUNDED
+    escrow.save(update_fields=["key", "status"])
+    data = {"key": old_key, "consumer": consumer, "amount": str(from_units(amount)), "deadline": deadline,
+            "tx": tx_hash, "why": why}
+    log.error("foreign JobFunded for job %s: %s (tx %s)", escrow.job_id, why, tx_hash)
+    audit.audit_record(actor=None, action="escrow.foreign_funding", obj=escrow.job, data=data,
+                       message=f"Ignored a funding of job {escrow.job_id}'s escrow key {old_key} by "
+                               f"{consumer} ({from_units(amount):.2f} tUSD, transaction {tx_hash}): {why}.")
+    job_states.note(job_id=escrow.job_id, reason="escrow_foreign", data=data,
+                    message=f"A funding by {consumer} ({from_units(amount):.2f} tUSD, transaction {tx_hash}) "
+                            f"was not this job's ({why}) and is ignored; staff are told. "
+                            + ("Fund the job again. " if reset else "") + "The job has a new escrow key.")
 
 
 def escrow_topped_up(*, key: str, total: int) -> None:

@@ -177,7 +177,9 @@
         say("Asking your wallet for its account…");
         var from = await firstAccount();
         say("Getting the funding transactions…");
-        var calls = await api(button.getAttribute("data-fund-calls"));
+        // The platform signs the job's terms for this account only: the escrow refuses the
+        // fund call from any other (and so does not let a copy of it front-run this one).
+        var calls = await api(button.getAttribute("data-fund-calls") + "?address=" + encodeURIComponent(from));
         await ensureChain(calls.chain_id);
         var need = BigInt(calls.amount_units);
         var held = await callUint(calls.token, "0x70a08231" + word(from));          // balanceOf

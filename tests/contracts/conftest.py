@@ -132,8 +132,10 @@ class Chain(Deployment):
 
     def fund(self, job_id: bytes, amount: int, *, consumer: str | None = None,
              deadline: int | None = None) -> dict:
+        """`consumer` (alice) funds on terms the operator signed for it."""
         deadline = deadline if deadline is not None else self.now() + DAY
-        return self.send(self.escrow.functions.fund(job_id, amount, deadline), consumer or self.alice)
+        consumer = consumer or self.alice
+        return self.send(self.fund_call(job_id, consumer, amount, deadline), consumer)
 
     def settle(self, job_id: bytes, payouts: list[tuple[str, int]], fee: int) -> dict:
         return self.send(self.escrow.functions.settle(settlement(job_id, payouts, fee)), self.operator)

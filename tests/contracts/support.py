@@ -12,6 +12,8 @@ from eth_utils import function_signature_to_4byte_selector
 from web3 import Web3
 from web3.contract import Contract
 
+from marketplace.chain.terms import sign_fund_terms
+
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "contracts" / "artifacts"
 
@@ -44,14 +46,43 @@ class Deployment:
     admin: str
     operator: str
     treasury: str
+    operator_key: str  # signs the funding terms (FundTerms, EIP-712)
+
+    def terms(self, job_id: bytes, consumer: str, amount: int, deadline: int, *,
+              key: str | None = None) -> bytes:
+        """A signature of FundTerms(job_id, consumer, amount, deadline): the operator's
+        unless another `key` signs."""
+        return sign_fund_terms(key=key or self.operator_key, chain_id=self.w3.eth.chain_id,
+                               escrow=self.escrow.address, job_id=job_id, consumer=consumer,
+                               amount=amount, deadline=deadline)
+
+    def fund_call(self, job_id: bytes, consumer: str, amount: int, deadline: int, *,
+                  signature: bytes | None = None):
+        """`fund` as `consumer` sends it, with the operator's signature of exactly these terms
+        unless `signature` is given."""
+        return self.escrow.functions.fund(job_id, amount, deadline,
+                                          self.terms(job_id, consumer, amount, deadline)
+                                          if signature is None else signature)
 
 
-def deploy_escrow(w3: Web3, *, admin: str, operator: str, treasury: str) -> Deployment:
-    """TestUSD (admin mints) and a JobEscrow on it (admin pauses, operator settles)."""
+def account_key(w3: Web3, address: str, keys: dict[str, str] | None = None) -> str:
+    """The private key of one of the chain's own accounts: eth-tester's, or `keys` (a JSON-RPC
+    node's well-known development accounts)."""
+    if keys is not None:
+        return keys[address]
+    backend = w3.provider.ethereum_tester.backend
+    return str(backend.account_keys[w3.eth.accounts.index(address)])
+
+
+def deploy_escrow(w3: Web3, *, admin: str, operator: str, treasury: str, pauser: str | None = None,
+                  keys: dict[str, str] | None = None) -> Deployment:
+    """TestUSD (admin mints) and a JobEscrow on it (admin administers, `pauser` pauses, by
+    default the admin too; the operator signs terms and settles)."""
     token = deploy(w3, "TestUSD", admin, sender=admin)
-    escrow = deploy(w3, "JobEscrow", token.address, treasury, admin, operator, sender=admin)
+    escrow = deploy(w3, "JobEscrow", token.address, treasury, admin, pauser or admin, operator,
+                    sender=admin)
     return Deployment(w3=w3, token=token, escrow=escrow, admin=admin, operator=operator,
-                      treasury=treasury)
+                      treasury=treasury, operator_key=account_key(w3, operator, keys))
 
 
 def error_selector(contract_name: str, error_name: str) -> str:

@@ -22,7 +22,7 @@ def test_fund_settle_withdraw_and_refund_on_a_real_node():
         assert w3.eth.chain_id == CHAIN_ID
         admin, operator, treasury, alice, carol = w3.eth.accounts[:5]
         assert admin == ACCOUNTS[0][0]
-        d = deploy_escrow(w3, admin=admin, operator=operator, treasury=treasury)
+        d = deploy_escrow(w3, admin=admin, operator=operator, treasury=treasury, keys=dict(ACCOUNTS))
         # The node runs the prague build as compiled (only the immutables are filled in).
         deployed = bytes.fromhex(load_artifact("JobEscrow")["deployedBytecode"][2:])
         assert len(w3.eth.get_code(d.escrow.address)) == len(deployed)
@@ -37,7 +37,7 @@ def test_fund_settle_withdraw_and_refund_on_a_real_node():
         send(token.approve(d.escrow.address, 1_000 * USD), alice)
         job = Web3.keccak(text="dev-node-job")
         deadline = w3.eth.get_block("latest")["timestamp"] + 3600
-        funded = send(escrow.fund(job, 100 * USD, deadline), alice)
+        funded = send(d.fund_call(job, alice, 100 * USD, deadline), alice)
         [event] = d.escrow.events.JobFunded().process_receipt(funded, errors=DISCARD)
         assert event["args"]["consumer"] == alice
 
@@ -56,7 +56,7 @@ def test_fund_settle_withdraw_and_refund_on_a_real_node():
 
         # After its deadline the consumer takes an unsettled deposit back.
         late = Web3.keccak(text="dev-node-late-job")
-        send(escrow.fund(late, 50 * USD, w3.eth.get_block("latest")["timestamp"] + 60), alice)
+        send(d.fund_call(late, alice, 50 * USD, w3.eth.get_block("latest")["timestamp"] + 60), alice)
         w3.provider.make_request("evm_increaseTime", [120])
         w3.provider.make_request("evm_mine", [])
         send(escrow.refund(late), alice)

@@ -1,7 +1,13 @@
 """Random sequences of every escrow operation against a plain-Python model of it (Hypothesis
 stateful testing). After every step: the escrow holds exactly the Funded deposits plus every
-credit, each account's credit is what the model says, nobody has been paid more than was
-paid in, and a job's state only ever moves None → Funded → Settled | Refunded."""
+credit, each account's credit and token balance are what the model says (so nobody but a
+job's bound consumer ever receives its refund), nobody has been paid more than was paid in,
+and a job's state only ever moves None → Funded → Settled | Refunded.
+
+Funding takes operator-signed terms (job id, consumer, amount, deadline): the random `fund`
+is sent by alice, bob or the stranger mallory, with terms signed for alice or bob, sometimes
+altered (another amount or deadline than signed); mallory also tops up and refunds others'
+jobs. Only the bound consumer's own, unaltered terms fund; only it tops up and refunds."""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from .conftest import DAY, Chain, settlement
+from .conftest import DAY, MINTED, Chain, settlement
 from .support import FUNDED, NONE, REFUNDED, SETTLED, TX_GAS
 
 JOBS = 5
@@ -51,20 +57,33 @@ class EscrowModel(RuleBasedStateMachine):
         self.jobs = [Job() for _ in range(JOBS)]
         self.seen = [NONE] * JOBS
         self.consumers = [c.alice, c.bob]
+        self.callers = [c.alice, c.bob, c.mallory]  # mallory: a stranger to every job
         self.providers = [c.carol, c.dave, c.bob]  # bob also provides: one account, two roles
         self.accounts = sorted({c.alice, c.bob, c.carol, c.dave, c.treasury, c.mallory})
         self.owed = dict.fromkeys(self.accounts, 0)
+        # The stranger has money and an allowance too: only the terms stop it.
+        c.send(c.token.functions.mint(c.mallory, MINTED), c.admin)
+        c.send(c.token.functions.approve(c.escrow.address, MINTED), c.mallory)
+        self.balances = {a: c.balance(a) for a in self.accounts}
         self.paid_in = 0
         self.paid_out = 0
         self.paused = False
 
     # --- helpers -------------------------------------------------------------------------
 
-    def send(self, fn, sender: str, expect_ok: bool) -> None:
+    def send(self, fn, sender: str, expect_ok: bool) -> dict:
         c = self.chain
         receipt = c.w3.eth.get_transaction_receipt(fn.transact({"from": sender, "gas": TX_GAS}))
         outcome = "succeeded" if receipt["status"] == 1 else "reverted"
         assert (receipt["status"] == 1) == expect_ok, f"{fn.fn_name} {outcome} against the model"
+        return receipt
+
+    def refunded(self, receipt: dict, j: Job) -> None:
+        """A refund pays the bound consumer, and nobody else, the whole deposit."""
+        [event] = self.chain.events(receipt, "JobRefunded")
+        assert (event["consumer"], event["amount"]) == (j.consumer, j.amount)
+        self.balances[j.consumer] += j.amount
+        self.paid_out += j.amount
 
     def settle_in_model(self, jobs: list[Job], owed: dict, i: int, payouts, fee: int) -> bool:
         """Applies one settlement to copies of the model; False when it must revert."""
@@ -81,25 +100,34 @@ class EscrowModel(RuleBasedStateMachine):
 
     # --- rules ---------------------------------------------------------------------------
 
-    @rule(consumer=st.sampled_from([0, 1]), i=job_index, value=amount,
-          ttl=st.integers(-DAY, 3 * DAY))
-    def fund(self, consumer, i, value, ttl):
-        c, who = self.chain, self.consumers[consumer]
+    @rule(caller=st.sampled_from([0, 1, 2]), signed_for=st.sampled_from([0, 1]), i=job_index,
+          value=amount, ttl=st.integers(-DAY, 3 * DAY), alter=st.sampled_from(["", "", "amount", "deadline"]))
+    def fund(self, caller, signed_for, i, value, ttl, alter):
+        c, who, consumer = self.chain, self.callers[caller], self.consumers[signed_for]
         now = c.now()
         deadline = max(0, now + ttl)
-        ok = not self.paused and value > 0 and deadline > now and self.jobs[i].state == NONE
-        self.send(c.escrow.functions.fund(self.job_ids[i], value, deadline), who, ok)
+        signature = c.terms(self.job_ids[i], consumer, value, deadline)
+        # What is sent: the signed terms, or a caller's own amount (1 unit) or deadline (60 s).
+        sent_value = 1 if alter == "amount" and value != 1 else value
+        sent_deadline = now + 60 if alter == "deadline" and deadline != now + 60 else deadline
+        bound = who == consumer and (sent_value, sent_deadline) == (value, deadline)
+        ok = (not self.paused and sent_value > 0 and sent_deadline > now and self.jobs[i].state == NONE
+              and bound)
+        self.send(c.fund_call(self.job_ids[i], who, sent_value, sent_deadline, signature=signature), who, ok)
         if ok:
             self.jobs[i] = Job(state=FUNDED, consumer=who, amount=value, deadline=deadline)
             self.paid_in += value
+            self.balances[who] -= value
 
-    @rule(payer=st.sampled_from([0, 1]), i=job_index, value=amount)
+    @rule(payer=st.sampled_from([0, 1, 2]), i=job_index, value=amount)
     def top_up(self, payer, i, value):
-        ok = not self.paused and value > 0 and self.jobs[i].state == FUNDED
-        self.send(self.chain.escrow.functions.topUp(self.job_ids[i], value), self.consumers[payer], ok)
+        who = self.callers[payer]
+        ok = not self.paused and value > 0 and self.jobs[i].state == FUNDED and who == self.jobs[i].consumer
+        self.send(self.chain.escrow.functions.topUp(self.job_ids[i], value), who, ok)
         if ok:
             self.jobs[i] = replace(self.jobs[i], amount=self.jobs[i].amount + value)
             self.paid_in += value
+            self.balances[who] -= value
 
     @rule(i=job_index, payouts=st.lists(st.tuples(st.integers(0, 2), amount), max_size=3),
           fee=st.integers(0, 300))
@@ -135,19 +163,20 @@ class EscrowModel(RuleBasedStateMachine):
         who = [c.alice, c.bob, c.mallory][caller]
         j = self.jobs[i]
         ok = j.state == FUNDED and who == j.consumer and c.now() >= j.deadline
-        self.send(c.escrow.functions.refund(self.job_ids[i]), who, ok)
+        receipt = self.send(c.escrow.functions.refund(self.job_ids[i]), who, ok)
         if ok:
             self.jobs[i] = replace(j, state=REFUNDED, amount=0)
-            self.paid_out += j.amount
+            self.refunded(receipt, j)
 
     @rule(i=job_index)
     def operator_refund(self, i):
         j = self.jobs[i]
         ok = j.state == FUNDED
-        self.send(self.chain.escrow.functions.operatorRefund(self.job_ids[i]), self.chain.operator, ok)
+        c = self.chain
+        receipt = self.send(c.escrow.functions.operatorRefund(self.job_ids[i]), c.operator, ok)
         if ok:
             self.jobs[i] = replace(j, state=REFUNDED, amount=0)
-            self.paid_out += j.amount
+            self.refunded(receipt, j)
 
     @rule(account=st.integers(0, 5), for_someone_else=st.booleans())
     def withdraw(self, account, for_someone_else):
@@ -159,6 +188,7 @@ class EscrowModel(RuleBasedStateMachine):
             self.send(c.escrow.functions.withdraw(), who, ok)
         if ok:
             self.paid_out += self.owed[who]
+            self.balances[who] += self.owed[who]
             self.owed[who] = 0
 
     @rule(seconds=st.integers(1, 2 * DAY))
@@ -208,6 +238,10 @@ class EscrowModel(RuleBasedStateMachine):
                 assert value == 0
         held = c.storage(c.token, "_balances", c.escrow.address, state=evm)
         assert held == deposits + sum(owed.values())
+        # Every token each account holds is what it paid in, withdrew and was refunded as a
+        # bound consumer: nobody else ever receives a refund (the stranger's balance never grows).
+        assert {a: c.storage(c.token, "_balances", a, state=evm) for a in self.accounts} == self.balances
+        assert self.balances[c.mallory] <= MINTED
         # Nobody is paid more than was paid in.
         assert self.paid_out <= self.paid_in
         assert held == self.paid_in - self.paid_out
@@ -234,7 +268,9 @@ def test_random_operation_sequences_keep_the_escrow_solvent(_deployed):
     # First a fixed sequence through the same model and invariants, so that this test always
     # sees a job funded, settled and refunded and money withdrawn, whatever the random runs do.
     m = machine()
-    for step in (lambda: m.fund(0, 0, 500, DAY), lambda: m.fund(1, 1, 300, DAY),
+    for step in (lambda: m.fund(2, 0, 0, 500, DAY, ""), lambda: m.fund(0, 0, 0, 500, DAY, "deadline"),
+                 lambda: m.fund(0, 0, 0, 500, DAY, ""), lambda: m.fund(1, 1, 1, 300, DAY, ""),
+                 lambda: m.top_up(2, 0, 10), lambda: m.refund(2, 1),
                  lambda: m.settle(0, [(0, 200), (1, 100)], 50), lambda: m.operator_refund(1),
                  lambda: m.withdraw(m.accounts.index(chain.carol), False)):
         step()

@@ -70,9 +70,9 @@ def test_roles_after_deployment(chain):
 
 def test_the_admin_can_hand_the_operator_role_over(chain):
     role = chain.escrow.functions.OPERATOR_ROLE().call()
+    chain.fund(job(1), 10 * USD)  # on terms the old operator signed
     chain.send(chain.escrow.functions.grantRole(role, chain.dave), chain.admin)
     chain.send(chain.escrow.functions.revokeRole(role, chain.operator), chain.admin)
-    chain.fund(job(1), 10 * USD)
     assert chain.escrow.functions.hasRole(role, chain.dave).call()
     assert not chain.escrow.functions.hasRole(role, chain.operator).call()
     chain.send(chain.escrow.functions.operatorRefund(job(1)), chain.dave)
@@ -81,9 +81,9 @@ def test_the_admin_can_hand_the_operator_role_over(chain):
                   "AccessControlUnauthorizedAccount", chain.operator, role)
 
 
-@pytest.mark.parametrize("which", range(4))
+@pytest.mark.parametrize("which", range(5))
 def test_the_constructor_rejects_zero_addresses(chain, which):
-    args = [chain.token.address, chain.treasury, chain.admin, chain.operator]
+    args = [chain.token.address, chain.treasury, chain.admin, chain.admin, chain.operator]
     args[which] = "0x" + "00" * 20
     with pytest.raises(Exception, match="deploying JobEscrow failed|revert"):
         deploy(chain.w3, "JobEscrow", *args, sender=chain.admin)

@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import pytest
 from django.core.management import CommandError, call_command
+from eth_account import Account
 
 from marketplace.chain import deploy
 from marketplace.models import ChainContract, ChainTransaction, Organization, ProviderStake, Wallet
@@ -89,6 +90,37 @@ def test_a_chain_that_is_not_a_dev_chain_needs_the_operator_key(bare_chain, monk
     with pytest.raises(CommandError, match="CHAIN_OPERATOR_KEY is not set"):
         run()
     assert not ChainContract.objects.exists()
+
+
+def test_a_chain_that_is_not_a_dev_chain_needs_a_treasury_and_the_role_addresses(bare_chain, monkeypatch,
+                                                                                settings):
+    """Issue 12, items 3 and 10: unset, the treasury was an address whose key is derived from a
+    string in the source, on any chain, and the operator's hot key held every role."""
+    w3 = bare_chain.w3
+    operator = Account.create()
+    w3.eth.send_transaction({"from": w3.eth.accounts[0], "to": operator.address, "value": 10**19})
+    settings.CHAIN_OPERATOR_KEY = "0x" + bytes(operator.key).hex()
+    monkeypatch.setattr(deploy, "DEV_CHAIN_IDS", frozenset({1337, 31337}))  # this one counts as real now
+    for missing in ("CHAIN_TREASURY_ADDRESS", "CHAIN_ADMIN_ADDRESS", "CHAIN_PAUSER_ADDRESS"):
+        treasury, admin, pauser = w3.eth.accounts[7:10]
+        settings.CHAIN_TREASURY_ADDRESS, settings.CHAIN_ADMIN_ADDRESS, settings.CHAIN_PAUSER_ADDRESS = (
+            treasury, admin, pauser)
+        setattr(settings, missing, "")
+        with pytest.raises(CommandError, match=f"{missing} is not set"):
+            run()
+        assert not ChainContract.objects.exists() and not ChainTransaction.objects.exists()
+
+    settings.CHAIN_PAUSER_ADDRESS = pauser
+    run()
+    escrow = deploy.escrow_contract().functions
+    assert escrow.treasury().call() == treasury
+    names = ("DEFAULT_ADMIN_ROLE", "PAUSER_ROLE", "OPERATOR_ROLE")
+    roles = {name: getattr(escrow, name)().call() for name in names}
+    holders = {name: [a for a in (admin, pauser, operator.address) if escrow.hasRole(role, a).call()]
+               for name, role in roles.items()}
+    assert holders == {"DEFAULT_ADMIN_ROLE": [admin], "PAUSER_ROLE": [pauser],
+                       "OPERATOR_ROLE": [operator.address]}
+    assert deploy.stake_contract().functions.treasury().call() == treasury
 
 
 def test_dev_wallets_are_refused_on_a_chain_that_is_not_a_dev_chain(chain, monkeypatch, settings, alice):

@@ -245,8 +245,11 @@ def test_two_hundred_settlements_from_two_workers(on_node, tmp_path):
         Assignment(job=job, node=node, offer=offer, attempt=1, node_rank=0, gpus=1,
                    price_per_gpu_hour=Decimal("1.20"), status=Assignment.Status.SUCCEEDED,
                    started_at=started, finished_at=started + timedelta(minutes=10)) for job in jobs])
-    for e in escrows:
-        escrow.functions.fund(bytes.fromhex(e.key[2:]), units(1), deadline).transact(send)
+    for e in escrows:  # each on terms the operator signed for the payer
+        signature = deploy.fund_terms_signature(job_key=e.key, consumer=payer, amount=units(1),
+                                                deadline=deadline)
+        escrow.functions.fund(bytes.fromhex(e.key[2:]), units(1), deadline,
+                              bytes.fromhex(signature[2:])).transact(send)
     assert escrow.functions.escrows(bytes.fromhex(escrows[-1].key[2:])).call()[3] == 1
     assert payments.settlements_prepare() == count
 

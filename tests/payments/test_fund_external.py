@@ -9,7 +9,7 @@ import pytest
 
 from marketplace.chain import client, deploy, indexer, sender
 from marketplace.chain.client import ChainError
-from marketplace.models import ChainTransaction, Escrow, Job
+from marketplace.models import ChainTransaction, Escrow, Job, Wallet
 
 from .support import committed, funded_job, submitted_job, units
 
@@ -18,10 +18,12 @@ S = Job.Status
 
 
 @pytest.fixture
-def holder(wallets) -> str:
-    """An account of the node's own (eth-tester's), holding 200 tUSD: a browser wallet."""
+def holder(wallets, healthcare) -> str:
+    """An account of the node's own (eth-tester's), holding 200 tUSD: a browser wallet that
+    alice's organization linked (as Sign-In with Ethereum links it; tests/test_wallets.py)."""
     account = wallets.w3.eth.accounts[5]
     deploy.mint_to(account, Decimal("200"))
+    Wallet.objects.create(organization=healthcare, address=account, kind=Wallet.Kind.EXTERNAL)
     return account
 
 
@@ -36,11 +38,12 @@ def send(chain, sender_: str, call: dict) -> dict:
 def test_fund_calls_sent_by_a_browser_wallet_fund_the_escrow(api, alice, healthcare, wallets, holder):
     job = submitted_job(healthcare, budget="75")
 
-    r = api.as_user(alice).get(f"/api/v1/jobs/{job.pk}/fund-calls/")
+    r = api.as_user(alice).get(f"/api/v1/jobs/{job.pk}/fund-calls/")  # the only linked wallet
 
     assert r.status_code == 200, r.data
     calls = r.data
     assert calls["chain_id"] == client.chain_id() and calls["amount_units"] == str(units("75"))
+    assert calls["consumer"] == holder and calls["signature"].startswith("0x")
     assert (calls["token"], calls["escrow"]) == (wallets.token.address, wallets.escrow.address)
     assert indexer.index_events() == 0
     send(wallets, holder, calls["approve"])
@@ -62,12 +65,12 @@ def test_fund_calls_of_another_organizations_job_are_not_found(api, bob, healthc
 
 
 def test_an_underfunded_deposit_waits_for_its_top_up(api, alice, healthcare, wallets, holder):
-    job = submitted_job(healthcare, budget="90")
-    calls = api.as_user(alice).get(f"/api/v1/jobs/{job.pk}/fund-calls/").data
-    key = bytes.fromhex(calls["job_key"][2:])
-    escrow = wallets.escrow
-    wallets.transact(holder, wallets.token.functions.approve(escrow.address, units("90")))
-    wallets.transact(holder, escrow.functions.fund(key, units("60"), calls["deadline"]))
+    job = submitted_job(healthcare, budget="60")
+    calls = api.as_user(alice).get(f"/api/v1/jobs/{job.pk}/fund-calls/", {"address": holder}).data
+    # The budget is raised after the terms were signed for 60: the deposit falls short.
+    assert api.as_user(alice).post(f"/api/v1/jobs/{job.pk}/budget/", {"budget": "90"}).status_code == 200
+    wallets.transact(holder, wallets.token.functions.approve(wallets.escrow.address, units("90")))
+    assert send(wallets, holder, calls["fund"])["status"] == 1
 
     assert indexer.index_events() == 1
     job.refresh_from_db()

@@ -9,7 +9,7 @@ import pytest
 
 from marketplace.chain import deploy, indexer
 from marketplace.errors import Conflict
-from marketplace.models import AuditEvent, Job, Settlement
+from marketplace.models import AuditEvent, Job, Settlement, Wallet
 from marketplace.selectors.payments import provider_payouts
 from marketplace.services import payments
 
@@ -44,14 +44,16 @@ def test_an_administrator_refunds_a_funded_job(wallets, healthcare, admin_user):
 
 
 @pytest.fixture
-def holder(wallets) -> str:
+def holder(wallets, healthcare) -> str:
+    """A browser wallet alice's organization linked."""
     account = wallets.w3.eth.accounts[6]
     deploy.mint_to(account, Decimal("100"))
+    Wallet.objects.create(organization=healthcare, address=account, kind=Wallet.Kind.EXTERNAL)
     return account
 
 
 def fund_from(chain, api, user, job: Job, account: str) -> None:
-    calls = api.as_user(user).get(f"/api/v1/jobs/{job.pk}/fund-calls/").data
+    calls = api.as_user(user).get(f"/api/v1/jobs/{job.pk}/fund-calls/", {"address": account}).data
     for step in ("approve", "fund"):
         chain.w3.eth.send_transaction({"from": account, "to": calls[step]["to"],
                                        "data": calls[step]["data"], "gas": 500_000})
