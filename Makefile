@@ -93,6 +93,8 @@ checks: install services
 	  SECRET_KEY="$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))')" \
 	  ALLOWED_HOSTS=example.com DATABASE_URL=$(PG_URL) \
 	  CHAIN_RPC_URL=https://rpc.example.com CHAIN_OPERATOR_KEY=0x$$(openssl rand -hex 32) \
+	  CHAIN_TREASURY_ADDRESS=0x$$(openssl rand -hex 20) CHAIN_ADMIN_ADDRESS=0x$$(openssl rand -hex 20) \
+	  CHAIN_PAUSER_ADDRESS=0x$$(openssl rand -hex 20) \
 	  $(PY) manage.py check --deploy --fail-level WARNING
 
 # Start the machine's PostgreSQL and Redis when they are down, wait until they answer,
