@@ -2,6 +2,7 @@
 Each request carries the short-lived token of one running assignment (Bearer)."""
 
 import hashlib
+import io
 import re
 import tempfile
 import zipfile
@@ -9,12 +10,14 @@ import zipfile
 from django.conf import settings
 from django.core.files import File
 from django.db import IntegrityError, transaction
+from django.db.models import Count, Sum
 from django.http import FileResponse, HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from .errors import MarketError, PermissionDenied, Unauthorized
+from .errors import Conflict, MarketError, PermissionDenied, Unauthorized
 from .models import Assignment, Checkpoint, Job
+from .services.datasets import dataset_read
 from .services.execution import assignment_from_token
 from .services.verification import checkpoint_validate_enqueue
 
@@ -51,6 +54,22 @@ def _receive(request: HttpRequest) -> tuple[tempfile.SpooledTemporaryFile, str, 
     return spool, declared, size
 
 
+def _checkpoint_quota(job_id: int, size: int) -> None:
+    """A job's checkpoints take at most CHECKPOINTS_MAX_PER_JOB files and
+    CHECKPOINT_BYTES_MAX_PER_JOB bytes on the platform, all attempts together: a provider's
+    agent cannot fill the platform's disk through one job."""
+    held = Checkpoint.objects.filter(job_id=job_id).aggregate(n=Count("pk"), bytes=Sum("size_bytes"))
+    count_max, bytes_max = settings.CHECKPOINTS_MAX_PER_JOB, settings.CHECKPOINT_BYTES_MAX_PER_JOB
+    taken = (held["bytes"] or 0) + size
+    if held["n"] >= count_max:
+        raise Conflict(f"This job already has {held['n']} checkpoints on the platform, its limit "
+                       f"(CHECKPOINTS_MAX_PER_JOB = {count_max}); checkpoint less often.",
+                       code="checkpoint_quota")
+    if taken > bytes_max:
+        raise Conflict(f"This job's checkpoints would take {taken} bytes on the platform, more than "
+                       f"its limit of {bytes_max} (CHECKPOINT_BYTES_MAX_PER_JOB).", code="checkpoint_quota")
+
+
 @csrf_exempt
 @require_http_methods(["GET"])
 def dataset(request, assignment_id: int):
@@ -61,7 +80,12 @@ def dataset(request, assignment_id: int):
     ds = assignment.job.dataset
     if ds is None:
         return JsonResponse({"detail": "This job uses a bundled sample."}, status=404)
-    return FileResponse(ds.file.open("rb"), as_attachment=True, filename=f"dataset-{ds.pk}.csv")
+    try:
+        plain = dataset_read(ds)  # stored encrypted; the assignment's token is the key's guard here
+    except MarketError as exc:
+        return _error(exc)
+    return FileResponse(io.BytesIO(plain), as_attachment=True, filename=f"dataset-{ds.pk}.csv",
+                        content_type="text/csv")
 
 
 @csrf_exempt
@@ -82,6 +106,9 @@ def checkpoint(request, assignment_id: int, step: int):
         if step <= (assignment.resume_step or 0):
             raise MarketError(f"Step {step} is not after step {assignment.resume_step or 0}, where this "
                               "placement started.", field="step")
+        declared = request.headers.get("Content-Length", "")
+        # Refused before the body is read when its declared size is already over the quota.
+        _checkpoint_quota(assignment.job_id, int(declared) if declared.isdigit() else 0)
         body, sha, size = _receive(request)
         # What needs no torch is refused here; the rest (it loads with weights_only, holds
         # this job's model, its step) is checked on the verify queue, where the platform
@@ -90,6 +117,9 @@ def checkpoint(request, assignment_id: int, step: int):
             raise MarketError("Not a checkpoint: torch.save writes a zip archive.", field="body")
         body.seek(0)
         with transaction.atomic():
+            # Checked again on the job's locked row: two uploads at once cannot both take the last place.
+            Job.objects.select_for_update().filter(pk=assignment.job_id).first()
+            _checkpoint_quota(assignment.job_id, size)
             ckpt = Checkpoint(job_id=assignment.job_id, assignment=assignment, step=step, sha256=sha,
                               size_bytes=size)
             ckpt.file.save(f"job-{assignment.job_id}-step-{step}.pt", File(body), save=False)

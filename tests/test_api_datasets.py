@@ -6,6 +6,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from marketplace.models import Dataset, Job
+from marketplace.services.datasets import dataset_read
 
 from .api_support import ACTORS, actor, assert_error, job_body
 
@@ -57,8 +58,9 @@ def test_upload_describes_and_stores_the_file(api, alice, healthcare, media):
     dataset = Dataset.objects.get(pk=data["id"])
     assert dataset.owner == healthcare and dataset.created_by == alice
     assert dataset.sha256 == hashlib.sha256(content).hexdigest() == data["sha256"]
-    with dataset.file.open("rb") as f:
-        assert f.read() == content
+    with dataset.file.open("rb") as f:  # encrypted at rest (tests/test_data_at_rest.py)
+        assert content not in f.read()
+    assert dataset_read(dataset) == content
     # Stored under a generated name inside MEDIA_ROOT, whatever the client called it.
     assert [p.resolve() for p in stored_files(media)] == [
         (media / dataset.file.name).resolve()]

@@ -1,12 +1,19 @@
 """Uploaded training data: CSV files checked before they are stored, so that a job never
 starts on a file the runtime cannot read."""
 
+import base64
+import contextlib
 import csv
 import hashlib
 import io
 import os
+import secrets
+import tempfile
 import uuid
+from collections.abc import Iterator
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
@@ -22,6 +29,63 @@ MAX_NAME = 200
 
 def _fail(message: str) -> MarketError:
     return MarketError(message, field="file", code="invalid_dataset")
+
+
+# --- encryption at rest -------------------------------------------------------------------
+# A stored dataset is MAGIC, the key's id (4 bytes of its SHA-256), a 12-byte nonce and the
+# AES-256-GCM ciphertext with its tag. A CSV cannot start with MAGIC (csv refuses NUL bytes,
+# so csv_inspect never accepted one), which tells files stored before encryption apart: they
+# are served as they are. The files are at most DATASET_MAX_BYTES (20 MB), so they are
+# encrypted and decrypted whole; a streamed GCM would hand out bytes before the tag is checked.
+MAGIC = b"CMDS1\0"
+
+
+def _key() -> bytes:
+    if settings.DATASET_ENCRYPTION_KEY:
+        return base64.urlsafe_b64decode(settings.DATASET_ENCRYPTION_KEY)
+    return hashlib.sha256(b"computemesh datasets\0" + settings.SECRET_KEY.encode()).digest()
+
+
+def _key_id(key: bytes) -> bytes:
+    return hashlib.sha256(key).digest()[:4]
+
+
+def dataset_encrypt(data: bytes) -> bytes:
+    key, nonce = _key(), secrets.token_bytes(12)
+    header = MAGIC + _key_id(key)
+    return header + nonce + AESGCM(key).encrypt(nonce, data, header)
+
+
+def dataset_decrypt(stored: bytes) -> bytes:
+    if not stored.startswith(MAGIC):
+        return stored  # stored before datasets were encrypted
+    key = _key()
+    at = len(MAGIC) + 4
+    header, nonce, body = stored[:at], stored[at:at + 12], stored[at + 12:]
+    if header[len(MAGIC):] != _key_id(key):
+        raise MarketError("This dataset was encrypted with another DATASET_ENCRYPTION_KEY.",
+                          code="dataset_key")
+    try:
+        return AESGCM(key).decrypt(nonce, body, header)
+    except InvalidTag:
+        raise MarketError("This dataset's stored file is damaged (it fails its integrity check).",
+                          code="dataset_damaged") from None
+
+
+def dataset_read(dataset: Dataset) -> bytes:
+    """The dataset's CSV as uploaded."""
+    with dataset.file.open("rb") as f:
+        return dataset_decrypt(f.read())
+
+
+@contextlib.contextmanager
+def dataset_plain_path(dataset: Dataset) -> Iterator[str]:
+    """A private temporary file holding the CSV, for code that reads a path (the verify
+    worker's training runtime); deleted when the block ends."""
+    with tempfile.NamedTemporaryFile(prefix="dataset-", suffix=".csv") as f:
+        f.write(dataset_read(dataset))
+        f.flush()
+        yield f.name
 
 
 def _is_number(text: str) -> bool:
@@ -125,7 +189,8 @@ def dataset_upload(*, owner: Organization, actor, uploaded_file, name: str = "",
     dataset = Dataset(owner=owner, created_by=actor if getattr(actor, "pk", None) else None,
                       name=name, size_bytes=len(data), rows=rows, columns=header, sha256=digest)
     # A random stored name: the client's file name is only shown, never used as a path.
-    dataset.file.save(f"{uuid.uuid4().hex}.csv", ContentFile(data), save=False)
+    # Encrypted at rest (above); size_bytes and sha256 describe the CSV itself.
+    dataset.file.save(f"{uuid.uuid4().hex}.csv.enc", ContentFile(dataset_encrypt(data)), save=False)
     try:
         with transaction.atomic():
             dataset.save()

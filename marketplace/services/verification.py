@@ -45,9 +45,11 @@ rejected with the reason. Only valid checkpoints are resumed from and paid up to
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -61,6 +63,7 @@ from ..errors import NotFound
 from ..models import Assignment, Checkpoint, Job, MetricPoint
 from ..trust_models import Dispute, VerificationReport
 from . import enqueue, placement
+from .datasets import dataset_plain_path
 
 log = logging.getLogger(__name__)
 
@@ -162,12 +165,17 @@ class Outcome:
     findings: list[Finding] = field(default_factory=list)
 
 
-def _dataset(job: Job) -> dict:
+@contextlib.contextmanager
+def _dataset(job: Job) -> Iterator[dict]:
+    """The dataset as the runtime loads it; an upload is decrypted to a temporary file for as
+    long as the block lasts (the Replayer loads it whole when it is made)."""
     if job.dataset_ref.startswith("sample:"):
-        return {"kind": "sample", "name": job.dataset_ref.removeprefix("sample:")}
+        yield {"kind": "sample", "name": job.dataset_ref.removeprefix("sample:")}
+        return
     if job.dataset is None:
         raise NotFound("The job's dataset is gone.")
-    return {"kind": "csv", "path": job.dataset.file.path}
+    with dataset_plain_path(job.dataset) as path:
+        yield {"kind": "csv", "path": path}
 
 
 def metric_inflated(metric: str, reported: float, measured: float, tolerance: float) -> bool:
@@ -192,8 +200,9 @@ def _check(job: Job, attempt: int, rng: secrets.SystemRandom | None = None) -> O
               .exclude(assignment=rank0).first() if rank0.resume_step else None)
     by_step = {c.step: c for c in ([resume] if resume else []) + counted}
 
-    runner = replay.Replayer(replay.Job(template=job.template, params=job.params, dataset=_dataset(job),
-                                        world_size=sum(a.gpus for a in parts)))
+    with _dataset(job) as dataset:
+        runner = replay.Replayer(replay.Job(template=job.template, params=job.params, dataset=dataset,
+                                            world_size=sum(a.gpus for a in parts)))
     threshold = settings.VERIFY_REPLAY_THRESHOLD
     if is_diloco(job):
         out.notes.append("DiLoCo across nodes: step replay is not checked (each node trains its own "
@@ -455,8 +464,9 @@ def _expected_state(job: Job, world: int) -> tuple[dict[str, tuple], int, object
 
     from workers.training import nets, replay, schedule
 
-    runner = replay.Replayer(replay.Job(template=job.template, params=job.params,
-                                        dataset=_dataset(job), world_size=world))
+    with _dataset(job) as dataset:
+        runner = replay.Replayer(replay.Job(template=job.template, params=job.params,
+                                            dataset=dataset, world_size=world))
 
     def fresh():
         torch.manual_seed(runner.job.seed)
