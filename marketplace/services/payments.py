@@ -3,11 +3,12 @@ and settlement in batches. Money moves only on the chain; every step here is ide
 (a retried call finds the work done, and the contract refuses a second settlement).
 
 Flow: `job_fund` (custodial wallet) or the browser funds the escrow, on terms the operator
-signs for one of the owner's wallets (`fund_terms`: the job's key, that wallet, the budget,
-the reclaim deadline; the contract takes nothing else) → the indexer sees `JobFunded` →
-`escrow_funded` checks it against the terms and starts matching. When the job ends, `settlements_prepare`
-meters it; `settlement_batch_send` pays every pending job in one `settleBatch`; the indexer
-sees `JobSettled` → `escrow_closed` settles the job.
+signs for one of the owner's wallets (`chain.deploy.fund_terms_signature`: the job's key,
+that wallet, the budget, the reclaim deadline; the contract takes nothing else) → the
+indexer sees `JobFunded` → `escrow_funded` checks it against the terms and starts
+matching. When the job ends, `settlements_prepare` meters it; `settlement_batch_send` pays
+every pending job in one `settleBatch`; the indexer sees `JobSettled` → `escrow_closed`
+settles the job.
 """
 
 import logging
