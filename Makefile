@@ -166,7 +166,7 @@ migrate: install
 # behind a TLS-terminating proxy (SECURE_SSL_REDIRECT is on by default without DEBUG).
 serve: install
 	@$(PY) manage.py collectstatic --noinput -v 0
-	@exec $(VENV)/bin/daphne --proxy-headers -b $(BIND) -p $(PORT) webapp.asgi:application
+	@exec $(VENV)/bin/daphne -b $(BIND) -p $(PORT) webapp.asgi:application
 
 bench: install services
 	@$(PY) bench/offer_search.py
