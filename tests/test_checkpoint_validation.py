@@ -119,3 +119,20 @@ def test_a_checkpoint_ahead_of_the_progress_reported_is_rejected(client):
     ckpt = job.checkpoints.get(step=60)
     assert verification.checkpoint_validate(checkpoint_id=ckpt.pk) == C.REJECTED
     assert "says step 59" in Checkpoint.objects.get(pk=ckpt.pk).rejected_reason
+
+
+def test_lost_checks_are_queued_again_for_an_hour(client, monkeypatch):
+    from marketplace.services import enqueue
+
+    sent = []
+    monkeypatch.setattr(enqueue, "enqueue", lambda task, *args, **kw: sent.append((task, args)))
+    job, (part,) = running_job([cpu_node()])
+    agent = Agent(client, part)
+    for step in (10, 20, 30):
+        assert agent.checkpoint(step, zip_garbage(), commit=False).status_code == 201
+    now = timezone.now()
+    for step, age in ((10, timedelta(seconds=30)), (20, timedelta(minutes=5)), (30, timedelta(hours=2))):
+        job.checkpoints.filter(step=step).update(created_at=now - age)
+    sent.clear()
+    assert verification.checkpoints_stale() == 1
+    assert sent == [(verification.VALIDATE_TASK, (job.checkpoints.get(step=20).pk,))]

@@ -563,10 +563,14 @@ def checkpoint_validate(*, checkpoint_id: int) -> str:
     return Checkpoint.objects.filter(pk=ckpt.pk).values_list("status", flat=True).get()
 
 
-def checkpoints_stale(*, older_than_s: float = 120) -> int:
-    """Queue again the checks of checkpoints still pending (a lost task): periodic."""
-    cutoff = timezone.now() - timedelta(seconds=older_than_s)
-    stale = list(Checkpoint.objects.filter(status=Checkpoint.Status.PENDING, created_at__lt=cutoff)
+def checkpoints_stale(*, older_than_s: float = 120, give_up_after_s: float = 3600) -> int:
+    """Queue again the checks of checkpoints still pending (a lost task): periodic. One
+    whose check keeps failing on our side is left pending after `give_up_after_s` (neither
+    resumed from nor paid up to: the safe side), not retried for ever."""
+    now = timezone.now()
+    stale = list(Checkpoint.objects.filter(status=Checkpoint.Status.PENDING,
+                                           created_at__lt=now - timedelta(seconds=older_than_s),
+                                           created_at__gt=now - timedelta(seconds=give_up_after_s))
                  .values_list("pk", flat=True)[:200])
     for pk in stale:
         enqueue.enqueue(VALIDATE_TASK, pk)
