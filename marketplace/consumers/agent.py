@@ -22,8 +22,9 @@ MAX_MESSAGE_BYTES = 1_048_576
 # job may send). Beyond it a message is refused unacknowledged, so the agent resends it
 # later, in order; nothing is lost.
 RATE_BURST, RATE_PER_S = 300.0, 150.0
-# hello and heartbeat each write the node's row: an honest agent sends one every 5 s.
-CONTROL_BURST, CONTROL_PER_S = 10.0, 1.0
+# hello and heartbeat each write the node's row: an honest agent sends one every 5 s (the
+# test stacks every 1 s), so twice a second with room for a reconnect's burst is plenty.
+CONTROL_BURST, CONTROL_PER_S = 20.0, 2.0
 DRAIN_BATCH = 2000
 # At most this many progress snapshots each 0.25 s tick (40 jobs a second per process).
 SNAPSHOTS_PER_TICK = 10
