@@ -5,69 +5,19 @@ API's error shape (docs/api.md), and the web process's memory stays bounded."""
 
 import http.client
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
-from contextlib import contextmanager
 
 import pytest
 import requests
 from rest_framework.authtoken.models import Token
 
-from . import browser_support
-from .browser_support import ROOT, free_port
-from .platform_logs import LogFile, watch
+from .live_server import daphne, rss_mb
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 MB = 1_048_576
-
-
-@contextmanager
-def daphne():
-    """(base URL, pid) of daphne serving webapp.asgi on a free port."""
-    port = free_port()
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "webapp.settings_test",
-           "DATABASE_URL": browser_support.test_database_url(), "DATABASE_POOL_MIN": "1"}
-    path = ROOT / "test-results" / "limits" / f"daphne-{port}.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(path, "w")  # noqa: SIM115
-    watch(LogFile(path))
-    proc = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                             "webapp.asgi:application"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"daphne exited; see {path}"
-            try:
-                with urllib.request.urlopen(base + "/api/v1/templates/", timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, f"daphne did not answer; see {path}"
-                time.sleep(0.2)
-        yield base, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 class PeakRss(threading.Thread):
@@ -202,6 +152,33 @@ def test_a_chunked_upload_is_a_411_with_a_message(server, alice_token):
         "Authorization": f"Token {alice_token}", "Content-Type": "multipart/form-data; boundary=b"})
     data = assert_error_shape(r, 411, "length_required")
     assert "Content-Length" in data["detail"], data
+
+
+def test_a_small_chunked_json_body_is_read_and_a_large_one_refused(server):
+    base, _ = server
+
+    def small():
+        yield b'{"username": "nobody",'
+        yield b' "password": "wrong"}'
+
+    r = requests.post(base + "/api/v1/auth/token/", data=small(), timeout=30,
+                      headers={"Content-Type": "application/json"})
+    # Read whole: the credentials were judged, not found missing.
+    data = assert_error_shape(r, 400, "authorization")
+    assert "Unable to log in" in data["detail"], data
+
+    def large():
+        yield b'{"username": "'
+        for _ in range(3):
+            yield b"a" * MB
+        yield b'"}'
+
+    try:
+        r = requests.post(base + "/api/v1/auth/token/", data=large(), timeout=30,
+                          headers={"Content-Type": "application/json"})
+    except requests.ConnectionError as exc:
+        pytest.fail(f"no answer to a 3 MB chunked body: {exc!r}")
+    assert_error_shape(r, 413, "too_large")
 
 
 @pytest.mark.parametrize("length", [10_000, 20_000, 70_000])

@@ -42,7 +42,7 @@ def body_limit(path: str) -> int:
         return settings.CHECKPOINT_MAX_BYTES + ENVELOPE
     if path.startswith(("/api/v1/datasets/", "/datasets/")):
         return settings.DATASET_MAX_BYTES + ENVELOPE
-    return settings.DATA_UPLOAD_MAX_MEMORY_SIZE + ENVELOPE
+    return small_body_limit()
 
 
 def _mb(n: int) -> str:
@@ -61,14 +61,28 @@ def refusal(path: str, raw_path_len: int, headers: dict[bytes, bytes]) -> tuple[
             return 400, "bad_request", "Content-Length is not a number."
         limit = body_limit(path)
         if declared > limit:
-            return 413, "too_large", (f"The request body ({_mb(declared)}) is larger than the "
-                                      f"{_mb(limit)} this address accepts.")
-    elif b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+            return too_large(_mb(declared), limit)
+    elif is_chunked(headers) and body_limit(path) > small_body_limit():
         # Django reads a body only as far as its Content-Length: without one, a chunked
-        # upload arrived empty ("No file was submitted"), which misled the client.
-        return 411, "length_required", ("Send the body with a Content-Length header "
-                                        "(chunked transfer encoding is not accepted).")
+        # upload arrived empty ("No file was submitted"), which misled the client. A small
+        # body (JSON, a form) is read here and given its length (RequestLimits); an upload
+        # is not held in memory for that.
+        return 411, "length_required", ("Send an upload with a Content-Length header "
+                                        "(chunked transfer encoding is not accepted here).")
     return None
+
+
+def is_chunked(headers: dict[bytes, bytes]) -> bool:
+    return b"content-length" not in headers and b"chunked" in headers.get(b"transfer-encoding", b"").lower()
+
+
+def small_body_limit() -> int:
+    return settings.DATA_UPLOAD_MAX_MEMORY_SIZE + ENVELOPE
+
+
+def too_large(declared_mb: str, limit: int) -> tuple[int, str, str]:
+    return 413, "too_large", (f"The request body ({declared_mb}) is larger than the "
+                              f"{_mb(limit)} this address accepts.")
 
 
 def error_body(status: int, code: str, message: str) -> bytes:
@@ -88,6 +102,8 @@ class RequestLimits:
             raw_len = len(raw) + len(scope.get("query_string", b""))
             headers = dict(scope.get("headers", []))
             refused = refusal(scope["path"], raw_len, headers)
+            if refused is None and is_chunked(headers):
+                scope, receive, refused = await self._with_length(scope, receive)
             if refused is not None:
                 status, code, message = refused
                 body = error_body(status, code, message)
@@ -97,6 +113,34 @@ class RequestLimits:
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
+
+    async def _with_length(self, scope: Scope, receive: Receive):
+        """Read a small chunked body (at most the route's limit) and hand it on with its
+        Content-Length, which Django needs to read it at all."""
+        limit, parts, size = body_limit(scope["path"]), [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return scope, receive, (400, "bad_request", "The client went away.")
+            parts.append(message.get("body", b""))
+            size += len(parts[-1])
+            if size > limit:
+                return scope, receive, too_large(f"over {_mb(limit)}", limit)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(parts)
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"transfer-encoding"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        sent = False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return {**scope, "headers": headers}, replay, None
 
 
 _REASONS = {400: b"Bad Request", 411: b"Length Required", 413: b"Content Too Large",
@@ -151,6 +195,21 @@ def daphne_limits() -> None:
         if refused is not None:
             refuse(self, *refused)
             return
+        if is_chunked(headers) and self._transferDecoder is not None:
+            # A small chunked body (the only kind let through): counted as it arrives.
+            decoder, limit, received = self._transferDecoder, body_limit(path), 0
+            forward = decoder.dataCallback
+
+            def counted(data: bytes) -> None:
+                nonlocal received
+                received += len(data)
+                if received > limit:
+                    decoder.dataCallback = decoder.finishCallback = lambda data: None
+                    refuse(self, *too_large(f"over {_mb(limit)}", limit))
+                    return
+                forward(data)
+
+            decoder.dataCallback = counted
         # Twisted parses a multipart body itself (in memory, for `request.args`, which daphne
         # never reads) and answers a malformed one with a bare 400: leave it to Django.
         req._parsePOSTFormSubmission = False
