@@ -117,6 +117,10 @@ def checkpoint(request, assignment_id: int, step: int):
             raise MarketError("Not a checkpoint: torch.save writes a zip archive.", field="body")
         body.seek(0)
         with transaction.atomic():
+            # The ingest's lock order: the assignment, then the job. Locking the job first, the
+            # insert's deferred foreign-key check then waited at commit for the assignment the
+            # ingest held while it waited for the job: deadlocks in a two-node job's log.
+            Assignment.objects.select_for_update(of=("self",)).filter(pk=assignment.pk).first()
             # Checked again on the job's locked row: two uploads at once cannot both take the last place.
             Job.objects.select_for_update().filter(pk=assignment.job_id).first()
             _checkpoint_quota(assignment.job_id, size)
