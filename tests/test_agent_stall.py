@@ -66,3 +66,12 @@ def test_the_stall_timeout_is_an_option_and_an_environment_variable(monkeypatch)
     monkeypatch.setenv("AGENT_STALL_TIMEOUT_S", "soon")
     with pytest.raises(SystemExit):  # a bad value fails loudly, as the option's would
         cli.parse(base)
+
+
+def test_a_node_whose_ranks_finished_is_not_judged_by_the_stall_timeout(tmp_path):
+    """After its leader's node_finished only rank 0's evaluation and torchrun's exit barrier
+    are left: quiet on this node, so the shutdown grace applies instead (seen: a node rank 1
+    stopped as hung 10 s after its last step while rank 0 evaluated)."""
+    run = a_run(tmp_path)
+    asyncio.run(run._forward([{"type": "node_finished", "step": 50, "comm_bytes": 1, "comm_bytes_ddp": 2}]))
+    assert run.node_done and run.step == 50 and run.comm == {"comm_bytes": 1, "comm_bytes_ddp": 2}

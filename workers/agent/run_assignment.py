@@ -45,6 +45,9 @@ class AssignmentRun:
         # This node's own last training step: every node's leader writes it (`alive`, at
         # least every few seconds), not only global rank 0; heartbeats carry it.
         self.step: int | None = None
+        # This node's ranks trained every step (its leader's node_finished): what is left is rank
+        # 0's evaluation and torchrun's exit barrier, quiet on this node however long they take.
+        self.node_done = False
         self.progress_buffer: list[dict] = []
         self.last_flush = 0.0
         self.log_batch: list[str] = []
@@ -149,7 +152,7 @@ class AssignmentRun:
                 if self.process.returncode is not None:
                     break
                 now = time.monotonic()
-                if self.result is not None:
+                if self.result is not None or self.node_done:
                     finished_at = finished_at or now
                     if now - finished_at > SHUTDOWN_GRACE_S:
                         self.agent.display.log(f"assignment {self.id}: ranks hung after finishing; "
@@ -174,7 +177,8 @@ class AssignmentRun:
             await self._finish("paused", **json.loads(paused.read_text()))
         elif self.error is not None:
             await self._finish("failed", **self.error)
-        elif self.result is not None or (self.process.returncode == 0 and self.start_msg["node_rank"] > 0):
+        elif self.result is not None or (self.start_msg["node_rank"] > 0
+                                         and (self.process.returncode == 0 or self.node_done)):
             await self._finish("succeeded", **(self.result or {}))
         else:
             tail_lines = "\n".join(list(self.last_lines)[-8:])
@@ -230,6 +234,8 @@ class AssignmentRun:
                 self.step = event["step"]
             if kind == "alive":  # liveness only: its step goes out with heartbeats
                 continue
+            if kind == "node_finished":
+                self.node_done = True
             if "comm_bytes" in event:  # progress, outer rounds, the end: this node's traffic
                 self.comm = {k: event[k] for k in ("comm_bytes", "comm_bytes_ddp") if k in event}
             if kind in ("started", "progress", "checkpoint") and self._vanish_due(event):
