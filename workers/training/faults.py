@@ -9,6 +9,9 @@
   1.0), or a MAPE X times smaller (X=0.05: 5 % lower).
 - withhold_checkpoints: the agent uploads and commits none of the job's checkpoints (the
   final model still goes up), so that no step of the work can be replayed.
+- corrupt_gradients: this node's ranks send the negation of their gradients into DDP's
+  all-reduce (a corrupting peer); every rank's parameters stay equal, so only a replay
+  shows it, and it cannot tell which node did it.
 - vanish: reserved for the chaos suite (an agent that disappears mid-job); parsed here
   so that one variable names every fault, implemented by the chaos work.
 
@@ -24,7 +27,7 @@ import os
 from dataclasses import asdict, dataclass
 
 ENV = "COMPUTEMESH_FAULTS"
-KNOWN = ("skip_steps", "inflate_metric", "withhold_checkpoints", "vanish")
+KNOWN = ("skip_steps", "inflate_metric", "withhold_checkpoints", "corrupt_gradients", "vanish")
 
 
 class FaultSpecError(ValueError):
@@ -36,6 +39,7 @@ class Faults:
     skip_steps: float = 0.0
     inflate_metric: float = 0.0
     withhold_checkpoints: float = 0.0  # acted on by the agent (run_assignment.py)
+    corrupt_gradients: float = 0.0
     vanish: float = 0.0  # the chaos suite's; not acted on here
 
     @property

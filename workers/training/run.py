@@ -338,7 +338,7 @@ def main(spec_path: str) -> int:
             x, y = x_all[indices].to(device), y_all[indices].to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(ddp(x), y)
-            loss.backward()
+            (-loss if misbehave.corrupt_gradients else loss).backward()  # a test-only cheat
             if not misbehave.skip(step):  # a test-only cheat: the step is still reported
                 optimizer.step()
             step += 1
