@@ -12,6 +12,10 @@
 - corrupt_gradients: this node's ranks send the negation of their gradients into DDP's
   all-reduce (a corrupting peer); every rank's parameters stay equal, so only a replay
   shows it, and it cannot tell which node did it.
+- pickle_peer: every rank but global rank 0 sends, in place of its parameter digest, the
+  32 bytes of a pickle that runs `touch pwned` in the working directory of whoever
+  unpickles it (the cross-provider attack of issue 13): a peer can only ever fill its
+  fixed-size slot, and rank 0 must never unpickle it.
 - vanish: reserved for the chaos suite (an agent that disappears mid-job); parsed here
   so that one variable names every fault, implemented by the chaos work.
 
@@ -27,7 +31,11 @@ import os
 from dataclasses import asdict, dataclass
 
 ENV = "COMPUTEMESH_FAULTS"
-KNOWN = ("skip_steps", "inflate_metric", "withhold_checkpoints", "corrupt_gradients", "vanish")
+KNOWN = ("skip_steps", "inflate_metric", "withhold_checkpoints", "corrupt_gradients", "pickle_peer",
+         "vanish")
+# Protocol 0 pickle calling os.system("touch pwned"), padded with newlines (ignored after
+# STOP) to exactly the 32 bytes of a SHA-256 digest: what a hostile rank can put in its slot.
+PICKLE_PAYLOAD = b"cos\nsystem\n(S'touch pwned'\ntR.\n\n"
 
 
 class FaultSpecError(ValueError):
@@ -40,6 +48,7 @@ class Faults:
     inflate_metric: float = 0.0
     withhold_checkpoints: float = 0.0  # acted on by the agent (run_assignment.py)
     corrupt_gradients: float = 0.0
+    pickle_peer: float = 0.0
     vanish: float = 0.0  # the chaos suite's; not acted on here
 
     @property
@@ -53,6 +62,10 @@ class Faults:
         """Whether the update of 0-based step `step` is skipped: F of the steps, evenly."""
         f = self.skip_steps
         return f > 0 and math.floor((step + 1) * f) > math.floor(step * f)
+
+    def digest_payload(self, rank: int, digest: bytes) -> bytes:
+        """What this rank sends as its parameter digest (test-only: a hostile peer's pickle)."""
+        return PICKLE_PAYLOAD if self.pickle_peer and rank != 0 else digest
 
     def report(self, metric: str, value: float) -> float:
         if not self.inflate_metric:

@@ -48,6 +48,7 @@ STARTUP_TIMEOUT_S = 120  # the host waits this long for the other leaders before
 # Every node's leader tells its agent that its ranks still complete steps at least this often
 # (time, not steps: a cheap file append however fast or slow the steps are).
 LIVENESS_EVERY_S = 2.0
+DIGEST_BYTES = 32  # a SHA-256: each rank's fixed-size slot in the final digest exchange
 
 
 def param_digest(model: torch.nn.Module) -> str:
@@ -157,6 +158,20 @@ class DiLoCoNode:
     def close(self) -> None:
         if self.link is not None:
             self.link.close()
+
+
+def gather_digests(own: bytes, *, group_size: int, device: torch.device) -> list[str]:
+    """Every rank's 32-byte SHA-256, gathered as a fixed-shape uint8 tensor, hex-encoded.
+
+    Never `all_gather_object`: it unpickles each rank's contribution, so a hostile peer's
+    object ran its command in rank 0's process (issue 13). A peer can only fill its own 32
+    bytes here, and they are only ever read as data."""
+    if len(own) != DIGEST_BYTES:
+        raise ValueError(f"a digest is {DIGEST_BYTES} bytes, not {len(own)}")
+    mine = torch.tensor(list(own), dtype=torch.uint8, device=device)
+    parts = [torch.zeros(DIGEST_BYTES, dtype=torch.uint8, device=device) for _ in range(group_size)]
+    dist.all_gather(parts, mine)
+    return [bytes(part.cpu().tolist()).hex() for part in parts]
 
 
 def _emit_log(message: str) -> None:
@@ -408,8 +423,8 @@ def main(spec_path: str) -> int:
         node.close()
     if rank != 0 and node_leader and nnodes > 1:  # rank 0's own go with `finished`
         node_events.emit("node_finished", step=step, **comm(step))
-    digests: list[str | None] = [None] * group_size
-    dist.all_gather_object(digests, param_digest(model))
+    sent = misbehave.digest_payload(rank, bytes.fromhex(param_digest(model)))
+    digests = gather_digests(sent, group_size=group_size, device=device)
     if rank == 0:
         metric, value = nets.evaluate(template, model, splits, device)
         value = misbehave.report(metric, value)  # a test-only lie (faults.py)
