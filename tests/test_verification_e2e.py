@@ -183,3 +183,32 @@ def test_work_without_committed_checkpoints_is_disputed_not_charged_and_runs_els
     assert not failed.segments and failed.replay_steps == 0
     assert not record.checkpoints.filter(assignment__attempt=1).exists()
     assert passed.segments and all(s["passed"] for s in passed.segments)
+
+
+def test_a_corrupting_rank_1_in_a_two_node_job_gets_nobody_slashed(stack, alice):
+    # Issue 12, item 5: node rank 1's agent sends the negation of its gradients into DDP's
+    # all-reduce. Every rank ends with the same parameters; only the replay shows it, and it
+    # cannot tell which node did it. Before, the dispute named rank 0 and queued its slash.
+    honest_node, honest_token = cpu_node("Honest Compute")
+    cheat_node, cheat_token = cpu_node("Cheap Cycles")  # same price, listed later: rank 1
+    stack.agent("agent-honest", honest_token)
+    stack.agent("agent-cheat", cheat_token, faults="corrupt_gradients")
+    body = {**job_body({"epochs": 4, "batch_size": 16, "hidden_units": 32}), "nodes": 2, "gpus_per_node": 1}
+    code, job = stack.http("POST", "/api/v1/jobs/", token=alice, body=body)
+    assert code == 201, job
+    wait_for(lambda: "verification_failed" in _timeline(stack, alice, job["id"]), timeout=300,
+             what="the corrupted work to fail verification")
+    record = Job.objects.get(pk=job["id"])
+    ranks = dict(record.assignments.filter(attempt=1).values_list("node_rank", "node_id"))
+    assert ranks == {0: honest_node, 1: cheat_node}
+    finished = record.events.get(reason="training_finished")
+    assert len(set(finished.data["param_digests"])) == 1  # the ranks agree: no tell there
+
+    report = VerificationReport.objects.get(job=record, attempt=1)
+    assert report.status == "failed" and not all(s["passed"] for s in report.segments)
+    dispute = Dispute.objects.get(job=record)
+    assert (dispute.reason, dispute.attributed, dispute.status) == ("replay_mismatch", False, "open")
+    assert _queued_slashes(stack) == []  # nobody's stake is touched without staff
+    assert {honest_node, cheat_node} <= set(record.excluded_nodes)  # not this group again
+    lines, total = job_statement(record)
+    assert total == 0 and all("failed verification" in line["note"] for line in lines)
