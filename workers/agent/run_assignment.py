@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 from collections import deque
 from pathlib import Path
@@ -24,6 +25,9 @@ STARTUP_GRACE_S = 90.0
 SHUTDOWN_GRACE_S = 30  # after the result, ranks that do not exit are killed
 LOG_BATCH = 50
 LOG_FLUSH_S = 1.0
+# Checkpoints kept on this node per assignment unless the start message says otherwise: the
+# newest few (each is uploaded as it appears), so that a long job cannot fill the disk.
+KEEP_CHECKPOINTS = 3
 
 
 class AssignmentRun:
@@ -100,6 +104,7 @@ class AssignmentRun:
                 "sync": sync, "nnodes": s["nnodes"], "node_rank": s["node_rank"],
                 "verify": s.get("verify"),  # checkpoint cadence for the platform's spot checks
                 "pause_file": str(self.dir / "pause"),
+                "keep_checkpoints": int(s.get("keep_checkpoints") or KEEP_CHECKPOINTS),
             }
             if diloco:
                 # advertise_host: where the other leaders reach this one's chunk inbox.
@@ -120,6 +125,7 @@ class AssignmentRun:
         except asyncio.CancelledError:
             if self.process is not None:
                 await launcher.stop(self.process)
+            shutil.rmtree(self.dir, ignore_errors=True)  # cancelled: the job's files go too
             self.agent.display.assignment_done(
                 self.id, f"■ assignment {self.id} stopped: {self.cancelled_reason or 'cancelled'}")
         except Exception as exc:  # report, never take the agent down with one job
@@ -273,6 +279,9 @@ class AssignmentRun:
         s = self.start_msg
         url = self.agent.url(f"{s['upload_url']}checkpoints/{event['step']}/")
         path = Path(event["path"])
+        if not path.exists():  # the ranks already pruned it (keep_checkpoints): a newer one follows
+            self.agent.display.log(f"assignment {self.id}: checkpoint {event['step']} pruned before upload")
+            return
         try:
             await asyncio.to_thread(transfer.upload, url, s["token"], path, sha256=event["sha256"])
         except transfer.TransferError as exc:
@@ -288,8 +297,17 @@ class AssignmentRun:
         self.result = {"metric": event["metric"], "value": event["value"], "step": event["step"],
                        "artifact_sha256": event["sha256"], "param_digests": event["param_digests"]}
 
+    async def _delete_files(self) -> bool:
+        """The job's data, checkpoints, spec and outputs leave this node with the assignment,
+        whatever its end (issue 13 item 7): what had to reach the platform was uploaded while
+        it ran. True when nothing of it is left."""
+        if self.process is not None:
+            await launcher.stop(self.process)
+        await asyncio.to_thread(shutil.rmtree, self.dir, True)
+        return not self.dir.exists()
+
     async def _finish(self, status: str, **fields) -> None:
-        fields = {**self.comm, **fields}
+        fields = {**self.comm, **fields, "data_deleted": await self._delete_files()}
         await self.agent.send_data(self.id, "assignment.finished", status=status, **fields)
         icon = {"succeeded": "✔", "paused": "⏸"}.get(status, "✖")
         if status == "paused":
