@@ -249,6 +249,9 @@ SPECTACULAR_SETTINGS = {
         "NodeStatusEnum": "marketplace.models.Node.Status",
         "OfferStatusEnum": "marketplace.models.Offer.Status",
     },
+    # Every operation's error answers, in the one error shape (marketplace/api/schema.py).
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
+                             "marketplace.api.schema.error_responses_hook"],
 }
 
 # --- Platform ----------------------------------------------------------------------

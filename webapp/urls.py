@@ -17,3 +17,8 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("", include("marketplace.views.urls")),
 ]
+
+# Under /api/ these answer JSON in the API's error shape (docs/api.md), elsewhere Django's pages.
+handler400 = "marketplace.api.exceptions.api_aware_bad_request"
+handler404 = "marketplace.api.exceptions.api_aware_not_found"
+handler500 = "marketplace.api.exceptions.api_aware_server_error"

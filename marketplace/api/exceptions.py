@@ -14,7 +14,8 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError
-from django.http import Http404
+from django.http import Http404, JsonResponse
+from django.views.defaults import bad_request, page_not_found, server_error
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -97,3 +98,32 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
         message = str(detail if not isinstance(detail, list | dict) else _flatten(detail))
         response.data = {"detail": message, "field": None, "code": _first_code(exc)}
     return response
+
+
+# --- Django-level errors under /api/ ---------------------------------------------------
+# A URL that no route matches (a non-integer id) or an exception outside DRF answers
+# Django's HTML pages; under /api/ they answer the same JSON shape as everything else.
+
+def _is_api(request) -> bool:
+    return request.path.startswith("/api/")
+
+
+def api_aware_not_found(request, exception=None):
+    if _is_api(request):
+        return JsonResponse({"detail": "Not found.", "field": None, "code": "not_found"},
+                            status=404)
+    return page_not_found(request, exception)
+
+
+def api_aware_server_error(request):
+    if _is_api(request):
+        return JsonResponse({"detail": "Internal server error.", "field": None,
+                             "code": "server_error"}, status=500)
+    return server_error(request)
+
+
+def api_aware_bad_request(request, exception=None):
+    if _is_api(request):
+        return JsonResponse({"detail": "The request could not be read.", "field": None,
+                             "code": "bad_request"}, status=400)
+    return bad_request(request, exception)

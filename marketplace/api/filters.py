@@ -23,7 +23,7 @@ class StrictBooleanField(forms.Field):
     default_error_messages = {"invalid": "Use true or false."}
 
     def to_python(self, value):
-        if value in (None, ""):
+        if value is None:
             return None
         text = str(value).strip().lower()
         if text in self.TRUE:
@@ -37,8 +37,30 @@ class StrictBooleanFilter(df.BooleanFilter):
     field_class = StrictBooleanField
 
 
+class _NoEmpty:
+    """`min_gpus=` (named, empty) is an error, as the schema says, not "no filter"; a
+    filter left out is still no filter."""
+
+    def to_python(self, value):
+        if value == "":
+            raise forms.ValidationError("Give a value or leave the parameter out.", code="blank")
+        return super().to_python(value)
+
+
+class StrictIntegerField(_NoEmpty, forms.IntegerField):
+    pass
+
+
+class StrictDecimalField(_NoEmpty, forms.DecimalField):
+    pass
+
+
 class IntegerFilter(df.NumberFilter):
-    field_class = forms.IntegerField
+    field_class = StrictIntegerField
+
+
+class DecimalFilter(df.NumberFilter):
+    field_class = StrictDecimalField
 
 
 def _choices_message(kind: str, known: list[str]) -> dict[str, str]:
@@ -91,10 +113,10 @@ class OfferFilter(df.FilterSet):
         distinct=False, choices=[(t, t) for t in catalogue.COMPLIANCE_TAGS], method="filter_compliance",
         error_messages=_choices_message("compliance tag", list(catalogue.COMPLIANCE_TAGS)),
         help_text="Verified compliance tag; repeat to require all of them.")
-    max_price = df.NumberFilter(field_name="price_per_gpu_hour", lookup_expr="lte",
+    max_price = DecimalFilter(field_name="price_per_gpu_hour", lookup_expr="lte",
                                 min_value=Decimal("0.000001"), max_digits=20, decimal_places=6,
                                 help_text="Price per GPU-hour in tUSD, at most.")
-    min_reliability = df.NumberFilter(field_name="reliability", lookup_expr="gte",
+    min_reliability = DecimalFilter(field_name="reliability", lookup_expr="gte",
                                       min_value=0, max_value=1, max_digits=5, decimal_places=4,
                                       help_text="Share 0–1; excludes new nodes.")
     online = StrictBooleanFilter(field_name="node_online",

@@ -4,6 +4,8 @@ from django.utils.functional import cached_property
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import PageNumberPagination
 
+from ..errors import MarketError
+
 
 class StandardPagination(PageNumberPagination):
     """`{count, next, previous, results}`; `page_size` up to 100."""
@@ -11,6 +13,29 @@ class StandardPagination(PageNumberPagination):
     page_size = 20
     page_size_query_param = "page_size"
     max_page_size = 100
+
+    def get_page_size(self, request):
+        # DRF falls back to the default on a page_size it cannot read (page_size=null, 0):
+        # a client asking for something else should hear that it cannot have it. Above the
+        # maximum it gets the maximum, as documented.
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
+            raise MarketError(f"page_size must be a whole number from 1 (at most "
+                              f"{self.max_page_size} are sent).", field="page_size")
+        return min(int(raw), self.max_page_size)
+
+    def get_schema_operation_parameters(self, view):
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"]["minimum"] = 1
+                parameter["description"] = (f"Results per page, 1 or more (at most "
+                                            f"{self.max_page_size} are sent).")
+            elif parameter["name"] == self.page_query_param:
+                parameter["schema"].update(minimum=1)
+        return parameters
 
 
 COUNT_CAP = 1_000

@@ -1,6 +1,7 @@
 """Input serializers parse and type-check; the services own the domain rules and their
 messages. Output serializers render. Decimals are strings (money keeps its 6 places)."""
 
+import re
 from decimal import Decimal
 
 from django.conf import settings
@@ -22,6 +23,8 @@ MAX_ID = 2**63 - 1
 SMALL = 32767  # PositiveSmallIntegerField
 MONEY = {"max_digits": 20, "decimal_places": 6}
 UNIT = "tUSD/GPU-h"
+# Null until there is something to show (no progress reported yet, no escrow).
+NULLABLE_OBJECT = {"type": "object", "additionalProperties": {}, "nullable": True}
 
 
 def _tags(max_items: int = 16):
@@ -328,7 +331,7 @@ class JobDetailSerializer(JobListSerializer):
                   "artifact_url", "escrow", "spend", "verification"]
         read_only_fields = fields
 
-    @extend_schema_field(OpenApiTypes.OBJECT)
+    @extend_schema_field(NULLABLE_OBJECT)
     def get_progress(self, job: Job) -> dict | None:
         return job_progress(job)
 
@@ -336,7 +339,7 @@ class JobDetailSerializer(JobListSerializer):
     def get_assignments(self, job: Job) -> list:
         return AssignmentSerializer(job_assignments(job), many=True).data
 
-    @extend_schema_field(OpenApiTypes.URI)
+    @extend_schema_field({"type": "string", "format": "uri-reference", "nullable": True})
     def get_artifact_url(self, job: Job) -> str | None:
         """Only where the download would be served (after verification passed; staff always)."""
         request = self.context.get("request")
@@ -344,7 +347,7 @@ class JobDetailSerializer(JobListSerializer):
             return None
         return reverse("api:job-artifact", args=[job.pk])
 
-    @extend_schema_field(OpenApiTypes.OBJECT)
+    @extend_schema_field(NULLABLE_OBJECT)
     def get_escrow(self, job: Job) -> dict | None:
         from ..selectors.payments import job_escrow
 
@@ -415,11 +418,26 @@ class SiweNonceSerializer(serializers.Serializer):
                                     "EIP-55 checksummed (wallets answer in lower case).")
 
 
+# The siwe parser's time grows with the square of a message's length (a 4,000-character
+# line took 20 s of CPU): a real message is ~450 characters and starts with this line.
+SIWE_MAX_CHARS = 1000
+SIWE_FIRST_LINE = re.compile(r"^[^\n]{1,253} wants you to sign in with your Ethereum account:\n"
+                             r"0x[0-9a-fA-F]{40}\n")
+
+
 class WalletLinkSerializer(serializers.Serializer):
-    message = serializers.CharField(max_length=4000, trim_whitespace=False,
+    message = serializers.CharField(max_length=SIWE_MAX_CHARS, trim_whitespace=False,
                                     help_text="The EIP-4361 message, as signed.")
     signature = serializers.RegexField(r"^0x[0-9a-fA-F]{130}$", help_text="The personal_sign "
                                        "(EIP-191) signature, 65 bytes hex.")
+
+    def validate_message(self, value: str) -> str:
+        if not SIWE_FIRST_LINE.match(value):
+            raise serializers.ValidationError(
+                "The message is not a Sign-In with Ethereum (EIP-4361) message: it starts with "
+                "'<domain> wants you to sign in with your Ethereum account:' and the address on "
+                "the next line.", code="malformed_message")
+        return value
 
 
 # --- Quotes --------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 Every call acts on the caller's own organization (no ids in the URL); `request_id` (a
 UUID, optional) makes a retried POST send nothing new."""
 
+from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status, viewsets
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
@@ -45,7 +46,15 @@ Summary = inline_serializer("StakeSummary", {
     "history": serializers.ListField(child=serializers.DictField())})
 
 
+class _OneObjectSchema(AutoSchema):
+    """`list` here answers one summary object, not an array of them."""
+
+    def _is_list_view(self, serializer=None) -> bool:
+        return False
+
+
 class StakeViewSet(viewsets.GenericViewSet):
+    schema = _OneObjectSchema()
     authentication_classes = [TokenAuthentication, SessionAuthentication]
     permission_classes = [IsProvider]
     serializer_class = StakeInput

@@ -43,7 +43,7 @@ from ..services import wallets as wallet_services
 from ..services.job_spec import job_spec_validate, sync_traffic_ratio
 from ..services.matching import quote_job
 from . import serializers as s
-from .filters import JobFilter, OfferFilter
+from .filters import MAX_INT, JobFilter, OfferFilter
 from .pagination import IdSubqueryPagination
 from .parsers import DepthLimitedJSONParser
 from .permissions import IsConsumer, IsProvider
@@ -58,6 +58,20 @@ ERRORS = {code: OpenApiResponse(s.ErrorSerializer, description=text) for code, t
 ID = r"\d{1,18}"
 # Token first: its WWW-Authenticate header makes "not logged in" a 401, not a 403.
 AUTH = [TokenAuthentication, SessionAuthentication]
+
+
+# The filters' bounds, which django-filter does not put into the schema.
+OFFER_FILTER_SCHEMAS = [
+    OpenApiParameter("min_gpus", {"type": "integer", "minimum": 1, "maximum": MAX_INT},
+                     description="At least this many free GPUs (CPU slots for cpu)."),
+    OpenApiParameter("min_gpu_memory_gb", {"type": "integer", "minimum": 0, "maximum": MAX_INT},
+                     description="Memory per GPU, GB, at least."),
+    OpenApiParameter("max_price", {"type": "string", "pattern": r"^[0-9]{1,14}(\.[0-9]{1,6})?$"},
+                     description="Price per GPU-hour in tUSD, at most (more than 0, 6 places)."),
+    OpenApiParameter("min_reliability", {"type": "string",
+                                         "pattern": r"^(0(\.[0-9]{1,4})?|1(\.0{1,4})?)$"},
+                     description="Share 0–1 (4 places); excludes new nodes."),
+]
 
 
 def _errors(*codes: int) -> dict:
@@ -120,7 +134,7 @@ class TemplateViewSet(viewsets.ViewSet):
 # --- Offers --------------------------------------------------------------------------
 
 @extend_schema_view(
-    list=extend_schema(summary="Search offers (public)"),
+    list=extend_schema(summary="Search offers (public)", parameters=OFFER_FILTER_SCHEMAS),
     retrieve=extend_schema(summary="One offer", responses={200: s.OfferSerializer,
                                                            **_errors(404)}),
     create=extend_schema(summary="List one of your nodes' GPUs for rent",

@@ -1,0 +1,60 @@
+"""The OpenAPI document is the contract: schemathesis generates requests from /api/schema/
+and sends them to the live ASGI server (daphne) as anonymous, a consumer (alice) and a
+provider (carol), with every check (server errors, status codes, content types, response
+schemas, positive and negative data, auth). Any failure fails the test. Bounded: a fixed
+number of examples per operation and a fixed seed (figures in test-results/schemathesis/)."""
+
+import re
+import subprocess
+import time
+
+import pytest
+from rest_framework.authtoken.models import Token
+
+from .browser_support import ROOT
+from .factories import JobFactory
+from .live_server import daphne
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(900)]
+
+ST = ROOT / ".venv" / "bin" / "st"
+MAX_EXAMPLES = 5
+SEED = 13
+RESULTS = ROOT / "test-results" / "schemathesis"
+
+
+@pytest.fixture
+def market(alice, healthcare, carol, carol_offer):
+    JobFactory(owner=healthcare)
+    return {"alice": Token.objects.create(user=alice).key,
+            "carol": Token.objects.create(user=carol).key}
+
+
+def schemathesis(base: str, role: str, token: str | None) -> tuple[int, str, float]:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    args = [str(ST), "--config-file", str(ROOT / "tests" / "schemathesis.toml"), "run",
+            f"{base}/api/schema/", "--checks", "all", "--max-examples", str(MAX_EXAMPLES),
+            "--seed", str(SEED), "--generation-deterministic", "--workers", "1",
+            "--no-color", "--max-failures", "100", "--request-timeout", "30",
+            "--report", "junit", "--report-junit-path", str(RESULTS / f"{role}.xml")]
+    if token:
+        args += ["--header", f"Authorization: Token {token}"]
+    started = time.monotonic()
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    (RESULTS / f"{role}.txt").write_text(output)
+    return proc.returncode, output, time.monotonic() - started
+
+
+def test_the_api_answers_as_its_schema_says(market):
+    summary = []
+    with daphne() as (base, _):
+        for role, token in [("anonymous", None), ("consumer", market["alice"]),
+                            ("provider", market["carol"])]:
+            code, output, took = schemathesis(base, role, token)
+            cases = re.search(r"(\d+) generated", output)
+            summary.append(f"{role}: exit {code}, {cases.group(1) if cases else '?'} cases, "
+                           f"{took:.0f} s")
+            assert code == 0, f"{role}: schemathesis failed (test-results/schemathesis/{role}.txt)\n" \
+                              + output[-6000:]
+    (RESULTS / "summary.txt").write_text("\n".join(summary) + "\n")
