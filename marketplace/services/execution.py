@@ -18,6 +18,7 @@ from django.conf import settings
 from django.core import signing
 from django.db import transaction
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 from .. import catalogue, job_states
 from ..errors import MarketError, NotFound
@@ -50,6 +51,14 @@ def send_to_node(node_id: int, message: dict) -> None:
 
 def _message(type_: str, **fields) -> dict:
     return {"type": type_, "id": uuid.uuid4().hex, **fields}
+
+
+def job_secret(job: Job) -> str:
+    """The secret a job's nodes authenticate each other with (the DiLoCo exchange's HMAC key,
+    the rendezvous store's namespace): derived from SECRET_KEY and the job, so nothing new is
+    stored, and sent only in `assignment.start` to the job's own agents; no API or page shows
+    it. Providers of other jobs, and strangers on the network, cannot compute it."""
+    return salted_hmac("computemesh.job-secret", str(job.pk), algorithm="sha256").hexdigest()
 
 
 def pause_message(assignment: Assignment) -> dict:
@@ -102,7 +111,7 @@ def start_message(assignment: Assignment) -> dict:
         peer_timeout_s=settings.DILOCO_PEER_TIMEOUT_S,
         resume_checkpoint_url=f"{base}checkpoints/{resume.step}/" if resume else None,
         resume_checkpoint_sha256=resume.sha256 if resume else None,
-        upload_url=base, token=assignment_token(assignment), pg_timeout_s=60,
+        upload_url=base, token=assignment_token(assignment), pg_timeout_s=60, job_secret=job_secret(job),
         verify=verification.verify_spec(),
     )
 

@@ -105,6 +105,8 @@ class AssignmentRun:
                 "verify": s.get("verify"),  # checkpoint cadence for the platform's spot checks
                 "pause_file": str(self.dir / "pause"),
                 "keep_checkpoints": int(s.get("keep_checkpoints") or KEEP_CHECKPOINTS),
+                # The platform's per-job secret: this job's nodes authenticate each other with it.
+                "job_secret": s.get("job_secret"),
             }
             if diloco:
                 # advertise_host: where the other leaders reach this one's chunk inbox.

@@ -51,6 +51,8 @@ included; the benchmark measures those on the link itself.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import socket
 import threading
@@ -85,6 +87,47 @@ class OuterError(RuntimeError):
     """This node can no longer take part (dropped by the host, or the host is gone)."""
 
 
+class ForgedMessage(OuterError):
+    """A value that does not carry a valid HMAC under the job's secret: refused undecoded."""
+
+
+MAC_BYTES = 32
+
+
+class SignedStore:
+    """A c10d store whose values carry HMAC-SHA256(secret, key, value) ahead of them.
+
+    TCPStore authenticates nobody and its server listens on every interface whatever host
+    it is given, so whoever reaches its port can write any key. Under the job's secret,
+    which the platform hands to this job's agents only, a forged or altered value (or a
+    signed one moved to another key) is refused before it is decoded. What stays open:
+    counters (`add`: join tickets, heartbeats) carry no MAC, and anyone can still delete or
+    overwrite keys; that can stall a round or drop a node from it, never change the model
+    the nodes apply. With no secret (runs outside the platform) values go as they are."""
+
+    def __init__(self, store: dist.Store, secret: bytes | None):
+        self.raw, self.secret = store, secret
+
+    def _mac(self, key: str, value: bytes) -> bytes:
+        return hmac.new(self.secret, key.encode() + b"\0" + value, hashlib.sha256).digest()
+
+    def set(self, key: str, value: bytes) -> None:
+        value = bytes(value)
+        self.raw.set(key, self._mac(key, value) + value if self.secret else value)
+
+    def get(self, key: str) -> bytes:
+        raw = self.raw.get(key)
+        if not self.secret:
+            return raw
+        mac, body = raw[:MAC_BYTES], raw[MAC_BYTES:]
+        if len(raw) < MAC_BYTES or not hmac.compare_digest(mac, self._mac(key, body)):
+            raise ForgedMessage(f"refused {key!r}: not signed with the job's secret")
+        return body
+
+    def __getattr__(self, name: str):  # check, wait, add, delete_key, port, set_timeout
+        return getattr(self.raw, name)
+
+
 class _Push(threading.Thread):
     """Messages for one peer's inbox, sent off the main thread so that a member pushes to
     every peer at once and a peer that hangs costs at most the transfer timeout."""
@@ -116,7 +159,9 @@ class _Link:
     store: dist.TCPStore  # the host's store: the coordinator
 
     def __init__(self, *, precision: str, shapes: Sequence[torch.Size], peer_timeout_s: float,
-                 transfer_timeout_s: float | None, log: Callable[[str], None]):
+                 transfer_timeout_s: float | None, log: Callable[[str], None],
+                 secret: bytes | None = None):
+        self.secret = secret
         self.precision, self.shapes = precision, [torch.Size(s) for s in shapes]
         self.numels = [s.numel() for s in self.shapes]
         self.total = sum(self.numels)
@@ -139,7 +184,8 @@ class _Link:
         client = self._clients.get(t)
         if client is None:
             host, port = self.addrs[t]
-            client = dist.TCPStore(host, port, None, False, timedelta(seconds=self.peer_timeout_s))
+            client = SignedStore(dist.TCPStore(host, port, None, False,
+                                               timedelta(seconds=self.peer_timeout_s)), self.secret)
             client.set_timeout(timedelta(seconds=self.transfer_timeout_s))
             self._clients[t] = client
         return client
@@ -199,8 +245,15 @@ class _Link:
                 pass
             for t in sorted(waiting):
                 if self.inbox.check([waiting[t]]):
-                    got[t] = self.inbox.get(waiting[t])
-                    self.inbox.delete_key(waiting.pop(t))
+                    key = waiting.pop(t)
+                    try:
+                        got[t] = self.inbox.get(key)
+                    except ForgedMessage as exc:
+                        # Someone without the job's secret wrote (or overwrote) t's message:
+                        # t is left out of this round; its chunk goes the repair way.
+                        self.log(f"outer: {exc}; node rank {self.labels.get(t, t)} left out of "
+                                 f"round {round_}")
+                    self.inbox.delete_key(key)
             if not waiting:
                 break
             self._failed_pushes(pushes, round_, phase)
@@ -339,13 +392,15 @@ class _Link:
 class OuterHost(_Link):
     def __init__(self, *, port: int, precision: str, shapes: Sequence[torch.Size],
                  peer_timeout_s: float, log: Callable[[str], None] = print,
-                 store_timeout_s: float = 300, transfer_timeout_s: float | None = None):
+                 store_timeout_s: float = 300, transfer_timeout_s: float | None = None,
+                 secret: bytes | None = None):
         super().__init__(precision=precision, shapes=shapes, peer_timeout_s=peer_timeout_s,
-                         transfer_timeout_s=transfer_timeout_s, log=log)
+                         transfer_timeout_s=transfer_timeout_s, log=log, secret=secret)
         # Listens on every interface; the host's own client talks to it over loopback. It is
         # the coordinator and the host's inbox at once.
-        self.store = dist.TCPStore("127.0.0.1", port, None, True, timedelta(seconds=store_timeout_s),
-                                   wait_for_workers=False)
+        self.store = SignedStore(dist.TCPStore("127.0.0.1", port, None, True,
+                                               timedelta(seconds=store_timeout_s),
+                                               wait_for_workers=False), secret)
         self.inbox = self.store
         self.ticket = HOST
         self.members = [HOST]
@@ -364,14 +419,23 @@ class OuterHost(_Link):
             t += 1
         return tickets
 
-    def _take(self, tickets: list[int]) -> None:
+    def _take(self, tickets: list[int]) -> list[int]:
+        """Read the join records of `tickets`; returns those let in (a forged record is not)."""
+        taken = []
         for t in tickets:
-            self.info[t] = json.loads(self.store.get(f"join/{t}"))
+            try:
+                self.info[t] = json.loads(self.store.get(f"join/{t}"))
+            except ForgedMessage as exc:
+                self.log(f"outer: join ticket {t} refused: {exc}")
+                self.store.delete_key(f"join/{t}")
+                continue
             self.store.delete_key(f"join/{t}")
+            taken.append(t)
             self.labels[t] = str(self.info[t].get("node_rank", f"?{t}"))
             self.addrs[t] = tuple(self.info[t]["addr"])
         if tickets:
             self.next_ticket = tickets[-1] + 1
+        return taken
 
     def _roster(self, tickets: Sequence[int]) -> list:
         return [[t, *(self.addrs[t] if t != HOST else (None, None)), self.labels[t]] for t in tickets]
@@ -395,8 +459,7 @@ class OuterHost(_Link):
             self._finishing += tickets
             return tickets
         if self._selected is None:  # the job's start
-            tickets = self._waiting_joiners()
-            self._take(tickets)
+            tickets = self._take(self._waiting_joiners())
             self.members = [HOST, *tickets]
         else:
             tickets = self._selected
@@ -446,8 +509,7 @@ class OuterHost(_Link):
         survivors = sorted(reports)
         next_members = [HOST, *survivors]
         if not final:
-            self._selected = self._waiting_joiners()
-            self._take(self._selected)
+            self._selected = self._take(self._waiting_joiners())
             next_members += self._selected
         verdict = {"round": round_, "final": final, "repair": sorted(repair),
                    "chunks": {str(o): who for o, who in chunks.items() if o not in repair},
@@ -516,16 +578,19 @@ class OuterMember(_Link):
                  advertise_port: int | None = None,
                  peer_timeout_s: float = 15, transfer_timeout_s: float | None = None,
                  connect_timeout_s: float = 120, wait_timeout_s: float = 900,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, secret: bytes | None = None):
         super().__init__(precision=precision, shapes=shapes, peer_timeout_s=peer_timeout_s,
-                         transfer_timeout_s=transfer_timeout_s, log=log)
+                         transfer_timeout_s=transfer_timeout_s, log=log, secret=secret)
         timeout = timedelta(seconds=connect_timeout_s)
-        self.store = dist.TCPStore(host, port, None, False, timeout)
+        self.store = SignedStore(dist.TCPStore(host, port, None, False, timeout), secret)
         self.store.set_timeout(timedelta(seconds=wait_timeout_s))
         self._host_addr = (host, port)
         # This leader's inbox: the others push its chunk's parts and their averages here.
-        self.inbox = dist.TCPStore("0.0.0.0", inbox_port, None, True, timedelta(seconds=wait_timeout_s),
-                                   wait_for_workers=False)
+        # (c10d's server listens on every interface whatever host it is given: the MACs, not
+        # the bind address, keep strangers' bytes out; see docs/architecture.md.)
+        self.inbox = SignedStore(dist.TCPStore("0.0.0.0", inbox_port, None, True,
+                                               timedelta(seconds=wait_timeout_s),
+                                               wait_for_workers=False), secret)
         # advertise_port: a port forwarded to the inbox (behind NAT); by default its own.
         addr = [advertise_host or route_address(host, port), advertise_port or self.inbox.port]
         self.ticket = self.store.add("join_seq", 1)

@@ -6,8 +6,9 @@ SPEC.json (written by the agent): template, params, dataset, workdir, backend, r
 pg_timeout_s, verify (`{replay_share, segments}`: checkpoint often enough for the platform's
 replay spot checks), keep_checkpoints (how many of the newest stay on disk; the agent sets
 it, absent or 0 keeps all, as the verifier's own runs need), and for multi-node jobs sync,
-nnodes, node_rank and (DiLoCo) outer,
-member, peer_timeout_s; benchmarks may add max_steps, report_every and eval_every. Rank 0 writes
+nnodes, node_rank and (DiLoCo) outer, member, peer_timeout_s; job_secret (hex, from the
+platform: the DiLoCo exchange's HMAC key and the rendezvous store's namespace); benchmarks
+may add max_steps, report_every and eval_every. Rank 0 writes
 progress, checkpoint and result events to workdir/events.jsonl; every node's leader writes
 `alive` events with its own step there, at least every LIVENESS_EVERY_S while steps complete.
 Randomness is a function of (seed, rank, step), so a run resumed from a checkpoint, or
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import faulthandler
 import hashlib
+import hmac
 import json
 import os
 import signal
@@ -81,16 +83,17 @@ class DiLoCoNode:
             return
         self.global_params = [p.detach().cpu().float().clone() for p in self.params]
         address = spec["outer"]
+        secret = job_secret(spec)  # every message between the nodes carries its HMAC
         if node_rank == 0:
             self.link = outer.OuterHost(port=int(address["port"]), precision=sync.precision,
-                                        shapes=self.shapes, log=log,
+                                        shapes=self.shapes, log=log, secret=secret,
                                         peer_timeout_s=float(spec.get("peer_timeout_s", 15)))
         else:
             self.link = outer.OuterMember(host=address["host"], port=int(address["port"]),
                                           precision=sync.precision, shapes=self.shapes,
                                           node_rank=node_rank, member=str(spec.get("member", "")),
                                           digest=self.digest(), step=start_step, log=log,
-                                          advertise_host=spec.get("advertise_host"),
+                                          advertise_host=spec.get("advertise_host"), secret=secret,
                                           peer_timeout_s=float(spec.get("peer_timeout_s", 15)))
 
     @property
@@ -180,7 +183,23 @@ def _emit_log(message: str) -> None:
     print(message, flush=True)
 
 
-def init_process_group(backend: str, *, timeout: timedelta) -> None:
+def job_secret(spec: dict) -> bytes | None:
+    """The per-job secret the platform gave this job's agents only (hex), if any."""
+    value = spec.get("job_secret")
+    return bytes.fromhex(value) if value else None
+
+
+def store_prefix(secret: bytes | None, restart: str) -> str:
+    """The rendezvous store's namespace for this restart. Under the job's secret its name
+    cannot be guessed (the store lists no keys), so a stranger who reaches the store cannot
+    plant the group's keys (gloo's peer addresses) for this job."""
+    if secret is None:
+        return f"computemesh/attempt_{restart}"
+    tag = hmac.new(secret, b"computemesh-rdzv", hashlib.sha256).hexdigest()[:32]
+    return f"computemesh/{tag}/attempt_{restart}"
+
+
+def init_process_group(backend: str, *, timeout: timedelta, secret: bytes | None = None) -> None:
     """The group over torchrun's store, in a namespace of this restart's own.
 
     Under a static rendezvous (a node's ranks, or several nodes' over --master-addr) every
@@ -194,7 +213,7 @@ def init_process_group(backend: str, *, timeout: timedelta) -> None:
         return
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
                           is_master=False, timeout=timeout)
-    dist.init_process_group(backend, store=dist.PrefixStore(f"computemesh/attempt_{restart}", store),
+    dist.init_process_group(backend, store=dist.PrefixStore(store_prefix(secret, restart), store),
                             rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
                             timeout=timeout)
 
@@ -225,7 +244,8 @@ def main(spec_path: str) -> int:
     # Survivors of a dead peer fail after this instead of gloo's default 30 minutes.
     pg_timeout = spec.get("pg_timeout_s", 60)
     init_process_group(backend, timeout=timedelta(seconds=max(pg_timeout, OUTER_WAIT_S)
-                                                  if hierarchical else pg_timeout))
+                                                  if hierarchical else pg_timeout),
+                       secret=job_secret(spec))
 
     workdir = Path(spec["workdir"])
     ckpt_dir = workdir / "checkpoints"
