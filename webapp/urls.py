@@ -1,8 +1,22 @@
+import threading
+
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from marketplace import agent_http
+
+
+class SchemaView(SpectacularAPIView):
+    """One schema generation at a time: drf-spectacular loads its extensions lazily and not
+    thread-safely, and a fresh server's first concurrent requests answered 500."""
+
+    _lock = threading.Lock()
+
+    def get(self, request, *args, **kwargs):
+        with self._lock:
+            return super().get(request, *args, **kwargs)
+
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -13,7 +27,7 @@ urlpatterns = [
     path("api/v1/agent/assignments/<int:assignment_id>/artifact/", agent_http.artifact,
          name="agent-artifact"),
     path("api/v1/", include("marketplace.api.urls")),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/schema/", SchemaView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("", include("marketplace.views.urls")),
 ]
