@@ -362,6 +362,12 @@ if DATASET_ENCRYPTION_KEY:
 
 # Agents heartbeat this often; start messages not accepted after this long are resent.
 AGENT_HEARTBEAT_S = env.float("AGENT_HEARTBEAT_S", default=5.0)
+# Rendezvous ports a node rank 0 may name for the others (assignment.accepted): outside this
+# range the platform refuses it rather than send the job's other nodes there.
+AGENT_RDZV_PORT_MIN = env.int("AGENT_RDZV_PORT_MIN", default=1024)
+AGENT_RDZV_PORT_MAX = env.int("AGENT_RDZV_PORT_MAX", default=65535)
+if not 1 <= AGENT_RDZV_PORT_MIN <= AGENT_RDZV_PORT_MAX <= 65535:
+    raise ImproperlyConfigured("need 1 <= AGENT_RDZV_PORT_MIN <= AGENT_RDZV_PORT_MAX <= 65535")
 # Budget safety: how often running jobs' spend is checked; the nodes are asked to checkpoint
 # and pause once the budget left covers less than BUDGET_PAUSE_LEAD_S of running; a node
 # that has not paused BUDGET_PAUSE_GRACE_S later is stopped.

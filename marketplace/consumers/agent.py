@@ -82,6 +82,10 @@ class AgentConsumer(LiveConsumer):
         if self.node is None:
             await self.close(code=4401)  # refused at the handshake (HTTP 403)
             return
+        # Where this node may host a rendezvous: the address its socket comes from, and the
+        # one its agent advertises in `hello` (execution._clean_body checks rank 0's choice).
+        client = self.scope.get("client") or (None,)
+        self.rdzv_hosts = {str(client[0])} if client[0] else set()
         self.group = execution.node_group(self.node.pk)
         await self.channel_layer.group_add(self.group, self.channel_name)
         self.ingest = _ingest()
@@ -117,6 +121,8 @@ class AgentConsumer(LiveConsumer):
             await self._error("rate_limited", "too many messages from this node; resend later", ref)
             return
         if kind == "hello":
+            if isinstance(message.get("advertise_addr"), str) and message["advertise_addr"]:
+                self.rdzv_hosts.add(message["advertise_addr"][:255])
             try:
                 out = await database_sync_to_async(execution.agent_hello)(node=self.node, hello=message)
             except execution.AgentRefused as exc:
@@ -130,6 +136,8 @@ class AgentConsumer(LiveConsumer):
                                                                           unacked=unacked,
                                                                           steps=message.get("steps"))
         else:
+            # Set here, never taken from the agent: what rank 0's rendezvous host is checked against.
+            message["seen_hosts"] = sorted(self.rdzv_hosts)
             self.ingest.put(self, message)
             return
         for item in out:

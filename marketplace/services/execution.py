@@ -355,6 +355,22 @@ def _progress_item(item: Any, n: int) -> dict:
             "at": _number(item.get("at"))}
 
 
+def _rdzv_refused(host: str, port: int | None, seen: Any) -> str | None:
+    """Why rank 0's rendezvous address is refused, or None. The job's other nodes are sent
+    there, so it must be this node's own (where its socket comes from, or what its agent
+    advertised: `seen`, set by the agent socket, never by the agent) and a port in the
+    configured range, not a third party's address the job would then connect to."""
+    low, high = settings.AGENT_RDZV_PORT_MIN, settings.AGENT_RDZV_PORT_MAX
+    if port is not None and not low <= port <= high:
+        return f"rendezvous port {port} is outside {low}..{high}"
+    # (Nothing known only where no socket address exists, as in in-process test sockets:
+    # daphne and uvicorn always give one.)
+    if host and isinstance(seen, list) and seen and host not in seen:
+        return (f"rendezvous host {host[:64]!r} is not this node's own address "
+                f"({', '.join(map(str, seen[:4]))})")
+    return None
+
+
 def _clean_body(kind: str, m: dict) -> dict:
     """The fields of a `kind` message that its handler reads, validated; the rest dropped."""
     if kind == "progress":
@@ -373,9 +389,10 @@ def _clean_body(kind: str, m: dict) -> dict:
             return {"rdzv": {}}
         if not isinstance(rdzv, dict):
             raise _invalid("rdzv", "an object with 'host' and 'port'")
-        return {"rdzv": {"host": _text(rdzv.get("host"), "rdzv.host", limit=255) or "",
-                         "port": _integer(rdzv.get("port"), "rdzv.port", low=1, high=65535,
-                                          optional=True)}}
+        host = _text(rdzv.get("host"), "rdzv.host", limit=255) or ""
+        port = _integer(rdzv.get("port"), "rdzv.port", low=1, high=65535, optional=True)
+        return {"rdzv": {"host": host, "port": port},
+                "rdzv_refused": _rdzv_refused(host, port, m.get("seen_hosts"))}
     if kind == "assignment.rejected":
         return {"reason": _text(m.get("reason"), "reason", limit=500)}
     status = m.get("status")
@@ -521,6 +538,9 @@ def _on_accepted(a: Assignment, m: dict) -> None:
     why = claims.assignment_claims_check(a)
     if why is not None:  # the offer lists more than the node reported: it does not run it
         _on_rejected(a, {"reason": f"the node's hardware does not match its offer: {why}"})
+        return
+    if a.node_rank == 0 and m.get("rdzv_refused"):  # the others would be sent elsewhere
+        _on_rejected(a, {"reason": f"rendezvous refused: {m['rdzv_refused']}"})
         return
     rdzv = m.get("rdzv") or {}
     fields = {"status": A.ACCEPTED, "started_at": timezone.now()}
