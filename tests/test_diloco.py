@@ -361,7 +361,9 @@ def test_hierarchical_diloco_runs_ddp_inside_each_node(tmp_path, template):
                 "sync": {"mode": "diloco", "inner_steps": 7, "outer_lr": 0.7, "outer_momentum": 0.9,
                          "precision": "int8"},
                 "nnodes": 2, "node_rank": rank, "outer": {"host": "127.0.0.1", "port": port},
-                "member": f"test-{rank}", "peer_timeout_s": 10}
+                "member": f"test-{rank}", "peer_timeout_s": 10,
+                # As the platform sends it: every outer message carries its HMAC under this.
+                "job_secret": "5e" * 32}
         (work / "spec.json").write_text(json.dumps(spec))
         cmd = launcher.command(spec_path=work / "spec.json", nnodes=2, node_rank=rank, nproc_per_node=2,
                                master_addr="127.0.0.1", master_port=port, standalone=True)
