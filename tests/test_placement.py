@@ -1,15 +1,19 @@
 """Placement: the cheapest fitting nodes, atomic reservations, never a double booking."""
 
 import threading
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.db import connection
 from django.db.models import F
+from django.utils import timezone
 
-from marketplace.models import Assignment, Job, Offer
-from marketplace.services import placement
+from marketplace.models import Assignment, Checkpoint, Job, Offer
+from marketplace.selectors.exclusions import nodes_excluded
+from marketplace.services import batch_placement, placement
 from marketplace.services.execution import node_lost
+from marketplace.services.nodes import node_set_presence
 
 from .factories import JobFactory, NodeFactory, OfferFactory
 
@@ -205,3 +209,72 @@ def test_a_consumer_s_own_nodes_are_never_placed_on_its_jobs(db, matcher):
     place()
     assert not Assignment.objects.filter(job=second).exists()
     assert Offer.objects.get(pk=own.pk).gpus_reserved == 0
+
+
+def _run_and_lose(job: Job) -> Assignment:
+    """Place the one-node job, let it run, and lose its node (heartbeats stopped)."""
+    (a,) = placement.job_place(job_id=job.pk)
+    Job.objects.filter(pk=job.pk).update(status=S.RUNNING)
+    Assignment.objects.filter(pk=a.pk).update(status=Assignment.Status.RUNNING)
+    assert node_lost(node_id=a.node_id) == 1
+    return a
+
+
+def _age_losses(job: Job, seconds: int) -> None:
+    """The losses happened `seconds` ago, and the lost nodes' agents are connected again."""
+    lost = Assignment.objects.filter(job=job, status=Assignment.Status.LOST)
+    lost.update(finished_at=timezone.now() - timedelta(seconds=seconds))
+    for node_id in set(lost.values_list("node_id", flat=True)):
+        node_set_presence(node_id=node_id, online=True, heartbeat_at=timezone.now())
+
+
+@pytest.mark.parametrize("place", ["job_place", "batch"])
+def test_a_node_lost_once_takes_part_again_after_the_readmit_delay(db, settings, place):
+    """The demo has two nodes: a two-node job whose agent restarted must not wait for ever."""
+    settings.NODE_LOST_READMIT_S = 60
+    offer = cpu_offer("0.10")
+    job = funded_job(nodes=1)
+    lost = _run_and_lose(job)
+    job.refresh_from_db()
+    assert job.excluded_nodes == [offer.node_id]
+    assert placement.job_place(job_id=job.pk) == []  # no other node, and too soon
+    _age_losses(job, 61)
+    if place == "job_place":
+        (again,) = placement.job_place(job_id=job.pk)
+    else:
+        placed = batch_placement.jobs_place_waiting()
+        (again,) = Assignment.objects.filter(pk__in=placed[job.pk])
+    assert again.node_id == lost.node_id and again.attempt == 2
+
+
+def test_a_node_lost_twice_on_a_job_stays_out(db, settings):
+    settings.NODE_LOST_READMIT_S = 0
+    offer = cpu_offer("0.10")
+    job = funded_job(nodes=1)
+    _run_and_lose(job)
+    _age_losses(job, 1)
+    job.refresh_from_db()
+    _run_and_lose(job)  # readmitted once, lost again
+    _age_losses(job, 1)
+    assert placement.job_place(job_id=job.pk) == []
+    assert nodes_excluded(Job.objects.get(pk=job.pk), now=timezone.now()) == {offer.node_id}
+
+
+def test_a_node_that_failed_or_wrote_a_rejected_checkpoint_is_never_readmitted(db, settings):
+    settings.NODE_LOST_READMIT_S = 0
+    offer = cpu_offer("0.10")
+    job = funded_job(nodes=1)
+    (a,) = placement.job_place(job_id=job.pk)
+    Assignment.objects.filter(pk=a.pk).update(status=Assignment.Status.FAILED, finished_at=timezone.now())
+    Offer.objects.filter(pk=offer.pk).update(gpus_reserved=0)  # its slots are free again
+    Job.objects.filter(pk=job.pk).update(excluded_nodes=[a.node_id], status=S.INTERRUPTED)
+    assert placement.job_place(job_id=job.pk) == []
+    # Lost once, but also the author of a checkpoint the platform rejected: it stays out.
+    job2 = funded_job(nodes=1)
+    lost = _run_and_lose(job2)
+    assert lost.node_id == offer.node_id
+    _age_losses(job2, 1)
+    Checkpoint.objects.create(job=job2, assignment=lost, step=10, sha256="0" * 64, size_bytes=1,
+                              status=Checkpoint.Status.REJECTED, rejected_reason="not a checkpoint")
+    assert nodes_excluded(Job.objects.get(pk=job2.pk), now=timezone.now()) == {offer.node_id}
+    assert placement.job_place(job_id=job2.pk) == []

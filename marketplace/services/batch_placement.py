@@ -22,6 +22,7 @@ from django.utils import timezone
 from .. import catalogue, job_states
 from ..models import Assignment, Checkpoint, Job, JobEvent, Offer
 from ..selectors.checkpoints import checkpoints_resumable
+from ..selectors.exclusions import nodes_excluded
 from . import deadlines, enqueue, placement
 
 S = Job.Status
@@ -79,11 +80,12 @@ class OfferBook:
         mask = catalogue.compliance_mask(job.compliance) if job.compliance else 0
         # Verified tags also need the provider's stake (offer_search.verified_for).
         min_stake = settings.MIN_STAKE_FOR_VERIFIED_TAGS if mask else 0
+        excluded = nodes_excluded(job, now=now)
         # A shape that found nothing earlier in this pass finds nothing now: capacity only
         # shrinks while a pass runs.
         shape = (frozenset(models), job.min_gpu_memory_gb, frozenset(regions or ()), mask,
                  job.min_reliability, job.gpus_per_node, job.nodes, job.max_price_per_gpu_hour,
-                 job.duration_hours, tuple(job.excluded_nodes), job.owner_id)
+                 job.duration_hours, tuple(sorted(excluded)), job.owner_id)
         if shape in self.failed:
             return []
         walks = [self._walk(k) for k in self.lists
@@ -91,7 +93,6 @@ class OfferBook:
                  and (blocs is None or k[2] in blocs)]
         hours = job.duration_hours
         end = now + timedelta(hours=float(hours))
-        excluded = set(job.excluded_nodes)
         picked: list[BookOffer] = []
         nodes: set[int] = set()
         for o in heapq.merge(*walks, key=_key):

@@ -16,6 +16,7 @@ from django.utils import timezone
 from .. import job_states
 from ..models import Assignment, Job, JobEvent, Offer
 from ..selectors.checkpoints import checkpoints_resumable
+from ..selectors.exclusions import nodes_excluded
 from . import deadlines, live, matching
 from .job_spec import JobSpec
 
@@ -57,7 +58,9 @@ def job_explain_wait(*, job_id: int) -> None:
     if quote.feasible or not reasons:
         excluded = ", ".join(str(n) for n in job.excluded_nodes) or "none"
         message = (f"The nodes that fit this job failed or were lost during it earlier and are "
-                   f"not used again (nodes {excluded}); waiting for another node to come online.")
+                   f"not used now (nodes {excluded}; a node lost only once may take part again "
+                   f"{settings.NODE_LOST_READMIT_S} s after the loss, once it is back online); "
+                   f"waiting for a node.")
     else:
         message = " ".join(r["message"] for r in reasons[:3])
     _note_wait(job, message, reasons)
@@ -99,7 +102,7 @@ def job_place(*, job_id: int) -> list[Assignment]:
         spec = spec_of(job)
         constraints = matching.constraints_for(spec)
         candidates = (matching.offers_matching(spec, constraints)
-                      .exclude(node_id__in=job.excluded_nodes)
+                      .exclude(node_id__in=nodes_excluded(job, now=timezone.now()))
                       .exclude(provider_id=job.owner_id)  # never_own_nodes
                       .order_by("price_per_gpu_hour", "-reliability", "id")
                       .values_list("pk", "node_id")[: max(50, spec.nodes * 20)])
