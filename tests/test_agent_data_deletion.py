@@ -13,6 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+from django.urls import reverse
+
 from workers.agent.run_assignment import AssignmentRun
 from workers.training import checkpoint
 
@@ -104,3 +107,27 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path):
     assert sorted(p.name for p in gone) == ["step-0000005.pt", "step-0000010.pt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "step-0000020.pt", "step-0000030.pt", "step-0000040.pt"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_platform_records_the_deletion_and_the_job_page_says_so(client):
+    # Through the ASGI agent socket: the agent reports data_deleted with its part's end.
+    from marketplace.models import Assignment
+
+    from .factories import UserFactory
+    from .test_agent_socket import _assignment, _session, run, token_node
+
+    a = _assignment(token_node())
+    run(_session("cmn_socket_test", [
+        {"type": "assignment.accepted", "id": "1", "assignment": a.pk, "seq": 1,
+         "rdzv": {"host": "127.0.0.1", "port": 29500}},
+        {"type": "assignment.finished", "id": "2", "assignment": a.pk, "seq": 2, "status": "failed",
+         "error": "boom", "data_deleted": True},
+    ]))
+    a.refresh_from_db()
+    assert a.status == Assignment.Status.FAILED
+    event = a.job.events.get(reason="data_deleted")
+    assert event.message.startswith(f"Data deleted from node {a.node_id}")
+    client.force_login(UserFactory(organization=a.job.owner))
+    page = client.get(reverse("job_detail", args=[a.job_id])).content.decode()
+    assert f"Data deleted from node {a.node_id}" in page

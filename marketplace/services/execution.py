@@ -408,7 +408,8 @@ def _clean_body(kind: str, m: dict) -> dict:
             "param_digests": [_text(d, f"param_digests[{n}]", limit=64, optional=False) for n, d in
                               enumerate(_list(m.get("param_digests"), "param_digests", limit=MAX_DIGESTS))],
             "comm_bytes": _byte_count(m.get("comm_bytes")),
-            "comm_bytes_ddp": _byte_count(m.get("comm_bytes_ddp"))}
+            "comm_bytes_ddp": _byte_count(m.get("comm_bytes_ddp")),
+            "data_deleted": m.get("data_deleted") is True}
 
 
 def parse_data(message: dict) -> tuple[str, int, int, dict]:
@@ -669,6 +670,11 @@ def _on_checkpoint(a: Assignment, m: dict) -> None:
 
 def _on_finished(a: Assignment, m: dict) -> None:
     job = Job.objects.select_for_update().get(pk=a.job_id)
+    if m.get("data_deleted"):  # the agent's word (issue 13 item 7): shown on the job's timeline
+        job_states.note(job_id=job.pk, reason="data_deleted",
+                        message=f"Data deleted from node {a.node_id}: the job's dataset, checkpoints "
+                                "and code on that machine, as its part ended.",
+                        data={"node": a.node_id, "assignment": a.pk})
     sent, ddp = _int(m.get("comm_bytes"), None), _int(m.get("comm_bytes_ddp"), None)
     if sent is not None or ddp is not None:  # this node's traffic, kept with the job (per node)
         Assignment.objects.filter(pk=a.pk).update(comm_bytes=sent, comm_bytes_ddp=ddp)
