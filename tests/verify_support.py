@@ -16,6 +16,7 @@ from decimal import Decimal
 import pytest
 import redis
 import torch
+from kombu import pools as kombu_pools
 
 from marketplace import catalogue
 from marketplace.models import Assignment, Job, Node
@@ -35,10 +36,12 @@ PARAMS = catalogue.get_template(TEMPLATE).validate_params(
 
 
 def _point(url: str) -> None:
+    """Send this process's tasks to `url`. The app's pools live in kombu's registries, keyed
+    by broker URL: closing one without clearing them left a closed pool under the old URL,
+    and pointing back at it later raised 'Acquire on closed pool' in the next test."""
     celery_app.conf.broker_url = url
-    if celery_app._pool is not None:
-        celery_app._pool.force_close_all()
-        celery_app._pool = None
+    kombu_pools.reset()
+    celery_app._pool = None
     celery_app.amqp._producer_pool = None
 
 
