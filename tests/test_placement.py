@@ -278,3 +278,27 @@ def test_a_node_that_failed_or_wrote_a_rejected_checkpoint_is_never_readmitted(d
                               status=Checkpoint.Status.REJECTED, rejected_reason="not a checkpoint")
     assert nodes_excluded(Job.objects.get(pk=job2.pk), now=timezone.now()) == {offer.node_id}
     assert placement.job_place(job_id=job2.pk) == []
+
+
+@pytest.mark.parametrize("place", ["job_place", "batch"])
+def test_a_job_waits_for_its_newest_checkpoints_check_before_resuming(db, place):
+    """Placed while its checkpoint is still pending (the check runs on the verify queue), a
+    paused or interrupted job resumed from step 0 and redid the work (test_budget_e2e saw it)."""
+    cpu_offer("0.10")
+    job = funded_job(nodes=1)
+    (a,) = placement.job_place(job_id=job.pk)
+    ckpt = Checkpoint.objects.create(job=job, assignment=a, step=10, sha256="1" * 64, size_bytes=1,
+                                     committed_at=timezone.now())
+    Assignment.objects.filter(pk=a.pk).update(status=Assignment.Status.PAUSED, finished_at=timezone.now())
+    Offer.objects.filter(pk=a.offer_id).update(gpus_reserved=0)
+    Job.objects.filter(pk=job.pk).update(status=S.INTERRUPTED)
+
+    def place_now() -> list[Assignment]:
+        if place == "job_place":
+            return placement.job_place(job_id=job.pk)
+        return list(Assignment.objects.filter(pk__in=batch_placement.jobs_place_waiting().get(job.pk, [])))
+
+    assert place_now() == []
+    Checkpoint.objects.filter(pk=ckpt.pk).update(status=Checkpoint.Status.VALID)
+    (b,) = place_now()
+    assert b.resume_step == 10

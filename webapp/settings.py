@@ -260,6 +260,9 @@ NODE_HEARTBEAT_TIMEOUT_S = env.int("NODE_HEARTBEAT_TIMEOUT_S", default=15)
 # A node lost once during a job (its agent restarted, its network dropped) may be placed on
 # that job again this long after the loss; lost twice, it is left out (selectors/exclusions.py).
 NODE_LOST_READMIT_S = env.int("NODE_LOST_READMIT_S", default=60)
+# A job about to resume waits at most this long for its newest checkpoint's check (verify
+# queue), so that it resumes from that checkpoint instead of an older one.
+CHECKPOINT_CHECK_WAIT_S = env.int("CHECKPOINT_CHECK_WAIT_S", default=300)
 # DiLoCo: an outer round goes on without a node whose heartbeat to rank 0 stopped this long.
 DILOCO_PEER_TIMEOUT_S = env.int("DILOCO_PEER_TIMEOUT_S", default=15)
 PLATFORM_FEE_BPS = env.int("PLATFORM_FEE_BPS", default=500)

@@ -1,6 +1,9 @@
 """Which checkpoints count."""
 
-from django.db.models import QuerySet
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import Max, QuerySet
 
 from ..models import Checkpoint
 from ..trust_models import Dispute
@@ -20,3 +23,17 @@ def checkpoints_payable(qs: QuerySet[Checkpoint]) -> QuerySet[Checkpoint]:
     (it loads as tensors, holds the job's model, its step fits the progress reported). A
     garbage checkpoint committed on schedule before vanishing earns nothing."""
     return qs.filter(committed_at__isnull=False, status=Checkpoint.Status.VALID)
+
+
+def jobs_awaiting_checkpoint_check(job_ids: list[int], *, now: datetime) -> dict[int, int]:
+    """{job id: step} for jobs whose newest committed checkpoint is still waiting for its check
+    (verify queue) and is newer than every valid one: placed now, they would resume from an
+    older checkpoint, or from step 0, and redo (and pay again for) the work it holds. The wait
+    is bounded: a check not done within CHECKPOINT_CHECK_WAIT_S no longer holds the job."""
+    since = now - timedelta(seconds=settings.CHECKPOINT_CHECK_WAIT_S)
+    valid = dict(checkpoints_resumable(Checkpoint.objects.filter(job_id__in=job_ids))
+                 .values_list("job").annotate(step=Max("step")))
+    pending = (Checkpoint.objects.filter(job_id__in=job_ids, committed_at__gte=since,
+                                         status=Checkpoint.Status.PENDING)
+               .values_list("job").annotate(step=Max("step")))
+    return {job_id: step for job_id, step in pending if step > valid.get(job_id, -1)}

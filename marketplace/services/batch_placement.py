@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from .. import catalogue, job_states
 from ..models import Assignment, Checkpoint, Job, JobEvent, Offer
-from ..selectors.checkpoints import checkpoints_resumable
+from ..selectors.checkpoints import checkpoints_resumable, jobs_awaiting_checkpoint_check
 from ..selectors.exclusions import nodes_excluded
 from . import deadlines, enqueue, placement
 
@@ -148,6 +148,8 @@ def jobs_place_waiting(*, limit: int = 2000) -> dict[int, list[int]]:
                                    message="Looking for machines that meet every constraint.",
                                    expect={S.FUNDED, S.INTERRUPTED})
         book = _book(jobs, now)
+        # Placed before its newest checkpoint is checked, a job would resume from an older one.
+        awaiting = jobs_awaiting_checkpoint_check([j.pk for j in jobs], now=now)
         plans: dict[int, list[BookOffer]] = {}
         # Largest first, then oldest first: big jobs are the hardest to place and would
         # starve behind small ones, and packing them first came out at the optimal total
@@ -155,6 +157,8 @@ def jobs_place_waiting(*, limit: int = 2000) -> dict[int, list[int]]:
         # was up to 1.9 % above it).
         for job in sorted(jobs, key=lambda j: (-j.gpus_per_node, -j.nodes, j.created_at, j.pk)):
             if deadlines.job_shortfall(job, now=now) is not None:  # explain_wait says why
+                continue
+            if job.pk in awaiting:  # placed again once the check is done (checkpoint_validate)
                 continue
             picked = book.cheapest(job, now)
             if picked:

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from .. import job_states
 from ..models import Assignment, Job, JobEvent, Offer
-from ..selectors.checkpoints import checkpoints_resumable
+from ..selectors.checkpoints import checkpoints_resumable, jobs_awaiting_checkpoint_check
 from ..selectors.exclusions import nodes_excluded
 from . import deadlines, live, matching
 from .job_spec import JobSpec
@@ -98,6 +98,10 @@ def job_place(*, job_id: int) -> list[Assignment]:
         # providers would not be paid after the consumer may reclaim the escrow.
         if (late := deadlines.job_shortfall(job, now=timezone.now())) is not None:
             _note_wait(job, late["message"], [late])
+            return []
+        if (step := jobs_awaiting_checkpoint_check([job.pk], now=timezone.now()).get(job.pk)) is not None:
+            _note_wait(job, f"Waiting for the check of the checkpoint at step {step} before "
+                            "resuming from it.", [{"code": "checkpoint_check", "step": step}])
             return []
         spec = spec_of(job)
         constraints = matching.constraints_for(spec)

@@ -560,6 +560,8 @@ def checkpoint_validate(*, checkpoint_id: int) -> str:
                             message=f"The checkpoint at step {ckpt.step} from node {ckpt.assignment.node_id} "
                                     f"was rejected: {problem}. Work is neither resumed from it nor paid "
                                     "up to it.")
+    if done and Job.objects.filter(pk=ckpt.job_id, status=Job.Status.MATCHING).exists():
+        enqueue.match_job(ckpt.job_id)  # placement waited for this check (jobs_awaiting_checkpoint_check)
     return Checkpoint.objects.filter(pk=ckpt.pk).values_list("status", flat=True).get()
 
 
