@@ -148,3 +148,42 @@ def test_a_heartbeat_with_ids_out_of_range_is_answered_and_the_socket_survives()
 
     assert asyncio.run(session()) == {"type": "ack", "ack": "after-1", "ids": ["after-1"]}
     assert MetricPoint.objects.filter(assignment=a).count() == 1
+
+
+def test_an_agent_that_keeps_sending_refused_messages_is_told_why_closed_and_kept_out_a_while(settings):
+    """Refusals cost the ingest a transaction each: an agent that only sends garbage is closed
+    after REFUSED_IN_A_ROW of them, told why, and its node refused at the handshake for a
+    wait that doubles; another node is unaffected; an honest message resets the count."""
+    from marketplace.consumers import agent as agent_socket
+
+    bad, good = token_node("cmn_refused_bad"), token_node("cmn_refused_good")
+    a = _assignment(good, status=A.RUNNING, job_status=Job.Status.RUNNING)
+    limit = agent_socket.REFUSED_IN_A_ROW
+
+    async def scenario():
+        comm = connect("cmn_refused_bad")
+        assert (await comm.connect())[0]
+        codes = []
+        for i in range(limit):
+            await comm.send_to(text_data=json.dumps({"type": "log", "id": f"x{i}", "lines": 5}))
+        while True:
+            out = await comm.receive_output(timeout=10)
+            if out["type"] == "websocket.close":
+                closed_with = out.get("code")
+                break
+            codes.append(json.loads(out["text"])["code"])
+        again = connect("cmn_refused_bad")
+        refused_again = not (await again.connect())[0]
+        honest = connect("cmn_refused_good")
+        assert (await honest.connect())[0]
+        await honest.send_to(text_data=json.dumps(_honest(a, "good", 1)[0]))
+        ack = json.loads(await honest.receive_from(timeout=10))
+        await honest.disconnect()
+        shut = (agent_socket._limiter().shut_for(bad.pk), agent_socket._limiter().shut_for(good.pk))
+        return codes, closed_with, refused_again, ack, shut
+
+    codes, closed_with, refused_again, ack, (bad_wait, good_wait) = asyncio.run(scenario())
+    assert codes.count("malformed") == limit and codes[-1] == "too_many_refused"
+    assert closed_with == 4429 and refused_again
+    assert ack["type"] == "ack"
+    assert bad_wait > 0 and good_wait == 0

@@ -25,6 +25,12 @@ RATE_BURST, RATE_PER_S = 300.0, 150.0
 # hello and heartbeat each write the node's row: an honest agent sends one every 5 s (the
 # test stacks every 1 s), so twice a second with room for a reconnect's burst is plenty.
 CONTROL_BURST, CONTROL_PER_S = 20.0, 2.0
+# An agent whose messages keep being refused (malformed, invalid) is told why and closed
+# after this many in a row; its node may connect again after a wait that doubles with each
+# such close (up to the longest), so a broken or hostile agent cannot keep the ingest busy.
+REFUSED_IN_A_ROW = 50
+REFUSALS = frozenset({"malformed", "invalid", "unknown_type", "not_yours"})  # not: rate_limited, out of order
+REFUSED_WAIT_S = (5.0, 300.0)
 DRAIN_BATCH = 2000
 # At most this many progress snapshots each 0.25 s tick (40 jobs a second per process).
 SNAPSHOTS_PER_TICK = 10
@@ -56,6 +62,18 @@ class NodeLimiter:
 
     def __init__(self):
         self.buckets: dict[tuple[int, str], tuple[float, float]] = {}
+        self.shut_out: dict[int, tuple[float, float]] = {}  # node id -> (until, next wait)
+
+    def shut(self, node_id: int) -> float:
+        """Close this node out for a while (longer each time); returns the wait."""
+        now = time.monotonic()
+        _, wait = self.shut_out.get(node_id, (now, REFUSED_WAIT_S[0]))
+        self.shut_out[node_id] = (now + wait, min(wait * 2, REFUSED_WAIT_S[1]))
+        return wait
+
+    def shut_for(self, node_id: int) -> float:
+        until, _ = self.shut_out.get(node_id, (0.0, 0.0))
+        return max(0.0, until - time.monotonic())
 
     def allow(self, node_id: int, kind: str, burst: float, per_s: float) -> bool:
         now = time.monotonic()
@@ -79,9 +97,12 @@ class AgentConsumer(LiveConsumer):
     async def connect(self):
         token = _token(self.scope)
         self.node = await _authenticate(token) if token else None
-        if self.node is None:
-            await self.close(code=4401)  # refused at the handshake (HTTP 403)
+        if self.node is None or _limiter().shut_for(self.node.pk) > 0:
+            # Refused at the handshake (HTTP 403): no token, or a node closed out for a while
+            # after a run of refused messages (it was told why before the close).
+            await self.close(code=4401 if self.node is None else 4429)
             return
+        self.refused_in_a_row = 0
         # Where this node may host a rendezvous: the address its socket comes from, and the
         # one its agent advertises in `hello` (execution._clean_body checks rank 0's choice).
         client = self.scope.get("client") or (None,)
@@ -103,6 +124,20 @@ class AgentConsumer(LiveConsumer):
 
     async def _error(self, code: str, message: str, ref=None):
         await self.send(json.dumps({"type": "error", "code": code, "message": message, "ref": ref}))
+        if code in REFUSALS:
+            await self._refused()
+
+    async def _refused(self):
+        self.refused_in_a_row = getattr(self, "refused_in_a_row", 0) + 1
+        if self.refused_in_a_row == REFUSED_IN_A_ROW:
+            wait = _limiter().shut(self.node.pk)
+            log.warning("agent %s: %d refused messages in a row; closed for %.0f s",
+                        self.node.pk, REFUSED_IN_A_ROW, wait)
+            await self.send(json.dumps({
+                "type": "error", "code": "too_many_refused", "ref": None,
+                "message": f"{REFUSED_IN_A_ROW} messages in a row were refused (see the errors "
+                           f"before this one); connect again in {wait:.0f} s"}))
+            await self.close(code=4429)
 
     async def receive(self, text_data=None, bytes_data=None):
         if text_data is None or len(text_data) > MAX_MESSAGE_BYTES:
@@ -229,6 +264,7 @@ class Ingest:
         for (consumer, message), error in zip(batch, results, strict=True):
             if error is None:
                 acks.setdefault(consumer, []).append(message.get("id"))
+                consumer.refused_in_a_row = 0
                 continue
             if error.code != "internal":
                 log.info("agent %s: %s", consumer.node.pk, error.message)
