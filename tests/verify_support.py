@@ -16,7 +16,7 @@ from decimal import Decimal
 import pytest
 import redis
 import torch
-from kombu import pools as kombu_pools
+from celery import current_app
 
 from marketplace import catalogue
 from marketplace.models import Assignment, Job, Node
@@ -36,13 +36,14 @@ PARAMS = catalogue.get_template(TEMPLATE).validate_params(
 
 
 def _point(url: str) -> None:
-    """Send this process's tasks to `url`. The app's pools live in kombu's registries, keyed
-    by broker URL: closing one without clearing them left a closed pool under the old URL,
-    and pointing back at it later raised 'Acquire on closed pool' in the next test."""
-    celery_app.conf.broker_url = url
-    kombu_pools.reset()
-    celery_app._pool = None
-    celery_app.amqp._producer_pool = None
+    """Send this process's tasks to `url`. The pools stay open: they live in kombu's global
+    registries, keyed by broker URL and shared by every Celery app of the process, so closing
+    one (or resetting the registries) left a closed pool behind for the next test that
+    enqueued ('Acquire on closed pool' in every later test of a full run)."""
+    for app in {celery_app, current_app._get_current_object()}:
+        app.conf.broker_url = url
+        app._pool = None
+        app.amqp._producer_pool = None
 
 
 @pytest.fixture
