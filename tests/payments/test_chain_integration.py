@@ -265,7 +265,7 @@ def test_two_hundred_settlements_from_two_workers(on_node, tmp_path):
                      timeout=60, what=f"{name} to be ready")
 
         # The stack's broker, whatever this test process's own Celery settings say.
-        beat = Celery(broker=REDIS_URL)
+        beat = Celery(broker=REDIS_URL, set_as_current=False)
 
         def all_settled():
             left = Settlement.objects.exclude(status="settled").count()

@@ -60,7 +60,7 @@ def test_the_task_enqueued_twice_slashes_once(on_node, tmp_path):
     stack = stack_for(tmp_path, on_node, queues="chain")
     try:
         stack.worker("slash-worker", beat=False)
-        broker = Celery(broker=REDIS_URL)  # the stack's broker
+        broker = Celery(broker=REDIS_URL, set_as_current=False)  # the stack's broker
         for _ in range(2):
             broker.send_task(TASK, args=[dispute.pk], queue="chain")
 
@@ -89,7 +89,7 @@ def test_a_worker_killed_mid_slash_leaves_the_dispute_slashed_once(on_node, tmp_
     stack = stack_for(tmp_path, on_node, queues="chain", CHAIN_RESEND_AFTER_S="1")
     try:
         stack.worker("slash-worker-a", beat=False)
-        Celery(broker=REDIS_URL).send_task(TASK, args=[dispute.pk], queue="chain")
+        Celery(broker=REDIS_URL, set_as_current=False).send_task(TASK, args=[dispute.pk], queue="chain")
         wait_for(lambda: DisputeSlash.objects.filter(dispute=dispute, transaction__isnull=False).exists(),
                  timeout=90, every=0.01, what="worker A to store the slash")
         stack.kill("slash-worker-a")
