@@ -57,16 +57,31 @@ def test_what_an_exited_agent_left_in_other_sessions_is_killed_before_it_restart
               f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)', "
               f"{str(workdir / 'assignments' / '7' / 'spec.json')!r}], start_new_session=True)\n"
               f"open({str(pids)!r}, 'w').write(str(p.pid))\n")
+    # A process in a session of its own that does not name the workdir: not the agent's.
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                                 start_new_session=True)
     out = io.StringIO()
     supervisor = Supervisor(out)
     try:
         supervisor.add(Child("local-cpu-1", [sys.executable, "-c", script], leftovers=f"{workdir}{os.sep}"))
         orphan = int(wait_for(lambda: pids.exists() and pids.read_text(), timeout=20, every=0.05,
                               what="the orphan's pid"))
+        wait_for(lambda: supervisor.exited("local-cpu-1"), timeout=20, every=0.05, what="the agent's exit")
+        # The agent is gone and nothing has tended it yet: its orphan outlived it.
+        assert _alive(orphan)
         tend_until(supervisor, lambda: "local-cpu-1 exited" in out.getvalue(), timeout=20)
-        wait_for(lambda: not _alive(orphan), timeout=10, every=0.05, what="the orphan to be killed")
+        gone_by = time.monotonic() + 10
+        while _alive(orphan) and time.monotonic() < gone_by:
+            time.sleep(0.05)
+        assert not _alive(orphan), "the agent's orphan outlived the supervisor's reaping"
+        assert _alive(bystander.pid), "a process that does not name the workdir was killed"
+        tend_until(supervisor, lambda: "local-cpu-1 started (pid" in out.getvalue().split("exited", 1)[1],
+                   timeout=20)
+        assert ", restart 1)" in out.getvalue()
     finally:
         supervisor.stop()
+        bystander.kill()
+        bystander.wait()
         if pids.exists():
             subprocess.run(["kill", "-9", pids.read_text()], check=False, capture_output=True)
 
