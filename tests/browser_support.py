@@ -33,14 +33,15 @@ def test_database_url() -> str:
 
 
 @contextmanager
-def asgi_server(timeout: float = 30.0):
-    """Yield the base URL of daphne serving webapp.asgi on a free port."""
+def daphne_process(*, logs: str, timeout: float = 60.0, **env_overrides: str):
+    """(base URL, pid) of daphne serving webapp.asgi on the test database on a free port, as
+    `make serve` and docker-compose run it. Its log goes to test-results/<logs>/, one file per
+    server (other test runs on the machine start theirs meanwhile), and is read at the
+    test's teardown (tests/platform_logs.py)."""
     port = free_port()
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "webapp.settings_test",
-           "DATABASE_URL": test_database_url(), "DATABASE_POOL_MIN": "1"}
-    # One log per server (other test runs on the machine start theirs meanwhile), read at
-    # the test's teardown (tests/platform_logs.py).
-    path = ROOT / "test-results" / "browser" / f"daphne-{port}.log"
+           "DATABASE_URL": test_database_url(), "DATABASE_POOL_MIN": "1", **env_overrides}
+    path = ROOT / "test-results" / logs / f"daphne-{port}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     log = open(path, "w")  # noqa: SIM115
     watch(LogFile(path))
@@ -55,15 +56,14 @@ def asgi_server(timeout: float = 30.0):
             if proc.poll() is not None:
                 raise RuntimeError(f"daphne exited with {proc.returncode}; see {path}")
             try:
-                with urllib.request.urlopen(base + "/", timeout=2) as r:
-                    if r.status == 200:
-                        break
+                with urllib.request.urlopen(base + "/api/v1/templates/", timeout=2):
+                    break
             except OSError:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"daphne did not answer in time; see {path}")
             time.sleep(0.2)
-        yield base
+        yield base, proc.pid
     finally:
         proc.terminate()
         try:
@@ -72,3 +72,10 @@ def asgi_server(timeout: float = 30.0):
             proc.kill()
             proc.wait()
         log.close()
+
+
+@contextmanager
+def asgi_server(timeout: float = 30.0):
+    """Yield the base URL of daphne serving webapp.asgi on a free port."""
+    with daphne_process(logs="browser", timeout=timeout) as (base, _pid):
+        yield base
