@@ -136,6 +136,20 @@ def gave_up(node: Node, injection: Injection) -> bool:
     return Node.objects.get(pk=node.pk).status != Node.Status.ONLINE
 
 
+def reboot_dead(stack: ChaosStack, names: list[str], nodes: list[tuple[Node, str]],
+                dead: dict[str, Injection], reboot_at: dict[str, float]) -> None:
+    """Start again (with no faults) each killed machine that is due: at its `reboot_at`
+    (back within the heartbeat timeout), or once the platform has written its work off."""
+    for name, injection in list(dead.items()):
+        i = names.index(name)
+        quick = name in reboot_at and time.monotonic() >= reboot_at[name]
+        if quick or (name not in reboot_at and gave_up(nodes[i][0], injection)):
+            reboot_at.pop(name, None)
+            injection.kind += "_rebooted_at_once" if quick else ""
+            stack.chaos_agent(name, nodes[i][1])
+            del dead[name]
+
+
 class Scenario:
     """Drives the injections from what the database says, one poll at a time."""
 
@@ -216,14 +230,7 @@ class Scenario:
                 return
 
     def _reboot_dead(self) -> None:
-        for name, injection in list(self.dead.items()):
-            i = self.names.index(name)
-            quick = name in self.reboot_at and time.monotonic() >= self.reboot_at[name]
-            if quick or (name not in self.reboot_at and gave_up(self.nodes[i][0], injection)):
-                self.reboot_at.pop(name, None)
-                injection.kind += "_rebooted_at_once" if quick else ""
-                self.stack.chaos_agent(name, self.nodes[i][1])  # no faults this time
-                del self.dead[name]
+        reboot_dead(self.stack, self.names, self.nodes, self.dead, self.reboot_at)
 
     def finished(self) -> bool:
         return (not self.dead and len(self.jobs_in(*FINAL)) == len(self.jobs)

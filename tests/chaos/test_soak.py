@@ -44,10 +44,10 @@ from .test_chaos import (
     FINAL,
     allow_injected_faults,
     closes_on_chain,
-    gave_up,
     metric_gaps,
     outbox_unapplied,
     provider_nodes,
+    reboot_dead,
     restarts_from_zero,
     running_on,
     unexplained_exits,
@@ -126,14 +126,7 @@ class Soak:
             return
 
     def reboot(self) -> None:
-        for name, injection in list(self.dead.items()):
-            i = self.names.index(name)
-            quick = name in self.reboot_at and time.monotonic() >= self.reboot_at[name]
-            if quick or (name not in self.reboot_at and gave_up(self.nodes[i][0], injection)):
-                self.reboot_at.pop(name, None)
-                injection.kind += "_rebooted_at_once" if quick else ""
-                self.stack.chaos_agent(name, self.nodes[i][1])
-                del self.dead[name]
+        reboot_dead(self.stack, self.names, self.nodes, self.dead, self.reboot_at)
 
     def poll(self, *, submitting: bool) -> None:
         self.stack.supervise()
