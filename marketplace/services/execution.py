@@ -772,12 +772,21 @@ def _blame_later(job: Job, a: Assignment, error: str) -> bool:
     return True
 
 
+def _lock_job(job_id: int) -> Job:
+    """Lock a job to end or stop its parts, in the ingest's order: its active assignments
+    first (by id), then the job. Locking the job first deadlocked with an agent's message
+    about one of its parts (the ingest holds the assignment and then asks for the job)."""
+    list(Assignment.objects.select_for_update(of=("self",))
+         .filter(job_id=job_id, status__in=Assignment.ACTIVE).order_by("pk").values_list("pk", flat=True))
+    return Job.objects.select_for_update().get(pk=job_id)
+
+
 def attempt_failure_settle(*, job_id: int, attempt: int) -> bool:
     """A part of this placement failed and no peer was lost since (or the job would have
     been interrupted already): the first node that failed is blamed, excluded, and the job
     placed again. Idempotent: does nothing once the job moved on. True when it acted."""
     with transaction.atomic():
-        job = Job.objects.select_for_update().get(pk=job_id)
+        job = _lock_job(job_id)
         if job.status != S.RUNNING or job.attempt != attempt:
             return False
         first = (job.assignments.filter(attempt=attempt, status=A.FAILED)
@@ -890,7 +899,7 @@ def _assignment_lost(assignment: Assignment, reason: str, *, status: str = A.LOS
     """The node lost this assignment's work: end it and resume the job elsewhere."""
     node_id = assignment.node_id
     with transaction.atomic():
-        job = Job.objects.select_for_update().get(pk=assignment.job_id)
+        job = _lock_job(assignment.job_id)
         if not _end(assignment, status, reason):
             return False
         if is_diloco(job) and assignment.node_rank > 0 and assignment.attempt == job.attempt:
