@@ -16,8 +16,7 @@ from types import SimpleNamespace
 import pytest
 from django.urls import reverse
 
-from workers.agent.run_assignment import AssignmentRun
-from workers.training import checkpoint
+from workers.agent.run_assignment import AssignmentRun, prune_checkpoints
 
 
 class Uploads(BaseHTTPRequestHandler):
@@ -100,13 +99,14 @@ def test_a_failed_assignment_leaves_nothing_behind_either(tmp_path):
     assert not (tmp_path / "assignments" / "41").exists()
 
 
-def test_only_the_newest_checkpoints_are_kept(tmp_path):
-    for step in (10, 20, 30, 40, 5):
+def test_only_the_newest_uploaded_checkpoints_are_kept(tmp_path):
+    for step in (10, 20, 30, 40, 5, 50):
         (tmp_path / f"step-{step:07d}.pt").write_bytes(b"x")
-    gone = checkpoint.prune(tmp_path, keep=3)
+    gone = prune_checkpoints(tmp_path, up_to_step=40, keep=3)
     assert sorted(p.name for p in gone) == ["step-0000005.pt", "step-0000010.pt"]
+    # 50 is not uploaded yet: it stays whatever the count.
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "step-0000020.pt", "step-0000030.pt", "step-0000040.pt"]
+        "step-0000020.pt", "step-0000030.pt", "step-0000040.pt", "step-0000050.pt"]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import time
 from collections import deque
@@ -28,6 +29,22 @@ LOG_FLUSH_S = 1.0
 # Checkpoints kept on this node per assignment unless the start message says otherwise: the
 # newest few (each is uploaded as it appears), so that a long job cannot fill the disk.
 KEEP_CHECKPOINTS = 3
+
+
+_CHECKPOINT_NAME = re.compile(r"^step-(\d{7,})\.pt$")  # workers/training/checkpoint.save
+
+
+def prune_checkpoints(directory: Path, *, up_to_step: int, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` of the checkpoints up to `up_to_step`; newer ones
+    (not uploaded yet) stay."""
+    if not directory.is_dir():
+        return []
+    found = sorted((int(m.group(1)), p) for p in directory.iterdir()
+                   if (m := _CHECKPOINT_NAME.match(p.name)) and int(m.group(1)) <= up_to_step)
+    gone = [p for _, p in found[:-keep]] if keep > 0 else []
+    for path in gone:
+        path.unlink(missing_ok=True)
+    return gone
 
 
 class AssignmentRun:
@@ -104,7 +121,6 @@ class AssignmentRun:
                 "sync": sync, "nnodes": s["nnodes"], "node_rank": s["node_rank"],
                 "verify": s.get("verify"),  # checkpoint cadence for the platform's spot checks
                 "pause_file": str(self.dir / "pause"),
-                "keep_checkpoints": int(s.get("keep_checkpoints") or KEEP_CHECKPOINTS),
                 # The platform's per-job secret: this job's nodes authenticate each other with it.
                 "job_secret": s.get("job_secret"),
             }
@@ -281,14 +297,17 @@ class AssignmentRun:
         s = self.start_msg
         url = self.agent.url(f"{s['upload_url']}checkpoints/{event['step']}/")
         path = Path(event["path"])
-        if not path.exists():  # the ranks already pruned it (keep_checkpoints): a newer one follows
-            self.agent.display.log(f"assignment {self.id}: checkpoint {event['step']} pruned before upload")
-            return
         try:
             await asyncio.to_thread(transfer.upload, url, s["token"], path, sha256=event["sha256"])
         except transfer.TransferError as exc:
             self.agent.display.log(f"assignment {self.id}: checkpoint {event['step']} not uploaded: {exc}")
             return
+        finally:
+            # Disk per assignment: the agent prunes, not the ranks, and only what it has dealt
+            # with (checkpoints are handled in order). The ranks pruning on their own deleted
+            # checkpoints before their upload, which the platform's replay needed.
+            prune_checkpoints(path.parent, up_to_step=int(event["step"]),
+                              keep=int(s.get("keep_checkpoints") or KEEP_CHECKPOINTS))
         await self.agent.send_data(self.id, "checkpoint", step=event["step"], sha256=event["sha256"],
                                    bytes=event["bytes"])
 

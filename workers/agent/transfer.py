@@ -32,7 +32,10 @@ def download(url: str, token: str, dest: Path, *, timeout: float = 60) -> str:
 
 
 def upload(url: str, token: str, path: Path, *, sha256: str, timeout: float = 120) -> None:
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:  # a transfer error like any other, never an agent crash
+        raise TransferError(f"cannot read {path.name}: {exc.strerror}") from None
     request = urllib.request.Request(url, data=data, method="PUT", headers={
         "Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream",
         "X-Content-Sha256": sha256})

@@ -40,18 +40,6 @@ def latest(directory: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def prune(directory: Path, *, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` checkpoints: a provider's disk per assignment is
-    capped (the platform holds the uploaded ones; only the newest is resumed from here)."""
-    if not directory.is_dir():
-        return []
-    found = sorted((int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name)))
-    gone = [p for _, p in found[:-keep]] if keep > 0 else []
-    for path in gone:
-        path.unlink(missing_ok=True)
-    return gone
-
-
 def load(path: str | os.PathLike) -> dict:
     # A resume checkpoint may come from another provider: tensors and plain data only,
     # never arbitrary pickled objects.

@@ -4,8 +4,7 @@
 
 SPEC.json (written by the agent): template, params, dataset, workdir, backend, resume_from,
 pg_timeout_s, verify (`{replay_share, segments}`: checkpoint often enough for the platform's
-replay spot checks), keep_checkpoints (how many of the newest stay on disk; the agent sets
-it, absent or 0 keeps all, as the verifier's own runs need), and for multi-node jobs sync,
+replay spot checks), and for multi-node jobs sync,
 nnodes, node_rank and (DiLoCo) outer, member, peer_timeout_s; job_secret (hex, from the
 platform: the DiLoCo exchange's HMAC key and the rendezvous store's namespace); benchmarks
 may add max_steps, report_every and eval_every. Rank 0 writes
@@ -357,9 +356,6 @@ def main(spec_path: str) -> int:
         return bool(flag.item())
 
     every = plan.checkpoint_every(params, spec.get("verify"))
-    # Disk per assignment on the provider: only the newest few checkpoints stay (the agent
-    # uploads each as it appears; a pruned one it has not sent yet is skipped, not failed).
-    keep_checkpoints = max(0, int(spec.get("keep_checkpoints") or 0))
     inner = sync.inner_steps
     last_checkpoint = start_step
     # Reporting all-reduces the loss, so every rank must decide it the same way: by step
@@ -427,8 +423,6 @@ def main(spec_path: str) -> int:
                 path, sha = checkpoint.save(ckpt_dir, step=step, model=model, optimizer=optimizer,
                                             meta=meta)
                 last_checkpoint = step
-                if keep_checkpoints:
-                    checkpoint.prune(ckpt_dir, keep=keep_checkpoints)
                 events.emit("checkpoint", step=step, path=str(path), sha256=sha,
                             bytes=path.stat().st_size)
             if step >= total_steps or paused:
