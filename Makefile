@@ -30,7 +30,7 @@ CHROMIUM := /usr/bin/chromium
 help:
 	@echo "make demo     install, migrate, seed and serve the demo at http://$(BIND):$(PORT)/"
 	@echo "make test     install, start PostgreSQL/Redis if needed, lint, checks, whole test suite"
-	@echo "make lint     ruff and a parse of docker-compose.yml"
+	@echo "make lint     ruff, the import rules (.importlinter), mypy and a parse of docker-compose.yml"
 	@echo "make migrate  apply migrations to DATABASE_URL (embedded SQLite when unset)"
 	@echo "make serve    production-like ASGI server (daphne; DEBUG off, needs SECRET_KEY)"
 	@echo "make bench    bench/offer_search.py against PostgreSQL"
@@ -81,6 +81,8 @@ test: install contracts services chromium lint checks
 lint: install
 	@echo "==> ruff check"
 	@$(VENV)/bin/ruff check .
+	@echo "==> lint-imports (the layers and walls in .importlinter)"
+	@$(VENV)/bin/lint-imports --no-cache
 	@$(PY) -c 'import yaml; yaml.safe_load(open("docker-compose.yml"))' \
 	  || { echo "error: docker-compose.yml is not valid YAML" >&2; exit 1; }
 
