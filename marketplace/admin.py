@@ -39,6 +39,7 @@ from .models import (
     Settlement,
     Wallet,
 )
+from .money import tusd as money  # "1.85 tUSD": the one display rule for amounts
 from .services.accounts import organization_create
 from .services.jobs import job_cancel
 from .services.nodes import (
@@ -63,15 +64,6 @@ EMPTY = "—"
 
 
 # --- Display helpers -----------------------------------------------------------------
-def money(value: Decimal | None, unit: str = "tUSD") -> str:
-    """`1.850000` → `1.85 tUSD`: at least two decimals, at most the six the token has."""
-    if value is None:
-        return EMPTY
-    whole, _, frac = f"{value:,.6f}".partition(".")
-    frac = frac.rstrip("0").ljust(2, "0")
-    return f"{whole}.{frac} {unit}"
-
-
 def price(value: Decimal | None) -> str:
     return money(value, "tUSD / GPU-h")
 

@@ -2,7 +2,6 @@
 
 import json
 import threading
-from decimal import Decimal
 from functools import cache
 from pathlib import Path
 
@@ -13,8 +12,6 @@ from web3.providers.eth_tester import EthereumTesterProvider
 from ..errors import MarketError
 
 ARTIFACTS = Path(settings.BASE_DIR) / "contracts" / "artifacts"
-TOKEN_DECIMALS = 6
-UNIT = Decimal(10) ** TOKEN_DECIMALS
 
 
 class ChainError(MarketError):
@@ -69,18 +66,6 @@ def contract(name: str, address: str | None = None):
     if address is None:
         return w3().eth.contract(abi=spec["abi"], bytecode=spec["bytecode"])
     return w3().eth.contract(address=Web3.to_checksum_address(address), abi=spec["abi"])
-
-
-def to_units(amount: Decimal) -> int:
-    """tUSD (Decimal, 6 places) to the token's integer base units, at the chain boundary."""
-    units = (Decimal(amount) * UNIT)
-    if units != units.to_integral_value():
-        raise MarketError(f"{amount} has more than {TOKEN_DECIMALS} decimal places.")
-    return int(units)
-
-
-def from_units(units: int) -> Decimal:
-    return (Decimal(units) / UNIT).quantize(Decimal(1) / UNIT)
 
 
 def chain_id() -> int:

@@ -18,9 +18,10 @@ from eth_account import Account
 from eth_utils import keccak
 from web3 import Web3
 
+from ..money import from_units, to_units
 from ..payment_models import ChainAccount, ChainContract, ChainCursor, ChainTransaction
 from . import sender, terms
-from .client import ChainError, chain_id, contract, to_units, unavailable, w3
+from .client import ChainError, chain_id, contract, unavailable, w3
 
 # 1337 and 31337: local nodes (ganache, hardhat); the last is eth-tester's own chain id.
 DEV_CHAIN_IDS = frozenset({1337, 31337, 131277322940537})
@@ -308,6 +309,6 @@ def dev_wallets(*, mint, provider_mint=Decimal(0)) -> list[str]:
         if want > 0:
             held = token.functions.balanceOf(wallet.address).call()
             if held < to_units(want):
-                mint_to(wallet.address, want - Decimal(held) / 10**6)
+                mint_to(wallet.address, want - from_units(held))
         out.append(f"{org.name}: {wallet.address}")
     return out

@@ -30,6 +30,7 @@ from django.utils import timezone
 from .. import job_states
 from ..errors import Conflict, MarketError
 from ..models import Assignment, Escrow, Job
+from ..money import MICRO
 from . import deadlines, enqueue, execution
 from .jobs import job_cancel
 from .metering import budget_limit, job_metered
@@ -276,7 +277,7 @@ def job_budget_raise(*, job: Job, budget: Decimal, actor=None) -> Job:
     """Raise a job's budget. Idempotent (it sets the total, so a retry changes nothing).
     With the escrow off a paused job resumes; with it on, the escrow is topped up next
     (`job_fund` from the custodial wallet, or `fund_calls` for a browser wallet)."""
-    budget = Decimal(budget).quantize(Decimal("0.000001"))
+    budget = Decimal(budget).quantize(MICRO)
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=job.pk)
         if job.status in job_states.TERMINAL:

@@ -10,6 +10,7 @@ from django.utils import timezone
 from .. import catalogue
 from ..errors import MarketError
 from ..models import Dataset, Organization
+from ..money import is_whole_micro
 
 MAX_NODES = 32
 MAX_GPUS_PER_NODE = 16
@@ -69,7 +70,7 @@ def _money(value: Decimal | None, field_name: str, label: str) -> Decimal:
         raise MarketError(f"The {label} must be more than 0 tUSD.", field=field_name)
     if value > MAX_MONEY:
         raise MarketError(f"The {label} is too large.", field=field_name)
-    if value != value.quantize(Decimal("0.000001")):
+    if not is_whole_micro(value):
         raise MarketError("Amounts have at most 6 decimal places.", field=field_name)
     return value
 

@@ -7,7 +7,7 @@ of the same eligibility rules.
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 from django.conf import settings
 from django.db.models import Q, QuerySet
@@ -15,11 +15,10 @@ from django.utils import timezone
 
 from .. import catalogue
 from ..models import Offer
+from ..money import CENT, round_half_up
 from ..selectors.offer_search import free_at_least, in_regions, verified_for
 from . import deadlines
 from .job_spec import JobSpec
-
-MICRO = Decimal("0.000001")
 
 
 @dataclass(frozen=True)
@@ -56,12 +55,8 @@ class Quote:
         return asdict(self)
 
 
-def _money(value: Decimal) -> Decimal:
-    return value.quantize(MICRO, rounding=ROUND_HALF_UP)
-
-
 def _fmt(value: Decimal) -> str:
-    return f"{value.quantize(Decimal('0.01'))}"
+    return f"{value.quantize(CENT)}"
 
 
 def constraints_for(spec: JobSpec, *, now=None) -> list[Constraint]:
@@ -131,7 +126,7 @@ def _pick(spec: JobSpec, qs: QuerySet[Offer], exclude_nodes: Iterable[int] = ())
         if offer.node_id in seen:
             continue
         seen.add(offer.node_id)
-        cost = _money(offer.price_per_gpu_hour * spec.gpus_per_node * spec.duration_hours)
+        cost = round_half_up(offer.price_per_gpu_hour * spec.gpus_per_node * spec.duration_hours)
         picked.append(Candidate(
             offer_id=offer.pk, node_id=offer.node_id, node_name=offer.node.name,
             provider=offer.provider.name, gpu_model=offer.gpu_model,
@@ -176,7 +171,7 @@ def quote_job(*, spec: JobSpec) -> Quote:
     constraints = constraints_for(spec, now=now)
     picked = _pick(spec, offers_matching(spec, constraints))
     if len(picked) == spec.nodes:
-        total = _money(sum((c.estimated_cost for c in picked), Decimal(0)))
+        total = round_half_up(sum((c.estimated_cost for c in picked), Decimal(0)))
         quote = Quote(feasible=True, candidates=picked, estimated_cost=total,
                       estimated_start=now.isoformat())
         if total > spec.budget:

@@ -19,21 +19,16 @@ money helpers, so that services, selectors and views may all use it without an i
 
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import ROUND_DOWN, Decimal
+from decimal import Decimal
 
 from django.conf import settings
 from django.utils import timezone
 
 from ..models import Assignment, Dispute, Escrow, Job, Settlement
+from ..money import round_down
 from ..selectors.checkpoints import checkpoints_payable
 
 A = Assignment.Status
-MICRO = Decimal("0.000001")
-
-
-def q(value) -> Decimal:
-    """Money to 6 places, rounded down (never owe more than was metered)."""
-    return Decimal(value).quantize(MICRO, rounding=ROUND_DOWN)
 
 
 @dataclass(frozen=True)
@@ -101,7 +96,7 @@ def job_charges(job: Job, *, now: datetime | None = None, assignments=None) -> l
             continue
         until = _charged_until(a, broken, now)
         seconds = max(0.0, (until - a.started_at).total_seconds()) if until else 0.0
-        amount = q(a.price_per_gpu_hour * a.gpus * Decimal(seconds) / Decimal(3600))
+        amount = round_down(a.price_per_gpu_hour * a.gpus * Decimal(seconds) / Decimal(3600))
         note = "work after the last checkpoint is not charged" if a.attempt in broken else ""
         out.append(Charge(a, seconds, amount, note))
     return out
@@ -160,4 +155,4 @@ def provider_earned(provider_id: int, *, now: datetime | None = None) -> Decimal
     for job in jobs:
         total += sum((c.amount for c in job_charges(job, now=now)
                       if c.assignment.node.provider_id == provider_id), Decimal(0))
-    return q(total)
+    return round_down(total)

@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from ..errors import Conflict, MarketError, PermissionDenied
 from ..models import Node, Offer, Organization
+from ..money import is_whole_micro
 from . import enqueue, live
 from .claims import node_offers_recheck, offer_resume_check
 from .staking import provider_stake_total
@@ -33,7 +34,7 @@ def _validate(spec: OfferSpec, node: Node, *, exclude_offer: Offer | None = None
     if price > MAX_PRICE:
         raise MarketError(f"The price per GPU-hour must be at most {MAX_PRICE} tUSD.",
                           field="price_per_gpu_hour")
-    if price != price.quantize(Decimal("0.000001")):
+    if not is_whole_micro(price):
         raise MarketError("Prices have at most 6 decimal places.", field="price_per_gpu_hour")
     if spec.gpus_offered is None or spec.gpus_offered < 1:
         raise MarketError("Offer at least 1 GPU.", field="gpus_offered")

@@ -23,9 +23,9 @@ from django.utils import timezone
 from .. import job_states
 from ..errors import Conflict, MarketError
 from ..models import Assignment, Escrow, Job, Organization, Payout, Settlement, Wallet
+from ..money import from_units, round_down, to_units
 from . import audit, enqueue
 from .metering import job_statement
-from .metering import q as _q
 from .wallets import custodial_key, custodial_wallet, payout_address
 
 W = Wallet.Kind
@@ -87,7 +87,7 @@ def fund_calls(job: Job, *, address: str | None = None) -> dict:
     (`address`, one of the owner's wallets: only it can send this fund call). An escrow
     funded with less than the budget gets a top-up of the difference in place of the fund
     call (`kind` says which), and only from the wallet that funded it."""
-    from ..chain.client import chain_id, to_units
+    from ..chain.client import chain_id
     from ..chain.deploy import escrow_contract, fund_terms_signature, token_contract
 
     record = escrow_of(job)
@@ -131,12 +131,11 @@ def job_fund(*, job: Job, actor=None, amount: Decimal | None = None) -> Escrow:
     wallet: approve, then fund; a funded escrow below a raised budget is topped up. Idempotent:
     a job whose funding (or top-up) is under way or done is returned as it is."""
     from ..chain import sender
-    from ..chain.client import to_units
     from ..chain.deploy import escrow_contract, fund_terms_signature
 
     if not settings.ESCROW_ENABLED:
         raise Conflict("Escrow is not enabled on this platform; jobs run without funding.")
-    if amount is not None and _q(amount) != job.budget:
+    if amount is not None and round_down(amount) != job.budget:
         raise MarketError(f"The escrow must hold the job's budget, {job.budget:.2f} tUSD "
                           f"(not {amount} tUSD).", field="amount", code="wrong_amount")
     with transaction.atomic():
@@ -174,7 +173,7 @@ def _custodial_approve(owner: Organization, amount: Decimal):
     call's gas cannot be estimated before that is mined). The chain's reads raise ChainError
     (503) when the node does not answer, never a 500."""
     from ..chain import sender
-    from ..chain.client import to_units, unavailable
+    from ..chain.client import unavailable
     from ..chain.deploy import escrow_contract, token_contract
 
     wallet = custodial_wallet(owner)
@@ -200,7 +199,6 @@ def _top_up(*, job: Job, escrow: Escrow, actor=None) -> Escrow:
     the custodial wallet. Idempotent: while a top-up is in flight (sent, not yet seen by the
     indexer, not reverted) a retry sends nothing."""
     from ..chain import sender
-    from ..chain.client import to_units
     from ..chain.deploy import escrow_contract
 
     if escrow.amount >= job.budget or job.status not in job_states.ACTIVE:
@@ -237,8 +235,6 @@ def escrow_funded(*, key: str, consumer: str, amount: int, deadline: int, tx_has
     """The chain says a job's escrow was funded: start the job if the deposit covers it.
     Only a funding on the job's terms counts: from one of the owner's wallets, with the
     deadline the platform signs. Anything else is foreign (`escrow_foreign_funding`)."""
-    from ..chain.client import from_units
-
     escrow = Escrow.objects.select_for_update().select_related("job").filter(key=key).first()
     if escrow is None:
         log.warning("JobFunded for unknown escrow %s (tx %s)", key, tx_hash)
@@ -272,8 +268,6 @@ def escrow_foreign_funding(*, escrow: Escrow, consumer: str, amount: int, deadli
     fresh key, so that its owner funds on its own terms (the contract refuses a second
     funding of a key). The contract only accepts operator-signed terms, so this means terms
     signed for a wallet the owner no longer holds, or an operator key to rotate."""
-    from ..chain.client import from_units
-
     old_key, escrow.key = escrow.key, "0x" + secrets.token_hex(32)
     reset = escrow.status == E.FUNDING  # the owner's funding in flight went to the old key
     if reset:
@@ -292,8 +286,6 @@ def escrow_foreign_funding(*, escrow: Escrow, consumer: str, amount: int, deadli
 
 
 def escrow_topped_up(*, key: str, total: int) -> None:
-    from ..chain.client import from_units
-
     escrow = Escrow.objects.select_for_update().select_related("job").filter(key=key).first()
     if escrow is None or escrow.status != E.FUNDED:
         return
@@ -323,8 +315,6 @@ def _start_if_covered(escrow: Escrow) -> None:
 
 def escrow_closed(*, key: str, refunded: bool, paid: int, fee: int, returned: int, tx_hash: str) -> None:
     """The chain says a job's escrow was settled or refunded: the job follows."""
-    from ..chain.client import from_units
-
     escrow = Escrow.objects.select_for_update().select_related("job").filter(key=key).first()
     if escrow is None or escrow.status in (E.SETTLED, E.REFUNDED):
         return
@@ -408,7 +398,6 @@ def escrow_lost_refund(*, job: Job, actor=None) -> str:
     tUSD); the escrow is refunded and the job follows. Idempotent: a retry returns the
     refund already sent. A real chain's token cannot be minted: refused with what to do."""
     from ..chain import sender
-    from ..chain.client import to_units
     from ..chain.deploy import is_dev_chain, operator_key, token_contract
 
     with transaction.atomic():
@@ -498,10 +487,10 @@ def settlement_prepare(*, job: Job) -> Settlement | None:
         for line in lines:
             p = line["provider"]
             per_provider[p] = per_provider.get(p, Decimal(0)) + Decimal(line["amount"])
-        payouts = {p: _q(v * scale * (1 - fee_rate)) for p, v in per_provider.items() if v > 0}
-        fee = _q(charged - sum(payouts.values(), Decimal(0)))
-        settlement = Settlement.objects.create(job=job, charged=_q(charged), fee=fee,
-                                               refunded=_q(escrow.amount - charged), statement=lines)
+        payouts = {p: round_down(v * scale * (1 - fee_rate)) for p, v in per_provider.items() if v > 0}
+        fee = round_down(charged - sum(payouts.values(), Decimal(0)))
+        settlement = Settlement.objects.create(job=job, charged=round_down(charged), fee=fee,
+                                               refunded=round_down(escrow.amount - charged), statement=lines)
         for provider_id, amount in payouts.items():
             org = Organization.objects.get(pk=provider_id)
             Payout.objects.create(settlement=settlement, provider=org, amount=amount,
@@ -521,7 +510,6 @@ def settlement_batch_send(*, limit: int | None = None) -> str | None:
     transaction, so two workers never put a job into two batches; the contract skips a job
     that is already closed, so even a replayed batch cannot pay twice."""
     from ..chain import sender
-    from ..chain.client import to_units
     from ..chain.deploy import escrow_contract, operator_key
 
     limit = limit or settings.SETTLEMENT_BATCH_MAX

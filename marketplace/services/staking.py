@@ -40,6 +40,7 @@ from ..models import (
     StakeOperation,
     Wallet,
 )
+from ..money import MICRO, from_units, to_units
 from . import audit, enqueue
 from .wallets import custodial_key, custodial_wallet
 
@@ -112,7 +113,6 @@ def _positive(amount) -> Decimal:
 def stake_deposit(*, organization: Organization, amount, request_id=None, actor=None) -> StakeOperation:
     """Stake `amount` tUSD from the organization's custodial wallet (approve, then stake)."""
     from ..chain import sender
-    from ..chain.client import to_units
     from ..chain.deploy import stake_contract, token_contract
 
     amount = _positive(amount)
@@ -122,7 +122,7 @@ def stake_deposit(*, organization: Organization, amount, request_id=None, actor=
         token, stake = token_contract(), stake_contract()
         held = token.functions.balanceOf(wallet.address).call()
         if held < units:
-            raise Conflict(f"The wallet {wallet.address} holds {Decimal(held) / 10**6:.2f} tUSD, less than "
+            raise Conflict(f"The wallet {wallet.address} holds {from_units(held):.2f} tUSD, less than "
                            f"{amount:.2f} tUSD.", code="insufficient_funds")
         approving = token.functions.allowance(wallet.address, stake.address).call() < units
         if approving:
@@ -141,7 +141,6 @@ def stake_request_withdrawal(*, organization: Organization, amount, request_id=N
                              actor=None) -> StakeOperation:
     """Move `amount` of the active stake to pending; it can be withdrawn after the delay."""
     from ..chain import sender
-    from ..chain.client import to_units
     from ..chain.deploy import stake_contract
 
     amount = _positive(amount)
@@ -150,7 +149,7 @@ def stake_request_withdrawal(*, organization: Organization, amount, request_id=N
     def send(wallet, key):
         staked, _, _ = _on_chain(wallet.address)
         if units > staked:
-            raise MarketError(f"You have {Decimal(staked) / 10**6:.2f} tUSD staked; you cannot withdraw "
+            raise MarketError(f"You have {from_units(staked):.2f} tUSD staked; you cannot withdraw "
                               f"{amount:.2f} tUSD.", field="amount", code="insufficient_stake")
         tx = sender.send(key=key, purpose="stake", call=stake_contract().functions.requestWithdrawal(units))
         audit.audit_record(actor=actor, action="stake.request_withdrawal", obj=organization,
@@ -180,9 +179,9 @@ def stake_withdraw(*, organization: Organization, request_id=None, actor=None) -
                            code="withdrawal_locked")
         tx = sender.send(key=key, purpose="stake", call=stake_contract().functions.withdraw())
         audit.audit_record(actor=actor, action="stake.withdraw", obj=organization,
-                           data={"amount": str(Decimal(pending) / 10**6), "tx": tx.tx_hash},
+                           data={"amount": str(from_units(pending)), "tx": tx.tx_hash},
                            message="Withdrawing the pending stake.")
-        return Decimal(pending) / 10**6, tx
+        return from_units(pending), tx
 
     return _operation(organization=organization, request_id=request_id, kind=Op.WITHDRAW, send=send)
 
@@ -190,8 +189,6 @@ def stake_withdraw(*, organization: Organization, request_id=None, actor=None) -
 # --- what the chain says (the indexer) -------------------------------------------------------
 def stake_event_seen(*, name: str, args, tx_hash: str, log_index: int, block_number: int) -> None:
     """Apply one stake event once (a re-read range finds its StakeEvent and skips it)."""
-    from ..chain.client import from_units
-
     if StakeEvent.objects.filter(tx_hash=tx_hash, log_index=log_index).exists():
         return
     address = args["provider"]
@@ -274,7 +271,7 @@ def slash_policy_amount(dispute: Dispute) -> Decimal:
         end = a.finished_at or timezone.now()
         hours = Decimal(max(0.0, (end - a.started_at).total_seconds())) / Decimal(3600)
     value = a.price_per_gpu_hour * a.gpus * hours
-    return max(value * settings.SLASH_FACTOR, settings.SLASH_MIN).quantize(Decimal("0.000001"))
+    return max(value * settings.SLASH_FACTOR, settings.SLASH_MIN).quantize(MICRO)
 
 
 def _stake_address(provider: Organization) -> tuple[str | None, int]:
@@ -292,7 +289,6 @@ def dispute_slash(*, dispute_id: int, actor=None) -> Dispute:
     `slashed` once the chain has said so, still `open` (with the slash's note) when the
     provider has nothing at stake."""
     from ..chain import indexer, sender
-    from ..chain.client import to_units
     from ..chain.deploy import operator_key, stake_contract, treasury_address
 
     if not Dispute.objects.filter(pk=dispute_id).exists():
@@ -327,7 +323,7 @@ def dispute_slash(*, dispute_id: int, actor=None) -> Dispute:
                 slash.note = note
                 slash.save(update_fields=["note", "updated_at"])
                 return dispute
-            amount = min(slash_policy_amount(dispute), Decimal(at_stake) / 10**6)
+            amount = min(slash_policy_amount(dispute), from_units(at_stake))
             recipient = treasury_address()
             call = stake_contract().functions.slash(address, to_units(amount),
                                                     Dispute.REASON_CODES[dispute.reason], key, recipient)

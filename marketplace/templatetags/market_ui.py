@@ -1,12 +1,13 @@
 """Presentation helpers for the HTML pages: money and units, local times, status tones."""
 
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from django import template
 from django.utils.html import format_html
 
 from .. import catalogue
+from ..money import amount as money_amount
 
 register = template.Library()
 
@@ -27,16 +28,7 @@ NODE_TONES = {"online": "ok", "offline": "neutral", "pending": "warn", "suspende
 @register.filter
 def money(value) -> str:
     """1.850000 -> "1.85"; 0.123456 -> "0.123456" (at least 2, at most 6 decimals)."""
-    if value is None or value == "":
-        return "—"
-    try:
-        d = Decimal(value)
-    except (InvalidOperation, TypeError, ValueError):
-        return str(value)
-    d = d.quantize(Decimal("0.000001")).normalize()
-    if d.as_tuple().exponent > -2:  # type: ignore[operator]
-        d = d.quantize(Decimal("0.01"))
-    return f"{d:,f}"
+    return money_amount(value)
 
 
 @register.filter
