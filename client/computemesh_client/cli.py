@@ -11,6 +11,7 @@ Shell completion: `eval "$(computemesh completion bash)"` (bash, zsh or fish).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -53,7 +54,8 @@ class State:
                 raise AuthenticationError(401, {
                     "detail": f"Not logged in to {s.url}: run `computemesh login` or set "
                               "COMPUTEMESH_TOKEN.", "code": "not_logged_in"})
-            self._client = Client(s.url, s.token)
+            retries = os.environ.get("COMPUTEMESH_RETRIES", "")
+            self._client = Client(s.url, s.token, **({"retries": int(retries)} if retries.isdigit() else {}))
         return self._client
 
 
@@ -127,7 +129,7 @@ def cli(ctx: click.Context, url: str | None) -> None:
 def login(state: State, username: str, password: str) -> None:
     """Log in and save the API token (0600) in the user's config folder."""
     url = state.settings.url
-    token = Client(url).login(username, password)
+    token = state.client(auth=False).login(username, password)
     path = config.save(url=url, token=token, username=username)
     emit(state, {"url": url, "username": username, "config": str(path)},
          lambda: out.print(f"Logged in to {url} as {username}; token saved in {path}"))

@@ -60,6 +60,7 @@ OPERATIONS: dict[str, tuple[str, str, bool]] = {
     "datasets_create": ("POST", "/api/v1/datasets/", False),
     "wallets_list": ("GET", "/api/v1/wallets/", True),
     "wallets_payout": ("GET", "/api/v1/wallets/payout/", True),
+    "wallets_set_payout": ("POST", "/api/v1/wallets/{id}/payout/", True),
     "stake_get": ("GET", "/api/v1/stake/", True),
     "stake_deposit": ("POST", "/api/v1/stake/deposit/", True),
     "stake_request_withdrawal": ("POST", "/api/v1/stake/request-withdrawal/", True),
@@ -102,6 +103,8 @@ class Client:
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> Client:
+        if os.environ.get("COMPUTEMESH_RETRIES"):
+            kwargs.setdefault("retries", int(os.environ["COMPUTEMESH_RETRIES"]))
         return cls(os.environ.get("COMPUTEMESH_URL", "http://127.0.0.1:8000"),
                    os.environ.get("COMPUTEMESH_TOKEN") or None, **kwargs)
 
@@ -309,7 +312,8 @@ class Client:
                 return None
             name = _attachment_name(response) or f"computemesh-job-{job_id}-model.pt"
             path = Path(dest) if dest is not None else Path(name)
-            if path.is_dir():
+            if path.is_dir() or str(dest).endswith(("/", os.sep)):
+                path.mkdir(parents=True, exist_ok=True)
                 path = path / name
             partial = path.with_name(path.name + ".part")
             try:
@@ -343,7 +347,12 @@ class Client:
         return cast(list[JSON], self._json("wallets_list"))
 
     def payout(self) -> JSON:
+        """Where the organization is paid, and a pending change (providers)."""
         return cast(JSON, self._json("wallets_payout"))
+
+    def set_payout_wallet(self, wallet_id: int) -> JSON:
+        """Be paid to this wallet (an admin of the provider); takes effect after a delay."""
+        return cast(JSON, self._json("wallets_set_payout", path_args={"id": wallet_id}))
 
     def stake(self) -> JSON:
         return cast(JSON, self._json("stake_get"))

@@ -1,0 +1,203 @@
+"""The consumers' client and the `computemesh` command (client/, issue 17) against the live
+ASGI server (daphne on the test database): every error class exits with its documented
+code and a one-line message; the client's operations exist in the OpenAPI document (so the
+two cannot drift apart); the client drives offers, quotes, datasets, jobs, the job socket
+and a provider's nodes and offers; and the client's own tests pass with Django and torch
+unimportable (it is installed on its own)."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from computemesh_client import OPERATIONS, Client, NotFound, ValidationError, job_succeeded
+from rest_framework.authtoken.models import Token
+
+from .browser_support import ROOT, free_port
+from .factories import JobFactory
+from .live_server import daphne
+from .platform_logs import LogFile, watch
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+COMMAND = str(Path(sys.executable).with_name("computemesh"))
+PASSWORD = "s3cret-pass-123"
+# Operations of the OpenAPI document the client deliberately leaves out: PUT (it PATCHes),
+# staff-only suspension, and wallet linking, which a browser wallet signs (SIWE).
+NOT_IN_CLIENT = {
+    ("PUT", "/api/v1/nodes/{id}/"), ("PUT", "/api/v1/offers/{id}/"),
+    ("POST", "/api/v1/organizations/{id}/suspend/"), ("POST", "/api/v1/organizations/{id}/unsuspend/"),
+    ("GET", "/api/v1/wallets/siwe-nonce/"), ("POST", "/api/v1/wallets/link/"),
+}
+
+
+@pytest.fixture(scope="module")
+def server(django_db_setup, django_db_blocker):
+    with daphne() as (base, _pid):
+        yield base
+
+
+@pytest.fixture
+def base(server):
+    # The module's one daphne: each test reads its log at teardown (platform_logs).
+    watch(LogFile(ROOT / "test-results" / "live-api" / f"daphne-{server.rsplit(':', 1)[1]}.log"))
+    return server
+
+
+def cm(*args: str, url: str, token: str | None = None, config: Path, timeout: float = 60,
+       **env: str) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("COMPUTEMESH_")}
+    environment.update({"COMPUTEMESH_URL": url, "XDG_CONFIG_HOME": str(config), "COLUMNS": "200",
+                        **({"COMPUTEMESH_TOKEN": token} if token else {}), **env})
+    return subprocess.run([COMMAND, *args], capture_output=True, text=True, env=environment,
+                          timeout=timeout, check=False)
+
+
+def one_line_error(result: subprocess.CompletedProcess, code: int) -> str:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    return lines[0]
+
+
+def set_password(user):
+    user.set_password(PASSWORD)
+    user.save()
+    return user
+
+
+def test_every_client_operation_is_in_the_openapi_document_and_the_reverse(client):
+    schema = client.get("/api/schema/", {"format": "json"}).json()
+    documented = {(method.upper(), path) for path, ops in schema["paths"].items()
+                  for method in ops if method in ("get", "post", "put", "patch", "delete")}
+    used = {(method, path) for method, path, _ in OPERATIONS.values()}
+    assert used - documented == set(), "the client calls operations the API does not have"
+    assert documented - used - NOT_IN_CLIENT == set(), "API operations the client lacks"
+    assert NOT_IN_CLIENT <= documented  # the exclusions are still real operations
+
+
+def test_login_wrong_password_whoami_and_the_saved_token(base, alice, tmp_path):
+    set_password(alice)
+    wrong = cm("login", "-u", "alice", "-p", "not-the-password", url=base, config=tmp_path)
+    assert "Unable to log in" in one_line_error(wrong, 3)
+    assert not (tmp_path / "computemesh" / "config.toml").exists()
+
+    ok = cm("login", "-u", "alice", "-p", PASSWORD, url=base, config=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    saved = tmp_path / "computemesh" / "config.toml"
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    assert Token.objects.get(user=alice).key in saved.read_text()
+
+    who = cm("whoami", "--json", url=base, config=tmp_path)
+    assert who.returncode == 0, who.stderr
+    assert json.loads(who.stdout)["username"] == "alice"
+    # COMPUTEMESH_TOKEN overrides the saved login; a token the server refuses is exit 3.
+    bad = cm("whoami", url=base, config=tmp_path, token="0" * 40)
+    assert "Invalid token" in one_line_error(bad, 3) or "refuses the token" in bad.stderr
+
+
+def test_another_tenants_job_is_refused_with_exit_3_on_the_api_and_the_socket(base, alice, bob, energy,
+                                                                               tmp_path):
+    job = JobFactory(owner=energy, status="running")
+    token = Token.objects.create(user=alice).key
+    shown = one_line_error(cm("jobs", "show", str(job.pk), url=base, token=token, config=tmp_path), 3)
+    assert f"/api/v1/jobs/{job.pk}/" in shown and "404" in shown
+    watched = one_line_error(cm("jobs", "watch", str(job.pk), url=base, token=token, config=tmp_path), 3)
+    assert "not yours" in watched
+    with Client(base, token) as c, pytest.raises(NotFound) as refused:
+        c.cancel(job.pk)
+    assert refused.value.status_code == 404 and refused.value.code == "not_found"
+
+
+def test_a_validation_error_names_the_field_and_exits_2(base, alice, tmp_path):
+    token = Token.objects.create(user=alice).key
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text("name: bad\ntemplate: tabular-classifier\ndataset: sample:breast-cancer\n"
+                        "nodes: 0\ngpus_per_node: 1\ngpu_models: [cpu]\nmax_price: 1.00\nbudget: 5\n")
+    result = cm("submit", str(job_file), "--json", url=base, token=token, config=tmp_path)
+    assert one_line_error(result, 2).startswith("error: nodes: ")
+    assert json.loads(result.stdout)["error"]["field"] == "nodes"
+    with Client(base, token) as c, pytest.raises(ValidationError) as invalid:
+        c.offers(region=["XX-YY"])
+    assert invalid.value.field == "region" and "Unknown region" in invalid.value.detail
+    # A usage error is exit 2 before anything is sent; an unknown job-file field too.
+    one_line_error(cm("jobs", "show", "abc", url=base, token=token, config=tmp_path), 2)
+    job_file.write_text("name: x\ntemplate: tabular-classifier\nbugdet: 5\n")
+    assert "unknown job field 'bugdet'" in one_line_error(
+        cm("quote", str(job_file), url=base, config=tmp_path), 2)
+
+
+def test_server_down_is_exit_4(tmp_path):
+    down = f"http://127.0.0.1:{free_port()}"
+    line = one_line_error(cm("offers", url=down, config=tmp_path), 4)
+    assert "cannot reach" in line
+    one_line_error(cm("jobs", "list", url=down, token="0" * 40, config=tmp_path, COMPUTEMESH_RETRIES="0"), 4)
+
+
+def test_the_client_quotes_submits_watches_and_cancels(base, alice, carol, carol_offer, tmp_path):
+    token = Token.objects.create(user=alice).key
+    spec = {"name": "Sepsis", "template": "tabular-classifier", "dataset": "sample:breast-cancer",
+            "nodes": 1, "gpus_per_node": 1, "regions": ["AP"], "max_price_per_gpu_hour": "9.00",
+            "budget": "10.00", "deadline": "2099-01-01T00:00:00Z"}
+    with Client(base, token) as c:
+        assert carol_offer.pk in [o["id"] for o in c.offers(gpu_model=["A100 80GB"])["results"]]
+        assert carol_offer.pk not in [o["id"] for o in c.offers(region=["AP"])["results"]]
+        q = c.quote(spec)
+        assert q["feasible"] is False and {r["constraint"] for r in q["reasons"]} & {"region", "regions"}
+        csv = tmp_path / "vitals.csv"
+        csv.write_text("label,a,b\n" + "".join(f"{i % 2},{i},{i * 3 % 7}\n" for i in range(30)))
+        dataset = c.upload_dataset(csv, label_column="label")
+        assert dataset["rows"] == 30 and [d["id"] for d in c.datasets()["results"]] == [dataset["id"]]
+        job = c.submit({**spec, "dataset": str(dataset["id"]), "regions": ["EU"]})
+        assert [j["id"] for j in c.iter_jobs()] == [job["id"]]
+        cancelled = c.cancel(job["id"])
+        assert cancelled["status"] == "cancelled" and job_succeeded(cancelled) is False
+        events = list(c.watch(job["id"]))  # the history says it ended: the watch ends
+        assert events[-1].type == "job" and events[-1].data["status"] == "cancelled"
+    # The command line's view of the same job: exit 1 for a job that did not complete.
+    watched = cm("jobs", "watch", str(job["id"]), url=base, token=token, config=tmp_path)
+    assert "cancelled" in one_line_error(watched, 1)
+    listed = cm("jobs", "list", "--json", url=base, token=token, config=tmp_path)
+    assert [j["id"] for j in json.loads(listed.stdout)] == [job["id"]]
+
+
+def test_a_provider_registers_a_node_and_manages_its_offer(base, carol, tmp_path):
+    token = Token.objects.create(user=carol).key
+    created = cm("nodes", "create", "--name", "lab-1", "--gpu-model", "cpu", "--gpu-count", "2",
+                 "--cpu-cores", "2", "--ram", "8", "--disk", "20", "--region", "EU-DE", "--json",
+                 url=base, token=token, config=tmp_path)
+    assert created.returncode == 0, created.stderr
+    node = json.loads(created.stdout)
+    assert node["agent_token"] and node["status"] == "pending"
+    with Client(base, token) as c:
+        offer = c.offer_create(node=node["id"], gpus_offered=2, price_per_gpu_hour="0.25")
+        assert c.offer_pause(offer["id"])["status"] == "paused"
+        assert c.offer_update(offer["id"], price_per_gpu_hour="0.30")["price_per_gpu_hour"].startswith("0.3")
+        assert c.offer_resume(offer["id"])["status"] == "active"
+        rotated = c.node_rotate_token(node["id"])
+        assert rotated["agent_token"] != node["agent_token"]
+        assert [n["id"] for n in c.iter_nodes()] == [node["id"]]
+
+
+def test_the_clients_own_tests_pass_without_django_or_torch():
+    """The client is its own distribution: its tests run with django, torch and the platform's
+    packages made unimportable (and pytest's plugins, which import them, not loaded)."""
+    blocker = ("import sys\n"
+               "class Block:\n"
+               "    def find_spec(self, name, path=None, target=None):\n"
+               "        if name.split('.')[0] in {'django', 'torch', 'rest_framework', 'channels',\n"
+               "                                  'marketplace', 'webapp', 'workers'}:\n"
+               "            raise ImportError(f'{name} is not available to the client')\n"
+               "sys.meta_path.insert(0, Block())\n"
+               "import pytest\n"
+               "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', 'tests']))\n")
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    result = subprocess.run([sys.executable, "-c", blocker], cwd=ROOT / "client", env=env,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout
