@@ -40,10 +40,10 @@ help:
 	@echo "make clean    remove caches, build output, var/ and the demo database"
 	@echo "make distclean  clean, and remove $(VENV)"
 
-# --- install: a venv with python3.11, reinstalled only when pyproject.toml changes -------
+# --- install: a venv with python3.11, reinstalled only when a pyproject.toml changes -----
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml
 	@if ! $(PY) -c 'import sys' >/dev/null 2>&1; then \
 	  command -v $(PYTHON) >/dev/null || { \
 	    echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'" >&2; \
@@ -52,8 +52,8 @@ $(STAMP): pyproject.toml
 	  rm -rf $(VENV); \
 	  $(PYTHON) -m venv $(VENV); \
 	fi
-	@echo "==> installing ComputeMesh and its dev tools into $(VENV)"
-	@$(PIP) install -qq --progress-bar off -e ".[dev]"
+	@echo "==> installing ComputeMesh, its dev tools and the computemesh client into $(VENV)"
+	@$(PIP) install -qq --progress-bar off -e ".[dev]" -e ./client
 	@touch $@
 
 # --- demo: embedded defaults (SQLite, embedded Redis, dev chain, 2 CPU agents), supervised --
