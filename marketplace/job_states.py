@@ -34,10 +34,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     S.REFUNDED: frozenset(),
 }
 
-# No work will happen any more; money may still move (cancelled/failed → settled/refunded).
-TERMINAL = frozenset({S.COMPLETED, S.SETTLED, S.CANCELLED, S.FAILED, S.REFUNDED})
+# The groups of statuses (active, terminal, waiting) are data on Job.Status.
 CANCELLABLE = frozenset(s for s, targets in TRANSITIONS.items() if S.CANCELLED in targets)
-ACTIVE = frozenset({S.FUNDED, S.MATCHING, S.RUNNING, S.INTERRUPTED, S.PAUSED, S.VERIFYING})
 
 
 class IllegalTransition(Conflict):

@@ -5,6 +5,7 @@ Writes go through `marketplace.services`; a job's status changes only through
 """
 
 from decimal import Decimal
+from typing import ClassVar
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -288,6 +289,21 @@ class Job(models.Model):
         FAILED = "failed", "Failed"
         REFUNDED = "refunded", "Refunded"
 
+        # Groups of statuses, set below the class (an enum's body cannot name its members).
+        # Which status may follow which is job_states.TRANSITIONS, not these.
+        ACTIVE: ClassVar[frozenset["Job.Status"]]
+        TERMINAL: ClassVar[frozenset["Job.Status"]]
+        WAITING: ClassVar[frozenset["Job.Status"]]
+
+    # Funded and not over: the job holds its deposit and wants (or has) machines.
+    Status.ACTIVE = frozenset({Status.FUNDED, Status.MATCHING, Status.RUNNING, Status.INTERRUPTED,
+                               Status.PAUSED, Status.VERIFYING})
+    # No work will happen any more; money may still move (cancelled/failed → settled/refunded).
+    Status.TERMINAL = frozenset({Status.COMPLETED, Status.SETTLED, Status.CANCELLED, Status.FAILED,
+                                 Status.REFUNDED})
+    # Active with no training under way: waiting for machines, interrupted, or paused.
+    Status.WAITING = frozenset({Status.FUNDED, Status.MATCHING, Status.INTERRUPTED, Status.PAUSED})
+
     owner = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="jobs")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL,
                                    null=True, related_name="+")
@@ -365,9 +381,7 @@ class Job(models.Model):
 
     @property
     def is_terminal(self) -> bool:
-        from .job_states import TERMINAL
-
-        return self.status in TERMINAL
+        return self.status in Job.Status.TERMINAL
 
 
 class JobEvent(models.Model):

@@ -6,7 +6,6 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from marketplace import job_states
 from marketplace.models import Job, JobEvent
 
 from .api_support import actor, assert_error, job_body
@@ -236,7 +235,7 @@ def test_a_retried_cancel_answers_the_cancelled_job_and_cancels_once(api, alice,
     assert alice_job.events.filter(to_status="cancelled").count() == 1
 
 
-@pytest.mark.parametrize("status", sorted(job_states.TERMINAL - {Job.Status.CANCELLED}))
+@pytest.mark.parametrize("status", sorted(Job.Status.TERMINAL - {Job.Status.CANCELLED}))
 def test_terminal_jobs_cannot_be_cancelled(api, alice, healthcare, status):
     job = JobFactory(owner=healthcare, status=status)
     assert_error(api.as_user(alice).post(f"{URL}{job.pk}/cancel/"), 409)

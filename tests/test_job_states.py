@@ -62,6 +62,19 @@ def test_cancellable_statuses_are_those_before_verification():
                                       S.INTERRUPTED, S.PAUSED}
 
 
+def test_status_groups_agree_with_the_table():
+    """Job.Status's groups are data beside the table: a terminal job never works again, an
+    active one can always still end, and waiting jobs are active ones without training."""
+    assert S.ACTIVE == {S.FUNDED, S.MATCHING, S.RUNNING, S.INTERRUPTED, S.PAUSED, S.VERIFYING}
+    assert S.TERMINAL == {S.COMPLETED, S.SETTLED, S.CANCELLED, S.FAILED, S.REFUNDED}
+    assert S.WAITING == S.ACTIVE - {S.RUNNING, S.VERIFYING}
+    assert set(ALL) == S.ACTIVE | S.TERMINAL | {S.DRAFT, S.SUBMITTED}
+    assert not S.ACTIVE & S.TERMINAL
+    assert all(not TRANSITIONS[t] & S.ACTIVE for t in S.TERMINAL)
+    assert all(TRANSITIONS[a] & S.TERMINAL for a in S.ACTIVE)
+    assert all(JobFactory.build(status=t).is_terminal for t in S.TERMINAL)
+
+
 def test_every_status_has_a_row():
     assert set(TRANSITIONS) == set(EXPECTED) == set(ALL)
 

@@ -104,7 +104,7 @@ def budget_view(job: Job, *, spent: Decimal) -> dict:
     limit = budget_limit(job)
     percent = float(spent / limit * 100) if limit > 0 else 100.0
     return {"limit": str(limit), "spent": str(spent), "percent": round(percent, 1),
-            "warning": job.status in job_states.ACTIVE and percent >= float(WARN_AT * 100),
+            "warning": job.status in S.ACTIVE and percent >= float(WARN_AT * 100),
             "paused": job.status == S.PAUSED}
 
 
@@ -140,7 +140,7 @@ def _deadlines_expire(*, now) -> int:
     """Jobs not running (waiting for machines, interrupted, paused) that must have stopped
     by now are cancelled: their work so far settles, the rest of the deposit goes back."""
     margin = timedelta(seconds=settings.DEADLINE_SETTLE_MARGIN_S)
-    waiting = (Job.objects.filter(status__in=(S.FUNDED, S.MATCHING, S.INTERRUPTED, S.PAUSED))
+    waiting = (Job.objects.filter(status__in=S.WAITING)
                .filter(Q(deadline__lte=now) | Q(escrow__status=Escrow.Status.FUNDED,
                                                 escrow__deadline__lte=now + margin))
                .select_related("escrow"))
@@ -280,7 +280,7 @@ def job_budget_raise(*, job: Job, budget: Decimal, actor=None) -> Job:
     budget = Decimal(budget).quantize(MICRO)
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=job.pk)
-        if job.status in job_states.TERMINAL:
+        if job.status in S.TERMINAL:
             raise Conflict(f"Job #{job.pk} is {job.get_status_display().lower()}; its budget is final.")
         if budget < job.budget:
             raise MarketError(f"The budget can only be raised (it is {job.budget:.2f} tUSD).",

@@ -123,7 +123,7 @@ def fund_calls(job: Job, *, address: str | None = None) -> dict:
 def top_up_due(job: Job) -> bool:
     """A running (or paused) job whose escrow holds less than its raised budget."""
     escrow = Escrow.objects.filter(job=job, status=E.FUNDED).first()
-    return escrow is not None and job.status in job_states.ACTIVE and escrow.amount < job.budget
+    return escrow is not None and job.status in S.ACTIVE and escrow.amount < job.budget
 
 
 def job_fund(*, job: Job, actor=None, amount: Decimal | None = None) -> Escrow:
@@ -201,7 +201,7 @@ def _top_up(*, job: Job, escrow: Escrow, actor=None) -> Escrow:
     from ..chain import sender
     from ..chain.deploy import escrow_contract
 
-    if escrow.amount >= job.budget or job.status not in job_states.ACTIVE:
+    if escrow.amount >= job.budget or job.status not in S.ACTIVE:
         return escrow
     if (escrow.top_up_tx and escrow.top_up_total is not None and escrow.top_up_total > escrow.amount
             and not _reverted(escrow.top_up_tx)):
@@ -329,7 +329,7 @@ def escrow_closed(*, key: str, refunded: bool, paid: int, fee: int, returned: in
     else:
         Settlement.objects.filter(job=job).exclude(status=Settlement.Status.SETTLED).update(
             status=Settlement.Status.SETTLED, settled_at=timezone.now())
-    if refunded and job.status in (S.SUBMITTED, S.FUNDED, S.MATCHING, S.INTERRUPTED, S.RUNNING, S.PAUSED):
+    if refunded and job.status in (S.ACTIVE - {S.VERIFYING}) | {S.SUBMITTED}:
         from .jobs import job_cancel
 
         job = job_cancel(job=job, reason="escrow_refunded",
@@ -422,7 +422,7 @@ def escrow_lost_refund(*, job: Job, actor=None) -> str:
                 f"minted to {escrow.consumer_address} on the current development chain "
                 f"(transaction {tx.tx_hash}).")
         current = Job.objects.get(pk=job.pk)
-        if current.status in job_states.ACTIVE or current.status == S.SUBMITTED:
+        if current.status in S.ACTIVE or current.status == S.SUBMITTED:
             from .jobs import job_cancel
 
             current = job_cancel(job=current, actor=actor, reason="escrow_refunded",

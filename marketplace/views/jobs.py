@@ -10,6 +10,7 @@ from django.views.decorators.http import require_GET, require_POST
 from .. import catalogue, job_states
 from ..errors import MarketError
 from ..forms import JobForm, QuoteForm
+from ..models import Job
 from ..selectors.accounts import organization_of
 from ..selectors.execution import job_assignments, job_progress
 from ..selectors.market import jobs_visible_to
@@ -114,7 +115,7 @@ def job_detail(request, pk: int):
         "job": job, "template": template,
         "events": job.events.select_related("actor"),
         "can_cancel": job.status in job_states.CANCELLABLE,
-        "can_raise_budget": _is_owner(request, job) and job.status not in job_states.TERMINAL,
+        "can_raise_budget": _is_owner(request, job) and job.status not in Job.Status.TERMINAL,
         "verification": job_verification_report(job),
         **_progress_context(job, request.user), **_escrow_context(request, job),
     })
@@ -157,7 +158,7 @@ def _progress_context(job, user) -> dict:
     spent = cost_so_far(job)
     return {"progress": job_progress(job), "assignments": job_assignments(job),
             "model_downloadable": job_model_downloadable(job, user),
-            "active": job.status in job_states.ACTIVE, "cost_so_far": spent,
+            "active": job.status in Job.Status.ACTIVE, "cost_so_far": spent,
             "spend": budget_view(job, spent=spent)}
 
 
