@@ -34,7 +34,7 @@ help:
 	@echo "make migrate  apply migrations to DATABASE_URL (embedded SQLite when unset)"
 	@echo "make serve    production-like ASGI server (daphne; DEBUG off, needs SECRET_KEY)"
 	@echo "make bench    bench/offer_search.py against PostgreSQL"
-	@echo "make slow     the ten-minute DDP and DiLoCo jobs across two agents (tests/test_long_runs.py)"
+	@echo "make slow     the ten-minute DDP and DiLoCo jobs across two agents, the slow benches' smoke runs"
 	@echo "make chaos    the long chaos run (tests/chaos; figures in test-results/chaos.json)"
 	@echo "make soak     an hour of 2-node jobs under agent kills (CHAOS_SOAK_S; counts in test-results/soak.json)"
 	@echo "make clean    remove caches, build output, var/ and the demo database"
@@ -174,10 +174,11 @@ bench: install services
 	@$(PY) bench/offer_search.py
 
 # Ten-minute jobs (DDP and DiLoCo) across two real agents at the default stall timeout, marked
-# slow and skipped unless COMPUTEMESH_SLOW=1; durations in test-results/slow-runs.json.
+# slow and skipped unless COMPUTEMESH_SLOW=1; durations in test-results/slow-runs.json. Also the
+# smoke runs of the benchmarks too slow for `make test` (tests/test_bench_smoke.py).
 .PHONY: slow
 slow: install services
-	@COMPUTEMESH_SLOW=1 $(VENV)/bin/pytest -m slow tests/test_long_runs.py $(PYTEST_ARGS)
+	@COMPUTEMESH_SLOW=1 $(VENV)/bin/pytest -m slow tests/test_long_runs.py tests/test_bench_smoke.py $(PYTEST_ARGS)
 
 # The chaos suite's long form: more jobs, nodes and agent kills than the short form that
 # `make test` runs. Its figures go to test-results/chaos.json (docs/BENCHMARKS.md, "Chaos").

@@ -92,3 +92,14 @@ def git_revision() -> str:
                               capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def report(bench: str, *, figures: dict, baseline: dict, smoke: bool = False) -> None:
+    """Write the run's figures and its baseline (measured in the same run) as JSON to
+    $BENCH_JSON when set: tests/test_bench_smoke.py reads them from every bench's --smoke run."""
+    import json
+
+    out = os.environ.get("BENCH_JSON")
+    if out:
+        Path(out).write_text(json.dumps({"bench": bench, "smoke": smoke, "figures": figures,
+                                         "baseline": baseline}, indent=1, default=str))

@@ -13,8 +13,14 @@ from pathlib import Path
 
 from _common import ROOT, configure_django
 
+# Defaults: DATABASE_URL and REDIS_URL in the environment win (the smoke runs in
+# tests/test_bench_smoke.py give a database and a Redis server of their own).
 DB_URL = "postgres://postgres@127.0.0.1:5432/computemesh_bench_exec"
 REDIS_URL = "redis://127.0.0.1:6379/13"
+# Every queue a job passes through: without `verify` each finished job waited in
+# `verifying` for ever and the execution benchmarks hung (webapp/celery.py routes them;
+# `chain` only matters with the escrow on, which the benchmarks turn off).
+QUEUES = "default,dispatch,verify"
 
 
 def setup_django() -> None:
@@ -56,7 +62,9 @@ class Platform:
         self.tmp = Path(tempfile.mkdtemp(prefix="cm-bench-"))
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "DATABASE_URL": DB_URL, "REDIS_URL": REDIS_URL,
+        # What setup_django configured this process with (an environment override wins).
+        self.env = {**os.environ, "DATABASE_URL": os.environ.get("DATABASE_URL", DB_URL),
+                    "REDIS_URL": os.environ.get("REDIS_URL", REDIS_URL),
                     "DJANGO_SETTINGS_MODULE": "webapp.settings", "ESCROW_ENABLED": "0",
                     "AGENT_HEARTBEAT_S": "1", "MEDIA_ROOT": str(self.tmp / "media"),
                     "PYTHONUNBUFFERED": "1"}
@@ -72,11 +80,11 @@ class Platform:
     def start(self, tokens: list[str]) -> "Platform":
         import redis
 
-        redis.Redis.from_url(REDIS_URL).flushdb()
+        redis.Redis.from_url(self.env["REDIS_URL"]).flushdb()
         self._spawn("daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
                                "webapp.asgi:application"])
         self._spawn("celery", [sys.executable, "-m", "celery", "-A", "webapp", "worker", "-B",
-                               "-Q", "default,dispatch", "--concurrency", "2", "--loglevel", "WARNING",
+                               "-Q", QUEUES, "--concurrency", "2", "--loglevel", "WARNING",
                                "--schedule", str(self.tmp / "beat")])
         deadline = time.monotonic() + 60
         while True:

@@ -5,7 +5,8 @@ JSON-RPC as `make demo` serves it, and how long reopening a chain takes.
     .venv/bin/python bench/devchain_disk.py [--n 300] [--smoke]
 
 Each transaction is an ether transfer from eth-tester's first account (one block each, as
-eth-tester mines); `--smoke` sends 5 per case and only checks that every case runs.
+eth-tester mines); `--smoke` sends 5 per case and only checks that every case runs. The
+baseline is the chain in memory, in the same run.
 """
 
 import argparse
@@ -25,7 +26,7 @@ import django  # noqa: E402
 
 django.setup()
 
-from _common import git_revision, machine, table  # noqa: E402
+from _common import git_revision, machine, report, table  # noqa: E402
 from web3 import Web3  # noqa: E402
 
 from marketplace.chain import devchain  # noqa: E402
@@ -68,6 +69,10 @@ def main() -> None:
     print(f"devchain on disk: {n} transfers per case; {machine()}; {git_revision()}")
     print(table(["chain", "transactions/s"], rows))
     print(f"reopening a chain of {n} blocks: {reopen_ms:.0f} ms")
+    figures = {name: float(tps) for name, tps in rows}
+    report("devchain_disk", smoke=args.smoke,
+           baseline={k: figures.pop(k) for k in ("in process, memory", "JSON-RPC, memory")},
+           figures={**figures, "reopen_ms": reopen_ms})
 
 
 if __name__ == "__main__":

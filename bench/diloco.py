@@ -1,6 +1,7 @@
 """DiLoCo against DDP across emulated wide-area links (issue 7).
 
     .venv/bin/python bench/diloco.py [--steps 300] [--nodes 2 4] [--svg docs/diloco.svg]
+    .venv/bin/python bench/diloco.py --smoke   # 2 nodes, DDP 25 steps, DiLoCo H=10 fp32 only
 
 Reference task: the image-classifier template on its bundled `digits` sample with the
 template's default hyper-parameters (a small CNN, 21,386 parameters; batch 64 per node;
@@ -42,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import git_revision, machine  # noqa: E402
+from _common import git_revision, machine, report  # noqa: E402
 
 from tests.netns import Hosts  # noqa: E402
 from workers.agent import launcher  # noqa: E402
@@ -125,7 +126,8 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.3g} TB"
 
 
-def bench(hosts: Hosts, n: int, steps: int, rtt: float, work: Path) -> dict:
+def bench(hosts: Hosts, n: int, steps: int, rtt: float, work: Path, inners=INNER,
+          precisions=PRECISIONS) -> dict:
     print(f"\n## {n} nodes, DDP for {steps} steps, DiLoCo up to {2 * steps}", flush=True)
     ddp = run(hosts, n, sync={"mode": "ddp"}, steps=steps, work=work / f"n{n}-ddp", eval_every=25)
     ddp_curve = curve(ddp)
@@ -139,8 +141,8 @@ def bench(hosts: Hosts, n: int, steps: int, rtt: float, work: Path) -> dict:
     print(f"DDP: evaluation loss {target:.4f} at step {steps}; {fmt_bytes(at_n['bytes'])} per node; "
           f"{at_n['seconds']:.1f} s measured + {ddp_rounds * rtt:.1f} s latency by model", flush=True)
     rows = [row_ddp]
-    for inner in INNER:
-        for precision in PRECISIONS:
+    for inner in inners:
+        for precision in precisions:
             sync = {"mode": "diloco", "inner_steps": inner, "outer_lr": 0.7, "outer_momentum": 0.9,
                     "precision": precision}
             res = run(hosts, n, sync=sync, steps=2 * steps, work=work / f"n{n}-h{inner}-{precision}",
@@ -294,7 +296,12 @@ def main() -> int:
     parser.add_argument("--svg", type=Path, help="write the plot here")
     parser.add_argument("--json", type=Path, help="write every figure and curve here")
     parser.add_argument("--from-json", type=Path, help="print the tables (and plot) of a saved run")
+    parser.add_argument("--smoke", action="store_true",
+                        help="2 nodes, DDP for 25 steps (the baseline), DiLoCo H=10 fp32 only")
     args = parser.parse_args()
+    inners, precisions = (INNER, PRECISIONS) if not args.smoke else ((10,), ("fp32",))
+    if args.smoke:
+        args.nodes, args.steps = [2], 25
     rtt = args.rtt_ms / 1000
     if args.from_json:
         results = json.loads(args.from_json.read_text())
@@ -313,7 +320,7 @@ def main() -> int:
     with Hosts(max(args.nodes), rate_mbit=args.rate_mbit) as hosts, \
             tempfile.TemporaryDirectory(prefix="bench-diloco-") as tmp:
         for n in args.nodes:
-            results.append(bench(hosts, n, args.steps, rtt, Path(tmp)))
+            results.append(bench(hosts, n, args.steps, rtt, Path(tmp), inners, precisions))
             time.sleep(1)
     for result in results:
         print()
@@ -323,6 +330,12 @@ def main() -> int:
         print(f"\nplot: {args.svg}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+    ddp = {f"{r['nodes']} nodes": r["rows"][0] for r in results}
+    report("diloco", smoke=args.smoke,
+           baseline={f"{k}: DDP {f}": row[f] for k, row in ddp.items()
+                     for f in ("loss", "bytes_rank0", "seconds")},
+           figures={f"{r['nodes']} nodes: {row['config']}: {f}": row.get(f) for r in results
+                    for row in r["rows"][1:] for f in ("step", "best_loss", "bytes_rank0", "seconds")})
     return 0
 
 

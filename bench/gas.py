@@ -1,7 +1,10 @@
 """Gas of the escrow's hot paths on the in-process EVM (eth-tester / py-evm, prague rules):
 `fund`, a single-job `settle`, and `settleBatch` per job for batches of 1, 10, 50 and 100.
 
-    .venv/bin/python bench/gas.py
+    .venv/bin/python bench/gas.py [--sizes 1,10,50,100] [--smoke]
+
+Baseline, in the same run: a plain transfer of the same token (what moving the money costs
+without the escrow). `--smoke` (what `make test` runs) measures batches of 1 only.
 
 Gas is deterministic, so one transaction per case is enough (every fund row is the mean of
 20, which differ by nothing but calldata bytes). Steady state: the escrow already holds
@@ -33,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from _common import git_revision, machine, table  # noqa: E402
+from _common import git_revision, machine, report, table  # noqa: E402
 from web3 import EthereumTesterProvider, Web3  # noqa: E402
 
 from tests.contracts.support import USD, deploy_escrow, deploy_stake, load_artifact  # noqa: E402
@@ -148,6 +151,12 @@ def measure(sizes: list[int]) -> tuple[list[list], list[list], list[list]]:
     return fund_rows, settle_rows, batch_rows
 
 
+def token_transfer_gas() -> int:
+    """A transfer of the settlement token between two accounts that already hold it."""
+    b = Bench()
+    return b.send(b.d.token.functions.transfer(b.other, USD), b.consumer)["gasUsed"]
+
+
 def measure_stake() -> list[list]:
     """Gas of each ProviderStake operation, in a steady state (the contract and the
     consumer already hold tokens)."""
@@ -176,14 +185,17 @@ def measure_stake() -> list[list]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1,10,50,100", help="settleBatch sizes (comma-separated)")
+    parser.add_argument("--smoke", action="store_true", help="batches of 1 only")
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [1] if args.smoke else [int(s) for s in args.sizes.split(",")]
 
     compiler = load_artifact("JobEscrow")["compiler"]
     print(f"machine: {machine()}")
     print(f"git {git_revision()}; solc {compiler['solc']}, evmVersion {compiler['evmVersion']}, "
           f"optimizer runs {compiler['optimizer']['runs']}; py-evm via eth-tester")
     fund_rows, settle_rows, batch_rows = measure(sizes)
+    transfer = token_transfer_gas()
+    print(f"\nbaseline: a plain token transfer (warm balances) costs {transfer:,} gas")
     print()
     print(table(["fund", "gas", "target"], fund_rows))
     print()
@@ -191,12 +203,18 @@ def main() -> int:
     print()
     print(table(["settleBatch", "jobs", "gas", "gas per job", "target per job"], batch_rows))
     print()
-    print(table(["ProviderStake", "gas"], measure_stake()))
+    stake_rows = measure_stake()
+    print(table(["ProviderStake", "gas"], stake_rows))
 
     failed = [r[0] for r in fund_rows + settle_rows if r[1] > r[2]]
     failed += [f"{r[0]} × {r[1]}" for r in batch_rows if r[4] != "" and r[3] > r[4]]
     print()
     print("all targets met" if not failed else "targets missed: " + "; ".join(failed))
+    report("gas", smoke=args.smoke, baseline={"token_transfer": transfer},
+           figures={"fund": fund_rows[0][1], "settle": settle_rows[0][1],
+                    **{f"settle_batch_{r[1]}_{'repeat' if 'repeat' in r[0] else 'distinct'}_per_job": r[3]
+                       for r in batch_rows},
+                    **{f"stake: {r[0]}": r[1] for r in stake_rows}, "targets_missed": len(failed)})
     return 0
 
 

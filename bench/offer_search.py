@@ -5,11 +5,15 @@ the ASGI server (daphne, or uvicorn when installed), with the SQL queries per re
     .venv/bin/python bench/offer_search.py                # load once, then measure
     .venv/bin/python bench/offer_search.py --reload       # reload the 100k offers
     .venv/bin/python bench/offer_search.py --explain      # plus EXPLAIN ANALYZE per query
+    .venv/bin/python bench/offer_search.py --smoke        # what `make test` runs: 2,000 offers
 
 DATABASE_URL defaults to postgres://postgres@127.0.0.1:5432/computemesh_bench (created and
 migrated when missing). The loader TRUNCATEs the marketplace tables, so it refuses a
 database whose name does not contain "bench". Target: p99 <= 30 ms in-process and a query
-count that does not grow with the page size.
+count that does not grow with the page size. Baseline, in the same run and on the same
+server: the API root `/api/v1/` (a trivial view through the same middleware and DRF).
+`--smoke` loads 2,000 offers, times 20 requests per case on daphne only and fails only on a
+growing query count (the latency targets are for the full table).
 """
 
 import argparse
@@ -81,8 +85,8 @@ REGION_WEIGHTS = {"EU": 4.0, "US": 4.0, "UK": 1.0, "CH": 0.5, "NO": 0.5, "AP": 2
 
 
 # --- Loading ------------------------------------------------------------------------
-def load(seed: int = 7) -> float:
-    """TRUNCATE and COPY 400 providers, 50,000 nodes and 100,000 offers. Returns seconds."""
+def load(seed: int = 7, nodes: int = NODES) -> float:
+    """TRUNCATE and COPY 400 providers, `nodes` nodes and two offers each. Returns seconds."""
     from django.db import connection
 
     from marketplace import catalogue
@@ -107,10 +111,10 @@ def load(seed: int = 7) -> float:
                       "gpu_memory_gb, cpu_cores, ram_gb, disk_gb, bandwidth_mbps, region, "
                       "compliance_claimed, compliance_verified, status, last_heartbeat_at, "
                       "benchmark_tflops, agent_version, reliability, reliability_detail, token_hash, "
-                      "token_prefix, created_at, updated_at) FROM STDIN") as cp:
+                      "token_prefix, hardware, created_at, updated_at) FROM STDIN") as cp:
             models = [f for f in FLEET]
             weights = [f[2] for f in FLEET]
-            for i in range(1, NODES + 1):
+            for i in range(1, nodes + 1):
                 model, memory, _, prices, counts = rng.choices(models, weights)[0]
                 gpus = rng.choice(counts)
                 region = rng.choices(regions, region_w)[0]
@@ -129,14 +133,14 @@ def load(seed: int = 7) -> float:
                     max(4, gpus * 8), gpus * 64, gpus * 1000, rng.choice((1000, 10000, 25000)),
                     region, claimed, verified, "online" if online else "offline",
                     now - timedelta(seconds=rng.randint(1, 10)) if online else None,
-                    None, "0.1.0", reliability, "{}", token_hash, token_hash[:10], now, now))
+                    None, "0.1.0", reliability, "{}", token_hash, token_hash[:10], "{}", now, now))
                 node_rows.append((i, provider, model, memory, prices, gpus, region, verified,
                                   reliability, online))
         with raw.copy("COPY marketplace_offer (id, node_id, gpus_offered, gpus_reserved, "
                       "price_per_gpu_hour, available_from, available_until, "
                       "min_duration_hours, max_duration_hours, status, provider_id, gpu_model, "
                       "gpu_memory_gb, region, compliance_verified, reliability, node_online, "
-                      "provider_stake, created_at, updated_at) FROM STDIN") as cp:
+                      "provider_stake, status_reason, created_at, updated_at) FROM STDIN") as cp:
             # Half the providers hold a stake (its own generator: the offers stay as before).
             stake_rng = random.Random(seed + 1)
             stakes = {p: Decimal(stake_rng.choice((0, 0, 50, 100, 500, 1000)))
@@ -154,7 +158,7 @@ def load(seed: int = 7) -> float:
                         now + timedelta(days=90) if rng.random() < 0.2 else None,
                         Decimal("0.25"), None, "active" if rng.random() < 0.9 else "paused",
                         provider, model, memory, region, verified, rel, online,
-                        stakes[provider], now, now))
+                        stakes[provider], "", now, now))
         for table_name in ("marketplace_organization", "marketplace_node", "marketplace_offer"):
             cur.execute(f"SELECT setval(pg_get_serial_sequence('{table_name}', 'id'), "
                         f"(SELECT max(id) FROM {table_name}))")
@@ -164,16 +168,35 @@ def load(seed: int = 7) -> float:
     return time.perf_counter() - started
 
 
-def loaded() -> bool:
+def loaded(offers: int = OFFERS) -> bool:
     from marketplace.models import Offer, Organization
 
-    return (Offer.objects.count() == OFFERS
+    return (Offer.objects.count() == offers
             and Organization.objects.filter(slug="bench-provider-0001").exists())
 
 
 # --- In-process ---------------------------------------------------------------------
 def url(params: list[tuple[str, str]], **extra: str) -> str:
     return "/api/v1/offers/?" + urlencode(params + list(extra.items()))
+
+
+BASELINE_PATH = "/api/v1/"
+
+
+def in_process_baseline(requests: int, warmup: int) -> list[float]:
+    """The trivial endpoint's times in ms, through the same test Client."""
+    from django.test import Client
+
+    client = Client()
+    for _ in range(warmup):
+        client.get(BASELINE_PATH)
+    times = []
+    for _ in range(requests):
+        t0 = time.perf_counter()
+        response = client.get(BASELINE_PATH)
+        times.append((time.perf_counter() - t0) * 1000)
+        assert response.status_code == 200, response.status_code
+    return times
 
 
 def in_process(requests: int, warmup: int, explain: bool) -> list[dict]:
@@ -290,6 +313,10 @@ def over_http(name: str, cmd: list[str], requests: int, warmup: int,
                 fetch(conn, path)
             times = [fetch(conn, path) for _ in range(requests)]
             results.append({"label": label, "times": times})
+        for _ in range(warmup):
+            fetch(conn, BASELINE_PATH)
+        results.append({"label": f"baseline: {BASELINE_PATH}", "baseline": True,
+                        "times": [fetch(conn, BASELINE_PATH) for _ in range(requests)]})
         conn.close()
         # A bounded burst: `concurrency` clients, each sending `requests // concurrency`
         # requests of the first scenario back to back.
@@ -333,7 +360,12 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8, help="clients in the HTTP burst")
     parser.add_argument("--explain", action="store_true", help="EXPLAIN ANALYZE each query")
     parser.add_argument("--no-http", action="store_true", help="skip the ASGI server part")
+    parser.add_argument("--smoke", action="store_true",
+                        help="2,000 offers, 20 requests per case, daphne only; fails on query counts only")
     args = parser.parse_args()
+    offers = 2_000 if args.smoke else OFFERS
+    if args.smoke:
+        args.requests, args.warmup = 10, 2
 
     db_url = configure_django(DEFAULT_DB)
     if "bench" not in database_name(db_url):
@@ -347,11 +379,11 @@ def main() -> int:
         pg_version = cur.fetchone()[0]
     print(f"machine: {machine()}; PostgreSQL {pg_version}; git {git_revision()}; "
           f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
-    if args.reload or not loaded():
-        seconds = load()
-        print(f"loaded {OFFERS:,} offers on {NODES:,} nodes in {seconds:.1f} s (COPY)")
+    if args.reload or not loaded(offers):
+        seconds = load(nodes=offers // 2)
+        print(f"loaded {offers:,} offers on {offers // 2:,} nodes in {seconds:.1f} s (COPY)")
     else:
-        print(f"using the {OFFERS:,} offers already loaded (--reload to reload)")
+        print(f"using the {offers:,} offers already loaded (--reload to reload)")
 
     rows = in_process(args.requests, args.warmup, args.explain)
     print(f"\nIn-process (Django test Client), {args.requests} requests per case after "
@@ -362,17 +394,25 @@ def main() -> int:
           f"{percentile(r['times'], 90):.1f}", f"{percentile(r['times'], 99):.1f}",
           f"{max(r['times']):.1f}", " / ".join(str(q) for q in r["queries"])]
          for r in rows]))
+    base = in_process_baseline(args.requests, args.warmup)
+    print(f"baseline {BASELINE_PATH} in-process: p50 {percentile(base, 50):.1f} ms, "
+          f"p99 {percentile(base, 99):.1f} ms")
     worst = max(percentile(r["times"], 99) for r in rows)
-    constant = len({q for r in rows for q in r["queries"]}) == 1
+    # Per case: the same count at 20 rows, 100 rows and page 2 (None: no page 2) — no N+1.
+    constant = all(len({q for q in r["queries"] if q is not None}) == 1 for r in rows)
     print(f"worst p99 {worst:.1f} ms (target <= {TARGET_P99_MS:.0f} ms: "
           f"{'met' if worst <= TARGET_P99_MS else 'MISSED'}); query count "
           f"{'constant' if constant else 'NOT constant'}")
 
     summary = {"in_process": [{k: v for k, v in r.items() if k != "times"}
                               | {"p50": percentile(r["times"], 50),
-                                 "p99": percentile(r["times"], 99)} for r in rows]}
+                                 "p99": percentile(r["times"], 99)} for r in rows],
+               "baseline": {"in_process": {"path": BASELINE_PATH, "p50": percentile(base, 50),
+                                           "p99": percentile(base, 99)}},
+               "bench": "offer_search", "smoke": args.smoke, "offers": offers,
+               "figures": {"in_process_worst_p99_ms": worst, "query_count_constant": constant}}
     if not args.no_http:
-        found = servers()
+        found = servers()[:1] if args.smoke else servers()
         if not found:
             print("\nno ASGI server found (daphne/uvicorn); skipping HTTP")
         for name, cmd in found:
@@ -388,12 +428,19 @@ def main() -> int:
             print(f"burst: {burst['concurrency']} concurrent clients, {burst['requests']} "
                   f"requests of case 1: {burst['rps']:.0f} req/s, p50 {burst['p50']:.1f} ms, "
                   f"p99 {burst['p99']:.1f} ms")
+            base_http = next(r for r in http_rows if r.get("baseline"))
             summary[name] = {"cases": [{"label": r["label"], "p50": percentile(r["times"], 50),
-                                        "p99": percentile(r["times"], 99)} for r in http_rows],
+                                        "p99": percentile(r["times"], 99)} for r in http_rows
+                                       if not r.get("baseline")],
                              "burst": burst}
+            summary["figures"][f"{name}_burst_rps"] = burst["rps"]
+            summary["baseline"][name] = {"path": BASELINE_PATH, "p50": percentile(base_http["times"], 50),
+                                         "p99": percentile(base_http["times"], 99)}
     out = os.environ.get("BENCH_JSON")
     if out:
         Path(out).write_text(json.dumps(summary, indent=2, default=str))
+    if args.smoke:
+        return 0 if constant else 1
     return 0 if worst <= TARGET_P99_MS and constant else 1
 
 

@@ -2,10 +2,13 @@
 agent socket (daphne, Redis channel layer, PostgreSQL); how long until each is persisted
 and acknowledged, and whether persisting keeps up.
 
-    .venv/bin/python bench/progress_ingest.py [--rate 100] [--seconds 30]
+    .venv/bin/python bench/progress_ingest.py [--rate 100] [--seconds 30] [--smoke]
 
 The platform acknowledges a message only after its points are committed, so the ack
 latency is the persist latency. Target: it does not grow over the run (no backlog).
+Baseline, in the same run: the WebSocket ping round trip on the same socket (what the
+server and the socket cost without the platform). `--smoke` (what `make test` runs):
+20 messages a second for 2 s.
 """
 
 import argparse
@@ -19,8 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine, percentile  # noqa: E402
-from _platform import DB_URL, REDIS_URL, Platform, reset, setup_django  # noqa: E402
+from _common import machine, percentile, report  # noqa: E402
+from _platform import Platform, reset, setup_django  # noqa: E402
+
+PINGS = 50
 
 
 def make_running_job(consumer, tokens):
@@ -50,6 +55,12 @@ async def drive(url: str, origin: str, token: str, assignment: int, rate: int, s
     latencies: list[tuple[float, float]] = []  # (send time, latency)
     async with websockets.connect(url, origin=origin, additional_headers={"Authorization": f"Token {token}"},
                                   max_size=8 * 1024 * 1024) as ws:
+        pings = []
+        for _ in range(PINGS):
+            t0 = time.perf_counter()
+            await (await ws.ping())
+            pings.append(time.perf_counter() - t0)
+
         async def receive():
             async for raw in ws:
                 m = json.loads(raw)
@@ -77,14 +88,17 @@ async def drive(url: str, origin: str, token: str, assignment: int, rate: int, s
         while sent and time.perf_counter() < deadline:
             await asyncio.sleep(0.1)
         receiver.cancel()
-        return start, latencies, len(sent)
+        return start, latencies, len(sent), pings
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=int, default=100)
     parser.add_argument("--seconds", type=int, default=30)
+    parser.add_argument("--smoke", action="store_true", help="20 messages a second for 2 s")
     args = parser.parse_args()
+    if args.smoke:
+        args.rate, args.seconds = 20, 2
     setup_django()
     from marketplace.models import MetricPoint
 
@@ -94,7 +108,7 @@ def main() -> int:
     platform = Platform()
     import redis
 
-    redis.Redis.from_url(REDIS_URL).flushdb()
+    redis.Redis.from_url(platform.env["REDIS_URL"]).flushdb()
     platform._spawn("daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(platform.port),
                                "webapp.asgi:application"])
     try:
@@ -107,7 +121,7 @@ def main() -> int:
                 if time.monotonic() > deadline:
                     raise SystemExit("daphne did not start") from None
                 time.sleep(0.3)
-        start, latencies, missing = asyncio.run(drive(
+        start, latencies, missing, pings = asyncio.run(drive(
             f"ws://127.0.0.1:{platform.port}/ws/agent/", platform.base, tokens[0], assignment.pk,
             args.rate, args.seconds))
     finally:
@@ -116,8 +130,9 @@ def main() -> int:
     ms = [lat * 1000 for _, lat in latencies]
     first = [lat * 1000 for t, lat in latencies if t - start < args.seconds / 3]
     last = [lat * 1000 for t, lat in latencies if t - start >= 2 * args.seconds / 3]
+    database = platform.env["DATABASE_URL"].rsplit("/", 1)[1]
     print(f"\n{args.rate} progress messages/s for {args.seconds} s over /ws/agent/ "
-          f"(daphne, Redis channel layer, PostgreSQL; database {DB_URL.rsplit('/', 1)[1]}):")
+          f"(daphne, Redis channel layer, PostgreSQL; database {database}):")
     print(f"  persisted {persisted} of {args.rate * args.seconds}; unacknowledged at the end: {missing}")
     print(f"  ack (= persist) latency: p50 {percentile(ms, 50):.1f} ms, p99 {percentile(ms, 99):.1f} ms, "
           f"max {max(ms):.1f} ms")
@@ -125,6 +140,14 @@ def main() -> int:
     keeps_up = missing == 0 and late < 1.5 * early + 20  # no backlog building up
     print(f"  first third p50 {early:.1f} ms vs last third p50 {late:.1f} ms "
           f"— keeps up: {'yes' if keeps_up else 'NO'}")
+    ping_ms = [p * 1000 for p in pings]
+    print(f"  baseline, WebSocket ping round trip on the same socket ({PINGS}): p50 "
+          f"{percentile(ping_ms, 50):.1f} ms, p99 {percentile(ping_ms, 99):.1f} ms")
+    report("progress_ingest", smoke=args.smoke,
+           baseline={"ping_p50_ms": percentile(ping_ms, 50), "ping_p99_ms": percentile(ping_ms, 99)},
+           figures={"sent": args.rate * args.seconds, "persisted": persisted, "unacknowledged": missing,
+                    "ack_p50_ms": percentile(ms, 50), "ack_p99_ms": percentile(ms, 99),
+                    "keeps_up": keeps_up})
     return 0
 
 

@@ -4,6 +4,7 @@ PostgreSQL): p50/p99 and the messages lost (by sequence), for 1 job at 100 messa
 second and 50 jobs at 20 a second each.
 
     .venv/bin/python bench/progress_latency.py [--scenario single|many|both] [--seconds 20] [--warmup 2]
+    .venv/bin/python bench/progress_latency.py --smoke    # what `make test` runs: single, 2 s
 
 Each job has its own node and agent socket (/ws/agent/) and one viewer socket
 (/ws/jobs/<id>/, a member of the owner organization, resynced at the start). Every
@@ -12,7 +13,9 @@ matches points by step. Sender and viewer run in one event loop on this machine,
 timestamps come from the same clock (time.time()). A message is lost when its point has
 not reached the viewer 10 s after the last send. The first --warmup seconds of each run
 (a fresh server opening its database and Redis connections) count towards sent and lost
-but not towards the latency percentiles. Target: p99 <= 100 ms, 0 lost.
+but not towards the latency percentiles. Target: p99 <= 100 ms, 0 lost. Baseline, in the same
+run: the WebSocket ping round trip on the first agent socket (the server and the socket
+without the platform).
 """
 
 import argparse
@@ -27,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine, percentile, table  # noqa: E402
+from _common import machine, percentile, report, table  # noqa: E402
 from _platform import Platform, _free_port, reset, setup_django  # noqa: E402
 
 # A database and Redis database of its own: the other execution benchmarks truncate
@@ -38,6 +41,7 @@ REDIS_URL = os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/12")
 TARGET_P99_MS = 100.0
 GRACE_S = 10.0
 SCENARIOS = {"single": (1, 100), "many": (50, 20)}
+RESULTS: dict[str, dict] = {}
 
 
 def make_running_job(consumer, index: int):
@@ -115,6 +119,12 @@ async def run_streams(ports: list[int], viewer_token: str, streams: list[Stream]
             f"{base}/ws/jobs/{s.job_id}/", origin=origin,
             additional_headers={"Authorization": f"Token {viewer_token}"}, max_size=64 * 1024 * 1024))
 
+    pings = []
+    for _ in range(50):
+        t0 = time.perf_counter()
+        await (await agents[0].ping())
+        pings.append((time.perf_counter() - t0) * 1000)
+
     history_seen = asyncio.Event()
     histories = 0
 
@@ -187,7 +197,7 @@ async def run_streams(ports: list[int], viewer_token: str, streams: list[Stream]
     await asyncio.gather(*readers, return_exceptions=True)
     await asyncio.gather(*(ws.close() for ws in agents + viewers), return_exceptions=True)
     return {"daphne_cpu": (cpu1 - cpu0) / send_wall, "client_cpu": (client1 - client0) / send_wall,
-            "send_wall": send_wall, "drain_s": drain_s}
+            "send_wall": send_wall, "drain_s": drain_s, "pings": pings}
 
 
 def wait_for_http(base: str) -> None:
@@ -265,6 +275,12 @@ def scenario(name: str, jobs: int, rate: int, seconds: int, warmup: float, serve
     def fmt(value: float) -> str:
         return "n/a" if value != value else f"{value:.1f}"
 
+    pings = stats["pings"]
+    print(f"  baseline, WebSocket ping round trip on an agent socket ({len(pings)}): p50 "
+          f"{percentile(pings, 50):.1f} ms, p99 {percentile(pings, 99):.1f} ms")
+    RESULTS[name] = {"sent": sent, "received": received, "lost": lost, "persisted": persisted,
+                     "p50_ms": p50, "p99_ms": p99, "ping_p50_ms": percentile(pings, 50),
+                     "ping_p99_ms": percentile(pings, 99)}
     return [jobs, rate, servers, sent, received, lost, fmt(p50), fmt(p99), fmt(worst),
             "PASS" if ok else "FAIL"]
 
@@ -278,7 +294,10 @@ def main() -> int:
     parser.add_argument("--asgi", choices=["daphne", "uvicorn"], default="daphne", help="the ASGI server")
     parser.add_argument("--warmup", type=float, default=2.0,
                         help="seconds at the start left out of the latency percentiles")
+    parser.add_argument("--smoke", action="store_true", help="the single scenario for 2 s")
     args = parser.parse_args()
+    if args.smoke:
+        args.scenario, args.seconds, args.warmup = "single", 2, 0.5
     setup_django()
     print(machine())
     names = ["single", "many"] if args.scenario == "both" else [args.scenario]
@@ -289,6 +308,10 @@ def main() -> int:
           f"latency after a {args.warmup:g} s warm-up:")
     print(table(["jobs", "rate/s", "servers", "sent", "received", "lost", "p50 ms", "p99 ms", "max ms",
                  "verdict"], rows))
+    report("progress_latency", smoke=args.smoke,
+           baseline={f"{k}_{b}": v[b] for k, v in RESULTS.items() for b in ("ping_p50_ms", "ping_p99_ms")},
+           figures={f"{k}_{f}": v for k, r in RESULTS.items() for f, v in r.items()
+                    if not f.startswith("ping")})
     return 0
 
 

@@ -4,6 +4,7 @@ checked by the platform's verifier logic (services/verification.py's segment cho
 metric test, workers/training/replay.py's replay), without the database.
 
     .venv/bin/python bench/verification.py [--honest 20] [--trials 10] [--nproc 2] [--epochs 8]
+    .venv/bin/python bench/verification.py --smoke   # what `make test` runs: 1 honest, 1 cheat
 
 Reported: replayed steps / trained steps (target ≤ 10 %); the replay's compute as a share
 of the training's: replay seconds on one thread over W ranks × rank 0's started→finished
@@ -11,7 +12,8 @@ seconds (each rank trains on one thread, `OMP_NUM_THREADS=1`; replay runs the W 
 after the other in one process, so compute per replayed step equals the job's per trained
 step); the verifier's whole wall time as a share of the training's (loading data and
 checkpoints included); the false-reject rate over honest runs, and the detection rate for
-each fault.
+each fault. The baseline is the training itself (rank 0's seconds), in the same run.
+`--smoke`: one honest run and one run skipping 10 % of its steps, 2 epochs each.
 """
 
 import argparse
@@ -33,7 +35,7 @@ import django  # noqa: E402
 django.setup()
 
 import torch  # noqa: E402
-from _common import git_revision, machine  # noqa: E402
+from _common import git_revision, machine, report  # noqa: E402
 
 from marketplace.services.verification import choose_segments, metric_inflated  # noqa: E402
 from tests.training_runs import tabular_spec, train  # noqa: E402
@@ -70,11 +72,15 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=10, help="runs per fault")
     parser.add_argument("--nproc", type=int, default=2, help="ranks per run (world size)")
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--smoke", action="store_true", help="one honest run and one cheat, 2 epochs")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as each training rank runs: compute shares compare like with like
     cases = [("honest", "", args.honest), ("skip_steps=0.1", "skip_steps=0.1", args.trials),
              ("skip_steps=0.02", "skip_steps=0.02", args.trials),
              ("inflate_metric=0.05", "inflate_metric=0.05", args.trials)]
+    if args.smoke:
+        args.epochs = 2
+        cases = [("honest", "", 1), ("skip_steps=0.1", "skip_steps=0.1", 1)]
     print(f"machine: {machine()}; revision {git_revision()}; tabular-classifier (breast-cancer), "
           f"{args.epochs} epochs, batch 8, world size {args.nproc}; threshold {THRESHOLD:g}, "
           f"replay share {SHARE:.0%}, metric tolerance {TOLERANCE:g}")
@@ -116,6 +122,14 @@ def main() -> int:
     for label, runs, rejected, _ in rows[1:]:
         print(f"detection rate {label}: {rejected}/{runs}")
     print(f"runs that did not train (not counted): {len(failed_runs)}")
+    every = [r for _, _, _, results in rows for r in results]
+    report("verification", smoke=args.smoke,
+           baseline={"train_seconds_median": statistics.median(r["train_seconds"] for r in every)},
+           figures={"verify_seconds_median": statistics.median(r["seconds"] for r in every),
+                    "replayed_share": sum(r["replayed"] for r in every) / sum(r["trained"] for r in every),
+                    **{f"{label}: rejected": rejected for label, _, rejected, _ in rows},
+                    **{f"{label}: runs": runs for label, runs, _, _ in rows},
+                    "runs_that_did_not_train": len(failed_runs)})
     return 0
 
 
