@@ -83,7 +83,7 @@ def _money(value: Any) -> str:
     if value in (None, ""):
         return "-"
     try:
-        return f"{float(value):.4f}".rstrip("0").rstrip(".") if float(value) else "0"
+        return f"{float(value):.6f}".rstrip("0").rstrip(".") if float(value) else "0"
     except (TypeError, ValueError):
         return str(value)
 
