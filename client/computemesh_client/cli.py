@@ -500,29 +500,36 @@ def _watch(state: State, client: Client, job_id: int, *, logs: bool = False) -> 
                 click.echo(json.dumps({"type": event.type, **event.data}, default=str))
     elif out.is_terminal:
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
-                   TextColumn("step {task.completed:.0f}/{task.total:.0f}"),
+                   TextColumn("{task.fields[steps]}"),
                    TextColumn("loss {task.fields[loss]}"), TextColumn("ETA {task.fields[eta]}"),
                    TextColumn("{task.fields[cost]} tUSD")]
         with Progress(*columns, console=out, transient=False) as bar:
-            task = bar.add_task(f"job {job_id}", total=None, loss="-", eta="-", cost="-")
+            task = bar.add_task(f"job {job_id}", total=None, steps="", loss="-", eta="-", cost="-")
+            last_entry = None
             for event in events:
                 if event.type == "log" and logs:
                     bar.console.print(event.data.get("line", ""), markup=False)
                 elif event.type == "metric":
-                    loss = event.data.get("loss")
-                    bar.update(task, completed=event.data.get("step") or 0,
-                               total=event.data.get("total_steps") or None,
+                    loss, step, total = (event.data.get(k) for k in ("loss", "step", "total_steps"))
+                    bar.update(task, completed=step or 0, total=total or None,
+                               steps=f"step {step}/{total}" if total else "",
                                loss=f"{loss:.4f}" if loss is not None else "-")
                 elif event.type == "job":
                     p = event.data.get("progress") or {}
                     total = p.get("total_steps")
-                    steps = {"completed": p["step"], "total": total} if total else {}
+                    steps = {"completed": p["step"], "total": total,
+                             "steps": f"step {p['step']}/{total}"} if total else {}
                     bar.update(task, description=f"job {job_id} {event.data.get('status')}",
                                eta=_eta(p.get("eta_seconds")), cost=_money(event.data.get("cost_so_far")),
                                **steps)
-                    if event.data.get("event"):
-                        bar.console.print(f"  {event.data['event'].get('to_status')}: "
-                                          f"{event.data['event'].get('message')}", markup=False)
+                    if p.get("loss") is not None:
+                        bar.update(task, loss=f"{p['loss']:.4f}")
+                    # Every snapshot carries the newest timeline entry: print each one once.
+                    entry = event.data.get("event")
+                    if entry and entry != last_entry:
+                        last_entry = entry
+                        bar.console.print(f"  {entry.get('to_status') or 'note'}: {entry.get('message')}",
+                                          markup=False)
     else:  # a pipe or a log file: a line per change of status and every tenth of the way
         last_status, last_tenth = None, -1
         for event in events:
@@ -906,15 +913,32 @@ def stake_withdraw(state: State) -> None:
     _show_op(state, state.client().stake_withdraw())
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @json_option
-@pass_state
-def wallets(state: State) -> None:
-    """Your organization's wallets."""
+@click.pass_context
+def wallets(ctx: click.Context) -> None:
+    """Your organization's wallets (link one from the browser: it signs with your wallet)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    state = ctx.ensure_object(State)
     items = state.client().wallets()
     emit(state, items, lambda: out.print(_table(
         ["ID", "ADDRESS", "KIND", "PAYOUT"],
         [(w["id"], w["address"], w["kind"], "yes" if w.get("is_payout") else "") for w in items])))
+
+
+@wallets.command("payout")
+@click.argument("wallet_id", type=int, required=False)
+@json_option
+@pass_state
+def wallets_payout(state: State, wallet_id: int | None) -> None:
+    """Where you are paid (providers); with WALLET_ID, be paid there (after the change delay)."""
+    client = state.client()
+    p = client.set_payout_wallet(wallet_id) if wallet_id is not None else client.payout()
+    pending = ""
+    if p.get("pending_address"):
+        pending = f"; changing to {p['pending_address']} at {p['effective_at']}"
+    emit(state, p, lambda: out.print(f"paid to {p.get('payout_address') or '-'}{pending}"))
 
 
 # --- entry point: one line per error, documented exit codes ------------------------------
