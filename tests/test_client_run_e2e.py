@@ -27,7 +27,7 @@ name: Sepsis risk from a terminal
 template: tabular-classifier
 data: vitals.csv          # uploaded by `run`
 label_column: label
-params: {epochs: 4}
+params: {epochs: 2, learning_rate: 0.01}
 nodes: 1
 gpus_per_node: 1
 gpu_models: [cpu]
