@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from .errors import (
     ComputeMeshError,
     JobFailed,
 )
+from .types import Job
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 out = Console(highlight=False, soft_wrap=True)
@@ -55,7 +56,7 @@ class State:
                     "detail": f"Not logged in to {s.url}: run `computemesh login` or set "
                               "COMPUTEMESH_TOKEN.", "code": "not_logged_in"})
             retries = os.environ.get("COMPUTEMESH_RETRIES", "")
-            self._client = Client(s.url, s.token, **({"retries": int(retries)} if retries.isdigit() else {}))
+            self._client = Client(s.url, s.token, retries=int(retries) if retries.isdigit() else 3)
         return self._client
 
 
@@ -192,7 +193,7 @@ def templates(state: State) -> None:
 SORTS = {"price": "price_per_gpu_hour", "memory": "gpu_memory_gb", "reliability": "reliability"}
 
 
-def _offer_rows(items: list[dict]) -> Table:
+def _offer_rows(items: Sequence[Mapping[str, Any]]) -> Table:
     return _table(
         ["ID", "GPU", "MEM GB", "FREE/OFFERED", "tUSD/GPU-h", "REGION", "COMPLIANCE", "RELIABILITY",
          "ONLINE", "PROVIDER", "NODE"],
@@ -231,7 +232,7 @@ def offers(ctx: click.Context, gpu_model, min_gpus, min_gpu_memory, region, comp
                "min_reliability": min_reliability, "online": online, "ordering": ordering}
     client = state.client(auth=False)
     page = client.offers(page_size=min(limit, 100), **filters)
-    items = page["results"]
+    items: list[Any] = page["results"]
     if limit > 100 and page.get("next"):
         items = []
         for offer in client.iter_offers(**filters):
@@ -239,11 +240,15 @@ def offers(ctx: click.Context, gpu_model, min_gpus, min_gpu_memory, region, comp
             if len(items) >= limit:
                 break
     items = items[:limit]
-    emit(state, {"count": page["count"], "results": items}, lambda: (
-        out.print(_offer_rows(items)), out.print(f"{len(items)} of {page['count']} offers")))
+
+    def render() -> None:
+        out.print(_offer_rows(items))
+        out.print(f"{len(items)} of {page['count']} offers")
+    emit(state, {"count": page["count"], "results": items}, render)
 
 
-def _offer_fields(gpus, price, available_from, available_until, min_hours, max_hours) -> dict:
+def _offer_fields(gpus: Any, price: Any, available_from: Any, available_until: Any, min_hours: Any,
+                  max_hours: Any) -> dict[str, Any]:
     fields = {"gpus_offered": gpus, "price_per_gpu_hour": price, "available_from": available_from,
               "available_until": available_until, "min_duration_hours": min_hours,
               "max_duration_hours": max_hours}
@@ -265,7 +270,7 @@ def _offer_options(required: bool) -> Callable:
     return wrap
 
 
-def _show_offer(state: State, offer: dict) -> None:
+def _show_offer(state: State, offer: Mapping[str, Any]) -> None:
     emit(state, offer, lambda: out.print(_offer_rows([offer])))
 
 
@@ -394,7 +399,7 @@ def _upload_data(state: State, client: Client, fields: dict[str, Any]) -> None:
                   f"columns {', '.join(dataset.get('columns') or [])}")
 
 
-def _render_quote(q: dict) -> None:
+def _render_quote(q: Mapping[str, Any]) -> None:
     if q.get("feasible"):
         out.print(f"[green]Feasible[/]: estimated cost {_money(q.get('estimated_cost'))} tUSD, "
                   f"start {q.get('estimated_start') or 'now'}")
@@ -426,7 +431,7 @@ def quote(state: State, job_file: str | None, **options: Any) -> None:
     emit(state, q, lambda: _render_quote(q))
 
 
-def _submit(state: State, client: Client, fields: dict[str, Any], *, fund: bool | None) -> dict:
+def _submit(state: State, client: Client, fields: dict[str, Any], *, fund: bool | None) -> Job:
     _upload_data(state, client, fields)
     job = client.submit(jobfile.spec_of(fields))
     if not state.json:
@@ -477,7 +482,7 @@ def run(state: State, job_file: str | None, output: str, download: bool, logs: b
 
 # --- watching --------------------------------------------------------------------------
 
-def _line(job_id: int, snapshot: dict) -> str:
+def _line(job_id: int, snapshot: Mapping[str, Any]) -> str:
     progress = snapshot.get("progress") or {}
     parts = [f"job {job_id}", snapshot.get("status", "?")]
     if progress:
@@ -491,7 +496,7 @@ def _line(job_id: int, snapshot: dict) -> str:
     return "  ".join(parts)
 
 
-def _watch(state: State, client: Client, job_id: int, *, logs: bool = False) -> dict:
+def _watch(state: State, client: Client, job_id: int, *, logs: bool = False) -> Job:
     """Follow a job live until it ends; raise JobFailed unless it completed."""
     events = client.watch(job_id, until=TERMINAL)
     if state.json:
@@ -574,7 +579,7 @@ def jobs() -> None:
 def jobs_list(state: State, status: tuple[str, ...], limit: int) -> None:
     """List jobs, newest first."""
     client = state.client()
-    items = []
+    items: list[Job] = []
     for job in client.iter_jobs(status=list(status) or None):
         items.append(job)
         if len(items) >= limit:
@@ -585,7 +590,7 @@ def jobs_list(state: State, status: tuple[str, ...], limit: int) -> None:
           _money(j.get("budget")), (j.get("created_at") or "")[:19]) for j in items])))
 
 
-def _render_job(job: dict) -> None:
+def _render_job(job: Mapping[str, Any]) -> None:
     out.print(f"[bold]Job {job['id']}[/] {job['name']}: {job['status_display']}")
     out.print(f"  {job.get('template')} on {job.get('dataset')}, {job.get('nodes')} node(s) × "
               f"{job.get('gpus_per_node')}, budget {_money(job.get('budget'))} tUSD, "
@@ -775,7 +780,7 @@ def nodes() -> None:
     """Your machines (providers)."""
 
 
-def _node_rows(items: list[dict]) -> Table:
+def _node_rows(items: Sequence[Mapping[str, Any]]) -> Table:
     return _table(["ID", "NAME", "GPU", "GPUS", "REGION", "STATUS", "LAST HEARTBEAT", "RELIABILITY",
                    "VERIFIED TAGS"],
                   [(n["id"], n["name"], n.get("gpu_model"), n.get("gpu_count"), n.get("region"),
@@ -784,7 +789,7 @@ def _node_rows(items: list[dict]) -> Table:
                     ",".join(n.get("compliance_verified") or []) or "-") for n in items])
 
 
-def _show_node(state: State, node: dict) -> None:
+def _show_node(state: State, node: Mapping[str, Any]) -> None:
     def render() -> None:
         out.print(_node_rows([node]))
         if node.get("agent_token"):
@@ -882,7 +887,7 @@ def stake(ctx: click.Context) -> None:
         f"{_money(s.get('min_stake_for_verified_tags'))} tUSD"))
 
 
-def _show_op(state: State, op: dict) -> None:
+def _show_op(state: State, op: Mapping[str, Any]) -> None:
     emit(state, op, lambda: out.print(f"{op['kind']} {_money(op.get('amount'))} tUSD: transaction "
                                       f"{op['tx_hash']} ({op['tx_status']})"))
 
@@ -943,7 +948,8 @@ def wallets_payout(state: State, wallet_id: int | None) -> None:
 
 # --- entry point: one line per error, documented exit codes ------------------------------
 
-def _fail(message: str, code: int, body: dict | None = None, *, as_json: bool = False) -> int:
+def _fail(message: str, code: int, body: Mapping[str, Any] | None = None, *,
+          as_json: bool = False) -> int:
     click.echo("error: " + " ".join(message.split()), err=True)
     if as_json:
         click.echo(json.dumps({"error": body or {"detail": message}}))

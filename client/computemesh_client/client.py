@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 from urllib.parse import quote
@@ -73,7 +73,7 @@ TERMINAL = frozenset({"completed", "settled", "cancelled", "failed", "refunded"}
 FAILED = frozenset({"cancelled", "failed", "refunded"})
 
 
-def job_succeeded(job: JSON) -> bool | None:
+def job_succeeded(job: Mapping[str, Any]) -> bool | None:
     """True once the job completed (settled after completing included), False if it ended
     otherwise, None while it runs."""
     status = job.get("status")

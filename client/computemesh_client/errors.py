@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 # The command's documented exit codes.
@@ -96,9 +97,9 @@ class JobFailed(ComputeMeshError):
 
     exit_code = EXIT_JOB_FAILED
 
-    def __init__(self, message: str, job: dict[str, Any] | None = None):
+    def __init__(self, message: str, job: Mapping[str, Any] | None = None):
         super().__init__(message)
-        self.job = job or {}
+        self.job = dict(job or {})
 
 
 _BY_STATUS: dict[int, type[APIError]] = {

@@ -85,6 +85,8 @@ class Job(TypedDict, total=False):
     gpus_per_node: int
     budget: str
     deadline: str
+    created_at: str
+    status_changed_at: str
     timeline: list[JSON]
     progress: Progress | None
     assignments: list[JSON]
