@@ -138,3 +138,55 @@ def test_compose_runs_every_django_service_from_one_definition():
     assert "chain" not in worker[worker.index("-Q") + 1].split(",")
     for backing in ("postgres", "redis"):
         assert "healthcheck" in services[backing], backing
+
+
+def test_secrets_can_come_from_files(tmp_path):
+    """SECRET_KEY_FILE, DATABASE_URL_FILE and the chain's operator key file (Docker or
+    Kubernetes secrets) stand in for the variables; the production checks still pass."""
+    key, operator = secrets.token_urlsafe(50), "0x" + secrets.token_hex(32)
+    files = {"SECRET_KEY": key, "DATABASE_URL": TEST_DATABASE_URL, "CHAIN_OPERATOR_KEY": operator}
+    for name, value in files.items():
+        (tmp_path / name).write_text(value + "\n")  # a trailing newline, as editors leave it
+    env = production_env(**{name: None for name in files},
+                         **{f"{name}_FILE": str(tmp_path / name) for name in files})
+    result = manage("shell", "-c", "from django.conf import settings as s; "
+                    "print(s.SECRET_KEY, s.DATABASES['default']['NAME'], s.CHAIN_OPERATOR_KEY)", env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    database = TEST_DATABASE_URL.rsplit("/", 1)[1]
+    assert result.stdout.strip().splitlines()[-1].split() == [key, database, operator]
+    result = manage("check", "--deploy", "--fail-level", "WARNING", env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_secret_set_both_ways_is_refused(tmp_path):
+    (tmp_path / "key").write_text(secrets.token_urlsafe(50))
+    result = manage("check", env=production_env(SECRET_KEY_FILE=str(tmp_path / "key")))
+    assert result.returncode != 0, "SECRET_KEY and SECRET_KEY_FILE were both accepted"
+    assert "SECRET_KEY or SECRET_KEY_FILE, not both" in result.stderr.strip().splitlines()[-1]
+    result = manage("check", env=production_env(SECRET_KEY=None, SECRET_KEY_FILE=str(tmp_path / "none")))
+    assert result.returncode != 0, "an unreadable SECRET_KEY_FILE was accepted"
+    assert "SECRET_KEY_FILE" in result.stderr.strip().splitlines()[-1]
+
+
+def test_the_beat_schedule_comes_from_settings():
+    """webapp/celery.py takes the beat schedule from settings, whose intervals come from the
+    environment once; every scheduled task is a registered task."""
+    env = production_env(BUDGET_CHECK_INTERVAL_S="7", SETTLEMENT_INTERVAL_S="11")
+    result = manage("shell", "-c", "from webapp.celery import app; s = app.conf.beat_schedule; "
+                    "print(s['budget-watch']['schedule'], s['settle-pending']['schedule'], "
+                    "s['reputations']['schedule'])", env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1].split() == ["7.0", "11.0", "600.0"]
+
+
+def test_every_task_name_is_a_registered_task():
+    from django.conf import settings
+
+    from marketplace import task_names
+    from webapp.celery import app
+
+    app.loader.import_default_modules()
+    names = {value for key, value in vars(task_names).items() if key.isupper()}
+    assert names - set(app.tasks) == set()
+    assert {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()} <= names
+    assert app.conf.beat_schedule == settings.CELERY_BEAT_SCHEDULE

@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+import environ
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 STOP_GRACE_S = 10.0
@@ -95,8 +97,10 @@ def start_chain():
     and tops up the development wallets; a chain that is not the one the database's escrows
     were funded on (var/chain/ deleted) is noticed there, and those escrows are marked.
     Skipped when CHAIN_RPC_URL names a node or escrow is off."""
-    escrow_off = os.environ.get("ESCROW_ENABLED", "1").lower() in ("0", "false", "no")
-    if os.environ.get("CHAIN_RPC_URL") or escrow_off:
+    # Read as settings.py reads it (django-environ's bool), so that this runner and its
+    # children never disagree on whether the escrow is on ("off" or "" is off for both).
+    escrow_on = environ.Env().bool("ESCROW_ENABLED", default=True)
+    if os.environ.get("CHAIN_RPC_URL") or not escrow_on:
         return None
     from marketplace.chain.devchain import serve
 

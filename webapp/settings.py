@@ -12,22 +12,40 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from marketplace import task_names
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
 if (BASE_DIR / ".env").is_file():
     environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
+
+def _secret(name: str, default: str = "") -> str:
+    """A secret from NAME, or read from the file NAME_FILE names (a Docker or Kubernetes
+    secret); both set is a mistake. Neither set: `default`."""
+    path = env.str(f"{name}_FILE", default="")
+    if path and env.str(name, default=""):
+        raise ImproperlyConfigured(f"Set {name} or {name}_FILE, not both.")
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise ImproperlyConfigured(f"{name}_FILE: cannot read {path}: {exc}") from None
+    return env.str(name, default=default)
+
+
 # Off unless the dev runner (webapp/devserver.py) or the operator turns it on.
 DEBUG = env.bool("DEBUG", default=False)
 
 if DEBUG:
-    SECRET_KEY = env.str("SECRET_KEY", default="dev-only-insecure-key-do-not-use-in-production")
+    SECRET_KEY = _secret("SECRET_KEY", default="dev-only-insecure-key-do-not-use-in-production")
 else:
     # No production default for secrets: fail loudly when it is missing.
-    SECRET_KEY = env.str("SECRET_KEY")
+    SECRET_KEY = _secret("SECRET_KEY")
     if not SECRET_KEY.strip():
-        raise ImproperlyConfigured("SECRET_KEY is empty; set it to 50+ random characters.")
+        raise ImproperlyConfigured("SECRET_KEY (or SECRET_KEY_FILE) is unset or empty; set it to 50+ "
+                                   "random characters.")
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -81,7 +99,8 @@ TEMPLATES = [
 
 # --- Data stores -------------------------------------------------------------------
 _DB_ENGINES = ("django.db.backends.postgresql", "django.db.backends.sqlite3")
-_database_url = env.str("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'computemesh.sqlite3'}")
+# DATABASE_URL_FILE: the URL (it holds the password) from a secret file.
+_database_url = _secret("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'computemesh.sqlite3'}")
 try:
     _database = environ.Env.db_url_config(_database_url)
 except (ValueError, KeyError) as exc:
@@ -117,7 +136,6 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
-CHAIN_RPC_URL = env.str("CHAIN_RPC_URL", default="")
 
 if REDIS_URL:
     CHANNEL_LAYERS = {
@@ -276,7 +294,7 @@ CHAIN_RPC_URL = env.str("CHAIN_RPC_URL", default="")
 CHAIN_RPC_TIMEOUT_S = env.float("CHAIN_RPC_TIMEOUT_S", default=10.0)
 # The platform's operator key (settles, refunds). Empty: a development key, refused by
 # `check --deploy` (it is public).
-CHAIN_OPERATOR_KEY = env.str("CHAIN_OPERATOR_KEY", default="")
+CHAIN_OPERATOR_KEY = _secret("CHAIN_OPERATOR_KEY")  # or CHAIN_OPERATOR_KEY_FILE
 # Production pays in an existing stablecoin (USDC): its address. Empty: `chain_deploy`
 # deploys the development token tUSD.
 CHAIN_TOKEN_ADDRESS = env.str("CHAIN_TOKEN_ADDRESS", default="")
@@ -320,7 +338,7 @@ MIN_STAKE_FOR_VERIFIED_TAGS = Decimal(env.str("MIN_STAKE_FOR_VERIFIED_TAGS", def
 REPUTATION_WINDOW_DAYS = env.int("REPUTATION_WINDOW_DAYS", default=30)
 REPUTATION_MIN_ASSIGNMENTS = env.int("REPUTATION_MIN_ASSIGNMENTS", default=3)
 REPUTATION_INTERVAL_S = env.float("REPUTATION_INTERVAL_S", default=600.0)
-WALLET_ENCRYPTION_KEY = env.str("WALLET_ENCRYPTION_KEY", default="")
+WALLET_ENCRYPTION_KEY = _secret("WALLET_ENCRYPTION_KEY")  # or WALLET_ENCRYPTION_KEY_FILE
 # How long a Sign-In with Ethereum nonce (linking a wallet) may be used.
 SIWE_NONCE_TTL_S = env.int("SIWE_NONCE_TTL_S", default=300)
 # Placements tried before a job that keeps failing is given up.
@@ -333,20 +351,6 @@ CHECKPOINT_MAX_BYTES = env.int("CHECKPOINT_MAX_BYTES", default=512 * 1_048_576)
 CHECKPOINTS_MAX_PER_JOB = env.int("CHECKPOINTS_MAX_PER_JOB", default=200)
 CHECKPOINT_BYTES_MAX_PER_JOB = env.int("CHECKPOINT_BYTES_MAX_PER_JOB", default=20 * 1024 * 1_048_576)
 
-
-def _secret(name: str) -> str:
-    """A secret from NAME, or read from the file NAME_FILE names (a Docker or Kubernetes
-    secret); both set is a mistake."""
-    path = env.str(f"{name}_FILE", default="")
-    value = env.str(name, default="")
-    if path and value:
-        raise ImproperlyConfigured(f"Set {name} or {name}_FILE, not both.")
-    if path:
-        try:
-            return Path(path).read_text().strip()
-        except OSError as exc:
-            raise ImproperlyConfigured(f"{name}_FILE: cannot read {path}: {exc}") from None
-    return value
 
 
 # Encrypts uploaded datasets at rest (AES-256-GCM; marketplace/services/datasets.py): 32
@@ -380,6 +384,17 @@ if not 1 <= AGENT_RDZV_PORT_MIN <= AGENT_RDZV_PORT_MAX <= 65535:
 BUDGET_CHECK_INTERVAL_S = env.float("BUDGET_CHECK_INTERVAL_S", default=2.0)
 BUDGET_PAUSE_LEAD_S = env.float("BUDGET_PAUSE_LEAD_S", default=15.0)
 BUDGET_PAUSE_GRACE_S = env.float("BUDGET_PAUSE_GRACE_S", default=60.0)
+
+# --- Periodic tasks (celery beat; webapp/celery.py reads CELERY_* from here) -----------
+CELERY_BEAT_SCHEDULE = {
+    "heartbeat-watchdog": {"task": task_names.HEARTBEAT_WATCHDOG, "schedule": 5.0},
+    "rematch-waiting": {"task": task_names.REMATCH_WAITING, "schedule": 15.0},
+    "chain-sync": {"task": task_names.CHAIN_SYNC, "schedule": 3.0},
+    "verify-stale": {"task": task_names.VERIFY_STALE, "schedule": 60.0},
+    "budget-watch": {"task": task_names.BUDGET_WATCH, "schedule": BUDGET_CHECK_INTERVAL_S},
+    "reputations": {"task": task_names.REPUTATIONS_UPDATE, "schedule": REPUTATION_INTERVAL_S},
+    "settle-pending": {"task": task_names.SETTLE_PENDING, "schedule": SETTLEMENT_INTERVAL_S},
+}
 
 # --- Verification of training work (marketplace/services/verification.py) -----------
 # A replayed segment passes when its relative L2 distance to the committed checkpoint is at

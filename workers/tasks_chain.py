@@ -4,13 +4,14 @@
 from celery import shared_task
 from django.conf import settings
 
+from marketplace import task_names
 from marketplace.chain import deploy, indexer, sender
 from marketplace.chain.client import ChainError
 from marketplace.models import ChainTransaction
 from marketplace.services import payments, staking
 
 
-@shared_task(name="workers.tasks_chain.chain_sync", time_limit=120, soft_time_limit=100)
+@shared_task(name=task_names.CHAIN_SYNC, time_limit=120, soft_time_limit=100)
 def chain_sync() -> int:
     """Receipts of what was sent, re-broadcasts of what is stuck, then the escrow's events."""
     if not settings.ESCROW_ENABLED:
@@ -22,7 +23,7 @@ def chain_sync() -> int:
     return indexer.index_events()
 
 
-@shared_task(name="workers.tasks_chain.settle_pending", time_limit=240, soft_time_limit=200,
+@shared_task(name=task_names.SETTLE_PENDING, time_limit=240, soft_time_limit=200,
              acks_late=True, reject_on_worker_lost=True)
 def settle_pending() -> str | None:
     """Meter the jobs that stopped and pay them all in one batch transaction."""
@@ -37,7 +38,7 @@ def settle_pending() -> str | None:
     return tx
 
 
-@shared_task(name="workers.tasks_chain.dispute_slash", bind=True, time_limit=120, soft_time_limit=100,
+@shared_task(name=task_names.DISPUTE_SLASH, bind=True, time_limit=120, soft_time_limit=100,
              acks_late=True, reject_on_worker_lost=True, max_retries=20)
 def dispute_slash(self, dispute_id: int) -> str:
     """Slash the provider's stake for a dispute (verification opens them). Safe to run

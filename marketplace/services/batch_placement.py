@@ -19,7 +19,7 @@ from django.db import transaction
 from django.db.models import Case, F, IntegerField, Max, Value, When
 from django.utils import timezone
 
-from .. import catalogue, job_states
+from .. import catalogue, job_states, task_names
 from ..models import Assignment, Checkpoint, Job, JobEvent, Offer
 from ..selectors.checkpoints import checkpoints_resumable, jobs_awaiting_checkpoint_check
 from ..selectors.exclusions import nodes_excluded
@@ -168,9 +168,9 @@ def jobs_place_waiting(*, limit: int = 2000) -> dict[int, list[int]]:
         placed = _reserve(jobs, plans)
         for job in jobs:  # the reasons are worked out off this pass, by the default queue
             if job.pk not in placed and placement.explain_due(job.pk):
-                enqueue.enqueue("workers.tasks.explain_wait", job.pk)
+                enqueue.enqueue(task_names.EXPLAIN_WAIT, job.pk)
         if placed:  # browsers watching these jobs and offers are told off this pass too
-            enqueue.enqueue("workers.tasks.announce_jobs", list(placed))
+            enqueue.enqueue(task_names.ANNOUNCE_JOBS, list(placed))
         return placed
 
 

@@ -4,17 +4,19 @@ platform's services do not import the workers package."""
 from celery import current_app
 from django.db import transaction
 
+from .. import task_names
+
 
 def enqueue(task: str, *args, countdown: float | None = None) -> None:
     transaction.on_commit(lambda: current_app.send_task(task, args=list(args), countdown=countdown))
 
 
 def match_job(job_id: int) -> None:
-    enqueue("workers.tasks.match_job", job_id)
+    enqueue(task_names.MATCH_JOB, job_id)
 
 
 def dispatch_assignment(assignment_id: int) -> None:
-    enqueue("workers.tasks_dispatch.dispatch_assignment", assignment_id)
+    enqueue(task_names.DISPATCH_ASSIGNMENT, assignment_id)
 
 
 def rematch_soon() -> None:
@@ -23,4 +25,4 @@ def rematch_soon() -> None:
     from django.core.cache import cache
 
     if cache.add("computemesh:rematch-scheduled", 1, timeout=2):
-        enqueue("workers.tasks.rematch_waiting", countdown=1)
+        enqueue(task_names.REMATCH_WAITING, countdown=1)

@@ -20,7 +20,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
-from .. import catalogue, job_states
+from .. import catalogue, job_states, task_names
 from ..errors import MarketError, NotFound
 from ..models import Assignment, Checkpoint, Job, LogLine, MetricPoint, Node
 from . import claims, enqueue, live, placement, verification
@@ -156,7 +156,7 @@ def _end(assignment: Assignment, status: str, detail: str = "") -> bool:
         status=status, detail=detail[:2000], finished_at=timezone.now())
     if done:
         placement.release(assignment)
-        enqueue.enqueue("workers.tasks.node_reputation", assignment.node_id)  # its record changed
+        enqueue.enqueue(task_names.NODE_REPUTATION, assignment.node_id)  # its record changed
         if status in (A.CANCELLED, A.LOST, A.FAILED):
             send_to_node(assignment.node_id, _message(
                 "assignment.cancel", assignment=assignment.pk, reason=detail[:200] or status))
@@ -768,7 +768,7 @@ def _blame_later(job: Job, a: Assignment, error: str) -> bool:
                     message=f"Training failed on node {a.node_id}: {error.splitlines()[0][:300]}. "
                             f"Waiting up to {delay:g} s for the other nodes of this placement: a node "
                             "lost meanwhile broke the group; otherwise this one is excluded.")
-    enqueue.enqueue("workers.tasks.attempt_failure_settle", job.pk, a.attempt, countdown=delay)
+    enqueue.enqueue(task_names.ATTEMPT_FAILURE_SETTLE, job.pk, a.attempt, countdown=delay)
     return True
 
 

@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from .. import job_states
+from .. import job_states, task_names
 from ..errors import Conflict, MarketError
 from ..models import Assignment, Escrow, Job, Organization, Payout, Settlement, Wallet
 from ..money import from_units, round_down, to_units
@@ -163,7 +163,7 @@ def job_fund(*, job: Job, actor=None, amount: Decimal | None = None) -> Escrow:
         job_states.note(job_id=job.pk, reason="funding_sent", actor=actor,
                         message=f"Funding {job.budget:.2f} tUSD from {wallet.address}: "
                                 f"transaction {tx.tx_hash}.")
-        enqueue.enqueue("workers.tasks_chain.chain_sync", countdown=0.2)
+        enqueue.enqueue(task_names.CHAIN_SYNC, countdown=0.2)
     return escrow
 
 
@@ -219,7 +219,7 @@ def _top_up(*, job: Job, escrow: Escrow, actor=None) -> Escrow:
     job_states.note(job_id=job.pk, reason="top_up_sent", actor=actor,
                     message=f"Topping up the escrow with {due:.2f} tUSD from {wallet.address}: "
                             f"transaction {tx.tx_hash}.")
-    enqueue.enqueue("workers.tasks_chain.chain_sync", countdown=0.2)
+    enqueue.enqueue(task_names.CHAIN_SYNC, countdown=0.2)
     return escrow
 
 
@@ -358,7 +358,7 @@ def escrow_force_refund(*, job: Job, actor=None) -> str:
                        message=f"Forced a refund of job {job.pk}'s escrow.")
     job_states.note(job_id=job.pk, reason="refund_sent", actor=actor,
                     message=f"An administrator refunded the escrow: transaction {tx.tx_hash}.")
-    enqueue.enqueue("workers.tasks_chain.chain_sync", countdown=0.2)
+    enqueue.enqueue(task_names.CHAIN_SYNC, countdown=0.2)
     return tx.tx_hash
 
 
@@ -433,7 +433,7 @@ def escrow_lost_refund(*, job: Job, actor=None) -> str:
                                   message=text)
         else:  # completed work: the status stays, the timeline says what happened
             job_states.note(job_id=job.pk, reason="escrow_refunded", actor=actor, message=text)
-        enqueue.enqueue("workers.tasks_chain.chain_sync", countdown=0.2)
+        enqueue.enqueue(task_names.CHAIN_SYNC, countdown=0.2)
     return tx.tx_hash
 
 

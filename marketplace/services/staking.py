@@ -26,7 +26,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from .. import job_states
+from .. import job_states, task_names
 from ..errors import Conflict, MarketError, NotFound, PermissionDenied
 from ..models import (
     ChainTransaction,
@@ -91,7 +91,7 @@ def _operation(*, organization: Organization, request_id: uuid.UUID | str | None
             amount, tx = send(wallet, custodial_key(wallet))
             op = StakeOperation.objects.create(organization=organization, request_id=request_id, kind=kind,
                                                amount=amount, address=wallet.address, transaction=tx)
-            enqueue.enqueue("workers.tasks_chain.chain_sync", countdown=0.2)
+            enqueue.enqueue(task_names.CHAIN_SYNC, countdown=0.2)
             return op
     except IntegrityError:  # the same request id raced us and won: its operation stands
         existing = StakeOperation.objects.filter(request_id=request_id, organization=organization).first()
@@ -365,4 +365,4 @@ def dispute_dismiss(*, dispute: Dispute, actor=None) -> Dispute:
 
 def dispute_slash_enqueue(*, dispute: Dispute) -> None:
     """The slash runs on the chain queue (one sender)."""
-    enqueue.enqueue("workers.tasks_chain.dispute_slash", dispute.pk)
+    enqueue.enqueue(task_names.DISPUTE_SLASH, dispute.pk)
