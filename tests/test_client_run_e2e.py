@@ -26,7 +26,7 @@ JOB_FILE = """\
 name: Sepsis risk from a terminal
 template: tabular-classifier
 data: vitals.csv          # uploaded by `run`
-label_column: label
+label_column: outcome
 params: {epochs: 2, learning_rate: 0.01}
 nodes: 1
 gpus_per_node: 1
@@ -53,7 +53,7 @@ def test_run_uploads_submits_watches_and_downloads_the_verified_model(stack, tmp
     work.mkdir()
     rng = random.Random(7)
     rows = [(rng.uniform(-1, 1), rng.uniform(-1, 1)) for _ in range(300)]
-    (work / "vitals.csv").write_text("a,b,label\n" + "".join(f"{a:.4f},{b:.4f},{int(a + b > 0)}\n"
+    (work / "vitals.csv").write_text("a,b,outcome\n" + "".join(f"{a:.4f},{b:.4f},{int(a + b > 0)}\n"
                                                              for a, b in rows))
     (work / "job.yaml").write_text(JOB_FILE)
 
@@ -67,6 +67,7 @@ def test_run_uploads_submits_watches_and_downloads_the_verified_model(stack, tmp
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
 
     record = Job.objects.get()
+    assert [x["type"] for x in lines[:2]] == ["uploaded", "submitted"] and lines[1]["id"] == record.pk
     assert record.dataset_ref == str(record.owner.datasets.get(name="vitals").pk)  # the upload
     assert record.status in ("completed", "settled") and record.metric_value > 0.8
     # Watched live: every stored progress point came out once, in order, and the last snapshot

@@ -386,15 +386,20 @@ def build_spec(job_file: str | None, options: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def _upload_data(state: State, client: Client, fields: dict[str, Any]) -> None:
-    """A local `data` file becomes an uploaded dataset, used as the job's dataset."""
+def _upload_data(state: State, client: Client, fields: dict[str, Any], *, stream: bool = False) -> None:
+    """A local `data` file becomes an uploaded dataset, used as the job's dataset; its
+    `label_column` is checked at the upload and handed to the template's parameters."""
+    label = fields.pop("label_column", "")
+    if label:
+        fields["params"] = {"label_column": label, **(fields.get("params") or {})}
     if "data" not in fields:
         return
     path = fields.pop("data")
-    label = fields.pop("label_column", "")
     dataset = client.upload_dataset(path, label_column=label)
     fields["dataset"] = str(dataset["id"])
-    if not state.json:
+    if state.json and stream:
+        click.echo(json.dumps({"type": "uploaded", **dataset}))
+    elif not state.json:
         out.print(f"Uploaded {Path(path).name}: dataset {dataset['id']}, {dataset.get('rows')} rows, "
                   f"columns {', '.join(dataset.get('columns') or [])}")
 
@@ -431,10 +436,13 @@ def quote(state: State, job_file: str | None, **options: Any) -> None:
     emit(state, q, lambda: _render_quote(q))
 
 
-def _submit(state: State, client: Client, fields: dict[str, Any], *, fund: bool | None) -> Job:
-    _upload_data(state, client, fields)
+def _submit(state: State, client: Client, fields: dict[str, Any], *, fund: bool | None,
+            stream: bool = False) -> Job:
+    _upload_data(state, client, fields, stream=stream)
     job = client.submit(jobfile.spec_of(fields))
-    if not state.json:
+    if state.json and stream:
+        click.echo(json.dumps({"type": "submitted", "id": job["id"], "status": job["status"]}))
+    elif not state.json:
         out.print(f"Submitted job {job['id']} ({job['name']}): {job['status']}")
     if job["status"] == "submitted" and job.get("escrow") is not None and fund is not False:
         job = client.fund(job["id"])
@@ -470,7 +478,7 @@ def run(state: State, job_file: str | None, output: str, download: bool, logs: b
         **options: Any) -> None:
     """Upload the data, submit, fund, watch to the end and download the model."""
     client = state.client()
-    job = _submit(state, client, build_spec(job_file, options), fund=None)
+    job = _submit(state, client, build_spec(job_file, options), fund=None, stream=True)
     final = _watch(state, client, job["id"], logs=logs)
     if download and final.get("artifact_url"):
         path = client.download_model(final["id"], output)
