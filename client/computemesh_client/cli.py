@@ -761,6 +761,7 @@ def datasets() -> None:
 @json_option
 @pass_state
 def datasets_list(state: State) -> None:
+    """List your organization's datasets."""
     page = state.client().datasets()
     emit(state, page["results"], lambda: out.print(_table(
         ["ID", "NAME", "ROWS", "COLUMNS", "BYTES", "CREATED"],
@@ -811,6 +812,7 @@ def _show_node(state: State, node: Mapping[str, Any]) -> None:
 @json_option
 @pass_state
 def nodes_list(state: State) -> None:
+    """List your machines with their status and heartbeat."""
     items = list(state.client().iter_nodes())
     emit(state, items, lambda: out.print(_node_rows(items)))
 
@@ -820,6 +822,7 @@ def nodes_list(state: State) -> None:
 @json_option
 @pass_state
 def nodes_show(state: State, node_id: int) -> None:
+    """One machine."""
     _show_node(state, state.client().node(node_id))
 
 

@@ -88,3 +88,22 @@ def test_a_job_that_did_not_complete_is_exit_1_with_its_reason(monkeypatch):
                                                                        {"to_status": "settled"}]}
     with pytest.raises(JobFailed):
         cm._watch(cm.State(None), StubClient(settled_after_cancel), 5)
+
+
+def test_every_command_takes_json_and_has_help():
+    import click
+
+    def commands(group: click.Group, prefix: str = ""):
+        for name, command in group.commands.items():
+            yield f"{prefix}{name}", command
+            if isinstance(command, click.Group):
+                yield from commands(command, f"{prefix}{name} ")
+
+    found = dict(commands(cm.cli))
+    assert {"login", "whoami", "offers", "quote", "submit", "run", "jobs watch", "jobs download",
+            "jobs logs", "datasets upload", "nodes create", "offers pause", "stake deposit"} <= set(found)
+    for name, command in found.items():
+        if name == "completion" or (isinstance(command, click.Group) and not command.invoke_without_command):
+            continue
+        assert "--json" in [o for p in command.params for o in getattr(p, "opts", [])], name
+        assert command.help, name
