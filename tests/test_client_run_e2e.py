@@ -76,6 +76,10 @@ def test_run_uploads_submits_watches_and_downloads_the_verified_model(stack, tmp
     assert seqs == list(record.metrics.order_by("seq").values_list("seq", flat=True)) and seqs
     snapshots = [x for x in lines if x["type"] == "job"]
     assert snapshots[-1]["status"] == "completed" and snapshots[-1]["progress"]["percent"] == 100
+    stored = subprocess.run([str(Path(sys.executable).with_name("computemesh")), "jobs", "metrics",
+                             str(record.pk), "--json"], env=env, capture_output=True, text=True,
+                            timeout=60, check=True)
+    assert [p["seq"] for p in json.loads(stored.stdout)] == seqs
     (downloaded,) = [x for x in lines if x["type"] == "downloaded"]
     model = Path(work / downloaded["path"])
     assert model.parent == work / "models"

@@ -664,6 +664,22 @@ def jobs_logs(state: State, job_id: int, follow: bool) -> None:
             click.echo(json.dumps(event.data) if state.json else event.data.get("line", ""))
 
 
+@jobs.command("metrics")
+@click.argument("job_id", type=int)
+@click.option("--after-seq", type=click.IntRange(0), default=0, help="Only points after this one.")
+@json_option
+@pass_state
+def jobs_metrics(state: State, job_id: int, after_seq: int) -> None:
+    """The job's stored progress points (step, loss, throughput)."""
+    points = state.client().metrics(job_id, after_seq=after_seq)
+    emit(state, points, lambda: out.print(_table(
+        ["SEQ", "STEP", "OF", "EPOCH", "LOSS", "SAMPLES/S", "AT"],
+        [(p.get("seq"), p.get("step"), p.get("total_steps"), p.get("epoch"),
+          f"{p['loss']:.4f}" if p.get("loss") is not None else None,
+          f"{p['samples_per_sec']:.0f}" if p.get("samples_per_sec") is not None else None,
+          (p.get("at") or "")[:19]) for p in points])))
+
+
 @jobs.command("cancel")
 @click.argument("job_id", type=int)
 @json_option
