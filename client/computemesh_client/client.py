@@ -130,12 +130,15 @@ class Client:
         while True:
             attempt += 1
             retry_in: float | None = None
+            for part in (files or {}).values():  # a resent upload starts from its first byte
+                if isinstance(part, tuple) and hasattr(part[1], "seek"):
+                    part[1].seek(0)
             try:
                 request = self._http.build_request(method, path, params=params, json=json,
                                                    files=files, data=data,
                                                    headers=self._headers(auth))
                 response = self._http.send(request, stream=stream)
-            except httpx.ConnectError as exc:  # never reached the server: safe to resend
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # never reached it: safe to resend
                 if attempt > self.retries:
                     raise errors.NetworkError(f"cannot reach {self.url}: {_reason(exc)}") from None
             except httpx.TransportError as exc:  # it may have acted on it

@@ -118,6 +118,22 @@ def test_a_broken_connection_resends_only_idempotent_writes_and_stake_keeps_its_
     assert len(seen) == 1
 
 
+def test_an_upload_resent_after_a_refused_connection_sends_the_whole_file(tmp_path):
+    csv = tmp_path / "vitals.csv"
+    csv.write_text("label,a\n" + "1,2\n0,3\n" * 50)
+    bodies = []
+
+    def handler(request):
+        bodies.append(request.read())  # the first try read the file before it failed
+        if len(bodies) == 1:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(201, json={"id": 4, "name": "vitals", "rows": 100})
+
+    c, _ = client_with(handler)
+    assert c.upload_dataset(csv, label_column="label")["id"] == 4
+    assert len(bodies) == 2 and all(csv.read_bytes() in body for body in bodies)
+
+
 def test_requests_carry_the_token_filters_and_ids_safely():
     c, seen = client_with(lambda r: httpx.Response(200, json={"count": 0, "next": None, "previous": None,
                                                                "results": []}))
