@@ -104,7 +104,10 @@ async def watch_job(url: str, token: str | None, job_id: int, *, after_seq: int 
                     except TimeoutError:
                         await ws.send(cursor.resync())  # a lost broadcast is only late
                         continue
-                    message = json.loads(raw)
+                    try:
+                        message = json.loads(raw)
+                    except ValueError:
+                        continue  # not ours to read; the next resync fills any gap
                     if not isinstance(message, dict) or message.get("type") == "error":
                         continue
                     if not synced:
