@@ -16,7 +16,7 @@ compliance: [gdpr]
 max_price_per_gpu_hour: "1.00"   # the price ceiling, tUSD per GPU-hour
 budget: "10.00"                  # tUSD
 deadline: 1d                     # ISO 8601, or from now: 30m, 12h, 3d
-sync: {mode: ddp}
+sync: {mode: diloco, inner_steps: 20}   # or just `sync: ddp` (the default)
 ```
 """
 
@@ -84,6 +84,8 @@ def normalize(data: dict[str, Any], *, base: Path | None = None) -> dict[str, An
             value = str(value)
         if key == "deadline":
             value = deadline(value)
+        if key == "sync" and isinstance(value, str):
+            value = {"mode": value}  # `sync: diloco` for {"mode": "diloco"}
         if key == "data" and base is not None:
             value = str((base / str(value)).resolve()) if not Path(str(value)).is_absolute() else str(value)
         out[key] = value

@@ -260,6 +260,7 @@ def test_job_files_in_yaml_and_toml_mean_the_same(tmp_path):
         left = datetime.fromisoformat(value) - datetime.now(UTC)
         assert timedelta(hours=11, minutes=59) < left <= timedelta(hours=12)
     assert "data" not in jobfile.spec_of(a) and "deadline" in jobfile.spec_of(a)
+    assert jobfile.normalize({"sync": "diloco"}) == {"sync": {"mode": "diloco"}}
     (tmp_path / "bad.yaml").write_text("name: x\nregoins: [EU]\n")
     with pytest.raises(jobfile.JobFileError, match="unknown job field 'regoins'"):
         jobfile.read(tmp_path / "bad.yaml")
