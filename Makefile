@@ -83,6 +83,8 @@ lint: install
 	@$(VENV)/bin/ruff check .
 	@echo "==> lint-imports (the layers and walls in .importlinter)"
 	@$(VENV)/bin/lint-imports --no-cache
+	@echo "==> mypy (services, selectors, Celery tasks: [tool.mypy] in pyproject.toml)"
+	@$(VENV)/bin/mypy
 	@$(PY) -c 'import yaml; yaml.safe_load(open("docker-compose.yml"))' \
 	  || { echo "error: docker-compose.yml is not valid YAML" >&2; exit 1; }
 

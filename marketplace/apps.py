@@ -6,4 +6,9 @@ class MarketplaceConfig(AppConfig):
     verbose_name = "ComputeMesh marketplace"
 
     def ready(self):
-        from . import checks  # noqa: F401  (registers the deployment checks)
+        # checks: registers the deployment checks on import.
+        from . import checks, logs, metrics  # noqa: F401
+
+        # Every process times its Celery tasks and binds their ids for the logs.
+        metrics.celery_signals_connected()
+        logs.celery_signals_connected()

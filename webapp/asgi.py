@@ -17,6 +17,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from marketplace.consumers.auth import TokenAuthMiddleware  # noqa: E402
 from marketplace.routing import websocket_urlpatterns  # noqa: E402
 from webapp.limits import RequestLimits, daphne_limits  # noqa: E402
+from webapp.ops import WebSocketMetrics  # noqa: E402
 
 if "twisted.web.http" in sys.modules:
     # Served by daphne: refuse oversized bodies before Twisted reads them into memory, and
@@ -26,9 +27,9 @@ if "twisted.web.http" in sys.modules:
 application = ProtocolTypeRouter(
     {
         "http": RequestLimits(django_asgi_app),
-        "websocket": AllowedHostsOriginValidator(
+        "websocket": WebSocketMetrics(AllowedHostsOriginValidator(
             AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
-        ),
+        )),
     }
 )
 

@@ -6,6 +6,7 @@ from drf_spectacular.utils import extend_schema
 from drf_spectacular.views import SCHEMA_KWARGS, SpectacularAPIView, SpectacularSwaggerView
 
 from marketplace import agent_http
+from webapp import ops
 
 
 class SchemaView(SpectacularAPIView):
@@ -22,6 +23,7 @@ class SchemaView(SpectacularAPIView):
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("metrics", ops.metrics_view, name="metrics"),  # /healthz and /readyz: webapp/ops.py
     path("api/v1/agent/assignments/<int:assignment_id>/dataset/", agent_http.dataset,
          name="agent-dataset"),
     path("api/v1/agent/assignments/<int:assignment_id>/checkpoints/<int:step>/",

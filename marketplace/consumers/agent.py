@@ -9,6 +9,7 @@ import weakref
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
+from .. import metrics
 from ..errors import NotFound
 from ..services import execution, live
 from ..services.nodes import node_by_token
@@ -205,6 +206,7 @@ class Ingest:
         self.snapshot_at: dict[int, float] = {}
         self.publisher: asyncio.Task | None = None
         self.writer = ProgressWriter() if ProgressWriter.available() else None
+        self.first_put: float | None = None  # arrival of the oldest message not yet in a batch
 
     def attach(self) -> None:
         self.sockets += 1
@@ -215,6 +217,8 @@ class Ingest:
             self.queue.put_nowait(None)  # stop once everything queued so far is applied
 
     def put(self, consumer: "AgentConsumer", message: dict) -> None:
+        if self.first_put is None:
+            self.first_put = time.perf_counter()
         self.queue.put_nowait((consumer, message))
 
     async def _drain(self):
@@ -225,10 +229,17 @@ class Ingest:
                     batch.append(self.queue.get_nowait())
                 stop = None in batch
                 batch = [item for item in batch if item is not None]
+                arrived, self.first_put = self.first_put, None if self.queue.empty() else time.perf_counter()
                 if batch:
                     # Sequential on purpose: while a batch is written and its replies sent, the
                     # next one gathers; overlapping them made batches smaller and slower overall.
-                    await self._reply(batch, *await self._write(batch))
+                    began = time.perf_counter()
+                    written = await self._write(batch)
+                    done = time.perf_counter()
+                    metrics.INGEST_BATCH_MESSAGES.observe(len(batch))
+                    metrics.INGEST_BATCH_SECONDS.observe(done - began)
+                    metrics.INGEST_LAG_SECONDS.observe(done - (arrived or began))
+                    await self._reply(batch, *written)
                 if stop and self.sockets <= 0 and self.queue.empty():
                     _ingests.pop(asyncio.get_running_loop(), None)
                     return

@@ -1,5 +1,8 @@
 """Read models of a job's execution: progress with an ETA, its assignments, its metrics."""
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from django.db.models import F, QuerySet, Window
 from django.db.models.functions import RowNumber
 
@@ -9,7 +12,7 @@ from ..services.metering import provider_earned
 ETA_WINDOW = 20  # progress points the step rate is measured over
 
 
-def job_progress(job: Job, recent: list[dict] | None = None) -> dict | None:
+def job_progress(job: Job, recent: Sequence[Mapping[str, Any]] | None = None) -> dict | None:
     """Step, loss, throughput and an ETA from the step rate over the newest points
     (`recent`, newest first, when the caller has fetched them for many jobs at once)."""
     if not job.total_steps:
@@ -35,12 +38,12 @@ def job_progress(job: Job, recent: list[dict] | None = None) -> dict | None:
     }
 
 
-def recent_points(job_ids) -> dict[int, list[dict]]:
+def recent_points(job_ids) -> dict[int, list[Mapping[str, Any]]]:
     """The newest ETA_WINDOW points of each job, newest first: one query for many jobs."""
     rows = (MetricPoint.objects.filter(job_id__in=job_ids)
             .annotate(rank=Window(RowNumber(), partition_by=F("job_id"), order_by=F("seq").desc()))
             .filter(rank__lte=ETA_WINDOW).order_by("job_id", "-seq").values("job_id", "step", "at"))
-    out: dict[int, list[dict]] = {}
+    out: dict[int, list[Mapping[str, Any]]] = {}
     for row in rows:
         out.setdefault(row["job_id"], []).append(row)
     return out

@@ -1,6 +1,8 @@
 """Read models of payments: a job's escrow and statement, a provider's payouts, an
 organization's wallets."""
 
+from typing import Any
+
 from django.conf import settings
 from django.db.models import QuerySet
 
@@ -23,7 +25,7 @@ def job_escrow(job: Job) -> dict | None:
     if not settings.ESCROW_ENABLED:
         return None
     escrow = Escrow.objects.filter(job=job).first()
-    out = {"status": escrow.status if escrow else Escrow.Status.UNFUNDED,
+    out: dict[str, Any] = {"status": escrow.status if escrow else Escrow.Status.UNFUNDED,
            "status_display": (escrow.get_status_display() if escrow else Escrow.Status.UNFUNDED.label),
            "amount": str(escrow.amount) if escrow else "0.000000", "budget": str(job.budget),
            "job_key": escrow.key if escrow else None,
@@ -38,27 +40,32 @@ def job_escrow(job: Job) -> dict | None:
             out["transactions"].append({"kind": label, "hash": tx, "url": tx_url(tx)})
     settlement = getattr(job, "settlement", None) if hasattr(job, "settlement") else None
     if settlement is not None:
+        tx = settlement.transaction
         out["statement"] = {
             "status": settlement.status, "charged": str(settlement.charged), "fee": str(settlement.fee),
             "refunded": str(settlement.refunded), "lines": settlement.statement,
             "payouts": [{"provider": p.provider.name, "address": p.address, "amount": str(p.amount)}
                         for p in settlement.payouts.select_related("provider")],
-            "transaction": settlement.transaction.tx_hash if settlement.transaction_id else None,
+            "transaction": tx.tx_hash if tx is not None else None,
         }
-        if settlement.transaction_id and settlement.transaction.tx_hash != escrow.close_tx:
-            out["transactions"].append({"kind": "settle", "hash": settlement.transaction.tx_hash,
-                                        "url": tx_url(settlement.transaction.tx_hash)})
+        if tx is not None and tx.tx_hash != escrow.close_tx:
+            out["transactions"].append({"kind": "settle", "hash": tx.tx_hash, "url": tx_url(tx.tx_hash)})
     return out
 
 
 def provider_payouts(org: Organization, limit: int = 50) -> list[dict]:
     rows = (Payout.objects.filter(provider=org).select_related("settlement__job", "settlement__transaction")
             .order_by("-settlement__created_at")[:limit])
-    return [{"job": p.settlement.job_id, "job_name": p.settlement.job.name, "amount": p.amount,
-             "address": p.address, "status": p.settlement.get_status_display(),
-             "tx": p.settlement.transaction.tx_hash if p.settlement.transaction_id else "",
-             "tx_url": tx_url(p.settlement.transaction.tx_hash) if p.settlement.transaction_id else None,
-             "at": p.settlement.settled_at or p.settlement.created_at} for p in rows]
+    return [_payout_row(p) for p in rows]
+
+
+def _payout_row(p: Payout) -> dict:
+    tx = p.settlement.transaction  # select_related above: no query
+    return {"job": p.settlement.job_id, "job_name": p.settlement.job.name, "amount": p.amount,
+            "address": p.address, "status": p.settlement.get_status_display(),
+            "tx": tx.tx_hash if tx is not None else "",
+            "tx_url": tx_url(tx.tx_hash) if tx is not None else None,
+            "at": p.settlement.settled_at or p.settlement.created_at}
 
 
 def chain_transaction(tx_hash: str) -> ChainTransaction | None:

@@ -1,4 +1,5 @@
 import secrets
+from typing import TYPE_CHECKING
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.password_validation import validate_password
@@ -9,7 +10,10 @@ from django.utils.text import slugify
 from ..errors import MarketError, PermissionDenied
 from ..models import Membership, Organization
 
-User = get_user_model()
+if TYPE_CHECKING:  # the project's user model is Django's own (no AUTH_USER_MODEL)
+    from django.contrib.auth.models import User
+else:
+    User = get_user_model()
 
 
 def _new_join_code() -> str:

@@ -36,7 +36,7 @@ def hardware_clean(raw: Any) -> dict:
     """The agent's `hardware`, validated: only what is compared is kept, bounded."""
     if not isinstance(raw, dict) or not isinstance(raw.get("gpus"), list):
         return {}  # no report: compared as such (an agent that does not say is not believed)
-    gpus = []
+    gpus: list[dict[str, Any]] = []
     for g in raw["gpus"]:
         if len(gpus) >= MAX_GPUS or not isinstance(g, dict):
             break

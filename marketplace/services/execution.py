@@ -8,9 +8,9 @@ lost push delays work but never loses it.
 import json
 import logging
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeGuard
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -141,7 +141,7 @@ def assignments_dispatch_stalled() -> int:
     died before it sent the dispatch task, and its redelivered task finds the job placed and
     sends nothing (the chaos suite found such a job waiting for ever). Periodic; the claim in
     assignment_dispatch sends each once. Ranks after 0 wait for rank 0's rendezvous."""
-    cutoff = timezone.now() - timezone.timedelta(seconds=STALLED_DISPATCH_S)
+    cutoff = timezone.now() - timedelta(seconds=STALLED_DISPATCH_S)
     stalled = Assignment.objects.select_related("job").filter(status=A.PENDING, created_at__lt=cutoff)
     ready = set(dispatchable(list(stalled)))
     ready |= {a.pk for a in stalled if a.node_rank > 0 and Assignment.objects.filter(
@@ -256,7 +256,7 @@ def agent_heartbeat(*, node: Node, running: list, touch: bool = True,
             out.append(_message("assignment.cancel", assignment=assignment_id,
                                 reason=(why.get(assignment_id) or
                                         "the platform no longer runs this assignment here")[:200]))
-    stale = timezone.now() - timezone.timedelta(seconds=settings.AGENT_HEARTBEAT_S)
+    stale = timezone.now() - timedelta(seconds=settings.AGENT_HEARTBEAT_S)
     for assignment in active.values():
         if (assignment.status == A.DISPATCHED and assignment.pk not in running_ids
                 and assignment.dispatched_at and assignment.dispatched_at < stale):
@@ -419,7 +419,7 @@ def parse_data(message: dict) -> tuple[str, int, int, dict]:
     if kind not in DATA_TYPES:
         raise AgentMessageError(f"unknown message type {str(kind)[:40]!r}", code="unknown_type")
     assignment, seq = message.get("assignment"), message.get("seq")
-    if any(isinstance(v, bool) or not isinstance(v, int) for v in (assignment, seq)):
+    if not (_is_int(assignment) and _is_int(seq)):
         raise AgentMessageError("data messages need integer 'assignment' and 'seq'", code="malformed")
     if not (1 <= assignment <= MAX_ID and 1 <= seq <= MAX_COUNT):
         raise AgentMessageError(f"'assignment' must lie in 1..{MAX_ID} and 'seq' in 1..{MAX_COUNT}",
@@ -429,8 +429,13 @@ def parse_data(message: dict) -> tuple[str, int, int, dict]:
     return kind, assignment, seq, clean
 
 
-def check_seq(assignment: Assignment | None, node: Node, seq: int) -> bool:
-    """True to apply, False for a duplicate (acked again, not applied); raises otherwise."""
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_seq(assignment: Assignment | None, node: Node, seq: int) -> TypeGuard[Assignment]:
+    """True to apply, False for a duplicate (acked again, not applied); raises otherwise
+    (so True also says the assignment exists and is this node's)."""
     if assignment is None or assignment.node_id != node.pk:
         raise AgentMessageError("that assignment is not yours", code="not_yours")
     if seq <= assignment.last_seq:
@@ -732,7 +737,8 @@ def _resume_failed(job: Job, a: Assignment, error: str) -> None:
     (pending meanwhile, so the new placement resumes from an earlier one): if the platform
     cannot load it either it is rejected, unpaid, and its author's node left out of the job
     (verification.checkpoint_validate). The node that reported it is not excluded."""
-    ckpt = job.checkpoints.filter(step=a.resume_step, status=Checkpoint.Status.VALID).first()
+    ckpt = None if a.resume_step is None else job.checkpoints.filter(
+        step=a.resume_step, status=Checkpoint.Status.VALID).first()
     if ckpt is not None and Checkpoint.objects.filter(pk=ckpt.pk, status=Checkpoint.Status.VALID).update(
             status=Checkpoint.Status.PENDING, validated_at=None):
         verification.checkpoint_validate_enqueue(ckpt)
@@ -913,6 +919,6 @@ def _assignment_lost(assignment: Assignment, reason: str, *, status: str = A.LOS
 
 def nodes_silent(*, timeout_s: int | None = None) -> list[int]:
     timeout_s = timeout_s or settings.NODE_HEARTBEAT_TIMEOUT_S
-    cutoff = timezone.now() - timezone.timedelta(seconds=timeout_s)
+    cutoff = timezone.now() - timedelta(seconds=timeout_s)
     return list(Node.objects.filter(status=Node.Status.ONLINE, last_heartbeat_at__lt=cutoff)
                 .values_list("pk", flat=True))

@@ -5,9 +5,12 @@ resync from the database by sequence number, so a lost one is only late."""
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
+from types import SimpleNamespace
+from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -88,7 +91,8 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def point(p: MetricPoint) -> dict:
+def point(p: MetricPoint | SimpleNamespace) -> dict:
+    """A metrics point for the chart: a saved MetricPoint, or its fields before the bulk insert."""
     return {"seq": p.seq, "step": p.step, "total_steps": p.total_steps, "epoch": p.epoch,
             "loss": p.loss, "samples_per_sec": p.samples_per_sec, "comm_bytes": p.comm_bytes,
             "comm_bytes_ddp": p.comm_bytes_ddp, "at": _iso(p.at)}
@@ -245,7 +249,7 @@ def node_changed(node) -> None:
     transaction.on_commit(send)
 
 
-def _offer_brief(o: dict) -> dict:
+def _offer_brief(o: Mapping[str, Any]) -> dict:
     return {"id": o["pk"], "gpus_available": o["gpus_offered"] - o["gpus_reserved"],
             "status": o["status"], "online": o["node_online"]}
 

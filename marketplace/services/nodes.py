@@ -188,7 +188,7 @@ def node_verify_compliance(*, node: Node, tags: list[str], actor) -> Node:
 
 
 def node_set_presence(*, node_id: int, online: bool, heartbeat_at=None,
-                      benchmark_tflops: Decimal | None = None, agent_version: str = "") -> None:
+                      benchmark_tflops: Decimal | float | None = None, agent_version: str = "") -> None:
     """Used by the agent connection and the heartbeat watchdog."""
     with transaction.atomic():
         node = Node.objects.select_for_update(of=("self",)).select_related("provider").get(pk=node_id)

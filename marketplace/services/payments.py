@@ -517,7 +517,8 @@ def settlement_batch_send(*, limit: int | None = None) -> str | None:
         pending = list(Settlement.objects.select_for_update(skip_locked=True, of=("self",))
                        .filter(status=Settlement.Status.PENDING, job__escrow__status=E.FUNDED)
                        .select_related("job__escrow").prefetch_related("payouts").order_by("id")[:limit])
-        ready, waiting = [], []
+        ready: list[Settlement] = []
+        waiting: list[Settlement] = []
         for s in pending:
             (waiting if any(not p.address for p in s.payouts.all()) else ready).append(s)
         for s in waiting:

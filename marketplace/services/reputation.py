@@ -113,6 +113,8 @@ def _efficiencies(since) -> dict[str, dict[int, float]]:
                                        assignment__node__benchmark_tflops__gt=0)
             .values_list("job__template", "assignment__node_id", "assignment__node__benchmark_tflops",
                          "assignment__gpus", "samples_per_sec").iterator(chunk_size=5000)):
+        if sps is None or tflops is None:  # the filter above leaves none out; for the type checker
+            continue
         rows.setdefault((template, node_id), []).append(sps / (float(tflops) * gpus))
     out: dict[str, dict[int, float]] = {}
     for (template, node_id), values in rows.items():

@@ -306,7 +306,7 @@ def dispute_slash(*, dispute_id: int, actor=None) -> Dispute:
             return dispute
         slash, _ = DisputeSlash.objects.get_or_create(dispute=dispute, defaults={"key": dispute_key(dispute)})
         key = bytes.fromhex(slash.key[2:])
-        if slash.transaction_id:
+        if slash.transaction is not None:
             stored = sender.check(slash.transaction)
             if stored.status != T.REVERTED:
                 waiting = stored  # sent before: see it through, never send a second
@@ -325,8 +325,8 @@ def dispute_slash(*, dispute_id: int, actor=None) -> Dispute:
                 return dispute
             amount = min(slash_policy_amount(dispute), from_units(at_stake))
             recipient = treasury_address()
-            call = stake_contract().functions.slash(address, to_units(amount),
-                                                    Dispute.REASON_CODES[dispute.reason], key, recipient)
+            reason_code = Dispute.REASON_CODES[Dispute.Reason(dispute.reason)]
+            call = stake_contract().functions.slash(address, to_units(amount), reason_code, key, recipient)
             waiting = sender.send(key=operator_key(), purpose="slash", call=call)
             slash.provider_address, slash.recipient, slash.amount = address, recipient, amount
             slash.transaction, slash.note = waiting, ""
@@ -352,7 +352,7 @@ def dispute_dismiss(*, dispute: Dispute, actor=None) -> Dispute:
         if locked.status != D.OPEN:
             raise Conflict(f"Dispute #{locked.pk} is {locked.get_status_display().lower()} already.")
         slash = DisputeSlash.objects.filter(dispute=locked).select_related("transaction").first()
-        if slash and slash.transaction_id and sender.check(slash.transaction).status != T.REVERTED:
+        if slash and slash.transaction is not None and sender.check(slash.transaction).status != T.REVERTED:
             raise Conflict(f"A slash for dispute #{locked.pk} is on its way ({slash.transaction.tx_hash}).")
         locked.status, locked.resolved_at = D.DISMISSED, timezone.now()
         locked.save(update_fields=["status", "resolved_at"])
