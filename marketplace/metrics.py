@@ -10,10 +10,19 @@ web and worker process of a host and empty the directory when they (re)start
 """
 
 import inspect
+import os
 import time
 from functools import cache
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    start_http_server,
+)
 
 # Request and task latencies: 5 ms to 60 s.
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -80,6 +89,21 @@ def _postrun(task_id=None, task=None, state=None, **_):
         CELERY_TASK_SECONDS.labels(task.name, state or "unknown").observe(time.perf_counter() - began)
 
 
+def _serve_worker_metrics(sender=None, **_):
+    """A Celery worker with METRICS_PORT serves its processes' metrics there (its pool's
+    children record into PROMETHEUS_MULTIPROC_DIR): for workers in containers of their own,
+    whose files the web processes' /metrics cannot read. Plain HTTP, no auth: bind it to the
+    private network only (docs/operations.md)."""
+    port = os.environ.get("METRICS_PORT")
+    if not port:
+        return
+    registry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    start_http_server(int(port), addr=os.environ.get("METRICS_ADDR", "0.0.0.0"), registry=registry)
+
+
 @cache
 def celery_signals_connected() -> bool:
     """Time every Celery task in this process (idempotent; AppConfig.ready calls it)."""
@@ -88,6 +112,7 @@ def celery_signals_connected() -> bool:
     signals.before_task_publish.connect(_before_publish, weak=False)
     signals.task_prerun.connect(_prerun, weak=False)
     signals.task_postrun.connect(_postrun, weak=False)
+    signals.worker_ready.connect(_serve_worker_metrics, weak=False)
     return True
 
 

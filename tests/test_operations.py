@@ -195,8 +195,9 @@ def test_metrics_after_activity_and_json_logs_with_request_and_job_ids(tmp_path)
                                            status=Assignment.Status.RUNNING, started_at=timezone.now())
 
     stack = Stack(tmp_path, heartbeat_timeout_s=30)
+    worker_port = free_port()
     stack.env.update(PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prometheus"), METRICS_TOKEN=TOKEN,
-                     LOG_FORMAT="json")
+                     LOG_FORMAT="json", METRICS_PORT=str(worker_port), METRICS_ADDR="127.0.0.1")
     (tmp_path / "prometheus").mkdir()
     stack.start()
     try:
@@ -245,7 +246,8 @@ def test_metrics_after_activity_and_json_logs_with_request_and_job_ids(tmp_path)
             ran = [v for (n, ls), v in found.items()
                    if n == "computemesh_celery_task_duration_seconds_count" and ("state", "SUCCESS") in ls]
             waited = [v for (n, ls), v in found.items()
-                      if n == "computemesh_celery_task_queue_wait_seconds_count" and ("queue", "default") in ls]
+                      if n == "computemesh_celery_task_queue_wait_seconds_count"
+                      and ("queue", "default") in ls]
             return found if sum(ran) >= 1 and sum(waited) >= 1 else None
 
         found = wait_for(after, timeout=60, what="a Celery task timed by the worker")
@@ -261,6 +263,9 @@ def test_metrics_after_activity_and_json_logs_with_request_and_job_ids(tmp_path)
         assert value(found, "computemesh_celery_queue_depth", queue="default") >= 0
         assert value(found, "computemesh_chain_pending_transactions", status="sent") == 0
         assert value(found, "computemesh_chain_oldest_pending_seconds") == 0
+        # The worker serves the same files itself (for a worker in a container of its own).
+        from_worker = samples(get(f"http://127.0.0.1:{worker_port}/metrics")[1].decode())
+        assert value(from_worker, "computemesh_celery_task_duration_seconds_count", state="SUCCESS") >= 1
     finally:
         stack.stop()
 
