@@ -36,7 +36,7 @@ def heartbeat_lag_s() -> dict[str, float]:
 
 
 def chain_pending_by_status() -> dict[str, int]:
-    counts = dict.fromkeys(CHAIN_PENDING, 0)
+    counts: dict[str, int] = dict.fromkeys(CHAIN_PENDING, 0)
     counts.update(ChainTransaction.objects.filter(status__in=CHAIN_PENDING, lost_reason="")
                   .values_list("status").annotate(n=Count("id")).order_by())
     return counts
