@@ -280,3 +280,18 @@ def test_metrics_after_activity_and_json_logs_with_request_and_job_ids(tmp_path)
     assert probe, records["daphne"]
     assert probe[0]["job_id"] == 987654 and probe[0]["logger"] == "django.request", probe
     assert any(r.get("task_id") for r in records["celery"]), records["celery"][-5:]
+
+
+def test_compose_checks_readiness_and_gives_each_container_its_metrics_folder():
+    import yaml
+
+    from .browser_support import ROOT
+
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert "/readyz" in " ".join(services["web"]["healthcheck"]["test"])
+    for name in ("web", "worker", "chain-worker", "beat"):
+        env = services[name]["environment"]
+        assert env["PROMETHEUS_MULTIPROC_DIR"] in services[name]["tmpfs"], name  # emptied on restart
+    for name in ("worker", "chain-worker"):  # workers have no /metrics of their own otherwise
+        port = services[name]["environment"]["METRICS_PORT"]
+        assert f":{port}/metrics" in " ".join(services[name]["healthcheck"]["test"]), name
