@@ -263,6 +263,14 @@ def test_metrics_after_activity_and_json_logs_with_request_and_job_ids(tmp_path)
         assert value(found, "computemesh_celery_queue_depth", queue="default") >= 0
         assert value(found, "computemesh_chain_pending_transactions", status="sent") == 0
         assert value(found, "computemesh_chain_oldest_pending_seconds") == 0
+        # Every series the Grafana dashboard plots is exposed (the two chain-node ones need
+        # the escrow on and a JSON-RPC node).
+        from .browser_support import ROOT
+
+        dashboard = (ROOT / "docs" / "grafana-dashboard.json").read_text()
+        plotted = set(re.findall(r"computemesh_\w+", dashboard)) - {"computemesh_chain_nonce_lag",
+                                                                    "computemesh_chain_rpc_up"}
+        assert plotted and plotted <= {n for n, _ in found}, plotted - {n for n, _ in found}
         # The worker serves the same files itself (for a worker in a container of its own).
         from_worker = samples(get(f"http://127.0.0.1:{worker_port}/metrics")[1].decode())
         assert value(from_worker, "computemesh_celery_task_duration_seconds_count", state="SUCCESS") >= 1
