@@ -17,6 +17,7 @@ import time
 import uuid
 from functools import cache
 
+import psycopg
 import redis
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
@@ -25,9 +26,11 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from web3 import Web3
 
 from marketplace import logs, metrics
 from marketplace.selectors import operations
+from webapp.celery import app as celery_app
 
 log = logging.getLogger(__name__)
 CHECK_TIMEOUT_S = 3
@@ -41,8 +44,6 @@ def _check_database() -> None:
         with connection.cursor() as cur:
             cur.execute("SELECT 1")
         return
-    import psycopg
-
     # A connection of its own, with a short connect timeout: the pool would wait its full
     # timeout for a database that is gone, longer than any health check waits.
     params = {k: v for k, v in connection.get_connection_params().items() if k != "cursor_factory"}
@@ -60,9 +61,7 @@ def _check_redis() -> None:
 
 
 @cache
-def _rpc(url: str):
-    from web3 import Web3
-
+def _rpc(url: str) -> Web3:
     return Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": CHECK_TIMEOUT_S}))
 
 
@@ -137,8 +136,6 @@ class PlatformCollector(Collector):
         yield from self._chain()
 
     def _celery(self):
-        from webapp.celery import app
-
         broker = _broker()
         if broker is None:
             return
@@ -148,7 +145,7 @@ class PlatformCollector(Collector):
         try:
             # kombu's Redis transport keeps priorities 3, 6, 9 in lists of their own.
             steps = ["", *(f"\x06\x16{p}" for p in (3, 6, 9))]
-            for queue in sorted(q.name for q in app.conf.task_queues):
+            for queue in sorted(q.name for q in celery_app.conf.task_queues):
                 depth.add_metric([queue], sum(broker.llen(queue + s) for s in steps))
             unacked = broker.hlen("unacked")
         except redis.RedisError as exc:
@@ -252,7 +249,9 @@ class OperationsMiddleware:
     async def _acall(self, request: HttpRequest):
         kind, answer = self._early(request)
         if kind is not None:
-            return answer if kind == "now" else await sync_to_async(answer, thread_sensitive=False)()
+            # On the shared sync thread, as Django runs the ORM: the end of the request
+            # returns its database connection to the pool there.
+            return answer if kind == "now" else await sync_to_async(answer)()
         began = self._bind(request)
         return self._done(request, await self.get_response(request), began)
 
