@@ -142,6 +142,23 @@ def test_readyz_fails_when_postgresql_is_unreachable_and_recovers():
         relay.cut()
 
 
+@pytest.mark.django_db(transaction=True)  # the server's database exists
+def test_readyz_names_redis_while_it_is_down(tmp_path):
+    from .stack import RedisServer
+
+    own = RedisServer(tmp_path).start()
+    try:
+        with daphne_process(logs="operations", REDIS_URL=own.url) as (base, _pid):
+            assert get(base + "/readyz")[0] == 200
+            own.stop()
+            status, body, _ = get(base + "/readyz")
+            assert status == 503 and json.loads(body)["failed"] == ["redis"], body
+            own.start()
+            wait_for(lambda: get(base + "/readyz")[0] == 200, timeout=30, what="/readyz to recover")
+    finally:
+        own.stop()
+
+
 def test_metrics_needs_staff_or_the_token(client, admin_user, settings, db):
     settings.METRICS_TOKEN = TOKEN
     assert client.get("/metrics").status_code == 403
