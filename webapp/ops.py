@@ -35,6 +35,7 @@ from webapp.celery import app as celery_app
 log = logging.getLogger(__name__)
 CHECK_TIMEOUT_S = 3
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _GROUP = re.compile(r"\(\?P<(\w+)>[^)]*\)")
 
 
@@ -285,7 +286,8 @@ class OperationsMiddleware:
             route = "unmatched"  # never the raw path: one series per scanner's guess otherwise
         status = f"{response.status_code // 100}xx"
         elapsed = time.perf_counter() - began
-        metrics.HTTP_REQUEST_SECONDS.labels(route, request.method, status).observe(elapsed)
+        method = request.method if request.method in _METHODS else "other"  # a client writes it
+        metrics.HTTP_REQUEST_SECONDS.labels(route, method, status).observe(elapsed)
         response.headers.setdefault("X-Request-ID", request.request_id)
         return response
 
