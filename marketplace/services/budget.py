@@ -30,7 +30,7 @@ from django.utils import timezone
 from .. import job_states
 from ..errors import Conflict, MarketError
 from ..models import Assignment, Escrow, Job
-from ..money import MICRO
+from ..money import MICRO, amount, tusd
 from . import deadlines, enqueue, execution
 from .jobs import job_cancel
 from .metering import budget_limit, job_metered
@@ -165,8 +165,8 @@ def _warn(job: Job, check: BudgetCheck) -> int:
         left = check.seconds_left
         job_states.note(job_id=job.pk, reason="budget_warning",
                         data={"spent": str(check.spent), "limit": str(check.limit)},
-                        message=f"80 % of the budget is spent: {check.spent:.2f} of {check.limit:.2f} "
-                                "tUSD" + (f" (about {left / 60:.0f} min left at this rate)" if left else "")
+                        message=f"80 % of the budget is spent: {amount(check.spent)} of {tusd(check.limit)}"
+                                + (f" (about {left / 60:.0f} min left at this rate)" if left else "")
                                 + ". At 100 % the job checkpoints and pauses; top up to keep it running.")
     return claimed
 
@@ -190,7 +190,7 @@ def job_pause_request(*, job_id: int, check: BudgetCheck, why: str = "budget") -
         else:
             job_states.note(job_id=job_id, reason="budget_pausing",
                             data={"spent": str(check.spent), "limit": str(check.limit)},
-                            message=f"{check.spent:.2f} of {check.limit:.2f} tUSD spent"
+                            message=f"{amount(check.spent)} of {tusd(check.limit)} spent"
                                     + (f"; the rest lasts about {left:.0f} s" if left is not None else "")
                                     + ": the nodes checkpoint and pause.")
         if execution.is_diloco(job):
@@ -220,7 +220,7 @@ def job_budget_stop(*, job_id: int, check: BudgetCheck) -> int:
         if job.status != S.RUNNING:
             return 0
         execution.job_stop_assignments(job=job, reason="the job's budget is spent")
-        _pause(job, how=f"the nodes were stopped ({check.spent:.2f} of {check.limit:.2f} tUSD spent)")
+        _pause(job, how=f"the nodes were stopped ({amount(check.spent)} of {tusd(check.limit)} spent)")
     return 1
 
 
@@ -260,14 +260,14 @@ def job_resume_if_covered(*, job_id: int, actor=None) -> bool:
         check = BudgetCheck(limit=budget_limit(job), spent=spent, rate_per_s=most)
         if check.remaining <= most * Decimal(str(2 * settings.BUDGET_PAUSE_LEAD_S)):
             job_states.note(job_id=job.pk, reason="budget_still_short", actor=actor,
-                            message=f"{check.limit:.2f} tUSD covers the {spent:.2f} tUSD spent but "
+                            message=f"{tusd(check.limit)} covers the {tusd(spent)} spent but "
                                     "not enough more running to resume; top up further.")
             return False
         Job.objects.filter(pk=job.pk).update(
             pause_requested_at=None,
             budget_warned_at=None if check.fraction < WARN_AT else job.budget_warned_at)
         job_states.transition(job_id=job.pk, to=S.MATCHING, reason="budget_topped_up", actor=actor,
-                              message=f"The budget is now {check.limit:.2f} tUSD ({spent:.2f} spent): "
+                              message=f"The budget is now {tusd(check.limit)} ({amount(spent)} spent): "
                                       f"resuming from step {job.current_step}.")
         enqueue.match_job(job.pk)
     return True
@@ -283,7 +283,7 @@ def job_budget_raise(*, job: Job, budget: Decimal, actor=None) -> Job:
         if job.status in S.TERMINAL:
             raise Conflict(f"Job #{job.pk} is {job.get_status_display().lower()}; its budget is final.")
         if budget < job.budget:
-            raise MarketError(f"The budget can only be raised (it is {job.budget:.2f} tUSD).",
+            raise MarketError(f"The budget can only be raised (it is {tusd(job.budget)}).",
                               field="budget", code="budget_lowered")
         if budget == job.budget:
             return job
@@ -291,7 +291,7 @@ def job_budget_raise(*, job: Job, budget: Decimal, actor=None) -> Job:
         job.save(update_fields=["budget", "updated_at"])
         escrow_on = settings.ESCROW_ENABLED and job.status != S.SUBMITTED
         job_states.note(job_id=job.pk, reason="budget_raised", actor=actor,
-                        message=f"Budget raised from {previous:.2f} to {budget:.2f} tUSD"
+                        message=f"Budget raised from {amount(previous)} to {tusd(budget)}"
                                 + ("; top up the escrow to use it." if escrow_on else "."))
     if not settings.ESCROW_ENABLED:
         job_resume_if_covered(job_id=job.pk, actor=actor)

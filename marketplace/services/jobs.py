@@ -4,6 +4,7 @@ from django.db import transaction
 from .. import job_states
 from ..errors import PermissionDenied
 from ..models import Job, Organization
+from ..money import tusd
 from . import enqueue, execution
 from .job_spec import JobSpec, job_spec_validate
 
@@ -32,7 +33,7 @@ def job_submit(*, owner: Organization, spec: JobSpec, actor=None) -> Job:
             job_id=job.pk, to=S.SUBMITTED, reason="submitted", actor=actor,
             message=f"Submitted by {getattr(actor, 'username', 'API')}: {spec.nodes} × "
                     f"{spec.gpus_per_node} {'CPU slots' if spec.wants_cpu else 'GPUs'}, "
-                    f"up to {spec.max_price_per_gpu_hour:.2f} tUSD/GPU-h, budget {spec.budget:.2f} tUSD.",
+                    f"up to {tusd(spec.max_price_per_gpu_hour)}/GPU-h, budget {tusd(spec.budget)}.",
         )
         if not settings.ESCROW_ENABLED:
             job_states.transition(

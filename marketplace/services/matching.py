@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from .. import catalogue
 from ..models import Offer
-from ..money import CENT, round_half_up
+from ..money import amount, round_half_up
 from ..selectors.offer_search import free_at_least, in_regions, verified_for
 from . import deadlines
 from .job_spec import JobSpec
@@ -56,7 +56,8 @@ class Quote:
 
 
 def _fmt(value: Decimal) -> str:
-    return f"{value.quantize(CENT)}"
+    # The one display rule: a 0.0005 budget reads "0.0005", not "0.00".
+    return amount(value)
 
 
 def constraints_for(spec: JobSpec, *, now=None) -> list[Constraint]:

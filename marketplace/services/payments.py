@@ -23,7 +23,7 @@ from django.utils import timezone
 from .. import job_states, task_names
 from ..errors import Conflict, MarketError
 from ..models import Assignment, Escrow, Job, Organization, Payout, Settlement, Wallet
-from ..money import from_units, round_down, to_units
+from ..money import from_units, round_down, to_units, tusd
 from . import audit, enqueue
 from .metering import job_statement
 from .wallets import custodial_key, custodial_wallet, payout_address
@@ -136,7 +136,7 @@ def job_fund(*, job: Job, actor=None, amount: Decimal | None = None) -> Escrow:
     if not settings.ESCROW_ENABLED:
         raise Conflict("Escrow is not enabled on this platform; jobs run without funding.")
     if amount is not None and round_down(amount) != job.budget:
-        raise MarketError(f"The escrow must hold the job's budget, {job.budget:.2f} tUSD "
+        raise MarketError(f"The escrow must hold the job's budget, {tusd(job.budget)} "
                           f"(not {amount} tUSD).", field="amount", code="wrong_amount")
     with transaction.atomic():
         escrow = Escrow.objects.select_for_update().filter(pk=escrow_of(job).pk).get()
@@ -161,7 +161,7 @@ def job_fund(*, job: Job, actor=None, amount: Decimal | None = None) -> Escrow:
         escrow.status, escrow.fund_tx = E.FUNDING, tx.tx_hash
         escrow.save(update_fields=["status", "fund_tx"])
         job_states.note(job_id=job.pk, reason="funding_sent", actor=actor,
-                        message=f"Funding {job.budget:.2f} tUSD from {wallet.address}: "
+                        message=f"Funding {tusd(job.budget)} from {wallet.address}: "
                                 f"transaction {tx.tx_hash}.")
         enqueue.enqueue(task_names.CHAIN_SYNC, countdown=0.2)
     return escrow
@@ -186,7 +186,7 @@ def _custodial_approve(owner: Organization, amount: Decimal):
     except Exception as exc:  # connection refused, timeouts, a node answering garbage
         raise unavailable(exc) from exc
     if balance < units:
-        raise Conflict(f"The wallet {wallet.address} holds less than {amount:.2f} tUSD.",
+        raise Conflict(f"The wallet {wallet.address} holds less than {tusd(amount)}.",
                        code="insufficient_funds")
     approving = allowance < units
     if approving:
@@ -217,7 +217,7 @@ def _top_up(*, job: Job, escrow: Escrow, actor=None) -> Escrow:
     escrow.top_up_tx, escrow.top_up_total = tx.tx_hash, job.budget
     escrow.save(update_fields=["top_up_tx", "top_up_total"])
     job_states.note(job_id=job.pk, reason="top_up_sent", actor=actor,
-                    message=f"Topping up the escrow with {due:.2f} tUSD from {wallet.address}: "
+                    message=f"Topping up the escrow with {tusd(due)} from {wallet.address}: "
                             f"transaction {tx.tx_hash}.")
     enqueue.enqueue(task_names.CHAIN_SYNC, countdown=0.2)
     return escrow
@@ -278,9 +278,9 @@ def escrow_foreign_funding(*, escrow: Escrow, consumer: str, amount: int, deadli
     log.error("foreign JobFunded for job %s: %s (tx %s)", escrow.job_id, why, tx_hash)
     audit.audit_record(actor=None, action="escrow.foreign_funding", obj=escrow.job, data=data,
                        message=f"Ignored a funding of job {escrow.job_id}'s escrow key {old_key} by "
-                               f"{consumer} ({from_units(amount):.2f} tUSD, transaction {tx_hash}): {why}.")
+                               f"{consumer} ({tusd(from_units(amount))}, transaction {tx_hash}): {why}.")
     job_states.note(job_id=escrow.job_id, reason="escrow_foreign", data=data,
-                    message=f"A funding by {consumer} ({from_units(amount):.2f} tUSD, transaction {tx_hash}) "
+                    message=f"A funding by {consumer} ({tusd(from_units(amount))}, transaction {tx_hash}) "
                             f"was not this job's ({why}) and is ignored; staff are told. "
                             + ("Fund the job again. " if reset else "") + "The job has a new escrow key.")
 
@@ -304,11 +304,11 @@ def _start_if_covered(escrow: Escrow) -> None:
         return
     if escrow.amount < job.budget:
         job_states.note(job_id=job.pk, reason="underfunded",
-                        message=f"The escrow holds {escrow.amount:.2f} tUSD of the {job.budget:.2f} tUSD "
+                        message=f"The escrow holds {tusd(escrow.amount)} of the {tusd(job.budget)} "
                                 "budget; top it up to start the job.")
         return
     job_states.transition(job_id=job.pk, to=S.FUNDED, reason="escrow_funded",
-                          message=f"Escrow funded on chain with {escrow.amount:.2f} tUSD "
+                          message=f"Escrow funded on chain with {tusd(escrow.amount)} "
                                   f"(transaction {escrow.fund_tx}).")
     enqueue.match_job(job.pk)
 
@@ -335,9 +335,9 @@ def escrow_closed(*, key: str, refunded: bool, paid: int, fee: int, returned: in
         job = job_cancel(job=job, reason="escrow_refunded",
                          message="The escrow was refunded on chain; the job stops.")
     to = S.REFUNDED if escrow.status == E.REFUNDED else S.SETTLED
-    text = (f"Refunded {from_units(returned):.2f} tUSD to the consumer" if to == S.REFUNDED else
-            f"Settled on chain: {from_units(paid):.2f} tUSD to providers, {from_units(fee):.2f} tUSD "
-            f"platform fee, {from_units(returned):.2f} tUSD back to the consumer")
+    text = (f"Refunded {tusd(from_units(returned))} to the consumer" if to == S.REFUNDED else
+            f"Settled on chain: {tusd(from_units(paid))} to providers, {tusd(from_units(fee))} "
+            f"platform fee, {tusd(from_units(returned))} back to the consumer")
     if job_states.can_transition(Job.objects.get(pk=job.pk).status, to):
         job_states.transition(job_id=job.pk, to=to, reason="escrow_" + to, message=f"{text} ({tx_hash}).")
     else:  # e.g. completed work reclaimed after the deadline: the status stays, the timeline says why
@@ -383,7 +383,7 @@ def escrows_chain_lost(*, reason: str) -> int:
         Settlement.objects.filter(job_id=escrow.job_id, status=Settlement.Status.SUBMITTED).update(
             status=Settlement.Status.PENDING, transaction=None)
         job_states.note(job_id=escrow.job_id, reason="chain_lost", data={"reason": reason},
-                        message=f"The escrow's chain is gone: {reason}. Its {escrow.amount:.2f} tUSD deposit "
+                        message=f"The escrow's chain is gone: {reason}. Its {tusd(escrow.amount)} deposit "
                                 f"(transaction {escrow.fund_tx}) was neither paid out nor refunded there; "
                                 "staff will refund it.")
         marked += 1
@@ -407,7 +407,7 @@ def escrow_lost_refund(*, job: Job, actor=None) -> str:
         if escrow is None or escrow.status != E.CHAIN_LOST:
             raise Conflict("Only an escrow whose chain is gone is refunded this way.")
         if settings.CHAIN_TOKEN_ADDRESS or not is_dev_chain():
-            raise Conflict(f"The settlement token cannot be minted here: pay {escrow.amount:.2f} tUSD to "
+            raise Conflict(f"The settlement token cannot be minted here: pay {tusd(escrow.amount)} to "
                            f"{escrow.consumer_address} from the treasury, and record it in the job's notes.",
                            code="not_dev_chain")
         tx = sender.send(key=operator_key(), purpose="refund", call=token_contract().functions.mint(
@@ -417,8 +417,8 @@ def escrow_lost_refund(*, job: Job, actor=None) -> str:
         # Nothing was paid from the lost deposit: its statement must not show payouts.
         Settlement.objects.filter(job=job).exclude(status=Settlement.Status.SETTLED).delete()
         audit.audit_record(actor=actor, action="escrow.lost_refund", obj=job, data={"tx": tx.tx_hash},
-                           message=f"Refunded job {job.pk}'s lost escrow: minted {escrow.amount:.2f} tUSD.")
-        text = (f"An administrator refunded the escrow lost with its chain: {escrow.amount:.2f} tUSD "
+                           message=f"Refunded job {job.pk}'s lost escrow: minted {tusd(escrow.amount)}.")
+        text = (f"An administrator refunded the escrow lost with its chain: {tusd(escrow.amount)} "
                 f"minted to {escrow.consumer_address} on the current development chain "
                 f"(transaction {tx.tx_hash}).")
         current = Job.objects.get(pk=job.pk)
@@ -461,7 +461,7 @@ def escrow_settlement_skipped(*, key: str, state: int, tx_hash: str) -> None:
         escrow.save(update_fields=["status", "lost_reason"])
         job_states.note(job_id=escrow.job_id, reason="chain_lost", data={"reason": reason},
                         message=f"The chain does not hold this job's escrow ({reason}); its "
-                                f"{escrow.amount:.2f} tUSD deposit waits for staff to refund it.")
+                                f"{tusd(escrow.amount)} deposit waits for staff to refund it.")
 
 
 # --- metering: services/metering.py (one metering for settlement and every page) ----

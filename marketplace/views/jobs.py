@@ -11,8 +11,10 @@ from .. import catalogue, job_states
 from ..errors import MarketError
 from ..forms import JobForm, QuoteForm
 from ..models import Job
+from ..money import is_whole_micro, tusd
 from ..selectors.accounts import organization_of
 from ..selectors.execution import job_assignments, job_progress
+from ..selectors.job_status import STATUS_FILTERS, job_state, jobs_filtered, with_ending
 from ..selectors.market import jobs_visible_to
 from ..selectors.payments import chain_transaction, job_escrow
 from ..selectors.verification import job_model_downloadable, job_verification_report
@@ -97,18 +99,28 @@ def job_quote(request):
 
 
 @login_required
+@require_GET
 def job_list(request):
-    jobs = list(jobs_visible_to(request.user).select_related("owner", "escrow")
+    status = request.GET.get("status", "")
+    status = status if status in STATUS_FILTERS else ""
+    search = request.GET.get("q", "").strip()[:120]
+    jobs = list(jobs_filtered(jobs_visible_to(request.user), status=status, search=search)
+                .select_related("owner", "escrow", "settlement")
                 .prefetch_related("assignments", "disputes")[:200])
     for job in jobs:
         job.spent = cost_so_far(job)
         job.spend = budget_view(job, spent=job.spent)
-    return render(request, "jobs/list.html", {"jobs": jobs})
+        job.state = job_state(job, spent=job.spent)
+    return render(request, "jobs/list.html", {
+        "jobs": jobs, "status": status, "search": search,
+        "status_filters": [(key, label) for key, (label, _) in STATUS_FILTERS.items()],
+        "filtered": bool(status or search),
+    })
 
 
 @login_required
 def job_detail(request, pk: int):
-    job = get_object_or_404(jobs_visible_to(request.user).select_related("owner", "created_by"),
+    job = get_object_or_404(with_ending(jobs_visible_to(request.user)).select_related("owner", "created_by"),
                             pk=pk)
     template = catalogue.templates().get(job.template)
     return render(request, "jobs/detail.html", {
@@ -116,6 +128,7 @@ def job_detail(request, pk: int):
         "events": job.events.select_related("actor"),
         "can_cancel": job.status in job_states.CANCELLABLE,
         "can_raise_budget": _is_owner(request, job) and job.status not in Job.Status.TERMINAL,
+        "budget_error": request.session.pop(_budget_error_key(job.pk), None),
         "verification": job_verification_report(job),
         **_progress_context(job, request.user), **_escrow_context(request, job),
     })
@@ -156,10 +169,11 @@ def chain_tx(request, tx_hash: str):
 
 def _progress_context(job, user) -> dict:
     spent = cost_so_far(job)
+    state = job_state(job, spent=spent)
     return {"progress": job_progress(job), "assignments": job_assignments(job),
             "model_downloadable": job_model_downloadable(job, user),
             "active": job.status in Job.Status.ACTIVE, "cost_so_far": spent,
-            "spend": budget_view(job, spent=spent)}
+            "spend": budget_view(job, spent=spent), "state": state}
 
 
 def _is_owner(request, job) -> bool:
@@ -175,18 +189,33 @@ def job_budget_view(request, pk: int):
     job = get_object_or_404(jobs_visible_to(request.user), pk=pk)
     if not _is_owner(request, job):
         raise Http404("Not your organization's job.")
+    error = None
     try:
-        value = Decimal(request.POST.get("budget", ""))
+        value = Decimal(request.POST.get("budget", "").strip().replace(",", ""))
     except InvalidOperation:
-        messages.error(request, "The budget must be an amount in tUSD, e.g. 25.00.")
-        return redirect("job_detail", pk=job.pk)
-    try:
-        job = job_budget_raise(job=job, budget=value, actor=request.user)
-    except MarketError as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, f"Budget raised to {job.budget:.2f} tUSD.")
+        value = None
+    if value is None or not value.is_finite():
+        error = "The budget must be an amount in tUSD, e.g. 25 or 25.50."
+    elif not is_whole_micro(value):
+        error = "The budget can have at most 6 decimal places (0.000001 tUSD is the smallest amount)."
+    elif value < job.budget:
+        error = f"The budget can only be raised: enter {tusd(job.budget)} or more."
+    if error is None:
+        try:
+            job = job_budget_raise(job=job, budget=value, actor=request.user)
+        except MarketError as exc:
+            error = exc.message
+        else:
+            messages.success(request, f"Budget raised to {tusd(job.budget)}.")
+    if error is not None:
+        # Shown under the budget field (and at the top of the page), not only as a banner.
+        request.session[_budget_error_key(job.pk)] = error
+        messages.error(request, error)
     return redirect("job_detail", pk=job.pk)
+
+
+def _budget_error_key(pk: int) -> str:
+    return f"job_budget_error_{pk}"
 
 
 @login_required

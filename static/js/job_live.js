@@ -15,6 +15,7 @@
   var MAX_LOG_LINES = 200;
   var HISTORY_LIMIT = 5000;   // the server's page size for metrics in one history message
   var ETA_WINDOW = 20;        // points the step rate is measured over (as the server does)
+  var SPEED_WINDOW = 10;      // points the shown throughput is averaged over
   var BACKOFF_MIN = 1000, BACKOFF_MAX = 15000;
   var PARTIAL_REFRESH_MS = 20000; // machines table and result: refreshed at most this often
   // Mirrors marketplace/templatetags/market_ui.py JOB_TONES and job_states.CANCELLABLE.
@@ -24,17 +25,27 @@
     cancelled: "neutral", failed: "bad", refunded: "neutral"
   };
   var CANCELLABLE = ["draft", "submitted", "funded", "matching", "running", "interrupted"];
+  // A cancelled or failed job that was funded goes on to settled or refunded: its badge keeps
+  // saying how it ended (as marketplace/selectors/job_status.py `job_state`).
+  var ENDINGS = ["cancelled", "failed", "completed"], CLOSED = ["settled", "refunded"];
 
   var state = {
     lastSeq: 0, lastLogSeq: 0,
     points: [],          // {seq, step, total_steps, loss, samples_per_sec, t}
     logs: [],            // strings
     status: root.getAttribute("data-status"),
+    endedAs: root.getAttribute("data-ended-as") || null,
+    summary: null, summaryStatus: null, // the server's sentence beside the badge, and for which status
     progress: null,      // the latest snapshot's progress (or one built from points)
     cost: null,
     metricKey: undefined, // unknown until the first snapshot
     snapshotSeq: -1, snapshotEventAt: 0
   };
+  var panel0 = document.getElementById("job-progress");
+  if (panel0) {
+    state.summary = panel0.getAttribute("data-summary");
+    state.summaryStatus = panel0.getAttribute("data-status");
+  }
   var ws = null, synced = false, queue = [], backoff = BACKOFF_MIN, retryTimer = null;
   var chart = null, renderPending = false, lastPartialRefresh = Date.now(), refreshing = false;
   var timeFmt = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
@@ -185,15 +196,25 @@
     renderChart();
   }
 
+  function badgeKey() {
+    if (CLOSED.indexOf(state.status) >= 0 && (state.endedAs === "cancelled" || state.endedAs === "failed")) {
+      return state.endedAs;
+    }
+    return state.status;
+  }
+
   function renderStatus() {
     var chip = $("status");
-    if (chip && state.status && chip.textContent !== state.status) {
-      chip.textContent = state.status;
-      chip.className = "chip chip-" + (TONES[state.status] || "neutral");
+    var key = badgeKey();
+    if (chip && key && chip.textContent !== key) {
+      chip.textContent = key;
+      chip.className = "chip chip-" + (TONES[key] || "neutral");
       root.setAttribute("data-status", state.status);
     }
     var disp = $("status-display");
-    if (disp && state.statusDisplay) disp.textContent = state.statusDisplay;
+    // The server's sentence (what was paid and refunded) once the panel for this status came.
+    var text = state.summaryStatus === state.status && state.summary ? state.summary : state.statusDisplay;
+    if (disp && text) disp.textContent = text;
     var cancel = $("cancel");
     if (cancel) cancel.hidden = CANCELLABLE.indexOf(state.status) < 0;
   }
@@ -214,8 +235,30 @@
     if (limit) limit.textContent = money(spend.limit);
   }
 
+  // Moving-window figures from the newest points: the step rate over ETA_WINDOW points gives
+  // the ETA, the throughput is the mean of the last SPEED_WINDOW samples, so that neither
+  // jumps with each noisy report.
+  function smoothed() {
+    var n = state.points.length, out = { eta: null, speed: null };
+    if (!n) return out;
+    var w = state.points.slice(Math.max(0, n - ETA_WINDOW));
+    var first = w[0], last = w[w.length - 1];
+    if (w.length >= 2 && last.t > first.t && last.step > first.step) {
+      var rate = (last.step - first.step) / ((last.t - first.t) / 1000);
+      out.eta = last.step >= last.total_steps ? 0 : Math.max(0, (last.total_steps - last.step) / rate);
+    }
+    var speeds = w.slice(-SPEED_WINDOW).map(function (q) { return q.samples_per_sec; })
+      .filter(function (v) { return v != null && isFinite(v); });
+    if (speeds.length) out.speed = speeds.reduce(function (a, b) { return a + b; }, 0) / speeds.length;
+    return out;
+  }
+
   function renderProgress() {
     var p = state.progress;
+    // Throughput and ETA describe training: hidden whenever the job is not running.
+    var running = state.status === "running";
+    var speedStat = $("throughput-stat");
+    if (speedStat) speedStat.hidden = !running;
     var cost = $("cost");
     if (cost && state.cost != null) cost.textContent = money(state.cost);
     renderBudget();
@@ -238,7 +281,8 @@
       text.appendChild(strong);
       var rest = " (" + Number(p.percent || 0).toFixed(1) + " %)";
       if (p.loss != null) rest += " · loss " + Number(p.loss).toFixed(4);
-      var eta = etaText(p.eta_seconds);
+      var sm = running ? smoothed() : null;
+      var eta = running ? etaText(sm && sm.eta != null ? sm.eta : p.eta_seconds) : "";
       if (eta) rest += " · " + eta;
       text.appendChild(document.createTextNode(rest));
     }
@@ -248,7 +292,8 @@
       traffic.hidden = false;
     }
     var speed = $("throughput");
-    if (speed) speed.textContent = p.samples_per_sec ? group(String(Math.round(p.samples_per_sec))) : "—";
+    var rate = running ? (smoothed().speed || p.samples_per_sec) : null;
+    if (speed) speed.textContent = rate ? group(String(Math.round(rate))) : "—";
     var metric = $("metric"), metricName = $("metric-name");
     if (metric && p.metric) metric.textContent = metricText(p.metric);
     if (metricName && p.metric) metricName.textContent = p.metric.name;
@@ -329,6 +374,7 @@
   });
 
   function addEvent(e) {
+    if (ENDINGS.indexOf(e.to_status) >= 0) state.endedAs = e.to_status;
     var key = eventKey(e.at, e.reason, e.to_status);
     var t = Date.parse(e.at) || 0;
     if (seenEvents[key] || t < lastEventTime) return;
@@ -391,6 +437,8 @@
             if (!isNaN(d)) { el.textContent = timeFmt.format(d); el.removeAttribute("data-local"); }
           });
           current.replaceWith(fresh);
+          state.summary = fresh.getAttribute("data-summary");
+          state.summaryStatus = fresh.getAttribute("data-status");
           // The escrow panel comes along: replaced when its status moved (funded, settled).
           var escrowNew = tpl.content.querySelector("#escrow");
           var escrowOld = document.getElementById("escrow");

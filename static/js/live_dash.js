@@ -28,6 +28,16 @@
     open();
   }
 
+  // As the `money` filter (marketplace/money.py `amount`): at least 2, at most 6 decimals.
+  function money(value) {
+    var n = Number(value);
+    if (!isFinite(n)) return String(value);
+    var parts = n.toFixed(6).replace(/0+$/, "").split(".");
+    var frac = parts[1] || "";
+    while (frac.length < 2) frac += "0";
+    return parts[0].replace(/\B(?=(\d{3})+(?!\d))/g, ",") + "." + frac;
+  }
+
   function chip(status) {
     var span = document.createElement("span");
     span.className = "chip";
@@ -39,11 +49,18 @@
     var row = document.querySelector('tr[data-job-id="' + job.id + '"]');
     if (!row) return;
     var cell = row.querySelector(".js-status");
-    if (cell && cell.textContent.trim() !== job.status) {
-      cell.replaceChildren(chip(job.status));
+    // A cancelled or failed job that then settles or is refunded keeps saying how it ended.
+    if (cell && ["cancelled", "failed", "completed"].indexOf(job.status) >= 0) {
+      cell.setAttribute("data-ended-as", job.status);
+    }
+    var ended = cell ? cell.getAttribute("data-ended-as") : "";
+    var key = (job.status === "settled" || job.status === "refunded") &&
+      (ended === "cancelled" || ended === "failed") ? ended : job.status;
+    if (cell && cell.querySelector(".chip") && cell.querySelector(".chip").textContent.trim() !== key) {
+      cell.replaceChildren(chip(key));
     }
     var cost = row.querySelector(".js-cost");
-    if (cost && job.cost_so_far) cost.textContent = Number(job.cost_so_far).toFixed(2);
+    if (cost && job.cost_so_far) cost.textContent = money(job.cost_so_far);
     var warning = row.querySelector(".js-budget-warning");
     if (warning && job.budget_warning !== undefined) warning.hidden = !job.budget_warning;
     var bar = row.querySelector(".js-progress span");
