@@ -18,7 +18,7 @@ BLOC_NAMES = {
 
 JOB_TONES = {
     "draft": "neutral", "submitted": "info", "funded": "info", "matching": "info",
-    "running": "accent", "interrupted": "warn", "verifying": "accent", "completed": "ok",
+    "running": "accent", "interrupted": "warn", "paused": "warn", "verifying": "accent", "completed": "ok",
     "settled": "ok", "cancelled": "neutral", "failed": "bad", "refunded": "neutral",
 }
 NODE_TONES = {"online": "ok", "offline": "neutral", "pending": "warn", "suspended": "bad",

@@ -21,10 +21,10 @@
   // Mirrors marketplace/templatetags/market_ui.py JOB_TONES and job_states.CANCELLABLE.
   var TONES = {
     draft: "neutral", submitted: "info", funded: "info", matching: "info", running: "accent",
-    interrupted: "warn", verifying: "accent", completed: "ok", settled: "ok",
+    interrupted: "warn", paused: "warn", verifying: "accent", completed: "ok", settled: "ok",
     cancelled: "neutral", failed: "bad", refunded: "neutral"
   };
-  var CANCELLABLE = ["draft", "submitted", "funded", "matching", "running", "interrupted"];
+  var CANCELLABLE = ["draft", "submitted", "funded", "matching", "running", "interrupted", "paused"];
   // A cancelled or failed job that was funded goes on to settled or refunded: its badge keeps
   // saying how it ended (as marketplace/selectors/job_status.py `job_state`).
   var ENDINGS = ["cancelled", "failed", "completed"], CLOSED = ["settled", "refunded"];
