@@ -1,0 +1,138 @@
+"""The verify wall in the production shape (issue 15): the platform's image is built without
+torch (Dockerfile: `pip install .`), only the verify worker's adds it (`EXTRAS=verify`).
+
+Before: services/verification.py imported workers.training (torch), the image had no torch
+and the plain worker consumed the verify queue, so every verification in production failed
+with ModuleNotFoundError and jobs stayed `verifying`.
+
+Each image's dependency set is a fresh virtual environment holding exactly the
+distributions `computemesh`'s metadata declares for it (nothing downloaded: they are linked
+from this environment), with the project's source on its path, as `pip install .` puts it."""
+
+import os
+import subprocess
+import sys
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from marketplace.models import Job
+from marketplace.trust_models import Dispute, VerificationReport
+from workers import verify
+
+from .stack import Stack, wait_for
+from .verify_support import Agent, _point, celery_app, cpu_node, running_job, saved, trained_segment
+
+ROOT = Path(__file__).resolve().parent.parent
+TASK_MODULES = ["workers.tasks", "workers.tasks_chain", "workers.tasks_dispatch", "workers.tasks_verify"]
+
+
+def image_closure(extras: tuple[str, ...] = ()) -> list[metadata.Distribution]:
+    """The installed distributions `pip install .[extras]` brings: pyproject.toml's
+    requirements (what the Dockerfile installs from), then their metadata's."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    roots = list(project["dependencies"])
+    for extra in extras:
+        roots += project["optional-dependencies"][extra]
+    seen: set[tuple[str, str]] = set()
+    todo = [Requirement(text) for text in roots]
+    out: dict[str, metadata.Distribution] = {}
+    while todo:
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        # A distribution is followed once plainly and once per extra asked of it
+        # (psycopg[binary,pool] brings psycopg-binary and psycopg-pool).
+        for extra in ("", *req.extras):
+            if (name, extra) in seen:
+                continue
+            seen.add((name, extra))
+            dist = out.setdefault(name, metadata.distribution(name))
+            for text in dist.requires or []:
+                child = Requirement(text)
+                if child.marker is None or child.marker.evaluate({"extra": extra}):
+                    if not (extra and child.marker is None):  # plain ones: followed with ""
+                        todo.append(child)
+    return list(out.values())
+
+
+def image_venv(where: Path, extras: tuple[str, ...] = ()) -> str:
+    """A fresh venv with the image's dependency set and the project's source; its python."""
+    venv = where / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    deps = where / "deps"
+    deps.mkdir()
+    for dist in image_closure(extras):
+        for top in {Path(str(f)).parts[0] for f in dist.files or [] if not str(f).startswith("..")}:
+            source = Path(dist.locate_file(top))
+            if source.exists() and not (deps / top).exists():
+                (deps / top).symlink_to(source)
+    (site,) = (venv / "lib").glob("python3*/site-packages")
+    (site / "computemesh-image.pth").write_text(f"{deps}\n{ROOT}\n")
+    return str(venv / "bin" / "python")
+
+
+def _run(python: str, code: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["DJANGO_SETTINGS_MODULE"] = "webapp.settings_test"
+    return subprocess.run([python, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=180, check=False)
+
+
+def test_the_torch_half_names_only_the_platforms_dispute_reasons():
+    assert set(verify.REASONS) <= set(Dispute.Reason.values)
+
+
+def test_the_plain_image_imports_every_task_module_and_the_platform_without_torch(tmp_path):
+    python = image_venv(tmp_path)
+    assert _run(python, "import torch").returncode != 0  # the image has no torch
+    result = _run(python, f"""
+import importlib, pkgutil, sys
+import django
+django.setup()
+import webapp.celery
+for name in {TASK_MODULES!r}:
+    importlib.import_module(name)
+import marketplace
+for info in pkgutil.walk_packages(marketplace.__path__, "marketplace."):
+    if ".tests" not in info.name:
+        importlib.import_module(info.name)
+assert "torch" not in sys.modules, "the platform imported torch"
+webapp.celery.app.loader.import_default_modules()
+print(sorted(t for t in webapp.celery.app.tasks if t.startswith("workers.tasks_verify")))
+""")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "workers.tasks_verify.verify_attempt" in result.stdout  # registered, runnable elsewhere
+    # The torch half itself is what the plain image cannot load.
+    assert "No module named 'torch'" in _run(python, "import workers.verify").stderr
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_the_verify_image_runs_a_verification_end_to_end(tmp_path, client):
+    python = image_venv(tmp_path / "image", ("verify",))
+    stack = Stack(tmp_path, redis_url=None, queues="verify")
+    stack.own_redis.start()
+    saved_url = celery_app.conf.broker_url
+    _point(stack.own_redis.url)
+    try:
+        stack.worker("verify-image", beat=False, concurrency=1, python=python)
+        job, parts = running_job([cpu_node()])
+        end = trained_segment(client, parts, world=1)
+        Agent(client, parts[0]).finish(step=10, artifact=saved({"model": end}), metric="accuracy", value=None)
+
+        def verified():
+            report = VerificationReport.objects.filter(job=job).first()
+            return report is not None and report.status in ("passed", "failed", "error") and report
+
+        report = wait_for(verified, timeout=240, what="the verify image's worker to check the work")
+        assert report.status == "passed", report.reasons
+        assert report.segments and all(s["passed"] for s in report.segments)
+        assert Job.objects.get(pk=job.pk).status == Job.Status.COMPLETED
+    finally:
+        stack.stop()
+        _point(saved_url)

@@ -1,0 +1,12 @@
+"""The verifier's torch half: replaying and loading what providers uploaded.
+
+Plain inputs in (file paths, the job's spec, the segments the platform chose), plain
+numbers and findings out. No Django and nothing of the platform: the `verify` Celery task
+(workers/tasks_verify.py) hands these functions to marketplace/services/verification.py,
+which decides what to check and what an outcome means. Only the verify worker, built with
+the `verify` extra, has torch; the web process and the other workers never import this.
+"""
+
+from .check import REASONS, check_attempt, checkpoint_problem
+
+__all__ = ["REASONS", "check_attempt", "checkpoint_problem"]

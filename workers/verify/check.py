@@ -1,0 +1,161 @@
+"""Checking one attempt's work, and one uploaded checkpoint, with torch.
+
+Findings carry the platform's dispute reasons as plain strings (the values of
+`Dispute.Reason`; tests/test_verify_wall.py keeps the two in step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from workers.training import checkpoint as ckpt_io
+from workers.training import nets, replay, schedule
+
+REPLAY_MISMATCH = "replay_mismatch"
+ARTIFACT_MISMATCH = "artifact_mismatch"
+REASONS = (REPLAY_MISMATCH, ARTIFACT_MISMATCH)
+
+
+@dataclass(frozen=True)
+class AttemptPlan:
+    """What the platform decided to check of one attempt."""
+
+    template: str
+    params: dict
+    world_size: int
+    checkpoints: dict[int, str]  # step → file, the counted ones (and the resume point)
+    segments: list[tuple[int, int]]  # (from_step, to_step) to replay
+    threshold: float
+    # The final model's check (a finished attempt): the uploaded model's file and the
+    # counted checkpoint at the final step (None: there is none). A broken attempt's check
+    # replays segments only.
+    check_model: bool = False
+    artifact: str | None = None
+    final_checkpoint: str | None = None
+    final_step: int | None = None
+
+
+@dataclass
+class AttemptResult:
+    segments: list[dict] = field(default_factory=list)
+    replay_steps: int = 0
+    metric_name: str | None = None
+    metric_measured: float | None = None  # None: the model could not be evaluated
+    findings: list[tuple[str, str]] = field(default_factory=list)  # (reason, detail)
+
+
+def _load_model(path: str, what: str) -> tuple[dict | None, tuple[str, str] | None]:
+    """A model state from a file the provider uploaded; a file that does not load (or holds
+    no model) is the uploader's finding, not an error of the check."""
+    try:
+        state = ckpt_io.load(path)
+    except Exception as exc:  # noqa: BLE001  (any failure to read the provider's bytes)
+        return None, (ARTIFACT_MISMATCH, f"{what} does not load: {str(exc)[:200]}")
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        return None, (ARTIFACT_MISMATCH, f"{what} holds no model state.")
+    return state["model"], None
+
+
+def _replay_segments(plan: AttemptPlan, runner: replay.Replayer, out: AttemptResult) -> None:
+    for a, b in plan.segments:
+        try:
+            result = replay.check_segment(runner, plan.checkpoints[a], plan.checkpoints[b],
+                                          threshold=plan.threshold)
+        except replay.SegmentError as exc:
+            out.segments.append({"from_step": a, "to_step": b, "rel_l2": None, "passed": False,
+                                 "error": str(exc)[:300]})
+            out.findings.append((REPLAY_MISMATCH, f"Steps {a}..{b} cannot be replayed from the "
+                                                  f"committed checkpoints: {exc}"))
+            continue
+        out.segments.append(result.as_dict())
+        out.replay_steps += b - a
+        if not result.passed:
+            out.findings.append((REPLAY_MISMATCH, (
+                f"Replaying steps {a}..{b} gives parameters {result.rel_l2:.2e} (relative L2) "
+                f"from the committed checkpoint at step {b}; the threshold is {plan.threshold:.0e}.")))
+
+
+def _check_model(plan: AttemptPlan, runner: replay.Replayer, out: AttemptResult) -> None:
+    """The final model: the last committed checkpoint's, and evaluated on the held-out split.
+    Rank 0 uploaded both files: one that does not load is its finding."""
+    if not plan.artifact:
+        out.findings.append((ARTIFACT_MISMATCH, "No model was uploaded."))
+        return
+    artifact, bad = _load_model(plan.artifact, "The model uploaded")
+    if bad is not None:
+        out.findings.append(bad)
+        return
+    if plan.final_checkpoint is not None:
+        final_model, bad = _load_model(plan.final_checkpoint,
+                                     f"The checkpoint at step {plan.final_step}")
+        if bad is not None:
+            out.findings.append(bad)
+            return
+        if replay.rel_l2(artifact, final_model) != 0:
+            out.findings.append((ARTIFACT_MISMATCH, f"The model uploaded differs from the checkpoint "
+                                                    f"committed at step {plan.final_step}."))
+    try:
+        out.metric_name, out.metric_measured = runner.evaluate(artifact)
+    except (RuntimeError, ValueError, KeyError) as exc:  # tensors that are not the job's model
+        out.findings.append((ARTIFACT_MISMATCH, f"The model uploaded is not this job's model: "
+                                                f"{str(exc)[:200]}"))
+
+
+def check_attempt(plan: dict, dataset: dict) -> dict:
+    """Replay the chosen segments and, for a finished attempt, check the final model.
+    `plan` holds AttemptPlan's fields, `dataset` is as the runtime loads it ({"kind":
+    "sample", …} or {"kind": "csv", "path": …}); the result is AttemptResult's fields."""
+    return asdict(_check_attempt(AttemptPlan(**plan), dataset))
+
+
+def _check_attempt(plan: AttemptPlan, dataset: dict) -> AttemptResult:
+    runner = replay.Replayer(replay.Job(template=plan.template, params=plan.params, dataset=dataset,
+                                        world_size=plan.world_size))
+    out = AttemptResult()
+    _replay_segments(plan, runner, out)
+    if plan.check_model:
+        _check_model(plan, runner, out)
+    return out
+
+
+def checkpoint_problem(path: str, *, step: int, template: str, params: dict, dataset: dict,
+                       world_size: int) -> str | None:
+    """Why a checkpoint cannot be resumed from, or None: it loads as tensors and plain data,
+    holds this job's model (same tensor names and shapes) and an optimizer state that fits it,
+    and says the step it was uploaded as. The same steps as the runtime's resume."""
+    try:
+        state = ckpt_io.load(path)
+    except Exception as exc:  # noqa: BLE001  (any failure to read the provider's bytes)
+        return f"it does not load as tensors (torch.load, weights_only=True): {str(exc)[:200]}"
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        return "it holds no model state"
+    if state.get("step") != step or not isinstance(state.get("step"), int):
+        return f"it says step {str(state.get('step'))[:20]}, but was uploaded as step {step}"
+    runner = replay.Replayer(replay.Job(template=template, params=params, dataset=dataset,
+                                        world_size=world_size))
+
+    def fresh():
+        torch.manual_seed(runner.job.seed)
+        model, _ = nets.build(template, params, runner.splits)
+        return model, schedule.optimizer(model, params)
+
+    model, opt = fresh()
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state["model"].items() if hasattr(v, "shape")}
+    if got.keys() != shapes.keys():
+        missing, extra = sorted(shapes.keys() - got.keys()), sorted(got.keys() - shapes.keys())
+        return (f"its tensors are not the {template} model's (missing "
+                f"{', '.join(missing[:5]) or 'none'}; unexpected {', '.join(extra[:5]) or 'none'})")
+    wrong = [f"{k} {got[k]} instead of {shapes[k]}" for k in shapes if got[k] != shapes[k]]
+    if wrong:
+        return f"its tensors have the wrong shapes: {'; '.join(wrong[:3])}"
+    if step > runner.plan.total_steps:
+        return f"step {step} is past the job's last step {runner.plan.total_steps}"
+    try:
+        model.load_state_dict(state["model"])
+        schedule.load_optimizer(opt, state.get("optimizer"), params)
+    except Exception as exc:  # noqa: BLE001  (a resume would fail the same way)
+        return f"it cannot be resumed from: {str(exc)[:200]}"
+    return None
