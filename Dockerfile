@@ -1,5 +1,8 @@
-# One image for every Django service in docker-compose.yml (web, workers, beat).
+# The image of every Django service in docker-compose.yml (web, workers, beat). Built plain
+# (no torch) for all of them but the verify worker, which is built with EXTRAS=verify.
 FROM python:3.11-slim
+
+ARG EXTRAS=""
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -14,7 +17,7 @@ COPY pyproject.toml README.md ./
 COPY webapp/__init__.py webapp/
 COPY marketplace/__init__.py marketplace/
 COPY workers/__init__.py workers/
-RUN pip install . && pip uninstall -y computemesh
+RUN pip install ".${EXTRAS:+[$EXTRAS]}" && pip uninstall -y computemesh
 
 COPY . .
 RUN pip install --no-deps . \

@@ -17,6 +17,7 @@ from django.views.decorators.http import require_http_methods
 
 from .errors import Conflict, MarketError, PermissionDenied, Unauthorized
 from .models import Assignment, Checkpoint, Job
+from .selectors.checkpoints import checkpoints_resumable
 from .services.datasets import dataset_read
 from .services.execution import assignment_from_token
 from .services.verification import checkpoint_validate_enqueue
@@ -94,10 +95,9 @@ def checkpoint(request, assignment_id: int, step: int):
     try:
         assignment = _assignment(request, assignment_id)
         if request.method == "GET":
-            # Only a checkpoint the platform checked is handed to another node: a garbage one
+            # Only a checkpoint work may resume from is handed to another node: a garbage one
             # would fail that node's resume and get it blamed.
-            ckpt = Checkpoint.objects.filter(job=assignment.job_id, step=step, committed_at__isnull=False,
-                                             status=Checkpoint.Status.VALID).first()
+            ckpt = checkpoints_resumable(Checkpoint.objects.filter(job=assignment.job_id, step=step)).first()
             if ckpt is None:
                 return JsonResponse({"detail": "No committed, valid checkpoint at that step."}, status=404)
             return FileResponse(ckpt.file.open("rb"), filename=f"step-{step}.pt")

@@ -495,6 +495,9 @@ class Checkpoint(models.Model):
         # checkpoint_validate): only a valid checkpoint is resumed from or paid up to.
         PENDING = "pending", "Being checked"
         VALID = "valid", "Valid"
+        # Valid, and the work up to it passed a step-replay spot check: what a broken or
+        # paused attempt is paid up to and what work resumes from (checkpoint_replay).
+        VERIFIED = "verified", "Replayed"
         REJECTED = "rejected", "Rejected"
 
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="checkpoints")
@@ -507,6 +510,10 @@ class Checkpoint(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     rejected_reason = models.CharField(max_length=500, blank=True)
     validated_at = models.DateTimeField(null=True, blank=True)
+    # The replay spot check of the work up to this checkpoint (asked for when work is to
+    # resume from it or be paid up to it): when it was asked for, and what it found.
+    replay_requested_at = models.DateTimeField(null=True, blank=True)
+    replay = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

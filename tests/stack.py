@@ -147,10 +147,11 @@ class Stack:
         return self
 
     def worker(self, name: str, *, queues: str | None = None, beat: bool = True,
-               concurrency: int = 2) -> subprocess.Popen:
-        """A Celery worker on `queues` (the stack's by default), with beat in it when `beat`."""
+               concurrency: int = 2, python: str = sys.executable) -> subprocess.Popen:
+        """A Celery worker on `queues` (the stack's by default), with beat in it when `beat`;
+        `python` may be another environment's (an image's dependency set)."""
         periodic = ["-B", "--schedule", str(self.tmp / f"{name}-beat-schedule")] if beat else []
-        return self._spawn(name, [sys.executable, "-m", "celery", "-A", "webapp", "worker", *periodic,
+        return self._spawn(name, [python, "-m", "celery", "-A", "webapp", "worker", *periodic,
                                   "-Q", queues or self.queues, "--concurrency", str(concurrency),
                                   "--hostname", f"{name}@%h", "--loglevel", "INFO"])
 

@@ -57,7 +57,11 @@ def test_rank_zero_uploads_a_checkpoint_and_a_new_placement_downloads_it(client,
     assert ckpt.status == Checkpoint.Status.PENDING
     get = client.get(url, HTTP_AUTHORIZATION=f"Bearer {assignment_token(rank0)}")
     assert get.status_code == 404
+    # Valid, but the work up to it not replayed yet: still not handed to anyone.
     Checkpoint.objects.update(status=Checkpoint.Status.VALID)
+    get = client.get(url, HTTP_AUTHORIZATION=f"Bearer {assignment_token(rank0)}")
+    assert get.status_code == 404
+    Checkpoint.objects.update(status=Checkpoint.Status.VERIFIED)
     get = client.get(url, HTTP_AUTHORIZATION=f"Bearer {assignment_token(rank0)}")
     assert get.status_code == 200 and b"".join(get.streaming_content) == body
 

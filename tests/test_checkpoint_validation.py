@@ -11,18 +11,25 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+import torch
 from django.utils import timezone
 
 from marketplace.models import Assignment, Checkpoint, Job
 from marketplace.services import placement, verification
 from marketplace.services.execution import node_lost, start_message
 from marketplace.services.payments import job_statement
+from marketplace.trust_models import Dispute
+from workers.verify import checkpoint_problem
 
 from . import verify_support
 from .stack import wait_for
 from .verify_support import Agent, checkpoint_bytes, cpu_node, fresh, running_job, wrong_shapes, zip_garbage
 
 verify_worker = verify_support.verify_worker  # a fixture
+
+
+def validate(ckpt) -> str:
+    return verification.checkpoint_validate(checkpoint_id=ckpt.pk, problem_of=checkpoint_problem)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration, pytest.mark.timeout(600)]
 C = Checkpoint.Status
@@ -37,10 +44,10 @@ def test_garbage_checkpoints_then_vanishing_earn_nothing_and_the_next_node_is_no
     cheat_node, honest_node = cpu_node(price="1.20"), cpu_node(price="1.50")
     job, (part,) = running_job([cheat_node])
     cheat = Agent(client, part)
-    _, model, opt = fresh(world=1)
+    honest10, opt = trained(10)
     # Ten honest steps and a real checkpoint, then garbage committed on schedule.
     cheat.progress(10)
-    assert cheat.checkpoint(10, checkpoint_bytes(10, model.state_dict(), opt.state_dict())).status_code == 201
+    assert cheat.checkpoint(10, checkpoint_bytes(10, honest10, opt.state_dict())).status_code == 201
     cheat.progress(30)
     assert cheat.checkpoint(20, zip_garbage()).status_code == 201
     assert cheat.checkpoint(30, wrong_shapes(30)).status_code == 201
@@ -64,6 +71,9 @@ def test_garbage_checkpoints_then_vanishing_earn_nothing_and_the_next_node_is_no
     node_lost(node_id=cheat_node.pk)
     job.refresh_from_db()
     assert job.status == Job.Status.INTERRUPTED
+    # The work up to the resume point is replayed (0..10) by the verify worker first.
+    wait_for(lambda: _statuses(job)[10] == C.VERIFIED, timeout=120, what="the replay of steps 0..10")
+    assert job.checkpoints.get(step=10).replay["segments"][0]["passed"] is True
 
     # Paid up to the checkpoint that passed (5 min at 1.20 tUSD/h = 0.10), not up to the
     # garbage (15 min = 0.30, what it was paid before).
@@ -106,19 +116,64 @@ def test_a_checkpoint_ahead_of_the_progress_reported_is_rejected(client):
     agent.progress(10)
     assert agent.checkpoint(50, checkpoint_bytes(50, model.state_dict(), opt.state_dict())).status_code == 201
     ckpt = job.checkpoints.get(step=50)
-    assert verification.checkpoint_validate(checkpoint_id=ckpt.pk) == C.PENDING  # progress may follow
+    assert validate(ckpt) == C.PENDING  # progress may follow
     Checkpoint.objects.filter(pk=ckpt.pk).update(created_at=timezone.now() - timedelta(minutes=1))
-    assert verification.checkpoint_validate(checkpoint_id=ckpt.pk) == C.REJECTED
+    assert validate(ckpt) == C.REJECTED
     assert "ahead of the progress" in Checkpoint.objects.get(pk=ckpt.pk).rejected_reason
     # A redelivered task (acks_late) or the stale re-queue changes nothing and says it once.
-    assert verification.checkpoint_validate(checkpoint_id=ckpt.pk) == C.REJECTED
+    assert validate(ckpt) == C.REJECTED
     assert job.events.filter(reason="checkpoint_rejected").count() == 1
     # A checkpoint that says another step than it was uploaded as is refused too.
     agent.progress(60)
     assert agent.checkpoint(60, checkpoint_bytes(59, model.state_dict(), opt.state_dict())).status_code == 201
     ckpt = job.checkpoints.get(step=60)
-    assert verification.checkpoint_validate(checkpoint_id=ckpt.pk) == C.REJECTED
+    assert validate(ckpt) == C.REJECTED
     assert "says step 59" in Checkpoint.objects.get(pk=ckpt.pk).rejected_reason
+
+
+def trained(steps: int):
+    """The model an honest node has after `steps` steps from the job's initial state (and
+    an optimizer state of the right shape: the replay compares models only)."""
+    runner, _, opt = fresh(world=1)
+    return runner.replay(runner.initial_state(), to_step=steps), opt
+
+
+def test_plausible_garbage_then_vanishing_is_caught_by_the_replay_not_paid_and_not_resumed(
+        client, verify_worker):
+    """Garbage of the right shapes passes the upload checks; the replay of the work up to the
+    resume point is what catches it: the attempt is disputed (one node: attributed, slash
+    queued), not charged, and the job starts again from the last trusted point (here 0)."""
+    cheat_node, honest_node = cpu_node(price="1.20"), cpu_node(price="1.50")
+    job, (part,) = running_job([cheat_node])
+    cheat = Agent(client, part)
+    honest10, opt = trained(10)
+    cheat.progress(20)
+    assert cheat.checkpoint(10, checkpoint_bytes(10, honest10, opt.state_dict())).status_code == 201
+    noise = {k: v + torch.randn_like(v) if v.is_floating_point() else v for k, v in honest10.items()}
+    assert cheat.checkpoint(20, checkpoint_bytes(20, noise, opt.state_dict())).status_code == 201
+    wait_for(lambda: C.PENDING not in _statuses(job).values(), timeout=120,
+             what="the verify worker to check the uploads")
+    assert _statuses(job) == {10: C.VALID, 20: C.VALID}  # both load and have the model's shapes
+
+    began = timezone.now() - timedelta(minutes=20)
+    Assignment.objects.filter(pk=part.pk).update(started_at=began)
+    for step, minutes in ((10, 5), (20, 10)):
+        job.checkpoints.filter(step=step).update(committed_at=began + timedelta(minutes=minutes))
+    node_lost(node_id=cheat_node.pk)
+    wait_for(lambda: _statuses(job)[20] == C.REJECTED, timeout=120, what="the replay of steps 10..20")
+
+    job.refresh_from_db()
+    assert _statuses(job) == {10: C.REJECTED, 20: C.REJECTED}  # the attempt's work is not trusted
+    assert "does not replay" in job.events.get(reason="replay_failed").message
+    dispute = Dispute.objects.get(job=job)
+    assert (dispute.reason, dispute.attributed, dispute.assignment_id) == ("replay_mismatch", True, part.pk)
+    assert cheat_node.pk in job.excluded_nodes
+    lines, total = job_statement(job)
+    assert total == Decimal(0) and "failed verification" in lines[0]["note"]
+    # Started again from scratch on the honest node: nothing of the cheat's is handed out.
+    (honest_part,) = placement.job_place(job_id=job.pk)
+    assert (honest_part.node_id, honest_part.resume_step) == (honest_node.pk, None)
+    assert start_message(honest_part)["resume_checkpoint_url"] is None
 
 
 def test_lost_checks_are_queued_again_for_an_hour(client, monkeypatch):

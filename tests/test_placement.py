@@ -299,6 +299,13 @@ def test_a_job_waits_for_its_newest_checkpoints_check_before_resuming(db, place)
         return list(Assignment.objects.filter(pk__in=batch_placement.jobs_place_waiting().get(job.pk, [])))
 
     assert place_now() == []
+    # Valid on upload; the work up to it must replay too (a broken or paused attempt's
+    # resume point): the placement asks for that once and waits for it.
     Checkpoint.objects.filter(pk=ckpt.pk).update(status=Checkpoint.Status.VALID)
+    assert place_now() == []
+    asked = Checkpoint.objects.get(pk=ckpt.pk).replay_requested_at
+    assert asked is not None
+    assert place_now() == [] and Checkpoint.objects.get(pk=ckpt.pk).replay_requested_at == asked
+    Checkpoint.objects.filter(pk=ckpt.pk).update(status=Checkpoint.Status.VERIFIED)
     (b,) = place_now()
     assert b.resume_step == 10

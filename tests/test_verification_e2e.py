@@ -22,6 +22,7 @@ from marketplace.services.payments import job_statement
 from marketplace.services.verification import verification_run
 from marketplace.trust_models import Dispute, VerificationReport
 from workers.training import faults
+from workers.verify import check_attempt
 
 from .factories import UserFactory
 from .stack import Stack, wait_for
@@ -154,9 +155,9 @@ def test_skipped_steps_are_caught_disputed_not_charged_and_the_job_completes_els
     # Run twice (acks_late redelivery): a check whose report is final does nothing; a twin of
     # a check whose worker died mid-way (its report still running) checks again and doubles
     # nothing: one dispute, one slash queued, one completion, no new placement.
-    assert verification_run(report_id=failed.pk) == "failed"
+    assert verification_run(report_id=failed.pk, check=check_attempt) == "failed"
     VerificationReport.objects.filter(pk=passed.pk).update(status="running")
-    assert verification_run(report_id=passed.pk) == "passed"
+    assert verification_run(report_id=passed.pk, check=check_attempt) == "passed"
     record.refresh_from_db()
     assert record.status == "completed" and record.attempt == 2
     assert record.events.filter(reason="verification_passed").count() == 1

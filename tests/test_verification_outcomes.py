@@ -9,21 +9,20 @@ corrupting rank 1 had caused it."""
 
 import pytest
 
-from marketplace.models import Assignment, Job
+from marketplace.models import Job
 from marketplace.services import staking, verification
 from marketplace.trust_models import Dispute, VerificationReport
+from workers.verify import check_attempt
 
 from . import verify_support
 from .stack import wait_for
 from .verify_support import (
     Agent,
-    checkpoint_bytes,
-    corrupted_replay,
     cpu_node,
-    fresh,
     queued,
     running_job,
     saved,
+    trained_segment,
     zip_garbage,
 )
 
@@ -43,25 +42,10 @@ def _left_verifying(job: Job) -> Job:
     return job
 
 
-def _trained(client, parts: list[Assignment], *, world: int, corrupt_rank: int | None = None) -> dict:
-    """Steps 5..10 trained and checkpointed by rank 0 (honestly, or with `corrupt_rank`'s
-    gradients flipped); returns the model state at step 10."""
-    runner, model, opt = fresh(world=world)
-    start = {"step": 5, "model": model.state_dict(), "optimizer": opt.state_dict()}
-    end = (corrupted_replay(runner, start, to_step=10, bad_rank=corrupt_rank) if corrupt_rank is not None
-           else runner.replay(start, to_step=10))
-    rank0 = Agent(client, parts[0])
-    rank0.progress(5)
-    assert rank0.checkpoint(5, checkpoint_bytes(5, start["model"], start["optimizer"])).status_code == 201
-    rank0.progress(10)
-    assert rank0.checkpoint(10, checkpoint_bytes(10, end, opt.state_dict())).status_code == 201
-    return end
-
-
 def test_a_model_that_does_not_load_ends_the_check_with_a_dispute(client, verify_worker):
     node = cpu_node()
     job, parts = running_job([node])
-    _trained(client, parts, world=1)
+    trained_segment(client, parts, world=1)
     Agent(client, parts[0]).finish(step=10, artifact=zip_garbage(), metric="accuracy", value=0.9)
     assert Job.objects.get(pk=job.pk).status == S.VERIFYING
 
@@ -95,14 +79,14 @@ def test_a_check_that_keeps_failing_ends_after_bounded_retries_for_staff(client,
     assert job.events.filter(reason="verification_error").count() == 1
     assert queued(verify_worker, "chain") == []  # no slash: staff review it
     # A redelivered task finds the report final and does nothing more.
-    assert verification.verification_run(report_id=report.pk) == "error"
+    assert verification.verification_run(report_id=report.pk, check=check_attempt) == "error"
     assert Dispute.objects.filter(job=job).count() == 1
 
 
 def test_a_corrupting_rank_1_does_not_get_the_honest_rank_0_slashed(client, verify_worker):
     honest, mallory = cpu_node(), cpu_node()
     job, parts = running_job([honest, mallory])
-    end = _trained(client, parts, world=2, corrupt_rank=1)
+    end = trained_segment(client, parts, world=2, corrupt_rank=1)
     Agent(client, parts[1]).finish(step=10)
     Agent(client, parts[0]).finish(step=10, artifact=saved({"model": end}), metric="accuracy", value=None)
 

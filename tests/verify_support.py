@@ -188,3 +188,18 @@ def corrupted_replay(runner: replay.Replayer, start: dict, *, to_step: int, bad_
             p.grad = g
         opt.step()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def trained_segment(client, parts: list[Assignment], *, world: int, corrupt_rank: int | None = None) -> dict:
+    """Steps 5..10 trained and checkpointed by rank 0 (honestly, or with `corrupt_rank`'s
+    gradients flipped); returns the model state at step 10."""
+    runner, model, opt = fresh(world=world)
+    start = {"step": 5, "model": model.state_dict(), "optimizer": opt.state_dict()}
+    end = (corrupted_replay(runner, start, to_step=10, bad_rank=corrupt_rank) if corrupt_rank is not None
+           else runner.replay(start, to_step=10))
+    rank0 = Agent(client, parts[0])
+    rank0.progress(5)
+    assert rank0.checkpoint(5, checkpoint_bytes(5, start["model"], start["optimizer"])).status_code == 201
+    rank0.progress(10)
+    assert rank0.checkpoint(10, checkpoint_bytes(10, end, opt.state_dict())).status_code == 201
+    return end

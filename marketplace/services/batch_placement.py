@@ -23,7 +23,7 @@ from .. import catalogue, job_states, task_names
 from ..models import Assignment, Checkpoint, Job, JobEvent, Offer
 from ..selectors.checkpoints import checkpoints_resumable, jobs_awaiting_checkpoint_check
 from ..selectors.exclusions import nodes_excluded
-from . import deadlines, enqueue, placement
+from . import deadlines, enqueue, placement, replays
 
 S = Job.Status
 WAITING = (S.FUNDED, S.INTERRUPTED, S.MATCHING)
@@ -150,6 +150,8 @@ def jobs_place_waiting(*, limit: int = 2000) -> dict[int, list[int]]:
         book = _book(jobs, now)
         # Placed before its newest checkpoint is checked, a job would resume from an older one.
         awaiting = jobs_awaiting_checkpoint_check([j.pk for j in jobs], now=now)
+        for job_id in awaiting:
+            replays.replay_request(job_id)  # when it is a replay it waits for, and none was asked
         plans: dict[int, list[BookOffer]] = {}
         # Largest first, then oldest first: big jobs are the hardest to place and would
         # starve behind small ones, and packing them first came out at the optimal total

@@ -23,7 +23,7 @@ from django.utils.crypto import salted_hmac
 from .. import catalogue, job_states, task_names
 from ..errors import MarketError, NotFound
 from ..models import Assignment, Checkpoint, Job, LogLine, MetricPoint, Node
-from . import claims, enqueue, live, placement, verification
+from . import claims, enqueue, live, placement, replays, verification
 from .bulk import bulk_insert, bulk_set
 from .liveness import assignment_steps_record
 from .nodes import node_set_presence
@@ -160,6 +160,10 @@ def _end(assignment: Assignment, status: str, detail: str = "") -> bool:
         if status in (A.CANCELLED, A.LOST, A.FAILED):
             send_to_node(assignment.node_id, _message(
                 "assignment.cancel", assignment=assignment.pk, reason=detail[:200] or status))
+        if status in (A.LOST, A.FAILED, A.PAUSED):
+            # The work stops short: its resume point must replay before it is resumed from
+            # or paid up to. Asked now, the answer is usually there before the next placement.
+            replays.replay_request(assignment.job_id)
     return bool(done)
 
 
@@ -737,10 +741,11 @@ def _resume_failed(job: Job, a: Assignment, error: str) -> None:
     (pending meanwhile, so the new placement resumes from an earlier one): if the platform
     cannot load it either it is rejected, unpaid, and its author's node left out of the job
     (verification.checkpoint_validate). The node that reported it is not excluded."""
+    checked = (Checkpoint.Status.VALID, Checkpoint.Status.VERIFIED)
     ckpt = None if a.resume_step is None else job.checkpoints.filter(
-        step=a.resume_step, status=Checkpoint.Status.VALID).first()
-    if ckpt is not None and Checkpoint.objects.filter(pk=ckpt.pk, status=Checkpoint.Status.VALID).update(
-            status=Checkpoint.Status.PENDING, validated_at=None):
+        step=a.resume_step, status__in=checked).first()
+    if ckpt is not None and Checkpoint.objects.filter(pk=ckpt.pk, status__in=checked).update(
+            status=Checkpoint.Status.PENDING, validated_at=None, replay_requested_at=None, replay={}):
         verification.checkpoint_validate_enqueue(ckpt)
     _interrupt(job, reason="resume_failed", exclude_node=None,
                message=f"Node {a.node_id} could not resume from the checkpoint at step {a.resume_step}: "

@@ -17,7 +17,7 @@ from .. import job_states
 from ..models import Assignment, Job, JobEvent, Offer
 from ..selectors.checkpoints import checkpoints_resumable, jobs_awaiting_checkpoint_check
 from ..selectors.exclusions import nodes_excluded
-from . import deadlines, live, matching
+from . import deadlines, live, matching, replays
 from .job_spec import JobSpec
 
 S = Job.Status
@@ -100,6 +100,7 @@ def job_place(*, job_id: int) -> list[Assignment]:
             _note_wait(job, late["message"], [late])
             return []
         if (step := jobs_awaiting_checkpoint_check([job.pk], now=timezone.now()).get(job.pk)) is not None:
+            replays.replay_request(job.pk)  # when it is a replay it waits for, and none was asked
             _note_wait(job, f"Waiting for the check of the checkpoint at step {step} before "
                             "resuming from it.", [{"code": "checkpoint_check", "step": step}])
             return []

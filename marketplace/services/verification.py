@@ -49,7 +49,7 @@ import contextlib
 import logging
 import math
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -58,9 +58,10 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from .. import job_states
+from .. import job_states, task_names
 from ..errors import NotFound
 from ..models import Assignment, Checkpoint, Job, MetricPoint
+from ..selectors.checkpoints import checkpoints_resumable
 from ..trust_models import Dispute, VerificationReport
 from . import enqueue, placement
 from .datasets import dataset_plain_path
@@ -143,18 +144,6 @@ class Finding:
     detail: str
 
 
-def _load_model(ckpt_io, path: str, what: str) -> tuple[dict | None, Finding | None]:
-    """A model state from a file the provider uploaded; a file that does not load (or holds
-    no model) is the uploader's finding, not an error of the check."""
-    try:
-        state = ckpt_io.load(path)
-    except Exception as exc:  # noqa: BLE001  (any failure to read the provider's bytes)
-        return None, Finding(Dispute.Reason.ARTIFACT_MISMATCH, f"{what} does not load: {str(exc)[:200]}")
-    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-        return None, Finding(Dispute.Reason.ARTIFACT_MISMATCH, f"{what} holds no model state.")
-    return state["model"], None
-
-
 @dataclass
 class Outcome:
     segments: list[dict] = field(default_factory=list)
@@ -183,27 +172,27 @@ def metric_inflated(metric: str, reported: float, measured: float, tolerance: fl
     return better_by > tolerance * max(abs(measured), 1e-9)
 
 
-def _check(job: Job, attempt: int, rng: secrets.SystemRandom | None = None) -> Outcome:
-    from workers.training import checkpoint as ckpt_io  # torch: only in the verify worker
-    from workers.training import replay
+# The torch half (workers/verify, run by the verify task, which passes it in): plain data in
+# and out, so that this module, and every process but the verify worker, runs without torch.
+CheckAttempt = Callable[[dict, dict], dict]  # (plan, dataset) -> result: workers.verify.check_attempt
+CheckpointProblem = Callable[..., "str | None"]  # workers.verify.checkpoint_problem
 
-    from .execution import is_diloco
 
-    out = Outcome()
+def _plan(job: Job, attempt: int, rng: secrets.SystemRandom | None, out: Outcome) -> dict:
+    """What to check of a finished attempt: the counted checkpoints, the segments drawn now,
+    and the final model. Findings that need no torch go straight into `out`."""
+    from .execution import is_diloco  # execution → verification (verification_start)
+
     parts = list(job.assignments.filter(attempt=attempt).order_by("node_rank"))
     rank0 = next(a for a in parts if a.node_rank == 0)
     start = rank0.resume_step or 0
     out.train_steps = max(0, job.current_step - start)
     own = list(rank0.checkpoints.order_by("step"))
     counted, out.notes = counted_checkpoints(own, finished_at=rank0.finished_at)
-    resume = (job.checkpoints.filter(step=start, committed_at__isnull=False, status=Checkpoint.Status.VALID)
-              .exclude(assignment=rank0).first() if rank0.resume_step else None)
+    resume = (checkpoints_resumable(job.checkpoints.filter(step=start)).exclude(assignment=rank0).first()
+              if rank0.resume_step else None)
     by_step = {c.step: c for c in ([resume] if resume else []) + counted}
-
-    with _dataset(job) as dataset:
-        runner = replay.Replayer(replay.Job(template=job.template, params=job.params, dataset=dataset,
-                                            world_size=sum(a.gpus for a in parts)))
-    threshold = settings.VERIFY_REPLAY_THRESHOLD
+    segments: list[tuple[int, int]] = []
     if is_diloco(job):
         out.notes.append("DiLoCo across nodes: step replay is not checked (each node trains its own "
                          "group and the outer steps mix every node's work); the final model and "
@@ -223,66 +212,47 @@ def _check(job: Job, attempt: int, rng: secrets.SystemRandom | None = None) -> O
                 "can be replayed.")))
         elif not segments:
             out.notes.append("no two counted checkpoints to replay between")
-        for a, b in segments:
-            try:
-                result = replay.check_segment(runner, by_step[a].file.path, by_step[b].file.path,
-                                              threshold=threshold)
-            except replay.SegmentError as exc:
-                out.segments.append({"from_step": a, "to_step": b, "rel_l2": None, "passed": False,
-                                     "error": str(exc)[:300]})
-                out.findings.append(Finding(Dispute.Reason.REPLAY_MISMATCH, f"Steps {a}..{b} cannot "
-                                            f"be replayed from the committed checkpoints: {exc}"))
-                continue
-            out.segments.append(result.as_dict())
-            out.replay_steps += b - a
-            if not result.passed:
-                out.findings.append(Finding(Dispute.Reason.REPLAY_MISMATCH, (
-                    f"Replaying steps {a}..{b} gives parameters {result.rel_l2:.2e} (relative L2) "
-                    f"from the committed checkpoint at step {b}; the threshold is {threshold:.0e}.")))
-
-    # The final model: the last committed checkpoint's, and as good as reported. Rank 0
-    # uploaded both files: one that does not load is its finding (before, the exception left
-    # the job verifying for ever).
-    if not job.artifact:
-        out.findings.append(Finding(Dispute.Reason.ARTIFACT_MISMATCH, "No model was uploaded."))
-        return out
-    artifact, bad = _load_model(ckpt_io, job.artifact.path, "The model uploaded")
-    if bad is not None:
-        out.findings.append(bad)
-        return out
+    # The final model must be the last committed checkpoint's, and as good as reported.
     final = by_step.get(job.current_step)
-    if final is None and out.train_steps > 0:
+    if final is None and job.artifact and out.train_steps > 0:
         out.findings.append(Finding(Dispute.Reason.CHECKPOINT_UNCOMMITTED, (
             f"No checkpoint was committed at the final step {job.current_step}, so the uploaded "
             "model cannot be tied to the checked work.")))
     elif final is None:
         out.notes.append(f"no counted checkpoint at the final step {job.current_step}")
-    else:
-        final_model, bad = _load_model(ckpt_io, final.file.path, f"The checkpoint at step {final.step}")
-        if bad is not None:
-            out.findings.append(bad)
-            return out
-        if replay.rel_l2(artifact, final_model) != 0:
-            out.findings.append(Finding(Dispute.Reason.ARTIFACT_MISMATCH,
-                                        f"The model uploaded differs from the checkpoint committed at "
-                                        f"step {final.step}."))
-    try:
-        metric, out.metric_measured = runner.evaluate(artifact)
-    except (RuntimeError, ValueError, KeyError) as exc:  # tensors that are not the job's model
-        out.findings.append(Finding(Dispute.Reason.ARTIFACT_MISMATCH,
-                                    f"The model uploaded is not this job's model: {str(exc)[:200]}"))
-        return out
-    if job.metric_value is not None and metric_inflated(metric, job.metric_value, out.metric_measured,
-                                                  settings.VERIFY_METRIC_TOLERANCE):
+    needed = {step for seg in segments for step in seg}
+    return {
+        "template": job.template, "params": job.params, "world_size": sum(a.gpus for a in parts),
+        "checkpoints": {step: by_step[step].file.path for step in sorted(needed)},
+        "segments": segments, "threshold": settings.VERIFY_REPLAY_THRESHOLD,
+        "check_model": True, "artifact": job.artifact.path if job.artifact else None,
+        "final_checkpoint": final.file.path if final else None,
+        "final_step": final.step if final else None,
+    }
+
+
+def _check(job: Job, attempt: int, rng: secrets.SystemRandom | None = None, *,
+           check: CheckAttempt) -> Outcome:
+    out = Outcome()
+    plan = _plan(job, attempt, rng, out)
+    with _dataset(job) as dataset:
+        result = check(plan, dataset)  # minutes of torch
+    out.segments, out.replay_steps = result["segments"], result["replay_steps"]
+    out.metric_measured = result["metric_measured"]
+    out.findings[:0] = [Finding(Dispute.Reason(reason), detail) for reason, detail in result["findings"]]
+    if (out.metric_measured is not None and job.metric_value is not None
+            and metric_inflated(result["metric_name"], job.metric_value, out.metric_measured,
+                                settings.VERIFY_METRIC_TOLERANCE)):
         out.findings.append(Finding(Dispute.Reason.METRIC_INFLATED, (
-            f"Reported held-out {metric} {job.metric_value:.6g}; the platform measures "
+            f"Reported held-out {result['metric_name']} {job.metric_value:.6g}; the platform measures "
             f"{out.metric_measured:.6g} on the same split with the same model.")))
     return out
 
 
 # --- running --------------------------------------------------------------------------
-def verification_run(*, report_id: int, rng: secrets.SystemRandom | None = None) -> str:
-    """Check one attempt and act on the outcome, exactly once. Returns the report's status."""
+def verification_run(*, report_id: int, check: CheckAttempt, rng: secrets.SystemRandom | None = None) -> str:
+    """Check one attempt with `check` (the torch half) and act on the outcome, exactly once.
+    Returns the report's status."""
     with transaction.atomic():
         report = VerificationReport.objects.select_for_update().filter(pk=report_id).first()
         if report is None or report.status in FINAL:
@@ -300,7 +270,7 @@ def verification_run(*, report_id: int, rng: secrets.SystemRandom | None = None)
                                                           "finished")
         return R.ERROR
     job = Job.objects.select_related("dataset").get(pk=report.job_id)
-    outcome = _check(job, report.attempt, rng)  # minutes of torch: outside any transaction
+    outcome = _check(job, report.attempt, rng, check=check)  # torch: outside any transaction
 
     with transaction.atomic():
         report = VerificationReport.objects.select_for_update().get(pk=report_id)
@@ -395,18 +365,11 @@ def attribute(parts: list[Assignment], findings: list[Finding]) -> tuple[Finding
     return findings[0], False
 
 
-def _failed(job: Job, report: VerificationReport, findings: list[Finding], *,
-            outcome: str = "verification_failed") -> None:
-    parts = list(Assignment.objects.select_related("node").filter(job=job, attempt=report.attempt)
-                 .order_by("node_rank"))
+def _dispute(job: Job, parts: list[Assignment], named: Finding, attributed: bool,
+             findings: list[Finding], *, report: VerificationReport | None) -> Dispute:
+    """One dispute for an attempt's bad work (its slash queued when attributed), and the
+    nodes that do not run this job again."""
     rank0 = next(a for a in parts if a.node_rank == 0)
-    named, attributed = attribute(parts, findings)
-    if named.reason == Dispute.Reason.VERIFICATION_ERROR:
-        attributed = False
-    # One dispute (and so at most one slash) per failed attempt, named by its attributable
-    # finding if any; the others are its evidence. Two findings are one piece of dishonest
-    # work, not two. An unattributed dispute still names rank 0's assignment (a dispute is
-    # about an attempt's work) but is never slashed without staff and costs no reputation.
     evidence = [named, *(f for f in findings if f is not named)]
     dispute, created = Dispute.objects.get_or_create(
         assignment=rank0, reason=named.reason,
@@ -424,6 +387,22 @@ def _failed(job: Job, report: VerificationReport, findings: list[Finding], *,
     if missing:
         job.excluded_nodes = [*job.excluded_nodes, *missing]
         job.save(update_fields=["excluded_nodes", "updated_at"])
+    return dispute
+
+
+def _failed(job: Job, report: VerificationReport, findings: list[Finding], *,
+            outcome: str = "verification_failed") -> None:
+    parts = list(Assignment.objects.select_related("node").filter(job=job, attempt=report.attempt)
+                 .order_by("node_rank"))
+    rank0 = next(a for a in parts if a.node_rank == 0)
+    named, attributed = attribute(parts, findings)
+    if named.reason == Dispute.Reason.VERIFICATION_ERROR:
+        attributed = False
+    # One dispute (and so at most one slash) per failed attempt, named by its attributable
+    # finding if any; the others are its evidence. Two findings are one piece of dishonest
+    # work, not two. An unattributed dispute still names rank 0's assignment (a dispute is
+    # about an attempt's work) but is never slashed without staff and costs no reputation.
+    dispute = _dispute(job, parts, named, attributed, findings, report=report)
     if job.status != S.VERIFYING or job.attempt != report.attempt:
         return
     why = "; ".join(sorted({f.reason for f in findings}))
@@ -447,6 +426,130 @@ def _failed(job: Job, report: VerificationReport, findings: list[Finding], *,
     enqueue.match_job(job.pk)
 
 
+# --- the resume point of a broken or paused attempt ------------------------------------------
+def _replay_plan(ckpt: Checkpoint, parts: list[Assignment], rng: secrets.SystemRandom | None
+                 ) -> tuple[dict | None, str]:
+    """What to replay before the work up to `ckpt` is trusted: always the segment that ends
+    at it, and random earlier ones of its assignment within VERIFY_REPLAY_SHARE of the work.
+    None (and why) when it cannot be replayed."""
+    a = ckpt.assignment
+    own = list(a.checkpoints.filter(step__lte=ckpt.step, status__in=(Checkpoint.Status.VALID,
+                                                                    Checkpoint.Status.VERIFIED))
+               .order_by("step"))
+    counted, _ = counted_checkpoints(own, finished_at=a.finished_at)
+    if ckpt.pk not in {c.pk for c in counted}:
+        return None, "it was not committed before the next checkpoint or the end of its run"
+    start = a.resume_step or 0
+    paths: dict[int, str | None] = {c.step: c.file.path for c in counted if c.step > start}
+    if start == 0:
+        paths[0] = None  # the initial state, made from the job's seed
+    else:
+        resumed = (checkpoints_resumable(Checkpoint.objects.filter(job_id=a.job_id, step=start))
+                   .exclude(assignment=a).first())
+        if resumed is not None:
+            paths[start] = resumed.file.path
+    boundaries = sorted(paths)
+    if len(boundaries) < 2:
+        return None, f"there is no earlier checkpoint to replay the steps up to {ckpt.step} from"
+    last = (boundaries[-2], boundaries[-1])
+    budget = math.floor(settings.VERIFY_REPLAY_SHARE * (ckpt.step - start)) - (last[1] - last[0])
+    earlier = list(zip(boundaries[:-2], boundaries[1:-1], strict=True))
+    (rng or secrets.SystemRandom()).shuffle(earlier)
+    segments = [last]
+    for a_step, b_step in earlier:
+        if b_step - a_step <= budget:
+            segments.append((a_step, b_step))
+            budget -= b_step - a_step
+    segments.sort()
+    needed = {step for seg in segments for step in seg}
+    return {
+        "template": ckpt.job.template, "params": ckpt.job.params, "world_size": sum(p.gpus for p in parts),
+        "checkpoints": {step: paths[step] for step in sorted(needed)}, "segments": segments,
+        "threshold": settings.VERIFY_REPLAY_THRESHOLD, "check_model": False,
+    }, ""
+
+
+def checkpoint_replay(*, checkpoint_id: int, check: CheckAttempt,
+                      rng: secrets.SystemRandom | None = None) -> str:
+    """Replay the work up to the checkpoint a broken or paused attempt would be resumed from
+    and paid up to (replays.replay_request asks for it). Passed: it is VERIFIED. Failed: the
+    attempt's work is disputed as a failed verification is (not charged; slashed only when
+    it ran on one node), its checkpoints are rejected and the job resumes from an earlier
+    trusted one. Returns the checkpoint's status; idempotent (a redelivered task finds it
+    decided)."""
+    ckpt = (Checkpoint.objects.select_related("job", "job__dataset", "assignment")
+            .filter(pk=checkpoint_id).first())
+    if ckpt is None or ckpt.status != Checkpoint.Status.VALID:
+        return ckpt.status if ckpt else "missing"
+    parts = list(Assignment.objects.select_related("node")
+                 .filter(job_id=ckpt.job_id, attempt=ckpt.assignment.attempt).order_by("node_rank"))
+    plan, why_not = _replay_plan(ckpt, parts, rng)
+    findings: list[Finding] = []
+    result = {"segments": [], "replay_steps": 0}
+    if plan is not None:
+        with _dataset(ckpt.job) as dataset:
+            result = check(plan, dataset)  # torch: outside any transaction
+        findings = [Finding(Dispute.Reason(r), d) for r, d in result["findings"]]
+    record = {"segments": result["segments"], "replay_steps": result["replay_steps"],
+              "train_steps": max(0, ckpt.step - (ckpt.assignment.resume_step or 0)),
+              "checked_at": timezone.now().isoformat()}
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=ckpt.job_id)
+        C = Checkpoint.Status
+        if plan is None:
+            done = Checkpoint.objects.filter(pk=ckpt.pk, status=C.VALID).update(
+                status=C.REJECTED, rejected_reason=f"it cannot be replayed: {why_not}"[:500], replay=record)
+            if done:
+                job_states.note(job_id=job.pk, reason="checkpoint_rejected",
+                                data={"checkpoint": ckpt.pk, "step": ckpt.step},
+                                message=f"The checkpoint at step {ckpt.step} cannot be replayed ({why_not}): "
+                                        "work is neither resumed from it nor paid up to it.")
+        elif findings:
+            done = Checkpoint.objects.filter(pk=ckpt.pk, status=C.VALID).update(
+                status=C.REJECTED, rejected_reason=findings[0].detail[:500], replay=record)
+            if done:
+                Checkpoint.objects.filter(assignment=ckpt.assignment, status=C.VALID).update(
+                    status=C.REJECTED, rejected_reason=f"its attempt's work up to step {ckpt.step} "
+                                                       "does not replay")
+                named, attributed = attribute(parts, findings)
+                dispute = _dispute(job, parts, named, attributed, findings, report=None)
+                whose = (f"node {ckpt.assignment.node_id}'s work" if attributed else
+                         f"the work of nodes {', '.join(str(p.node_id) for p in parts)} (it cannot be "
+                         "pinned on one of them: nobody is slashed automatically, staff review it)")
+                job_states.note(job_id=job.pk, reason="replay_failed",
+                                data={"checkpoint": ckpt.pk, "step": ckpt.step, "dispute": dispute.pk},
+                                message=f"The work up to step {ckpt.step} does not replay, for {whose}: "
+                                        f"{named.detail} That attempt is not charged; the job resumes "
+                                        "from an earlier checked checkpoint.")
+        else:
+            done = Checkpoint.objects.filter(pk=ckpt.pk, status=C.VALID).update(
+                status=C.VERIFIED, replay=record)
+            if done:
+                worst = max((seg["rel_l2"] or 0 for seg in result["segments"]), default=0)
+                job_states.note(job_id=job.pk, reason="checkpoint_replayed",
+                                data={"checkpoint": ckpt.pk, "step": ckpt.step},
+                                message=f"The work up to step {ckpt.step} replays ({len(result['segments'])} "
+                                        f"segment(s), {result['replay_steps']} steps, largest distance "
+                                        f"{worst:.1e}): resumed from and paid up to it.")
+    if done and Job.objects.filter(pk=ckpt.job_id, status=Job.Status.MATCHING).exists():
+        enqueue.match_job(ckpt.job_id)  # placement waited for this check
+    return Checkpoint.objects.filter(pk=ckpt.pk).values_list("status", flat=True).get()
+
+
+def checkpoint_replay_error(*, checkpoint_id: int, message: str) -> None:
+    """The replay could not finish after its retries: the checkpoint stays untrusted (neither
+    resumed from nor paid up to: the safe side; placement stops waiting for it after
+    CHECKPOINT_CHECK_WAIT_S), and the timeline says so for staff."""
+    ckpt = Checkpoint.objects.filter(pk=checkpoint_id, status=Checkpoint.Status.VALID).first()
+    if ckpt is None or ckpt.replay.get("error"):
+        return
+    Checkpoint.objects.filter(pk=ckpt.pk).update(replay={"error": message[:500]})
+    job_states.note(job_id=ckpt.job_id, reason="checkpoint_replay_error",
+                    data={"checkpoint": ckpt.pk, "step": ckpt.step},
+                    message=f"The replay of the work up to step {ckpt.step} could not finish: "
+                            f"{message[:300]}")
+
+
 # --- checkpoints, one by one, when they are uploaded ------------------------------------------
 # Waiting for the progress that names a checkpoint's step: the agent sends it over its
 # socket just before the upload (plain HTTP), so it is normally there first.
@@ -457,62 +560,13 @@ def checkpoint_validate_enqueue(checkpoint: Checkpoint) -> None:
     enqueue.enqueue(VALIDATE_TASK, checkpoint.pk)
 
 
-def _expected_state(job: Job, world: int) -> tuple[dict[str, tuple], int, object]:
-    """The job's model (names and shapes of its state), its total steps, and a builder for
-    a fresh model + optimizer: what a resume on another node would load the checkpoint into."""
-    import torch  # only in the verify worker
-
-    from workers.training import nets, replay, schedule
-
-    with _dataset(job) as dataset:
-        runner = replay.Replayer(replay.Job(template=job.template, params=job.params,
-                                            dataset=dataset, world_size=world))
-
-    def fresh():
-        torch.manual_seed(runner.job.seed)
-        model, _ = nets.build(job.template, job.params, runner.splits)
-        return model, schedule.optimizer(model, job.params)
-
-    model, _ = fresh()
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    return shapes, runner.plan.total_steps, fresh
-
-
-def _checkpoint_problem(ckpt: Checkpoint) -> str | None:
-    """Why a checkpoint cannot be resumed from, or None: it loads as tensors and plain data,
-    holds this job's model (same tensor names and shapes) and an optimizer state that fits it,
-    and says the step it was uploaded as. The same steps as the runtime's resume."""
-    from workers.training import checkpoint as ckpt_io
-    from workers.training import schedule
-
+def _checkpoint_problem(ckpt: Checkpoint, problem_of: CheckpointProblem) -> str | None:
+    """Why a checkpoint cannot be resumed from, or None (workers.verify.checkpoint_problem)."""
     job = ckpt.job
     world = sum(job.assignments.filter(attempt=ckpt.assignment.attempt).values_list("gpus", flat=True))
-    try:
-        state = ckpt_io.load(ckpt.file.path)
-    except Exception as exc:  # noqa: BLE001  (any failure to read the provider's bytes)
-        return f"it does not load as tensors (torch.load, weights_only=True): {str(exc)[:200]}"
-    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-        return "it holds no model state"
-    if state.get("step") != ckpt.step or not isinstance(state.get("step"), int):
-        return f"it says step {str(state.get('step'))[:20]}, but was uploaded as step {ckpt.step}"
-    shapes, total_steps, fresh = _expected_state(job, world)
-    got = {k: tuple(v.shape) for k, v in state["model"].items() if hasattr(v, "shape")}
-    if got.keys() != shapes.keys():
-        missing, extra = sorted(shapes.keys() - got.keys()), sorted(got.keys() - shapes.keys())
-        return (f"its tensors are not the {job.template} model's (missing "
-                f"{', '.join(missing[:5]) or 'none'}; unexpected {', '.join(extra[:5]) or 'none'})")
-    wrong = [f"{k} {got[k]} instead of {shapes[k]}" for k in shapes if got[k] != shapes[k]]
-    if wrong:
-        return f"its tensors have the wrong shapes: {'; '.join(wrong[:3])}"
-    if ckpt.step > total_steps:
-        return f"step {ckpt.step} is past the job's last step {total_steps}"
-    model, opt = fresh()
-    try:
-        model.load_state_dict(state["model"])
-        schedule.load_optimizer(opt, state.get("optimizer"), job.params)
-    except Exception as exc:  # noqa: BLE001  (a resume would fail the same way)
-        return f"it cannot be resumed from: {str(exc)[:200]}"
-    return None
+    with _dataset(job) as dataset:
+        return problem_of(ckpt.file.path, step=ckpt.step, template=job.template, params=job.params,
+                          dataset=dataset, world_size=world)
 
 
 def _progress_problem(ckpt: Checkpoint) -> str | None:
@@ -531,10 +585,10 @@ def _progress_problem(ckpt: Checkpoint) -> str | None:
     return f"step {ckpt.step} is ahead of the progress this node reported (step {reported})"
 
 
-def checkpoint_validate(*, checkpoint_id: int) -> str:
-    """Check one uploaded checkpoint once; returns its status ("pending" while the progress
-    that names its step may still arrive: call again later). A rejected checkpoint is never
-    resumed from nor paid up to; the timeline says why."""
+def checkpoint_validate(*, checkpoint_id: int, problem_of: CheckpointProblem) -> str:
+    """Check one uploaded checkpoint once with `problem_of` (the torch half); returns its
+    status ("pending" while the progress that names its step may still arrive: call again
+    later). A rejected checkpoint is never resumed from nor paid up to; the timeline says why."""
     ckpt = (Checkpoint.objects.select_related("job", "job__dataset", "assignment")
             .filter(pk=checkpoint_id).first())
     if ckpt is None or ckpt.status != Checkpoint.Status.PENDING:
@@ -542,7 +596,7 @@ def checkpoint_validate(*, checkpoint_id: int) -> str:
     problem = _progress_problem(ckpt)
     if problem == "wait":
         return Checkpoint.Status.PENDING
-    problem = problem or _checkpoint_problem(ckpt)  # torch: outside any transaction
+    problem = problem or _checkpoint_problem(ckpt, problem_of)  # torch: outside any transaction
     status = Checkpoint.Status.REJECTED if problem else Checkpoint.Status.VALID
     with transaction.atomic():
         done = Checkpoint.objects.filter(pk=ckpt.pk, status=Checkpoint.Status.PENDING).update(
@@ -576,4 +630,12 @@ def checkpoints_stale(*, older_than_s: float = 120, give_up_after_s: float = 360
                  .values_list("pk", flat=True)[:200])
     for pk in stale:
         enqueue.enqueue(VALIDATE_TASK, pk)
-    return len(stale)
+    # Replays asked for and never answered (a lost task; one that ran raised or decided).
+    lost = list(Checkpoint.objects.filter(status=Checkpoint.Status.VALID, replay={},
+                                          replay_requested_at__lt=now - RUN_LIMIT,
+                                          replay_requested_at__gt=now - RUN_LIMIT - timedelta(
+                                              seconds=give_up_after_s))
+                .values_list("pk", flat=True)[:200])
+    for pk in lost:
+        enqueue.enqueue(task_names.CHECKPOINT_REPLAY, pk)
+    return len(stale) + len(lost)

@@ -70,11 +70,12 @@ def assignment(job: Job, node: Node, *, minutes: float, status: str = A.SUCCEEDE
 
 def checkpoint(a: Assignment, *, after_minutes: float, step: int = 10, committed: bool = True) -> Checkpoint:
     at = a.started_at + timedelta(minutes=after_minutes)
-    # Checked valid on upload (verification.checkpoint_validate): only such are paid up to.
+    # Checked valid on upload and the work up to it replayed (verification.checkpoint_replay):
+    # only such are paid up to.
     return Checkpoint.objects.create(job=a.job, assignment=a, step=step, sha256="0" * 64, size_bytes=1,
                                      file=f"checkpoints/test-{a.pk}-{step}.pt",
                                      committed_at=at if committed else None,
-                                     status=Checkpoint.Status.VALID)
+                                     status=Checkpoint.Status.VERIFIED)
 
 
 def completed_job(owner, node: Node, *, budget: str = "100", minutes: float = 30, gpus: int = 1,

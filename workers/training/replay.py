@@ -54,6 +54,15 @@ class Replayer:
         model.load_state_dict(state["model"])
         return model, loss_fn
 
+    def initial_state(self) -> dict:
+        """The state every attempt that starts from scratch trains from: made as run.py makes
+        it (the seed, then the data, then the model and its optimizer)."""
+        torch.manual_seed(self.job.seed)
+        splits = data.load(self.job.template, self.job.dataset, self.job.params)
+        model, _ = nets.build(self.job.template, self.job.params, splits)
+        opt = schedule.optimizer(model, self.job.params)
+        return {"step": 0, "model": model.state_dict(), "optimizer": opt.state_dict()}
+
     def replay(self, start: dict, *, to_step: int) -> dict:
         """The model state after training from checkpoint `start` up to `to_step`."""
         job, plan, splits = self.job, self.plan, self.splits
@@ -120,11 +129,13 @@ class SegmentResult:
 
 
 def check_segment(replayer: Replayer, start_path, end_path, *, threshold: float) -> SegmentResult:
-    """Replay from the checkpoint at `start_path` to the step of `end_path` and compare."""
+    """Replay from the checkpoint at `start_path` (None: the initial state at step 0) to the
+    step of `end_path` and compare."""
     import time
 
     began = time.perf_counter()
-    start, end = checkpoint.load(start_path), checkpoint.load(end_path)
+    start = checkpoint.load(start_path) if start_path is not None else replayer.initial_state()
+    end = checkpoint.load(end_path)
     try:
         replayed = replayer.replay(start, to_step=int(end["step"]))
         distance = rel_l2(replayed, end["model"])
