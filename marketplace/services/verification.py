@@ -52,6 +52,7 @@ import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -74,9 +75,9 @@ FINAL = (R.PASSED, R.FAILED, R.ERROR)
 # As long as a verify task may run (workers/tasks_verify.py's time limit); a check started
 # longer ago than this died with its worker.
 RUN_LIMIT = timedelta(seconds=1800)
-SLASH_TASK = "workers.tasks_chain.dispute_slash"
-VERIFY_TASK = "workers.tasks_verify.verify_attempt"
-VALIDATE_TASK = "workers.tasks_verify.checkpoint_validate"
+SLASH_TASK = task_names.DISPUTE_SLASH
+VERIFY_TASK = task_names.VERIFY_ATTEMPT
+VALIDATE_TASK = task_names.CHECKPOINT_VALIDATE
 # Runs of one attempt's check, whoever started them (task retries, redeliveries after a
 # worker died, the stale re-queue): after this many, the check ends as verification_error.
 VERIFY_MAX_RUNS = 4
@@ -485,7 +486,7 @@ def checkpoint_replay(*, checkpoint_id: int, check: CheckAttempt,
                  .filter(job_id=ckpt.job_id, attempt=ckpt.assignment.attempt).order_by("node_rank"))
     plan, why_not = _replay_plan(ckpt, parts, rng)
     findings: list[Finding] = []
-    result = {"segments": [], "replay_steps": 0}
+    result: dict[str, Any] = {"segments": [], "replay_steps": 0}
     if plan is not None:
         with _dataset(ckpt.job) as dataset:
             result = check(plan, dataset)  # torch: outside any transaction

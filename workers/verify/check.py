@@ -46,16 +46,24 @@ class AttemptResult:
     findings: list[tuple[str, str]] = field(default_factory=list)  # (reason, detail)
 
 
-def _load_model(path: str, what: str) -> tuple[dict | None, tuple[str, str] | None]:
+class _Unusable(Exception):
+    """A file the provider uploaded that holds no usable model: its uploader's finding."""
+
+    def __init__(self, what: str):
+        super().__init__(what)
+        self.finding = (ARTIFACT_MISMATCH, what)
+
+
+def _load_model(path: str, what: str) -> dict:
     """A model state from a file the provider uploaded; a file that does not load (or holds
     no model) is the uploader's finding, not an error of the check."""
     try:
         state = ckpt_io.load(path)
     except Exception as exc:  # noqa: BLE001  (any failure to read the provider's bytes)
-        return None, (ARTIFACT_MISMATCH, f"{what} does not load: {str(exc)[:200]}")
+        raise _Unusable(f"{what} does not load: {str(exc)[:200]}") from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-        return None, (ARTIFACT_MISMATCH, f"{what} holds no model state.")
-    return state["model"], None
+        raise _Unusable(f"{what} holds no model state.")
+    return state["model"]
 
 
 def _replay_segments(plan: AttemptPlan, runner: replay.Replayer, out: AttemptResult) -> None:
@@ -83,19 +91,16 @@ def _check_model(plan: AttemptPlan, runner: replay.Replayer, out: AttemptResult)
     if not plan.artifact:
         out.findings.append((ARTIFACT_MISMATCH, "No model was uploaded."))
         return
-    artifact, bad = _load_model(plan.artifact, "The model uploaded")
-    if bad is not None:
-        out.findings.append(bad)
+    try:
+        artifact = _load_model(plan.artifact, "The model uploaded")
+        if plan.final_checkpoint is not None:
+            final_model = _load_model(plan.final_checkpoint, f"The checkpoint at step {plan.final_step}")
+            if replay.rel_l2(artifact, final_model) != 0:
+                out.findings.append((ARTIFACT_MISMATCH, f"The model uploaded differs from the checkpoint "
+                                                        f"committed at step {plan.final_step}."))
+    except _Unusable as bad:
+        out.findings.append(bad.finding)
         return
-    if plan.final_checkpoint is not None:
-        final_model, bad = _load_model(plan.final_checkpoint,
-                                     f"The checkpoint at step {plan.final_step}")
-        if bad is not None:
-            out.findings.append(bad)
-            return
-        if replay.rel_l2(artifact, final_model) != 0:
-            out.findings.append((ARTIFACT_MISMATCH, f"The model uploaded differs from the checkpoint "
-                                                    f"committed at step {plan.final_step}."))
     try:
         out.metric_name, out.metric_measured = runner.evaluate(artifact)
     except (RuntimeError, ValueError, KeyError) as exc:  # tensors that are not the job's model
@@ -153,9 +158,12 @@ def checkpoint_problem(path: str, *, step: int, template: str, params: dict, dat
         return f"its tensors have the wrong shapes: {'; '.join(wrong[:3])}"
     if step > runner.plan.total_steps:
         return f"step {step} is past the job's last step {runner.plan.total_steps}"
+    optimizer_state = state.get("optimizer")
+    if not isinstance(optimizer_state, dict):
+        return "it holds no optimizer state"
     try:
         model.load_state_dict(state["model"])
-        schedule.load_optimizer(opt, state.get("optimizer"), params)
+        schedule.load_optimizer(opt, optimizer_state, params)
     except Exception as exc:  # noqa: BLE001  (a resume would fail the same way)
         return f"it cannot be resumed from: {str(exc)[:200]}"
     return None
