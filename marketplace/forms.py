@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django import forms
+from django.utils.html import format_html
 
 from . import catalogue
 from .errors import MarketError
@@ -120,6 +121,30 @@ class SignupForm(MarketErrorMixin, forms.Form):
 
 
 # --- Offer search ----------------------------------------------------------------------
+class OnByDefaultCheckbox(forms.CheckboxInput):
+    """A checkbox that is ticked when its form was never submitted (a bare /offers/ link):
+    a hidden `false` goes before the box, so a submitted form says `false` (unticked) or
+    `false&…=on` (ticked, the last value wins), and only an absent key means the default."""
+
+    def render(self, name, value, attrs=None, renderer=None):
+        hidden = format_html('<input type="hidden" name="{}" value="false">', name)
+        return hidden + super().render(name, value, attrs, renderer)
+
+    def value_from_datadict(self, data, files, name):
+        if name not in data:
+            return True
+        return super().value_from_datadict(data, files, name)
+
+    def value_omitted_from_data(self, data, files, name):
+        return False
+
+
+def typed_text(mode: str) -> forms.TextInput:
+    # Text, not type=number: the browser would blank a value it cannot parse ("1e", "abc")
+    # and send nothing, so the old results would stay on screen with no error.
+    return forms.TextInput(attrs={"inputmode": mode, "autocomplete": "off"})
+
+
 class OfferFilterForm(MarketErrorMixin, forms.Form):
     ORDERING_CHOICES = [
         ("price_per_gpu_hour", "Price, lowest first"),
@@ -130,12 +155,15 @@ class OfferFilterForm(MarketErrorMixin, forms.Form):
     RELIABILITY_CHOICES = [("", "Any, including new nodes"), ("0.9", "≥ 90 %"),
                            ("0.95", "≥ 95 %"), ("0.99", "≥ 99 %")]
 
-    gpu_model = forms.CharField(required=False, label="GPU model", widget=forms.Select(
-        choices=[("", "Any model")] + GPU_CHOICES))
+    # One parameter, repeated (`gpu_model=A&gpu_model=B`), so that old one-model links work.
+    gpu_model = forms.MultipleChoiceField(required=False, label="GPU models", choices=GPU_CHOICES,
+                                          widget=forms.CheckboxSelectMultiple,
+                                          help_text="None ticked: any model.")
     min_gpus = forms.IntegerField(required=False, min_value=1, max_value=64,
-                                  label="Free GPUs, at least")
+                                  label="Free GPUs, at least", widget=typed_text("numeric"))
     min_gpu_memory_gb = forms.IntegerField(required=False, min_value=0, max_value=1024,
-                                           label="Memory per GPU, at least (GB)")
+                                           label="Memory per GPU, at least (GB)",
+                                           widget=typed_text("numeric"))
     region = forms.CharField(required=False, widget=forms.Select(
         choices=region_choices(blank="Anywhere")))
     compliance = forms.MultipleChoiceField(required=False, choices=COMPLIANCE_CHOICES,
@@ -143,21 +171,28 @@ class OfferFilterForm(MarketErrorMixin, forms.Form):
                                            label="Verified compliance")
     max_price = forms.DecimalField(required=False, min_value=Decimal("0.000001"),
                                    decimal_places=6, max_digits=20,
-                                   label="Price, at most (tUSD / GPU-h)")
+                                   label="Price, at most (tUSD / GPU-h)",
+                                   widget=typed_text("decimal"))
     min_reliability = forms.DecimalField(required=False, widget=forms.Select(
         choices=RELIABILITY_CHOICES), label="Reliability")
-    online = forms.BooleanField(required=False, label="Online now only")
+    online = forms.BooleanField(required=False, label="Online now only",
+                                widget=OnByDefaultCheckbox)
     ordering = forms.ChoiceField(required=False, choices=ORDERING_CHOICES, label="Sort by")
 
     def to_query(self) -> OfferQuery:
         c = self.cleaned_data
         return OfferQuery(
-            gpu_model=c.get("gpu_model") or "", min_gpus=c.get("min_gpus"),
+            gpu_models=tuple(c.get("gpu_model") or ()), min_gpus=c.get("min_gpus"),
             min_gpu_memory_gb=c.get("min_gpu_memory_gb"), region=c.get("region") or "",
             compliance=tuple(c.get("compliance") or ()), max_price=c.get("max_price"),
             min_reliability=c.get("min_reliability"), online=bool(c.get("online")),
             ordering=c.get("ordering") or DEFAULT_ORDERING,
         )
+
+    def error_list(self) -> list[tuple[str, str]]:
+        """(field label, message) for every error, for the results pane that htmx swaps."""
+        return [(str(self[n].label) if n in self.fields else "", e)
+                for n, errs in self.errors.items() for e in errs]
 
 
 # --- Jobs ----------------------------------------------------------------------------

@@ -75,22 +75,32 @@ def test_consumer_filters_offers_and_submits_a_job(market, monkeypatch):
             page.wait_for_url(base + "/")
             expect(page.locator(".org-pill")).to_contain_text("Medisight")
 
-            # The offers browser: all 7 active offers, then only EU ones, without a reload.
+            # The offers browser: the 6 online offers ("Online now only" is ticked on a
+            # first visit), then only EU ones, then the offline one too, without a reload.
             page.goto(base + "/offers/")
             rows = page.locator("#offers-table tbody tr")
-            expect(rows).to_have_count(7)
+            expect(rows).to_have_count(6)
+            expect(page.locator("#id_online")).to_be_checked()
             expect(page.locator("#offers-table")).to_contain_text("new")
-            expect(page.locator("#offers-table")).to_contain_text("Offline")
             page.evaluate("window.__sameDocument = true")
             page.select_option("#id_region", "EU")
-            expect(rows).to_have_count(4)
+            expect(rows).to_have_count(3)
             regions = rows.evaluate_all("rs => rs.map(r => r.dataset.region)")
             assert regions and all(r.startswith("EU-") for r in regions), regions
             assert page.evaluate("window.__sameDocument === true"), "the page reloaded"
             assert "region=EU" in page.url  # the filter is in the address bar
-            page.check("input[name=online]")
-            expect(rows).to_have_count(3)
+            page.uncheck("#id_online")
+            expect(rows).to_have_count(4)
+            expect(page.locator("#offers-table")).to_contain_text("Offline")
             assert page.evaluate("window.__sameDocument === true")
+            # A value the server refuses replaces the results with the error.
+            page.fill("#id_min_gpus", "abc")
+            expect(page.get_by_test_id("filter-errors")).to_contain_text("Free GPUs, at least")
+            expect(rows).to_have_count(0)
+            page.fill("#id_min_gpus", "")
+            expect(rows).to_have_count(4)
+            page.check("#id_online")
+            expect(rows).to_have_count(3)
             shot(page, "offers")
 
             # The job form with its live quote.
@@ -129,7 +139,7 @@ def test_consumer_filters_offers_and_submits_a_job(market, monkeypatch):
             # The same offers on a phone-sized screen (for a person to look at).
             page.set_viewport_size({"width": 390, "height": 844})
             page.goto(base + "/offers/?region=EU")
-            expect(rows).to_have_count(4)
+            expect(rows).to_have_count(3)
             shot(page, "offers-mobile")
         finally:
             browser.close()

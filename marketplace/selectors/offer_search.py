@@ -50,7 +50,7 @@ DEFAULT_ORDERING = "price_per_gpu_hour"
 
 @dataclass(frozen=True)
 class OfferQuery:
-    gpu_model: str = ""
+    gpu_models: tuple[str, ...] = ()  # any of these; empty: any model
     min_gpus: int | None = None
     min_gpu_memory_gb: int | None = None
     region: str = ""  # a code (EU-DE) or a bloc (EU)
@@ -64,8 +64,8 @@ class OfferQuery:
 def offer_search(query: OfferQuery, *, base: QuerySet[Offer] | None = None) -> QuerySet[Offer]:
     """Active offers matching `query`, ordered; raises MarketError naming a bad filter."""
     qs = offers_public() if base is None else base
-    if query.gpu_model:
-        qs = qs.filter(gpu_model=catalogue.validate_gpu_model(query.gpu_model))
+    if query.gpu_models:
+        qs = qs.filter(gpu_model__in=[catalogue.validate_gpu_model(m) for m in query.gpu_models])
     if query.min_gpus:
         if query.min_gpus < 1:
             raise MarketError("Minimum GPUs must be at least 1.", field="min_gpus")

@@ -10,12 +10,12 @@ from django.views.decorators.http import require_GET, require_POST
 from .. import catalogue, job_states
 from ..errors import MarketError
 from ..forms import JobForm, QuoteForm
-from ..models import Job
+from ..models import Job, Offer
 from ..money import is_whole_micro, tusd
 from ..selectors.accounts import organization_of
 from ..selectors.execution import job_assignments, job_progress
 from ..selectors.job_status import STATUS_FILTERS, job_state, jobs_filtered, with_ending
-from ..selectors.market import jobs_visible_to
+from ..selectors.market import jobs_visible_to, offers_visible_to
 from ..selectors.payments import chain_transaction, job_escrow
 from ..selectors.verification import job_model_downloadable, job_verification_report
 from ..services import payments as payment_services
@@ -31,8 +31,26 @@ PREFILL = ("template", "gpu_models", "regions", "min_gpu_memory_gb", "max_price_
            "compliance")
 
 
+def _offer_prefill(offer: Offer) -> dict:
+    """The job form for "Use this offer": one machine like it, at most its price."""
+    gpus = offer.gpus_available if offer.node_online and offer.gpus_available else offer.gpus_offered
+    return {"gpu_models": [offer.gpu_model], "regions": offer.region, "nodes": 1,
+            "gpus_per_node": gpus, "max_price_per_gpu_hour": offer.price_per_gpu_hour}
+
+
 def _prefill(request) -> dict:
     initial: dict = {}
+    offer_id = request.GET.get("offer", "")
+    if offer_id.isdigit():
+        offer = offers_visible_to(request.user).filter(pk=int(offer_id)).first()
+        if offer is None:
+            messages.warning(request, "That offer is no longer listed; the form is not prefilled.")
+        else:
+            initial.update(_offer_prefill(offer))
+            messages.info(request, f"Prefilled from offer #{offer.pk}: 1 machine with "
+                                   f"{initial['gpus_per_node']} × {offer.gpu_model} in "
+                                   f"{offer.region}, at most {tusd(offer.price_per_gpu_hour)} "
+                                   "per GPU-hour. The quote says whether it is free now.")
     for key in PREFILL:
         values = request.GET.getlist(key)
         if not values:

@@ -1,5 +1,5 @@
 from django.core.paginator import Paginator
-from django.db.models import Count, Min, Q
+from django.db.models import Count, DecimalField, ExpressionWrapper, F, Min, Q
 from django.shortcuts import get_object_or_404, render
 from django.utils.cache import patch_vary_headers
 
@@ -30,13 +30,19 @@ def offer_list(request):
     page = None
     if form.is_valid():
         try:
-            qs = offer_search(form.to_query()).select_related("provider")
+            # The machine's CPU, RAM, disk and network come from its node: a join on the
+            # page's 20 rows, after the search has used its covering index.
+            qs = offer_search(form.to_query()).select_related("provider", "node").annotate(
+                total_per_hour=ExpressionWrapper(
+                    F("price_per_gpu_hour") * F("gpus_offered"),
+                    output_field=DecimalField(max_digits=26, decimal_places=6)))
             page = Paginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
         except MarketError as exc:
             form.add_market_error(exc)
     params = request.GET.copy()
     params.pop("page", None)
-    context = {"form": form, "page": page, "querystring": params.urlencode()}
+    context = {"form": form, "page": page, "querystring": params.urlencode(),
+               "errors": form.error_list()}
     template = "market/_offer_results.html" if is_htmx(request) else "market/offers.html"
     response = render(request, template, context)
     patch_vary_headers(response, ["HX-Request"])
@@ -49,7 +55,7 @@ def offer_detail(request, pk: int):
     node = offer.node
     org = organization_of(request.user)
     return render(request, "market/offer_detail.html", {
-        "offer": offer, "node": node,
+        "offer": offer, "node": node, "total_per_hour": offer.price_per_gpu_hour * offer.gpus_offered,
         "claimed_only": [t for t in node.claimed_tags if t not in offer.compliance_tags],
         "is_mine": org is not None and offer.provider_id == org.pk,
     })

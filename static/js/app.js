@@ -2,7 +2,8 @@
    - <time datetime data-local> shows in the browser's local time zone;
    - datetime-local inputs are wall-clock local time: forms send the zone offset
      (minutes, as getTimezoneOffset gives) in a hidden tz_offset field;
-   - copy buttons. */
+   - copy buttons;
+   - the narrow-screen menu button and the folding offer filters. */
 (function () {
   "use strict";
   var fmt = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
@@ -66,7 +67,32 @@
     }
   });
 
+  // The narrow-screen menu: the button says whether the menu is open (aria-expanded);
+  // Escape closes it and gives the focus back to the button.
+  function setMenu(btn, open) {
+    btn.setAttribute("aria-expanded", open ? "true" : "false");
+  }
+  document.addEventListener("click", function (e) {
+    var btn = e.target.closest ? e.target.closest("[data-nav-toggle]") : null;
+    if (btn) setMenu(btn, btn.getAttribute("aria-expanded") !== "true");
+  });
+  document.addEventListener("keydown", function (e) {
+    if (e.key !== "Escape") return;
+    var btn = document.querySelector('[data-nav-toggle][aria-expanded="true"]');
+    if (!btn) return;
+    setMenu(btn, false);
+    btn.focus();
+  });
+
+  // Filters fold away on a narrow screen, so that the first results are in view.
+  function foldFilters() {
+    if (!window.matchMedia || !window.matchMedia("(max-width: 860px)").matches) return;
+    document.querySelectorAll("details[data-fold-narrow]").forEach(function (d) {
+      d.removeAttribute("open");
+    });
+  }
+
   function init(root) { localizeTimes(root); fillDefaults(root); updateAllOffsets(); }
-  document.addEventListener("DOMContentLoaded", function () { init(document); });
+  document.addEventListener("DOMContentLoaded", function () { foldFilters(); init(document); });
   document.addEventListener("htmx:afterSettle", function (e) { init(e.target); });
 })();

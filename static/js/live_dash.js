@@ -94,10 +94,16 @@
     if (free) free.textContent = offer.gpus_available;
     var online = row.querySelector(".js-online");
     if (online) {
-      var span = document.createElement("span");
-      span.className = "status " + (offer.online ? "status-ok" : "status-neutral");
-      span.textContent = offer.online ? "Online" : "Offline";
-      online.replaceChildren(span);
+      var span = online.querySelector(".status");
+      if (span) {
+        span.className = "status " + (offer.online ? "status-ok" : "status-neutral");
+        span.textContent = offer.online ? "Online" : "Offline";
+      }
+      // Free GPUs only while the machine is online; offline, its last heartbeat.
+      var avail = online.querySelector(".js-available");
+      if (avail) avail.hidden = !offer.online;
+      var note = online.querySelector(".js-offline-note");
+      if (note) note.hidden = !!offer.online;
     }
     row.classList.toggle("is-paused", offer.status !== "active");
   }
