@@ -8,7 +8,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from marketplace.models import Dataset, Job
 from marketplace.services.datasets import dataset_read
 
-from .api_support import ACTORS, actor, assert_error, job_body
+from .api_support import actor, assert_error, job_body
 
 URL = "/api/v1/datasets/"
 pytestmark = pytest.mark.django_db
@@ -156,14 +156,6 @@ def test_missing_or_bad_fields(api, alice, body, field):
 def test_json_body_is_415(api, alice):
     assert_error(api.as_user(alice).post(URL, {"file": "a,b"}, format="json"), 415)
     assert not Dataset.objects.exists()
-
-
-@pytest.mark.parametrize("who", ACTORS)
-def test_datasets_cannot_be_deleted_by_anyone(request, api, alice, who):
-    dataset_id = upload(api.as_user(alice), csv_bytes()).json()["id"]
-    response = api.as_user(actor(request, who)).delete(f"{URL}{dataset_id}/")
-    assert response.status_code in (401, 403, 404, 405)
-    assert Dataset.objects.filter(pk=dataset_id).exists()
 
 
 @pytest.mark.parametrize(("label", "content", "status"), [

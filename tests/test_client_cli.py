@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from computemesh_client import OPERATIONS, Client, NotFound, ValidationError, job_succeeded
+from computemesh_client import OPERATIONS, Client, Conflict, NotFound, ValidationError, job_succeeded
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from rest_framework.authtoken.models import Token
@@ -99,7 +99,10 @@ def test_login_wrong_password_whoami_and_the_saved_token(base, alice, tmp_path):
 
     who = cm("whoami", "--json", url=base, config=tmp_path)
     assert who.returncode == 0, who.stderr
-    assert json.loads(who.stdout)["username"] == "alice"
+    # From the server (GET /me/), not the name saved at login.
+    assert {k: v for k, v in json.loads(who.stdout).items() if k in ("username", "role")} == {
+        "username": "alice", "role": "owner"}
+    assert json.loads(who.stdout)["organization"]["name"] == "Medisight"
     # COMPUTEMESH_TOKEN overrides the saved login; a token the server refuses is exit 3.
     bad = cm("whoami", url=base, config=tmp_path, token="0" * 40)
     assert "refuses the token from COMPUTEMESH_TOKEN" in one_line_error(bad, 3)
@@ -160,8 +163,13 @@ def test_the_client_quotes_submits_watches_and_cancels(base, alice, carol, carol
         csv.write_text("label,a,b\n" + "".join(f"{i % 2},{i},{i * 3 % 7}\n" for i in range(30)))
         dataset = c.upload_dataset(csv, label_column="label")
         assert dataset["rows"] == 30 and [d["id"] for d in c.datasets()["results"]] == [dataset["id"]]
-        job = c.submit({**spec, "dataset": str(dataset["id"]), "regions": ["EU"]})
+        job = c.submit({**spec, "dataset": str(dataset["id"]), "regions": ["EU"]}, idempotency_key="sepsis-1")
+        # The same call resent (as after a timeout) is the same job.
+        assert c.submit({**spec, "dataset": str(dataset["id"]), "regions": ["EU"]},
+                        idempotency_key="sepsis-1")["id"] == job["id"]
         assert [j["id"] for j in c.iter_jobs()] == [job["id"]]
+        with pytest.raises(Conflict, match="not finished"):
+            c.delete_dataset(dataset["id"])
         cancelled = c.cancel(job["id"])
         assert cancelled["status"] == "cancelled" and job_succeeded(cancelled) is False
         events = list(c.watch(job["id"]))  # the history says it ended: the watch ends
@@ -171,6 +179,10 @@ def test_the_client_quotes_submits_watches_and_cancels(base, alice, carol, carol
     assert "cancelled" in one_line_error(watched, 1)
     listed = cm("jobs", "list", "--json", url=base, token=token, config=tmp_path)
     assert [j["id"] for j in json.loads(listed.stdout)] == [job["id"]]
+    deleted = cm("datasets", "delete", str(dataset["id"]), url=base, token=token, config=tmp_path)
+    assert deleted.returncode == 0, deleted.stderr
+    assert "no dataset with that id" in one_line_error(
+        cm("datasets", "delete", str(dataset["id"]), url=base, token=token, config=tmp_path), 3).lower()
 
 
 @live
@@ -185,6 +197,11 @@ def test_a_provider_registers_a_node_and_manages_its_offer(base, carol, tmp_path
     with Client(base, token) as c:
         offer = c.offer_create(node=node["id"], gpus_offered=2, price_per_gpu_hour="0.25")
         assert c.offer_pause(offer["id"])["status"] == "paused"
+        mine = cm("offers", "--mine", "--json", url=base, token=token, config=tmp_path)
+        assert mine.returncode == 0, mine.stderr
+        assert [(o["id"], o["status"]) for o in json.loads(mine.stdout)["results"]] == [
+            (offer["id"], "paused")]
+        assert offer["id"] not in [o["id"] for o in c.offers()["results"]]
         assert c.offer_update(offer["id"], price_per_gpu_hour="0.30")["price_per_gpu_hour"].startswith("0.3")
         assert c.offer_resume(offer["id"])["status"] == "active"
         rotated = c.node_rotate_token(node["id"])

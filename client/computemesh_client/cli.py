@@ -149,17 +149,24 @@ def logout(state: State) -> None:
 @json_option
 @pass_state
 def whoami(state: State) -> None:
-    """Who the saved token (or COMPUTEMESH_TOKEN) logs in as, and whether the server accepts it."""
+    """Who the saved token (or COMPUTEMESH_TOKEN) belongs to, as the server says (GET /me/)."""
     s = state.settings
     client = state.client()
-    if not client.check_token():
-        raise AuthenticationError(401, {"detail": f"The server at {s.url} refuses the token from "
-                                                  f"{s.token_from}: log in again.", "code": "bad_token"})
+    try:
+        me = client.me()
+    except AuthenticationError:
+        refused = {"detail": f"The server at {s.url} refuses the token from {s.token_from}: log in "
+                             "again.", "code": "bad_token"}
+        raise AuthenticationError(401, refused) from None
     wallets = client.wallets()
-    data = {"url": s.url, "username": s.username, "token_from": s.token_from,
+    org = me.get("organization")
+    data = {"url": s.url, "username": me["username"], "organization": org, "role": me.get("role"),
+            "is_staff": me.get("is_staff", False), "token_from": s.token_from,
             "wallets": [w["address"] for w in wallets]}
     emit(state, data, lambda: out.print(
-        f"{s.username or '(token from ' + s.token_from + ')'} at {s.url}"
+        f"{me['username']} at {s.url}"
+        + (f", {me.get('role')} of {org['name']} ({org['kind']}, #{org['id']})" if org else "")
+        + (" (staff)" if me.get("is_staff") else "")
         + (f"; wallet {', '.join(data['wallets'])}" if data["wallets"] else "")))
 
 
@@ -193,11 +200,12 @@ def templates(state: State) -> None:
 SORTS = {"price": "price_per_gpu_hour", "memory": "gpu_memory_gb", "reliability": "reliability"}
 
 
-def _offer_rows(items: Sequence[Mapping[str, Any]]) -> Table:
+def _offer_rows(items: Sequence[Mapping[str, Any]], *, status: bool = False) -> Table:
+    # A provider's own list shows each offer's status (paused ones are listed there only).
     return _table(
-        ["ID", "GPU", "MEM GB", "FREE/OFFERED", "tUSD/GPU-h", "REGION", "COMPLIANCE", "RELIABILITY",
-         "ONLINE", "PROVIDER", "NODE"],
-        [(o["id"], o.get("gpu_model"), o.get("gpu_memory_gb"),
+        ["ID", *(["STATUS"] if status else []), "GPU", "MEM GB", "FREE/OFFERED", "tUSD/GPU-h",
+         "REGION", "COMPLIANCE", "RELIABILITY", "ONLINE", "PROVIDER", "NODE"],
+        [(o["id"], *([o.get("status")] if status else []), o.get("gpu_model"), o.get("gpu_memory_gb"),
           f"{o.get('gpus_available')}/{o.get('gpus_offered')}", o.get("price_per_gpu_hour"),
           o.get("region"), ",".join(o.get("compliance") or []) or "-",
           "new" if o.get("is_new") else o.get("reliability"), "yes" if o.get("online") else "no",
@@ -216,11 +224,13 @@ def _offer_rows(items: Sequence[Mapping[str, Any]]) -> Table:
 @click.option("--sort", type=click.Choice([*SORTS, *(f"-{k}" for k in SORTS)]),
               help="Sort by price, memory or reliability; prefix - for descending.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--mine", is_flag=True, help="Your organization's offers, paused ones included (providers).")
 @json_option
 @click.pass_context
 def offers(ctx: click.Context, gpu_model, min_gpus, min_gpu_memory, region, compliance, max_price,
-           min_reliability, online, sort, limit) -> None:
-    """Search offers (the subcommands manage a provider's own offers)."""
+           min_reliability, online, sort, limit, mine) -> None:
+    """Search offers, or list your own with --mine (the subcommands manage a provider's
+    own offers)."""
     if ctx.invoked_subcommand is not None:
         return
     state = ctx.ensure_object(State)
@@ -230,19 +240,21 @@ def offers(ctx: click.Context, gpu_model, min_gpus, min_gpu_memory, region, comp
     filters = {"gpu_model": list(gpu_model), "min_gpus": min_gpus, "min_gpu_memory_gb": min_gpu_memory,
                "region": list(region), "compliance": list(compliance), "max_price": max_price,
                "min_reliability": min_reliability, "online": online, "ordering": ordering}
-    client = state.client(auth=False)
-    page = client.offers(page_size=min(limit, 100), **filters)
+    client = state.client(auth=mine)
+    first_page, every = (client.my_offers, client.iter_my_offers) if mine else (
+        client.offers, client.iter_offers)
+    page = first_page(page_size=min(limit, 100), **filters)
     items: list[Any] = page["results"]
     if limit > 100 and page.get("next"):
         items = []
-        for offer in client.iter_offers(**filters):
+        for offer in every(**filters):
             items.append(offer)
             if len(items) >= limit:
                 break
     items = items[:limit]
 
     def render() -> None:
-        out.print(_offer_rows(items))
+        out.print(_offer_rows(items, status=mine))
         out.print(f"{len(items)} of {page['count']} offers")
     emit(state, {"count": page["count"], "results": items}, render)
 
@@ -796,6 +808,16 @@ def datasets_upload(state: State, path: str, name: str, label_column: str) -> No
     d = state.client().upload_dataset(path, name=name, label_column=label_column)
     emit(state, d, lambda: out.print(f"Dataset {d['id']} ({d['name']}): {d.get('rows')} rows, "
                                      f"columns {', '.join(d.get('columns') or [])}"))
+
+
+@datasets.command("delete")
+@click.argument("dataset_id", type=int)
+@json_option
+@pass_state
+def datasets_delete(state: State, dataset_id: int) -> None:
+    """Delete a dataset and its stored file (refused while an unfinished job uses it)."""
+    state.client().delete_dataset(dataset_id)
+    emit(state, {"deleted": dataset_id}, lambda: out.print(f"Deleted dataset {dataset_id}."))
 
 
 # --- providers: nodes, stake, wallets ----------------------------------------------------

@@ -7,9 +7,11 @@ Retries: a request that never reached the server (the connection was refused) is
 retried; a request the server may have acted on is retried (after a dropped connection, a
 timeout, 429, 502, 503 or 504) only when the operation is idempotent: reads, and the writes
 the API documents as idempotent (cancel, fund, budget — the body is the new total — and
-stake operations, which carry a `request_id` the client generates once per call). The API
-has no Idempotency-Key header, so submitting a job, uploading a dataset or creating a
-node or offer is never resent after the server may have seen it.
+stake operations, which carry a `request_id` the client generates once per call).
+Submitting a job and uploading a dataset send an `Idempotency-Key` header, fresh for each
+call and the same on every retry of it, so a resend after a timeout returns the first
+answer instead of creating a second job. Creating a node or an offer has no such key and
+is never resent after the server may have seen it.
 """
 
 from __future__ import annotations
@@ -25,17 +27,19 @@ from urllib.parse import quote
 import httpx
 
 from . import errors
-from .types import JSON, Dataset, Job, Node, Offer, Page, Quote, StakeOperation, Template
+from .types import JSON, Dataset, Job, Me, Node, Offer, Page, Quote, StakeOperation, Template
 
 API = "/api/v1"
 
 # name: (method, path, idempotent). Paths are the OpenAPI document's, `{id}`/`{name}` kept.
 OPERATIONS: dict[str, tuple[str, str, bool]] = {
     "auth_token": ("POST", "/api/v1/auth/token/", False),
+    "me": ("GET", "/api/v1/me/", True),
     "templates_list": ("GET", "/api/v1/templates/", True),
     "templates_get": ("GET", "/api/v1/templates/{name}/", True),
     "offers_list": ("GET", "/api/v1/offers/", True),
     "offers_get": ("GET", "/api/v1/offers/{id}/", True),
+    "offers_mine": ("GET", "/api/v1/offers/mine/", True),
     "offers_create": ("POST", "/api/v1/offers/", False),
     "offers_update": ("PATCH", "/api/v1/offers/{id}/", True),
     "offers_pause": ("POST", "/api/v1/offers/{id}/pause/", True),
@@ -47,7 +51,7 @@ OPERATIONS: dict[str, tuple[str, str, bool]] = {
     "nodes_rotate_token": ("POST", "/api/v1/nodes/{id}/rotate-token/", False),
     "jobs_list": ("GET", "/api/v1/jobs/", True),
     "jobs_get": ("GET", "/api/v1/jobs/{id}/", True),
-    "jobs_create": ("POST", "/api/v1/jobs/", False),
+    "jobs_create": ("POST", "/api/v1/jobs/", True),  # with its Idempotency-Key
     "jobs_quote": ("POST", "/api/v1/jobs/quote/", True),
     "jobs_cancel": ("POST", "/api/v1/jobs/{id}/cancel/", True),
     "jobs_fund": ("POST", "/api/v1/jobs/{id}/fund/", True),
@@ -57,7 +61,8 @@ OPERATIONS: dict[str, tuple[str, str, bool]] = {
     "jobs_verification": ("GET", "/api/v1/jobs/{id}/verification/", True),
     "jobs_metrics": ("GET", "/api/v1/jobs/{id}/metrics/", True),
     "datasets_list": ("GET", "/api/v1/datasets/", True),
-    "datasets_create": ("POST", "/api/v1/datasets/", False),
+    "datasets_create": ("POST", "/api/v1/datasets/", True),  # with its Idempotency-Key
+    "datasets_delete": ("DELETE", "/api/v1/datasets/{id}/", True),
     "wallets_list": ("GET", "/api/v1/wallets/", True),
     "wallets_payout": ("GET", "/api/v1/wallets/payout/", True),
     "wallets_set_payout": ("POST", "/api/v1/wallets/{id}/payout/", True),
@@ -123,7 +128,8 @@ class Client:
 
     def _send(self, op: str, *, path_args: dict[str, Any] | None = None,
               params: Any = None, json: Any = None, files: Any = None, data: Any = None,
-              auth: bool = True, stream: bool = False) -> httpx.Response:
+              auth: bool = True, stream: bool = False,
+              headers: dict[str, str] | None = None) -> httpx.Response:
         method, template, idempotent = OPERATIONS[op]
         path = template.format(**{k: _segment(v) for k, v in (path_args or {}).items()})
         attempt = 0
@@ -136,7 +142,7 @@ class Client:
             try:
                 request = self._http.build_request(method, path, params=params, json=json,
                                                    files=files, data=data,
-                                                   headers=self._headers(auth))
+                                                   headers={**self._headers(auth), **(headers or {})})
                 response = self._http.send(request, stream=stream)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # never reached it: safe to resend
                 if attempt > self.retries:
@@ -189,10 +195,14 @@ class Client:
         self.token = body["token"]
         return cast(str, self.token)
 
+    def me(self) -> Me:
+        """Who the token belongs to: username, organization (id, name, kind), role, is_staff."""
+        return cast(Me, self._json("me"))
+
     def check_token(self) -> bool:
         """Whether the server accepts this client's token (a cheap authenticated read)."""
         try:
-            self._json("jobs_list", params={"page_size": 1})
+            self.me()
         except errors.AuthenticationError:
             return False
         return True
@@ -214,6 +224,15 @@ class Client:
 
     def iter_offers(self, **filters: Any) -> Iterator[Offer]:
         return cast(Iterator[Offer], self._pages("offers_list", {**_query(filters), "page_size": 100}))
+
+    def my_offers(self, *, page: int = 1, page_size: int = 20, **filters: Any) -> Page:
+        """One page of your organization's offers, paused ones included (providers); the
+        search's filters apply."""
+        return cast(Page, self._json("offers_mine", params={**_query(filters), "page": page,
+                                                             "page_size": page_size}))
+
+    def iter_my_offers(self, **filters: Any) -> Iterator[Offer]:
+        return cast(Iterator[Offer], self._pages("offers_mine", {**_query(filters), "page_size": 100}))
 
     def offer(self, offer_id: int) -> Offer:
         return cast(Offer, self._json("offers_get", path_args={"id": offer_id}))
@@ -259,8 +278,11 @@ class Client:
         """Which offers would take this job now, at what cost, and if none, why (`reasons`)."""
         return cast(Quote, self._json("jobs_quote", json=spec))
 
-    def submit(self, spec: JSON) -> Job:
-        return cast(Job, self._json("jobs_create", json=spec))
+    def submit(self, spec: JSON, *, idempotency_key: str | None = None) -> Job:
+        """Submit a job. Every try of this call sends one Idempotency-Key (a fresh UUID
+        unless given), so a retry after a timeout returns the first job, never a second."""
+        return cast(Job, self._json("jobs_create", json=spec,
+                                    headers=_idempotency(idempotency_key)))
 
     def jobs(self, *, status: str | list[str] | None = None, page: int = 1,
              page_size: int = 20) -> Page:
@@ -336,14 +358,22 @@ class Client:
     def datasets(self, *, page: int = 1, page_size: int = 100) -> Page:
         return cast(Page, self._json("datasets_list", params={"page": page, "page_size": page_size}))
 
-    def upload_dataset(self, path: str | Path, *, name: str = "", label_column: str = "") -> Dataset:
+    def upload_dataset(self, path: str | Path, *, name: str = "", label_column: str = "",
+                       idempotency_key: str | None = None) -> Dataset:
         """Upload a CSV file; the answer has its id (use it as a job's `dataset`), rows and
-        columns. A 400 says what is wrong with the file."""
+        columns. A 400 says what is wrong with the file. Retried under one Idempotency-Key,
+        as `submit` is."""
         path = Path(path)
         data = {k: v for k, v in {"name": name or path.stem, "label_column": label_column}.items() if v}
         with open(path, "rb") as fh:
             return cast(Dataset, self._json("datasets_create", data=data,
-                                            files={"file": (path.name, fh, "text/csv")}))
+                                            files={"file": (path.name, fh, "text/csv")},
+                                            headers=_idempotency(idempotency_key)))
+
+    def delete_dataset(self, dataset_id: int) -> None:
+        """Delete a dataset and its stored file; a 409 (Conflict) while a job that has not
+        finished uses it."""
+        self._send("datasets_delete", path_args={"id": dataset_id}).close()
 
     # --- wallets and stake -------------------------------------------------------------
     def wallets(self) -> list[JSON]:
@@ -381,6 +411,11 @@ class Client:
         from .live import watch_job_blocking
 
         return watch_job_blocking(self.url, self.token, job_id, **kwargs)
+
+
+def _idempotency(key: str | None) -> dict[str, str]:
+    # Made once per call, before its first try: every retry carries the same key.
+    return {"Idempotency-Key": key or str(uuid.uuid4())}
 
 
 def _segment(value: Any) -> str:

@@ -55,7 +55,8 @@ class APIError(ComputeMeshError):
 
 
 class ValidationError(APIError):
-    """400: invalid input; `field` names it."""
+    """400: invalid input; `field` names it. 422: an Idempotency-Key reused for a different
+    request (`field` is "Idempotency-Key")."""
 
     exit_code = EXIT_USAGE
 
@@ -104,7 +105,7 @@ class JobFailed(ComputeMeshError):
 
 _BY_STATUS: dict[int, type[APIError]] = {
     400: ValidationError, 401: AuthenticationError, 403: PermissionDenied, 404: NotFound,
-    409: Conflict, 413: PayloadTooLarge, 429: RateLimited,
+    409: Conflict, 413: PayloadTooLarge, 422: ValidationError, 429: RateLimited,
 }
 
 

@@ -96,6 +96,20 @@ class Job(TypedDict, total=False):
     verification: JSON
 
 
+class MeOrganization(TypedDict):
+    id: int
+    name: str
+    kind: str  # consumer or provider
+    is_suspended: bool
+
+
+class Me(TypedDict):
+    username: str
+    is_staff: bool
+    organization: MeOrganization | None
+    role: str | None  # owner, admin or member
+
+
 class Dataset(TypedDict, total=False):
     id: int
     name: str

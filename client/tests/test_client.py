@@ -66,7 +66,7 @@ def test_errors_are_typed_and_carry_the_api_error_shape(status, body, cls, exit_
     assert exc.exit_code == exit_code and (exc.method, exc.path) == ("GET", "/api/v1/jobs/3/")
 
 
-def test_a_read_is_retried_after_503_and_retry_after_but_a_submit_is_not():
+def test_a_read_is_retried_after_503_and_retry_after_but_a_node_create_is_not():
     answers = iter([error(503, "chain down", code="unavailable"), error(429, "slow", **{"Retry-After": "0"}),
                     httpx.Response(200, json={"id": 3, "status": "running"})])
     c, seen = client_with(lambda r: next(answers))
@@ -74,8 +74,85 @@ def test_a_read_is_retried_after_503_and_retry_after_but_a_submit_is_not():
 
     c, seen = client_with(lambda r: error(503, "chain down", code="unavailable"))
     with pytest.raises(ServerError):
-        c.submit({"name": "x"})
-    assert len(seen) == 1  # POST /jobs/ is not idempotent: never resent
+        c.node_create(name="x")
+    assert len(seen) == 1  # POST /nodes/ has no idempotency key: never resent
+
+
+def _timeout_then(status: int, body: dict):
+    """A handler whose first answer is lost (the server may have acted on the request)."""
+    def handler(request):
+        if handler.n == 0:
+            handler.n += 1
+            raise httpx.ReadTimeout("timed out", request=request)
+        handler.n += 1
+        return httpx.Response(status, json=body)
+    handler.n = 0
+    return handler
+
+
+def test_a_submit_resent_after_a_timeout_or_503_carries_its_first_idempotency_key():
+    c, seen = client_with(_timeout_then(201, {"id": 9, "status": "submitted"}))
+    assert c.submit({"name": "x"})["id"] == 9
+    keys = [r.headers.get("Idempotency-Key") for r in seen]
+    assert len(seen) == 2 and keys[0] and keys[0] == keys[1]
+    assert json.loads(seen[0].content) == json.loads(seen[1].content) == {"name": "x"}
+
+    answers = iter([error(503, "busy", code="unavailable"), httpx.Response(201, json={"id": 10})])
+    c, seen = client_with(lambda r: next(answers))
+    assert c.submit({"name": "x"})["id"] == 10
+    assert len({r.headers["Idempotency-Key"] for r in seen}) == 1 and len(seen) == 2
+
+
+def test_each_submit_call_has_its_own_key_and_a_given_key_is_sent():
+    c, seen = client_with(lambda r: httpx.Response(201, json={"id": 1}))
+    c.submit({"name": "x"})
+    c.submit({"name": "x"})
+    c.submit({"name": "x"}, idempotency_key="sweep-7-run-3")
+    keys = [r.headers["Idempotency-Key"] for r in seen]
+    assert keys[0] != keys[1] and keys[2] == "sweep-7-run-3"
+    # Other writes send none.
+    c.cancel(1)
+    assert "Idempotency-Key" not in seen[-1].headers
+
+
+def test_an_upload_resent_after_a_timeout_keeps_its_key_and_the_whole_file(tmp_path):
+    csv = tmp_path / "vitals.csv"
+    csv.write_text("label,a\n" + "1,2\n0,3\n" * 50)
+    bodies = []
+
+    def handler(request):
+        bodies.append((request.headers.get("Idempotency-Key"), request.read()))
+        if len(bodies) == 1:
+            raise httpx.ReadTimeout("timed out", request=request)
+        return httpx.Response(201, json={"id": 4, "name": "vitals", "rows": 100})
+
+    c, _ = client_with(handler)
+    assert c.upload_dataset(csv)["id"] == 4
+    assert len(bodies) == 2 and bodies[0][0] and bodies[0][0] == bodies[1][0]
+    assert all(csv.read_bytes() in body for _, body in bodies)
+
+
+def test_a_reused_key_refused_with_422_is_a_validation_error():
+    c, seen = client_with(lambda r: error(422, "This Idempotency-Key was used for a different request",
+                                          field="Idempotency-Key", code="idempotency_key_reused"))
+    with pytest.raises(ValidationError) as raised:
+        c.submit({"name": "y"}, idempotency_key="k")
+    assert raised.value.field == "Idempotency-Key" and raised.value.exit_code == EXIT_USAGE
+    assert len(seen) == 1
+
+
+def test_me_delete_dataset_and_my_offers_call_their_operations():
+    me = {"username": "carol", "is_staff": False, "role": "owner",
+          "organization": {"id": 3, "name": "Nordic GPU", "kind": "provider", "is_suspended": False}}
+    answers = {("GET", "/api/v1/me/"): httpx.Response(200, json=me),
+               ("DELETE", "/api/v1/datasets/5/"): httpx.Response(204),
+               ("GET", "/api/v1/offers/mine/"): httpx.Response(200, json={
+                   "count": 1, "next": None, "previous": None, "results": [{"id": 2, "status": "paused"}]})}
+    c, seen = client_with(lambda r: answers[(r.method, r.url.path)])
+    assert c.me() == me and c.check_token()
+    assert c.delete_dataset(5) is None
+    assert [o["status"] for o in c.iter_my_offers(region="EU")] == ["paused"]
+    assert seen[-1].url.params["region"] == "EU"
 
 
 def test_a_request_that_never_connected_is_resent_even_when_not_idempotent():
@@ -85,10 +162,10 @@ def test_a_request_that_never_connected_is_resent_even_when_not_idempotent():
         calls.append(request)
         if len(calls) < 3:
             raise httpx.ConnectError("refused", request=request)
-        return httpx.Response(201, json={"id": 9, "status": "submitted"})
+        return httpx.Response(201, json={"id": 9, "name": "x"})
 
     c, _ = client_with(handler)
-    assert c.submit({"name": "x"})["id"] == 9 and len(calls) == 3
+    assert c.node_create(name="x")["id"] == 9 and len(calls) == 3
     c, _ = client_with(lambda r: (_ for _ in ()).throw(httpx.ConnectError("refused", request=r)), retries=1)
     with pytest.raises(NetworkError, match="cannot reach http://cm.test"):
         c.templates()

@@ -516,3 +516,20 @@ class ErrorSerializer(serializers.Serializer):
     code = serializers.CharField()
     errors = serializers.DictField(child=serializers.ListField(child=serializers.CharField()),
                                    required=False)
+
+
+# --- The caller ------------------------------------------------------------------------
+
+class MeOrganizationSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    kind = serializers.ChoiceField(choices=["consumer", "provider"])
+    is_suspended = serializers.BooleanField()
+
+
+class MeSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    is_staff = serializers.BooleanField()
+    organization = MeOrganizationSerializer(allow_null=True)
+    role = serializers.ChoiceField(choices=["owner", "admin", "member"], allow_null=True,
+                                   help_text="Your role in the organization.")

@@ -16,5 +16,6 @@ router.register("organizations", organizations.OrganizationViewSet, basename="or
 app_name = "api"
 urlpatterns = [
     path("auth/token/", views.TokenView.as_view(), name="auth-token"),
+    path("me/", views.MeView.as_view(), name="me"),
     *router.urls,
 ]

@@ -2,6 +2,10 @@
 and render. Every queryset is scoped to the caller by a selector; errors are shaped by
 marketplace.api.exceptions."""
 
+import hashlib
+import json
+from collections.abc import Callable
+
 from django.conf import settings
 from django.contrib.auth import authenticate
 from django.http import FileResponse
@@ -22,7 +26,7 @@ from rest_framework.views import APIView
 from .. import catalogue
 from ..errors import Conflict, MarketError
 from ..models import Dataset
-from ..selectors.accounts import organization_of, require_consumer, require_provider
+from ..selectors.accounts import membership_of, organization_of, require_consumer, require_provider
 from ..selectors.execution import job_metrics
 from ..selectors.market import (
     jobs_visible_to,
@@ -34,8 +38,8 @@ from ..selectors.payments import wallets_of
 from ..selectors.verification import job_model_downloadable, job_verification_report
 from ..services import budget as budget_services
 from ..services import datasets as dataset_services
+from ..services import idempotency, login_throttle
 from ..services import jobs as job_services
-from ..services import login_throttle
 from ..services import nodes as node_services
 from ..services import offers as offer_services
 from ..services import payments as payment_services
@@ -52,6 +56,7 @@ ERRORS = {code: OpenApiResponse(s.ErrorSerializer, description=text) for code, t
     400: "Invalid input; `field` names it.", 401: "Not authenticated.",
     403: "Not allowed for your organization.", 404: "Not found (or not yours).",
     409: "Not possible in the object's current state.", 413: "The body is too large.",
+    422: "This Idempotency-Key was used for a different request.",
     429: "Too many attempts; `Retry-After` says when to try again.",
     503: "The chain node did not answer or refused the transaction; nothing was paid.",
 }.items()}
@@ -107,6 +112,77 @@ class TokenView(APIView):
         return Response({"token": token.key})
 
 
+# --- The caller ----------------------------------------------------------------------
+
+class MeView(APIView):
+    """Who the token belongs to: the user, the organization and the role in it."""
+
+    authentication_classes = AUTH
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(summary="Who you are", responses={200: s.MeSerializer, **_errors(401)})
+    def get(self, request):
+        member = membership_of(request.user)
+        org = member.organization if member is not None else None
+        return Response(s.MeSerializer({
+            "username": request.user.get_username(), "is_staff": request.user.is_staff,
+            "organization": org, "role": member.role if member is not None else None}).data)
+
+
+# --- Idempotency-Key ------------------------------------------------------------------
+
+IDEMPOTENCY_HEADER = OpenApiParameter(
+    idempotency.HEADER, {"type": "string", "minLength": 1, "maxLength": idempotency.MAX_KEY,
+                         "pattern": r"^[ -~]*[!-~][ -~]*$"}, OpenApiParameter.HEADER, required=False,
+    description="Your unique key for this request (a UUID). Sent again within 24 hours with "
+                "the same request, it returns the first response (with `Idempotent-Replayed: "
+                "true`) and creates nothing; with a different request it is refused (422).")
+
+
+def _idempotent(request, payload: Callable[[], bytes], respond: Callable[[], Response]) -> Response:
+    """`respond()` once per Idempotency-Key (services/idempotency.py); without the header,
+    just `respond()`."""
+    raw = request.headers.get(idempotency.HEADER)
+    if raw is None:
+        return respond()
+    key = idempotency.idempotency_key_check(raw)
+    fingerprint = idempotency.request_fingerprint(method=request.method, path=request.path,
+                                                  body=payload())
+
+    def call() -> tuple[int, object]:
+        response = respond()
+        return response.status_code, response.data
+
+    code, body, replayed = idempotency.idempotent_call(user=request.user, key=key,
+                                                       fingerprint=fingerprint, call=call)
+    response = Response(body, status=code)
+    if replayed:
+        response["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _json_payload(data) -> bytes:
+    # The parsed body, canonical: the same JSON sent with other spacing or key order is the
+    # same request.
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def _multipart_payload(data) -> bytes:
+    # A multipart body's boundary changes with every send: its fields and each file's
+    # name and SHA-256 stand for it.
+    parts: dict[str, list] = {}
+    for name in sorted(data.keys()):
+        for value in data.getlist(name):
+            if hasattr(value, "chunks"):
+                digest = hashlib.sha256()
+                for chunk in value.chunks():
+                    digest.update(chunk)
+                value.seek(0)
+                value = {"file": value.name, "sha256": digest.hexdigest()}
+            parts.setdefault(name, []).append(value)
+    return _json_payload(parts)
+
+
 # --- Templates -----------------------------------------------------------------------
 
 @extend_schema_view(
@@ -151,7 +227,7 @@ class OfferViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     serializer_class = s.OfferSerializer
 
     def get_serializer_class(self):
-        return s.OfferListSerializer if self.action == "list" else s.OfferSerializer
+        return s.OfferListSerializer if self.action in ("list", "mine") else s.OfferSerializer
     filter_backends = [DjangoFilterBackend]
     filterset_class = OfferFilter
     pagination_class = IdSubqueryPagination
@@ -205,6 +281,15 @@ class OfferViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         offer = offer_services.offer_set_status(provider=provider, offer=self.get_object(),
                                                 status=status_value)
         return self._render(offer)
+
+    @extend_schema(summary="Your organization's offers, paused ones included",
+                   parameters=OFFER_FILTER_SCHEMAS,
+                   responses={200: s.OfferListSerializer(many=True), **_errors(400, 401, 403)})
+    @action(detail=False, methods=["get"])
+    def mine(self, request):
+        """The provider's own offers in any status (`status` says which), with the search's
+        filters and ordering; the public search lists active offers only."""
+        return self.list(request)
 
     @extend_schema(request=None, responses={200: s.OfferSerializer,
                                             **_errors(401, 403, 404)})
@@ -280,7 +365,8 @@ class NodeViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
     retrieve=extend_schema(summary="One job with its timeline",
                            responses={200: s.JobDetailSerializer, **_errors(401, 404)}),
     create=extend_schema(summary="Submit a job", request=s.JobSpecSerializer,
-                         responses={201: s.JobDetailSerializer, **_errors(400, 401, 403)}),
+                         parameters=[IDEMPOTENCY_HEADER],
+                         responses={201: s.JobDetailSerializer, **_errors(400, 401, 403, 422)}),
 )
 class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     authentication_classes = AUTH
@@ -314,10 +400,14 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
 
     def create(self, request):
         owner = require_consumer(request.user)
-        data = s.JobSpecSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        job = job_services.job_submit(owner=owner, spec=data.to_spec(), actor=request.user)
-        return self._render(job, status.HTTP_201_CREATED)
+
+        def submit() -> Response:
+            data = s.JobSpecSerializer(data=request.data)
+            data.is_valid(raise_exception=True)
+            job = job_services.job_submit(owner=owner, spec=data.to_spec(), actor=request.user)
+            return self._render(job, status.HTTP_201_CREATED)
+
+        return _idempotent(request, lambda: _json_payload(request.data), submit)
 
     @extend_schema(request=None, responses={200: s.JobDetailSerializer,
                                             **_errors(401, 404, 409)})
@@ -553,14 +643,17 @@ class BoundedMultiPartParser(MultiPartParser):
 @extend_schema_view(
     list=extend_schema(summary="Your organization's datasets"),
     create=extend_schema(summary="Upload a CSV dataset", request={
-        "multipart/form-data": s.DatasetUploadSerializer},
-        responses={201: s.DatasetSerializer, **_errors(400, 401, 403, 413)}),
+        "multipart/form-data": s.DatasetUploadSerializer}, parameters=[IDEMPOTENCY_HEADER],
+        responses={201: s.DatasetSerializer, **_errors(400, 401, 403, 413, 422)}),
+    destroy=extend_schema(summary="Delete a dataset and its stored file",
+                          responses={204: None, **_errors(401, 403, 404, 409)}),
 )
-class DatasetViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+class DatasetViewSet(mixins.ListModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
     authentication_classes = AUTH
     serializer_class = s.DatasetSerializer
     permission_classes = [IsConsumer]
     parser_classes = [BoundedMultiPartParser]
+    lookup_value_regex = ID
 
     def get_queryset(self):
         org = organization_of(self.request.user)
@@ -568,12 +661,28 @@ class DatasetViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
 
     def create(self, request):
         owner = require_consumer(request.user)
-        data = s.DatasetUploadSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        dataset = dataset_services.dataset_upload(
-            owner=owner, actor=request.user, uploaded_file=data.validated_data["file"],
-            name=data.validated_data.get("name", ""),
-            label_column=data.validated_data.get("label_column", ""))
-        return Response(s.DatasetSerializer(dataset).data, status=status.HTTP_201_CREATED)
+
+        def upload() -> Response:
+            data = s.DatasetUploadSerializer(data=request.data)
+            data.is_valid(raise_exception=True)
+            dataset = dataset_services.dataset_upload(
+                owner=owner, actor=request.user, uploaded_file=data.validated_data["file"],
+                name=data.validated_data.get("name", ""),
+                label_column=data.validated_data.get("label_column", ""))
+            return Response(s.DatasetSerializer(dataset).data, status=status.HTTP_201_CREATED)
+
+        return _idempotent(request, lambda: _multipart_payload(request.data), upload)
+
+    def get_object(self) -> Dataset:
+        dataset = self.get_queryset().filter(pk=self.kwargs["pk"]).first()
+        if dataset is None:
+            raise NotFound("No dataset with that id among your organization's datasets.")
+        return dataset
+
+    def destroy(self, request, pk=None):
+        """Only your organization's datasets (another's is not found); refused (409) while
+        a job that has not finished uses it."""
+        dataset_services.dataset_delete(dataset=self.get_object(), actor=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 

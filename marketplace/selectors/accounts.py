@@ -1,5 +1,5 @@
 from ..errors import PermissionDenied
-from ..models import Organization
+from ..models import Membership, Organization
 
 
 def organization_of(user) -> Organization | None:
@@ -25,3 +25,10 @@ def require_consumer(user) -> Organization:
     if org.is_suspended:
         raise PermissionDenied("Your organization is suspended; contact support.")
     return org
+
+
+def membership_of(user) -> Membership | None:
+    """The caller's membership with its organization (one query), or None."""
+    if user is None or not user.is_authenticated:
+        return None
+    return Membership.objects.select_related("organization").filter(user=user).first()

@@ -18,8 +18,9 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
 
-from ..errors import MarketError, PermissionDenied
-from ..models import Dataset, Organization
+from ..errors import Conflict, MarketError, PermissionDenied
+from ..models import Dataset, Job, Organization
+from .audit import audit_record
 
 MIN_ROWS = 10
 MAX_COLUMNS = 500
@@ -198,3 +199,28 @@ def dataset_upload(*, owner: Organization, actor, uploaded_file, name: str = "",
         dataset.file.delete(save=False)
         raise
     return dataset
+
+
+def dataset_delete(*, dataset: Dataset, actor) -> None:
+    """Delete a dataset and its stored file. Refused (409) while a job that has not
+    finished uses it; finished jobs keep its id in `dataset_ref` and lose the link."""
+    with transaction.atomic():
+        # Locked: a job submitted meanwhile waits on the row (its foreign key), then fails.
+        dataset = Dataset.objects.select_for_update().get(pk=dataset.pk)
+        users = Job.objects.filter(dataset=dataset)
+        busy = list(users.exclude(status__in=Job.Status.TERMINAL).order_by("pk")
+                    .values_list("pk", flat=True)[:6])
+        if busy:
+            shown = ", ".join(f"#{pk}" for pk in busy[:5]) + (", …" if len(busy) > 5 else "")
+            raise Conflict(f"Dataset #{dataset.pk} is used by job{'s' if len(busy) > 1 else ''} "
+                           f"{shown} that {'have' if len(busy) > 1 else 'has'} not finished; "
+                           "cancel them or wait for them to end, then delete it.",
+                           code="dataset_in_use")
+        users.update(dataset=None)
+        name, storage = dataset.file.name, dataset.file.storage
+        audit_record(actor=actor, action="dataset.delete", obj=dataset,
+                     message=f"Deleted dataset '{dataset.name}' ({dataset.rows} rows).")
+        dataset.delete()
+        # The file goes once the row is gone for good (a rollback keeps both).
+        if name:
+            transaction.on_commit(lambda: storage.delete(name))
