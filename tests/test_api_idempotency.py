@@ -3,6 +3,7 @@ key from the same user within 24 hours replays the first response and creates no
 the same key with another request is refused (422)."""
 
 import threading
+import time
 import uuid
 from datetime import timedelta
 
@@ -12,6 +13,7 @@ from django.db import connection
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from marketplace.api import views
 from marketplace.models import Dataset, IdempotencyKey, Job
 from marketplace.services.idempotency import idempotency_keys_prune
 
@@ -86,8 +88,12 @@ def test_after_24_hours_the_key_is_forgotten(api, alice):
     response = submit(client, key, name="Next week's model")
     assert response.status_code == 201 and Job.objects.count() == 2
     assert IdempotencyKey.objects.get().response_body["id"] == response.json()["id"]
+    # The user's next new key clears their expired ones; idempotency_keys_prune() clears all.
     IdempotencyKey.objects.update(created_at=IdempotencyKey.objects.get().created_at - timedelta(hours=25))
-    assert idempotency_keys_prune() == 1
+    assert submit(client, str(uuid.uuid4()), name="Third").status_code == 201
+    assert IdempotencyKey.objects.count() == 1
+    IdempotencyKey.objects.update(created_at=IdempotencyKey.objects.get().created_at - timedelta(hours=25))
+    assert idempotency_keys_prune() == 1 and not IdempotencyKey.objects.exists()
 
 
 @pytest.mark.parametrize("key", ["", "   ", "x" * 256, "clé-é"])
@@ -115,8 +121,17 @@ def test_the_same_key_on_the_other_endpoint_is_refused(api, alice):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_racing_submits_with_one_key_create_one_job(healthcare, alice):
+def test_two_racing_submits_with_one_key_create_one_job(healthcare, alice, monkeypatch):
     token = Token.objects.create(user=alice).key
+    submit_job = views.job_services.job_submit
+
+    def slow_submit(**kwargs):
+        # Both requests are past the key's lookup, each with its job, before either stores it.
+        job = submit_job(**kwargs)
+        time.sleep(0.5)
+        return job
+
+    monkeypatch.setattr(views.job_services, "job_submit", slow_submit)
     key, body = str(uuid.uuid4()), job_body()
     barrier, responses = threading.Barrier(2), []
 

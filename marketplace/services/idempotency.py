@@ -69,8 +69,10 @@ def idempotent_call(*, user, key: str, fingerprint: str,
         return row.response_status, row.response_body, True
     try:
         with transaction.atomic():
-            # An expired key may be used again.
-            IdempotencyKey.objects.filter(user=user, key=key).delete()
+            # The user's expired keys go (this one among them: it may be used again), which
+            # keeps the table to a day of keys per user without a periodic task.
+            IdempotencyKey.objects.filter(
+                user=user, created_at__lt=timezone.now() - IDEMPOTENCY_TTL).delete()
             status, body = call()
             if 200 <= status < 300:
                 IdempotencyKey.objects.create(user=user, key=key, fingerprint=fingerprint,
