@@ -13,7 +13,7 @@ from django.utils import timezone
 from marketplace import catalogue
 from marketplace.models import Assignment, Job, Node, Organization
 
-from .browser_support import CHROMIUM, CHROMIUM_ARGS, asgi_server
+from .browser_support import CHROMIUM, CHROMIUM_ARGS, ROOT, asgi_server
 from .factories import JobFactory, NodeFactory, OfferFactory, OrganizationFactory, UserFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not Path(CHROMIUM).exists(),
@@ -72,10 +72,13 @@ def login(browser, base, username):
     return page
 
 
-def assert_fits(page, url, size):
+def assert_fits(page, url, size, shot: str = ""):
     page.set_viewport_size(size)
     page.goto(url)
     page.wait_for_load_state("load")
+    if shot:  # for a person to look at
+        (ROOT / "test-results").mkdir(exist_ok=True)
+        page.screenshot(path=str(ROOT / "test-results" / f"{shot}-{size['width']}.png"), full_page=True)
     assert page.evaluate(FITS), (url, size, page.evaluate(
         "[document.documentElement.scrollWidth, window.innerWidth]"), page.evaluate(WIDEST))
 
@@ -90,8 +93,12 @@ def test_tables_fit_a_phone_and_a_laptop(world, monkeypatch):
         try:
             alice = login(browser, base, "alice")
             for size in (PHONE, LAPTOP):
-                assert_fits(alice, base + "/offers/?online=false", size)
-                assert_fits(alice, f"{base}/jobs/{job.pk}/", size)
+                assert_fits(alice, base + "/offers/?online=false", size, "fit-offers")
+                assert_fits(alice, f"{base}/jobs/{job.pk}/", size, "fit-job")
+            # On a laptop the offers table fits its box: nothing to scroll sideways to.
+            assert_fits(alice, base + "/offers/?online=false", LAPTOP)
+            assert alice.locator(".table-wrap:has(#offers-table)").evaluate(
+                "w => w.scrollWidth <= w.clientWidth + 1"), "the offers table scrolls sideways"
             # On the phone the offers are cards with their price and action in view.
             assert_fits(alice, base + "/offers/?online=false", PHONE)
             first = alice.locator("#offers-table tbody tr").first
@@ -121,7 +128,7 @@ def test_tables_fit_a_phone_and_a_laptop(world, monkeypatch):
 
             carol = login(browser, base, "carol")
             for size in (PHONE, LAPTOP):
-                assert_fits(carol, base + "/provider/nodes/", size)
+                assert_fits(carol, base + "/provider/nodes/", size, "fit-nodes")
                 # "Rotate token" is in the window, not scrolled out of its table's box.
                 rotate = carol.get_by_test_id("rotate-token").first
                 rotate.scroll_into_view_if_needed()
