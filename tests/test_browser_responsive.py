@@ -95,6 +95,10 @@ def test_tables_fit_a_phone_and_a_laptop(world, monkeypatch):
             for size in (PHONE, LAPTOP):
                 assert_fits(alice, base + "/offers/?online=false", size, "fit-offers")
                 assert_fits(alice, f"{base}/jobs/{job.pk}/", size, "fit-job")
+            # On a laptop the job's machines table fits its card.
+            assert_fits(alice, f"{base}/jobs/{job.pk}/", LAPTOP)
+            assert alice.locator(".table-wrap:has(td[data-testid=node-step])").evaluate(
+                "w => w.scrollWidth <= w.clientWidth + 1"), "the machines table scrolls sideways"
             # On a laptop the offers table fits its box: nothing to scroll sideways to.
             assert_fits(alice, base + "/offers/?online=false", LAPTOP)
             assert alice.locator(".table-wrap:has(#offers-table)").evaluate(
