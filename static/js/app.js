@@ -92,6 +92,23 @@
     });
   }
 
+  // The offers page swaps only its results: mark the filters that the server refused
+  // (the results pane names them in data-error-fields) and unmark the others.
+  function markFilterErrors() {
+    var form = document.getElementById("offer-filters");
+    if (!form) return;
+    var box = document.querySelector("[data-error-fields]");
+    var bad = box ? box.getAttribute("data-error-fields").split(" ") : [];
+    form.querySelectorAll("input, select").forEach(function (el) {
+      if (el.type === "hidden") return;
+      var wrong = bad.indexOf(el.name) !== -1;
+      if (wrong) el.setAttribute("aria-invalid", "true"); else el.removeAttribute("aria-invalid");
+      var field = el.closest(".field");
+      if (field) field.classList.toggle("has-error", wrong || field.querySelector("[aria-invalid]") !== null);
+    });
+  }
+  document.addEventListener("htmx:afterSettle", markFilterErrors);
+
   function init(root) { localizeTimes(root); fillDefaults(root); updateAllOffsets(); }
   document.addEventListener("DOMContentLoaded", function () { foldFilters(); init(document); });
   document.addEventListener("htmx:afterSettle", function (e) { init(e.target); });
