@@ -74,6 +74,14 @@ def daphne_process(*, logs: str, timeout: float = 60.0, **env_overrides: str):
         log.close()
 
 
+def sign_in(page, base: str, username: str, password: str = "demo-pass-123") -> None:
+    """Sign in through the login form, as a person would (the demo's password by default)."""
+    page.goto(f"{base}/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+
+
 @contextmanager
 def asgi_server(timeout: float = 30.0):
     """Yield the base URL of daphne serving webapp.asgi on a free port."""

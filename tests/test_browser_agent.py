@@ -10,7 +10,7 @@ from rest_framework.authtoken.models import Token
 from marketplace.models import Organization
 from marketplace.services.accounts import organization_create
 
-from .browser_support import CHROMIUM, CHROMIUM_ARGS
+from .browser_support import CHROMIUM, CHROMIUM_ARGS, sign_in
 from .factories import UserFactory
 from .stack import Stack
 from .test_execution_e2e import cpu_nodes, job_body
@@ -32,10 +32,7 @@ def test_a_consumer_watches_a_real_job_train_live(tmp_path, monkeypatch):
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page()
-            page.goto(f"{stack.base}/login/")
-            page.fill("input[name=username]", "alice")
-            page.fill("input[name=password]", "demo-pass-123")
-            page.click("button[type=submit]")
+            sign_in(page, stack.base, "alice")
             code, job = stack.http("POST", "/api/v1/jobs/", token=token, body=job_body(
                 template="image-classifier", dataset="sample:digits",
                 params={"epochs": 10, "batch_size": 32, "checkpoint_every": 50}))

@@ -12,7 +12,7 @@ from django.utils import timezone
 from marketplace.models import Assignment, Job, Organization
 from marketplace.services import budget
 
-from .browser_support import CHROMIUM, CHROMIUM_ARGS, asgi_server
+from .browser_support import CHROMIUM, CHROMIUM_ARGS, asgi_server, sign_in
 from .factories import JobFactory, NodeFactory, OfferFactory, OrganizationFactory, UserFactory
 from .test_browser_live import elsewhere
 
@@ -41,10 +41,7 @@ def test_the_warning_appears_live_at_80_percent(transactional_db, monkeypatch):
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
-            page.goto(f"{base}/login/")
-            page.fill("input[name=username]", "alice")
-            page.fill("input[name=password]", "demo-pass-123")
-            page.click("button[type=submit]")
+            sign_in(page, base, "alice")
             page.goto(f"{base}/jobs/{job.pk}/")
             expect(page.get_by_test_id("live-indicator")).to_have_text("Live", timeout=10_000)
             warning = page.get_by_test_id("budget-warning")

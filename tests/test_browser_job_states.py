@@ -12,7 +12,7 @@ import pytest
 from marketplace import job_states
 from marketplace.models import Escrow, Job, Organization, Settlement
 
-from .browser_support import CHROMIUM, CHROMIUM_ARGS, daphne_process
+from .browser_support import CHROMIUM, CHROMIUM_ARGS, daphne_process, sign_in
 from .factories import JobFactory, OrganizationFactory, UserFactory
 from .test_browser_live import elsewhere
 
@@ -46,10 +46,7 @@ def test_a_cancelled_job_reads_cancelled_with_its_refund(transactional_db, monke
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
-            page.goto(f"{base}/login/")
-            page.fill("input[name=username]", "alice")
-            page.fill("input[name=password]", "demo-pass-123")
-            page.click("button[type=submit]")
+            sign_in(page, base, "alice")
             page.goto(f"{base}/jobs/{job.pk}/")
             expect(page.get_by_test_id("live-indicator")).to_have_text("Live", timeout=10_000)
             badge = page.get_by_test_id("job-status")

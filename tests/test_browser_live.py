@@ -10,7 +10,7 @@ from marketplace import job_states
 from marketplace.models import Job, Offer, Organization
 from marketplace.services.offers import offer_set_status
 
-from .browser_support import CHROMIUM, CHROMIUM_ARGS, asgi_server
+from .browser_support import CHROMIUM, CHROMIUM_ARGS, asgi_server, sign_in
 from .factories import JobFactory, NodeFactory, OfferFactory, OrganizationFactory, UserFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not Path(CHROMIUM).exists(),
@@ -55,10 +55,7 @@ def test_my_jobs_and_the_offers_page_update_without_a_reload(world, monkeypatch)
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
-            page.goto(f"{base}/login/")
-            page.fill("input[name=username]", "erin")
-            page.fill("input[name=password]", "demo-pass-123")
-            page.click("button[type=submit]")
+            sign_in(page, base, "erin")
             page.goto(f"{base}/jobs/")
             row = page.locator(f'tr[data-job-id="{job.pk}"] .js-status')
             expect(row).to_have_text("matching")
@@ -110,10 +107,7 @@ def test_the_job_page_draws_progress_as_it_is_persisted(transactional_db, monkey
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
-            page.goto(f"{base}/login/")
-            page.fill("input[name=username]", "alice")
-            page.fill("input[name=password]", "demo-pass-123")
-            page.click("button[type=submit]")
+            sign_in(page, base, "alice")
             page.goto(f"{base}/jobs/{job.pk}/")
             expect(page.get_by_test_id("live-indicator")).to_have_text("Live", timeout=10_000)
             page.wait_for_function("window.jobLive.state.points.length === 3")

@@ -10,19 +10,17 @@ import os
 import stat
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import pytest
 from computemesh_client import OPERATIONS, Client, Conflict, NotFound, ValidationError, job_succeeded
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
 from rest_framework.authtoken.models import Token
 
 from .browser_support import ROOT, free_port
 from .factories import JobFactory
 from .live_server import daphne
 from .platform_logs import LogFile, watch
+from .venvs import declared, linked_venv
 
 # Tests that start or use the live server need committed rows (daphne is another process).
 live = pytest.mark.django_db(transaction=True)
@@ -209,41 +207,12 @@ def test_a_provider_registers_a_node_and_manages_its_offer(base, carol, tmp_path
         assert [n["id"] for n in c.iter_nodes()] == [node["id"]]
 
 
-def dependency_closure(*roots: str) -> list:
-    """The installed distributions `roots` need, by their metadata (extras left out)."""
-    seen, todo, out = set(), list(roots), []
-    while todo:
-        name = canonicalize_name(todo.pop())
-        if name in seen:
-            continue
-        seen.add(name)
-        dist = metadata.distribution(name)
-        out.append(dist)
-        for text in dist.requires or []:
-            requirement = Requirement(text)
-            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
-                todo.append(requirement.name)
-    return out
-
-
 def test_the_client_alone_in_a_fresh_venv_passes_its_own_tests(tmp_path):
     """The client is a distribution of its own: a fresh virtual environment that holds only
     what its metadata declares (and pytest) runs its tests, and Django and torch are not
     importable there. Nothing is downloaded: the declared packages are linked from this one."""
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
-    deps = tmp_path / "deps"
-    deps.mkdir()
-    for dist in dependency_closure("computemesh-client", "pytest"):
-        if canonicalize_name(dist.metadata["Name"]) == "computemesh-client":
-            continue  # the client itself comes from its source folder, below
-        for top in {Path(str(f)).parts[0] for f in dist.files or [] if not str(f).startswith("..")}:
-            source = Path(dist.locate_file(top))
-            if source.exists() and not (deps / top).exists():
-                (deps / top).symlink_to(source)
-    (site,) = (venv / "lib").glob("python3*/site-packages")
-    (site / "computemesh-deps.pth").write_text(f"{deps}\n{ROOT / 'client'}\n")
-    python = str(venv / "bin" / "python")
+    python = linked_venv(tmp_path, [*declared(ROOT / "client" / "pyproject.toml"), "pytest"],
+                         [ROOT / "client"])
     env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH")}
     for module in ("django", "torch", "marketplace"):
         probe = subprocess.run([python, "-c", f"import {module}"], capture_output=True, env=env,

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from .browser_support import CHROMIUM, CHROMIUM_ARGS, ROOT, free_port
+from .browser_support import CHROMIUM, CHROMIUM_ARGS, ROOT, free_port, sign_in
 from .stack import wait_for
 
 pytestmark = [pytest.mark.integration]
@@ -307,10 +307,7 @@ def test_the_job_page_shows_completed_and_settled_from_the_worker_without_a_relo
         try:
             page = browser.new_page()
             page.on("websocket", lambda ws: ws.on("framereceived", on_frame))
-            page.goto(f"{demo.base}/login/")
-            page.fill("input[name=username]", "alice")
-            page.fill("input[name=password]", "demo-pass-123")
-            page.click("button[type=submit]")
+            sign_in(page, demo.base, "alice")
             page.goto(f"{demo.base}/jobs/{job_id}/")
             expect(page.get_by_test_id("live-indicator")).to_have_text("Live", timeout=15_000)
             page.evaluate("window.__marker = 1")  # gone if the page reloads

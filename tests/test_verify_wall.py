@@ -6,73 +6,31 @@ and the plain worker consumed the verify queue, so every verification in product
 with ModuleNotFoundError and jobs stayed `verifying`.
 
 Each image's dependency set is a fresh virtual environment holding exactly the
-distributions `computemesh`'s metadata declares for it (nothing downloaded: they are linked
-from this environment), with the project's source on its path, as `pip install .` puts it."""
+distributions pyproject.toml declares for it (tests/venvs.py: linked from this
+environment, nothing downloaded), with the project's source on its path."""
 
 import os
 import subprocess
-import sys
-import tomllib
-from importlib import metadata
 from pathlib import Path
 
 import pytest
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
 
 from marketplace.models import Job
 from marketplace.trust_models import Dispute, VerificationReport
 from workers import verify
 
 from .stack import Stack, wait_for
+from .venvs import declared, linked_venv
 from .verify_support import Agent, _point, celery_app, cpu_node, running_job, saved, trained_segment
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK_MODULES = ["workers.tasks", "workers.tasks_chain", "workers.tasks_dispatch", "workers.tasks_verify"]
 
 
-def image_closure(extras: tuple[str, ...] = ()) -> list[metadata.Distribution]:
-    """The installed distributions `pip install .[extras]` brings: pyproject.toml's
-    requirements (what the Dockerfile installs from), then their metadata's."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    roots = list(project["dependencies"])
-    for extra in extras:
-        roots += project["optional-dependencies"][extra]
-    seen: set[tuple[str, str]] = set()
-    todo = [Requirement(text) for text in roots]
-    out: dict[str, metadata.Distribution] = {}
-    while todo:
-        req = todo.pop()
-        name = canonicalize_name(req.name)
-        # A distribution is followed once plainly and once per extra asked of it
-        # (psycopg[binary,pool] brings psycopg-binary and psycopg-pool).
-        for extra in ("", *req.extras):
-            if (name, extra) in seen:
-                continue
-            seen.add((name, extra))
-            dist = out.setdefault(name, metadata.distribution(name))
-            for text in dist.requires or []:
-                child = Requirement(text)
-                if child.marker is None or child.marker.evaluate({"extra": extra}):
-                    if not (extra and child.marker is None):  # plain ones: followed with ""
-                        todo.append(child)
-    return list(out.values())
-
-
 def image_venv(where: Path, extras: tuple[str, ...] = ()) -> str:
-    """A fresh venv with the image's dependency set and the project's source; its python."""
-    venv = where / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
-    deps = where / "deps"
-    deps.mkdir()
-    for dist in image_closure(extras):
-        for top in {Path(str(f)).parts[0] for f in dist.files or [] if not str(f).startswith("..")}:
-            source = Path(dist.locate_file(top))
-            if source.exists() and not (deps / top).exists():
-                (deps / top).symlink_to(source)
-    (site,) = (venv / "lib").glob("python3*/site-packages")
-    (site / "computemesh-image.pth").write_text(f"{deps}\n{ROOT}\n")
-    return str(venv / "bin" / "python")
+    """A fresh venv with the image's dependency set (`pip install .[extras]`, as the
+    Dockerfile installs) and the project's source; its python."""
+    return linked_venv(where, declared(ROOT / "pyproject.toml", *extras), [ROOT])
 
 
 def _run(python: str, code: str) -> subprocess.CompletedProcess:
