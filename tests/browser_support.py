@@ -82,6 +82,14 @@ def sign_in(page, base: str, username: str, password: str = "demo-pass-123") -> 
     page.click("button[type=submit]")
 
 
+def open_live_job(page, base: str, job_id: int) -> None:
+    """Open a job's page and wait until its live socket is open (the page marks it)."""
+    from playwright.sync_api import expect  # only the browser tests load playwright
+
+    page.goto(f"{base}/jobs/{job_id}/")
+    expect(page.get_by_test_id("live-indicator")).to_have_text("Live", timeout=10_000)
+
+
 @contextmanager
 def asgi_server(timeout: float = 30.0):
     """Yield the base URL of daphne serving webapp.asgi on a free port."""

@@ -12,7 +12,7 @@ from django.utils import timezone
 from marketplace.models import Assignment, Job, Organization
 from marketplace.services import budget
 
-from .browser_support import CHROMIUM, CHROMIUM_ARGS, asgi_server, sign_in
+from .browser_support import CHROMIUM, CHROMIUM_ARGS, asgi_server, open_live_job, sign_in
 from .factories import JobFactory, NodeFactory, OfferFactory, OrganizationFactory, UserFactory
 from .test_browser_live import elsewhere
 
@@ -42,8 +42,7 @@ def test_the_warning_appears_live_at_80_percent(transactional_db, monkeypatch):
         try:
             page = browser.new_page()
             sign_in(page, base, "alice")
-            page.goto(f"{base}/jobs/{job.pk}/")
-            expect(page.get_by_test_id("live-indicator")).to_have_text("Live", timeout=10_000)
+            open_live_job(page, base, job.pk)
             warning = page.get_by_test_id("budget-warning")
             expect(warning).to_be_hidden()
             page.evaluate("window.__marker = 1")  # gone if the page reloads

@@ -12,7 +12,7 @@ import pytest
 from marketplace import job_states
 from marketplace.models import Escrow, Job, Organization, Settlement
 
-from .browser_support import CHROMIUM, CHROMIUM_ARGS, daphne_process, sign_in
+from .browser_support import CHROMIUM, CHROMIUM_ARGS, daphne_process, open_live_job, sign_in
 from .factories import JobFactory, OrganizationFactory, UserFactory
 from .test_browser_live import elsewhere
 
@@ -47,8 +47,7 @@ def test_a_cancelled_job_reads_cancelled_with_its_refund(transactional_db, monke
         try:
             page = browser.new_page()
             sign_in(page, base, "alice")
-            page.goto(f"{base}/jobs/{job.pk}/")
-            expect(page.get_by_test_id("live-indicator")).to_have_text("Live", timeout=10_000)
+            open_live_job(page, base, job.pk)
             badge = page.get_by_test_id("job-status")
             expect(badge).to_have_text("running")
             expect(page.get_by_test_id("throughput")).to_be_visible()

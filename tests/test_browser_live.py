@@ -10,7 +10,7 @@ from marketplace import job_states
 from marketplace.models import Job, Offer, Organization
 from marketplace.services.offers import offer_set_status
 
-from .browser_support import CHROMIUM, CHROMIUM_ARGS, asgi_server, sign_in
+from .browser_support import CHROMIUM, CHROMIUM_ARGS, asgi_server, open_live_job, sign_in
 from .factories import JobFactory, NodeFactory, OfferFactory, OrganizationFactory, UserFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not Path(CHROMIUM).exists(),
@@ -108,8 +108,7 @@ def test_the_job_page_draws_progress_as_it_is_persisted(transactional_db, monkey
         try:
             page = browser.new_page()
             sign_in(page, base, "alice")
-            page.goto(f"{base}/jobs/{job.pk}/")
-            expect(page.get_by_test_id("live-indicator")).to_have_text("Live", timeout=10_000)
+            open_live_job(page, base, job.pk)
             page.wait_for_function("window.jobLive.state.points.length === 3")
             elsewhere(lambda: report(2, [4, 5]))
             page.wait_for_function("window.jobLive.state.points.length === 5", timeout=10_000)

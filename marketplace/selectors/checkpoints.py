@@ -11,6 +11,11 @@ from ..trust_models import Dispute
 C = Checkpoint.Status
 
 
+def _disputed():
+    """Assignments whose work failed verification (an open or upheld dispute)."""
+    return Dispute.objects.exclude(status=Dispute.Status.DISMISSED).values("assignment_id")
+
+
 def trusted() -> Q:
     """Checkpoints whose work is trusted: valid on upload, and the work up to them passed a
     replay spot check (VERIFIED). A DiLoCo job across nodes cannot be replayed step by step
@@ -23,7 +28,7 @@ def checkpoints_resumable(qs: QuerySet[Checkpoint]) -> QuerySet[Checkpoint]:
     """Committed checkpoints that work may resume from: trusted, and none written by an
     assignment whose work failed verification (an open or upheld dispute); a dismissed
     dispute clears it."""
-    disputed = Dispute.objects.exclude(status=Dispute.Status.DISMISSED).values("assignment_id")
+    disputed = _disputed()
     return qs.filter(trusted(), committed_at__isnull=False).exclude(assignment_id__in=disputed)
 
 
@@ -38,7 +43,7 @@ def checkpoints_payable(qs: QuerySet[Checkpoint]) -> QuerySet[Checkpoint]:
 def replay_candidate(job_id: int) -> Checkpoint | None:
     """The checkpoint that work would resume from once its replay passed: the newest valid,
     committed, undisputed one, when it is newer than every trusted one."""
-    disputed = Dispute.objects.exclude(status=Dispute.Status.DISMISSED).values("assignment_id")
+    disputed = _disputed()
     newest_trusted = (checkpoints_resumable(Checkpoint.objects.filter(job_id=job_id))
                       .aggregate(step=Max("step"))["step"])
     qs = (Checkpoint.objects.filter(job_id=job_id, status=C.VALID, committed_at__isnull=False)
@@ -57,7 +62,7 @@ def jobs_awaiting_checkpoint_check(job_ids: list[int], *, now: datetime) -> dict
     since = now - timedelta(seconds=settings.CHECKPOINT_CHECK_WAIT_S)
     valid = dict(checkpoints_resumable(Checkpoint.objects.filter(job_id__in=job_ids))
                  .values_list("job").annotate(step=Max("step")))
-    disputed = Dispute.objects.exclude(status=Dispute.Status.DISMISSED).values("assignment_id")
+    disputed = _disputed()
     waiting = (Checkpoint.objects.filter(job_id__in=job_ids, committed_at__isnull=False)
                .exclude(assignment_id__in=disputed)
                .filter(Q(status=C.PENDING, committed_at__gte=since)
