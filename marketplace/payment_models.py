@@ -270,3 +270,26 @@ class ChainCursor(models.Model):
 
     def __str__(self) -> str:
         return f"{self.address} read to block {self.last_block}"
+
+
+class FaucetGrant(models.Model):
+    """Test tUSD minted to an organization's custodial wallet by the faucet (development
+    chains only; services/faucet.py). One row per mint: the Account page lists them, and
+    the last one's time is what the faucet's rate limit counts from."""
+
+    organization = models.ForeignKey("marketplace.Organization", on_delete=models.CASCADE,
+                                      related_name="faucet_grants")
+    wallet = models.ForeignKey(Wallet, on_delete=models.CASCADE, related_name="faucet_grants")
+    amount = models.DecimalField(**MONEY)
+    transaction = models.ForeignKey(ChainTransaction, on_delete=models.PROTECT, null=True, blank=True,
+                                    related_name="faucet_grants")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
+                                     blank=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["organization", "-created_at"], name="faucet_org_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.amount} tUSD to {self.organization_id}"

@@ -4,6 +4,7 @@
 the operator resolves (slashing the provider's stake on the chain, or dismissing it).
 """
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -62,6 +63,7 @@ class Dispute(models.Model):
         CHECKPOINT_UNCOMMITTED = "checkpoint_uncommitted", "Checkpoint not committed in time"
         ARTIFACT_MISMATCH = "artifact_mismatch", "Model differs from the last checkpoint"
         VERIFICATION_ERROR = "verification_error", "The work could not be verified"
+        CONSUMER_CLAIM = "consumer_claim", "The consumer's dispute, upheld by staff"
 
     class Status(models.TextChoices):
         OPEN = "open", "Open"
@@ -71,7 +73,7 @@ class Dispute(models.Model):
     # On the chain a reason is a small integer; this order is part of the contract's ABI use.
     REASON_CODES = {Reason.REPLAY_MISMATCH: 1, Reason.METRIC_INFLATED: 2,
                     Reason.CHECKPOINT_UNCOMMITTED: 3, Reason.ARTIFACT_MISMATCH: 4,
-                    Reason.VERIFICATION_ERROR: 5}
+                    Reason.VERIFICATION_ERROR: 5, Reason.CONSUMER_CLAIM: 6}
 
     job = models.ForeignKey("marketplace.Job", on_delete=models.CASCADE, related_name="disputes")
     assignment = models.ForeignKey("marketplace.Assignment", on_delete=models.PROTECT,
@@ -225,3 +227,59 @@ class NodeUptime(models.Model):
 
     def __str__(self) -> str:
         return f"node {self.node_id} online {self.online_from:%Y-%m-%d %H:%M} – {self.online_until or 'now'}"
+
+
+class ConsumerDispute(models.Model):
+    """A consumer's complaint about a finished job, with its reason; staff resolve it in the
+    admin (services/disputes.py): refund the consumer, slash the providers' stake (through
+    a `Dispute` per provider, the staking service's way), or reject it."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        REFUNDED = "refunded", "Refunded"
+        SLASHED = "slashed", "Provider slashed"
+        REJECTED = "rejected", "Rejected"
+
+    job = models.ForeignKey("marketplace.Job", on_delete=models.CASCADE, related_name="consumer_disputes")
+    organization = models.ForeignKey("marketplace.Organization", on_delete=models.CASCADE,
+                                     related_name="consumer_disputes")
+    opened_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
+                                  related_name="+")
+    reason = models.TextField(max_length=2000)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    resolution = models.CharField(max_length=2000, blank=True, help_text="Staff's note on the decision.")
+    resolved_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
+                                    blank=True, related_name="+")
+    refund_amount = models.DecimalField(**MONEY, null=True, blank=True)
+    refund_tx = models.CharField(max_length=66, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["job"], condition=Q(status="open"),
+                                               name="one_open_consumer_dispute_per_job")]
+        indexes = [models.Index(fields=["status", "-created_at"], name="consumer_dispute_status")]
+
+    def __str__(self) -> str:
+        return f"consumer dispute #{self.pk} on job {self.job_id} ({self.status})"
+
+
+class ComplianceEvidence(models.Model):
+    """What a staff member saw before verifying a node's compliance tags: a document and a
+    note, with who verified which tags when (services/nodes.py node_verify_compliance)."""
+
+    node = models.ForeignKey("marketplace.Node", on_delete=models.CASCADE, related_name="compliance_evidence")
+    tags = models.JSONField(default=list, help_text="The tags verified on this evidence.")
+    document = models.FileField(upload_to="compliance/%Y/%m/")
+    document_name = models.CharField(max_length=200, blank=True)
+    note = models.TextField(max_length=2000)
+    verified_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
+                                    related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"evidence for {', '.join(self.tags)} on node {self.node_id}"
