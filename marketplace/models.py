@@ -4,6 +4,7 @@ Writes go through `marketplace.services`; a job's status changes only through
 `marketplace.job_states`. Money is Decimal with 6 places in the settlement token (tUSD).
 """
 
+import uuid
 from decimal import Decimal
 from typing import ClassVar
 
@@ -97,6 +98,9 @@ class Node(models.Model):
     benchmark_tflops = models.DecimalField(max_digits=10, decimal_places=3, null=True,
                                            blank=True, help_text="Measured matmul TFLOP/s.")
     agent_version = models.CharField(max_length=32, blank=True)
+    # The provider runtime its agent's last `hello` named (workers/runtimes.json): what a
+    # code bundle's `runtime` is matched against.
+    runtime = models.CharField(max_length=64, blank=True)
     # What the agent's last `hello` said the machine has (validated, services/claims.py) and
     # when: compared with the node's offers on connect and on every accepted assignment.
     hardware = models.JSONField(default=dict, blank=True)
@@ -182,6 +186,8 @@ class Offer(models.Model):
     # Why the platform took the offer off the market (its node's agent reported less hardware
     # than it lists: services/claims.py); empty when the provider paused it, or it is active.
     status_reason = models.CharField(max_length=500, blank=True)
+    # The provider agrees to run consumers' own code (code bundles) in its agent's sandbox.
+    accepts_custom_code = models.BooleanField(default=False)
 
     # Copies of the node's searchable attributes, kept in step by the node services, so
     # that the public search is one table with covering indexes (see bench/offer_search.py).
@@ -265,6 +271,11 @@ class Dataset(models.Model):
     rows = models.PositiveIntegerField()
     columns = models.JSONField(default=list)
     sha256 = models.CharField(max_length=64)
+    # A CSV table (rows and columns checked), or a zip of files of any layout (class folders
+    # of images…) that a code bundle's task reads; `entries` counts its files.
+    kind = models.CharField(max_length=8, choices=[("csv", "CSV table"), ("zip", "Zip of files")],
+                            default="csv")
+    entries = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -272,6 +283,71 @@ class Dataset(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.rows} rows)"
+
+
+class CodeBundle(models.Model):
+    """A consumer's own training task: one .py file or a zip/tar of a package, stored
+    content-addressed (encrypted at rest) under its SHA-256 (services/bundles.py)."""
+
+    owner = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="bundles")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL,
+                                   null=True, related_name="+")
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=8, choices=[("py", "Python file"), ("zip", "Zip archive"),
+                                                   ("tar", "Tar archive")])
+    file = models.FileField(upload_to="bundles/")
+    size_bytes = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    # What it declares (its computemesh.toml, or the upload's fields): the provider runtime
+    # it needs, its task class, and the JSON Schema of its params.
+    runtime = models.CharField(max_length=64)
+    entry = models.CharField(max_length=200)
+    params_schema = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["owner", "sha256"], name="bundle_owner_sha256")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.sha256[:12]}…)"
+
+
+class Upload(models.Model):
+    """A resumable, chunked upload of a dataset or a code bundle (services/uploads.py): its
+    bytes so far are in a partial file; `offset` counts those written whole."""
+
+    class Purpose(models.TextChoices):
+        DATASET = "dataset", "Dataset"
+        BUNDLE = "bundle", "Code bundle"
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Receiving"
+        COMPLETE = "complete", "Complete"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="uploads")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL,
+                                   null=True, related_name="+")
+    purpose = models.CharField(max_length=8, choices=Purpose.choices)
+    name = models.CharField(max_length=200)
+    size_bytes = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    offset = models.PositiveBigIntegerField(default=0)
+    # What the finished file becomes with: label_column; a bundle's runtime, entry, schema.
+    options = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.OPEN)
+    # The dataset's or bundle's id once complete.
+    result_id = models.PositiveBigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["owner", "status"], name="upload_owner_status")]
+
+    def __str__(self) -> str:
+        return f"{self.purpose} upload {self.id} ({self.offset}/{self.size_bytes})"
 
 
 class Job(models.Model):
@@ -314,6 +390,9 @@ class Job(models.Model):
     dataset_ref = models.CharField(max_length=80, help_text="sample:<name> or an upload's id.")
     dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, null=True, blank=True,
                                 related_name="jobs")
+    # A consumer's own task, trained in place of a template (`template` is then empty).
+    bundle = models.ForeignKey(CodeBundle, on_delete=models.PROTECT, null=True, blank=True,
+                               related_name="jobs")
     nodes = models.PositiveSmallIntegerField()
     gpus_per_node = models.PositiveSmallIntegerField()
     # How the nodes synchronise: {"mode": "ddp"} or DiLoCo's settings (services/job_spec.py).
