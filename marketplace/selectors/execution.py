@@ -7,7 +7,7 @@ from django.db.models import F, QuerySet, Window
 from django.db.models.functions import RowNumber
 
 from ..models import Assignment, Job, MetricPoint
-from ..services.metering import provider_earned
+from .metering import provider_earned
 
 ETA_WINDOW = 20  # progress points the step rate is measured over
 
@@ -76,7 +76,7 @@ def job_watchable_by(user) -> QuerySet[Job]:
 def provider_earnings(org) -> dict:
     """What a provider's nodes have run: assignments running now, and what they are owed so
     far at the locked prices, before the platform fee — the settlement's own metering
-    (services/metering.py), so a failed or disputed attempt is not counted as earned."""
+    (selectors/metering.py), so a failed or disputed attempt is not counted as earned."""
     rows = Assignment.objects.filter(node__provider=org).exclude(started_at__isnull=True)
     return {"running": rows.filter(status__in=Assignment.ACTIVE).count(), "assignments": rows.count(),
             "earned": provider_earned(org.pk)}

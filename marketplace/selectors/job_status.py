@@ -13,7 +13,7 @@ from django.db.models import OuterRef, Q, QuerySet, Subquery
 
 from ..models import Escrow, Job, JobEvent, Settlement
 from ..money import tusd
-from ..services.metering import job_metered
+from .metering import job_metered
 
 S = Job.Status
 ENDINGS = (S.CANCELLED, S.FAILED, S.COMPLETED)

@@ -31,9 +31,9 @@ from .. import job_states
 from ..errors import Conflict, MarketError
 from ..models import Assignment, Escrow, Job
 from ..money import MICRO, amount, tusd
+from ..selectors.metering import budget_limit, job_metered
 from . import deadlines, enqueue, execution
 from .jobs import job_cancel
-from .metering import budget_limit, job_metered
 
 S = Job.Status
 A = Assignment.Status

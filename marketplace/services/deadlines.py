@@ -22,7 +22,7 @@ from decimal import Decimal
 from django.conf import settings
 
 from ..models import Escrow, Job
-from .metering import budget_limit, job_metered
+from ..selectors.metering import budget_limit, job_metered
 
 
 def _escrow_deadline(job: Job) -> datetime | None:

@@ -20,7 +20,7 @@ from django.db.models.functions import RowNumber
 
 from ..models import Assignment, Job, LogLine, MetricPoint
 from ..selectors.execution import job_progress
-from .metering import job_metered
+from ..selectors.metering import job_metered
 
 
 def job_group(job_id: int) -> str:

@@ -24,8 +24,8 @@ from .. import job_states, task_names
 from ..errors import Conflict, MarketError
 from ..models import Assignment, Escrow, Job, Organization, Payout, Settlement, Wallet
 from ..money import from_units, round_down, to_units, tusd
+from ..selectors.metering import job_statement
 from . import audit, enqueue
-from .metering import job_statement
 from .wallets import custodial_key, custodial_wallet, payout_address
 
 W = Wallet.Kind
@@ -464,7 +464,7 @@ def escrow_settlement_skipped(*, key: str, state: int, tx_hash: str) -> None:
                                 f"{tusd(escrow.amount)} deposit waits for staff to refund it.")
 
 
-# --- metering: services/metering.py (one metering for settlement and every page) ----
+# --- metering: selectors/metering.py (one metering for settlement and every page) ----
 
 def settlement_prepare(*, job: Job) -> Settlement | None:
     """Meter a stopped, funded job once: the statement, each provider's payout after the

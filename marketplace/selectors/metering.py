@@ -13,7 +13,7 @@ Rules:
   part that succeeded (a DiLoCo survivor) keeps all its work;
 - an attempt whose work failed verification (an open or upheld dispute) is not charged.
 
-A leaf: it imports only models, settings, the checkpoint selector (itself a leaf) and the
+A leaf of the read side: it imports only models, settings, the checkpoint selector (itself a leaf) and the
 money helpers, so that services, selectors and views may all use it without an import cycle.
 """
 
@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from ..models import Assignment, Dispute, Escrow, Job, Settlement
 from ..money import round_down
-from ..selectors.checkpoints import checkpoints_payable
+from .checkpoints import checkpoints_payable
 
 A = Assignment.Status
 
