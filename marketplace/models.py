@@ -678,6 +678,7 @@ from .payment_models import (  # noqa: E402,F401  (one app: Django finds its mod
 from .trust_models import (  # noqa: E402,F401
     Dispute,
     DisputeSlash,
+    GradientCommitment,
     NodeUptime,
     ProviderStake,
     StakeEvent,

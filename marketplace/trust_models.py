@@ -107,6 +107,30 @@ class Dispute(models.Model):
         return f"dispute #{self.pk} on job {self.job_id}: {self.reason} ({self.status})"
 
 
+class GradientCommitment(models.Model):
+    """One node's copy of the per-rank gradient commitments of a stretch of steps of a DDP
+    attempt across nodes (workers/training/commitments.py): for each step, what every rank
+    said its own gradient and the parameters projected to. Every node uploads its own copy,
+    so that no node's word about another stands alone (verification's attribution)."""
+
+    assignment = models.ForeignKey("marketplace.Assignment", on_delete=models.CASCADE,
+                                   related_name="gradient_commitments")
+    from_step = models.PositiveIntegerField()
+    to_step = models.PositiveIntegerField(help_text="The checkpoint step that closed the stretch.")
+    sha256 = models.CharField(max_length=64)
+    # [{"step": s, "grad": [[k floats] per rank], "param": [[k floats] per rank]}, …], by step.
+    table = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["assignment_id", "to_step"]
+        constraints = [models.UniqueConstraint(fields=["assignment", "to_step"],
+                                               name="one_commitment_per_stretch")]
+
+    def __str__(self) -> str:
+        return f"commitments of assignment {self.assignment_id}, steps {self.from_step}..{self.to_step}"
+
+
 class ProviderStake(models.Model):
     """One staking address's stake on the ProviderStake contract, as the indexer has seen it
     (the chain is the truth; these rows follow its events)."""
