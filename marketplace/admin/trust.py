@@ -1,13 +1,13 @@
 """Admin for trust: disputes (slash or dismiss, through the staking service) and stakes
-(view-only: the stake indexer writes them). Loaded by admin.py."""
+(view-only: the stake indexer writes them)."""
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 
-from .admin import ReadOnlyAdminMixin, ViewOnlyWithActionsMixin, _tx_link, money
-from .errors import MarketError
-from .models import Dispute, ProviderStake, StakeEvent
-from .services.staking import dispute_dismiss, dispute_slash_enqueue
+from ..errors import MarketError
+from ..models import Dispute, ProviderStake, StakeEvent
+from ..services.staking import dispute_dismiss, dispute_slash_enqueue
+from .common import ReadOnlyAdminMixin, ViewOnlyWithActionsMixin, money, tx_link
 
 
 @admin.register(Dispute)
@@ -32,7 +32,7 @@ class DisputeAdmin(ViewOnlyWithActionsMixin, admin.ModelAdmin):
 
     @admin.display(description="slash transaction")
     def slash_link(self, obj: Dispute) -> str:
-        return _tx_link(obj.slash_tx)
+        return tx_link(obj.slash_tx)
 
     @admin.display(description="slash note")
     def slash_note(self, obj: Dispute) -> str:

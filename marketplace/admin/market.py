@@ -1,0 +1,340 @@
+"""Admin for the market: nodes (created, changed, suspended and verified through the node
+services) and their offers (through the offer services)."""
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import F, Q, QuerySet
+
+from .. import catalogue
+from ..errors import MarketError
+from ..models import Node, Offer, Organization
+from ..services.nodes import (
+    NodeSpec,
+    node_create,
+    node_rotate_token,
+    node_spec_validate,
+    node_suspend,
+    node_unsuspend,
+    node_update,
+    node_verify_compliance,
+)
+from ..services.offers import OfferSpec, offer_create, offer_set_status, offer_spec_validate, offer_update
+from .common import (
+    AwaitingVerificationFilter,
+    GpuModelFilter,
+    RegionFilter,
+    ServiceValidatedForm,
+    form_error,
+    price,
+    reliability,
+    tags,
+)
+
+# --- Nodes ---------------------------------------------------------------------------
+NODE_MACHINE_FIELDS = ["provider", "name", "gpu_model", "gpu_count", "gpu_memory_gb",
+                       "cpu_cores", "ram_gb", "disk_gb", "bandwidth_mbps", "region"]
+
+
+class NodeAdminForm(ServiceValidatedForm):
+    compliance = forms.MultipleChoiceField(
+        label="Claimed compliance tags", required=False,
+        choices=list(catalogue.COMPLIANCE_TAGS.items()), widget=forms.CheckboxSelectMultiple,
+        help_text="The provider's claims. Verify them with the action "
+                  "“Verify claimed compliance tags”.")
+
+    class Meta:
+        model = Node
+        fields = NODE_MACHINE_FIELDS
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "provider" in self.fields:
+            self.fields["provider"].queryset = Organization.objects.filter(
+                kind=Organization.Kind.PROVIDER)
+        self.fields["gpu_memory_gb"].required = False
+        self.fields["gpu_memory_gb"].help_text = (
+            "Memory per GPU, GB. Leave empty for the model's standard memory.")
+        if self.instance.pk:
+            self.initial["compliance"] = self.instance.claimed_tags
+
+    def spec(self) -> NodeSpec:
+        data = self.cleaned_data
+        return NodeSpec(
+            name=data.get("name") or "", gpu_model=data.get("gpu_model") or "",
+            gpu_count=data.get("gpu_count"), gpu_memory_gb=data.get("gpu_memory_gb"),
+            cpu_cores=data.get("cpu_cores"), ram_gb=data.get("ram_gb"),
+            disk_gb=data.get("disk_gb"), region=data.get("region") or "",
+            compliance=tuple(data.get("compliance") or ()),
+            bandwidth_mbps=data.get("bandwidth_mbps"),
+        )
+
+    def clean(self):
+        data = super().clean()
+        if self.errors:
+            return data
+        provider = self.instance.provider if self.instance.pk else data.get("provider")
+        try:
+            node_spec_validate(spec=self.spec(), provider=provider,
+                               node=self.instance if self.instance.pk else None)
+        except MarketError as exc:
+            raise form_error(exc, self) from None
+        return data
+
+
+@admin.register(Node)
+class NodeAdmin(admin.ModelAdmin):
+    form = NodeAdminForm
+    list_display = ["name", "provider", "hardware", "region", "status", "claimed",
+                    "verified", "reliability_display", "last_heartbeat_at", "agent_version"]
+    list_filter = ["status", AwaitingVerificationFilter, "gpu_model", "region",
+                   "provider__is_verified"]
+    search_fields = ["name", "provider__name", "token_prefix"]
+    list_select_related = ["provider"]
+    autocomplete_fields = ["provider"]
+    ordering = ["-id"]
+    show_full_result_count = False
+    actions = ["suspend_nodes", "unsuspend_nodes", "verify_claimed_compliance",
+               "rotate_agent_tokens"]
+
+    def get_fieldsets(self, request, obj=None):
+        machine = ("Machine", {"fields": NODE_MACHINE_FIELDS})
+        if obj is None:
+            return [machine, ("Compliance", {"fields": ["compliance"]})]
+        return [
+            machine,
+            ("Compliance", {"fields": ["compliance", "verified"]}),
+            ("Agent and health", {"fields": ["status", "last_heartbeat_at", "agent_version",
+                                             "benchmark_tflops", "reliability_display",
+                                             "token_prefix", "created_at", "updated_at"]}),
+        ]
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return []
+        # The agent, the watchdog and the actions own these; the token hash is never shown.
+        return ["provider", "verified", "status", "last_heartbeat_at", "agent_version",
+                "benchmark_tflops", "reliability_display", "token_prefix", "created_at",
+                "updated_at"]
+
+    @admin.display(description="hardware", ordering="gpu_model")
+    def hardware(self, obj: Node) -> str:
+        if obj.is_cpu:
+            return f"CPU, {obj.gpu_count} slots, {obj.cpu_cores} cores"
+        return f"{obj.gpu_count}× {obj.gpu_model} ({obj.gpu_memory_gb} GB)"
+
+    @admin.display(description="claimed tags")
+    def claimed(self, obj: Node) -> str:
+        return tags(obj.compliance_claimed)
+
+    @admin.display(description="verified tags")
+    def verified(self, obj: Node) -> str:
+        return tags(obj.compliance_verified)
+
+    @admin.display(description="reliability", ordering="reliability")
+    def reliability_display(self, obj: Node) -> str:
+        return reliability(obj.reliability)
+
+    def save_model(self, request, obj, form, change):
+        spec = form.spec()
+        if change:
+            # Re-read the row so that a status the agent changed meanwhile is not undone.
+            node_update(node=Node.objects.get(pk=obj.pk), spec=spec, actor=request.user)
+        else:
+            node, token = node_create(provider=form.cleaned_data["provider"], spec=spec,
+                                      actor=request.user)
+            obj.pk = node.pk
+            self.message_user(request, f"Agent token for {node.name} (shown once; give it to "
+                                       f"the provider now): {token}", messages.WARNING)
+        obj.refresh_from_db()
+
+    def has_delete_permission(self, request, obj=None):
+        # Nodes carry history (offers, assignments, audit); suspend instead.
+        return False
+
+    @admin.action(description="Suspend selected nodes (pauses their offers)",
+                  permissions=["change"])
+    def suspend_nodes(self, request, queryset: QuerySet[Node]):
+        nodes = list(queryset.exclude(status=Node.Status.SUSPENDED))
+        for node in nodes:
+            node_suspend(node=node, actor=request.user,
+                         reason=f"suspended by {request.user.get_username()} in the admin")
+        skipped = queryset.count() - len(nodes)
+        self.message_user(request, f"Suspended {len(nodes)} node(s); their active offers are "
+                                   f"paused." + (f" {skipped} already suspended." if skipped
+                                                 else ""), messages.SUCCESS)
+
+    @admin.action(description="Lift the suspension of selected nodes", permissions=["change"])
+    def unsuspend_nodes(self, request, queryset: QuerySet[Node]):
+        nodes = list(queryset.filter(status=Node.Status.SUSPENDED))
+        for node in nodes:
+            node_unsuspend(node=node, actor=request.user)
+        self.message_user(request, f"Lifted the suspension of {len(nodes)} node(s); they come "
+                                   "back online when their agent connects. Their offers stay "
+                                   "paused until resumed.", messages.SUCCESS)
+
+    @admin.action(description="Verify claimed compliance tags", permissions=["change"])
+    def verify_claimed_compliance(self, request, queryset: QuerySet[Node]):
+        verified, failed = 0, []
+        for node in queryset.exclude(compliance_claimed=F("compliance_verified")):
+            pending = [t for t in node.claimed_tags if t not in node.verified_tags]
+            try:
+                node_verify_compliance(node=node, tags=pending, actor=request.user)
+            except MarketError as exc:
+                failed.append(f"{node.name}: {exc.message}")
+            else:
+                verified += 1
+        self.message_user(request, f"Verified the claimed compliance tags of {verified} "
+                                   "node(s).", messages.SUCCESS)
+        if failed:
+            self.message_user(request, "Not verified: " + "; ".join(failed), messages.ERROR)
+
+
+    @admin.action(description="Rotate agent tokens (the old ones stop working)",
+                  permissions=["change"])
+    def rotate_agent_tokens(self, request, queryset: QuerySet[Node]):
+        tokens = [f"{node.name}: {node_rotate_token(node=node, actor=request.user)}"
+                  for node in queryset.order_by("pk")]
+        self.message_user(request, "New agent tokens, shown once; give them to the provider "
+                                   "now — " + "; ".join(tokens), messages.WARNING)
+
+
+# --- Offers --------------------------------------------------------------------------
+SEARCH_LIMIT = 1000  # nodes or providers a search term may match before it is too vague
+OFFER_FIELDS = ["node", "gpus_offered", "price_per_gpu_hour", "available_from",
+                "available_until", "min_duration_hours", "max_duration_hours"]
+
+
+class OfferAdminForm(ServiceValidatedForm):
+    class Meta:
+        model = Offer
+        fields = OFFER_FIELDS
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["available_from"].required = False
+        self.fields["available_from"].help_text = "Leave empty for now."
+        self.fields["price_per_gpu_hour"].help_text = "tUSD per GPU-hour."
+
+    def spec(self) -> OfferSpec:
+        data = self.cleaned_data
+        return OfferSpec(
+            gpus_offered=data.get("gpus_offered"),
+            price_per_gpu_hour=data.get("price_per_gpu_hour"),
+            available_from=data.get("available_from"),
+            available_until=data.get("available_until"),
+            min_duration_hours=data.get("min_duration_hours"),
+            max_duration_hours=data.get("max_duration_hours"),
+        )
+
+    def node(self) -> Node:
+        return self.instance.node if self.instance.pk else self.cleaned_data["node"]
+
+    def clean(self):
+        data = super().clean()
+        if self.errors:
+            return data
+        try:
+            offer_spec_validate(spec=self.spec(), node=self.node(),
+                                offer=self.instance if self.instance.pk else None)
+        except MarketError as exc:
+            raise form_error(exc, self) from None
+        return data
+
+
+@admin.register(Offer)
+class OfferAdmin(admin.ModelAdmin):
+    form = OfferAdminForm
+    list_display = ["id", "node", "provider", "gpus", "price_display", "status", "node_online",
+                    "verified", "reliability_display", "available_until"]
+    list_filter = ["status", "node_online", GpuModelFilter, RegionFilter]
+    search_fields = ["=id", "node__name", "provider__name"]
+    list_select_related = ["node", "provider"]
+    autocomplete_fields = ["node"]
+    # The primary key index serves this order; the default (price, id) would sort the table.
+    ordering = ["-id"]
+    list_per_page = 50
+    show_full_result_count = False
+    actions = ["pause_offers", "resume_offers"]
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return OFFER_FIELDS
+        return OFFER_FIELDS + ["status", "status_reason", "gpus_reserved", "provider", "gpu_model",
+                               "gpu_memory_gb", "region", "verified", "reliability_display",
+                               "node_online", "created_at", "updated_at"]
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return []
+        # Status changes through the actions; the rest is copied from the node by the
+        # node services, and reservations belong to matching.
+        return ["node", "status", "status_reason", "gpus_reserved", "provider", "gpu_model", "gpu_memory_gb",
+                "region", "verified", "reliability_display", "node_online", "created_at",
+                "updated_at"]
+
+    def get_search_results(self, request, queryset, search_term):
+        # Find the matching nodes and providers first, then their offers by the indexed
+        # foreign keys. Django's default (join + LIKE over every offer, ordered by id) read
+        # the whole table: see docs/BENCHMARKS.md for the measurement.
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        nodes = list(Node.objects.filter(name__icontains=term).values_list("pk", flat=True)
+                     [:SEARCH_LIMIT])
+        providers = list(Organization.objects.filter(name__icontains=term)
+                         .values_list("pk", flat=True)[:SEARCH_LIMIT])
+        match = Q(node_id__in=nodes) | Q(provider_id__in=providers)
+        if term.isdigit():
+            match |= Q(pk=int(term))
+        return queryset.filter(match), False
+
+    @admin.display(description="GPUs free / offered", ordering="gpus_offered")
+    def gpus(self, obj: Offer) -> str:
+        return f"{obj.gpus_available} / {obj.gpus_offered}"
+
+    @admin.display(description="price", ordering="price_per_gpu_hour")
+    def price_display(self, obj: Offer) -> str:
+        return price(obj.price_per_gpu_hour)
+
+    @admin.display(description="verified tags")
+    def verified(self, obj: Offer) -> str:
+        return tags(obj.compliance_verified)
+
+    @admin.display(description="reliability", ordering="reliability")
+    def reliability_display(self, obj: Offer) -> str:
+        return reliability(obj.reliability)
+
+    def save_model(self, request, obj, form, change):
+        node = form.node()
+        if change:
+            offer_update(provider=node.provider, offer=Offer.objects.get(pk=obj.pk),
+                         spec=form.spec())
+        else:
+            obj.pk = offer_create(provider=node.provider, node=node, spec=form.spec()).pk
+        obj.refresh_from_db()
+
+    def has_delete_permission(self, request, obj=None):
+        # Offers are referenced by reservations and history; pause instead.
+        return False
+
+    def _set_status(self, request, queryset: QuerySet[Offer], status: str, verb: str):
+        changed, refused = 0, []
+        for offer in queryset.exclude(status=status).select_related("node"):
+            try:
+                offer_set_status(provider=None, offer=offer, status=status)
+            except MarketError as exc:
+                refused.append(f"offer #{offer.pk}: {exc.message}")
+            else:
+                changed += 1
+                self.log_change(request, offer, f"{verb} from the admin")
+        self.message_user(request, f"{verb} {changed} offer(s).", messages.SUCCESS)
+        if refused:
+            self.message_user(request, "Not changed: " + "; ".join(refused), messages.ERROR)
+
+    @admin.action(description="Pause selected offers", permissions=["change"])
+    def pause_offers(self, request, queryset):
+        self._set_status(request, queryset, Offer.Status.PAUSED, "Paused")
+
+    @admin.action(description="Resume selected offers", permissions=["change"])
+    def resume_offers(self, request, queryset):
+        self._set_status(request, queryset, Offer.Status.ACTIVE, "Resumed")
