@@ -15,7 +15,8 @@ from django.utils import timezone
 from marketplace import job_states
 from marketplace.errors import MarketError
 from marketplace.models import Assignment, Job
-from marketplace.services import budget, execution, live, payments
+from marketplace.selectors.live import cost_so_far, job_brief, job_snapshot
+from marketplace.services import budget, execution, payments
 from marketplace.services.budget import BudgetCheck
 
 from .factories import JobFactory
@@ -90,7 +91,7 @@ def test_the_live_spend_is_the_settlement_metering(healthcare, carol_node):
         finished_at=timezone.now() - timedelta(hours=1))
     checkpoint(lost, after_minutes=20)  # the lost node's last 40 minutes are not charged
     now = timezone.now()
-    spent = live.cost_so_far(job, now=now)
+    spent = cost_so_far(job, now=now)
     assert spent == pytest.approx(Decimal("2") + Decimal("3"), abs=Decimal("0.01"))  # 20 min + 30 min at 6/h
     # Once the running part stops, the statement that settles it says the same.
     job.assignments.filter(status=A.RUNNING).update(status=A.CANCELLED, finished_at=now)
@@ -105,13 +106,13 @@ def test_work_that_failed_verification_is_not_in_the_spend(healthcare, carol_nod
         job=job, node=carol_node, offer=offer_on(carol_node), attempt=0, node_rank=0, gpus=1,
         price_per_gpu_hour=Decimal("6"), status=A.SUCCEEDED,
         started_at=timezone.now() - timedelta(hours=2), finished_at=timezone.now() - timedelta(hours=1))
-    before = live.cost_so_far(job)
+    before = cost_so_far(job)
     Dispute.objects.create(job=job, assignment=cheat, provider=carol_node.provider,
                            reason=Dispute.Reason.REPLAY_MISMATCH)
     now = timezone.now()
-    assert before - live.cost_so_far(job, now=now) == pytest.approx(Decimal("6"), abs=Decimal("0.01"))
+    assert before - cost_so_far(job, now=now) == pytest.approx(Decimal("6"), abs=Decimal("0.01"))
     job.assignments.filter(status=A.RUNNING).update(status=A.CANCELLED, finished_at=now)
-    assert payments.job_statement(job)[1] == live.cost_so_far(job, now=now)
+    assert payments.job_statement(job)[1] == cost_so_far(job, now=now)
 
 
 def test_the_consumer_is_warned_once_at_80_percent(healthcare, carol_node):
@@ -120,9 +121,9 @@ def test_the_consumer_is_warned_once_at_80_percent(healthcare, carol_node):
     assert budget.budget_watch()["warned"] == 0
     (note,) = job.events.filter(reason="budget_warning")
     assert "80 % of the budget is spent: 8.3" in note.message
-    snapshot = live.job_snapshot(Job.objects.get(pk=job.pk))
+    snapshot = job_snapshot(Job.objects.get(pk=job.pk))
     assert snapshot["spend"]["warning"] is True and snapshot["spend"]["limit"] == "10.000000"
-    assert live.job_brief(job, snapshot)["budget_warning"] is True
+    assert job_brief(job, snapshot)["budget_warning"] is True
     assert Job.objects.get(pk=job.pk).status == S.RUNNING
 
 
@@ -130,7 +131,7 @@ def test_no_warning_below_80_percent(healthcare, carol_node):
     job = running_job(healthcare, carol_node, budget="10", price="10", minutes=40)  # 6.67 tUSD
     assert budget.budget_watch() == {"warned": 0, "pausing": 0, "stopped": 0, "expired": 0}
     assert not job.events.filter(reason="budget_warning").exists()
-    assert live.job_snapshot(job)["spend"]["warning"] is False
+    assert job_snapshot(job)["spend"]["warning"] is False
 
 
 def finished(a: Assignment, *, seq: int, step: int) -> dict:

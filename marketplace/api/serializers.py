@@ -13,7 +13,9 @@ from rest_framework import serializers
 from .. import catalogue
 from ..errors import MarketError
 from ..models import Assignment, Dataset, Job, JobEvent, MetricPoint, Node, Offer
+from ..selectors.budget import budget_view
 from ..selectors.execution import job_assignments, job_progress
+from ..selectors.live import cost_so_far
 from ..selectors.verification import job_model_downloadable
 from ..services.job_spec import JobSpec
 from ..services.nodes import NodeSpec
@@ -357,9 +359,6 @@ class JobDetailSerializer(JobListSerializer):
     def get_spend(self, job: Job) -> dict:
         """{limit, spent, percent, warning, paused}: the metered spend against the budget
         (the escrowed amount when the escrow is on)."""
-        from ..services.budget import budget_view
-        from ..services.live import cost_so_far
-
         return budget_view(job, spent=cost_so_far(job))
 
     @extend_schema_field(VerificationSerializer)

@@ -6,6 +6,7 @@ import json
 from channels.db import database_sync_to_async
 
 from ..selectors.accounts import organization_of
+from ..selectors.live import job_brief, node_brief
 from ..services import live
 from .base import LiveConsumer
 
@@ -15,8 +16,8 @@ def _summary(user) -> tuple[int | None, dict]:
     org = organization_of(user)
     if org is None:
         return None, {"type": "summary", "jobs": [], "nodes": []}
-    jobs = [live.job_brief(j) for j in org.jobs.order_by("-created_at")[:50]] if org.is_consumer else []
-    nodes = [live.node_brief(n) for n in org.nodes.order_by("name")[:500]] if org.is_provider else []
+    jobs = [job_brief(j) for j in org.jobs.order_by("-created_at")[:50]] if org.is_consumer else []
+    nodes = [node_brief(n) for n in org.nodes.order_by("name")[:500]] if org.is_provider else []
     return org.pk, {"type": "summary", "jobs": jobs, "nodes": nodes}
 
 

@@ -7,6 +7,7 @@ import json
 from channels.db import database_sync_to_async
 
 from ..selectors.execution import job_watchable_by
+from ..selectors.live import history
 from ..services import live
 from .base import LiveConsumer
 
@@ -18,7 +19,7 @@ def _job_for(user, job_id: int):
 
 @database_sync_to_async
 def _history(job, after_seq: int, after_log_seq: int) -> dict:
-    return live.history(job, after_seq=after_seq, after_log_seq=after_log_seq)
+    return history(job, after_seq=after_seq, after_log_seq=after_log_seq)
 
 
 class JobConsumer(LiveConsumer):

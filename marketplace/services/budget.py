@@ -31,13 +31,13 @@ from .. import job_states
 from ..errors import Conflict, MarketError
 from ..models import Assignment, Escrow, Job
 from ..money import MICRO, amount, tusd
+from ..selectors.budget import WARN_AT
 from ..selectors.metering import budget_limit, job_metered
 from . import deadlines, enqueue, execution
 from .jobs import job_cancel
 
 S = Job.Status
 A = Assignment.Status
-WARN_AT = Decimal("0.8")
 # The ranks look for a pause every this many steps (docs/agent-protocol.md, assignment.pause).
 PAUSE_CHECK_STEPS = 10
 
@@ -97,15 +97,6 @@ def budget_check(job: Job, *, now=None, spent: Decimal | None = None) -> BudgetC
     return BudgetCheck(limit=budget_limit(job),
                        spent=job_metered(job, now=now) if spent is None else spent,
                        rate_per_s=_rate(assignments))
-
-
-def budget_view(job: Job, *, spent: Decimal) -> dict:
-    """What the job page, the API and the dashboards show."""
-    limit = budget_limit(job)
-    percent = float(spent / limit * 100) if limit > 0 else 100.0
-    return {"limit": str(limit), "spent": str(spent), "percent": round(percent, 1),
-            "warning": job.status in S.ACTIVE and percent >= float(WARN_AT * 100),
-            "paused": job.status == S.PAUSED}
 
 
 # --- the periodic pass ---------------------------------------------------------------

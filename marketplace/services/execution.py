@@ -23,6 +23,7 @@ from django.utils.crypto import salted_hmac
 from .. import catalogue, job_states, task_names
 from ..errors import MarketError, NotFound
 from ..models import Assignment, Checkpoint, Job, LogLine, MetricPoint, Node
+from ..selectors.live import log_line, point
 from . import claims, enqueue, live, placement, replays, verification
 from .bulk import bulk_insert, bulk_set
 from .liveness import assignment_steps_record
@@ -625,7 +626,7 @@ def _store_progress(batch: list[tuple[Assignment, dict]]) -> None:
             value = getattr(last, field)
             if value is not None:
                 setattr(job, "last_loss" if field == "loss" else field, value)
-        live.broadcast(job_id, {"type": "metrics", "points": [live.point(p) for p in ps]})
+        live.broadcast(job_id, {"type": "metrics", "points": [point(p) for p in ps]})
         live.job_changed(job_id, throttle=True)
     bulk_set(Job, [jobs[j] for j in points], job_fields)
     if started:
@@ -661,7 +662,7 @@ def _on_log(a: Assignment, m: dict) -> None:
     rows = LogLine.objects.bulk_create([LogLine(job_id=a.job_id, assignment=a, seq=first + i, line=x)
                                         for i, x in enumerate(lines)])
     Job.objects.filter(pk=a.job_id).update(log_seq=first + len(lines) - 1)
-    live.broadcast(a.job_id, {"type": "logs", "lines": [live.log_line(x) for x in rows]})
+    live.broadcast(a.job_id, {"type": "logs", "lines": [log_line(x) for x in rows]})
 
 
 def _on_checkpoint(a: Assignment, m: dict) -> None:

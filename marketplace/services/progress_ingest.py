@@ -20,6 +20,7 @@ import psycopg
 from django.db import connections
 
 from ..models import Assignment, Job, MetricPoint
+from ..selectors.live import point_values
 from . import live
 from .execution import AgentMessageError, applicable, parse_batch, progress_items
 
@@ -131,7 +132,7 @@ class ProgressWriter:
                 for column, value in zip(columns, values, strict=True):
                     column.append(value)
                 item["seq"] = seqs[a.job_id]
-                points.setdefault(a.job_id, []).append(live.point_values(item))
+                points.setdefault(a.job_id, []).append(point_values(item))
                 last[a.job_id] = item
         if not points:
             return {}

@@ -13,16 +13,17 @@ from ..forms import JobForm, QuoteForm
 from ..models import Job, Offer
 from ..money import is_whole_micro, tusd
 from ..selectors.accounts import organization_of
+from ..selectors.budget import budget_view
 from ..selectors.execution import job_assignments, job_progress
 from ..selectors.job_status import STATUS_FILTERS, job_state, jobs_filtered, with_ending
+from ..selectors.live import cost_so_far
 from ..selectors.market import jobs_visible_to, offers_visible_to
 from ..selectors.payments import chain_transaction, job_escrow
 from ..selectors.verification import job_model_downloadable, job_verification_report
 from ..services import payments as payment_services
-from ..services.budget import budget_view, job_budget_raise
+from ..services.budget import job_budget_raise
 from ..services.job_spec import job_spec_validate, sync_traffic_ratio
 from ..services.jobs import job_cancel, job_submit
-from ..services.live import cost_so_far
 from ..services.matching import quote_job
 from .common import org_required
 
