@@ -6,9 +6,13 @@ class MarketplaceConfig(AppConfig):
     verbose_name = "ComputeMesh marketplace"
 
     def ready(self):
-        # checks: registers the deployment checks on import.
-        from . import checks, logs, metrics  # noqa: F401
+        # Imported here, not at the top: they import the models, which exist only once the app
+        # registry is ready. checks registers the deployment checks on import.
+        from . import checks, job_states, logs, metrics  # noqa: F401
+        from .services import live
 
         # Every process times its Celery tasks and binds their ids for the logs.
         metrics.celery_signals_connected()
         logs.celery_signals_connected()
+        # The state machine says a job changed; the live views tell its watchers.
+        job_states.job_changed.connect(live.on_job_changed, dispatch_uid="live.on_job_changed")

@@ -1,19 +1,25 @@
 """The job state machine: the only code that writes `Job.status`.
 
 Every transition runs in a transaction with the job's row locked, checks that it is
-legal, and appends a JobEvent with a machine-readable reason and a human message.
+legal, and appends a JobEvent with a machine-readable reason and a human message. Who
+watches jobs hears of it through `job_changed` (the browser's live views: services/live.py,
+connected in apps.py): the state machine imports no service.
 """
 
 from typing import Any
 
 from django.db import transaction
+from django.dispatch import Signal
 from django.utils import timezone
 
 from .errors import Conflict
 from .models import Job, JobEvent
-from .services import live
 
 S = Job.Status
+
+# Sent with `job_id` after each recorded change (a transition or a note), inside its
+# transaction; receivers act after commit.
+job_changed = Signal()
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     S.DRAFT: frozenset({S.SUBMITTED, S.CANCELLED}),
@@ -75,7 +81,7 @@ def transition(
         job.save(update_fields=["status", "status_changed_at", "updated_at"])
         JobEvent.objects.create(job=job, from_status=from_status, to_status=to, reason=reason,
                                 message=message, data=data or {}, actor=actor)
-        live.job_changed(job.pk)
+        job_changed.send(sender=Job, job_id=job.pk)
     return job
 
 
@@ -84,7 +90,7 @@ def note(*, job_id: int, reason: str, message: str, data: dict[str, Any] | None 
     """A timeline entry without a status change (e.g. why matching found nothing)."""
     event = JobEvent.objects.create(job_id=job_id, reason=reason, message=message,
                                     data=data or {}, actor=actor)
-    live.job_changed(job_id)
+    job_changed.send(sender=Job, job_id=job_id)
     return event
 
 

@@ -111,6 +111,11 @@ def job_changed(job_id: int, *, throttle: bool = False) -> None:
     transaction.on_commit(send)
 
 
+def on_job_changed(sender, *, job_id: int, **kwargs) -> None:
+    """job_states.job_changed's receiver (apps.py): a status change or a timeline note."""
+    job_changed(job_id)
+
+
 def snapshots(job_ids, *, events: int = 10) -> list[tuple[str, dict]]:
     """Snapshots of jobs for their pages and for their owner's and providers' dashboards, as
     (group, event) pairs for the caller to send, in four queries however many jobs: after a
