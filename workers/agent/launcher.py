@@ -13,6 +13,8 @@ import socket
 import sys
 from pathlib import Path
 
+from . import sandbox as sandboxing
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -43,6 +45,20 @@ def command(*, spec_path: Path, nnodes: int, node_rank: int, nproc_per_node: int
         "--max-restarts", "1" if nnodes == 1 else "0",
         "-m", "workers.training.run", str(spec_path),
     ]
+
+
+def sandboxed(cmd: list[str], env: dict[str, str], *, job_dir: Path, nnodes: int,
+              limits: sandboxing.Limits | None = None
+              ) -> tuple[list[str], dict[str, str], sandboxing.Sandbox]:
+    """The command run inside the assignment's sandbox (workers/agent/sandbox.py): a
+    single-node job gets loopback only (build its command with master_addr 127.0.0.1), a
+    multi-node one the host's network, which its peers reach it through."""
+    box = sandboxing.Sandbox(job_dir=job_dir, limits=limits or sandboxing.Limits(),
+                             network="loopback" if nnodes == 1 else "host")
+    if nnodes == 1:
+        env = {**env, "GLOO_SOCKET_IFNAME": "lo"}
+    wrapped, outer_env = box.wrap(cmd, env)
+    return wrapped, outer_env, box
 
 
 def environment(*, threads: int) -> dict[str, str]:
