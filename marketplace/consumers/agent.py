@@ -11,7 +11,7 @@ from channels.layers import get_channel_layer
 
 from .. import metrics
 from ..errors import NotFound
-from ..services import execution, live
+from ..services import agent_protocol, execution, live
 from ..services.nodes import node_by_token
 from ..services.progress_ingest import ProgressWriter
 from .base import LiveConsumer
@@ -105,10 +105,10 @@ class AgentConsumer(LiveConsumer):
             return
         self.refused_in_a_row = 0
         # Where this node may host a rendezvous: the address its socket comes from, and the
-        # one its agent advertises in `hello` (execution._clean_body checks rank 0's choice).
+        # one its agent advertises in `hello` (agent_protocol._clean_body checks rank 0's choice).
         client = self.scope.get("client") or (None,)
         self.rdzv_hosts = {str(client[0])} if client[0] else set()
-        self.group = execution.node_group(self.node.pk)
+        self.group = agent_protocol.node_group(self.node.pk)
         await self.channel_layer.group_add(self.group, self.channel_name)
         self.ingest = _ingest()
         self.ingest.attach()
@@ -161,7 +161,7 @@ class AgentConsumer(LiveConsumer):
                 self.rdzv_hosts.add(message["advertise_addr"][:255])
             try:
                 out = await database_sync_to_async(execution.agent_hello)(node=self.node, hello=message)
-            except execution.AgentRefused as exc:
+            except agent_protocol.AgentRefused as exc:
                 await self._error(exc.code, exc.message, ref)
                 await self.close(code=4403)
                 return
@@ -266,7 +266,8 @@ class Ingest:
                 items=[(c.node, m) for c, m in batch], outbox=outbox, snapshots=snapshots)
         except Exception:  # a bug must not stop ingestion: nothing was applied or acked
             log.exception("applying %d agent messages failed", len(batch))
-            results = [execution.AgentMessageError("not applied; resend later", code="internal")] * len(batch)
+            error = agent_protocol.AgentMessageError("not applied; resend later", code="internal")
+            results = [error] * len(batch)
             outbox, snapshots = [], set()
         return results, outbox, snapshots
 

@@ -7,13 +7,10 @@ lost push delays work but never loses it.
 
 import json
 import logging
-import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from types import SimpleNamespace
-from typing import Any, TypeGuard
+from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core import signing
 from django.db import transaction
@@ -21,10 +18,26 @@ from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
 from .. import catalogue, job_states, task_names
-from ..errors import MarketError, NotFound
+from ..errors import NotFound
 from ..models import Assignment, Checkpoint, Job, LogLine, MetricPoint, Node
 from ..selectors.live import log_line, point
 from . import claims, enqueue, live, placement, replays, verification
+from .agent_protocol import (
+    AgentMessageError,
+    AgentRefused,
+    agent_message,
+    applicable,
+    assignment_ids,
+    cancel_message,
+    check_seq,
+    loose_float,
+    loose_int,
+    parse_batch,
+    parse_data,
+    pause_message,
+    progress_items,
+    send_to_node,
+)
 from .bulk import bulk_insert, bulk_set
 from .liveness import assignment_steps_record
 from .nodes import node_set_presence
@@ -36,36 +49,12 @@ TOKEN_SALT = "computemesh.assignment"
 
 
 # --- messages to agents ----------------------------------------------------------
-def node_group(node_id: int) -> str:
-    return f"agent.node.{node_id}"
-
-
-def send_to_node(node_id: int, message: dict) -> None:
-    """Push a message to a node's agent once the current transaction commits."""
-    def push():
-        layer = get_channel_layer()
-        if layer is not None:
-            async_to_sync(layer.group_send)(node_group(node_id),
-                                            {"type": "agent.forward", "message": message})
-    transaction.on_commit(push)
-
-
-def _message(type_: str, **fields) -> dict:
-    return {"type": type_, "id": uuid.uuid4().hex, **fields}
-
-
 def job_secret(job: Job) -> str:
     """The secret a job's nodes authenticate each other with (the DiLoCo exchange's HMAC key,
     the rendezvous store's namespace): derived from SECRET_KEY and the job, so nothing new is
     stored, and sent only in `assignment.start` to the job's own agents; no API or page shows
     it. Providers of other jobs, and strangers on the network, cannot compute it."""
     return salted_hmac("computemesh.job-secret", str(job.pk), algorithm="sha256").hexdigest()
-
-
-def pause_message(assignment: Assignment) -> dict:
-    """Budget safety: checkpoint at the next step and stop (services/budget.py)."""
-    return _message("assignment.pause", assignment=assignment.pk,
-                    reason="the job's budget is spent: checkpoint and stop")
 
 
 def assignment_token(assignment: Assignment) -> str:
@@ -103,7 +92,7 @@ def start_message(assignment: Assignment) -> dict:
         rank0 = job.assignments.filter(attempt=assignment.attempt, node_rank=0).latest("pk")
         rdzv = {"host": rank0.rdzv_host, "port": rank0.rdzv_port}
     is_cpu = catalogue.CPU in job.gpu_models
-    return _message(
+    return agent_message(
         "assignment.start", assignment=assignment.pk, job=job.pk, job_name=job.name,
         template=job.template, params=job.params, dataset=dataset,
         dataset_url=f"{base}dataset/" if dataset["kind"] == "csv" else None,
@@ -159,8 +148,7 @@ def _end(assignment: Assignment, status: str, detail: str = "") -> bool:
         placement.release(assignment)
         enqueue.enqueue(task_names.NODE_REPUTATION, assignment.node_id)  # its record changed
         if status in (A.CANCELLED, A.LOST, A.FAILED):
-            send_to_node(assignment.node_id, _message(
-                "assignment.cancel", assignment=assignment.pk, reason=detail[:200] or status))
+            send_to_node(assignment.node_id, cancel_message(assignment.pk, detail[:200] or status))
         if status in (A.LOST, A.FAILED, A.PAUSED):
             # The work stops short: its resume point must replay before it is resumed from
             # or paid up to. Asked now, the answer is usually there before the next placement.
@@ -201,10 +189,6 @@ def _interrupt(job: Job, *, reason: str, message: str, exclude_node: int | None)
 
 
 # --- what agents say ---------------------------------------------------------------
-class AgentRefused(MarketError):
-    """This agent may not work here (the socket is closed with the message)."""
-
-
 def agent_hello(*, node: Node, hello: dict) -> list[dict]:
     """Record the agent's hardware and presence; answer with what it should be running.
     An agent announcing test-only faults is refused unless settings.ALLOW_AGENT_FAULTS."""
@@ -220,19 +204,12 @@ def agent_hello(*, node: Node, hello: dict) -> list[dict]:
     # The hardware it reports against what its offers list: one that lists more leaves the market.
     claims.node_hardware_report(node=node, hardware=hello.get("hardware"))
     active = list(Assignment.objects.filter(node=node, status__in=Assignment.ACTIVE))
-    out = [_message("welcome", node=node.pk, name=node.name, heartbeat_s=settings.AGENT_HEARTBEAT_S,
+    out = [agent_message("welcome", node=node.pk, name=node.name, heartbeat_s=settings.AGENT_HEARTBEAT_S,
                     assignments=[a.pk for a in active])]
     unacked = hello.get("unacked")
     return out + agent_heartbeat(node=node, running=hello.get("running") or [], touch=False,
                                  unacked=unacked if isinstance(unacked, list) else None,
                                  steps=hello.get("steps"))
-
-
-def _ids(values: list) -> set[int]:
-    """The assignment ids in an agent's list; anything that cannot be one is left out."""
-    ids = {x if isinstance(x, int) else int(x) for x in values
-           if (isinstance(x, int) and not isinstance(x, bool)) or (isinstance(x, str) and x.isdigit())}
-    return {x for x in ids if 1 <= x <= MAX_ID}
 
 
 def agent_heartbeat(*, node: Node, running: list, touch: bool = True,
@@ -244,13 +221,13 @@ def agent_heartbeat(*, node: Node, running: list, touch: bool = True,
     if touch:
         node_set_presence(node_id=node.pk, online=True, heartbeat_at=timezone.now())
     assignment_steps_record(node=node, steps=steps)  # each node's own step (services/liveness.py)
-    running_ids = _ids(running)
+    running_ids = assignment_ids(running)
     out = []
     active = {a.pk: a for a in Assignment.objects.select_related("job").filter(
         node=node, status__in=Assignment.ACTIVE)}
     if unacked is not None:  # an agent that does not say is caught by the heartbeat timeout
         for assignment in [a for a in active.values() if a.status in (A.ACCEPTED, A.RUNNING)
-                           and a.pk not in running_ids | _ids(unacked)]:
+                           and a.pk not in running_ids | assignment_ids(unacked)]:
             if _assignment_lost(assignment, "its agent restarted without it"):
                 del active[assignment.pk]
     ended = running_ids - set(active)
@@ -258,9 +235,8 @@ def agent_heartbeat(*, node: Node, running: list, touch: bool = True,
         why = dict(Assignment.objects.filter(pk__in=ended, node=node, status__in=(
             A.CANCELLED, A.FAILED, A.LOST)).values_list("pk", "detail"))
         for assignment_id in sorted(ended):
-            out.append(_message("assignment.cancel", assignment=assignment_id,
-                                reason=(why.get(assignment_id) or
-                                        "the platform no longer runs this assignment here")[:200]))
+            out.append(cancel_message(assignment_id, why.get(assignment_id) or
+                                      "the platform no longer runs this assignment here"))
     stale = timezone.now() - timedelta(seconds=settings.AGENT_HEARTBEAT_S)
     for assignment in active.values():
         if (assignment.status == A.DISPATCHED and assignment.pk not in running_ids
@@ -269,214 +245,6 @@ def agent_heartbeat(*, node: Node, running: list, touch: bool = True,
         elif assignment.job.pause_requested_at is not None and assignment.pk in running_ids:
             out.append(pause_message(assignment))  # pushed once; repeated until it stops
     return out
-
-
-class AgentMessageError(MarketError):
-    pass
-
-
-DATA_TYPES = {"assignment.accepted", "assignment.rejected", "progress", "log", "checkpoint",
-              "assignment.finished"}
-
-# --- what agents send, checked in one place ------------------------------------------
-# Every field of a data message is validated and coerced here, before any handler runs, and
-# handlers read only the cleaned copy. A handler that met a value it did not expect used to
-# raise, and the whole ingest batch, other agents' messages included, was refused
-# (tests/test_agent_ingest_isolation.py). Bounds are the columns': ids are bigint, steps,
-# epochs and sequence numbers PostgreSQL integers.
-MAX_ID = 2**63 - 1
-MAX_COUNT = 2**31 - 1
-MAX_PROGRESS_ITEMS, MAX_LOG_LINES, MAX_LINE_CHARS, MAX_DIGESTS = 1000, 500, 2000, 256
-FINISHED_STATUSES = {"succeeded", "failed", "paused"}
-
-
-def _invalid(field: str, expected: str) -> AgentMessageError:
-    return AgentMessageError(f"{field}: expected {expected}", code="invalid")
-
-
-def _integer(value: Any, field: str, *, low: int = 0, high: int = MAX_COUNT,
-             optional: bool = False) -> int | None:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _invalid(field, f"an integer in {low}..{high}" + (" or null" if optional else ""))
-    return value
-
-
-# Measurements (losses, rates, traffic, clocks) that are not usable numbers are stored as
-# unknown rather than refused: a diverged loss is NaN on an honest node, and refusing the
-# message would stall the assignment's whole stream behind it.
-def _byte_count(value: Any) -> int | None:
-    """A traffic counter: a whole number of bytes (an int or an integral float), else None."""
-    if (isinstance(value, bool) or not isinstance(value, int | float) or value != value
-            or not 0 <= value <= MAX_ID or value != int(value)):
-        return None
-    return int(value)
-
-
-def _number(value: Any) -> float | None:
-    """A finite number, else None."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    out = float(value)
-    return out if out == out and abs(out) != float("inf") else None
-
-
-def _text(value: Any, field: str, *, limit: int, optional: bool = True) -> str | None:
-    if value is None and optional:
-        return None
-    if not isinstance(value, str):
-        raise _invalid(field, "a string")
-    return value[:limit]
-
-
-def _sha256(value: Any, field: str, *, optional: bool = False) -> str | None:
-    if value is None and optional:
-        return None
-    if not (isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)):
-        raise _invalid(field, "a SHA-256 as 64 lowercase hex digits")
-    return value
-
-
-def _list(value: Any, field: str, *, limit: int) -> list:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise _invalid(field, "a list")
-    return value[:limit]
-
-
-def _progress_item(item: Any, n: int) -> dict:
-    field = f"items[{n}]"
-    if not isinstance(item, dict):
-        raise _invalid(field, "an object")
-    return {"step": _integer(item.get("step"), f"{field}.step"),
-            "total_steps": _integer(item.get("total_steps"), f"{field}.total_steps"),
-            "epoch": _integer(item.get("epoch", 0), f"{field}.epoch"),
-            "loss": _number(item.get("loss")),
-            "samples_per_sec": _number(item.get("samples_per_sec")),
-            "comm_bytes": _byte_count(item.get("comm_bytes")),
-            "comm_bytes_ddp": _byte_count(item.get("comm_bytes_ddp")),
-            "at": _number(item.get("at"))}
-
-
-def _rdzv_refused(host: str, port: int | None, seen: Any) -> str | None:
-    """Why rank 0's rendezvous address is refused, or None. The job's other nodes are sent
-    there, so it must be this node's own (where its socket comes from, or what its agent
-    advertised: `seen`, set by the agent socket, never by the agent) and a port in the
-    configured range, not a third party's address the job would then connect to."""
-    low, high = settings.AGENT_RDZV_PORT_MIN, settings.AGENT_RDZV_PORT_MAX
-    if port is not None and not low <= port <= high:
-        return f"rendezvous port {port} is outside {low}..{high}"
-    # (Nothing known only where no socket address exists, as in in-process test sockets:
-    # daphne and uvicorn always give one.)
-    if host and isinstance(seen, list) and seen and host not in seen:
-        return (f"rendezvous host {host[:64]!r} is not this node's own address "
-                f"({', '.join(map(str, seen[:4]))})")
-    return None
-
-
-def _clean_body(kind: str, m: dict) -> dict:
-    """The fields of a `kind` message that its handler reads, validated; the rest dropped."""
-    if kind == "progress":
-        return {"items": [_progress_item(item, n) for n, item in
-                          enumerate(_list(m.get("items"), "items", limit=MAX_PROGRESS_ITEMS))]}
-    if kind == "log":
-        lines = _list(m.get("lines"), "lines", limit=MAX_LOG_LINES)
-        return {"lines": [_text(x, f"lines[{n}]", limit=MAX_LINE_CHARS, optional=False)
-                          for n, x in enumerate(lines)]}
-    if kind == "checkpoint":
-        return {"step": _integer(m.get("step"), "step"), "sha256": _sha256(m.get("sha256"), "sha256"),
-                "bytes": _byte_count(m.get("bytes"))}
-    if kind == "assignment.accepted":
-        rdzv = m.get("rdzv")
-        if rdzv is None:
-            return {"rdzv": {}}
-        if not isinstance(rdzv, dict):
-            raise _invalid("rdzv", "an object with 'host' and 'port'")
-        host = _text(rdzv.get("host"), "rdzv.host", limit=255) or ""
-        port = _integer(rdzv.get("port"), "rdzv.port", low=1, high=65535, optional=True)
-        return {"rdzv": {"host": host, "port": port},
-                "rdzv_refused": _rdzv_refused(host, port, m.get("seen_hosts"))}
-    if kind == "assignment.rejected":
-        return {"reason": _text(m.get("reason"), "reason", limit=500)}
-    status = m.get("status")
-    if status not in FINISHED_STATUSES:
-        raise _invalid("status", " or ".join(sorted(FINISHED_STATUSES)))
-    return {"status": status, "error": _text(m.get("error"), "error", limit=1500),
-            "error_kind": _text(m.get("error_kind"), "error_kind", limit=32),
-            "metric": _text(m.get("metric"), "metric", limit=32),
-            "value": _number(m.get("value")),
-            "step": _integer(m.get("step"), "step", optional=True),
-            "total_steps": _integer(m.get("total_steps"), "total_steps", optional=True),
-            "artifact_sha256": _sha256(m.get("artifact_sha256"), "artifact_sha256", optional=True),
-            "param_digests": [_text(d, f"param_digests[{n}]", limit=64, optional=False) for n, d in
-                              enumerate(_list(m.get("param_digests"), "param_digests", limit=MAX_DIGESTS))],
-            "comm_bytes": _byte_count(m.get("comm_bytes")),
-            "comm_bytes_ddp": _byte_count(m.get("comm_bytes_ddp")),
-            "data_deleted": m.get("data_deleted") is True}
-
-
-def parse_data(message: dict) -> tuple[str, int, int, dict]:
-    """A data message's type, assignment id and seq, and its cleaned copy (what handlers
-    read); raises AgentMessageError with the reason otherwise."""
-    kind = message.get("type")
-    if kind not in DATA_TYPES:
-        raise AgentMessageError(f"unknown message type {str(kind)[:40]!r}", code="unknown_type")
-    assignment, seq = message.get("assignment"), message.get("seq")
-    if not (_is_int(assignment) and _is_int(seq)):
-        raise AgentMessageError("data messages need integer 'assignment' and 'seq'", code="malformed")
-    if not (1 <= assignment <= MAX_ID and 1 <= seq <= MAX_COUNT):
-        raise AgentMessageError(f"'assignment' must lie in 1..{MAX_ID} and 'seq' in 1..{MAX_COUNT}",
-                                code="malformed")
-    clean = {"type": kind, "id": message.get("id"), "assignment": assignment, "seq": seq,
-             **_clean_body(kind, message)}
-    return kind, assignment, seq, clean
-
-
-def _is_int(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def check_seq(assignment: Assignment | None, node: Node, seq: int) -> TypeGuard[Assignment]:
-    """True to apply, False for a duplicate (acked again, not applied); raises otherwise
-    (so True also says the assignment exists and is this node's)."""
-    if assignment is None or assignment.node_id != node.pk:
-        raise AgentMessageError("that assignment is not yours", code="not_yours")
-    if seq <= assignment.last_seq:
-        return False
-    if seq != assignment.last_seq + 1:
-        raise AgentMessageError(f"out of order: expected seq {assignment.last_seq + 1}",
-                                code="out_of_order")
-    return True
-
-
-def parse_batch(items: list[tuple[Node, dict]]) -> tuple[list[AgentMessageError | None], list[tuple]]:
-    """A batch's results (None until something is refused) and its parsable messages as
-    (index, node, cleaned message, kind, assignment id, seq); the others are refused in results."""
-    results: list[AgentMessageError | None] = [None] * len(items)
-    parsed = []
-    for i, (node, message) in enumerate(items):
-        try:
-            kind, assignment_id, seq, clean = parse_data(message)
-        except AgentMessageError as exc:
-            results[i] = exc
-            continue
-        parsed.append((i, node, clean, kind, assignment_id, seq))
-    return results, parsed
-
-
-def applicable(parsed: list[tuple], rows: dict, results: list):
-    """The parsed messages to apply, in order, as (index, message, kind, assignment row, seq):
-    resends skipped (acked again), refusals recorded in `results`. Lazy, so each check sees
-    what the caller applied before it."""
-    for i, node, message, kind, assignment_id, seq in parsed:
-        a = rows.get(assignment_id)
-        try:
-            if check_seq(a, node, seq):
-                yield i, message, kind, a, seq
-        except AgentMessageError as exc:
-            results[i] = exc
 
 
 def agent_data(*, node: Node, message: dict) -> str:
@@ -577,24 +345,6 @@ def _on_rejected(a: Assignment, m: dict) -> None:
                message=f"Node {a.node_id} rejected its part: {reason}", exclude_node=a.node_id)
 
 
-def _ts(value: Any) -> datetime:
-    try:
-        return datetime.fromtimestamp(float(value), tz=UTC)
-    except (TypeError, ValueError, OverflowError, OSError):
-        return timezone.now()
-
-
-def progress_items(message: dict) -> list[dict]:
-    """A progress message's samples as MetricPoint values (less job, assignment and seq):
-    at most 1,000, bad numbers dropped to their defaults."""
-    return [{"step": _int(item.get("step")), "total_steps": _int(item.get("total_steps")),
-             "epoch": _int(item.get("epoch")), "loss": _float(item.get("loss")),
-             "samples_per_sec": _float(item.get("samples_per_sec")),
-             "comm_bytes": _int(item.get("comm_bytes"), None),
-             "comm_bytes_ddp": _int(item.get("comm_bytes_ddp"), None), "at": _ts(item.get("at"))}
-            for item in [i for i in (message.get("items") or []) if isinstance(i, dict)][:1000]]
-
-
 def _store_progress(batch: list[tuple[Assignment, dict]]) -> None:
     """Persist progress messages in bulk (one insert, one update of the jobs), then queue
     one metrics broadcast per job and a throttled snapshot."""
@@ -637,22 +387,6 @@ def _on_progress(a: Assignment, m: dict) -> None:
     _store_progress([(a, m)])
 
 
-def _int(value: Any, default: int | None = 0) -> int | None:
-    try:
-        out = int(value)
-    except (TypeError, ValueError, OverflowError):
-        return default
-    return out if 0 <= out < 2**62 else default
-
-
-def _float(value: Any) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if out == out and abs(out) != float("inf") else None
-
-
 def _on_log(a: Assignment, m: dict) -> None:
     lines = [str(x)[:2000] for x in (m.get("lines") or [])][:500]
     if not lines:
@@ -685,13 +419,13 @@ def _on_finished(a: Assignment, m: dict) -> None:
                         message=f"Data deleted from node {a.node_id}: the job's dataset, checkpoints "
                                 "and code on that machine, as its part ended.",
                         data={"node": a.node_id, "assignment": a.pk})
-    sent, ddp = _int(m.get("comm_bytes"), None), _int(m.get("comm_bytes_ddp"), None)
+    sent, ddp = loose_int(m.get("comm_bytes"), None), loose_int(m.get("comm_bytes_ddp"), None)
     if sent is not None or ddp is not None:  # this node's traffic, kept with the job (per node)
         Assignment.objects.filter(pk=a.pk).update(comm_bytes=sent, comm_bytes_ddp=ddp)
     if m.get("status") == "paused" and job.pause_requested_at is not None:
         from .budget import job_paused_by_nodes  # budget uses this module
 
-        _end(a, A.PAUSED, f"checkpointed and paused at step {_int(m.get('step'))}")
+        _end(a, A.PAUSED, f"checkpointed and paused at step {loose_int(m.get('step'))}")
         job_paused_by_nodes(job=job, attempt=a.attempt)
         return
     if m.get("status") != "succeeded":
@@ -724,7 +458,7 @@ def _on_finished(a: Assignment, m: dict) -> None:
         digests = [str(d)[:64] for d in (m.get("param_digests") or [])][:256]
         detail = json.dumps({"param_digests": digests})
         job.metric_name = m.get("metric") or ""
-        job.metric_value = _float(m.get("value"))
+        job.metric_value = loose_float(m.get("value"))
         job.current_step = int(m.get("step") or job.current_step)
         job.save(update_fields=["metric_name", "metric_value", "current_step", "updated_at"])
         if len(set(digests)) > 1:

@@ -22,7 +22,7 @@ from django.db import connections
 from ..models import Assignment, Job, MetricPoint
 from ..selectors.live import point_values
 from . import live
-from .execution import AgentMessageError, applicable, parse_batch, progress_items
+from .agent_protocol import AgentMessageError, applicable, parse_batch, progress_items
 
 A = Assignment.Status
 

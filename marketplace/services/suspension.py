@@ -15,6 +15,7 @@ from django.utils import timezone
 from ..errors import MarketError
 from ..models import Node, Offer, Organization
 from . import execution, live
+from .agent_protocol import node_group
 from .audit import audit_record
 from .nodes import node_set_presence
 
@@ -28,7 +29,7 @@ def _disconnect(node_ids: list[int], reason: str) -> None:
     if layer is None:
         return
     for node_id in node_ids:
-        async_to_sync(layer.group_send)(execution.node_group(node_id),
+        async_to_sync(layer.group_send)(node_group(node_id),
                                         {"type": "agent.close", "code": CLOSE_SUSPENDED, "reason": reason})
 
 
