@@ -157,7 +157,7 @@ def test_an_ending_assignment_asks_for_its_node_to_be_recomputed(db, django_capt
                                                                 monkeypatch):
     from celery import current_app
 
-    from marketplace.services import execution
+    from marketplace.services.assignments import assignment_end
 
     sent = []
     monkeypatch.setattr(current_app, "send_task", lambda name, args=None, **kw: sent.append((name, args)))
@@ -165,7 +165,7 @@ def test_an_ending_assignment_asks_for_its_node_to_be_recomputed(db, django_capt
     a = ran(node, A.SUCCEEDED)
     Assignment.objects.filter(pk=a.pk).update(status=A.RUNNING, finished_at=None)
     with django_capture_on_commit_callbacks(execute=True):
-        assert execution._end(a, A.LOST, "heartbeats stopped")
+        assert assignment_end(a, A.LOST, "heartbeats stopped")
     assert ("workers.tasks.node_reputation", [node.pk]) in sent
 
 

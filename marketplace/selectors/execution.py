@@ -12,6 +12,11 @@ from .metering import provider_earned
 ETA_WINDOW = 20  # progress points the step rate is measured over
 
 
+def is_diloco(job: Job) -> bool:
+    """A DiLoCo job across nodes: its nodes meet only at outer steps."""
+    return (job.sync or {}).get("mode") == "diloco" and job.nodes > 1
+
+
 def job_progress(job: Job, recent: Sequence[Mapping[str, Any]] | None = None) -> dict | None:
     """Step, loss, throughput and an ETA from the step rate over the newest points
     (`recent`, newest first, when the caller has fetched them for many jobs at once)."""

@@ -32,8 +32,11 @@ from ..errors import Conflict, MarketError
 from ..models import Assignment, Escrow, Job
 from ..money import MICRO, amount, tusd
 from ..selectors.budget import WARN_AT
+from ..selectors.execution import is_diloco
 from ..selectors.metering import budget_limit, job_metered
-from . import deadlines, enqueue, execution
+from . import deadlines, enqueue
+from .agent_protocol import pause_message, send_to_node
+from .assignments import job_stop_assignments
 from .jobs import job_cancel
 
 S = Job.Status
@@ -184,12 +187,12 @@ def job_pause_request(*, job_id: int, check: BudgetCheck, why: str = "budget") -
                             message=f"{amount(check.spent)} of {tusd(check.limit)} spent"
                                     + (f"; the rest lasts about {left:.0f} s" if left is not None else "")
                                     + ": the nodes checkpoint and pause.")
-        if execution.is_diloco(job):
+        if is_diloco(job):
             # DiLoCo nodes meet only at outer steps, so they cannot agree on a step to stop at:
             # they stop now and the job pauses at the last global checkpoint.
             return job_budget_stop(job_id=job_id, check=check)
         for a in job.assignments.filter(status__in=Assignment.ACTIVE):
-            execution.send_to_node(a.node_id, execution.pause_message(a))
+            send_to_node(a.node_id, pause_message(a))
     return 1
 
 
@@ -210,7 +213,7 @@ def job_budget_stop(*, job_id: int, check: BudgetCheck) -> int:
         job = Job.objects.select_for_update().get(pk=job_id)
         if job.status != S.RUNNING:
             return 0
-        execution.job_stop_assignments(job=job, reason="the job's budget is spent")
+        job_stop_assignments(job=job, reason="the job's budget is spent")
         _pause(job, how=f"the nodes were stopped ({amount(check.spent)} of {tusd(check.limit)} spent)")
     return 1
 

@@ -20,8 +20,9 @@ from django.utils.crypto import salted_hmac
 from .. import catalogue, job_states, task_names
 from ..errors import NotFound
 from ..models import Assignment, Checkpoint, Job, LogLine, MetricPoint, Node
+from ..selectors.execution import is_diloco
 from ..selectors.live import log_line, point
-from . import claims, enqueue, live, placement, replays, verification
+from . import claims, enqueue, live, placement, verification
 from .agent_protocol import (
     AgentMessageError,
     AgentRefused,
@@ -38,6 +39,8 @@ from .agent_protocol import (
     progress_items,
     send_to_node,
 )
+from .assignments import assignment_claim_dispatch, assignment_end, job_stop_assignments
+from .budget import job_paused_by_nodes
 from .bulk import bulk_insert, bulk_set
 from .liveness import assignment_steps_record
 from .nodes import node_set_presence
@@ -109,11 +112,9 @@ def start_message(assignment: Assignment) -> dict:
 def assignment_dispatch(*, assignment_id: int) -> bool:
     """Send a placed assignment to its agent (idempotent: only a pending one is sent)."""
     with transaction.atomic():
-        claimed = Assignment.objects.filter(pk=assignment_id, status=A.PENDING).update(
-            status=A.DISPATCHED, dispatched_at=timezone.now())
-        if claimed != 1:
+        assignment = assignment_claim_dispatch(assignment_id)
+        if assignment is None:
             return False
-        assignment = Assignment.objects.select_related("job").get(pk=assignment_id)
         send_to_node(assignment.node_id, start_message(assignment))
     return True
 
@@ -139,32 +140,7 @@ def assignments_dispatch_stalled() -> int:
     return sum(assignment_dispatch(assignment_id=pk) for pk in sorted(ready))
 
 
-# --- ending assignments ------------------------------------------------------------
-def _end(assignment: Assignment, status: str, detail: str = "") -> bool:
-    """Move an active assignment to a final status exactly once, freeing its GPUs."""
-    done = Assignment.objects.filter(pk=assignment.pk, status__in=Assignment.ACTIVE).update(
-        status=status, detail=detail[:2000], finished_at=timezone.now())
-    if done:
-        placement.release(assignment)
-        enqueue.enqueue(task_names.NODE_REPUTATION, assignment.node_id)  # its record changed
-        if status in (A.CANCELLED, A.LOST, A.FAILED):
-            send_to_node(assignment.node_id, cancel_message(assignment.pk, detail[:200] or status))
-        if status in (A.LOST, A.FAILED, A.PAUSED):
-            # The work stops short: its resume point must replay before it is resumed from
-            # or paid up to. Asked now, the answer is usually there before the next placement.
-            replays.replay_request(assignment.job_id)
-    return bool(done)
-
-
-def job_stop_assignments(*, job: Job, reason: str, status: str = A.CANCELLED,
-                         except_id: int | None = None) -> int:
-    stopped = 0
-    for assignment in job.assignments.filter(status__in=Assignment.ACTIVE):
-        if assignment.pk != except_id:
-            stopped += _end(assignment, status, reason)
-    return stopped
-
-
+# --- a placement that broke ---------------------------------------------------------
 def _interrupt(job: Job, *, reason: str, message: str, exclude_node: int | None) -> None:
     """A placement broke: stop its other parts and place the job again (or give up)."""
     job_stop_assignments(job=job, reason=message)
@@ -340,7 +316,7 @@ def _on_accepted(a: Assignment, m: dict) -> None:
 
 def _on_rejected(a: Assignment, m: dict) -> None:
     reason = m.get("reason") or "rejected by the agent"  # cleaned by parse_data
-    _end(a, A.FAILED, reason)
+    assignment_end(a, A.FAILED, reason)
     _interrupt(Job.objects.get(pk=a.job_id), reason="assignment_rejected",
                message=f"Node {a.node_id} rejected its part: {reason}", exclude_node=a.node_id)
 
@@ -423,14 +399,12 @@ def _on_finished(a: Assignment, m: dict) -> None:
     if sent is not None or ddp is not None:  # this node's traffic, kept with the job (per node)
         Assignment.objects.filter(pk=a.pk).update(comm_bytes=sent, comm_bytes_ddp=ddp)
     if m.get("status") == "paused" and job.pause_requested_at is not None:
-        from .budget import job_paused_by_nodes  # budget uses this module
-
-        _end(a, A.PAUSED, f"checkpointed and paused at step {loose_int(m.get('step'))}")
+        assignment_end(a, A.PAUSED, f"checkpointed and paused at step {loose_int(m.get('step'))}")
         job_paused_by_nodes(job=job, attempt=a.attempt)
         return
     if m.get("status") != "succeeded":
         error = str(m.get("error") or "training failed")[:1500]
-        _end(a, A.FAILED, error)
+        assignment_end(a, A.FAILED, error)
         if m.get("error_kind") == "dataset":
             job_stop_assignments(job=job, reason="the job failed")
             job_states.transition(job_id=job.pk, to=S.FAILED, reason="dataset_error",
@@ -451,7 +425,7 @@ def _on_finished(a: Assignment, m: dict) -> None:
     detail = "finished"
     if a.node_rank == 0:
         if m.get("artifact_sha256") != job.artifact_sha256:
-            _end(a, A.FAILED, "the reported model is not the one uploaded")
+            assignment_end(a, A.FAILED, "the reported model is not the one uploaded")
             _interrupt(job, reason="artifact_mismatch", exclude_node=a.node_id,
                        message=f"Node {a.node_id} reported a model it did not upload.")
             return
@@ -464,7 +438,7 @@ def _on_finished(a: Assignment, m: dict) -> None:
         if len(set(digests)) > 1:
             job_states.note(job_id=job.pk, reason="ranks_diverged",
                             message="Ranks finished with different parameters.")
-    _end(a, A.SUCCEEDED, detail)
+    assignment_end(a, A.SUCCEEDED, detail)
     if job.status == S.RUNNING and _attempt_done(job, a.attempt):
         _complete(Job.objects.get(pk=job.pk), attempt=a.attempt)
 
@@ -546,10 +520,6 @@ def attempt_failure_settle(*, job_id: int, attempt: int) -> bool:
     return True
 
 
-def is_diloco(job: Job) -> bool:
-    return (job.sync or {}).get("mode") == "diloco" and job.nodes > 1
-
-
 def _attempt_done(job: Job, attempt: int) -> bool:
     parts = job.assignments.filter(attempt=attempt)
     if not is_diloco(job):
@@ -560,7 +530,7 @@ def _attempt_done(job: Job, attempt: int) -> bool:
     if not parts.filter(node_rank=0, status=A.SUCCEEDED).exists():
         return False
     for late in parts.filter(status__in=(A.PENDING, A.DISPATCHED)):
-        _end(late, A.CANCELLED, "the job finished before this node could join")
+        assignment_end(late, A.CANCELLED, "the job finished before this node could join")
     return not parts.filter(status__in=(A.ACCEPTED, A.RUNNING)).exists()
 
 
@@ -646,7 +616,7 @@ def _assignment_lost(assignment: Assignment, reason: str, *, status: str = A.LOS
     node_id = assignment.node_id
     with transaction.atomic():
         job = _lock_job(assignment.job_id)
-        if not _end(assignment, status, reason):
+        if not assignment_end(assignment, status, reason):
             return False
         if is_diloco(job) and assignment.node_rank > 0 and assignment.attempt == job.attempt:
             _diloco_node_gone(job, assignment, f"node {node_id} {what} ({reason})")

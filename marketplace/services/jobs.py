@@ -5,7 +5,8 @@ from .. import job_states
 from ..errors import PermissionDenied
 from ..models import Job, Organization
 from ..money import tusd
-from . import enqueue, execution
+from . import enqueue
+from .assignments import job_stop_assignments
 from .job_spec import JobSpec, job_spec_validate
 
 S = Job.Status
@@ -22,6 +23,7 @@ def job_submit(*, owner: Organization, spec: JobSpec, actor=None) -> Job:
         job = Job.objects.create(
             owner=owner, created_by=actor, name=spec.name, template=spec.template,
             params=spec.params, dataset_ref=spec.dataset, dataset=spec.dataset_obj,
+            bundle=spec.bundle_obj,
             nodes=spec.nodes, gpus_per_node=spec.gpus_per_node, sync=spec.sync,
             min_gpu_memory_gb=spec.min_gpu_memory_gb, gpu_models=list(spec.gpu_models),
             regions=list(spec.regions), compliance=list(spec.compliance),
@@ -61,7 +63,7 @@ def job_cancel(*, job: Job, actor=None, reason: str = "cancelled_by_owner",
             job_id=job.pk, to=S.CANCELLED, reason=reason, actor=actor,
             message=message or f"Cancelled by {who}.", expect=job_states.CANCELLABLE,
         )
-        stopped = execution.job_stop_assignments(job=job, reason=f"job cancelled by {who}")
+        stopped = job_stop_assignments(job=job, reason=f"job cancelled by {who}")
         if stopped:
             job_states.note(job_id=job.pk, reason="assignments_stopped",
                             message=f"Stopped the job on {stopped} node{'s' if stopped > 1 else ''}.")
