@@ -1,25 +1,46 @@
-"""Reading the escrow's and the stake contract's events: what the chain says moves escrows,
-jobs, stakes and disputes.
+"""Reading contracts' events, generically: the indexer knows where it stopped and which
+blocks are confirmed, never what an event means.
 
-The indexer reads logs in block ranges from where it stopped (a cursor per chain and
-contract), up to the newest block with enough confirmations, and applies each range in
-one database transaction with the cursor, so a crash re-reads the range and every handler
-is idempotent.
+A source (a contract, the events wanted from it, what applies one) is registered by the
+service that owns those events (services/chain_events.py, connected in apps.py), so the
+chain layer calls nothing above it. The indexer reads logs in block ranges from where it
+stopped (a cursor per chain and contract), up to the newest block with enough
+confirmations, and applies each range in one database transaction with the cursor, so a
+crash re-reads the range and every handler must be idempotent.
 """
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from eth_utils import event_abi_to_log_topic
 
-from ..payment_models import ChainCursor
+from ..payment_models import ChainContract, ChainCursor
 from .client import ChainError, chain_id, unavailable, w3
-from .deploy import addresses, escrow_contract
+from .deploy import addresses
 
 log = logging.getLogger(__name__)
-EVENTS = ("JobFunded", "JobToppedUp", "JobSettled", "JobRefunded", "SettlementSkipped")
-STAKE_EVENTS = ("Staked", "WithdrawalRequested", "Withdrawn", "Slashed")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A deployed contract's events and what applies one: apply(name, args, tx_hash, log_entry)."""
+
+    name: str  # the contract's name in ChainContract ("escrow", "stake")
+    contract: Callable[[], Any]
+    events: tuple[str, ...]
+    apply: Callable[[str, Any, str, Any], None]
+
+
+_sources: dict[str, Source] = {}
+
+
+def source_register(source: Source) -> None:
+    """Read `source`'s events from now on (once per name; registering again replaces it)."""
+    _sources[source.name] = source
 
 
 def _topics(contract, names) -> dict[bytes, str]:
@@ -28,21 +49,10 @@ def _topics(contract, names) -> dict[bytes, str]:
 
 
 def index_events(*, max_ranges: int = 50) -> int:
-    """Apply new events of the escrow and of the stake contract; returns how many."""
-    from ..services import payments, staking
-    from .deploy import stake_contract
-
+    """Apply new events of every registered source that is deployed; returns how many."""
     found = addresses()
-    applied = 0
-    if "escrow" in found:
-        applied += _index(escrow_contract(), "escrow", EVENTS,
-                          lambda name, args, tx, _log: _apply(payments, name, args, tx), max_ranges)
-    if "stake" in found:
-        applied += _index(stake_contract(), "stake", STAKE_EVENTS,
-                          lambda name, args, tx, entry: staking.stake_event_seen(
-                              name=name, args=args, tx_hash=tx, log_index=entry["logIndex"],
-                              block_number=entry["blockNumber"]), max_ranges)
-    return applied
+    return sum(_index(source.contract(), source.name, source.events, source.apply, max_ranges)
+               for name, source in list(_sources.items()) if name in found)
 
 
 def _index(contract, name: str, events, apply, max_ranges: int) -> int:
@@ -82,24 +92,5 @@ def _index(contract, name: str, events, apply, max_ranges: int) -> int:
 
 
 def _deployed_at(cid: int, name: str) -> int:
-    from ..payment_models import ChainContract
-
     row = ChainContract.objects.filter(chain_id=cid, name=name).first()
     return row.block_number if row else 0
-
-
-def _apply(payments, name: str, args, tx_hash: str) -> None:
-    key = "0x" + bytes(args["jobId"]).hex()
-    if name == "JobFunded":
-        payments.escrow_funded(key=key, consumer=args["consumer"], amount=args["amount"],
-                               deadline=args["deadline"], tx_hash=tx_hash)
-    elif name == "JobToppedUp":
-        payments.escrow_topped_up(key=key, total=args["total"])
-    elif name == "JobSettled":
-        payments.escrow_closed(key=key, refunded=False, paid=args["paidToProviders"], fee=args["fee"],
-                               returned=args["refunded"], tx_hash=tx_hash)
-    elif name == "JobRefunded":
-        payments.escrow_closed(key=key, refunded=True, paid=0, fee=0, returned=args["amount"],
-                               tx_hash=tx_hash)
-    elif name == "SettlementSkipped":  # the batch paid nothing for this job: say why
-        payments.escrow_settlement_skipped(key=key, state=args["state"], tx_hash=tx_hash)
