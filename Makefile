@@ -24,8 +24,9 @@ PG_URL := postgres://postgres@$(PG_HOST):$(PG_PORT)/$(PG_DB)
 REDIS_HOST := 127.0.0.1
 REDIS_PORT ?= 6379
 CHROMIUM := /usr/bin/chromium
+BWRAP := /usr/bin/bwrap
 
-.PHONY: help install demo test lint checks services chromium migrate serve bench chaos soak clean distclean
+.PHONY: help install demo test lint checks services chromium bubblewrap migrate serve bench chaos soak clean distclean
 
 help:
 	@echo "make demo     install, migrate, seed and serve the demo at http://$(BIND):$(PORT)/"
@@ -74,7 +75,7 @@ demo: install
 	@exec $(PY) -m webapp.devserver --host $(BIND) --port $(PORT)
 
 # --- test: the whole suite on PostgreSQL and Redis ------------------------------------
-test: install contracts services chromium lint checks
+test: install contracts services chromium bubblewrap lint checks
 	@echo "==> pytest"
 	@$(VENV)/bin/pytest $(PYTEST_ARGS)
 
@@ -139,6 +140,18 @@ chromium:
 	  { $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q \
 	    && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } >"$$log" 2>&1 \
 	    || { cat "$$log" >&2; echo "error: could not install chromium" >&2; exit 1; }; \
+	  rm -f "$$log"; \
+	fi
+
+# The provider sandbox (workers/agent/sandbox.py, tests/test_sandbox.py) is Debian's bubblewrap.
+bubblewrap:
+	@if [ ! -x $(BWRAP) ]; then \
+	  echo "==> installing Debian's bubblewrap for the provider sandbox"; \
+	  sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  log=$$(mktemp); \
+	  { $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q \
+	    && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap; } >"$$log" 2>&1 \
+	    || { cat "$$log" >&2; echo "error: could not install bubblewrap" >&2; exit 1; }; \
 	  rm -f "$$log"; \
 	fi
 
