@@ -21,6 +21,7 @@ from . import __version__
 from .display import Display
 from .outbox import Outbox
 from .run_assignment import STALL_TIMEOUT_S, AssignmentRun
+from .sandbox import Settings
 
 VANISH_EXIT_CODE = 75  # how the agent process ends when it vanished on purpose
 
@@ -33,7 +34,7 @@ class Agent:
     def __init__(self, *, server: str, token: str, workdir: Path, nproc_per_node: int | None,
                  advertise_addr: str, heartbeat_s: float, display: Display, hardware: dict,
                  benchmark_tflops: float, faults: test_faults.Faults | None = None,
-                 stall_timeout_s: float = STALL_TIMEOUT_S):
+                 stall_timeout_s: float = STALL_TIMEOUT_S, sandbox: Settings | None = None):
         parts = urlsplit(server.rstrip("/"))
         scheme = "wss" if parts.scheme == "https" else "ws"
         self.ws_url = f"{scheme}://{parts.netloc}/ws/agent/"
@@ -45,6 +46,8 @@ class Agent:
         self.advertise_addr = advertise_addr
         self.heartbeat_s = heartbeat_s
         self.stall_timeout_s = stall_timeout_s  # a training group silent this long is stopped
+        # Which assignments run inside the sandbox, and whether this machine can build one.
+        self.sandbox = sandbox if sandbox is not None else Settings()
         self.display = display
         self.hardware = hardware
         self.benchmark_tflops = benchmark_tflops
@@ -134,6 +137,8 @@ class Agent:
                 "nproc_per_node": self.nproc_per_node, "advertise_addr": self.advertise_addr,
                 "running": sorted(self.runs), "unacked": self.outbox.assignments(),
                 "steps": self.steps(),
+                # Whether consumers' own code can run here (in the sandbox), and for which jobs.
+                "sandbox": self.sandbox.as_dict(),
                 # Test-only faults are announced: a production platform refuses such an agent.
                 "faults": faults_from_env().as_dict()}
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..training import faults as test_faults
-from . import __version__, hardware
+from . import __version__, hardware, sandbox
 from .agent import Agent, TokenRefused
 from .display import Display
 from .run_assignment import STALL_TIMEOUT_S
@@ -39,6 +39,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds without any sign of progress from a job's ranks on this node "
                         f"before they are stopped as hung (or AGENT_STALL_TIMEOUT_S; default "
                         f"{STALL_TIMEOUT_S:g})")
+    p.add_argument("--sandbox", choices=sandbox.MODES, default="custom",
+                   help="which jobs' training runs inside the sandbox (bubblewrap; "
+                        "docs/tasks.md): 'custom' (default) consumers' own code only, 'all' the "
+                        "built-in templates too. Consumers' code never runs outside it")
+    p.add_argument("--sandbox-memory-gb", type=float, default=None,
+                   help="memory limit of one job's sandbox (default 16)")
+    p.add_argument("--sandbox-disk-gb", type=float, default=None,
+                   help="disk limit of one job's folder (default 128)")
+    p.add_argument("--sandbox-processes", type=int, default=None,
+                   help="processes and threads of one job's sandbox (default 1024)")
+    p.add_argument("--sandbox-wall-hours", type=float, default=None,
+                   help="wall time of one job's sandbox (default 168)")
     p.add_argument("--plain", action="store_true", help="plain log lines, no live bars")
     p.add_argument("--allow-test-faults", action="store_true",
                    help=f"run with the test-only faults in {test_faults.ENV} (tests only; "
@@ -86,11 +98,20 @@ async def _main(args: argparse.Namespace, display: Display) -> int:
     display.log(f"  {kind}, {hw['ram_gb']} GB RAM, {hw['disk_free_gb']} GB free disk")
     tflops = await asyncio.to_thread(hardware.benchmark_tflops)
     display.log(f"  benchmark: {tflops:.3f} TFLOP/s float32 matmul")
+    sandbox_ok = await asyncio.to_thread(sandbox.available)
+    scope = "every job" if args.sandbox == "all" else "consumers' own code"
+    display.log(f"  sandbox: {'bubblewrap' if sandbox_ok else 'UNAVAILABLE (apt-get install bubblewrap)'}"
+                f", for {scope}")
     agent = Agent(server=args.server, token=args.token, workdir=args.workdir,
                   nproc_per_node=args.nproc_per_node,
                   advertise_addr=args.advertise_addr or _default_addr(args.server),
                   heartbeat_s=args.heartbeat, display=display, hardware=hw, benchmark_tflops=tflops,
-                  stall_timeout_s=args.stall_timeout)
+                  stall_timeout_s=args.stall_timeout,
+                  sandbox=sandbox.Settings(
+                      mode=args.sandbox, available=sandbox_ok,
+                      limits=sandbox.Limits.from_options(
+                          memory_gb=args.sandbox_memory_gb, processes=args.sandbox_processes,
+                          disk_gb=args.sandbox_disk_gb, wall_h=args.sandbox_wall_hours)))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(agent.shutdown()))

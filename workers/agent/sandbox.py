@@ -290,6 +290,26 @@ class Sandbox:
             self.cgroups.remove()
 
 
+MODES = ("custom", "all")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The agent's sandbox options: which jobs run inside (consumers' own code always),
+    whether this machine can build the sandbox, and each sandbox's limits."""
+
+    mode: str = "custom"
+    available: bool = True
+    limits: Limits = field(default_factory=Limits)
+
+    def applies(self, spec: dict) -> bool:
+        """Does this job's training run inside the sandbox? A job with a code bundle always."""
+        return bool(spec.get("bundle")) or self.mode == "all"
+
+    def as_dict(self) -> dict:
+        return {"available": self.available, "mode": self.mode}
+
+
 WALL_TIME_EXIT = 124  # coreutils timeout's status when the limit ends the command
 
 
