@@ -3,11 +3,14 @@
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
+from django.http import HttpResponseRedirect
 from django.template.defaultfilters import filesizeformat
+from django.urls import reverse
 
 from .. import catalogue
 from ..errors import MarketError
 from ..models import Dataset, Job, JobEvent
+from ..services.datasets import dataset_delete
 from ..services.jobs import job_cancel
 from .common import ReadOnlyAdminMixin, ViewOnlyWithActionsMixin, fixed_choices_filter, money, price
 
@@ -21,13 +24,57 @@ class DatasetAdmin(admin.ModelAdmin):
     list_select_related = ["owner", "created_by"]
     ordering = ["-id"]
     # Uploads are validated by the dataset service (API and forms); here they are looked
-    # at, renamed or removed.
+    # at, renamed or removed, removal through the service (it refuses while a job that has not
+    # finished uses the dataset, deletes the stored file and writes the audit trail).
     readonly_fields = ["owner", "created_by", "file", "size", "rows", "columns", "sha256",
                        "created_at"]
     fields = ["name", *readonly_fields]
+    actions = ["delete_datasets"]
 
     def has_add_permission(self, request):
         return False
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # replaced by delete_datasets, which can refuse
+        return actions
+
+    def get_deleted_objects(self, objs, request):
+        # The service decides what goes (the dataset and its file; finished jobs only lose the
+        # link, unfinished ones refuse the deletion), not the jobs' PROTECT.
+        objs = list(objs)
+        return [str(o) for o in objs], {Dataset._meta.verbose_name_plural: len(objs)}, set(), []
+
+    def log_deletions(self, request, queryset):
+        pass  # the service's audit event records a deletion, and only one that happened
+
+    def delete_model(self, request, obj):
+        try:
+            dataset_delete(dataset=obj, actor=request.user)
+        except MarketError as exc:
+            self.message_user(request, f"Not deleted: {exc.message}", messages.ERROR)
+            request.dataset_kept = True  # type: ignore[attr-defined]  (read by response_delete)
+
+    def response_delete(self, request, obj_display, obj_id):
+        if getattr(request, "dataset_kept", False):
+            return HttpResponseRedirect(reverse("admin:marketplace_dataset_change", args=[obj_id]))
+        return super().response_delete(request, obj_display, obj_id)
+
+    @admin.action(description="Delete selected datasets (not while a job that has not finished uses one)",
+                  permissions=["delete"])
+    def delete_datasets(self, request, queryset: QuerySet[Dataset]):
+        deleted, refused = [], []
+        for dataset in queryset.order_by("pk"):
+            try:
+                dataset_delete(dataset=dataset, actor=request.user)
+            except MarketError as exc:
+                refused.append(exc.message)
+            else:
+                deleted.append(f"'{dataset.name}'")
+        if deleted:
+            self.message_user(request, "Deleted " + ", ".join(deleted) + ".", messages.SUCCESS)
+        if refused:
+            self.message_user(request, "Not deleted: " + " ".join(refused), messages.ERROR)
 
     @admin.display(description="columns")
     def column_count(self, obj: Dataset) -> int:
