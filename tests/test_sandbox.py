@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import pytest
 
 from workers.agent import launcher
 from workers.agent import sandbox as sandboxing
+from workers.agent.events_tail import EventTail
 
 pytestmark = pytest.mark.skipif(not sandboxing.available(),
                                 reason="bubblewrap cannot build a sandbox here (apt-get install bubblewrap)")
@@ -310,3 +312,34 @@ def test_two_gloo_ranks_train_inside_the_sandbox(agent_dir):
     assert finished and finished[0]["value"] > 0.8, events[-3:]
     assert len(set(finished[0]["param_digests"])) == 1 and len(finished[0]["param_digests"]) == 2
     assert (job / "model.pt").exists()
+
+
+# --- what the agent reads back from the job's folder, outside the sandbox ------------------
+def test_the_agent_never_follows_a_link_the_job_planted(agent_dir):
+    job = agent_dir / "assignments" / "7"
+    (job / "checkpoints").mkdir()
+    (job / "checkpoints" / "step-0000010.pt").write_bytes(b"honest")
+    (job / "leak.pt").symlink_to(agent_dir / "token")
+    (job / "up").symlink_to(agent_dir)
+    os.mkfifo(job / "fifo")
+    with sandboxing.open_job_file(job, job / "checkpoints" / "step-0000010.pt") as fh:
+        assert fh.read() == b"honest"
+    for path in (job / "leak.pt", job / "up" / "token", job / ".." / ".." / "token",
+                 agent_dir / "token", job / "fifo", job / "checkpoints"):
+        with pytest.raises(sandboxing.OutsideJob):
+            sandboxing.open_job_file(job, path)
+
+
+def test_the_event_tail_skips_links_and_lines_it_cannot_trust(agent_dir):
+    job = agent_dir / "assignments" / "7"
+    events = job / "events.jsonl"
+    events.symlink_to("/dev/zero")
+    tail = EventTail(events)
+    assert tail.poll() == []  # neither read nor hung on
+    events.unlink()
+    events.write_text('{"type": "progress", "step": 1}\nnot json\n[1, 2]\n{"step": 2}\n'
+                      '{"type": "progress", "step": 3}\n{"type": "partial"')
+    assert [e["step"] for e in tail.poll()] == [1, 3]
+    with open(events, "a") as fh:
+        fh.write("x" * (5 << 20))  # a line longer than any event, without its end
+    assert tail.poll() == [] and tail.poll() == []

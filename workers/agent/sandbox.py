@@ -29,11 +29,13 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 BWRAP = "bwrap"
 CONFINE = Path(__file__).with_name("confine.py")
@@ -358,3 +360,41 @@ class DiskWatch:
             return None
         return (f"the job folder reached {self.exceeded / GiB:.2f} GiB, over the sandbox's disk "
                 f"limit of {self.limit / GiB:.2f} GiB; stopped")
+
+
+class OutsideJob(OSError):
+    """A path the job handed the agent leads out of its folder, or is not a plain file."""
+
+
+def open_job_file(job_dir: Path, path: str | Path) -> BinaryIO:
+    """Open, for reading, a file the job's processes wrote: the agent reads it outside the
+    sandbox, with its own rights, so a symlink the job planted (to the agent's token, to
+    /dev/zero) must not be followed. Every component is opened relative to the last with
+    O_NOFOLLOW (no race between a check and the open), and only a regular file is returned."""
+    root = os.path.abspath(job_dir)
+    full = os.path.abspath(path if os.path.isabs(path) else os.path.join(root, path))
+    if os.path.commonpath([root, full]) != root or full == root:
+        raise OutsideJob(f"{path} is not inside the job folder")
+    parts = Path(os.path.relpath(full, root)).parts
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            try:
+                inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except NotADirectoryError:
+                raise OutsideJob(f"{path}: {part} is not a folder (a link?)") from None
+            os.close(fd)
+            fd = inner
+        try:
+            leaf = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+        except OSError as exc:
+            if exc.errno == 40:  # ELOOP: the last component is a symlink
+                raise OutsideJob(f"{path} is a link") from None
+            raise
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(leaf).st_mode):
+        os.close(leaf)
+        raise OutsideJob(f"{path} is not a plain file")
+    os.set_blocking(leaf, True)
+    return os.fdopen(leaf, "rb")
