@@ -154,3 +154,22 @@ def test_chain_transactions_filter_by_status_and_purpose(staff, consumer_wallet,
     assert staff.get(url, {"status": "reverted"}).context["cl"].result_count == 0
     page = staff.get(url).content.decode()
     assert funds[0].tx_hash[:18] in page and funds[0].raw not in page
+
+
+def test_a_settled_row_without_a_batch_shows_the_transaction_that_closed_the_escrow(
+        staff, consumer_wallet, healthcare, committed):
+    # Closed on chain by a transaction the platform did not send as a batch (e.g. a withdrawal
+    # after the deadline): the indexer marks the pending statement settled with no batch
+    # transaction; its row shows the escrow's closing transaction, not "—".
+    job = _funded_job(healthcare, committed)
+    Settlement.objects.create(job=job, charged=Decimal("1"), fee=Decimal("0.05"), refunded=Decimal("9"),
+                              statement=[])
+    tx_hash = "0x" + "ab" * 32
+    payments.escrow_closed(key=Escrow.objects.get(job=job).key, refunded=False, paid=950_000, fee=50_000,
+                           returned=9 * 10**6, tx_hash=tx_hash)
+    assert Settlement.objects.get(job=job).status == Settlement.Status.SETTLED
+    listed = staff.get(reverse("admin:marketplace_settlement_changelist")).content.decode()
+    page = staff.get(reverse("admin:marketplace_settlement_change",
+                             args=[Settlement.objects.get(job=job).pk])).content.decode()
+    for html in (listed, page):
+        assert tx_hash[:18] in html

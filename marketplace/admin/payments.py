@@ -159,7 +159,7 @@ class SettlementAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                     "created_at", "settled_at"]
     list_filter = ["status"]
     search_fields = ["=job__id"]
-    list_select_related = ["job", "transaction"]
+    list_select_related = ["job__escrow", "transaction"]
     fields = ["job", "status", "skipped_state", "charged_display", "fee_display", "refunded_display", "tx",
               "statement", "created_at", "settled_at"]
     readonly_fields = fields
@@ -181,7 +181,14 @@ class SettlementAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.display(description="transaction")
     def tx(self, obj: Settlement) -> str:
-        return tx_link(obj.transaction.tx_hash) if obj.transaction_id else EMPTY
+        if obj.transaction_id:
+            return tx_link(obj.transaction.tx_hash)
+        # Settled by a transaction that was not our batch (e.g. a withdrawal after the
+        # deadline): the escrow's closing transaction is the one that paid.
+        escrow = getattr(obj.job, "escrow", None)
+        if obj.status == Settlement.Status.SETTLED and escrow is not None:
+            return tx_link(escrow.close_tx)
+        return EMPTY
 
 
 @admin.register(ChainContract)
