@@ -6,15 +6,15 @@ import json
 
 from channels.db import database_sync_to_async
 
-from ..selectors.execution import job_watchable_by
 from ..selectors.live import history
+from ..selectors.ownership import JobAction, jobs_for
 from ..services import live
 from .base import LiveConsumer
 
 
 @database_sync_to_async
 def _job_for(user, job_id: int):
-    return job_watchable_by(user).filter(pk=job_id).first()
+    return jobs_for(user, JobAction.WATCH).filter(pk=job_id).first()
 
 
 @database_sync_to_async

@@ -62,22 +62,6 @@ def job_metrics(job: Job, *, after_seq: int = 0, limit: int = 1000) -> QuerySet[
     return job.metrics.filter(seq__gt=after_seq).order_by("seq")[:limit]
 
 
-def job_watchable_by(user) -> QuerySet[Job]:
-    """Jobs a user may watch live: its organization's, those its provider organization's
-    nodes run or ran, and all of them for staff."""
-    from .accounts import organization_of
-    from .market import jobs_visible_to
-
-    if user is None or not user.is_authenticated:
-        return Job.objects.none()
-    if user.is_staff:
-        return Job.objects.all()
-    org = organization_of(user)
-    if org is not None and org.is_provider:
-        return Job.objects.filter(assignments__node__provider=org).distinct()
-    return jobs_visible_to(user)
-
-
 def provider_earnings(org) -> dict:
     """What a provider's nodes have run: assignments running now, and what they are owed so
     far at the locked prices, before the platform fee — the settlement's own metering

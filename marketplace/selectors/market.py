@@ -1,7 +1,8 @@
 from django.db.models import QuerySet
 
-from ..models import Job, Node, Offer
+from ..models import Node, Offer
 from .accounts import organization_of
+from .ownership import jobs_visible_to  # noqa: F401  (who sees a job lives in selectors/ownership.py)
 
 
 def offers_public() -> QuerySet[Offer]:
@@ -30,15 +31,3 @@ def nodes_of_provider(user) -> QuerySet[Node]:
     if org is None or not org.is_provider:
         return Node.objects.none()
     return Node.objects.filter(provider=org)
-
-
-def jobs_visible_to(user) -> QuerySet[Job]:
-    """A consumer sees its organization's jobs; staff see all."""
-    if user is None or not user.is_authenticated:
-        return Job.objects.none()
-    if user.is_staff:
-        return Job.objects.all()
-    org = organization_of(user)
-    if org is None:
-        return Job.objects.none()
-    return Job.objects.filter(owner=org)
