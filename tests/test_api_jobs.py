@@ -15,7 +15,8 @@ URL = "/api/v1/jobs/"
 pytestmark = pytest.mark.django_db
 
 DETAIL_FIELDS = {
-    "id", "name", "status", "status_display", "template", "params", "dataset", "nodes", "sync",
+    "id", "name", "status", "status_display", "template", "bundle", "params", "dataset", "nodes",
+    "sync",
     "gpus_per_node", "min_gpu_memory_gb", "gpu_models", "regions", "compliance",
     "min_reliability", "max_price_per_gpu_hour", "budget", "duration_hours", "deadline",
     "created_at", "status_changed_at", "timeline", "progress", "assignments", "artifact_url", "spend",
@@ -144,7 +145,9 @@ def test_deadline_shorter_than_the_duration_is_400(api, alice):
 
 def test_missing_required_fields_are_all_listed(api, alice):
     data = assert_error(api.as_user(alice).post(URL, {"name": "x"}, format="json"), 400)
-    assert {"template", "dataset", "nodes", "gpus_per_node", "max_price_per_gpu_hour",
+    # template and dataset may be left out for a code bundle (`bundle`): the spec's
+    # validation names what is missing then (tests/test_api_bundles.py).
+    assert {"nodes", "gpus_per_node", "max_price_per_gpu_hour",
             "budget", "deadline"} <= set(data["errors"])
     assert not Job.objects.exists()
 

@@ -13,7 +13,8 @@ URL = "/api/v1/nodes/"
 pytestmark = pytest.mark.django_db
 FIELDS = {"id", "name", "gpu_model", "gpu_count", "gpu_memory_gb", "cpu_cores", "ram_gb",
           "disk_gb", "bandwidth_mbps", "region", "compliance_claimed", "compliance_verified",
-          "status", "last_heartbeat_at", "benchmark_tflops", "agent_version", "reliability", "is_new",
+          "status", "last_heartbeat_at", "benchmark_tflops", "agent_version", "runtime", "reliability",
+          "is_new",
           "reliability_detail", "reliability_at", "token_prefix", "created_at"}
 
 

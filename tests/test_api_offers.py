@@ -81,7 +81,8 @@ def test_list_item_shape(api, market):
         "region_name": "Germany", "compliance": ["hipaa", "gdpr"], "reliability": "0.9900",
         "is_new": False, "online": True, "provider_stake": "0.000000",
         "available_from": item["available_from"], "available_until": None,
-        "min_duration_hours": "0.25", "max_duration_hours": None, "status": "active",
+        "min_duration_hours": "0.25", "max_duration_hours": None, "accepts_custom_code": False,
+        "status": "active",
     }
     new = next(o for o in api.get(URL).json()["results"] if o["node_name"] == "h100-sg")
     assert new["reliability"] is None and new["is_new"] is True

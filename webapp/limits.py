@@ -42,6 +42,10 @@ def body_limit(path: str) -> int:
         return settings.CHECKPOINT_MAX_BYTES + ENVELOPE
     if path.startswith(("/api/v1/datasets/", "/datasets/")):
         return settings.DATASET_MAX_BYTES + ENVELOPE
+    if path.startswith("/api/v1/uploads/"):  # one chunk of a resumable upload
+        return settings.UPLOAD_CHUNK_MAX_BYTES + ENVELOPE
+    if path.startswith(("/api/v1/bundles/", "/bundles/")):
+        return settings.BUNDLE_MAX_BYTES + ENVELOPE
     return small_body_limit()
 
 

@@ -225,6 +225,19 @@ WHITENOISE_USE_FINDERS = DEBUG or not env.bool("STATIC_MANIFEST", default=True)
 # Request bodies: bounded so an oversized payload is a 400, not a memory problem.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=1_048_576)
 DATASET_MAX_BYTES = env.int("DATASET_MAX_BYTES", default=20 * 1_048_576)
+# Resumable, chunked uploads of datasets and code bundles (services/uploads.py): one file
+# at most UPLOAD_MAX_BYTES (10 GiB), one PATCH at most UPLOAD_CHUNK_MAX_BYTES (the server
+# holds a chunk while it is received), a bundle at most BUNDLE_MAX_BYTES, and all of an
+# organization's datasets, bundles and open uploads at most ORG_STORAGE_QUOTA_BYTES.
+UPLOAD_MAX_BYTES = env.int("UPLOAD_MAX_BYTES", default=10 * 1024**3)
+UPLOAD_CHUNK_MAX_BYTES = env.int("UPLOAD_CHUNK_MAX_BYTES", default=64 * 1_048_576)
+BUNDLE_MAX_BYTES = env.int("BUNDLE_MAX_BYTES", default=100 * 1_048_576)
+ORG_STORAGE_QUOTA_BYTES = env.int("ORG_STORAGE_QUOTA_BYTES", default=50 * 1024**3)
+# Archives (zip datasets, zip/tar bundles) are refused past these: entries, total
+# uncompressed bytes, and uncompressed/compressed ratio of any entry (zip bombs).
+ARCHIVE_MAX_ENTRIES = env.int("ARCHIVE_MAX_ENTRIES", default=200_000)
+ARCHIVE_MAX_UNCOMPRESSED_BYTES = env.int("ARCHIVE_MAX_UNCOMPRESSED_BYTES", default=40 * 1024**3)
+ARCHIVE_MAX_RATIO = env.int("ARCHIVE_MAX_RATIO", default=200)
 
 # --- REST API ----------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -341,6 +354,10 @@ REPUTATION_WINDOW_DAYS = env.int("REPUTATION_WINDOW_DAYS", default=30)
 REPUTATION_MIN_ASSIGNMENTS = env.int("REPUTATION_MIN_ASSIGNMENTS", default=3)
 REPUTATION_INTERVAL_S = env.float("REPUTATION_INTERVAL_S", default=600.0)
 WALLET_ENCRYPTION_KEY = _secret("WALLET_ENCRYPTION_KEY")  # or WALLET_ENCRYPTION_KEY_FILE
+# The development faucet (services/faucet.py; development chains only): it tops a custodial
+# wallet up to FAUCET_AMOUNT test tUSD, at most once every FAUCET_INTERVAL_S per organization.
+FAUCET_AMOUNT = Decimal(env.str("FAUCET_AMOUNT", default="1000"))
+FAUCET_INTERVAL_S = env.int("FAUCET_INTERVAL_S", default=3600)
 # How long a Sign-In with Ethereum nonce (linking a wallet) may be used.
 SIWE_NONCE_TTL_S = env.int("SIWE_NONCE_TTL_S", default=300)
 # Placements tried before a job that keeps failing is given up.

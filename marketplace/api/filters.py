@@ -121,6 +121,9 @@ class OfferFilter(df.FilterSet):
                                       help_text="Share 0–1; excludes new nodes.")
     online = StrictBooleanFilter(field_name="node_online",
                                  help_text="Only offers whose node's agent is connected.")
+    accepts_custom_code = StrictBooleanFilter(
+        field_name="accepts_custom_code",
+        help_text="Only offers that run consumers' own code (code bundles), or only those that do not.")
     ordering = OfferOrdering(
         fields=(("price_per_gpu_hour", "price_per_gpu_hour"), ("gpu_memory_gb", "gpu_memory_gb"),
                 ("reliability", "reliability")),

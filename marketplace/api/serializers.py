@@ -70,7 +70,7 @@ class OfferSerializer(serializers.ModelSerializer):
                   "gpus_offered", "gpus_available", "price_per_gpu_hour", "unit", "region",
                   "region_name", "compliance", "reliability", "is_new", "online", "provider_stake",
                   "available_from", "available_until", "min_duration_hours",
-                  "max_duration_hours", "status"]
+                  "max_duration_hours", "accepts_custom_code", "status"]
         read_only_fields = fields
 
     def get_unit(self, offer: Offer) -> str:
@@ -102,6 +102,7 @@ class OfferListSerializer(OfferSerializer):
             "available_from": _iso(o.available_from), "available_until": _iso(o.available_until),
             "min_duration_hours": f"{o.min_duration_hours:.2f}",
             "max_duration_hours": f"{o.max_duration_hours:.2f}" if o.max_duration_hours is not None else None,
+            "accepts_custom_code": o.accepts_custom_code,
             "status": o.status,
         }
 
@@ -123,6 +124,9 @@ class OfferWriteSerializer(serializers.Serializer):
                                                   required=False, default=Decimal("0.25"))
     max_duration_hours = serializers.DecimalField(max_digits=8, decimal_places=2,
                                                   required=False, allow_null=True)
+    accepts_custom_code = serializers.BooleanField(
+        required=False, default=False,
+        help_text="Run consumers' own code (code bundles) in the agent's sandbox on this offer.")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -140,6 +144,7 @@ class OfferWriteSerializer(serializers.Serializer):
             available_until=data.get("available_until"),
             min_duration_hours=data.get("min_duration_hours", Decimal("0.25")),
             max_duration_hours=data.get("max_duration_hours"),
+            accepts_custom_code=data.get("accepts_custom_code", False),
         )
 
 
@@ -156,7 +161,8 @@ class NodeSerializer(serializers.ModelSerializer):
         fields = ["id", "name", "gpu_model", "gpu_count", "gpu_memory_gb", "cpu_cores", "ram_gb",
                   "disk_gb", "bandwidth_mbps", "region", "compliance_claimed",
                   "compliance_verified", "status", "last_heartbeat_at", "benchmark_tflops",
-                  "agent_version", "reliability", "is_new", "reliability_detail", "reliability_at",
+                  "agent_version", "runtime", "reliability", "is_new", "reliability_detail",
+                  "reliability_at",
                   "token_prefix", "created_at"]
         read_only_fields = fields
 
@@ -225,11 +231,17 @@ class JobSpecSerializer(serializers.Serializer):
     """The body of POST /jobs/ and POST /jobs/quote/."""
 
     name = serializers.CharField(max_length=120)
-    template = serializers.CharField(max_length=64, help_text="A name from /api/v1/templates/.")
+    template = serializers.CharField(max_length=64, required=False, allow_blank=True, default="",
+                                     help_text="A name from /api/v1/templates/ (or give `bundle`).")
+    bundle = serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False,
+                                      allow_null=True, default=None,
+                                      help_text="Your code bundle's id, in place of a template.")
     params = serializers.JSONField(required=False, default=dict,
-                                   help_text="Hyper-parameters; the template's schema applies.")
-    dataset = serializers.CharField(max_length=80,
-                                    help_text='"sample:<name>" or the id of an uploaded dataset.')
+                                   help_text="Hyper-parameters; the template's or the bundle's "
+                                             "schema applies.")
+    dataset = serializers.CharField(max_length=80, required=False, allow_blank=True, default="",
+                                    help_text='"sample:<name>" or the id of an uploaded dataset; '
+                                              "empty for a bundle that makes its own data.")
     nodes = serializers.IntegerField(min_value=1, max_value=SMALL)
     sync = serializers.JSONField(
         required=False, allow_null=True, default=None,
@@ -254,6 +266,7 @@ class JobSpecSerializer(serializers.Serializer):
         d = self.validated_data
         return JobSpec(
             name=d["name"], template=d["template"], params=d["params"], dataset=d["dataset"],
+            bundle=str(d["bundle"]) if d.get("bundle") else "",
             nodes=d["nodes"], gpus_per_node=d["gpus_per_node"], sync=d["sync"],
             min_gpu_memory_gb=d["min_gpu_memory_gb"], gpu_models=tuple(d["gpu_models"]),
             regions=tuple(d["regions"]), compliance=tuple(d["compliance"]),
@@ -282,7 +295,7 @@ class JobListSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Job
-        fields = ["id", "name", "status", "status_display", "template", "params", "dataset",
+        fields = ["id", "name", "status", "status_display", "template", "bundle", "params", "dataset",
                   "nodes", "gpus_per_node", "sync", "min_gpu_memory_gb", "gpu_models", "regions",
                   "compliance", "min_reliability", "max_price_per_gpu_hour", "budget",
                   "duration_hours", "deadline", "created_at", "status_changed_at"]
@@ -482,8 +495,84 @@ class QuoteSerializer(serializers.Serializer):
 class DatasetSerializer(serializers.ModelSerializer):
     class Meta:
         model = Dataset
-        fields = ["id", "name", "rows", "columns", "size_bytes", "sha256", "created_at"]
+        fields = ["id", "name", "kind", "rows", "columns", "entries", "size_bytes", "sha256",
+                  "created_at"]
         read_only_fields = fields
+
+
+# --- Resumable uploads and code bundles ----------------------------------------------------
+
+class UploadCreateSerializer(serializers.Serializer):
+    purpose = serializers.ChoiceField(choices=["dataset", "bundle"])
+    name = serializers.CharField(max_length=200, help_text="The file's name with its extension: "
+                                 ".csv or .zip for a dataset; .py, .zip, .tar, .tar.gz or .tgz "
+                                 "for a bundle.")
+    size_bytes = serializers.IntegerField(min_value=1, max_value=MAX_ID)
+    sha256 = serializers.RegexField(r"^[0-9a-fA-F]{64}$", help_text="The whole file's SHA-256, "
+                                    "checked when the upload finishes.")
+    label_column = serializers.CharField(max_length=128, required=False, allow_blank=True,
+                                         help_text="Dataset (CSV): the class column, checked.")
+    runtime = serializers.CharField(max_length=64, required=False, allow_blank=True,
+                                    help_text="Bundle without computemesh.toml: the provider "
+                                              "runtime it needs (default: the newest).")
+    entry = serializers.CharField(max_length=200, required=False, allow_blank=True,
+                                  help_text="Bundle without computemesh.toml: its task class, "
+                                            "'module:Class' ('Class' for a single .py file).")
+    params_schema = serializers.JSONField(required=False, allow_null=True, default=None,
+                                          help_text="Bundle without computemesh.toml: the JSON "
+                                                    "Schema of its params.")
+
+
+class UploadSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    purpose = serializers.CharField()
+    name = serializers.CharField()
+    size_bytes = serializers.IntegerField()
+    sha256 = serializers.CharField()
+    offset = serializers.IntegerField(help_text="Bytes received and kept; send from here.")
+    status = serializers.CharField(help_text="open or complete")
+    result_id = serializers.IntegerField(allow_null=True, help_text="The dataset's or bundle's id "
+                                         "once complete.")
+    chunk_max_bytes = serializers.SerializerMethodField()
+    created_at = serializers.DateTimeField()
+
+    def get_chunk_max_bytes(self, upload) -> int:
+        return settings.UPLOAD_CHUNK_MAX_BYTES
+
+
+class BundleSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    kind = serializers.CharField(help_text="py, zip or tar")
+    size_bytes = serializers.IntegerField()
+    sha256 = serializers.CharField()
+    runtime = serializers.CharField()
+    runtime_known = serializers.SerializerMethodField(
+        help_text="Whether this platform lists the runtime (workers/runtimes.json).")
+    entry = serializers.CharField()
+    params_schema = serializers.JSONField()
+    created_at = serializers.DateTimeField()
+
+    def get_runtime_known(self, bundle) -> bool:
+        from .. import runtimes
+
+        return bundle.runtime in runtimes.runtimes()
+
+
+class BundleUploadSerializer(serializers.Serializer):
+    file = serializers.FileField(help_text="A .py file, or a .zip/.tar/.tar.gz of a package, at "
+                                           f"most {settings.BUNDLE_MAX_BYTES // 1_048_576} MB.")
+    runtime = serializers.CharField(max_length=64, required=False, allow_blank=True)
+    entry = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    params_schema = serializers.CharField(max_length=65536, required=False, allow_blank=True,
+                                          help_text="JSON Schema of the params, as JSON text.")
+
+
+class RuntimeSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    description = serializers.CharField()
+    python = serializers.CharField()
+    packages = serializers.DictField(child=serializers.CharField())
 
 
 class DatasetUploadSerializer(serializers.Serializer):

@@ -1,7 +1,7 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from . import organizations, stake, views
+from . import account, organizations, stake, uploads, views
 
 router = DefaultRouter()
 router.register("templates", views.TemplateViewSet, basename="template")
@@ -9,6 +9,9 @@ router.register("offers", views.OfferViewSet, basename="offer")
 router.register("nodes", views.NodeViewSet, basename="node")
 router.register("jobs", views.JobViewSet, basename="job")
 router.register("datasets", views.DatasetViewSet, basename="dataset")
+router.register("uploads", uploads.UploadViewSet, basename="upload")
+router.register("bundles", uploads.BundleViewSet, basename="bundle")
+router.register("runtimes", uploads.RuntimeViewSet, basename="runtime")
 router.register("wallets", views.WalletViewSet, basename="wallet")
 router.register("stake", stake.StakeViewSet, basename="stake")
 router.register("organizations", organizations.OrganizationViewSet, basename="organization")
@@ -17,5 +20,8 @@ app_name = "api"
 urlpatterns = [
     path("auth/token/", views.TokenView.as_view(), name="auth-token"),
     path("me/", views.MeView.as_view(), name="me"),
+    path("account/", account.AccountView.as_view(), name="account"),
+    path("account/faucet/", account.FaucetView.as_view(), name="account-faucet"),
+    path("jobs/<int:pk>/disputes/", account.JobDisputesView.as_view(), name="job-disputes"),
     *router.urls,
 ]

@@ -627,16 +627,19 @@ class UploadTooLarge(APIException):
 class BoundedMultiPartParser(MultiPartParser):
     """Refuses, before reading it, a body that cannot hold an acceptable dataset."""
 
+    limit_setting = "DATASET_MAX_BYTES"
+
     def parse(self, stream, media_type=None, parser_context=None):
         request = parser_context["request"]
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
             length = 0
-        limit = settings.DATASET_MAX_BYTES + 64 * 1024  # room for the multipart envelope
+        most = getattr(settings, self.limit_setting)
+        limit = most + 64 * 1024  # room for the multipart envelope
         if length > limit:
             raise UploadTooLarge(f"file: the upload is larger than the "
-                                 f"{settings.DATASET_MAX_BYTES // 1_048_576} MB limit.")
+                                 f"{most // 1_048_576} MB limit.")
         return super().parse(stream, media_type, parser_context)
 
 

@@ -45,6 +45,9 @@ class BookOffer:
     max_hours: Decimal | None
     stake: Decimal = Decimal(0)
     provider_id: int = 0
+    # Code bundles: the offer accepts custom code; the runtime its node's agent reported.
+    custom_code: bool = False
+    runtime: str = ""
 
 
 def _key(o: BookOffer):
@@ -81,11 +84,12 @@ class OfferBook:
         # Verified tags also need the provider's stake (offer_search.verified_for).
         min_stake = settings.MIN_STAKE_FOR_VERIFIED_TAGS if mask else 0
         excluded = nodes_excluded(job, now=now)
+        runtime = job.bundle.runtime if job.bundle is not None else ""  # a code bundle's
         # A shape that found nothing earlier in this pass finds nothing now: capacity only
         # shrinks while a pass runs.
         shape = (frozenset(models), job.min_gpu_memory_gb, frozenset(regions or ()), mask,
                  job.min_reliability, job.gpus_per_node, job.nodes, job.max_price_per_gpu_hour,
-                 job.duration_hours, tuple(sorted(excluded)), job.owner_id)
+                 job.duration_hours, tuple(sorted(excluded)), job.owner_id, runtime)
         if shape in self.failed:
             return []
         walks = [self._walk(k) for k in self.lists
@@ -106,7 +110,8 @@ class OfferBook:
                     or (job.min_reliability
                         and (o.reliability is None or o.reliability < job.min_reliability))
                     or (o.until is not None and o.until < end) or o.min_hours > hours
-                    or (o.max_hours is not None and o.max_hours < hours)):
+                    or (o.max_hours is not None and o.max_hours < hours)
+                    or (runtime and (not o.custom_code or o.runtime != runtime))):
                 continue
             picked.append(o)
             nodes.add(o.node_id)
@@ -125,11 +130,12 @@ def _book(jobs: list[Job], now) -> OfferBook:
             .values_list("pk", "node_id", "gpu_model", "gpu_memory_gb", "region", "compliance_verified",
                          "reliability", "gpus_offered", "gpus_reserved", "price_per_gpu_hour",
                          "available_until", "min_duration_hours", "max_duration_hours", "provider_stake",
-                         "provider_id"))
+                         "provider_id", "accepts_custom_code", "node__runtime"))
     return OfferBook([BookOffer(pk, node, model, memory, region, comp, rel, offered - reserved, price,
-                                until, min_h, max_h, stake, provider)
+                                until, min_h, max_h, stake, provider, custom, runtime)
                       for (pk, node, model, memory, region, comp, rel, offered, reserved, price, until,
-                           min_h, max_h, stake, provider) in rows.iterator(chunk_size=5000)])
+                           min_h, max_h, stake, provider, custom, runtime)
+                      in rows.iterator(chunk_size=5000)])
 
 
 def jobs_place_waiting(*, limit: int = 2000) -> dict[int, list[int]]:
@@ -139,7 +145,7 @@ def jobs_place_waiting(*, limit: int = 2000) -> dict[int, list[int]]:
     now = timezone.now()
     with transaction.atomic():
         jobs = list(Job.objects.select_for_update(skip_locked=True, of=("self",))
-                    .filter(status__in=WAITING)
+                    .select_related("bundle").filter(status__in=WAITING)
                     .exclude(assignments__status__in=Assignment.ACTIVE)
                     .order_by("created_at", "id")[:limit])
         if not jobs:

@@ -17,9 +17,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
+from django.db.models import Sum
 
 from ..errors import Conflict, MarketError, PermissionDenied
 from ..models import Dataset, Job, Organization
+from . import sealed
 from .audit import audit_record
 
 MIN_ROWS = 10
@@ -73,10 +75,33 @@ def dataset_decrypt(stored: bytes) -> bytes:
                           code="dataset_damaged") from None
 
 
+def sealed_key() -> tuple[bytes, bytes]:
+    """The key and key id that large files (services/sealed.py) are encrypted with."""
+    key = _key()
+    return key, _key_id(key)
+
+
+def stored_chunks(file) -> Iterator[bytes]:
+    """The plaintext of a stored dataset or bundle file, in pieces: whole-file encrypted
+    (a single-request CSV), segmented (a resumable upload), or plain (stored before
+    encryption)."""
+    with file.open("rb") as f:
+        head = f.read(len(sealed.MAGIC))
+        f.seek(0)
+        if sealed.is_sealed(head):
+            key, key_id = sealed_key()
+            yield from sealed.unseal_stream(f, key=key, key_id=key_id)
+        else:
+            yield dataset_decrypt(f.read())
+
+
+def dataset_chunks(dataset: Dataset) -> Iterator[bytes]:
+    return stored_chunks(dataset.file)
+
+
 def dataset_read(dataset: Dataset) -> bytes:
-    """The dataset's CSV as uploaded."""
-    with dataset.file.open("rb") as f:
-        return dataset_decrypt(f.read())
+    """The dataset's CSV as uploaded (small datasets only: it is read whole)."""
+    return b"".join(dataset_chunks(dataset))
 
 
 @contextlib.contextmanager
@@ -84,7 +109,8 @@ def dataset_plain_path(dataset: Dataset) -> Iterator[str]:
     """A private temporary file holding the CSV, for code that reads a path (the verify
     worker's training runtime); deleted when the block ends."""
     with tempfile.NamedTemporaryFile(prefix="dataset-", suffix=".csv") as f:
-        f.write(dataset_read(dataset))
+        for chunk in dataset_chunks(dataset):
+            f.write(chunk)
         f.flush()
         yield f.name
 
@@ -110,8 +136,35 @@ def csv_inspect(data: bytes, *, label_column: str = "") -> tuple[list[str], int]
     except UnicodeDecodeError as exc:
         raise _fail(f"The file is not UTF-8 text (byte {exc.start} cannot be read). "
                     "Save it as CSV UTF-8.") from None
+    return _csv_inspect_lines(io.StringIO(text, newline=""), label_column=label_column)
+
+
+def _text_lines(f) -> Iterator[str]:
+    """A binary file's lines as UTF-8 text, refusing binary data, read a line at a time."""
+    text = io.TextIOWrapper(f, encoding="utf-8-sig", newline="")
+    try:
+        for line in text:
+            if "\x00" in line:
+                raise _fail("This is not a CSV text file (it contains binary data).")
+            yield line
+    except UnicodeDecodeError:
+        raise _fail("The file is not UTF-8 text. Save it as CSV UTF-8.") from None
+    finally:
+        text.detach()
+
+
+def csv_inspect_file(f, *, label_column: str = "") -> tuple[list[str], int]:
+    """csv_inspect for a file too large to read whole (a resumable upload)."""
+    head = f.read(4096)
+    f.seek(0)
+    if not head.strip():
+        raise _fail("The file is empty.")
+    return _csv_inspect_lines(_text_lines(f), label_column=label_column)
+
+
+def _csv_inspect_lines(lines, *, label_column: str) -> tuple[list[str], int]:
     # Commas only: the training runtime reads comma-separated files.
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    reader = csv.reader(lines, strict=True)
     try:
         header = next(reader, None)
         if header is None:
@@ -177,6 +230,7 @@ def dataset_upload(*, owner: Organization, actor, uploaded_file, name: str = "",
     if size > limit:
         raise _fail(f"The file is {size / 1_048_576:.1f} MB; the limit is "
                     f"{limit / 1_048_576:.1f} MB.")
+    storage_quota_check(owner, size)
     name = (name or "").strip() or os.path.basename(uploaded_file.name or "").strip()
     name = name or "dataset.csv"
     if len(name) > MAX_NAME:
@@ -224,3 +278,38 @@ def dataset_delete(*, dataset: Dataset, actor) -> None:
         # The file goes once the row is gone for good (a rollback keeps both).
         if name:
             transaction.on_commit(lambda: storage.delete(name))
+
+
+# --- storage quota --------------------------------------------------------------------------
+
+class QuotaExceeded(MarketError):
+    status_code = 413
+
+    def __init__(self, message: str):
+        super().__init__(message, field="size_bytes", code="quota_exceeded")
+
+
+def storage_used(owner: Organization) -> int:
+    """Bytes an organization holds: its datasets, its code bundles and what its open
+    uploads were declared to be."""
+    from ..models import CodeBundle, Upload
+
+    total = 0
+    for qs in (Dataset.objects.filter(owner=owner), CodeBundle.objects.filter(owner=owner),
+               Upload.objects.filter(owner=owner, status=Upload.Status.OPEN)):
+        total += qs.aggregate(n=Sum("size_bytes"))["n"] or 0
+    return total
+
+
+def storage_quota_check(owner: Organization, size: int) -> None:
+    quota = settings.ORG_STORAGE_QUOTA_BYTES
+    used = storage_used(owner)
+    if used + size > quota:
+        raise QuotaExceeded(
+            f"This would take your organization's storage to {_gb(used + size)}, over its quota "
+            f"of {_gb(quota)} ({_gb(used)} in use by datasets, code bundles and unfinished "
+            "uploads). Delete some, or ask for a larger quota.")
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1024**3:.2f} GiB" if n >= 1024**3 else f"{n / 1_048_576:.1f} MB"

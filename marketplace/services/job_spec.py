@@ -9,8 +9,9 @@ from django.utils import timezone
 
 from .. import catalogue
 from ..errors import MarketError
-from ..models import Dataset, Organization
+from ..models import CodeBundle, Dataset, Organization
 from ..money import is_whole_micro
+from . import bundles
 
 MAX_NODES = 32
 MAX_GPUS_PER_NODE = 16
@@ -37,8 +38,13 @@ class JobSpec:
     duration_hours: Decimal = Decimal("1")
     # How the nodes synchronise: {"mode": "ddp"} (default) or {"mode": "diloco", …}.
     sync: dict[str, Any] | None = None
+    # A consumer's own code in place of a template: its bundle's id (services/bundles.py).
+    bundle: str = ""
     # Filled in by validation:
     dataset_obj: Dataset | None = None
+    bundle_obj: CodeBundle | None = None
+    # The provider runtime the job needs (its bundle's); "" for a template.
+    runtime: str = ""
 
     @property
     def wants_cpu(self) -> bool:
@@ -75,6 +81,31 @@ def _money(value: Decimal | None, field_name: str, label: str) -> Decimal:
     return value
 
 
+def _resolve_bundle_dataset(ref: str, owner: Organization | None):
+    """A bundle job's data: an uploaded dataset (CSV or zip) or none ("": the task makes its
+    own)."""
+    ref = (ref or "").strip()
+    if ref in ("", "none"):
+        return "", None
+    if ref.isdigit():
+        ds = Dataset.objects.filter(pk=int(ref), owner=owner).first() if owner else None
+        if ds is None:
+            raise MarketError("No dataset of yours has that id.", field="dataset")
+        return ref, ds
+    raise MarketError("A code bundle's job takes the id of a dataset you uploaded (CSV or zip), "
+                      "or none; bundled samples belong to the templates.", field="dataset")
+
+
+def _resolve_bundle(ref: str, owner: Organization | None) -> CodeBundle:
+    ref = str(ref or "").strip()
+    bundle = (CodeBundle.objects.filter(pk=int(ref), owner=owner).first()
+              if owner is not None and ref.isdigit() and len(ref) <= 18 else None)
+    if bundle is None:
+        raise MarketError("No code bundle of yours has that id (see /api/v1/bundles/).",
+                          field="bundle")
+    return bundle
+
+
 def _resolve_dataset(ref: str, template: catalogue.Template, owner: Organization | None):
     ref = (ref or "").strip()
     if ref.startswith("sample:"):
@@ -99,10 +130,21 @@ def job_spec_validate(*, spec: JobSpec, owner: Organization | None) -> JobSpec:
     name = (spec.name or "").strip()
     if not name or len(name) > 120:
         raise MarketError("Name the job (1 to 120 characters).", field="name")
-    template = catalogue.get_template(spec.template)
-    params = template.validate_params(spec.params)
-    dataset_ref, dataset = _resolve_dataset(spec.dataset, template, owner)
-    if dataset is not None:
+    bundle = None
+    if spec.bundle not in ("", None):
+        if spec.template:
+            raise MarketError("Choose a template or a code bundle, not both.", field="bundle")
+        bundle = _resolve_bundle(spec.bundle, owner)
+        params = bundles.params_validate(bundle, spec.params)
+        dataset_ref, dataset = _resolve_bundle_dataset(spec.dataset, owner)
+    else:
+        template = catalogue.get_template(spec.template)
+        params = template.validate_params(spec.params)
+        dataset_ref, dataset = _resolve_dataset(spec.dataset, template, owner)
+        if dataset is not None and dataset.kind != "csv":
+            raise MarketError("A zip dataset is read by your own code: choose a code bundle, or a "
+                              "CSV dataset for a template.", field="dataset")
+    if dataset is not None and bundle is None:
         for key in ("label_column", "target_column"):
             if key in params and params[key] not in dataset.columns:
                 raise MarketError(f"The dataset has no column '{params[key]}'; its columns are "
@@ -148,6 +190,8 @@ def job_spec_validate(*, spec: JobSpec, owner: Organization | None) -> JobSpec:
         raise MarketError(f"The deadline leaves less than the expected {hours} h to run.",
                           field="deadline")
     return replace(spec, name=name, params=params, dataset=dataset_ref, dataset_obj=dataset, sync=sync,
+                   bundle=str(bundle.pk) if bundle else "", bundle_obj=bundle,
+                   runtime=bundle.runtime if bundle else "",
                    gpu_models=gpu_models, regions=regions, compliance=compliance,
                    min_gpu_memory_gb=spec.min_gpu_memory_gb or 0, max_price_per_gpu_hour=price,
                    budget=budget, duration_hours=hours)

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from .. import catalogue
+from .. import catalogue, runtimes
 from ..models import Offer
 from ..money import amount, round_half_up
 from ..selectors.offer_search import free_at_least, in_regions, verified_for
@@ -96,6 +96,12 @@ def constraints_for(spec: JobSpec, *, now=None) -> list[Constraint]:
         & (Q(available_until__isnull=True) | Q(available_until__gte=now + timedelta(hours=float(hours))))
         & Q(min_duration_hours__lte=hours)
         & (Q(max_duration_hours__isnull=True) | Q(max_duration_hours__gte=hours))))
+    if spec.runtime:
+        # A code bundle runs only where the provider opted in, in the runtime it was written for.
+        out.append(Constraint("custom_code", "accepting custom code (code bundles)",
+                              Q(accepts_custom_code=True)))
+        out.append(Constraint("runtime", f"offering runtime {spec.runtime}",
+                              Q(node__runtime=spec.runtime)))
     out.append(Constraint("price", f"under {_fmt(spec.max_price_per_gpu_hour)} tUSD/GPU-h",
                           Q(price_per_gpu_hour__lte=spec.max_price_per_gpu_hour)))
     return out
@@ -207,6 +213,8 @@ def _explain(spec: JobSpec, constraints: list[Constraint]) -> list[dict]:
         "code": "no_match", "constraint": blocking.code if blocking else "",
         "message": (f"You need {need} {what}; " + " → ".join(steps) + "."),
     }]
+    if blocking is not None and blocking.code == "runtime":
+        reasons.append(_runtime_reason(spec))
     for c in constraints:
         others = [o for o in constraints if o is not c]
         alt = _pick(spec, offers_matching(spec, others))
@@ -218,6 +226,12 @@ def _explain(spec: JobSpec, constraints: list[Constraint]) -> list[dict]:
             message = (f"The cheapest placement that meets every other constraint costs up to "
                        f"{_fmt(top)} tUSD/GPU-h (your maximum is "
                        f"{_fmt(spec.max_price_per_gpu_hour)}).")
+        elif c.code == "runtime":
+            continue  # said by _runtime_reason: relaxing it would run the code where it fails
+        elif c.code == "custom_code":
+            message = (f"{len(alt)} {what} meet{'s' if len(alt) == 1 else ''} every other "
+                       "constraint, but their providers do not accept custom code on those offers "
+                       "(a provider opts in per offer); a code bundle runs only where they do.")
         elif c.code == "online":
             message = (f"{len(alt)} matching {what} {'exist' if len(alt) > 1 else 'exists'} but "
                        f"{'their agents are' if len(alt) > 1 else 'its agent is'} not connected right "
@@ -229,3 +243,20 @@ def _explain(spec: JobSpec, constraints: list[Constraint]) -> list[dict]:
                        f"at {_fmt(cheapest.price_per_gpu_hour)} tUSD/GPU-h from {cheapest.provider}.")
         reasons.append({"code": "relax", "constraint": c.code, "message": message})
     return reasons
+
+
+def _runtime_reason(spec: JobSpec) -> dict:
+    """Why no node has the runtime the job's code bundle needs, and what they have."""
+    offered = sorted(set(Offer.objects.filter(status=Offer.Status.ACTIVE, accepts_custom_code=True)
+                         .exclude(node__runtime="").values_list("node__runtime", flat=True)))
+    have = (f"Nodes accepting custom code offer {', '.join(offered[:8])}" if offered
+            else "No node accepting custom code reports a runtime yet")
+    if spec.runtime not in runtimes.runtimes():
+        known = ", ".join(runtimes.runtimes())
+        message = (f"Your code bundle needs runtime {spec.runtime}, which this platform does not "
+                   f"list (it lists {known}); no provider offers it. {have}. Declare one of "
+                   "those in the bundle's computemesh.toml and upload it again.")
+    else:
+        message = (f"Your code bundle needs runtime {spec.runtime}; no node that meets the other "
+                   f"constraints offers it. {have}.")
+    return {"code": "runtime", "constraint": "runtime", "message": message}

@@ -24,6 +24,8 @@ class OfferSpec:
     available_until: datetime | None = None
     min_duration_hours: Decimal = Decimal("0.25")
     max_duration_hours: Decimal | None = None
+    # Run consumers' own code (code bundles) in the agent's sandbox: the provider opts in.
+    accepts_custom_code: bool = False
 
 
 def _validate(spec: OfferSpec, node: Node, *, exclude_offer: Offer | None = None) -> dict:
@@ -64,6 +66,7 @@ def _validate(spec: OfferSpec, node: Node, *, exclude_offer: Offer | None = None
         "gpus_offered": spec.gpus_offered, "price_per_gpu_hour": price,
         "available_from": start, "available_until": spec.available_until,
         "min_duration_hours": min_h, "max_duration_hours": spec.max_duration_hours,
+        "accepts_custom_code": bool(spec.accepts_custom_code),
     }
 
 

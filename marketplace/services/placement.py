@@ -34,6 +34,7 @@ def spec_of(job: Job) -> JobSpec:
         min_gpu_memory_gb=job.min_gpu_memory_gb, gpu_models=tuple(job.gpu_models),
         regions=tuple(job.regions), compliance=tuple(job.compliance),
         min_reliability=job.min_reliability, duration_hours=job.duration_hours, sync=job.sync,
+        bundle=str(job.bundle_id or ""), runtime=job.bundle.runtime if job.bundle is not None else "",
     )
 
 
