@@ -9,7 +9,8 @@ class MarketplaceConfig(AppConfig):
         # Imported here, not at the top: they import the models, which exist only once the app
         # registry is ready. checks registers the deployment checks on import.
         from . import checks, job_states, logs, metrics  # noqa: F401
-        from .services import chain_events, live
+        from .chain import deploy
+        from .services import chain_events, live, payments
 
         # Every process times its Celery tasks and binds their ids for the logs.
         metrics.celery_signals_connected()
@@ -18,3 +19,5 @@ class MarketplaceConfig(AppConfig):
         job_states.job_changed.connect(live.on_job_changed, dispatch_uid="live.on_job_changed")
         # The chain's indexer reads the escrow's and the stake contract's events for the services.
         chain_events.connect()
+        # A chain that is gone: its escrows are marked for staff before the chain is forgotten.
+        deploy.chain_gone.connect(payments.on_chain_gone, dispatch_uid="payments.on_chain_gone")

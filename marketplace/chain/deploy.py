@@ -1,4 +1,4 @@
-"""Deploying the contracts and funding development accounts.
+"""Deploying the contracts, development accounts' gas and tUSD, and the chain's identity.
 
 Roles (docs/operations.md, "Chain keys"): the operator key signs funding terms, settlements
 and refunds; the admin (CHAIN_ADMIN_ADDRESS) grants and revokes roles; the pauser
@@ -10,15 +10,15 @@ pauses, with the fee credited to a development address; `check --deploy` refuses
 """
 
 import time
-from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
+from django.dispatch import Signal
 from eth_account import Account
 from eth_utils import keccak
 from web3 import Web3
 
-from ..money import from_units, to_units
+from ..money import to_units
 from ..payment_models import ChainAccount, ChainContract, ChainCursor, ChainTransaction
 from . import sender, terms
 from .client import ChainError, chain_id, contract, unavailable, w3
@@ -32,6 +32,9 @@ GAS_ETH = Web3.to_wei(10, "ether")
 # indexer pass reads the contracts' addresses, and each look costs a few calls.
 IDENTITY_TTL_S = 5.0
 _identity_seen: dict[tuple[str, int], float] = {}
+# Sent with `chain_id` and `reason` when the chain our contracts were on is gone, inside the
+# transaction that forgets it (services/payments.py listens, connected in apps.py).
+chain_gone = Signal()
 
 
 def is_dev_chain() -> bool:
@@ -262,15 +265,14 @@ def chain_identity_check(*, force: bool = False) -> str | None:
 
 
 def chain_lost(*, cid: int, genesis: str, reason: str) -> None:
-    """The chain our contracts were on is gone. Its escrows are marked (`escrows_chain_lost`:
-    staff resolve them), the transactions sent there stay recorded as sent on it, and the
-    contracts, nonces and the indexer's place are forgotten: `chain_deploy` deploys afresh.
-    Within a caller's transaction this is undone with it; the indexer's next pass (no
-    transaction around it) records it."""
-    from ..services.payments import escrows_chain_lost
-
+    """The chain our contracts were on is gone. `chain_gone` goes out first (the payments
+    mark its escrows for staff to resolve: services/payments.escrows_chain_lost), the
+    transactions sent there stay recorded as sent on it, and the contracts, nonces and the
+    indexer's place are forgotten: `chain_deploy` deploys afresh. Within a caller's
+    transaction this is undone with it; the indexer's next pass (no transaction around it)
+    records it."""
     with transaction.atomic():
-        escrows_chain_lost(reason=reason)
+        chain_gone.send(sender=ChainContract, chain_id=cid, reason=reason)
         if cid in DEV_CHAIN_IDS:
             _forget_stakes(cid)
         ChainTransaction.objects.filter(chain_id=cid, lost_reason="").update(
@@ -290,25 +292,3 @@ def _forget_stakes(cid: int) -> None:
     StakeOperation.objects.filter(transaction__chain_id=cid).delete()
     ProviderStake.objects.all().delete()
     Offer.objects.filter(provider_stake__gt=0).update(provider_stake=0)
-
-
-def dev_wallets(*, mint, provider_mint=Decimal(0)) -> list[str]:
-    """Development chains: every organization gets a custodial wallet, gas, consumers tUSD
-    up to `mint` and providers up to `provider_mint` (to stake)."""
-    from ..models import Organization
-    from ..services.wallets import wallet_create_custodial
-
-    if not is_dev_chain():
-        raise ChainError("Development wallets exist only on development chains.", code="not_dev_chain")
-    out = []
-    token = token_contract()
-    for org in Organization.objects.order_by("pk"):
-        wallet = org.wallets.filter(kind="custodial").first() or wallet_create_custodial(organization=org)
-        give_gas(wallet.address)
-        want = mint if org.is_consumer else provider_mint
-        if want > 0:
-            held = token.functions.balanceOf(wallet.address).call()
-            if held < to_units(want):
-                mint_to(wallet.address, want - from_units(held))
-        out.append(f"{org.name}: {wallet.address}")
-    return out

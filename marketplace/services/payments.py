@@ -19,13 +19,19 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from eth_utils import is_address, to_checksum_address
 
 from .. import job_states, task_names
+from ..chain import sender
+from ..chain.client import chain_id, unavailable
+from ..chain.deploy import escrow_contract, fund_terms_signature, is_dev_chain, operator_key, token_contract
 from ..errors import Conflict, MarketError
-from ..models import Assignment, Escrow, Job, Organization, Payout, Settlement, Wallet
+from ..models import Assignment, ChainTransaction, Escrow, Job, Organization, Payout, Settlement, Wallet
 from ..money import from_units, round_down, to_units, tusd
 from ..selectors.metering import job_statement
 from . import audit, enqueue
+from .budget import job_resume_if_covered
+from .jobs import job_cancel
 from .wallets import custodial_key, custodial_wallet, payout_address
 
 W = Wallet.Kind
@@ -62,8 +68,6 @@ def funding_wallet(job: Job, address: str | None) -> str:
     """The owner's wallet that funds `job` (checksummed): `address` when it is one of the
     owner's wallets (linked, or custodial), or else the owner's only linked wallet. The
     platform signs terms for no other address."""
-    from eth_utils import is_address, to_checksum_address
-
     wallets = Wallet.objects.filter(organization=job.owner)
     if address:
         if not is_address(address):
@@ -87,9 +91,6 @@ def fund_calls(job: Job, *, address: str | None = None) -> dict:
     (`address`, one of the owner's wallets: only it can send this fund call). An escrow
     funded with less than the budget gets a top-up of the difference in place of the fund
     call (`kind` says which), and only from the wallet that funded it."""
-    from ..chain.client import chain_id
-    from ..chain.deploy import escrow_contract, fund_terms_signature, token_contract
-
     record = escrow_of(job)
     if not address and record.status == E.FUNDED:
         address = record.consumer_address  # a top-up comes from the wallet that funded it
@@ -130,9 +131,6 @@ def job_fund(*, job: Job, actor=None, amount: Decimal | None = None) -> Escrow:
     """Fund the job's escrow with its budget from the organization's custodial (development)
     wallet: approve, then fund; a funded escrow below a raised budget is topped up. Idempotent:
     a job whose funding (or top-up) is under way or done is returned as it is."""
-    from ..chain import sender
-    from ..chain.deploy import escrow_contract, fund_terms_signature
-
     if not settings.ESCROW_ENABLED:
         raise Conflict("Escrow is not enabled on this platform; jobs run without funding.")
     if amount is not None and round_down(amount) != job.budget:
@@ -172,10 +170,6 @@ def _custodial_approve(owner: Organization, amount: Decimal):
     approval of the escrow for it queued when the allowance is short (`approving`: the next
     call's gas cannot be estimated before that is mined). The chain's reads raise ChainError
     (503) when the node does not answer, never a 500."""
-    from ..chain import sender
-    from ..chain.client import unavailable
-    from ..chain.deploy import escrow_contract, token_contract
-
     wallet = custodial_wallet(owner)
     key = custodial_key(wallet)
     token, escrow = token_contract(), escrow_contract()
@@ -198,9 +192,6 @@ def _top_up(*, job: Job, escrow: Escrow, actor=None) -> Escrow:
     """A funded escrow holding less than the job's (raised) budget gets the difference from
     the custodial wallet. Idempotent: while a top-up is in flight (sent, not yet seen by the
     indexer, not reverted) a retry sends nothing."""
-    from ..chain import sender
-    from ..chain.deploy import escrow_contract
-
     if escrow.amount >= job.budget or job.status not in S.ACTIVE:
         return escrow
     if (escrow.top_up_tx and escrow.top_up_total is not None and escrow.top_up_total > escrow.amount
@@ -224,9 +215,6 @@ def _top_up(*, job: Job, escrow: Escrow, actor=None) -> Escrow:
 
 
 def _reverted(tx_hash: str) -> bool:
-    from ..chain import sender
-    from ..models import ChainTransaction
-
     stored = ChainTransaction.objects.filter(tx_hash=tx_hash, lost_reason="").first()
     return stored is not None and sender.check(stored).status == ChainTransaction.Status.REVERTED
 
@@ -293,8 +281,6 @@ def escrow_topped_up(*, key: str, total: int) -> None:
     escrow.save(update_fields=["amount"])
     _start_if_covered(escrow)
     if escrow.job.status == S.PAUSED:
-        from .budget import job_resume_if_covered  # budget meters with this module
-
         job_resume_if_covered(job_id=escrow.job_id)
 
 
@@ -330,8 +316,6 @@ def escrow_closed(*, key: str, refunded: bool, paid: int, fee: int, returned: in
         Settlement.objects.filter(job=job).exclude(status=Settlement.Status.SETTLED).update(
             status=Settlement.Status.SETTLED, settled_at=timezone.now())
     if refunded and job.status in (S.ACTIVE - {S.VERIFYING}) | {S.SUBMITTED}:
-        from .jobs import job_cancel
-
         job = job_cancel(job=job, reason="escrow_refunded",
                          message="The escrow was refunded on chain; the job stops.")
     to = S.REFUNDED if escrow.status == E.REFUNDED else S.SETTLED
@@ -346,9 +330,6 @@ def escrow_closed(*, key: str, refunded: bool, paid: int, fee: int, returned: in
 
 def escrow_force_refund(*, job: Job, actor=None) -> str:
     """Admin: return a funded, unsettled escrow to the consumer (operatorRefund)."""
-    from ..chain import sender
-    from ..chain.deploy import escrow_contract, operator_key
-
     escrow = Escrow.objects.filter(job=job).first()
     if escrow is None or escrow.status != E.FUNDED:
         raise Conflict("Only a funded escrow that is not settled can be refunded.")
@@ -363,6 +344,11 @@ def escrow_force_refund(*, job: Job, actor=None) -> str:
 
 
 # --- a chain that is gone ----------------------------------------------------------
+def on_chain_gone(sender, *, reason: str, **kwargs) -> None:
+    """chain.deploy.chain_gone's receiver (apps.py)."""
+    escrows_chain_lost(reason=reason)
+
+
 def escrows_chain_lost(*, reason: str) -> int:
     """The chain that held the deposits is gone (`chain.deploy.chain_lost`): each funded,
     unsettled escrow is marked `chain_lost` with the reason and says so on its job's
@@ -397,9 +383,6 @@ def escrow_lost_refund(*, job: Job, actor=None) -> str:
     chain the deposit is minted again to the address that funded it (the operator mints
     tUSD); the escrow is refunded and the job follows. Idempotent: a retry returns the
     refund already sent. A real chain's token cannot be minted: refused with what to do."""
-    from ..chain import sender
-    from ..chain.deploy import is_dev_chain, operator_key, token_contract
-
     with transaction.atomic():
         escrow = Escrow.objects.select_for_update().filter(job=job).first()
         if escrow is not None and escrow.status == E.REFUNDED and escrow.lost_reason:
@@ -423,8 +406,6 @@ def escrow_lost_refund(*, job: Job, actor=None) -> str:
                 f"(transaction {tx.tx_hash}).")
         current = Job.objects.get(pk=job.pk)
         if current.status in S.ACTIVE or current.status == S.SUBMITTED:
-            from .jobs import job_cancel
-
             current = job_cancel(job=current, actor=actor, reason="escrow_refunded",
                                  message="The escrow's chain is gone and its deposit was refunded; "
                                          "the job stops.")
@@ -509,9 +490,6 @@ def settlement_batch_send(*, limit: int | None = None) -> str | None:
     with a row lock and marked submitted in the same transaction that stores the signed
     transaction, so two workers never put a job into two batches; the contract skips a job
     that is already closed, so even a replayed batch cannot pay twice."""
-    from ..chain import sender
-    from ..chain.deploy import escrow_contract, operator_key
-
     limit = limit or settings.SETTLEMENT_BATCH_MAX
     with transaction.atomic():
         pending = list(Settlement.objects.select_for_update(skip_locked=True, of=("self",))
@@ -548,8 +526,6 @@ def _missing_payout_address(s: Settlement) -> None:
 
 def settlements_retry_reverted() -> int:
     """A batch that reverted (the contract refused it) goes back to pending, once checked."""
-    from ..models import ChainTransaction
-
     reverted = Settlement.objects.filter(status=Settlement.Status.SUBMITTED,
                                          transaction__status=ChainTransaction.Status.REVERTED)
     return reverted.update(status=Settlement.Status.PENDING, transaction=None)

@@ -6,6 +6,7 @@ import hashlib
 import secrets
 import warnings
 from datetime import timedelta
+from decimal import Decimal
 from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
@@ -15,8 +16,11 @@ from django.utils import timezone
 from eth_account import Account
 from eth_utils import to_checksum_address
 
+from ..chain.client import ChainError
+from ..chain.deploy import give_gas, is_dev_chain, mint_to, token_contract
 from ..errors import Conflict, MarketError, PermissionDenied
 from ..models import Membership, Organization, PayoutChange, SiweNonce, Wallet
+from ..money import from_units, to_units
 from . import audit
 
 W = Wallet.Kind
@@ -33,8 +37,6 @@ def _fernet() -> Fernet:
 def wallet_create_custodial(*, organization: Organization) -> Wallet:
     """A development wallet whose key the platform keeps, encrypted at rest. Only on a
     development chain: on a real one, organizations link their own wallets."""
-    from ..chain.deploy import is_dev_chain
-
     if not is_dev_chain():
         raise MarketError("Custodial wallets exist only on development chains; link your own wallet.",
                           code="not_dev_chain")
@@ -248,3 +250,22 @@ def wallet_link(*, user, message: str, signature: str, domain: str) -> tuple[Wal
                            message=f"{user.get_username()} linked the wallet {address} by "
                                    "Sign-In with Ethereum.")
     return wallet, True
+
+
+def dev_wallets(*, mint, provider_mint=Decimal(0)) -> list[str]:
+    """Development chains: every organization gets a custodial wallet, gas, consumers tUSD
+    up to `mint` and providers up to `provider_mint` (to stake)."""
+    if not is_dev_chain():
+        raise ChainError("Development wallets exist only on development chains.", code="not_dev_chain")
+    out = []
+    token = token_contract()
+    for org in Organization.objects.order_by("pk"):
+        wallet = org.wallets.filter(kind="custodial").first() or wallet_create_custodial(organization=org)
+        give_gas(wallet.address)
+        want = mint if org.is_consumer else provider_mint
+        if want > 0:
+            held = token.functions.balanceOf(wallet.address).call()
+            if held < to_units(want):
+                mint_to(wallet.address, want - from_units(held))
+        out.append(f"{org.name}: {wallet.address}")
+    return out

@@ -14,6 +14,7 @@ from web3 import Web3
 
 from marketplace.chain import client, deploy
 from marketplace.models import ChainAccount, ChainContract, ChainCursor, ChainTransaction
+from marketplace.services.wallets import dev_wallets
 
 MINT = Decimal("5000")
 
@@ -107,5 +108,5 @@ class Chain:
 @pytest.fixture
 def wallets(chain, alice, bob, carol, dave):
     """Custodial development wallets for every organization (gas; consumers hold MINT tUSD)."""
-    deploy.dev_wallets(mint=MINT)
+    dev_wallets(mint=MINT)
     return chain

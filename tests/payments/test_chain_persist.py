@@ -23,6 +23,7 @@ from marketplace.models import (
     Settlement,
 )
 from marketplace.services import payments
+from marketplace.services.wallets import dev_wallets
 from workers.tasks_chain import chain_sync, settle_pending
 
 from .conftest import MINT, Chain
@@ -63,7 +64,7 @@ class DiskChain:
 def disk_chain(escrow_on, settings, tmp_path, healthcare, energy, carol, dave):
     chain = DiskChain(settings, tmp_path / "chain")
     deploy.deploy()
-    deploy.dev_wallets(mint=MINT)
+    dev_wallets(mint=MINT)
     yield chain
     chain.close()
 
@@ -179,7 +180,7 @@ def test_a_funding_in_flight_on_a_reset_chain_is_funded_again(disk_chain, tmp_pa
     disk_chain.reset(tmp_path / "fresh-chain")
     chain_sync()
     deploy.deploy()
-    deploy.dev_wallets(mint=MINT)
+    dev_wallets(mint=MINT)
 
     job.refresh_from_db()
     assert job.escrow.status == E.UNFUNDED
@@ -203,7 +204,7 @@ def test_a_batch_the_contract_skips_is_recorded_and_not_sent_again(chain, wallet
     ChainTransaction.objects.filter(block_number__gt=Chain().w3.eth.block_number).delete()
     ChainAccount.objects.all().delete()
     ChainCursor.objects.all().delete()
-    deploy.dev_wallets(mint=MINT)
+    dev_wallets(mint=MINT)
 
     with committed():
         tx_hash = settle_pending()

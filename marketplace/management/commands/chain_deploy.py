@@ -35,6 +35,7 @@ class Command(BaseCommand):
                provider_stake=Decimal("0"), force=False, **options):
         from marketplace.chain import deploy
         from marketplace.chain.client import chain_id
+        from marketplace.services import wallets
 
         try:
             lost = deploy.chain_identity_check(force=True)
@@ -46,7 +47,7 @@ class Command(BaseCommand):
                               f"escrow {found['escrow']}, stake {found['stake']}, "
                               f"operator {deploy.operator_address()}")
             if dev_wallets:
-                for line in deploy.dev_wallets(mint=mint, provider_mint=provider_mint):
+                for line in wallets.dev_wallets(mint=mint, provider_mint=provider_mint):
                     self.stdout.write("  " + line)
                 if provider_stake > 0:
                     for line in _dev_stakes(provider_stake):
