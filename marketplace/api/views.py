@@ -28,12 +28,8 @@ from ..errors import Conflict, MarketError
 from ..models import Dataset
 from ..selectors.accounts import membership_of, organization_of, require_consumer, require_provider
 from ..selectors.execution import job_metrics
-from ..selectors.market import (
-    jobs_visible_to,
-    nodes_of_provider,
-    offers_of_provider,
-    offers_visible_to,
-)
+from ..selectors.market import nodes_of_provider, offers_of_provider, offers_visible_to
+from ..selectors.ownership import JobAction, job_for, jobs_visible_to
 from ..selectors.payments import wallets_of
 from ..selectors.verification import job_model_downloadable, job_verification_report
 from ..services import budget as budget_services
@@ -419,11 +415,8 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
 
     def _own_job(self, request, pk):
         """The caller's organization's job (funding is the owner's business, not staff's)."""
-        org = require_consumer(request.user)
-        job = self.get_object()
-        if job.owner_id != org.pk:
-            raise NotFound("No job with that id among your organization's jobs.")
-        return job
+        require_consumer(request.user)
+        return job_for(request.user, pk, JobAction.OWN)
 
     @extend_schema(summary="Fund the job's escrow from the organization's custodial wallet",
                    request=s.FundSerializer, responses={200: s.JobDetailSerializer,
