@@ -343,3 +343,17 @@ def test_the_event_tail_skips_links_and_lines_it_cannot_trust(agent_dir):
     with open(events, "a") as fh:
         fh.write("x" * (5 << 20))  # a line longer than any event, without its end
     assert tail.poll() == [] and tail.poll() == []
+
+
+def test_the_overhead_bench_smoke_run(tmp_path):
+    """bench/sandbox_overhead.py --smoke: the same training inside and outside, one run each
+    (the figures and the baseline from the same run; the ratio needs the full run)."""
+    out = tmp_path / "bench.json"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "bench" / "sandbox_overhead.py"), "--smoke"],
+                          cwd=root, env={**os.environ, "BENCH_JSON": str(out)}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["smoke"] is True and result["bench"] == "sandbox_overhead"
+    assert result["figures"]["inside_steps_per_s"] > 0 and result["baseline"]["outside_steps_per_s"] > 0
