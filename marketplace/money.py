@@ -67,3 +67,11 @@ def tusd(value: Decimal | None, unit: str = "tUSD") -> str:
     if value is None:
         return EMPTY
     return f"{amount(value)} {unit}"
+
+
+def exact(value: Decimal | int | str | None) -> str:
+    """An amount for machines (CSV statements): all 6 decimals, no separators
+    ("1000.000000"); empty for none."""
+    if value is None or value == "":
+        return ""
+    return f"{Decimal(value).quantize(MICRO):f}"

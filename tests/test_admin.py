@@ -4,6 +4,7 @@ from decimal import Decimal
 
 import pytest
 from django.contrib.messages import get_messages
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 from rest_framework.authtoken.models import Token
 
@@ -204,14 +205,35 @@ def test_unsuspend_action_lifts_the_suspension(staff, world, admin_user):
     assert AuditEvent.objects.filter(action="node.unsuspend", object_id=str(node.pk)).exists()
 
 
-def test_verify_action_verifies_every_claimed_tag(staff, world, admin_user):
+def test_verify_action_asks_for_evidence_then_verifies_every_claimed_tag(staff, world, admin_user):
     node, offer = world["node"], world["offer"]
     Node.objects.filter(pk=node.pk).update(compliance_claimed=0b0011, compliance_verified=0)
-    _action(staff, "node", "verify_claimed_compliance", [node])
+    asked = _action(staff, "node", "verify_claimed_compliance", [node])
+    page = asked.content.decode()
+    assert "Evidence document" in page and "What you checked" in page
+    assert 'enctype="multipart/form-data"' in page
+    node.refresh_from_db()
+    assert node.verified_tags == []  # one click verifies nothing
+    url = reverse("admin:marketplace_node_changelist")
+    form = {"action": "verify_claimed_compliance", "_selected_action": [node.pk], "apply": "1"}
+    refused = staff.post(url, {**form, "note": "Checked the report."})  # no document
+    assert refused.status_code == 200 and "This field is required" in refused.content.decode()
+    node.refresh_from_db()
+    assert node.verified_tags == []
+    done = staff.post(url, {**form, "note": "HIPAA and GDPR audit by Acme, valid to 2027.",
+                            "document": SimpleUploadedFile("audit.pdf", b"%PDF-1.4 audit")}, follow=True)
+    assert "Verified on the evidence given" in done.content.decode()
     node.refresh_from_db()
     offer.refresh_from_db()
     assert node.verified_tags == ["hipaa", "gdpr"]
     assert offer.compliance_tags == ["hipaa", "gdpr"]  # the search table follows
+    evidence = node.compliance_evidence.get()
+    assert evidence.verified_by == admin_user and evidence.tags == ["hipaa", "gdpr"]
+    assert evidence.document_name == "audit.pdf" and "Acme" in evidence.note
+    change = staff.get(reverse("admin:marketplace_node_change", args=[node.pk])).content.decode()
+    download = reverse("admin:marketplace_node_evidence", args=[evidence.pk])
+    assert download in change and "audit.pdf" in change
+    assert b"".join(staff.get(download).streaming_content) == b"%PDF-1.4 audit"
     assert AuditEvent.objects.filter(action="node.verify_compliance",
                                      object_id=str(node.pk), actor=admin_user).exists()
 

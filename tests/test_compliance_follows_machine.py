@@ -3,6 +3,7 @@ node whose region, GPU model or provider changes drops them to unverified, with 
 event, and its offers leave a search for those tags."""
 
 import pytest
+from django.core.files.base import ContentFile
 
 from marketplace import catalogue
 from marketplace.models import AuditEvent, Node, Offer
@@ -17,7 +18,9 @@ def verified_node(carol_node, carol_offer, admin_user):
     Node.objects.filter(pk=carol_node.pk).update(
         compliance_claimed=catalogue.compliance_mask(["gdpr", "iso27001"]))
     carol_node.refresh_from_db()
-    return node_verify_compliance(node=carol_node, tags=["gdpr", "iso27001"], actor=admin_user)
+    return node_verify_compliance(node=carol_node, tags=["gdpr", "iso27001"], actor=admin_user,
+                                  document=ContentFile(b"ISO 27001 certificate", name="iso.pdf"),
+                                  note="Certificate and GDPR DPA checked.")
 
 
 def _found(api, alice, tag: str) -> list[int]:

@@ -3,6 +3,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.core.files.base import ContentFile
 from django.db import connection
 from django.utils import timezone
 
@@ -22,6 +23,12 @@ from marketplace.services.nodes import (
 from marketplace.services.offers import OfferSpec, offer_create, offer_set_status, offer_update
 
 from .factories import NodeFactory
+
+
+def evidence() -> dict:
+    return {"note": "Checked the audit report.",
+            "document": ContentFile(b"SOC 2 report, checked.", name="report.pdf")}
+
 
 SPEC = NodeSpec(name="fin-01", gpu_model="H100 80GB", gpu_count=8, gpu_memory_gb=None,
                 cpu_cores=96, ram_gb=1024, disk_gb=8000, region="EU-FI",
@@ -78,7 +85,7 @@ def test_offer_copies_node_attributes_and_follows_node_changes(provider_org, car
     offer = offer_create(provider=provider_org, node=node,
                          spec=OfferSpec(gpus_offered=4, price_per_gpu_hour=Decimal("2.5")))
     assert (offer.gpu_model, offer.region, offer.node_online) == ("H100 80GB", "EU-FI", False)
-    node_verify_compliance(node=node, tags=["gdpr"], actor=carol)
+    node_verify_compliance(node=node, tags=["gdpr"], actor=carol, **evidence())
     node_set_presence(node_id=node.pk, online=True, heartbeat_at=timezone.now())
     offer.refresh_from_db()
     assert offer.compliance_tags == ["gdpr"] and offer.node_online
@@ -92,7 +99,7 @@ def test_offer_copies_node_attributes_and_follows_node_changes(provider_org, car
 def test_verifying_an_unclaimed_tag_is_refused(provider_org, admin_user):
     node, _ = node_create(provider=provider_org, spec=SPEC)
     with pytest.raises(MarketError):
-        node_verify_compliance(node=node, tags=["hipaa"], actor=admin_user)
+        node_verify_compliance(node=node, tags=["hipaa"], actor=admin_user, **evidence())
 
 
 def test_offers_cannot_list_more_gpus_than_the_node_has(provider_org):
@@ -166,3 +173,26 @@ def test_concurrent_offers_never_overbook_a_node():
     assert not any(t.is_alive() for t in threads), "a racing thread is stuck (a lock never released?)"
     assert Offer.objects.filter(node=node).count() == 1
     assert len(errors) == 1
+
+
+def test_verifying_asks_for_evidence_and_records_who_verified_what(provider_org, admin_user):
+    spec = NodeSpec(**{**SPEC.__dict__, "compliance": ("hipaa", "gdpr")})
+    node, _ = node_create(provider=provider_org, spec=spec)
+    for missing in ({"note": "Checked it."[:5], "document": ContentFile(b"x", name="a.pdf")},
+                    {"note": "Checked the HIPAA audit report.", "document": None},
+                    {"note": "Checked the HIPAA audit report.", "document": ContentFile(b"", name="a.pdf")}):
+        with pytest.raises(MarketError) as refused:
+            node_verify_compliance(node=node, tags=["hipaa"], actor=admin_user, **missing)
+        assert refused.value.field in ("note", "document")
+    node.refresh_from_db()
+    assert node.verified_tags == []
+    node_verify_compliance(node=node, tags=["hipaa"], actor=admin_user,
+                           note="Checked the HIPAA\x00 audit\u202e report, 2026.",
+                           document=ContentFile(b"%PDF-1.4 report", name="../../etc/hipaa\x07.pdf"))
+    evidence = node.compliance_evidence.get()
+    assert evidence.tags == ["hipaa"] and evidence.verified_by == admin_user
+    assert evidence.note == "Checked the HIPAA audit report, 2026."  # control characters removed
+    assert evidence.document_name == "../../etc/hipaa.pdf"  # shown only; stored under a random name
+    assert evidence.document.name.startswith("compliance/") and ".." not in evidence.document.name
+    assert evidence.document.read() == b"%PDF-1.4 report"
+    assert AuditEvent.objects.get(action="node.verify_compliance").data["evidence"] == evidence.pk

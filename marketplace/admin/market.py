@@ -3,7 +3,13 @@ services) and their offers (through the offer services)."""
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import F, Q, QuerySet
+from django.http import FileResponse
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
 
 from .. import catalogue
 from ..errors import MarketError
@@ -19,9 +25,11 @@ from ..services.nodes import (
     node_verify_compliance,
 )
 from ..services.offers import OfferSpec, offer_create, offer_set_status, offer_spec_validate, offer_update
+from ..trust_models import ComplianceEvidence
 from .common import (
     AwaitingVerificationFilter,
     GpuModelFilter,
+    ReadOnlyAdminMixin,
     RegionFilter,
     ServiceValidatedForm,
     form_error,
@@ -30,7 +38,16 @@ from .common import (
     tags,
 )
 
+
 # --- Nodes ---------------------------------------------------------------------------
+class ComplianceEvidenceForm(forms.Form):
+    document = forms.FileField(label="Evidence document",
+                               help_text="The audit report or certificate you checked (PDF, image or text; "
+                                         "at most 10 MB).")
+    note = forms.CharField(label="What you checked", widget=forms.Textarea(attrs={"rows": 4}), min_length=10,
+                           max_length=2000, help_text="Who issued it, what it covers, until when.")
+
+
 NODE_MACHINE_FIELDS = ["provider", "name", "gpu_model", "gpu_count", "gpu_memory_gb",
                        "cpu_cores", "ram_gb", "disk_gb", "bandwidth_mbps", "region"]
 
@@ -81,6 +98,21 @@ class NodeAdminForm(ServiceValidatedForm):
         return data
 
 
+class ComplianceEvidenceInline(ReadOnlyAdminMixin, admin.TabularInline):
+    """Who verified which tags on what evidence (services/nodes.py node_verify_compliance)."""
+
+    model = ComplianceEvidence
+    fields = ["created_at", "tags", "verified_by", "document_link", "note"]
+    readonly_fields = fields
+    extra = 0
+    ordering = ["-created_at"]
+
+    @admin.display(description="document")
+    def document_link(self, obj: ComplianceEvidence) -> str:
+        url = reverse("admin:marketplace_node_evidence", args=[obj.pk])
+        return format_html('<a href="{}">{}</a>', url, obj.document_name or "document")
+
+
 @admin.register(Node)
 class NodeAdmin(admin.ModelAdmin):
     form = NodeAdminForm
@@ -95,6 +127,21 @@ class NodeAdmin(admin.ModelAdmin):
     show_full_result_count = False
     actions = ["suspend_nodes", "unsuspend_nodes", "verify_claimed_compliance",
                "rotate_agent_tokens"]
+
+    def get_inlines(self, request, obj=None):
+        return [ComplianceEvidenceInline] if obj is not None else []
+
+    def get_urls(self):
+        return [path("evidence/<int:pk>/document/", self.admin_site.admin_view(self.evidence_document),
+                     name="marketplace_node_evidence"), *super().get_urls()]
+
+    def evidence_document(self, request, pk: int):
+        """Staff download the evidence behind a verification (never served from /media/)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        evidence = get_object_or_404(ComplianceEvidence, pk=pk)
+        return FileResponse(evidence.document.open("rb"), as_attachment=True,
+                            filename=evidence.document_name or "evidence")
 
     def get_fieldsets(self, request, obj=None):
         machine = ("Machine", {"fields": NODE_MACHINE_FIELDS})
@@ -172,22 +219,42 @@ class NodeAdmin(admin.ModelAdmin):
                                    "back online when their agent connects. Their offers stay "
                                    "paused until resumed.", messages.SUCCESS)
 
-    @admin.action(description="Verify claimed compliance tags", permissions=["change"])
+    @admin.action(description="Verify claimed compliance tags (asks for the evidence)",
+                  permissions=["change"])
     def verify_claimed_compliance(self, request, queryset: QuerySet[Node]):
-        verified, failed = 0, []
-        for node in queryset.exclude(compliance_claimed=F("compliance_verified")):
-            pending = [t for t in node.claimed_tags if t not in node.verified_tags]
-            try:
-                node_verify_compliance(node=node, tags=pending, actor=request.user)
-            except MarketError as exc:
-                failed.append(f"{node.name}: {exc.message}")
-            else:
-                verified += 1
-        self.message_user(request, f"Verified the claimed compliance tags of {verified} "
-                                   "node(s).", messages.SUCCESS)
-        if failed:
-            self.message_user(request, "Not verified: " + "; ".join(failed), messages.ERROR)
-
+        """An intermediate page asks for the evidence (a document and a note) before any tag
+        is verified; the service keeps both with who verified what."""
+        nodes = list(queryset.exclude(compliance_claimed=F("compliance_verified")).select_related("provider"))
+        if not nodes:
+            self.message_user(request, "No selected node has unverified claimed tags.", messages.WARNING)
+            return None
+        form = ComplianceEvidenceForm(request.POST if "apply" in request.POST else None,
+                                      request.FILES if "apply" in request.POST else None)
+        if form.is_valid():
+            verified, failed = [], []
+            for node in nodes:
+                pending = [t for t in node.claimed_tags if t not in node.verified_tags]
+                document = form.cleaned_data["document"]
+                document.seek(0)
+                try:
+                    node_verify_compliance(node=node, tags=pending, actor=request.user, document=document,
+                                           note=form.cleaned_data["note"])
+                except MarketError as exc:
+                    failed.append(f"{node.name}: {exc.message}")
+                else:
+                    verified.append(f"{node.name} ({', '.join(pending)})")
+            if verified:
+                self.message_user(request, "Verified on the evidence given: " + "; ".join(verified) + ".",
+                                  messages.SUCCESS)
+            if failed:
+                self.message_user(request, "Not verified: " + "; ".join(failed), messages.ERROR)
+            return None
+        return TemplateResponse(request, "admin/marketplace/node/verify_compliance.html", {
+            **self.admin_site.each_context(request), "title": "Verify claimed compliance tags",
+            "opts": self.model._meta, "form": form,
+            "nodes": [(n, [t for t in n.claimed_tags if t not in n.verified_tags]) for n in nodes],
+            "action": "verify_claimed_compliance", "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+        })
 
     @admin.action(description="Rotate agent tokens (the old ones stop working)",
                   permissions=["change"])

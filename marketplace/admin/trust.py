@@ -1,12 +1,15 @@
-"""Admin for trust: disputes (slash or dismiss, through the staking service) and stakes
-(view-only: the stake indexer writes them)."""
+"""Admin for trust: disputes (slash or dismiss, through the staking service), consumers'
+disputes (refund, slash or reject, through services/disputes.py) and stakes (view-only: the
+stake indexer writes them)."""
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 
 from ..errors import MarketError
 from ..models import Dispute, ProviderStake, StakeEvent
+from ..services.disputes import consumer_dispute_refund, consumer_dispute_reject, consumer_dispute_slash
 from ..services.staking import dispute_dismiss, dispute_slash_enqueue
+from ..trust_models import ConsumerDispute
 from .common import ReadOnlyAdminMixin, ViewOnlyWithActionsMixin, money, tx_link
 
 
@@ -86,3 +89,51 @@ class ProviderStakeAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_select_related = ["organization"]
     search_fields = ["=address", "organization__name"]
     inlines = [StakeEventInline]
+
+
+@admin.register(ConsumerDispute)
+class ConsumerDisputeAdmin(ViewOnlyWithActionsMixin, admin.ModelAdmin):
+    """Consumers' disputes of finished jobs: staff refund, slash or reject them through
+    services/disputes.py (each decision audited and on the job's timeline)."""
+
+    list_display = ["id", "job", "organization", "status", "created_at", "opened_by", "resolved_at",
+                    "resolved_by"]
+    list_filter = ["status"]
+    search_fields = ["=job__id", "organization__name", "reason"]
+    list_select_related = ["job", "organization", "opened_by", "resolved_by"]
+    raw_id_fields = ["job"]
+    fields = ["job", "organization", "opened_by", "reason", "status", "resolution", "resolved_by",
+              "refund_amount", "refund_link", "created_at", "resolved_at"]
+    readonly_fields = fields
+    show_full_result_count = False
+    actions = ["refund", "slash", "reject"]
+
+    @admin.display(description="refund transaction")
+    def refund_link(self, obj: ConsumerDispute) -> str:
+        return tx_link(obj.refund_tx)
+
+    def _resolve(self, request, queryset, service, done_text: str):
+        done, refused = [], []
+        for dispute in queryset.order_by("pk"):
+            try:
+                service(dispute=dispute, actor=request.user)
+            except MarketError as exc:
+                refused.append(f"#{dispute.pk}: {exc.message}")
+            else:
+                done.append(f"#{dispute.pk}")
+        if done:
+            self.message_user(request, f"{done_text}: " + ", ".join(done) + ".", messages.SUCCESS)
+        if refused:
+            self.message_user(request, "Not done: " + "; ".join(refused), messages.ERROR)
+
+    @admin.action(description="Refund the consumer (the escrow, or what was charged)", permissions=["change"])
+    def refund(self, request, queryset: QuerySet[ConsumerDispute]):
+        self._resolve(request, queryset, consumer_dispute_refund, "Refunded")
+
+    @admin.action(description="Uphold against the providers: slash their stake", permissions=["change"])
+    def slash(self, request, queryset: QuerySet[ConsumerDispute]):
+        self._resolve(request, queryset, consumer_dispute_slash, "Slash queued for")
+
+    @admin.action(description="Reject (nothing is refunded or slashed)", permissions=["change"])
+    def reject(self, request, queryset: QuerySet[ConsumerDispute]):
+        self._resolve(request, queryset, consumer_dispute_reject, "Rejected")

@@ -9,6 +9,8 @@ from django.utils.text import slugify
 
 from ..errors import MarketError, PermissionDenied
 from ..models import Membership, Organization
+from ..text import clean_name
+from .faucet import custodial_wallet_for_new_organization
 
 if TYPE_CHECKING:  # the project's user model is Django's own (no AUTH_USER_MODEL)
     from django.contrib.auth.models import User
@@ -22,7 +24,7 @@ def _new_join_code() -> str:
 
 def organization_create(*, name: str, kind: str, sector: str = Organization.Sector.OTHER,
                         owner=None) -> Organization:
-    name = (name or "").strip()
+    name = clean_name(name)
     if not name:
         raise MarketError("Give your organization a name.", field="organization_name")
     if len(name) > 120:
@@ -46,6 +48,7 @@ def organization_create(*, name: str, kind: str, sector: str = Organization.Sect
                                           join_code=_new_join_code())
         if owner is not None:
             Membership.objects.create(user=owner, organization=org, role=Membership.Role.OWNER)
+    custodial_wallet_for_new_organization(organization=org)
     return org
 
 

@@ -11,6 +11,7 @@ from .. import catalogue
 from ..errors import MarketError
 from ..models import CodeBundle, Dataset, Organization
 from ..money import is_whole_micro
+from ..text import clean_name
 from . import bundles
 
 MAX_NODES = 32
@@ -127,7 +128,7 @@ def _resolve_dataset(ref: str, template: catalogue.Template, owner: Organization
 def job_spec_validate(*, spec: JobSpec, owner: Organization | None) -> JobSpec:
     """Return the spec normalised (defaults filled, tags lower-cased) or raise MarketError
     naming the field at fault. `owner=None` validates a quote for an anonymous visitor."""
-    name = (spec.name or "").strip()
+    name = clean_name(spec.name)
     if not name or len(name) > 120:
         raise MarketError("Name the job (1 to 120 characters).", field="name")
     bundle = None

@@ -1,4 +1,5 @@
 import hashlib
+import os
 import secrets
 from dataclasses import dataclass
 from decimal import Decimal
@@ -9,6 +10,8 @@ from django.utils import timezone
 from .. import catalogue
 from ..errors import MarketError, NotFound, PermissionDenied
 from ..models import Node, Offer, Organization
+from ..text import clean_name, clean_text
+from ..trust_models import ComplianceEvidence
 from . import enqueue, live, reputation
 from .audit import audit_record
 
@@ -40,7 +43,7 @@ class NodeSpec:
 
 
 def _validate(spec: NodeSpec) -> dict:
-    name = (spec.name or "").strip()
+    name = clean_name(spec.name)
     if not name or len(name) > 80:
         raise MarketError("Name the node (1 to 80 characters).", field="name")
     model = catalogue.validate_gpu_model(spec.gpu_model)
@@ -172,19 +175,52 @@ def node_unsuspend(*, node: Node, actor) -> Node:
     return node
 
 
-def node_verify_compliance(*, node: Node, tags: list[str], actor) -> Node:
-    """An admin confirms some of the node's claimed tags (audited)."""
+EVIDENCE_MAX_BYTES = 10 * 1_048_576
+MIN_EVIDENCE_NOTE = 10
+
+
+def node_verify_compliance(*, node: Node, tags: list[str], actor, document, note: str) -> Node:
+    """A staff member confirms some of the node's claimed tags on evidence: a document (an
+    audit report, a certificate; `document` is an uploaded file) and a note saying what was
+    checked. Both are kept (ComplianceEvidence) with who verified which tags when, and the
+    verification is audited."""
     mask = catalogue.compliance_mask(tags)
+    if not tags:
+        raise MarketError("Choose the tags to verify.", field="tags")
     if mask & ~node.compliance_claimed:
         raise MarketError("Only tags the provider claims can be verified.", field="tags")
+    note = clean_text(note)
+    if len(note) < MIN_EVIDENCE_NOTE:
+        raise MarketError(f"Say what you checked (a note of at least {MIN_EVIDENCE_NOTE} characters).",
+                          field="note")
+    if document is None or not getattr(document, "size", 0):
+        raise MarketError("Attach the evidence: the audit report or certificate you checked.",
+                          field="document")
+    if document.size > EVIDENCE_MAX_BYTES:
+        raise MarketError(f"The document is larger than {EVIDENCE_MAX_BYTES // 1_048_576} MB.",
+                          field="document")
+    name = clean_name(getattr(document, "name", "") or "evidence")[:200]
     with transaction.atomic():
         node = Node.objects.select_for_update().get(pk=node.pk)
         node.compliance_verified |= mask
         node.save(update_fields=["compliance_verified", "updated_at"])
         _sync_offers(node)
+        staff = actor if getattr(actor, "is_authenticated", False) else None
+        evidence = ComplianceEvidence(node=node, tags=list(tags), note=note[:2000], document_name=name,
+                                      verified_by=staff)
+        # A random stored name: the uploader's file name is only shown, never used as a path.
+        evidence.document.save(f"{secrets.token_hex(16)}{_extension(name)}", document, save=False)
+        evidence.save()
         audit_record(actor=actor, action="node.verify_compliance", obj=node,
-                     message=f"Verified {', '.join(tags)} on {node.name}", data={"tags": tags})
+                     message=f"Verified {', '.join(tags)} on {node.name} on evidence #{evidence.pk} "
+                             f"({name}): {note[:300]}",
+                     data={"tags": list(tags), "evidence": evidence.pk, "document": name})
     return node
+
+
+def _extension(name: str) -> str:
+    ext = os.path.splitext(name)[1].lower()
+    return ext if ext in (".pdf", ".png", ".jpg", ".jpeg", ".txt") else ".bin"
 
 
 def node_set_presence(*, node_id: int, online: bool, heartbeat_at=None,

@@ -117,3 +117,9 @@ def localtime(value: datetime | None, empty: str = "—"):
         return empty
     return format_html('<time datetime="{}" data-local>{} UTC</time>',
                        value.isoformat(), value.strftime("%Y-%m-%d %H:%M"))
+
+
+@register.filter
+def lookup(mapping, key) -> str:
+    """mapping[key] in a template ("" when absent), e.g. an address's label."""
+    return mapping.get(key, "") if isinstance(mapping, dict) else ""

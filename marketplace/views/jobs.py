@@ -5,6 +5,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from .. import catalogue, job_states
@@ -12,16 +13,20 @@ from ..errors import MarketError
 from ..forms import JobForm, QuoteForm
 from ..models import Job, Offer
 from ..money import is_whole_micro, tusd
+from ..selectors.account import job_disputes
 from ..selectors.accounts import organization_of
 from ..selectors.budget import budget_view
 from ..selectors.execution import job_assignments, job_progress
 from ..selectors.job_status import STATUS_FILTERS, job_state, jobs_filtered, with_ending
 from ..selectors.live import cost_so_far
 from ..selectors.market import jobs_visible_to, offers_visible_to
-from ..selectors.payments import chain_transaction, job_escrow
+from ..selectors.payments import job_escrow
+from ..selectors.transactions import transaction_view
 from ..selectors.verification import job_model_downloadable, job_verification_report
 from ..services import payments as payment_services
 from ..services.budget import job_budget_raise
+from ..services.disputes import DISPUTABLE, consumer_dispute_open
+from ..services.faucet import faucet_available
 from ..services.job_spec import job_spec_validate, sync_traffic_ratio
 from ..services.jobs import job_cancel, job_submit
 from ..services.matching import quote_job
@@ -149,8 +154,37 @@ def job_detail(request, pk: int):
         "can_raise_budget": _is_owner(request, job) and job.status not in Job.Status.TERMINAL,
         "budget_error": request.session.pop(_budget_error_key(job.pk), None),
         "verification": job_verification_report(job),
+        **_dispute_context(request, job),
         **_progress_context(job, request.user), **_escrow_context(request, job),
     })
+
+
+def _dispute_context(request, job) -> dict:
+    mine = _is_owner(request, job)
+    disputes = list(job_disputes(job)) if mine or request.user.is_staff else []
+    return {"disputes": disputes,
+            "can_dispute": (mine and job.status in DISPUTABLE
+                            and not any(d.status == "open" for d in disputes)),
+            "dispute_error": request.session.pop(f"job_dispute_error_{job.pk}", None),
+            "dispute_reason": request.session.pop(f"job_dispute_reason_{job.pk}", "")}
+
+
+@login_required
+@require_POST
+def job_dispute_view(request, pk: int):
+    """The owner disputes a completed job; the reason goes to staff (services/disputes.py)."""
+    job = get_object_or_404(jobs_visible_to(request.user), pk=pk)
+    if not _is_owner(request, job):
+        raise Http404("Not your organization's job.")
+    try:
+        dispute = consumer_dispute_open(job=job, actor=request.user, reason=request.POST.get("reason", ""))
+    except MarketError as exc:
+        request.session[f"job_dispute_error_{job.pk}"] = exc.message
+        request.session[f"job_dispute_reason_{job.pk}"] = request.POST.get("reason", "")[:2000]
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Dispute #{dispute.pk} opened; staff will review it.")
+    return redirect(reverse("job_detail", args=[job.pk]) + "#dispute")
 
 
 def _escrow_context(request, job) -> dict:
@@ -161,7 +195,9 @@ def _escrow_context(request, job) -> dict:
             "can_fund": bool(escrow) and mine and job.status == job.Status.SUBMITTED
                         and escrow["status"] == "unfunded",
             "can_top_up": bool(escrow) and mine and payment_services.top_up_due(job),
-            "has_custodial": mine and org.wallets.filter(kind="custodial").exists()}
+            "has_custodial": mine and org.wallets.filter(kind="custodial").exists(),
+            # Only where a funding button shows: the check may ask the chain for its id.
+            "faucet": mine and bool(escrow) and escrow["status"] == "unfunded" and faucet_available()}
 
 
 @login_required
@@ -183,7 +219,7 @@ def job_fund_view(request, pk: int):
 @login_required
 def chain_tx(request, tx_hash: str):
     """A transaction the platform sent or saw, for the links on job pages and payouts."""
-    return render(request, "chain/tx.html", {"tx": chain_transaction(tx_hash), "tx_hash": tx_hash})
+    return render(request, "chain/tx.html", transaction_view(tx_hash[:80], request.user))
 
 
 def _progress_context(job, user) -> dict:

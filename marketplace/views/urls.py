@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from . import accounts, datasets, jobs, market, provider, stake, wallets
+from . import account, accounts, datasets, jobs, market, provider, stake, wallets
 
 urlpatterns = [
     path("", market.home, name="home"),
@@ -27,6 +27,14 @@ urlpatterns = [
     path("jobs/<int:pk>/budget/", jobs.job_budget_view, name="job_budget"),
     path("chain/tx/<str:tx_hash>/", jobs.chain_tx, name="chain-tx"),
     path("jobs/<int:pk>/progress/", jobs.job_progress_view, name="job_progress"),
+    # Account: balances, money movements, statements, the development faucet
+    path("account/", account.account, name="account"),
+    path("account/balance/", account.account_balance, name="account_balance"),
+    path("account/faucet/", account.account_faucet, name="account_faucet"),
+    path("account/statements/<int:year>-<int:month>.<str:fmt>", account.account_month_statement,
+         name="account_month_statement"),
+    path("jobs/<int:pk>/statement.<str:fmt>", account.job_statement, name="job_statement"),
+    path("jobs/<int:pk>/dispute/", jobs.job_dispute_view, name="job_dispute"),
     # Wallets (both kinds of organization)
     path("wallets/", wallets.wallet_list, name="wallets"),
     path("wallets/<int:pk>/payout/", wallets.wallet_payout, name="wallet_payout"),

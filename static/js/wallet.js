@@ -162,6 +162,8 @@
     var button = document.querySelector('[data-testid="fund-browser"]');
     if (!button || !eth) return;
     button.hidden = false;
+    // The note that says what to do without a browser wallet is not needed with one.
+    document.querySelectorAll('#escrow [data-wallet="missing"]').forEach(function (el) { el.hidden = true; });
     var jobUrl = button.getAttribute("data-fund-calls").replace(/fund-calls\/?$/, "");
 
     function say(text, bad) {
