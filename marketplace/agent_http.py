@@ -18,6 +18,8 @@ from django.views.decorators.http import require_http_methods
 from .errors import Conflict, MarketError, PermissionDenied, Unauthorized
 from .models import Assignment, Checkpoint, Job
 from .selectors.checkpoints import checkpoints_resumable
+from .services.commitments import MAX_BYTES as COMMITMENTS_MAX_BYTES
+from .services.commitments import commitments_receive
 from .services.datasets import dataset_read
 from .services.execution import assignment_from_token
 from .services.verification import checkpoint_validate_enqueue
@@ -152,3 +154,24 @@ def artifact(request, assignment_id: int):
     except MarketError as exc:
         return _error(exc)
     return JsonResponse({"sha256": sha, "bytes": size}, status=201)
+
+
+@csrf_exempt
+@require_http_methods(["PUT"])
+def commitments(request, assignment_id: int, step: int):
+    """This node's copy of every rank's gradient commitments of the steps before checkpoint
+    `step` (DDP across nodes; every node's agent uploads its own: services/commitments.py)."""
+    try:
+        assignment = _assignment(request, assignment_id)
+        declared = request.headers.get("X-Content-Sha256", "").lower()
+        if not SHA256.match(declared):
+            raise MarketError("Declare the body's SHA-256 in X-Content-Sha256.", field="sha256")
+        body = request.read(COMMITMENTS_MAX_BYTES + 1)
+        if len(body) > COMMITMENTS_MAX_BYTES:
+            raise MarketError(f"Larger than {COMMITMENTS_MAX_BYTES} bytes.", field="body")
+        if hashlib.sha256(body).hexdigest() != declared:
+            raise MarketError("The body does not match its declared SHA-256.", field="sha256")
+        created = commitments_receive(assignment, step=step, body=body, sha256=declared)
+    except MarketError as exc:
+        return _error(exc)
+    return JsonResponse({"step": step, "sha256": declared}, status=201 if created else 200)

@@ -186,10 +186,12 @@ def test_work_without_committed_checkpoints_is_disputed_not_charged_and_runs_els
     assert passed.segments and all(s["passed"] for s in passed.segments)
 
 
-def test_a_corrupting_rank_1_in_a_two_node_job_gets_nobody_slashed(stack, alice):
+def test_a_corrupting_rank_1_in_a_two_node_job_is_named_and_alone_slashed(stack, alice):
     # Issue 12, item 5: node rank 1's agent sends the negation of its gradients into DDP's
-    # all-reduce. Every rank ends with the same parameters; only the replay shows it, and it
-    # cannot tell which node did it. Before, the dispute named rank 0 and queued its slash.
+    # all-reduce. Every rank ends with the same parameters, and the checkpoints look the
+    # same whichever node did it. Before, the dispute named rank 0 and queued its slash;
+    # then, nobody. Now each node's agent uploads its copy of every rank's gradient
+    # commitments, and the replay names rank 1: its node alone is disputed and slashed.
     honest_node, honest_token = cpu_node("Honest Compute")
     cheat_node, cheat_token = cpu_node("Cheap Cycles")  # same price, listed later: rank 1
     stack.agent("agent-honest", honest_token)
@@ -200,16 +202,23 @@ def test_a_corrupting_rank_1_in_a_two_node_job_gets_nobody_slashed(stack, alice)
     wait_for(lambda: "verification_failed" in _timeline(stack, alice, job["id"]), timeout=300,
              what="the corrupted work to fail verification")
     record = Job.objects.get(pk=job["id"])
-    ranks = dict(record.assignments.filter(attempt=1).values_list("node_rank", "node_id"))
-    assert ranks == {0: honest_node, 1: cheat_node}
+    parts = {a.node_rank: a for a in record.assignments.filter(attempt=1)}
+    assert {r: a.node_id for r, a in parts.items()} == {0: honest_node, 1: cheat_node}
     finished = record.events.get(reason="training_finished")
     assert len(set(finished.data["param_digests"])) == 1  # the ranks agree: no tell there
+    # Every node's agent uploaded its own copy, and the copies are the same.
+    copies = [[row for c in parts[r].gradient_commitments.order_by("to_step") for row in c.table]
+              for r in (0, 1)]
+    assert copies[0] == copies[1] and [row["step"] for row in copies[0]] == list(range(len(copies[0])))
 
     report = VerificationReport.objects.get(job=record, attempt=1)
     assert report.status == "failed" and not all(s["passed"] for s in report.segments)
     dispute = Dispute.objects.get(job=record)
-    assert (dispute.reason, dispute.attributed, dispute.status) == ("replay_mismatch", False, "open")
-    assert _queued_slashes(stack) == []  # nobody's stake is touched without staff
-    assert {honest_node, cheat_node} <= set(record.excluded_nodes)  # not this group again
+    assert (dispute.reason, dispute.attributed, dispute.status) == ("replay_mismatch", True, "open")
+    assert dispute.assignment_id == parts[1].pk and dispute.provider_id == parts[1].node.provider_id
+    assert "rank 1 committed" in dispute.detail
+    assert _queued_slashes(stack) == [dispute.pk]  # the cheat's stake, to the treasury
+    record.refresh_from_db()
+    assert cheat_node in record.excluded_nodes and honest_node not in record.excluded_nodes
     lines, total = job_statement(record)
     assert total == 0 and all("failed verification" in line["note"] for line in lines)

@@ -5,11 +5,15 @@ the platform's own endpoints and ingest, the attempt's end queues the check on c
 Before: a model that did not load raised out of the check and left the job `verifying` for
 ever (deposit locked, no dispute); any other error did the same; and a failed check always
 opened a dispute against node rank 0 and queued a slash of its stake, even when a
-corrupting rank 1 had caused it."""
+corrupting rank 1 had caused it. Then: such a dispute named nobody; now the per-rank
+gradient commitments every node uploads name rank 1 when every node's copy agrees."""
+
+import json
 
 import pytest
 
 from marketplace.models import Job
+from workers.training import replay
 from marketplace.services import staking, verification
 from marketplace.trust_models import Dispute, VerificationReport
 from workers.verify import check_attempt
@@ -18,6 +22,7 @@ from . import verify_support
 from .stack import wait_for
 from .verify_support import (
     Agent,
+    commitments_body,
     cpu_node,
     queued,
     running_job,
@@ -83,10 +88,44 @@ def test_a_check_that_keeps_failing_ends_after_bounded_retries_for_staff(client,
     assert Dispute.objects.filter(job=job).count() == 1
 
 
-def test_a_corrupting_rank_1_does_not_get_the_honest_rank_0_slashed(client, verify_worker):
+def test_a_corrupting_rank_1_is_named_by_its_commitments_and_alone_slashed(client, verify_worker):
     honest, mallory = cpu_node(), cpu_node()
     job, parts = running_job([honest, mallory])
-    end = trained_segment(client, parts, world=2, corrupt_rank=1)
+    witness = replay.Witness(0)
+    end = trained_segment(client, parts, world=2, corrupt_rank=1, witness=witness)
+    body = commitments_body(witness)  # both nodes' leaders got the same table
+    for part in parts:
+        assert Agent(client, part).put("commitments/10/", body).status_code == 201
+    Agent(client, parts[1]).finish(step=10)
+    Agent(client, parts[0]).finish(step=10, artifact=saved({"model": end}), metric="accuracy", value=None)
+
+    job = _left_verifying(job)
+    report = VerificationReport.objects.get(job=job)
+    assert report.status == "failed" and [s["passed"] for s in report.segments] == [False]
+    dispute = Dispute.objects.get(job=job)
+    assert (dispute.reason, dispute.attributed, dispute.assignment_id) == ("replay_mismatch", True, parts[1].pk)
+    assert dispute.provider_id == mallory.provider_id and "At step 5, rank 1 committed" in dispute.detail
+    assert queued(verify_worker, "chain") == [SLASH]  # the cheat's slash (to the treasury)
+    # Only the cheat leaves this job; the honest rank 0 is neither disputed nor excluded.
+    assert mallory.pk in job.excluded_nodes and honest.pk not in job.excluded_nodes
+    assert "attribution: At step 5, rank 1" in " ".join(report.reasons)
+    assert f"node {mallory.pk}'s work" in job.events.get(reason="verification_failed").message
+
+
+def test_a_corrupting_rank_1_that_forges_its_copy_gets_nobody_slashed(client, verify_worker):
+    # Rank 1's node says, in its own copy, that rank 0 committed something else: one node's
+    # word about another. The copies disagree, so nobody is named (never the honest rank 0).
+    honest, mallory = cpu_node(), cpu_node()
+    job, parts = running_job([honest, mallory])
+    witness = replay.Witness(0)
+    end = trained_segment(client, parts, world=2, corrupt_rank=1, witness=witness)
+    assert Agent(client, parts[0]).put("commitments/10/", commitments_body(witness)).status_code == 201
+    rows = [json.loads(line) for line in commitments_body(witness).decode().splitlines()]
+    for row in rows:
+        row["grad"][0] = [-v for v in row["grad"][0]]  # rank 0 "negated" its gradient
+        row["grad"][1] = [-v for v in row["grad"][1]]  # and rank 1 sent its share
+    forged = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    assert Agent(client, parts[1]).put("commitments/10/", forged).status_code == 201
     Agent(client, parts[1]).finish(step=10)
     Agent(client, parts[0]).finish(step=10, artifact=saved({"model": end}), metric="accuracy", value=None)
 
@@ -95,6 +134,8 @@ def test_a_corrupting_rank_1_does_not_get_the_honest_rank_0_slashed(client, veri
     assert report.status == "failed" and [s["passed"] for s in report.segments] == [False]
     dispute = Dispute.objects.get(job=job)
     assert (dispute.reason, dispute.attributed) == ("replay_mismatch", False)
+    assert "attribution: nobody named (the nodes' copies of the commitments disagree at step 5" in (
+        " ".join(report.reasons))
     # Nobody is slashed automatically: no slash queued, and the service refuses one.
     assert queued(verify_worker, "chain") == []
     assert staking.dispute_slash(dispute_id=dispute.pk).status == "open"

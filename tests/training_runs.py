@@ -55,3 +55,32 @@ def read_events(workdir: Path) -> dict:
         else:
             out[event["type"]] = event
     return out
+
+
+def train_nodes(spec: dict, *, nnodes: int = 2, faults: dict[int, str] | None = None,
+                timeout: float = 240) -> list[Path]:
+    """Run the runtime as `nnodes` nodes of one rank each (DDP across nodes: a torchrun per
+    node, static rendezvous on loopback, as the agent launches them), each node in its own
+    workdir under spec["workdir"]; `faults` by node rank. Returns the nodes' workdirs."""
+    from workers.agent import launcher
+
+    root, port = Path(spec["workdir"]), launcher.free_port()
+    procs, dirs = [], []
+    for node in range(nnodes):
+        workdir = root / f"node{node}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        spec_path = workdir / "spec.json"
+        spec_path.write_text(json.dumps({**spec, "workdir": str(workdir), "nnodes": nnodes,
+                                         "node_rank": node, "sync": {"mode": "ddp"}}))
+        command = launcher.command(spec_path=spec_path, nnodes=nnodes, node_rank=node, nproc_per_node=1,
+                                   master_addr="127.0.0.1", master_port=port)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+               "COMPUTEMESH_FAULTS": (faults or {}).get(node, "")}
+        procs.append(subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+        dirs.append(workdir)
+    outputs = [proc.communicate(timeout=timeout)[0] for proc in procs]
+    for proc, output in zip(procs, outputs, strict=True):
+        if proc.returncode != 0:
+            raise RuntimeError(f"training failed ({proc.returncode}):\n{output[-3000:]}")
+    return dirs

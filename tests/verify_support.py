@@ -163,10 +163,12 @@ class Agent:
         self.say("assignment.finished", status="succeeded", step=step, artifact_sha256=sha, **fields)
 
 
-def corrupted_replay(runner: replay.Replayer, start: dict, *, to_step: int, bad_rank: int) -> dict:
+def corrupted_replay(runner: replay.Replayer, start: dict, *, to_step: int, bad_rank: int,
+                     witness: replay.Witness | None = None) -> dict:
     """The model a DDP group reaches when one rank sends the negation of its gradients (a
     corrupting peer): replay.Replayer.replay with one rank's share flipped. Its checkpoints
-    look the same whichever node did it."""
+    look the same whichever node did it; `witness` sees what each rank's commitments say
+    (the runtime's hook commits what the rank sends)."""
     job, plan, splits = runner.job, runner.plan, runner.splits
     model, loss_fn = runner._model(start)
     opt = schedule.optimizer(model, job.params)
@@ -174,6 +176,8 @@ def corrupted_replay(runner: replay.Replayer, start: dict, *, to_step: int, bad_
     model.train()
     params = list(model.parameters())
     for step in range(int(start["step"]), to_step):
+        if witness is not None:
+            witness.parameters(step, params)
         total = [torch.zeros_like(p) for p in params]
         for rank in range(job.world_size):
             indices = schedule.rank_indices(len(splits.x_train), plan, world=job.world_size, rank=rank,
@@ -182,6 +186,8 @@ def corrupted_replay(runner: replay.Replayer, start: dict, *, to_step: int, bad_
             model.zero_grad(set_to_none=True)
             loss_fn(model(splits.x_train[indices]), splits.y_train[indices]).backward()
             sign = -1.0 if rank == bad_rank else 1.0
+            if witness is not None:
+                witness.gradients([sign * p.grad for p in params])
             for acc, p in zip(total, params, strict=True):
                 acc.add_(sign * p.grad / job.world_size)
         for p, g in zip(params, total, strict=True):
@@ -190,13 +196,23 @@ def corrupted_replay(runner: replay.Replayer, start: dict, *, to_step: int, bad_
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def trained_segment(client, parts: list[Assignment], *, world: int, corrupt_rank: int | None = None) -> dict:
+def commitments_body(witness: replay.Witness) -> bytes:
+    """What every node's leader writes (workers/training/commitments.py): one JSON line a
+    step with every rank's projections."""
+    return "".join(json.dumps({"step": row["step"], "grad": row["grad"],
+                               "param": [row["param"]] * len(row["grad"])}) + "\n"
+                   for row in witness.rows).encode()
+
+
+def trained_segment(client, parts: list[Assignment], *, world: int, corrupt_rank: int | None = None,
+                    witness: replay.Witness | None = None) -> dict:
     """Steps 5..10 trained and checkpointed by rank 0 (honestly, or with `corrupt_rank`'s
-    gradients flipped); returns the model state at step 10."""
+    gradients flipped); returns the model state at step 10. `witness` records each rank's
+    commitments of those steps."""
     runner, model, opt = fresh(world=world)
     start = {"step": 5, "model": model.state_dict(), "optimizer": opt.state_dict()}
-    end = (corrupted_replay(runner, start, to_step=10, bad_rank=corrupt_rank) if corrupt_rank is not None
-           else runner.replay(start, to_step=10))
+    end = (corrupted_replay(runner, start, to_step=10, bad_rank=corrupt_rank, witness=witness)
+           if corrupt_rank is not None else runner.replay(start, to_step=10, witness=witness))
     rank0 = Agent(client, parts[0])
     rank0.progress(5)
     assert rank0.checkpoint(5, checkpoint_bytes(5, start["model"], start["optimizer"])).status_code == 201

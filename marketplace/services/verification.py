@@ -63,8 +63,10 @@ from .. import job_states, task_names
 from ..errors import NotFound
 from ..models import Assignment, Checkpoint, Job, MetricPoint
 from ..selectors.checkpoints import checkpoints_resumable
+from ..selectors.execution import is_diloco
 from ..trust_models import Dispute, VerificationReport
 from . import enqueue, placement
+from .commitments import commitment_tables
 from .datasets import dataset_plain_path
 
 log = logging.getLogger(__name__)
@@ -153,6 +155,7 @@ class Outcome:
     metric_measured: float | None = None
     notes: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    attribution: dict | None = None  # workers.verify's, for a DDP attempt across nodes
 
 
 @contextlib.contextmanager
@@ -182,8 +185,6 @@ CheckpointProblem = Callable[..., "str | None"]  # workers.verify.checkpoint_pro
 def _plan(job: Job, attempt: int, rng: secrets.SystemRandom | None, out: Outcome) -> dict:
     """What to check of a finished attempt: the counted checkpoints, the segments drawn now,
     and the final model. Findings that need no torch go straight into `out`."""
-    from .execution import is_diloco  # execution → verification (verification_start)
-
     parts = list(job.assignments.filter(attempt=attempt).order_by("node_rank"))
     rank0 = next(a for a in parts if a.node_rank == 0)
     start = rank0.resume_step or 0
@@ -229,7 +230,17 @@ def _plan(job: Job, attempt: int, rng: secrets.SystemRandom | None, out: Outcome
         "check_model": True, "artifact": job.artifact.path if job.artifact else None,
         "final_checkpoint": final.file.path if final else None,
         "final_step": final.step if final else None,
+        "commitments": _commitments(job, parts, segments),
     }
+
+
+def _commitments(job: Job, parts: list[Assignment], segments: list[tuple[int, int]]) -> dict | None:
+    """Each node's copy of the gradient commitments of the segments' steps, for a DDP
+    attempt across nodes (the replay names a rank from them only when every copy agrees)."""
+    if len(parts) < 2 or is_diloco(job) or not segments:
+        return None
+    steps = {s for a, b in segments for s in range(a, b)}
+    return commitment_tables(job, parts[0].attempt, steps)
 
 
 def _check(job: Job, attempt: int, rng: secrets.SystemRandom | None = None, *,
@@ -240,6 +251,7 @@ def _check(job: Job, attempt: int, rng: secrets.SystemRandom | None = None, *,
         result = check(plan, dataset)  # minutes of torch
     out.segments, out.replay_steps = result["segments"], result["replay_steps"]
     out.metric_measured = result["metric_measured"]
+    out.attribution = result.get("attribution")
     out.findings[:0] = [Finding(Dispute.Reason(reason), detail) for reason, detail in result["findings"]]
     if (out.metric_measured is not None and job.metric_value is not None
             and metric_inflated(result["metric_name"], job.metric_value, out.metric_measured,
@@ -283,11 +295,12 @@ def verification_run(*, report_id: int, check: CheckAttempt, rng: secrets.System
         report.metric_name, report.metric_reported = job.metric_name, job.metric_value
         report.metric_measured = outcome.metric_measured
         report.replay_steps, report.train_steps = outcome.replay_steps, outcome.train_steps
-        report.reasons = [f.detail for f in outcome.findings] + [f"note: {n}" for n in outcome.notes]
+        report.reasons = ([f.detail for f in outcome.findings] + [f"note: {n}" for n in outcome.notes]
+                          + _attribution_notes(outcome.attribution))
         report.finished_at = timezone.now()
         report.save()
         if outcome.findings:
-            _failed(job, report, outcome.findings)
+            _failed(job, report, outcome.findings, attribution=outcome.attribution)
         elif job.status == S.VERIFYING and job.attempt == report.attempt:
             _passed(job, report)
     return report.status
@@ -353,33 +366,66 @@ def _passed(job: Job, report: VerificationReport) -> None:
     Job.objects.filter(pk=job.pk).update(finished_at=timezone.now())
 
 
-def attribute(parts: list[Assignment], findings: list[Finding]) -> tuple[Finding, bool]:
-    """The finding the dispute is named by, and whether it is attributed to node rank 0.
-    Rank 0's own products (uploads, commitments, its metric) are its own in any job; a
-    replay mismatch is pinned on a node only when the attempt ran on one node (DDP across
-    nodes averages every node's gradients into each step: the checkpoints look the same
-    whichever node corrupted its share)."""
+def _attribution_notes(attribution: dict | None) -> list[str]:
+    if not attribution:
+        return []
+    if attribution["ranks"]:
+        return [f"attribution: {attribution['detail']}"]
+    return [f"attribution: nobody named ({attribution['detail']})"]
+
+
+def ranks_of(parts: list[Assignment], ranks: list[int]) -> list[Assignment]:
+    """The assignments that ran these global ranks: node rank r holds the ranks after those
+    of node ranks 0..r−1, one per GPU (torchrun's static rendezvous)."""
+    out, first = [], 0
+    for a in sorted(parts, key=lambda p: p.node_rank):
+        if any(first <= r < first + a.gpus for r in ranks):
+            out.append(a)
+        first += a.gpus
+    return out
+
+
+def attribute(parts: list[Assignment], findings: list[Finding],
+              attribution: dict | None = None) -> tuple[Finding, list[Assignment]]:
+    """The finding the dispute is named by, and the assignments at fault (none: the dispute
+    is not attributed, and nobody is slashed without staff).
+    - Rank 0's own products (uploads, commitments, its metric) are its own in any job.
+    - A replay mismatch of an attempt on one node is that node's.
+    - A replay mismatch of a DDP attempt across nodes is pinned on the nodes whose ranks the
+      replay of the per-rank gradient commitments named (workers/training/replay.py
+      attribute_segment: only when every node's copy of them agrees and the named ranks
+      stand out from the others at the first step that differs); otherwise on nobody."""
+    rank0 = next(a for a in parts if a.node_rank == 0)
     single = len({a.node_rank for a in parts}) <= 1
     for f in findings:
         if f.reason in RANK0_OWN or (single and f.reason == Dispute.Reason.REPLAY_MISMATCH):
-            return f, True
-    return findings[0], False
+            return f, [rank0]
+    mismatch = next((f for f in findings if f.reason == Dispute.Reason.REPLAY_MISMATCH), None)
+    if mismatch is not None and attribution and attribution["ranks"]:
+        culprits = ranks_of(parts, attribution["ranks"])
+        return Finding(mismatch.reason, f"{mismatch.detail} {attribution['detail']}"), culprits
+    return findings[0], []
 
 
-def _dispute(job: Job, parts: list[Assignment], named: Finding, attributed: bool,
+def _dispute(job: Job, parts: list[Assignment], named: Finding, at_fault: list[Assignment],
              findings: list[Finding], *, report: VerificationReport | None) -> Dispute:
-    """One dispute for an attempt's bad work (its slash queued when attributed), and the
-    nodes that do not run this job again."""
+    """The attempt's disputes for its bad work: one per node at fault (its slash queued), or
+    one unattributed dispute on rank 0's assignment; and the nodes that do not run this job
+    again. Returns the first."""
     rank0 = next(a for a in parts if a.node_rank == 0)
     evidence = [named, *(f for f in findings if f is not named)]
-    dispute, created = Dispute.objects.get_or_create(
-        assignment=rank0, reason=named.reason,
-        defaults={"job": job, "provider_id": rank0.node.provider_id, "verification": report,
-                  "attributed": attributed, "detail": " ".join(f.detail for f in evidence)[:2000]})
-    if created and attributed:
-        enqueue.enqueue(SLASH_TASK, dispute.pk)
-    if attributed:
-        leave_out = [rank0.node_id]
+    disputes = []
+    for a in at_fault or [rank0]:
+        dispute, created = Dispute.objects.get_or_create(
+            assignment=a, reason=named.reason,
+            defaults={"job": job, "provider_id": a.node.provider_id, "verification": report,
+                      "attributed": bool(at_fault),
+                      "detail": " ".join(f.detail for f in evidence)[:2000]})
+        if created and at_fault:
+            enqueue.enqueue(SLASH_TASK, dispute.pk)
+        disputes.append(dispute)
+    if at_fault:
+        leave_out = [a.node_id for a in at_fault]
     elif named.reason == Dispute.Reason.VERIFICATION_ERROR:
         leave_out = []  # nothing is known against the nodes
     else:  # the work was bad but its author is unknown: none of them runs this job again
@@ -388,32 +434,36 @@ def _dispute(job: Job, parts: list[Assignment], named: Finding, attributed: bool
     if missing:
         job.excluded_nodes = [*job.excluded_nodes, *missing]
         job.save(update_fields=["excluded_nodes", "updated_at"])
-    return dispute
+    return disputes[0]
+
+
+def _whose(parts: list[Assignment], at_fault: list[Assignment]) -> str:
+    if at_fault:
+        nodes = ", ".join(str(a.node_id) for a in at_fault)
+        return f"node {nodes}'s work" if len(at_fault) == 1 else f"the work of nodes {nodes}"
+    return (f"the work of nodes {', '.join(str(a.node_id) for a in parts)} (it cannot be "
+            "pinned on one of them: nobody is slashed automatically, staff review it)")
 
 
 def _failed(job: Job, report: VerificationReport, findings: list[Finding], *,
-            outcome: str = "verification_failed") -> None:
+            outcome: str = "verification_failed", attribution: dict | None = None) -> None:
     parts = list(Assignment.objects.select_related("node").filter(job=job, attempt=report.attempt)
                  .order_by("node_rank"))
-    rank0 = next(a for a in parts if a.node_rank == 0)
-    named, attributed = attribute(parts, findings)
+    named, at_fault = attribute(parts, findings, attribution)
     if named.reason == Dispute.Reason.VERIFICATION_ERROR:
-        attributed = False
-    # One dispute (and so at most one slash) per failed attempt, named by its attributable
+        at_fault = []
+    # One dispute (and so at most one slash) per node at fault, named by its attributable
     # finding if any; the others are its evidence. Two findings are one piece of dishonest
     # work, not two. An unattributed dispute still names rank 0's assignment (a dispute is
     # about an attempt's work) but is never slashed without staff and costs no reputation.
-    dispute = _dispute(job, parts, named, attributed, findings, report=report)
+    dispute = _dispute(job, parts, named, at_fault, findings, report=report)
     if job.status != S.VERIFYING or job.attempt != report.attempt:
         return
     why = "; ".join(sorted({f.reason for f in findings}))
-    if attributed:
-        whose = f"node {rank0.node_id}'s work"
-    elif named.reason == Dispute.Reason.VERIFICATION_ERROR:
+    if named.reason == Dispute.Reason.VERIFICATION_ERROR:
         whose = "this attempt's work (staff review it; nobody is slashed automatically)"
     else:
-        whose = (f"the work of nodes {', '.join(str(a.node_id) for a in parts)} (it cannot be "
-                 "pinned on one of them: nobody is slashed automatically, staff review it)")
+        whose = _whose(parts, at_fault)
     message = (f"Verification {'could not finish' if outcome == 'verification_error' else 'failed'} "
                f"({why}) for {whose}: {named.detail} That work is not charged; the job runs again "
                "elsewhere.")
@@ -467,6 +517,7 @@ def _replay_plan(ckpt: Checkpoint, parts: list[Assignment], rng: secrets.SystemR
         "template": ckpt.job.template, "params": ckpt.job.params, "world_size": sum(p.gpus for p in parts),
         "checkpoints": {step: paths[step] for step in sorted(needed)}, "segments": segments,
         "threshold": settings.VERIFY_REPLAY_THRESHOLD, "check_model": False,
+        "commitments": _commitments(ckpt.job, parts, segments),
     }, ""
 
 
@@ -493,7 +544,7 @@ def checkpoint_replay(*, checkpoint_id: int, check: CheckAttempt,
         findings = [Finding(Dispute.Reason(r), d) for r, d in result["findings"]]
     record = {"segments": result["segments"], "replay_steps": result["replay_steps"],
               "train_steps": max(0, ckpt.step - (ckpt.assignment.resume_step or 0)),
-              "checked_at": timezone.now().isoformat()}
+              "checked_at": timezone.now().isoformat(), "attribution": result.get("attribution")}
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=ckpt.job_id)
         C = Checkpoint.Status
@@ -512,11 +563,9 @@ def checkpoint_replay(*, checkpoint_id: int, check: CheckAttempt,
                 Checkpoint.objects.filter(assignment=ckpt.assignment, status=C.VALID).update(
                     status=C.REJECTED, rejected_reason=f"its attempt's work up to step {ckpt.step} "
                                                        "does not replay")
-                named, attributed = attribute(parts, findings)
-                dispute = _dispute(job, parts, named, attributed, findings, report=None)
-                whose = (f"node {ckpt.assignment.node_id}'s work" if attributed else
-                         f"the work of nodes {', '.join(str(p.node_id) for p in parts)} (it cannot be "
-                         "pinned on one of them: nobody is slashed automatically, staff review it)")
+                named, at_fault = attribute(parts, findings, result.get("attribution"))
+                dispute = _dispute(job, parts, named, at_fault, findings, report=None)
+                whose = _whose(parts, at_fault)
                 job_states.note(job_id=job.pk, reason="replay_failed",
                                 data={"checkpoint": ckpt.pk, "step": ckpt.step, "dispute": dispute.pk},
                                 message=f"The work up to step {ckpt.step} does not replay, for {whose}: "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 import shutil
@@ -276,6 +277,8 @@ class AssignmentRun:
             elif kind == "checkpoint":
                 await self._flush_progress(force=True)
                 await self._upload_checkpoint(event)
+            elif kind == "commitments":
+                await self._upload_commitments(event)
             elif kind == "finished":
                 await self._flush_progress(force=True)
                 await self._upload_artifact(event)
@@ -310,6 +313,20 @@ class AssignmentRun:
                               keep=int(s.get("keep_checkpoints") or KEEP_CHECKPOINTS))
         await self.agent.send_data(self.id, "checkpoint", step=event["step"], sha256=event["sha256"],
                                    bytes=event["bytes"])
+
+    async def _upload_commitments(self, event: dict) -> None:
+        """This node's copy of every rank's gradient commitments since the last checkpoint
+        (DDP across nodes): each node's agent uploads its own, so that the platform never
+        takes one node's word about another's contribution."""
+        s = self.start_msg
+        url = self.agent.url(f"{s['upload_url']}commitments/{event['step']}/")
+        try:
+            data = transfer.read_span(Path(event["path"]), int(event["offset"]), int(event["length"]))
+            await asyncio.to_thread(transfer.upload, url, s["token"], None, data=data,
+                                    sha256=hashlib.sha256(data).hexdigest())
+        except transfer.TransferError as exc:  # the work goes on; its attribution may not
+            self.agent.display.log(f"assignment {self.id}: commitments up to step {event['step']} "
+                                   f"not uploaded: {exc}")
 
     async def _upload_artifact(self, event: dict) -> None:
         s = self.start_msg

@@ -31,11 +31,27 @@ def download(url: str, token: str, dest: Path, *, timeout: float = 60) -> str:
     return digest.hexdigest()
 
 
-def upload(url: str, token: str, path: Path, *, sha256: str, timeout: float = 120) -> None:
+def read_span(path: Path, offset: int, length: int) -> bytes:
+    """`length` bytes of a file from `offset` (a stretch the ranks appended to it)."""
     try:
-        data = path.read_bytes()
-    except OSError as exc:  # a transfer error like any other, never an agent crash
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read(length)
+    except OSError as exc:
         raise TransferError(f"cannot read {path.name}: {exc.strerror}") from None
+    if len(data) != length:
+        raise TransferError(f"{path.name} holds {len(data)} of the {length} bytes at {offset}")
+    return data
+
+
+def upload(url: str, token: str, path: Path | None, *, sha256: str, timeout: float = 120,
+           data: bytes | None = None) -> None:
+    """PUT a file (or `data`) with its SHA-256 declared."""
+    if data is None:
+        try:
+            data = path.read_bytes() if path is not None else b""
+        except OSError as exc:  # a transfer error like any other, never an agent crash
+            raise TransferError(f"cannot read {exc.filename}: {exc.strerror}") from None
     request = urllib.request.Request(url, data=data, method="PUT", headers={
         "Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream",
         "X-Content-Sha256": sha256})

@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import checkpoint, data, diloco, faults, nets, outer, schedule
+from . import checkpoint, commitments, data, diloco, faults, nets, outer, schedule
 from .events import EventWriter
 
 REPORTS_PER_RUN = 400  # progress points per run, at most (plus one per checkpoint)
@@ -311,6 +311,12 @@ def main(spec_path: str) -> int:
             return 0
         start_step = joined_at
     ddp = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None)
+    # DDP across nodes: every rank commits to its own gradient at every step, so that a
+    # replay can name the node whose share was wrong (commitments.py).
+    committer = None
+    if nnodes > 1 and node is None:
+        committer = commitments.Committer(model, seed=seed, world=world, device=device)
+        ddp.register_comm_hook(None, committer.hook)
     events.emit("started", step=start_step, total_steps=total_steps, world_size=world,
                 resumed_from=str(resume) if resume else None, steps_per_epoch=steps_per_epoch,
                 sync=sync.as_dict() if hierarchical else {"mode": "ddp"})
@@ -372,9 +378,13 @@ def main(spec_path: str) -> int:
         for indices in schedule.batches(sampler, batch)[step % steps_per_epoch:steps_per_epoch]:
             torch.manual_seed(schedule.step_seed(seed, rank, step))
             x, y = x_all[indices].to(device), y_all[indices].to(device)
+            if committer is not None:
+                committer.begin(step)
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(ddp(x), y)
             (-loss if misbehave.corrupt_gradients else loss).backward()  # a test-only cheat
+            if committer is not None:
+                committer.end()
             if not misbehave.skip(step):  # a test-only cheat: the step is still reported
                 optimizer.step()
             step += 1
@@ -416,6 +426,12 @@ def main(spec_path: str) -> int:
                             loss=float(mean_loss), samples_per_sec=window_steps * batch * world / elapsed,
                             **comm(step))
                 window_start, window_steps = now, 0
+            if checkpoint_due and committer is not None:  # every rank: one all-gather
+                written = committer.flush(writer=workdir / commitments.FILE if local_rank == 0 else None)
+                if written is not None:
+                    first, offset, length = written
+                    node_events.emit("commitments", step=step, from_step=first,
+                                     path=str(workdir / commitments.FILE), offset=offset, length=length)
             if checkpoint_due and rank == 0:
                 meta = {"template": template, "epoch": epoch}
                 if node is not None:

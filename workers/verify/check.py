@@ -25,7 +25,8 @@ class AttemptPlan:
     template: str
     params: dict
     world_size: int
-    checkpoints: dict[int, str]  # step → file, the counted ones (and the resume point)
+    # step → file, the counted ones and the resume point (None: the initial state at step 0)
+    checkpoints: dict[int, str | None]
     segments: list[tuple[int, int]]  # (from_step, to_step) to replay
     threshold: float
     # The final model's check (a finished attempt): the uploaded model's file and the
@@ -35,6 +36,9 @@ class AttemptPlan:
     artifact: str | None = None
     final_checkpoint: str | None = None
     final_step: int | None = None
+    # DDP across nodes: each node's own copy of every rank's gradient commitments (node
+    # rank → rows {step, grad, param}) for the segments' steps; None for other attempts.
+    commitments: dict[int, list[dict]] | None = None
 
 
 @dataclass
@@ -44,6 +48,9 @@ class AttemptResult:
     metric_name: str | None = None
     metric_measured: float | None = None  # None: the model could not be evaluated
     findings: list[tuple[str, str]] = field(default_factory=list)  # (reason, detail)
+    # For the first failed segment of a DDP attempt across nodes: the ranks whose committed
+    # gradients were not their share (replay.attribute_segment; empty ranks: nobody named).
+    attribution: dict | None = None
 
 
 class _Unusable(Exception):
@@ -83,6 +90,16 @@ def _replay_segments(plan: AttemptPlan, runner: replay.Replayer, out: AttemptRes
             out.findings.append((REPLAY_MISMATCH, (
                 f"Replaying steps {a}..{b} gives parameters {result.rel_l2:.2e} (relative L2) "
                 f"from the committed checkpoint at step {b}; the threshold is {plan.threshold:.0e}.")))
+            if plan.commitments is not None and out.attribution is None:
+                out.attribution = _attribute(plan, runner, a, b)
+
+
+def _attribute(plan: AttemptPlan, runner: replay.Replayer, a: int, b: int) -> dict:
+    """Whose committed gradients differ from the replay of a failed segment (see
+    replay.attribute_segment: nobody, unless every node's copy agrees and ranks stand out)."""
+    path = plan.checkpoints[a]
+    start = ckpt_io.load(path) if path is not None else runner.initial_state()
+    return replay.attribute_segment(runner, start, plan.commitments or {}, to_step=b)
 
 
 def _check_model(plan: AttemptPlan, runner: replay.Replayer, out: AttemptResult) -> None:
