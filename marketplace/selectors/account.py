@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.db.models import Q, Sum
@@ -86,9 +87,9 @@ def _chain_holdings(org: Organization) -> tuple[Decimal | None, Decimal | None, 
     from ..chain.deploy import escrow_contract, token_contract
     from ..money import from_units
 
-    wallets = [{"address": w.address, "kind": w.get_kind_display().split(" (")[0], "is_payout": w.is_payout,
-                "is_custodial": w.kind == w.Kind.CUSTODIAL, "tokens": None, "credited": None}
-               for w in org.wallets.order_by("created_at", "id")]
+    wallets: list[dict[str, Any]] = [
+        {"address": w.address, "is_payout": w.is_payout, "is_custodial": w.kind == w.Kind.CUSTODIAL,
+         "tokens": None, "credited": None} for w in org.wallets.order_by("created_at", "id")]
     if not settings.ESCROW_ENABLED:
         return None, None, wallets
     try:

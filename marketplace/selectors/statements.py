@@ -108,7 +108,8 @@ class _Pdf(FPDF):
         self.multi_cell(0, 5, _plain(text), new_x="LMARGIN", new_y="NEXT")
         self.set_font("helvetica", "", 9)
 
-    def grid(self, rows: list[list[str]], widths: tuple[int, ...], numeric: set[int] = frozenset()):
+    def grid(self, rows: list[list[str]], widths: tuple[int, ...],
+             numeric: frozenset[int] | set[int] = frozenset()):
         self.set_font("helvetica", "", 8)
         with self.table(col_widths=widths, text_align=tuple("RIGHT" if i in numeric else "LEFT"
                                                             for i in range(len(widths))),

@@ -87,10 +87,9 @@ def transaction_view(tx_hash: str, user) -> dict:
                       "fee": s.fee, "from": "escrow", "to": "providers and treasury",
                       "payouts": [{"address": p.address, "amount": p.amount} for p in s.payouts.all()]})
         if s.refunded:
-            escrow = getattr(s.job, "escrow", None)
+            consumer = Escrow.objects.filter(job_id=s.job_id).values_list("consumer_address", flat=True)
             items.append({"what": "Settlement: unspent escrow back to the consumer", "job": job,
-                          "amount": s.refunded, "from": "escrow",
-                          "to": escrow.consumer_address if escrow else ""})
+                          "amount": s.refunded, "from": "escrow", "to": consumer.first() or ""})
     for g in FaucetGrant.objects.filter(transaction__tx_hash=tx_hash).select_related("wallet"):
         items.append({"what": "Test tUSD minted by the faucet", "job": None, "amount": g.amount,
                       "from": "token", "to": g.wallet.address})

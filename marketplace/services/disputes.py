@@ -13,6 +13,8 @@ completed or settled job, one open at a time). Staff decide in the admin:
 - `consumer_dispute_reject`: closed, nothing moves.
 Every decision is audited and said on the job's timeline."""
 
+from functools import partial
+
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -131,7 +133,7 @@ def consumer_dispute_slash(*, dispute: ConsumerDispute, actor, note: str = "") -
         attempt = attempts.values_list("attempt", flat=True).first()
         if attempt is None:
             raise Conflict("No machine ran this job: there is nobody to slash.", code="nothing_to_slash")
-        created = []
+        created: list[Dispute] = []
         for a in (Assignment.objects.filter(job_id=d.job_id, attempt=attempt).select_related("node")
                   .order_by("node__provider_id", "node_rank")):
             if any(x.provider_id == a.node.provider_id for x in created):
@@ -143,7 +145,7 @@ def consumer_dispute_slash(*, dispute: ConsumerDispute, actor, note: str = "") -
                                     f"{d.reason[:1500]}"})
             created.append(slash)
         for slash in created:
-            transaction.on_commit(lambda s=slash: dispute_slash_enqueue(dispute=s))
+            transaction.on_commit(partial(dispute_slash_enqueue, dispute=slash))
         names = ", ".join(sorted({s.provider.name for s in created}))
         return _close(d, status=C.SLASHED, actor=actor, note=note,
                       what=f"upheld against {names}: their stake is slashed (dispute"
