@@ -25,8 +25,12 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Sum
 from django.utils import timezone
+from eth_utils import keccak
 
 from .. import job_states, task_names
+from ..chain import indexer, sender
+from ..chain.client import chain_id, w3
+from ..chain.deploy import operator_key, stake_contract, token_contract, treasury_address
 from ..errors import Conflict, MarketError, NotFound, PermissionDenied
 from ..models import (
     ChainTransaction,
@@ -61,8 +65,6 @@ def provider_stake_total(organization_id: int) -> Decimal:
 
 def _on_chain(address: str) -> tuple[int, int, int]:
     """(staked, pending, unlockAt) of `address` on the stake contract, base units."""
-    from ..chain.deploy import stake_contract
-
     staked, pending, unlock = stake_contract().functions.stakes(address).call()
     return staked, pending, unlock
 
@@ -112,9 +114,6 @@ def _positive(amount) -> Decimal:
 
 def stake_deposit(*, organization: Organization, amount, request_id=None, actor=None) -> StakeOperation:
     """Stake `amount` tUSD from the organization's custodial wallet (approve, then stake)."""
-    from ..chain import sender
-    from ..chain.deploy import stake_contract, token_contract
-
     amount = _positive(amount)
     units = to_units(amount)
 
@@ -140,9 +139,6 @@ def stake_deposit(*, organization: Organization, amount, request_id=None, actor=
 def stake_request_withdrawal(*, organization: Organization, amount, request_id=None,
                              actor=None) -> StakeOperation:
     """Move `amount` of the active stake to pending; it can be withdrawn after the delay."""
-    from ..chain import sender
-    from ..chain.deploy import stake_contract
-
     amount = _positive(amount)
     units = to_units(amount)
 
@@ -163,10 +159,6 @@ def stake_request_withdrawal(*, organization: Organization, amount, request_id=N
 
 def stake_withdraw(*, organization: Organization, request_id=None, actor=None) -> StakeOperation:
     """Withdraw the pending stake, once its delay has passed."""
-    from ..chain import sender
-    from ..chain.client import w3
-    from ..chain.deploy import stake_contract
-
     def send(wallet, key):
         _, pending, unlock = _on_chain(wallet.address)
         if pending == 0:
@@ -253,9 +245,7 @@ def _dispute_slashed(*, key: str, amount: Decimal, tx_hash: str) -> Dispute | No
 def dispute_key(dispute: Dispute) -> str:
     """The dispute's id on the chain: unique per job escrow (random) and dispute row, so a
     database reset cannot reuse one that an earlier chain saw slashed."""
-    from eth_utils import keccak
 
-    from ..chain.client import chain_id
 
     escrow_key = Escrow.objects.filter(job_id=dispute.job_id).values_list("key", flat=True).first() or ""
     return "0x" + keccak(text=f"computemesh dispute {chain_id()} {escrow_key} {dispute.pk}").hex()
@@ -288,9 +278,6 @@ def dispute_slash(*, dispute_id: int, actor=None) -> Dispute:
     """Slash the provider of an open dispute (see the module's note); returns the dispute,
     `slashed` once the chain has said so, still `open` (with the slash's note) when the
     provider has nothing at stake."""
-    from ..chain import indexer, sender
-    from ..chain.deploy import operator_key, stake_contract, treasury_address
-
     if not Dispute.objects.filter(pk=dispute_id).exists():
         raise NotFound(f"No dispute #{dispute_id}.")
     waiting: ChainTransaction | None = None
@@ -345,8 +332,6 @@ def dispute_slash(*, dispute_id: int, actor=None) -> Dispute:
 
 def dispute_dismiss(*, dispute: Dispute, actor=None) -> Dispute:
     """Close an open dispute without a slash (an administrator's decision)."""
-    from ..chain import sender
-
     with transaction.atomic():
         locked = Dispute.objects.select_for_update().get(pk=dispute.pk)
         if locked.status != D.OPEN:
