@@ -5,7 +5,7 @@ from django.urls import include, path
 from drf_spectacular.utils import extend_schema
 from drf_spectacular.views import SCHEMA_KWARGS, SpectacularAPIView, SpectacularSwaggerView
 
-from marketplace import agent_http
+from marketplace import agent_downloads, agent_http
 from webapp import ops
 
 
@@ -24,12 +24,14 @@ class SchemaView(SpectacularAPIView):
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("metrics", ops.metrics_view, name="metrics"),  # /healthz and /readyz: webapp/ops.py
-    path("api/v1/agent/assignments/<int:assignment_id>/dataset/", agent_http.dataset,
+    path("api/v1/agent/assignments/<int:assignment_id>/dataset/", agent_downloads.dataset,
          name="agent-dataset"),
     path("api/v1/agent/assignments/<int:assignment_id>/checkpoints/<int:step>/",
          agent_http.checkpoint, name="agent-checkpoint"),
     path("api/v1/agent/assignments/<int:assignment_id>/artifact/", agent_http.artifact,
          name="agent-artifact"),
+    path("api/v1/agent/assignments/<int:assignment_id>/bundle/", agent_downloads.bundle,
+         name="agent-bundle"),
     path("api/v1/", include("marketplace.api.urls")),
     path("api/schema/", SchemaView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),

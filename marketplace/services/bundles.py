@@ -253,3 +253,15 @@ def bundle_delete(*, bundle: CodeBundle, actor) -> None:
         bundle.delete()
         if name:
             transaction.on_commit(lambda: storage.delete(name))
+
+
+def bundle_spec(job: Job, base: str) -> dict[str, Any] | None:
+    """What the agent needs to fetch and run a job's code bundle (its assignment.start
+    message): where to download it (`base` is the assignment's transfer URL), the SHA-256 to
+    check, and the runtime and task class it declared."""
+    bundle = job.bundle
+    if bundle is None:
+        return None
+    return {"url": f"{base}bundle/", "sha256": bundle.sha256, "size_bytes": bundle.size_bytes,
+            "kind": bundle.kind, "name": bundle.name, "runtime": bundle.runtime,
+            "entry": bundle.entry}

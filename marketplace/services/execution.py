@@ -42,8 +42,10 @@ from .agent_protocol import (
 from .assignments import assignment_claim_dispatch, assignment_end, job_stop_assignments
 from .budget import job_paused_by_nodes
 from .bulk import bulk_insert, bulk_set
+from .bundles import bundle_spec
 from .liveness import assignment_steps_record
 from .nodes import node_set_presence
+from .provider_runtime import node_runtime_report
 
 log = logging.getLogger(__name__)
 S = Job.Status
@@ -84,8 +86,10 @@ def start_message(assignment: Assignment) -> dict:
     base = f"/api/v1/agent/assignments/{assignment.pk}/"
     if job.dataset_ref.startswith("sample:"):
         dataset = {"kind": "sample", "name": job.dataset_ref.removeprefix("sample:")}
-    else:
-        dataset = {"kind": "csv"}
+    elif job.dataset is None:  # a code bundle that makes its own data
+        dataset = {"kind": "none"}
+    else:  # an upload: a CSV, or a zip of files that a code bundle reads
+        dataset = {"kind": job.dataset.kind}
     resume = None
     if assignment.resume_step is not None:
         resume = job.checkpoints.filter(step=assignment.resume_step,
@@ -98,7 +102,9 @@ def start_message(assignment: Assignment) -> dict:
     return agent_message(
         "assignment.start", assignment=assignment.pk, job=job.pk, job_name=job.name,
         template=job.template, params=job.params, dataset=dataset,
-        dataset_url=f"{base}dataset/" if dataset["kind"] == "csv" else None,
+        dataset_url=f"{base}dataset/" if dataset["kind"] in ("csv", "zip") else None,
+        dataset_sha256=job.dataset.sha256 if job.dataset is not None else None,
+        bundle=bundle_spec(job, base),
         nnodes=job.nodes, node_rank=assignment.node_rank, nproc_per_node=assignment.gpus,
         backend="gloo" if is_cpu else "nccl", rdzv=rdzv, sync=job.sync or {"mode": "ddp"},
         peer_timeout_s=settings.DILOCO_PEER_TIMEOUT_S,
@@ -179,6 +185,7 @@ def agent_hello(*, node: Node, hello: dict) -> list[dict]:
                       agent_version=str(hello.get("agent_version", ""))[:32])
     # The hardware it reports against what its offers list: one that lists more leaves the market.
     claims.node_hardware_report(node=node, hardware=hello.get("hardware"))
+    node_runtime_report(node=node, runtime=hello.get("runtime"))
     active = list(Assignment.objects.filter(node=node, status__in=Assignment.ACTIVE))
     out = [agent_message("welcome", node=node.pk, name=node.name, heartbeat_s=settings.AGENT_HEARTBEAT_S,
                     assignments=[a.pk for a in active])]

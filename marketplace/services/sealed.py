@@ -56,8 +56,7 @@ def is_sealed(head: bytes) -> bool:
     return head.startswith(MAGIC)
 
 
-def unseal_stream(src: BinaryIO, *, key: bytes, key_id: bytes) -> Iterator[bytes]:
-    """The plaintext of a sealed file, segment by segment, each checked first."""
+def _header(src: BinaryIO, key_id: bytes) -> tuple[bytes, int]:
     header = src.read(HEADER_LEN)
     if not header.startswith(MAGIC) or len(header) != HEADER_LEN:
         raise MarketError("This stored file is not in the segmented format.", code="dataset_damaged")
@@ -65,17 +64,38 @@ def unseal_stream(src: BinaryIO, *, key: bytes, key_id: bytes) -> Iterator[bytes
         raise MarketError("This file was encrypted with another DATASET_ENCRYPTION_KEY.",
                           code="dataset_key")
     (segment,) = struct.unpack(">I", header[len(MAGIC) + 4:len(MAGIC) + 8])
+    return header, segment
+
+
+def plaintext_size(src: BinaryIO, stored_size: int) -> int:
+    """The plaintext's size, from the stored file's size and its header."""
+    src.seek(len(MAGIC) + 4)
+    (segment,) = struct.unpack(">I", src.read(4))
+    src.seek(0)
+    body = stored_size - HEADER_LEN
+    segments = max(1, -(-body // (segment + TAG)))
+    return body - segments * TAG
+
+
+def unseal_stream(src: BinaryIO, *, key: bytes, key_id: bytes, start: int = 0) -> Iterator[bytes]:
+    """The plaintext of a sealed file from byte `start` on, segment by segment, each
+    checked before any of it is handed out (a range request starts mid-file)."""
+    header, segment = _header(src, key_id)
     prefix = header[-8:]
-    aead, index = AESGCM(key), 0
+    aead, index = AESGCM(key), start // segment
+    skip = start - index * segment
+    src.seek(HEADER_LEN + index * (segment + TAG))
     chunk = src.read(segment + TAG)
     while True:
         following = src.read(segment + TAG) if len(chunk) == segment + TAG else b""
         last = not following
         try:
-            yield aead.decrypt(_nonce(prefix, index), chunk, _aad(header, index, last))
+            plain = aead.decrypt(_nonce(prefix, index), chunk, _aad(header, index, last))
         except InvalidTag:
             raise MarketError("This stored file is damaged (it fails its integrity check).",
                               code="dataset_damaged") from None
+        yield plain[skip:] if skip else plain
+        skip = 0
         if last:
             return
         chunk, index = following, index + 1

@@ -21,6 +21,7 @@ from . import __version__
 from .display import Display
 from .outbox import Outbox
 from .run_assignment import STALL_TIMEOUT_S, AssignmentRun
+from .runtime import runtime_name
 from .sandbox import Settings
 
 VANISH_EXIT_CODE = 75  # how the agent process ends when it vanished on purpose
@@ -137,6 +138,8 @@ class Agent:
                 "nproc_per_node": self.nproc_per_node, "advertise_addr": self.advertise_addr,
                 "running": sorted(self.runs), "unacked": self.outbox.assignments(),
                 "steps": self.steps(),
+                # The provider runtime code bundles may ask for (workers/runtimes.json).
+                "runtime": runtime_name(),
                 # Whether consumers' own code can run here (in the sandbox), and for which jobs.
                 "sandbox": self.sandbox.as_dict(),
                 # Test-only faults are announced: a production platform refuses such an agent.
