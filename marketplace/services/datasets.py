@@ -21,6 +21,7 @@ from django.db.models import Sum
 
 from ..errors import Conflict, MarketError, PermissionDenied
 from ..models import Dataset, Job, Organization
+from ..text import clean_name
 from . import sealed
 from .audit import audit_record
 
@@ -231,7 +232,7 @@ def dataset_upload(*, owner: Organization, actor, uploaded_file, name: str = "",
         raise _fail(f"The file is {size / 1_048_576:.1f} MB; the limit is "
                     f"{limit / 1_048_576:.1f} MB.")
     storage_quota_check(owner, size)
-    name = (name or "").strip() or os.path.basename(uploaded_file.name or "").strip()
+    name = clean_name(name) or clean_name(os.path.basename(uploaded_file.name or ""))
     name = name or "dataset.csv"
     if len(name) > MAX_NAME:
         raise MarketError(f"Dataset names are at most {MAX_NAME} characters.", field="name")

@@ -25,6 +25,7 @@ from django.db import transaction
 
 from ..errors import Conflict, MarketError, PermissionDenied
 from ..models import Organization, Upload
+from ..text import clean_name
 from . import bundles, datasets, sealed
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -58,7 +59,7 @@ def upload_create(*, owner: Organization, actor, purpose: str, name: str, size: 
         raise PermissionDenied("Your organization is suspended; contact support.")
     if purpose not in Upload.Purpose.values:
         raise MarketError("purpose is 'dataset' or 'bundle'.", field="purpose")
-    name = os.path.basename((name or "").strip())
+    name = clean_name(os.path.basename(name or ""))
     if not name or len(name) > datasets.MAX_NAME:
         raise MarketError(f"Name the file (1 to {datasets.MAX_NAME} characters, with its "
                           "extension).", field="name")
