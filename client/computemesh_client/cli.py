@@ -20,7 +20,7 @@ from typing import Any
 import click
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
 from . import __version__, config, jobfile
@@ -347,6 +347,8 @@ def spec_options(f: Callable) -> Callable:
     options = [
         click.argument("job_file", required=False, type=click.Path(dir_okay=False)),
         click.option("--name"), click.option("--template", help="See `computemesh templates`."),
+        click.option("--bundle", help="Your code in place of a template: a bundle's id, or a "
+                                      "local .py/.zip/.tar.gz to upload."),
         click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
                      help="A hyper-parameter (repeat)."),
         click.option("--dataset", help="sample:<name> or an uploaded dataset's id."),
@@ -391,11 +393,49 @@ def build_spec(job_file: str | None, options: dict[str, Any]) -> dict[str, Any]:
     fields.update(jobfile.normalize(given))
     if "data" in fields and "dataset" in options and options["dataset"]:
         raise click.UsageError("give --data (a local file to upload) or --dataset, not both")
-    missing = [k for k in ("template",) if k not in fields]
-    if missing:
-        raise click.UsageError(f"missing {', '.join(missing)}: give a job file or --{missing[0]}")
-    fields.setdefault("name", Path(job_file).stem if job_file else fields["template"])
+    if "bundle" in given:
+        fields["bundle"] = jobfile.bundle_ref(given["bundle"], Path.cwd())
+    if "template" not in fields and "bundle" not in fields:
+        raise click.UsageError("missing template: give a job file, --template or --bundle")
+    if "template" in fields and "bundle" in fields:
+        raise click.UsageError("give a template or a bundle, not both")
+    fields.setdefault("name", Path(job_file).stem if job_file else
+                      fields.get("template") or f"bundle {Path(str(fields['bundle'])).stem}")
     return fields
+
+
+def upload_progress(state: State, label: str):
+    """A progress bar on stderr (none with --json): the callback for resumable uploads."""
+    if state.json:
+        return None, None
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                   TransferSpeedColumn(), console=Console(stderr=True), transient=True)
+    task = bar.add_task(label, total=None)
+
+    def update(sent: int, total: int) -> None:
+        bar.update(task, completed=sent, total=total)
+
+    return bar, update
+
+
+def _upload_bundle(state: State, client: Client, fields: dict[str, Any], *,
+                   stream: bool = False) -> None:
+    """A local `bundle` file is uploaded (resumably) and replaced by its id."""
+    ref = fields.get("bundle")
+    if not isinstance(ref, str):
+        return
+    bar, progress = upload_progress(state, f"Uploading {Path(ref).name}")
+    if bar is not None:
+        with bar:
+            bundle = client.upload_bundle(ref, progress=progress)
+    else:
+        bundle = client.upload_bundle(ref)
+    fields["bundle"] = bundle["id"]
+    if state.json and stream:
+        click.echo(json.dumps({"type": "bundle", **bundle}))
+    elif not state.json:
+        out.print(f"Code bundle {bundle['id']} ({bundle['name']}, {bundle['sha256'][:12]}…, "
+                  f"runtime {bundle['runtime']})")
 
 
 def _upload_data(state: State, client: Client, fields: dict[str, Any], *, stream: bool = False) -> None:
@@ -451,6 +491,7 @@ def quote(state: State, job_file: str | None, **options: Any) -> None:
 def _submit(state: State, client: Client, fields: dict[str, Any], *, fund: bool | None,
             stream: bool = False) -> Job:
     _upload_data(state, client, fields, stream=stream)
+    _upload_bundle(state, client, fields, stream=stream)
     job = client.submit(jobfile.spec_of(fields))
     if state.json and stream:
         click.echo(json.dumps({"type": "submitted", "id": job["id"], "status": job["status"]}))
@@ -799,15 +840,30 @@ def datasets_list(state: State) -> None:
 
 @datasets.command("upload")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
-@click.option("--name", default="")
+@click.option("--name", default="", help="Shown name (the file's extension is kept).")
 @click.option("--label-column", default="")
+@click.option("--chunk-mb", type=click.IntRange(1, 1024), default=16, show_default=True)
 @json_option
 @pass_state
-def datasets_upload(state: State, path: str, name: str, label_column: str) -> None:
-    """Upload a CSV file; use its id as a job's dataset."""
-    d = state.client().upload_dataset(path, name=name, label_column=label_column)
-    emit(state, d, lambda: out.print(f"Dataset {d['id']} ({d['name']}): {d.get('rows')} rows, "
-                                     f"columns {', '.join(d.get('columns') or [])}"))
+def datasets_upload(state: State, path: str, name: str, label_column: str, chunk_mb: int) -> None:
+    """Upload a CSV file or a zip of files (class folders of images, …) in resumable
+    chunks: run it again after a break and it goes on where the server stopped."""
+    suffix = "".join(Path(path).suffixes[-1:])
+    if name and not name.lower().endswith(suffix.lower()):
+        name += suffix
+    client = state.client()
+    bar, progress = upload_progress(state, f"Uploading {Path(path).name}")
+    if bar is not None:
+        with bar:
+            d = client.upload_dataset_resumable(path, name=name, label_column=label_column,
+                                                chunk_size=chunk_mb << 20, progress=progress)
+    else:
+        d = client.upload_dataset_resumable(path, name=name, label_column=label_column,
+                                            chunk_size=chunk_mb << 20)
+    emit(state, d, lambda: out.print(
+        f"Dataset {d['id']} ({d['name']}): " + (f"{d.get('entries')} files" if d.get("kind") == "zip"
+                                               else f"{d.get('rows')} rows, columns "
+                                                    f"{', '.join(d.get('columns') or [])}")))
 
 
 @datasets.command("delete")
@@ -818,6 +874,97 @@ def datasets_delete(state: State, dataset_id: int) -> None:
     """Delete a dataset and its stored file (refused while an unfinished job uses it)."""
     state.client().delete_dataset(dataset_id)
     emit(state, {"deleted": dataset_id}, lambda: out.print(f"Deleted dataset {dataset_id}."))
+
+
+# --- code bundles ------------------------------------------------------------------------
+
+@cli.group()
+def bundles() -> None:
+    """Your own training code (code bundles), used in place of a template."""
+
+
+def _bundle_rows(items: Sequence[Mapping[str, Any]]) -> Table:
+    return _table(["ID", "NAME", "KIND", "RUNTIME", "ENTRY", "BYTES", "SHA-256", "CREATED"],
+                  [(b["id"], b["name"], b["kind"], b["runtime"], b["entry"], b["size_bytes"],
+                    b["sha256"][:12], (b.get("created_at") or "")[:19]) for b in items])
+
+
+@bundles.command("list")
+@json_option
+@pass_state
+def bundles_list(state: State) -> None:
+    """List your organization's code bundles."""
+    items = state.client().bundles()
+    emit(state, items, lambda: out.print(_bundle_rows(items)))
+
+
+@bundles.command("show")
+@click.argument("bundle_id", type=int)
+@json_option
+@pass_state
+def bundles_show(state: State, bundle_id: int) -> None:
+    """One code bundle with its params schema."""
+    b = state.client().bundle(bundle_id)
+
+    def render() -> None:
+        out.print(_bundle_rows([b]))
+        out.print(json.dumps(b.get("params_schema"), indent=2))
+
+    emit(state, b, render)
+
+
+@bundles.command("upload")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--runtime", default="", help="Without a computemesh.toml: the runtime it needs.")
+@click.option("--entry", default="", help="Without a computemesh.toml: module:Class "
+                                          "(Class for a single .py file).")
+@click.option("--params-schema", type=click.Path(exists=True, dir_okay=False),
+              help="Without a computemesh.toml: a JSON Schema file for its params.")
+@click.option("--chunk-mb", type=click.IntRange(1, 1024), default=16, show_default=True)
+@json_option
+@pass_state
+def bundles_upload(state: State, path: str, runtime: str, entry: str, params_schema: str | None,
+                   chunk_mb: int) -> None:
+    """Upload a task: a .py file or a .zip/.tar.gz of a package (resumable)."""
+    schema = None
+    if params_schema:
+        try:
+            schema = json.loads(Path(params_schema).read_text())
+        except ValueError as exc:
+            raise click.UsageError(f"{params_schema} is not JSON: {exc}") from None
+    client = state.client()
+    bar, progress = upload_progress(state, f"Uploading {Path(path).name}")
+    if bar is not None:
+        with bar:
+            b = client.upload_bundle(path, runtime=runtime, entry=entry, params_schema=schema,
+                                     chunk_size=chunk_mb << 20, progress=progress)
+    else:
+        b = client.upload_bundle(path, runtime=runtime, entry=entry, params_schema=schema,
+                                 chunk_size=chunk_mb << 20)
+    emit(state, b, lambda: out.print(f"Code bundle {b['id']} ({b['name']}): runtime {b['runtime']}, "
+                                     f"entry {b['entry']}, sha256 {b['sha256'][:12]}…"))
+
+
+@bundles.command("delete")
+@click.argument("bundle_id", type=int)
+@json_option
+@pass_state
+def bundles_delete(state: State, bundle_id: int) -> None:
+    """Delete a code bundle (refused while an unfinished job uses it)."""
+    state.client().delete_bundle(bundle_id)
+    emit(state, {"deleted": bundle_id}, lambda: out.print(f"Deleted code bundle {bundle_id}."))
+
+
+@cli.command()
+@json_option
+@pass_state
+def runtimes(state: State) -> None:
+    """The provider runtimes a code bundle may ask for."""
+    items = state.client(auth=False).runtimes()
+    emit(state, items, lambda: out.print(_table(
+        ["NAME", "PYTHON", "PACKAGES"],
+        [(r["name"], r.get("python", ""), ", ".join(f"{k}{v}" for k, v in r["packages"].items()))
+         for r in items])))
 
 
 # --- providers: nodes, stake, wallets ----------------------------------------------------

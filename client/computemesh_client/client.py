@@ -27,7 +27,8 @@ from urllib.parse import quote
 import httpx
 
 from . import errors
-from .types import JSON, Dataset, Job, Me, Node, Offer, Page, Quote, StakeOperation, Template
+from .types import JSON, Bundle, Dataset, Job, Me, Node, Offer, Page, Quote, StakeOperation, Template
+from .uploads import DEFAULT_CHUNK, Progress, resumable_upload, upload_offset
 
 API = "/api/v1"
 
@@ -63,6 +64,18 @@ OPERATIONS: dict[str, tuple[str, str, bool]] = {
     "datasets_list": ("GET", "/api/v1/datasets/", True),
     "datasets_create": ("POST", "/api/v1/datasets/", True),  # with its Idempotency-Key
     "datasets_delete": ("DELETE", "/api/v1/datasets/{id}/", True),
+    # Resumable uploads (uploads.py): a PATCH is resent only at the server's offset.
+    "uploads_list": ("GET", "/api/v1/uploads/", True),
+    "uploads_create": ("POST", "/api/v1/uploads/", False),
+    "uploads_get": ("GET", "/api/v1/uploads/{id}/", True),
+    "uploads_patch": ("PATCH", "/api/v1/uploads/{id}/", False),
+    "uploads_finish": ("POST", "/api/v1/uploads/{id}/finish/", True),
+    "uploads_delete": ("DELETE", "/api/v1/uploads/{id}/", True),
+    "bundles_list": ("GET", "/api/v1/bundles/", True),
+    "bundles_create": ("POST", "/api/v1/bundles/", True),  # content-addressed: the same bundle again
+    "bundles_get": ("GET", "/api/v1/bundles/{id}/", True),
+    "bundles_delete": ("DELETE", "/api/v1/bundles/{id}/", True),
+    "runtimes_list": ("GET", "/api/v1/runtimes/", True),
     "wallets_list": ("GET", "/api/v1/wallets/", True),
     "wallets_payout": ("GET", "/api/v1/wallets/payout/", True),
     "wallets_set_payout": ("POST", "/api/v1/wallets/{id}/payout/", True),
@@ -129,8 +142,10 @@ class Client:
     def _send(self, op: str, *, path_args: dict[str, Any] | None = None,
               params: Any = None, json: Any = None, files: Any = None, data: Any = None,
               auth: bool = True, stream: bool = False,
-              headers: dict[str, str] | None = None) -> httpx.Response:
+              headers: dict[str, str] | None = None, content: bytes | None = None,
+              retry: bool = True, method_override: str | None = None) -> httpx.Response:
         method, template, idempotent = OPERATIONS[op]
+        method = method_override or method
         path = template.format(**{k: _segment(v) for k, v in (path_args or {}).items()})
         attempt = 0
         while True:
@@ -141,20 +156,21 @@ class Client:
                     part[1].seek(0)
             try:
                 request = self._http.build_request(method, path, params=params, json=json,
-                                                   files=files, data=data,
+                                                   files=files, data=data, content=content,
                                                    headers={**self._headers(auth), **(headers or {})})
                 response = self._http.send(request, stream=stream)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # never reached it: safe to resend
-                if attempt > self.retries:
+                if attempt > self.retries or not retry:
                     raise errors.NetworkError(f"cannot reach {self.url}: {_reason(exc)}") from None
             except httpx.TransportError as exc:  # it may have acted on it
-                if not idempotent or attempt > self.retries:
+                if not idempotent or attempt > self.retries or not retry:
                     raise errors.NetworkError(f"{method} {path} to {self.url} failed: "
                                               f"{_reason(exc)}") from None
             else:
                 if response.status_code < 400:
                     return response
-                if response.status_code in RETRY_STATUSES and idempotent and attempt <= self.retries:
+                if (response.status_code in RETRY_STATUSES and idempotent and retry
+                        and attempt <= self.retries):
                     retry_in = _retry_after(response)
                     response.close()
                 else:
@@ -374,6 +390,51 @@ class Client:
         """Delete a dataset and its stored file; a 409 (Conflict) while a job that has not
         finished uses it."""
         self._send("datasets_delete", path_args={"id": dataset_id}).close()
+
+    def upload_dataset_resumable(self, path: str | Path, *, name: str = "", label_column: str = "",
+                                 chunk_size: int = DEFAULT_CHUNK,
+                                 progress: Progress | None = None) -> Dataset:
+        """Upload a CSV or a zip of files (up to the server's limit, 10 GB by default) in
+        chunks that survive breaks: an interrupted upload, in this call or a later one,
+        resumes at the server's offset. `progress(sent, total)` is called after each chunk."""
+        return cast(Dataset, resumable_upload(self, path, purpose="dataset", name=name,
+                                              chunk_size=chunk_size, progress=progress,
+                                              label_column=label_column))
+
+    # --- code bundles (your own training code) ----------------------------------------
+    def bundles(self) -> list[Bundle]:
+        return cast(list[Bundle], self._json("bundles_list"))
+
+    def bundle(self, bundle_id: int) -> Bundle:
+        return cast(Bundle, self._json("bundles_get", path_args={"id": bundle_id}))
+
+    def upload_bundle(self, path: str | Path, *, runtime: str = "", entry: str = "",
+                      params_schema: JSON | None = None, chunk_size: int = DEFAULT_CHUNK,
+                      progress: Progress | None = None) -> Bundle:
+        """Upload a task: a .py file or a .zip/.tar/.tar.gz of a package (resumable, as
+        datasets are). An archive with a computemesh.toml declares its runtime, entry and
+        params schema; otherwise give them here. Use the answer's id as a job's `bundle`."""
+        return cast(Bundle, resumable_upload(self, path, purpose="bundle", chunk_size=chunk_size,
+                                             progress=progress, runtime=runtime, entry=entry,
+                                             params_schema=params_schema))
+
+    def delete_bundle(self, bundle_id: int) -> None:
+        """Delete a code bundle; a 409 (Conflict) while a job that has not finished uses it."""
+        self._send("bundles_delete", path_args={"id": bundle_id}).close()
+
+    def runtimes(self) -> list[JSON]:
+        """The provider runtimes a bundle may ask for (name, python, packages)."""
+        return cast(list[JSON], self._json("runtimes_list", auth=False))
+
+    def uploads(self) -> list[JSON]:
+        """Your organization's unfinished uploads (their offsets)."""
+        return cast(list[JSON], self._json("uploads_list"))
+
+    def upload_offset(self, upload_id: str) -> int:
+        return upload_offset(self, upload_id)
+
+    def abandon_upload(self, upload_id: str) -> None:
+        self._send("uploads_delete", path_args={"id": upload_id}).close()
 
     # --- wallets and stake -------------------------------------------------------------
     def wallets(self) -> list[JSON]:

@@ -3,7 +3,8 @@ plus what only the command line acts on:
 
 ```yaml
 name: Sepsis risk
-template: tabular-classifier
+template: tabular-classifier    # or `bundle:` your own code, in place of a template:
+# bundle: ./my_task.zip         #   a local .py/.zip/.tar.gz (uploaded first) or a bundle's id
 params: {epochs: 10}
 data: ./patients.csv          # a local CSV: `run` uploads it and uses its id as `dataset`
 label_column: label           # for that upload
@@ -32,7 +33,7 @@ import yaml
 
 from .errors import EXIT_USAGE, ComputeMeshError
 
-SPEC_FIELDS = ("name", "template", "params", "dataset", "nodes", "gpus_per_node", "sync",
+SPEC_FIELDS = ("name", "template", "bundle", "params", "dataset", "nodes", "gpus_per_node", "sync",
                "min_gpu_memory_gb", "gpu_models", "regions", "compliance", "min_reliability",
                "max_price_per_gpu_hour", "budget", "deadline", "duration_hours")
 LOCAL_FIELDS = ("data", "label_column")
@@ -88,8 +89,22 @@ def normalize(data: dict[str, Any], *, base: Path | None = None) -> dict[str, An
             value = {"mode": value}  # `sync: diloco` for {"mode": "diloco"}
         if key == "data" and base is not None:
             value = str((base / str(value)).resolve()) if not Path(str(value)).is_absolute() else str(value)
+        if key == "bundle":
+            value = bundle_ref(value, base)
         out[key] = value
     return out
+
+
+def bundle_ref(value: Any, base: Path | None) -> int | str:
+    """A bundle's id, or a local file to upload (made relative to the job file)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    if text.isdigit():
+        return int(text)
+    if base is not None and not Path(text).is_absolute():
+        return str((base / text).resolve())
+    return text
 
 
 _RELATIVE = re.compile(r"^\+?(\d+(?:\.\d+)?)\s*([mhdw])$")

@@ -138,3 +138,16 @@ class StakeOperation(TypedDict):
     address: str
     tx_hash: str
     tx_status: str
+
+
+class Bundle(TypedDict, total=False):
+    id: int
+    name: str
+    kind: str  # py, zip or tar
+    size_bytes: int
+    sha256: str
+    runtime: str
+    runtime_known: bool
+    entry: str
+    params_schema: JSON
+    created_at: str

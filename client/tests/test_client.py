@@ -380,3 +380,48 @@ def test_not_logged_in_is_exit_3_and_completion_scripts_print(capsys, tmp_path, 
     with pytest.raises(SystemExit) as ended:
         main(["completion", "bash"])
     assert ended.value.code == 0 and "_COMPUTEMESH_COMPLETE" in capsys.readouterr().out
+
+
+def test_a_resumable_upload_goes_on_at_the_servers_offset_after_breaks(tmp_path):
+    """The server keeps what arrived whole; after a dropped connection or a 409 at a stale
+    offset the client asks for the offset (HEAD) and sends from there, never from 0."""
+    data = os.urandom(10_000)
+    path = tmp_path / "scans.zip"
+    path.write_bytes(data)
+    held = bytearray()
+    patches: list[int] = []
+    state = {"drops": 0}
+
+    def server(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and request.url.path == "/api/v1/uploads/":
+            return httpx.Response(200, json=[])
+        if request.method == "POST" and request.url.path == "/api/v1/uploads/":
+            body = json.loads(request.content)
+            assert body["size_bytes"] == len(data) and body["purpose"] == "dataset"
+            return httpx.Response(201, json={"id": "u1", "offset": 0, "chunk_max_bytes": 3000,
+                                             "size_bytes": len(data)})
+        if request.method == "HEAD":
+            return httpx.Response(200, headers={"Upload-Offset": str(len(held))})
+        if request.method == "PATCH":
+            offset = int(request.headers["Upload-Offset"])
+            patches.append(offset)
+            if offset != len(held):
+                return error(409, "stale", code="offset_mismatch")
+            if offset == 3000 and state["drops"] == 0:  # kept, but the answer is lost
+                held.extend(request.content)
+                state["drops"] += 1
+                raise httpx.ReadError("connection reset")
+            held.extend(request.content)
+            return httpx.Response(204, headers={"Upload-Offset": str(len(held))})
+        if request.url.path.endswith("/finish/"):
+            assert bytes(held) == data
+            return httpx.Response(201, json={"id": 7, "kind": "zip"})
+        raise AssertionError(request)
+
+    c, _ = client_with(server)
+    seen: list[tuple[int, int]] = []
+    assert c.upload_dataset_resumable(path, chunk_size=4000,
+                                      progress=lambda a, b: seen.append((a, b)))["id"] == 7
+    # 0, 3000 (answer lost: the server had it), then from the server's 6000, never 3000 again.
+    assert patches == [0, 3000, 6000, 9000]
+    assert seen[0] == (0, 10_000) and seen[-1] == (10_000, 10_000)
