@@ -30,6 +30,8 @@ urlpatterns = [
          agent_http.checkpoint, name="agent-checkpoint"),
     path("api/v1/agent/assignments/<int:assignment_id>/artifact/", agent_http.artifact,
          name="agent-artifact"),
+    path("api/v1/agent/assignments/<int:assignment_id>/commitments/<int:step>/",
+         agent_http.commitments, name="agent-commitments"),
     path("api/v1/agent/assignments/<int:assignment_id>/bundle/", agent_downloads.bundle,
          name="agent-bundle"),
     path("api/v1/", include("marketplace.api.urls")),
