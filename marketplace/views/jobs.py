@@ -3,7 +3,6 @@ from decimal import Decimal, InvalidOperation
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -19,7 +18,8 @@ from ..selectors.budget import budget_view
 from ..selectors.execution import job_assignments, job_progress
 from ..selectors.job_status import STATUS_FILTERS, job_state, jobs_filtered, with_ending
 from ..selectors.live import cost_so_far
-from ..selectors.market import jobs_visible_to, offers_visible_to
+from ..selectors.market import offers_visible_to
+from ..selectors.ownership import JobAction, is_job_owner, jobs_for, jobs_visible_to
 from ..selectors.payments import job_escrow
 from ..selectors.transactions import transaction_view
 from ..selectors.verification import job_model_downloadable, job_verification_report
@@ -151,7 +151,7 @@ def job_detail(request, pk: int):
         "job": job, "template": template,
         "events": job.events.select_related("actor"),
         "can_cancel": job.status in job_states.CANCELLABLE,
-        "can_raise_budget": _is_owner(request, job) and job.status not in Job.Status.TERMINAL,
+        "can_raise_budget": is_job_owner(request.user, job) and job.status not in Job.Status.TERMINAL,
         "budget_error": request.session.pop(_budget_error_key(job.pk), None),
         "verification": job_verification_report(job),
         **_dispute_context(request, job),
@@ -160,7 +160,7 @@ def job_detail(request, pk: int):
 
 
 def _dispute_context(request, job) -> dict:
-    mine = _is_owner(request, job)
+    mine = is_job_owner(request.user, job)
     disputes = list(job_disputes(job)) if mine or request.user.is_staff else []
     return {"disputes": disputes,
             "can_dispute": (mine and job.status in DISPUTABLE
@@ -173,9 +173,7 @@ def _dispute_context(request, job) -> dict:
 @require_POST
 def job_dispute_view(request, pk: int):
     """The owner disputes a completed job; the reason goes to staff (services/disputes.py)."""
-    job = get_object_or_404(jobs_visible_to(request.user), pk=pk)
-    if not _is_owner(request, job):
-        raise Http404("Not your organization's job.")
+    job = get_object_or_404(jobs_for(request.user, JobAction.OWN), pk=pk)
     try:
         dispute = consumer_dispute_open(job=job, actor=request.user, reason=request.POST.get("reason", ""))
     except MarketError as exc:
@@ -190,7 +188,7 @@ def job_dispute_view(request, pk: int):
 def _escrow_context(request, job) -> dict:
     escrow = job_escrow(job)
     org = organization_of(request.user)
-    mine = org is not None and org.pk == job.owner_id
+    mine = is_job_owner(request.user, job)
     return {"escrow": escrow,
             "can_fund": bool(escrow) and mine and job.status == job.Status.SUBMITTED
                         and escrow["status"] == "unfunded",
@@ -203,10 +201,7 @@ def _escrow_context(request, job) -> dict:
 @login_required
 @require_POST
 def job_fund_view(request, pk: int):
-    job = get_object_or_404(jobs_visible_to(request.user), pk=pk)
-    org = organization_of(request.user)
-    if org is None or org.pk != job.owner_id:
-        raise Http404("Not your organization's job.")
+    job = get_object_or_404(jobs_for(request.user, JobAction.OWN), pk=pk)
     try:
         payment_services.job_fund(job=job, actor=request.user)
     except MarketError as exc:
@@ -231,19 +226,12 @@ def _progress_context(job, user) -> dict:
             "spend": budget_view(job, spent=spent), "state": state}
 
 
-def _is_owner(request, job) -> bool:
-    org = organization_of(request.user)
-    return org is not None and org.pk == job.owner_id
-
-
 @login_required
 @require_POST
 def job_budget_view(request, pk: int):
     """Raise the budget (the owner's organization): with the escrow off a paused job resumes;
     with it on, the escrow panel then offers the top-up."""
-    job = get_object_or_404(jobs_visible_to(request.user), pk=pk)
-    if not _is_owner(request, job):
-        raise Http404("Not your organization's job.")
+    job = get_object_or_404(jobs_for(request.user, JobAction.OWN), pk=pk)
     error = None
     try:
         value = Decimal(request.POST.get("budget", "").strip().replace(",", ""))
