@@ -177,6 +177,8 @@ class OfferFilterForm(MarketErrorMixin, forms.Form):
         choices=RELIABILITY_CHOICES), label="Reliability")
     online = forms.BooleanField(required=False, label="Online now only",
                                 widget=OnByDefaultCheckbox)
+    accepts_custom_code = forms.BooleanField(required=False,
+                                             label="Runs your own code (code bundles)")
     ordering = forms.ChoiceField(required=False, choices=ORDERING_CHOICES, label="Sort by")
 
     def to_query(self) -> OfferQuery:
@@ -186,6 +188,7 @@ class OfferFilterForm(MarketErrorMixin, forms.Form):
             min_gpu_memory_gb=c.get("min_gpu_memory_gb"), region=c.get("region") or "",
             compliance=tuple(c.get("compliance") or ()), max_price=c.get("max_price"),
             min_reliability=c.get("min_reliability"), online=bool(c.get("online")),
+            accepts_custom_code=bool(c.get("accepts_custom_code")),
             ordering=c.get("ordering") or DEFAULT_ORDERING,
         )
 
@@ -383,6 +386,11 @@ class OfferForm(LocalTimeFormMixin, MarketErrorMixin, forms.Form):
     max_duration_hours = forms.DecimalField(decimal_places=2, max_digits=8, required=False,
                                             label="Longest job (hours)",
                                             help_text="Empty: no limit.")
+    accepts_custom_code = forms.BooleanField(
+        required=False, label="Run consumers' own code (code bundles)",
+        help_text="Jobs with a consumer's code bundle run on this offer inside the agent's "
+                  "sandbox, in the runtime the agent reports; unticked, only the built-in "
+                  "templates run here.")
     tz_offset = tz_offset_field()
 
     def __init__(self, *args, nodes=None, editing: bool = False, **kwargs):
@@ -400,7 +408,8 @@ class OfferForm(LocalTimeFormMixin, MarketErrorMixin, forms.Form):
                          available_from=c.get("available_from"),
                          available_until=c.get("available_until"),
                          min_duration_hours=c["min_duration_hours"],
-                         max_duration_hours=c.get("max_duration_hours"))
+                         max_duration_hours=c.get("max_duration_hours"),
+                         accepts_custom_code=bool(c.get("accepts_custom_code")))
 
 
 class DatasetUploadForm(MarketErrorMixin, forms.Form):

@@ -58,6 +58,7 @@ class OfferQuery:
     max_price: Decimal | None = None
     min_reliability: Decimal | None = None
     online: bool = False
+    accepts_custom_code: bool = False  # only offers that run consumers' code bundles
     ordering: str = DEFAULT_ORDERING
 
 
@@ -92,6 +93,8 @@ def offer_search(query: OfferQuery, *, base: QuerySet[Offer] | None = None) -> Q
             qs = qs.filter(reliability__gte=query.min_reliability)
     if query.online:
         qs = qs.filter(node_online=True)
+    if query.accepts_custom_code:
+        qs = qs.filter(accepts_custom_code=True)
     ordering = ORDERINGS.get(query.ordering)
     if ordering is None:
         raise MarketError(f"Order by one of: {', '.join(ORDERINGS)}.", field="ordering")

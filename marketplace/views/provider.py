@@ -91,6 +91,7 @@ def offer_edit(request, pk: int):
         "gpus_offered": offer.gpus_offered, "price_per_gpu_hour": offer.price_per_gpu_hour,
         "min_duration_hours": offer.min_duration_hours,
         "max_duration_hours": offer.max_duration_hours,
+        "accepts_custom_code": offer.accepts_custom_code,
     }
     if offer.available_until is not None:
         initial["available_until"] = utc_to_input(offer.available_until)

@@ -1,0 +1,53 @@
+"""The pages for code bundles (issue 16): a provider opts an offer in to consumers' code,
+the offers page shows and filters on it; the Code bundles page lists, uploads (its form and
+script use the resumable upload API) and deletes; the job form offers bundles."""
+
+from decimal import Decimal
+
+import pytest
+from django.urls import reverse
+
+from marketplace.models import Offer
+
+from .factories import NodeFactory, OfferFactory
+from .test_api_bundles import RUNTIME
+from .test_pages_provider import offer_form
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_provider_opts_an_offer_in_and_out(client, carol, carol_node):
+    client.force_login(carol)
+    response = client.post(reverse("provider_offer_new"),
+                           offer_form(carol_node, accepts_custom_code="on"))
+    assert response.status_code == 302
+    offer = Offer.objects.get()
+    assert offer.accepts_custom_code is True
+    page = client.get(reverse("provider_offers")).content.decode()
+    assert "runs consumers' code" in page
+    edit = client.get(reverse("provider_offer_edit", args=[offer.pk]))
+    assert edit.context["form"]["accepts_custom_code"].value() is True
+    data = offer_form(carol_node)
+    del data["node"]
+    assert client.post(reverse("provider_offer_edit", args=[offer.pk]), data).status_code == 302
+    offer.refresh_from_db()
+    assert offer.accepts_custom_code is False
+
+
+def test_the_offers_page_shows_and_filters_on_custom_code(client):
+    yes = OfferFactory(node=NodeFactory(runtime=RUNTIME), accepts_custom_code=True,
+                       price_per_gpu_hour=Decimal("2"))
+    no = OfferFactory(node=NodeFactory(), price_per_gpu_hour=Decimal("1"))
+    everything = client.get(reverse("offers"))
+    assert {o.pk for o in everything.context["page"].object_list} == {yes.pk, no.pk}
+    assert f"runs your own code · {RUNTIME}" in everything.content.decode()
+    only = client.get(reverse("offers"), {"accepts_custom_code": "on"})
+    assert {o.pk for o in only.context["page"].object_list} == {yes.pk}
+
+
+def test_the_api_filter_too(client):
+    yes = OfferFactory(accepts_custom_code=True)
+    OfferFactory()
+    body = client.get("/api/v1/offers/", {"accepts_custom_code": "true"}).json()
+    assert [o["id"] for o in body["results"]] == [yes.pk]
+    assert body["results"][0]["accepts_custom_code"] is True
