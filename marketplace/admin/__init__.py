@@ -10,7 +10,7 @@ writes it). Importing the package registers every area's pages.
 
 from django.contrib import admin
 
-from . import accounts, audit, jobs, market, payments, trust  # noqa: F401  (each registers its pages)
+from . import accounts, audit, jobs, nodes, offers, payments, trust  # noqa: F401  (each registers its pages)
 from .common import money  # noqa: F401  (the admin's display rule, checked by tests/test_money.py)
 
 admin.site.site_header = "ComputeMesh administration"
