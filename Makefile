@@ -26,7 +26,7 @@ REDIS_PORT ?= 6379
 CHROMIUM := /usr/bin/chromium
 BWRAP := /usr/bin/bwrap
 
-.PHONY: help install demo test lint checks services chromium bubblewrap migrate serve bench chaos soak clean distclean
+.PHONY: help install demo test lint checks services chromium bubblewrap haproxy migrate serve bench chaos soak clean distclean
 
 help:
 	@echo "make demo     install, migrate, seed and serve the demo at http://$(BIND):$(PORT)/"
@@ -75,7 +75,7 @@ demo: install
 	@exec $(PY) -m webapp.devserver --host $(BIND) --port $(PORT)
 
 # --- test: the whole suite on PostgreSQL and Redis ------------------------------------
-test: install contracts services chromium bubblewrap lint checks
+test: install contracts services chromium bubblewrap haproxy lint checks
 	@echo "==> pytest"
 	@$(VENV)/bin/pytest $(PYTEST_ARGS)
 
@@ -152,6 +152,20 @@ bubblewrap:
 	  { $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q \
 	    && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap; } >"$$log" 2>&1 \
 	    || { cat "$$log" >&2; echo "error: could not install bubblewrap" >&2; exit 1; }; \
+	  rm -f "$$log"; \
+	fi
+
+# The web tier's balancer (deploy/haproxy.cfg): tests/test_web_scale_out.py and
+# bench/agent_scale.py run it in front of two daphne processes.
+HAPROXY := /usr/sbin/haproxy
+haproxy:
+	@if [ ! -x $(HAPROXY) ]; then \
+	  echo "==> installing Debian's haproxy for the web tier's tests"; \
+	  sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  log=$$(mktemp); \
+	  { $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q \
+	    && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q haproxy; } >"$$log" 2>&1 \
+	    || { cat "$$log" >&2; echo "error: could not install haproxy" >&2; exit 1; }; \
 	  rm -f "$$log"; \
 	fi
 

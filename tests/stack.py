@@ -132,19 +132,29 @@ class Stack:
         if self.own_redis is not None:
             self.own_redis.start()
         redis.Redis.from_url(self.redis_url).flushdb()
-        self._spawn("daphne", [sys.executable, "-m", "daphne", "-b", self.bind, "-p",
-                               str(self.port), "webapp.asgi:application"])
+        self.daphne("daphne", self.port, wait=False)
         self.worker("celery")
+        self.wait_web("daphne", self.port)
+        return self
+
+    def daphne(self, name: str, port: int, *, wait: bool = True) -> subprocess.Popen:
+        """A web process (the stack starts one; tests of the web tier start more)."""
+        proc = self._spawn(name, [sys.executable, "-m", "daphne", "-b", self.bind, "-p", str(port),
+                                  "webapp.asgi:application"])
+        if wait:
+            self.wait_web(name, port)
+        return proc
+
+    def wait_web(self, name: str, port: int) -> None:
         deadline = time.monotonic() + 40
         while True:
             try:
-                with urllib.request.urlopen(self.base + "/api/v1/templates/", timeout=2):
-                    break
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/templates/", timeout=2):
+                    return
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"daphne did not start; see {self.logs / 'daphne.log'}") from None
+                    raise RuntimeError(f"daphne did not start; see {self.logs / f'{name}.log'}") from None
                 time.sleep(0.3)
-        return self
 
     def worker(self, name: str, *, queues: str | None = None, beat: bool = True,
                concurrency: int = 2, python: str = sys.executable) -> subprocess.Popen:
