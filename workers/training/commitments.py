@@ -60,12 +60,14 @@ class Projector:
         return self._vectors(index, tensor).to(torch.float64) @ flat
 
     def project_all(self, tensors: Iterable[torch.Tensor | None]) -> torch.Tensor:
-        """The sum over parameters (in index order) of their projections; None counts as zeros."""
-        total = torch.zeros(self.k, dtype=torch.float64)
+        """The sum over parameters (in index order) of their projections, float64 on the
+        tensors' device (the CPU when all are None); None counts as zeros."""
+        total: torch.Tensor | None = None
         for index, tensor in enumerate(tensors):
             if tensor is not None:
-                total += self.project(index, tensor).cpu()
-        return total
+                part = self.project(index, tensor)
+                total = part if total is None else total + part
+        return total if total is not None else torch.zeros(self.k, dtype=torch.float64)
 
 
 class Committer:
@@ -78,8 +80,9 @@ class Committer:
         self.projector = Projector(seed)
         self.world, self.device = world, device
         self.step: int | None = None
-        self.param_proj = torch.zeros(K, dtype=torch.float64)
-        self.grad_parts = torch.zeros(len(self.params), K, dtype=torch.float64)
+        # Kept on the training device until the checkpoint: no copy to the host per step.
+        self.param_proj = torch.zeros(K, dtype=torch.float64, device=device)
+        self.grad_parts = torch.zeros(len(self.params), K, dtype=torch.float64, device=device)
         self.rows: list[torch.Tensor] = []  # (2, K) per step: gradient, parameters
         self.steps: list[int] = []
 
@@ -98,7 +101,7 @@ class Committer:
         built-in reduction does; returns the reduction's future."""
         for param, grad in zip(bucket.parameters(), bucket.gradients(), strict=True):
             i = self.index[id(param)]
-            self.grad_parts[i] = self.projector.project(i, grad).cpu()
+            self.grad_parts[i] = self.projector.project(i, grad)
         tensor = bucket.buffer()
         # The reducer without a hook scales while copying into the bucket by the reciprocal
         # (at::mul_out(grad, 1/W)); the same here keeps every bit the same for any W.
@@ -112,7 +115,7 @@ class Committer:
         step. Returns (first step, offset, length) of what was appended, or None."""
         if not self.rows:
             return None
-        mine = torch.stack(self.rows).to(self.device)  # (steps, 2, K)
+        mine = torch.stack(self.rows)  # (steps, 2, K), on the training device
         parts = [torch.empty_like(mine) for _ in range(self.world)]
         dist.all_gather(parts, mine)
         steps, self.rows, self.steps = self.steps, [], []

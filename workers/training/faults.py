@@ -11,7 +11,8 @@
   final model still goes up), so that no step of the work can be replayed.
 - corrupt_gradients: this node's ranks send the negation of their gradients into DDP's
   all-reduce (a corrupting peer); every rank's parameters stay equal, so only a replay
-  shows it, and it cannot tell which node did it.
+  shows it; the checkpoints cannot tell which node did it, the ranks' gradient
+  commitments (commitments.py: the hook commits what the rank sends) do.
 - pickle_peer: every rank but global rank 0 sends, in place of its parameter digest, the
   32 bytes of a pickle that runs `touch pwned` in the working directory of whoever
   unpickles it (the cross-provider attack of issue 13): a peer can only ever fill its
