@@ -7,9 +7,9 @@ from decimal import Decimal
 import pytest
 from django.urls import reverse
 
-from marketplace.models import Offer
+from marketplace.models import CodeBundle, Job, Offer
 
-from .factories import NodeFactory, OfferFactory
+from .factories import JobFactory, NodeFactory, OfferFactory
 from .test_api_bundles import RUNTIME
 from .test_pages_provider import offer_form
 
@@ -51,3 +51,32 @@ def test_the_api_filter_too(client):
     body = client.get("/api/v1/offers/", {"accepts_custom_code": "true"}).json()
     assert [o["id"] for o in body["results"]] == [yes.pk]
     assert body["results"][0]["accepts_custom_code"] is True
+
+
+def _bundle(org) -> CodeBundle:
+    return CodeBundle.objects.create(owner=org, name="task.py", kind="py", file="bundles/t.enc",
+                                     size_bytes=10, sha256="c" * 64, runtime=RUNTIME,
+                                     entry="task:T", params_schema={})
+
+
+def test_the_bundles_page_lists_and_deletes_with_409_in_use(client, alice, healthcare):
+    bundle = _bundle(healthcare)
+    client.force_login(alice)
+    page = client.get(reverse("bundles")).content.decode()
+    assert "task.py" in page and "data-resumable-upload" in page and RUNTIME in page
+    job = JobFactory(owner=healthcare, template="", bundle=bundle, status=Job.Status.RUNNING)
+    response = client.post(reverse("bundle_delete", args=[bundle.pk]), follow=True)
+    assert f"#{job.pk}" in response.content.decode() and CodeBundle.objects.filter(pk=bundle.pk).exists()
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.SETTLED)
+    assert client.post(reverse("bundle_delete", args=[bundle.pk])).status_code == 302
+    assert not CodeBundle.objects.filter(pk=bundle.pk).exists()
+
+
+def test_another_tenant_cannot_see_or_delete_a_bundle(client, bob, carol, healthcare):
+    bundle = _bundle(healthcare)
+    client.force_login(bob)
+    assert "task.py" not in client.get(reverse("bundles")).content.decode()
+    assert client.post(reverse("bundle_delete", args=[bundle.pk])).status_code == 404
+    client.force_login(carol)  # a provider
+    assert client.get(reverse("bundles")).status_code == 403
+    assert CodeBundle.objects.filter(pk=bundle.pk).exists()

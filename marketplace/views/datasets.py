@@ -29,4 +29,5 @@ def dataset_list(request):
     return render(request, "datasets/list.html", {
         "form": form, "datasets": request.org.datasets.all()[:200],
         "max_mb": settings.DATASET_MAX_BYTES // 1_048_576,
+        "upload_max_gb": round(settings.UPLOAD_MAX_BYTES / 1e9, 1),
     })

@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from . import account, accounts, datasets, jobs, market, provider, stake, wallets
+from . import account, accounts, bundles, datasets, jobs, market, provider, stake, wallets
 
 urlpatterns = [
     path("", market.home, name="home"),
@@ -18,6 +18,8 @@ urlpatterns = [
     # Jobs (consumers)
     path("jobs/", jobs.job_list, name="jobs"),
     path("datasets/", datasets.dataset_list, name="datasets"),
+    path("bundles/", bundles.bundle_list, name="bundles"),
+    path("bundles/<int:pk>/delete/", bundles.bundle_delete_view, name="bundle_delete"),
     path("jobs/new/", jobs.job_new, name="job_new"),
     path("jobs/new/quote/", jobs.job_quote, name="job_quote"),
     path("jobs/new/template-fields/", jobs.job_template_fields, name="job_template_fields"),
