@@ -10,13 +10,14 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from .. import catalogue
+from .. import catalogue, runtimes
 from ..errors import MarketError
 from ..models import Assignment, Dataset, Job, JobEvent, MetricPoint, Node, Offer
 from ..selectors.budget import budget_view
 from ..selectors.execution import job_assignments, job_progress
 from ..selectors.live import cost_so_far
-from ..selectors.verification import job_model_downloadable
+from ..selectors.payments import job_escrow
+from ..selectors.verification import job_model_downloadable, job_verification_summary
 from ..services.job_spec import JobSpec
 from ..services.nodes import NodeSpec
 from ..services.offers import OfferSpec
@@ -364,8 +365,6 @@ class JobDetailSerializer(JobListSerializer):
 
     @extend_schema_field(NULLABLE_OBJECT)
     def get_escrow(self, job: Job) -> dict | None:
-        from ..selectors.payments import job_escrow
-
         return job_escrow(job)
 
     @extend_schema_field(OpenApiTypes.OBJECT)
@@ -376,8 +375,6 @@ class JobDetailSerializer(JobListSerializer):
 
     @extend_schema_field(VerificationSerializer)
     def get_verification(self, job: Job) -> dict:
-        from ..selectors.verification import job_verification_summary
-
         return job_verification_summary(job)
 
 
@@ -554,8 +551,6 @@ class BundleSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
     def get_runtime_known(self, bundle) -> bool:
-        from .. import runtimes
-
         return bundle.runtime in runtimes.runtimes()
 
 

@@ -24,6 +24,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .. import catalogue
+from ..chain.client import chain_id
 from ..errors import Conflict, MarketError
 from ..models import Dataset
 from ..selectors.accounts import membership_of, organization_of, require_consumer, require_provider
@@ -547,8 +548,6 @@ class WalletViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
                    responses={200: s.SiweNonceSerializer, **_errors(400, 401)})
     @action(detail=False, methods=["get"], url_path="siwe-nonce")
     def siwe_nonce(self, request):
-        from ..chain.client import chain_id
-
         address = request.query_params.get("address") or None
         if address is not None:
             if not is_address(address):

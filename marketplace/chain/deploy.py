@@ -13,13 +13,16 @@ import time
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Max
 from django.dispatch import Signal
 from eth_account import Account
 from eth_utils import keccak
 from web3 import Web3
 
+from ..models import Offer
 from ..money import to_units
 from ..payment_models import ChainAccount, ChainContract, ChainCursor, ChainTransaction
+from ..trust_models import DisputeSlash, ProviderStake, StakeOperation
 from . import sender, terms
 from .client import ChainError, chain_id, contract, unavailable, w3
 
@@ -223,7 +226,6 @@ def _identity_mismatch(rows: list[ChainContract]) -> str | None:
 def _behind_records(cid: int) -> str | None:
     """With no contract recorded (a deployment cut short) the transactions must do: a chain
     behind the blocks they were mined in is not theirs."""
-    from django.db.models import Max
 
     live = ChainTransaction.objects.filter(chain_id=cid, lost_reason="")
     seen = live.aggregate(b=Max("block_number"))["b"] or 0
@@ -285,9 +287,6 @@ def chain_lost(*, cid: int, genesis: str, reason: str) -> None:
 def _forget_stakes(cid: int) -> None:
     """A development chain that started afresh holds no stakes: the rows that followed the
     old one's events go, and slashes wait for a new transaction."""
-    from ..models import Offer
-    from ..trust_models import DisputeSlash, ProviderStake, StakeOperation
-
     DisputeSlash.objects.filter(transaction__chain_id=cid).update(transaction=None)
     StakeOperation.objects.filter(transaction__chain_id=cid).delete()
     ProviderStake.objects.all().delete()

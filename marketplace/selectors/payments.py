@@ -5,8 +5,10 @@ from typing import Any
 
 from django.conf import settings
 from django.db.models import QuerySet
+from django.urls import reverse
 
 from ..models import ChainTransaction, Escrow, Job, Organization, Payout, Wallet
+from .accounts import organization_of
 
 
 def tx_url(tx_hash: str) -> str | None:
@@ -15,7 +17,6 @@ def tx_url(tx_hash: str) -> str | None:
         return None
     if settings.CHAIN_EXPLORER_TX_URL:
         return settings.CHAIN_EXPLORER_TX_URL.format(hash=tx_hash)
-    from django.urls import reverse
 
     return reverse("chain-tx", args=[tx_hash])
 
@@ -77,7 +78,6 @@ def chain_transaction(tx_hash: str) -> ChainTransaction | None:
 
 def wallets_of(user) -> QuerySet[Wallet]:
     """The wallets of the user's organization (none without one)."""
-    from .accounts import organization_of
 
     org = organization_of(user)
     if org is None:

@@ -4,6 +4,7 @@ platform's services do not import the workers package."""
 import logging
 
 from celery import current_app
+from django.core.cache import cache
 from django.db import transaction
 
 from .. import task_names
@@ -38,7 +39,6 @@ def dispatch_assignment(assignment_id: int) -> None:
 def rematch_soon() -> None:
     """Offers or nodes changed: retry waiting jobs shortly, at most once per two seconds
     however many changes arrive (the cache key debounces)."""
-    from django.core.cache import cache
 
     if cache.add("computemesh:rematch-scheduled", 1, timeout=2):
         enqueue(task_names.REMATCH_WAITING, countdown=1)

@@ -16,11 +16,12 @@ from django.utils import timezone
 from eth_account import Account
 from eth_utils import to_checksum_address
 
-from ..chain.client import ChainError
+from ..chain.client import ChainError, chain_id
 from ..chain.deploy import give_gas, is_dev_chain, mint_to, token_contract
 from ..errors import Conflict, MarketError, PermissionDenied
 from ..models import Membership, Organization, PayoutChange, SiweNonce, Wallet
 from ..money import from_units, to_units
+from ..selectors.accounts import organization_of
 from . import audit
 
 W = Wallet.Kind
@@ -188,9 +189,6 @@ def wallet_link(*, user, message: str, signature: str, domain: str) -> tuple[Wal
     this user, unused, unexpired: then used up), the message's validity window and the
     signature. The first wallet a provider links becomes its payout wallet. Returns the
     wallet and whether it is new (linking a wallet the organization has is a no-op)."""
-    from ..chain.client import chain_id
-    from ..selectors.accounts import organization_of
-
     org = organization_of(user)
     if org is None:
         raise PermissionDenied("Join or create an organization before linking a wallet.")
