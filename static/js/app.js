@@ -109,7 +109,29 @@
   }
   document.addEventListener("htmx:afterSettle", markFilterErrors);
 
-  function init(root) { localizeTimes(root); fillDefaults(root); updateAllOffsets(); }
+  // A table that scrolls sideways in its box must be reachable from the keyboard (WCAG 2.1.1):
+  // the box takes the focus, named after its table's caption or the heading above it.
+  function focusableScrollBoxes(root) {
+    (root || document).querySelectorAll(".table-wrap").forEach(function (box) {
+      var scrolls = box.scrollWidth > box.clientWidth + 1;
+      if (!scrolls) {
+        if (box.hasAttribute("data-scroll-focus")) {
+          ["tabindex", "role", "aria-label", "data-scroll-focus"].forEach(function (a) { box.removeAttribute(a); });
+        }
+        return;
+      }
+      if (box.hasAttribute("tabindex")) return;
+      var heading = box.querySelector("caption") || box.closest("section, .card");
+      heading = heading && (heading.tagName === "CAPTION" ? heading : heading.querySelector("h2, h3"));
+      box.setAttribute("tabindex", "0");
+      box.setAttribute("role", "region");
+      box.setAttribute("aria-label", (heading ? heading.textContent.trim() + ": " : "") + "table, scrolls sideways");
+      box.setAttribute("data-scroll-focus", "");
+    });
+  }
+  window.addEventListener("resize", function () { focusableScrollBoxes(document); });
+
+  function init(root) { localizeTimes(root); fillDefaults(root); updateAllOffsets(); focusableScrollBoxes(document); }
   document.addEventListener("DOMContentLoaded", function () { foldFilters(); init(document); });
   document.addEventListener("htmx:afterSettle", function (e) { init(e.target); });
 })();
