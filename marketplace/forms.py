@@ -10,7 +10,7 @@ from django.utils.html import format_html
 
 from . import catalogue
 from .errors import MarketError
-from .models import Dataset, Node, Organization
+from .models import CodeBundle, Dataset, Node, Organization
 from .selectors.offer_search import DEFAULT_ORDERING, OfferQuery
 from .services.job_spec import JobSpec
 from .services.nodes import NodeSpec
@@ -205,6 +205,11 @@ class JobForm(LocalTimeFormMixin, MarketErrorMixin, forms.Form):
     name = forms.CharField(max_length=120, label="Job name",
                            widget=forms.TextInput(attrs={"placeholder": "e.g. Sepsis risk v3"}))
     template = forms.ChoiceField(choices=[], widget=forms.RadioSelect, label="Training template")
+    bundle = forms.ChoiceField(
+        choices=[], required=False, label="Or your own code (a code bundle)",
+        help_text="Chosen, it replaces the template: its params schema applies, its data is one "
+                  "of your uploads (CSV or zip) or none, and it runs only on offers that accept "
+                  "custom code in its runtime.")
     dataset = forms.CharField(max_length=80, widget=forms.Select)
     params = forms.CharField(label="Hyper-parameters (JSON)", required=False,
                              widget=forms.Textarea(attrs={"rows": 13, "spellcheck": "false",
@@ -262,12 +267,19 @@ class JobForm(LocalTimeFormMixin, MarketErrorMixin, forms.Form):
         t = self.template_obj
         choices: list = [(f"sample:{s['name']}", f"{s['title']} — {s['rows']:,} rows (bundled sample)")
                          for s in t.samples]
+        bundles: list = [("", "None: train the template above")]
         if organization is not None:
-            uploads = Dataset.objects.filter(owner=organization).only("id", "name", "rows")[:50]
+            uploads = Dataset.objects.filter(owner=organization).only(
+                "id", "name", "rows", "kind", "entries")[:50]
             if uploads:
-                choices.append(("Your uploads", [(str(d.pk), f"{d.name} — {d.rows:,} rows")
-                                                 for d in uploads]))
+                choices.append(("Your uploads", [
+                    (str(d.pk), f"{d.name} — {d.entries:,} files (zip)" if d.kind == "zip"
+                     else f"{d.name} — {d.rows:,} rows") for d in uploads]))
+            bundles += [(str(b.pk), f"{b.name} — {b.entry}, {b.runtime}")
+                        for b in CodeBundle.objects.filter(owner=organization)[:50]]
+        choices.append(("none", "No dataset (a code bundle that makes its own data)"))
         self.fields["dataset"].widget.choices = choices
+        self.fields["bundle"].choices = bundles
         if not self.is_bound:
             self.initial.setdefault("template", t.name)
             self.initial.setdefault("params", json.dumps(t.defaults(), indent=2))
@@ -317,8 +329,10 @@ class JobForm(LocalTimeFormMixin, MarketErrorMixin, forms.Form):
     def to_spec(self, *, name_fallback: str = "") -> JobSpec:
         c = self.cleaned_data
         reliability = c.get("min_reliability")
+        bundle = c.get("bundle") or ""
         return JobSpec(
-            name=c.get("name") or name_fallback, template=c["template"], dataset=c["dataset"],
+            name=c.get("name") or name_fallback, template="" if bundle else c["template"],
+            bundle=bundle, dataset=c["dataset"],
             params=c.get("params") or {}, nodes=c["nodes"], gpus_per_node=c["gpus_per_node"],
             sync=self.sync_settings(),
             min_gpu_memory_gb=c.get("min_gpu_memory_gb") or 0,

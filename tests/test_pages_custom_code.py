@@ -80,3 +80,24 @@ def test_another_tenant_cannot_see_or_delete_a_bundle(client, bob, carol, health
     client.force_login(carol)  # a provider
     assert client.get(reverse("bundles")).status_code == 403
     assert CodeBundle.objects.filter(pk=bundle.pk).exists()
+
+
+def test_the_job_form_takes_a_bundle_in_place_of_a_template(client, alice, healthcare):
+    from .test_pages_jobs import form_data
+
+    bundle = _bundle(healthcare)
+    bundle.params_schema = {"type": "object", "properties": {"lr": {"type": "number", "default": 0.1}}}
+    bundle.save()
+    client.force_login(alice)
+    page = client.get(reverse("job_new")).content.decode()
+    assert f'value="{bundle.pk}"' in page and "No dataset (a code bundle" in page
+    bad = client.post(reverse("job_new"), form_data(bundle=str(bundle.pk), dataset="none",
+                                                    params='{"lr": "fast"}'))
+    assert bad.status_code == 200 and "Invalid params for bundle" in bad.content.decode()
+    response = client.post(reverse("job_new"), form_data(bundle=str(bundle.pk), dataset="none",
+                                                         params="{}"))
+    assert response.status_code == 302, response.content.decode()[:2000]
+    job = Job.objects.get()
+    assert job.bundle_id == bundle.pk and job.template == "" and job.params == {"lr": 0.1}
+    detail = client.get(reverse("job_detail", args=[job.pk])).content.decode()
+    assert "code bundle task.py" in detail and "task:T" in detail
