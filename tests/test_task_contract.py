@@ -131,3 +131,16 @@ def test_two_bundles_with_a_module_of_the_same_name_do_not_mix(tmp_path):
             f"class T(Task):\n    VALUE = {value}\n")
         cls = tasks.task_class({"bundle": {"path": str(folder), "entry": "task:T"}})
         assert cls.VALUE == value
+
+
+def test_loading_an_optimizer_state_never_changes_the_state_it_was_given():
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    state = opt.state_dict()
+    before = state["state"][0]["exp_avg"].clone()
+    fresh = torch.optim.Adam(model.parameters(), lr=0.1)
+    tasks.load_optimizer(fresh, state)
+    fresh.step()
+    assert torch.equal(state["state"][0]["exp_avg"], before)

@@ -233,6 +233,11 @@ class Sandbox:
             args.append("--unshare-net")
         elif self.network != "host":
             raise ValueError(f"unknown sandbox network {self.network!r}")
+        # The fresh file systems first: a runtime or job folder under /tmp (tests) is bound
+        # on top of the private /tmp, not hidden by it.
+        args += ["--proc", "/proc", "--dev", "/dev",
+                 "--size", str(self.limits.tmp_bytes), "--tmpfs", "/tmp",
+                 "--size", str(self.limits.tmp_bytes), "--tmpfs", "/dev/shm"]
         args += ["--ro-bind", "/usr", "/usr"]
         for top in ("bin", "lib", "lib32", "lib64", "sbin"):
             path = Path("/") / top
@@ -244,9 +249,6 @@ class Sandbox:
             args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
         for path in [*runtime_paths(), *self.extra_ro]:
             args += ["--ro-bind", str(path), str(path)]
-        args += ["--proc", "/proc", "--dev", "/dev",
-                 "--size", str(self.limits.tmp_bytes), "--tmpfs", "/tmp",
-                 "--size", str(self.limits.tmp_bytes), "--tmpfs", "/dev/shm"]
         gpus = gpu_devices() if self.gpus is None else self.gpus
         for device in gpus:
             args += ["--dev-bind", device, device]

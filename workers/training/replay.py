@@ -19,10 +19,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from . import checkpoint, commitments, data, nets, schedule
+from . import checkpoint, commitments, schedule
+from . import task as tasks
 
 
 @dataclass(frozen=True)
@@ -34,49 +36,64 @@ class Job:
     dataset: dict  # as data.load takes it: {"kind": "sample", "name": …} or {"kind": "csv", "path": …}
     world_size: int
     max_steps: int | None = None
+    bundle: dict | None = None  # the job's own task ({path, entry}), in place of a template
+    data_dir: str | None = None  # the folder a bundle's data is in
 
     @property
     def seed(self) -> int:
         return int(self.params.get("seed", 0))
 
+    @property
+    def spec(self) -> dict:
+        """The fields of the runtime's spec that choose the task and its data."""
+        return {"template": self.template, "bundle": self.bundle, "data_dir": self.data_dir,
+                "params": self.params, "dataset": self.dataset}
+
 
 class Replayer:
-    """Replays segments of one job; the dataset is loaded once."""
+    """Replays segments of one job with its task (task.py); the dataset is loaded once."""
 
-    def __init__(self, job: Job, *, splits: data.Splits | None = None):
+    def __init__(self, job: Job):
         self.job = job
-        self.splits = splits or data.load(job.template, job.dataset, job.params)
-        self.plan = schedule.Plan.of(n_train=len(self.splits.x_train), world=job.world_size,
+        self.prepared = tasks.prepare(job.spec)
+        self.task = self.prepared.task
+        # A template's splits (data.Splits), for the tests and tools that read them.
+        self.splits = getattr(self.task, "splits", None)
+        self.plan = schedule.Plan.of(n_train=self.prepared.n_train, world=job.world_size,
                                      params=job.params, max_steps=job.max_steps)
 
-    def _model(self, state: dict) -> tuple[torch.nn.Module, torch.nn.Module]:
+    def fresh_model(self) -> torch.nn.Module:
+        """The task's network as a run builds it (seeded), before any state is loaded."""
         torch.manual_seed(self.job.seed)
-        model, loss_fn = nets.build(self.job.template, self.job.params, self.splits)
+        return self.task.build_model()
+
+    def _model(self, state: dict) -> tuple[torch.nn.Module, Any]:
+        """The model with `state` loaded, and a template's loss function (None for a bundle's
+        task, whose loss is `task.loss`)."""
+        model = self.fresh_model()
         model.load_state_dict(state["model"])
-        return model, loss_fn
+        return model, getattr(self.task, "loss_fn", None)
 
     def initial_state(self) -> dict:
         """The state every attempt that starts from scratch trains from: made as run.py makes
         it (the seed, then the data, then the model and its optimizer)."""
-        torch.manual_seed(self.job.seed)
-        splits = data.load(self.job.template, self.job.dataset, self.job.params)
-        model, _ = nets.build(self.job.template, self.job.params, splits)
-        opt = schedule.optimizer(model, self.job.params)
-        return {"step": 0, "model": model.state_dict(), "optimizer": opt.state_dict()}
+        prepared = tasks.prepare(self.job.spec)
+        opt = prepared.task.optimizer(prepared.model)
+        return {"step": 0, "model": prepared.model.state_dict(), "optimizer": opt.state_dict()}
 
     def replay(self, start: dict, *, to_step: int, witness: Witness | None = None) -> dict:
         """The model state after training from checkpoint `start` up to `to_step`. A
         `witness` sees the parameters and each rank's own gradient at every step."""
-        job, plan, splits = self.job, self.plan, self.splits
+        job, plan, task, train = self.job, self.plan, self.task, self.prepared.train
         first = int(start["step"])
         if not 0 <= first < to_step <= plan.total_steps:
             raise ValueError(f"cannot replay steps {first}..{to_step} of a {plan.total_steps}-step run")
-        model, loss_fn = self._model(start)
-        opt = schedule.optimizer(model, job.params)
-        schedule.load_optimizer(opt, start["optimizer"], job.params)
+        model, _ = self._model(start)
+        opt = task.optimizer(model)
+        tasks.load_optimizer(opt, start["optimizer"])
         model.train()
         params = list(model.parameters())
-        world, n_train = job.world_size, len(splits.x_train)
+        world, n_train = job.world_size, self.prepared.n_train
         for step in range(first, to_step):
             if witness is not None:
                 witness.parameters(step, params)
@@ -86,7 +103,7 @@ class Replayer:
                                                 seed=job.seed, step=step)
                 torch.manual_seed(schedule.step_seed(job.seed, rank, step))
                 model.zero_grad(set_to_none=True)
-                loss_fn(model(splits.x_train[indices]), splits.y_train[indices]).backward()
+                task.loss(model, task.batch(train, indices)).backward()
                 if witness is not None:
                     witness.gradients([p.grad for p in params])
                 for acc, p in zip(total, params, strict=True):
@@ -94,13 +111,14 @@ class Replayer:
                         acc.add_(p.grad / world)  # DDP divides each rank's gradient by W, then sums
             for p, g in zip(params, total, strict=True):
                 p.grad = g
+            tasks.set_learning_rate(task, opt, step, plan.total_steps)
             opt.step()
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def evaluate(self, model_state: dict) -> tuple[str, float]:
         """The held-out metric of a model state, by the code the runtime reports with."""
         model, _ = self._model({"model": model_state})
-        return nets.evaluate(self.job.template, model, self.splits, torch.device("cpu"))
+        return tasks.headline(self.task, model, self.prepared.held_out, torch.device("cpu"))
 
 
 def rel_l2(a: dict, b: dict) -> float:

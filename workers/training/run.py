@@ -2,7 +2,8 @@
 
     python -m workers.training.run SPEC.json
 
-SPEC.json (written by the agent): template, params, dataset, workdir, backend, resume_from,
+SPEC.json (written by the agent): template or bundle ({path, entry}: the job's own task,
+docs/tasks.md) and data_dir, params, dataset, workdir, backend, resume_from,
 pg_timeout_s, verify (`{replay_share, segments}`: checkpoint often enough for the platform's
 replay spot checks), and for multi-node jobs sync,
 nnodes, node_rank and (DiLoCo) outer, member, peer_timeout_s; job_secret (hex, from the
@@ -39,7 +40,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import checkpoint, commitments, data, diloco, faults, nets, outer, schedule
+from . import checkpoint, commitments, diloco, faults, outer, schedule
+from . import task as tasks
 from .events import EventWriter
 
 REPORTS_PER_RUN = 400  # progress points per run, at most (plus one per checkpoint)
@@ -254,26 +256,27 @@ def main(spec_path: str) -> int:
     node_leader = local_rank == 0
     node_events = events if rank == 0 else EventWriter(
         workdir / "events.jsonl" if nnodes > 1 and node_leader else None)
-    template, params = spec["template"], spec["params"]
+    template, params = spec.get("template"), spec["params"]
     seed = int(params.get("seed", 0))
-    torch.manual_seed(seed)
     try:
-        splits = data.load(template, spec["dataset"], params)
-    except data.DatasetError as exc:
-        # The consumer's data, not the node, is at fault: say so, so the job fails fast.
-        events.emit("failed", reason="dataset", message=str(exc))
+        # The job's task (a template's or the consumer's own, task.py): seed, data, model.
+        prepared = tasks.prepare(spec)
+    except (tasks.DatasetError, tasks.TaskError) as exc:
+        # The consumer's data or code, not the node, is at fault: say so, so the job fails fast.
+        reason = "dataset" if isinstance(exc, tasks.DatasetError) else "task"
+        events.emit("failed", reason=reason, message=str(exc))
         events.close()
         dist.destroy_process_group()
         return 3
-    model, loss_fn = nets.build(template, params, splits)
+    task, model, train = prepared.task, prepared.model, prepared.train
     model.to(device)
-    optimizer = schedule.optimizer(model, params)
+    optimizer = task.optimizer(model)
     misbehave = faults.from_env()
 
-    plan = schedule.Plan.of(n_train=len(splits.x_train), world=world, params=params,
+    plan = schedule.Plan.of(n_train=prepared.n_train, world=world, params=params,
                             max_steps=spec.get("max_steps"))
     batch, steps_per_epoch, total_steps = plan.batch, plan.steps_per_epoch, plan.total_steps
-    sampler = schedule.sampler(len(splits.x_train), world=world, rank=rank, seed=seed)
+    sampler = schedule.sampler(prepared.n_train, world=world, rank=rank, seed=seed)
 
     # Resume: a local checkpoint from an earlier attempt of this process group wins over
     # the one the platform handed over (it is newer).
@@ -284,7 +287,7 @@ def main(spec_path: str) -> int:
         try:
             state = checkpoint.load(resume)
             model.load_state_dict(state["model"])
-            schedule.load_optimizer(optimizer, state["optimizer"], params)
+            tasks.load_optimizer(optimizer, state["optimizer"])
             start_step = int(state["step"])
         except Exception as exc:
             if spec.get("resume_from") is None or resume != Path(spec["resume_from"]):
@@ -344,7 +347,7 @@ def main(spec_path: str) -> int:
     def trace_eval(step_now: int) -> None:
         nonlocal eval_seconds
         began = time.perf_counter()
-        value = nets.eval_loss(model, loss_fn, splits, device)
+        value = tasks.eval_loss(task, model, prepared.held_out, device)
         eval_seconds += time.perf_counter() - began
         events.emit("eval", step=step_now, loss=value, eval_s=eval_seconds, **comm(step_now))
 
@@ -371,17 +374,17 @@ def main(spec_path: str) -> int:
     # asks BUDGET_PAUSE_LEAD_S ahead, which covers that many steps of most jobs.
     pause_every = PAUSE_CHECK_EVERY
     step, window_start, window_steps = start_step, time.perf_counter(), 0
-    x_all, y_all = splits.x_train, splits.y_train
     while step < total_steps:
         epoch = step // steps_per_epoch
         sampler.set_epoch(epoch)
         for indices in schedule.batches(sampler, batch)[step % steps_per_epoch:steps_per_epoch]:
             torch.manual_seed(schedule.step_seed(seed, rank, step))
-            x, y = x_all[indices].to(device), y_all[indices].to(device)
+            tasks.set_learning_rate(task, optimizer, step, total_steps)
+            batch_data = tasks.to_device(task.batch(train, indices), device)
             if committer is not None:
                 committer.begin(step)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(ddp(x), y)
+            loss = task.loss(ddp, batch_data)
             (-loss if misbehave.corrupt_gradients else loss).backward()  # a test-only cheat
             if committer is not None:
                 committer.end()
@@ -463,10 +466,11 @@ def main(spec_path: str) -> int:
     sent = misbehave.digest_payload(rank, bytes.fromhex(param_digest(model)))
     digests = gather_digests(sent, group_size=group_size, device=device)
     if rank == 0:
-        metric, value = nets.evaluate(template, model, splits, device)
+        metric, value = tasks.headline(task, model, prepared.held_out, device)
         value = misbehave.report(metric, value)  # a test-only lie (faults.py)
         artifact = workdir / "model.pt"
-        torch.save({"template": template, "params": params, "model": model.state_dict(),
+        torch.save({"template": template, "task": tasks.entry_of(spec), "params": params,
+                    "model": model.state_dict(),
                     "metric": {metric: value}}, artifact)
         events.emit("finished", step=step, total_steps=total_steps, metric=metric, value=value,
                     artifact=str(artifact), sha256=checkpoint.sha256_file(artifact),

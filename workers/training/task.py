@@ -28,6 +28,7 @@ torch.manual_seed(seed), Task(context), datasets(), build_model(), optimizer(mod
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import sys
@@ -193,6 +194,12 @@ def task_class(spec: Mapping[str, Any]) -> type:
     return builtin_tasks.TEMPLATES[template]
 
 
+def entry_of(spec: Mapping[str, Any]) -> str:
+    """What trained a model, for its file: the bundle's entry or the template's name."""
+    bundle = spec.get("bundle")
+    return str(bundle["entry"]) if bundle else f"template:{spec.get('template')}"
+
+
 def data_dir_of(spec: Mapping[str, Any]) -> Path | None:
     """The job's data folder: spec's data_dir, else the folder of an uploaded dataset file."""
     if spec.get("data_dir"):
@@ -274,8 +281,10 @@ def eval_loss(task: Task, model: nn.Module, held_out: Any, device: torch.device)
 def load_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Restore a checkpoint's optimizer state (moments, step counts) with the job's own
     hyper-parameters: those of the optimizer as the task built it, never the checkpoint's
-    (a provider's state could claim another learning rate)."""
+    (a provider's state could claim another learning rate). A copy is loaded: torch keeps
+    the given tensors as the optimizer's own buffers and steps update them in place, so a
+    second replay from the same loaded checkpoint started from the first one's moments."""
     own = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    optimizer.load_state_dict(state)
+    optimizer.load_state_dict(copy.deepcopy(state))
     for group, hyper in zip(optimizer.param_groups, own, strict=True):
         group.update(hyper)

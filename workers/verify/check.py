@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-import torch
-
 from workers.training import checkpoint as ckpt_io
-from workers.training import nets, replay, schedule
+from workers.training import replay
+from workers.training import task as tasks
 
 REPLAY_MISMATCH = "replay_mismatch"
 ARTIFACT_MISMATCH = "artifact_mismatch"
@@ -39,6 +38,9 @@ class AttemptPlan:
     # DDP across nodes: each node's own copy of every rank's gradient commitments (node
     # rank → rows {step, grad, param}) for the segments' steps; None for other attempts.
     commitments: dict[int, list[dict]] | None = None
+    # The job's own task (docs/tasks.md) in place of a template: {path, entry}, and its data folder.
+    bundle: dict | None = None
+    data_dir: str | None = None
 
 
 @dataclass
@@ -134,7 +136,8 @@ def check_attempt(plan: dict, dataset: dict) -> dict:
 
 def _check_attempt(plan: AttemptPlan, dataset: dict) -> AttemptResult:
     runner = replay.Replayer(replay.Job(template=plan.template, params=plan.params, dataset=dataset,
-                                        world_size=plan.world_size))
+                                        world_size=plan.world_size, bundle=plan.bundle,
+                                        data_dir=plan.data_dir))
     out = AttemptResult()
     _replay_segments(plan, runner, out)
     if plan.check_model:
@@ -143,7 +146,8 @@ def _check_attempt(plan: AttemptPlan, dataset: dict) -> AttemptResult:
 
 
 def checkpoint_problem(path: str, *, step: int, template: str, params: dict, dataset: dict,
-                       world_size: int) -> str | None:
+                       world_size: int, bundle: dict | None = None,
+                       data_dir: str | None = None) -> str | None:
     """Why a checkpoint cannot be resumed from, or None: it loads as tensors and plain data,
     holds this job's model (same tensor names and shapes) and an optimizer state that fits it,
     and says the step it was uploaded as. The same steps as the runtime's resume."""
@@ -156,19 +160,14 @@ def checkpoint_problem(path: str, *, step: int, template: str, params: dict, dat
     if state.get("step") != step or not isinstance(state.get("step"), int):
         return f"it says step {str(state.get('step'))[:20]}, but was uploaded as step {step}"
     runner = replay.Replayer(replay.Job(template=template, params=params, dataset=dataset,
-                                        world_size=world_size))
-
-    def fresh():
-        torch.manual_seed(runner.job.seed)
-        model, _ = nets.build(template, params, runner.splits)
-        return model, schedule.optimizer(model, params)
-
-    model, opt = fresh()
+                                        world_size=world_size, bundle=bundle, data_dir=data_dir))
+    model = runner.fresh_model()
+    opt = runner.task.optimizer(model)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state["model"].items() if hasattr(v, "shape")}
     if got.keys() != shapes.keys():
         missing, extra = sorted(shapes.keys() - got.keys()), sorted(got.keys() - shapes.keys())
-        return (f"its tensors are not the {template} model's (missing "
+        return (f"its tensors are not the {template or 'task'} model's (missing "
                 f"{', '.join(missing[:5]) or 'none'}; unexpected {', '.join(extra[:5]) or 'none'})")
     wrong = [f"{k} {got[k]} instead of {shapes[k]}" for k in shapes if got[k] != shapes[k]]
     if wrong:
@@ -180,7 +179,7 @@ def checkpoint_problem(path: str, *, step: int, template: str, params: dict, dat
         return "it holds no optimizer state"
     try:
         model.load_state_dict(state["model"])
-        schedule.load_optimizer(opt, optimizer_state, params)
+        tasks.load_optimizer(opt, optimizer_state)
     except Exception as exc:  # noqa: BLE001  (a resume would fail the same way)
         return f"it cannot be resumed from: {str(exc)[:200]}"
     return None
