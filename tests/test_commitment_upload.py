@@ -36,14 +36,14 @@ def test_the_platform_expects_the_runtimes_number_of_projections():
 
 def test_each_node_uploads_its_own_copy_once(client, two_nodes):
     job, parts = two_nodes
-    body = _body(_rows(0, 7))
+    body = _body([{**_rows(0, 1)[0], "model": ["ab" * 32] * 2}] + _rows(1, 7))
     for part in parts:
         assert Agent(client, part).put("commitments/7/", body).status_code == 201
     assert Agent(client, parts[0]).put("commitments/7/", body).status_code == 200  # a retry
     stored = GradientCommitment.objects.filter(assignment__job=job).order_by("assignment__node_rank")
     assert [(c.assignment_id, c.from_step, c.to_step) for c in stored] == [(parts[0].pk, 0, 7),
                                                                             (parts[1].pk, 0, 7)]
-    assert stored[0].table == _rows(0, 7)
+    assert stored[0].table == [{**_rows(0, 1)[0], "model": ["ab" * 32] * 2}] + _rows(1, 7)
     other = _body(_rows(0, 7, k=service.K)[:-1] + [{**_rows(6, 7)[0], "param": [[2.0] * 3] * 2}])
     response = Agent(client, parts[1]).put("commitments/7/", other)
     assert response.status_code == 409 and response.json()["code"] == "commitments_conflict"
@@ -67,6 +67,8 @@ def test_each_node_uploads_its_own_copy_once(client, two_nodes):
     (_body(_rows(0, 3) + _rows(4, 7)), "one by one"),  # a gap
     (_body(_rows(0, 7) + _rows(6, 7)), "one by one"),  # a step twice
     (_body(_rows(0, 7, world=3)), "2 ranks"),
+    (_body([{**_rows(0, 1)[0], "model": ["ab" * 32]}] + _rows(1, 7)), "2 SHA-256 digests"),
+    (_body([{**_rows(0, 1)[0], "model": ["AB" * 32] * 2}] + _rows(1, 7)), "2 SHA-256 digests"),
 ])
 def test_bad_input_is_refused_with_a_400_that_says_why(client, two_nodes, body, says):
     _job, parts = two_nodes

@@ -199,9 +199,10 @@ def corrupted_replay(runner: replay.Replayer, start: dict, *, to_step: int, bad_
 def commitments_body(witness: replay.Witness) -> bytes:
     """What every node's leader writes (workers/training/commitments.py): one JSON line a
     step with every rank's projections."""
-    return "".join(json.dumps({"step": row["step"], "grad": row["grad"],
-                               "param": [row["param"]] * len(row["grad"])}) + "\n"
-                   for row in witness.rows).encode()
+    world = len(witness.rows[0]["grad"])
+    return "".join(json.dumps({"step": row["step"], "grad": row["grad"], "param": [row["param"]] * world,
+                               **({"model": [witness.start_digest] * world} if i == 0 else {})}) + "\n"
+                   for i, row in enumerate(witness.rows)).encode()
 
 
 def trained_segment(client, parts: list[Assignment], *, world: int, corrupt_rank: int | None = None,

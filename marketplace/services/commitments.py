@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 from django.db import IntegrityError, transaction
 
@@ -24,6 +25,8 @@ from ..trust_models import GradientCommitment
 K = 3  # workers/training/commitments.K (tests/test_commitment_upload.py keeps them equal)
 MAX_BYTES = 4 * 1_048_576  # one stretch's upload: ~40 bytes a number, so ~10⁴ rank-steps
 MAX_STEPS = 100_000
+FIELDS = {"step", "grad", "param", "model"}
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _number(value, where: str) -> float:
@@ -60,14 +63,21 @@ def parse_table(body: bytes, *, world: int, first: int, to_step: int) -> list[di
     steps: list[int] = []
     for i, row in enumerate(rows):
         where = f"line {i + 1}"
-        if not isinstance(row, dict) or set(row) != {"step", "grad", "param"}:
-            raise MarketError(f"{where} must be an object with step, grad and param only.", field="body")
+        if not isinstance(row, dict) or not {"step", "grad", "param"} <= set(row) <= FIELDS:
+            raise MarketError(f"{where} must be an object with step, grad, param (and model) only.",
+                              field="body")
         step = row["step"]
         if isinstance(step, bool) or not isinstance(step, int):
             raise MarketError(f"{where}: step must be an integer.", field="body")
         steps.append(step)
         table.append({"step": step, "grad": _ranks(row["grad"], world, f"{where}, grad"),
                       "param": _ranks(row["param"], world, f"{where}, param")})
+        if "model" in row:  # at a stretch's first step: the state every rank trained it from
+            digests = row["model"]
+            if (not isinstance(digests, list) or len(digests) != world
+                    or not all(isinstance(d, str) and SHA256.match(d) for d in digests)):
+                raise MarketError(f"{where}: model must hold {world} SHA-256 digests (hex).", field="body")
+            table[-1]["model"] = digests
     if steps != list(range(to_step - len(steps), to_step)):
         raise MarketError(f"The steps must run one by one up to step {to_step - 1}, the last before "
                           f"checkpoint step {to_step}.", field="body")

@@ -5,11 +5,13 @@ that does not reproduce it cannot tell which node's share was wrong. Here each r
 says, at every step, what its OWN gradient was: a DDP comm hook projects each parameter's
 local gradient (before the reduction) onto K fixed pseudo-random ±1 vectors, and each rank
 projects the parameters it trains from onto the same vectors. That is 2·K float64 numbers
-per rank per step. At each checkpoint the ranks all-gather them (one collective per
-checkpoint), and every node's leader appends the whole table, every rank's numbers, to
-`commitments.jsonl` in its workdir; its agent uploads it. The verifier replays the steps
-and finds the first one where a rank's committed gradient is not its share
-(replay.attribute_segment).
+per rank per step. At the first step after each checkpoint (or resume) every rank also
+commits the SHA-256 of the model state it trains from (`state_digest`: the checkpoint's
+bits, if rank 0 saved what the ranks hold). At each checkpoint the ranks all-gather all
+of it (one collective per checkpoint), and every node's leader appends the whole table,
+every rank's numbers, to `commitments.jsonl` in its workdir; its agent uploads it. The
+verifier replays the first step of a failed segment from the checkpoint and names the
+ranks whose committed gradient is not their share (replay.attribute_segment).
 
 The vectors depend only on the job's seed and the parameter's index in
 model.parameters(), never on DDP's buckets, so the replay (one process, no DDP) makes the
@@ -32,6 +34,17 @@ import torch.distributed as dist
 
 K = 3  # projections per rank per step, of the gradient and of the parameters each
 FILE = "commitments.jsonl"
+DIGEST_BYTES = 32
+
+
+def state_digest(state: dict) -> bytes:
+    """SHA-256 over a model state's tensors by name: the same bits give the same digest,
+    whether they are a rank's parameters or a checkpoint's (run.param_digest's too)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.digest()
 
 
 class Projector:
@@ -75,6 +88,7 @@ class Committer:
     the forward pass and `end()` after backward; `flush(...)` at a checkpoint step."""
 
     def __init__(self, model: torch.nn.Module, *, seed: int, world: int, device: torch.device):
+        self.model = model
         self.params = list(model.parameters())
         self.index = {id(p): i for i, p in enumerate(self.params)}
         self.projector = Projector(seed)
@@ -85,8 +99,11 @@ class Committer:
         self.grad_parts = torch.zeros(len(self.params), K, dtype=torch.float64, device=device)
         self.rows: list[torch.Tensor] = []  # (2, K) per step: gradient, parameters
         self.steps: list[int] = []
+        self.start_digest = bytes(DIGEST_BYTES)  # the state the stretch's first step trained from
 
     def begin(self, step: int) -> None:
+        if not self.rows:  # the first step after a checkpoint or the start: its exact state
+            self.start_digest = state_digest(self.model.state_dict())
         self.step = step
         self.param_proj = self.projector.project_all(self.params)
         self.grad_parts.zero_()
@@ -115,15 +132,22 @@ class Committer:
         step. Returns (first step, offset, length) of what was appended, or None."""
         if not self.rows:
             return None
-        mine = torch.stack(self.rows)  # (steps, 2, K), on the training device
+        # One flat float64 tensor: the rows, then the 32 digest bytes viewed as 4 float64
+        # (all_gather copies bits, it computes nothing).
+        digest = torch.tensor(list(self.start_digest), dtype=torch.uint8).view(torch.float64)
+        mine = torch.cat([torch.stack(self.rows).flatten(), digest.to(self.rows[0].device)])
         parts = [torch.empty_like(mine) for _ in range(self.world)]
         dist.all_gather(parts, mine)
         steps, self.rows, self.steps = self.steps, [], []
         if writer is None:
             return None
-        table = torch.stack([p.cpu() for p in parts], dim=1)  # (steps, world, 2, K)
+        n = len(steps) * 2 * K
+        # (steps, world, 2, K)
+        table = torch.stack([p[:n].cpu().view(len(steps), 2, K) for p in parts], dim=1)
+        digests = [bytes(p[n:].cpu().view(torch.uint8).tolist()).hex() for p in parts]
         text = "".join(json.dumps({"step": s, "grad": table[i, :, 0].tolist(),
-                                   "param": table[i, :, 1].tolist()}) + "\n"
+                                   "param": table[i, :, 1].tolist(),
+                                   **({"model": digests} if i == 0 else {})}) + "\n"
                        for i, s in enumerate(steps)).encode()
         with open(writer, "ab") as fh:
             offset = fh.tell()
