@@ -70,7 +70,8 @@ def test_another_tenant_is_refused_on_every_job_page(client, job, bob, method, n
 
 
 API = [("get", ""), ("post", "cancel/"), ("post", "fund/"), ("post", "budget/"), ("get", "fund-calls/"),
-       ("get", "artifact/"), ("get", "verification/"), ("get", "metrics/")]
+       ("get", "artifact/"), ("get", "verification/"), ("get", "metrics/"), ("get", "disputes/"),
+       ("post", "disputes/")]
 
 
 @pytest.mark.parametrize(("method", "path"), API)

@@ -14,7 +14,7 @@ from ..errors import PermissionDenied
 from ..money import exact
 from ..selectors.account import account_balances, account_movements
 from ..selectors.accounts import organization_of
-from ..selectors.market import jobs_visible_to
+from ..selectors.ownership import JobAction, jobs_for
 from ..services.disputes import MAX_REASON, consumer_dispute_open
 from ..services.faucet import faucet_claim
 from ..trust_models import ConsumerDispute
@@ -107,8 +107,7 @@ class JobDisputesView(APIView):
     permission_classes = [IsConsumer]
 
     def _job(self, request, pk: int):
-        return get_object_or_404(jobs_visible_to(request.user).filter(owner=organization_of(request.user)),
-                                 pk=pk)
+        return get_object_or_404(jobs_for(request.user, JobAction.OWN), pk=pk)
 
     @extend_schema(summary="A job's disputes", responses={200: DisputeList})
     def get(self, request, pk: int):

@@ -2,7 +2,6 @@ from django.db.models import QuerySet
 
 from ..models import Node, Offer
 from .accounts import organization_of
-from .ownership import jobs_visible_to  # noqa: F401  (who sees a job lives in selectors/ownership.py)
 
 
 def offers_public() -> QuerySet[Offer]:

@@ -10,7 +10,7 @@ from ..models import Escrow, Job, Settlement, Wallet
 from ..payment_models import FaucetGrant
 from ..trust_models import ConsumerDispute, DisputeSlash, StakeOperation
 from .accounts import organization_of
-from .market import jobs_visible_to
+from .ownership import jobs_visible_to
 from .payments import chain_transaction
 
 # Chain ids a page names (https://chainlist.org's names); any other is shown by its number.
