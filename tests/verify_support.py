@@ -23,7 +23,7 @@ from marketplace.models import Assignment, Job, Node
 from marketplace.services import execution
 from marketplace.services.execution import assignment_token
 from webapp.celery import app as celery_app
-from workers.training import nets, replay, schedule
+from workers.training import commitments, nets, replay, schedule
 
 from .factories import JobFactory, NodeFactory, OfferFactory
 from .stack import Stack
@@ -175,6 +175,8 @@ def corrupted_replay(runner: replay.Replayer, start: dict, *, to_step: int, bad_
     schedule.load_optimizer(opt, start["optimizer"], job.params)
     model.train()
     params = list(model.parameters())
+    if witness is not None:
+        witness.start_digest = commitments.state_digest(model.state_dict()).hex()
     for step in range(int(start["step"]), to_step):
         if witness is not None:
             witness.parameters(step, params)
