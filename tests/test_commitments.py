@@ -68,6 +68,14 @@ def test_every_node_keeps_the_whole_table_and_announces_it(honest):
     assert [row["step"] for row in tables[0]] == list(range(56))
     assert all(len(row["grad"]) == 2 and all(len(v) == commitments.K for v in row["grad"])
                for row in tables[0])
+    # At each stretch's first step, every rank's digest of the state it trained from: the
+    # checkpoint's (or the initial state's) bits.
+    paths = _checkpoints(dirs[0])
+    starts = [row for row in tables[0] if "model" in row]
+    assert [row["step"] for row in starts] == list(range(0, 56, EVERY))
+    for row in starts[1:]:
+        saved = commitments.state_digest(checkpoint.load(paths[row["step"]])["model"]).hex()
+        assert row["model"] == [saved, saved]
     for node, d in enumerate(dirs):
         announced = [json.loads(x) for x in (d / "events.jsonl").read_text().splitlines()
                      if json.loads(x)["type"] == "commitments"]
@@ -86,7 +94,7 @@ def test_an_honest_run_names_nobody_whatever_the_thread_count(honest):
         for a in (7, 28, 49):
             runner = _replayer(spec)
             found = replay.attribute_segment(runner, checkpoint.load(paths[a]), tables, to_step=a + EVERY)
-            assert found["ranks"] == [] and "match the replay" in found["detail"], found
+            assert found["ranks"] == [] and "matches the replay at step" in found["detail"], found
             witness = replay.Witness(runner.job.seed)
             runner.replay(checkpoint.load(paths[a]), to_step=a + EVERY, witness=witness)
             table = {row["step"]: row for row in tables[0]}
@@ -129,17 +137,32 @@ def test_a_forged_or_missing_copy_names_nobody(corrupt):
     assert found["ranks"] == [] and "node rank 1's copy" in found["detail"], found
 
 
-def test_a_parameter_change_the_gradients_do_not_show_names_nobody(honest, tmp_path):
-    # The segment starts from a checkpoint whose parameters are not the ones the ranks
-    # trained from (a tampered start): every rank's committed parameters differ from the
-    # replay, so the replay's gradients are not comparable and nobody is named.
+def test_a_checkpoint_that_is_not_what_the_ranks_held_names_nobody(honest):
+    # Rank 0 uploads a start checkpoint a hair off what the group held (too little for the
+    # replay threshold, enough to move another rank's gradient): the ranks' committed
+    # digests are not the checkpoint's, so its gradients are not compared and nobody is named.
     spec, dirs = honest
     paths, tables = _checkpoints(dirs[0]), _tables(dirs)
     start = checkpoint.load(paths[21])
     name = next(k for k, v in start["model"].items() if v.dim() == 2)
-    start["model"][name] = start["model"][name] + 1e-2 * torch.randn_like(start["model"][name])
+    start["model"][name] = start["model"][name] + 1e-7 * torch.randn_like(start["model"][name])
     found = replay.attribute_segment(_replayer(spec), start, tables, to_step=28)
-    assert found["ranks"] == [] and "parameters the ranks committed are already" in found["detail"]
+    assert found["ranks"] == [] and "ranks 0, 1 did not train step 21 from" in found["detail"], found
+
+
+def test_a_difference_after_the_first_step_names_nobody(honest):
+    # Past a segment's first step the parameters the group held are known only through the
+    # replay: a rank whose commitments differ there (both copies agreeing) is not named, or
+    # a rank that steered the parameters unseen could make an honest rank's gradient differ.
+    spec, dirs = honest
+    paths, tables = _checkpoints(dirs[0]), _tables(dirs)
+    changed = {node: [dict(row) for row in table] for node, table in tables.items()}
+    for table in changed.values():
+        row = next(r for r in table if r["step"] == 30)
+        row["grad"] = [row["grad"][0], [-v for v in row["grad"][1]]]
+    found = replay.attribute_segment(_replayer(spec), checkpoint.load(paths[28]), changed, to_step=35)
+    assert found["ranks"] == [], found
+    assert "first differ at step 30 (gradients of ranks [1]" in found["detail"], found
 
 
 def test_the_hook_reduces_bitwise_as_ddp_does_for_three_ranks(tmp_path):

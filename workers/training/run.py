@@ -57,11 +57,7 @@ DIGEST_BYTES = 32  # a SHA-256: each rank's fixed-size slot in the final digest 
 
 
 def param_digest(model: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    return commitments.state_digest(model.state_dict()).hex()
 
 
 class DiLoCoNode:
