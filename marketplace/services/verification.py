@@ -30,19 +30,20 @@ that attempt (or from scratch). Who is at fault decides what else happens (attri
   the per-rank gradient commitments (every node's gradients are averaged into each step; a
   corrupting rank 1 and a tampering rank 0 leave the same checkpoints). Each rank commits,
   at every step, projections of its own gradient and of the parameters onto vectors made
-  from the job's seed (workers/training/commitments.py); every node's agent uploads its own
-  copy of every rank's numbers (services/commitments.py). The torch half replays the first
-  failed segment and names the ranks whose committed gradient differs at the first step
-  that differs, only when every node's copy agrees, every rank's committed parameters
-  still match and the named ranks stand out (workers/training/replay.attribute_segment).
-  Named: the dispute is opened on the culprit node's assignment, attributed, its slash
-  queued (to the treasury) and only that node excluded. Otherwise the dispute is not
-  attributed, nobody is slashed automatically (staff review it), and every node of the
-  attempt is left out of this job's next placement — no blame, no reputation cost. The
-  vectors are public: a rank that crafts a corruption they do not see is caught by the
-  replay but not named, and one that also steers the parameters where they do not look
-  could make an honest rank's gradient the first visible difference (docs/architecture.md,
-  "What it cannot attribute"; staff can dismiss such a dispute);
+  from the job's seed, and the SHA-256 of the state each stretch starts from
+  (workers/training/commitments.py); every node's agent uploads its own copy of every
+  rank's numbers (services/commitments.py). The torch half judges the first failed
+  segment's first step, where every rank must have trained from the checkpoint's exact
+  bits, and names the ranks whose committed gradient is not what their data gives, only
+  when every node's copy agrees and the named ranks stand out
+  (workers/training/replay.attribute_segment): an honest rank's gradient there depends on
+  nothing another rank sends. Named: the dispute is opened on the culprit node's
+  assignment, attributed, its slash queued (to the treasury) and only that node excluded.
+  Otherwise the dispute is not attributed, nobody is slashed automatically (staff review
+  it), and every node of the attempt is left out of this job's next placement — no blame,
+  no reputation cost. The vectors are public: a rank that crafts a corruption they do not
+  see, or commits other numbers than it sent, is caught by the replay but not named
+  (docs/architecture.md, "What it cannot attribute");
 - a check that cannot finish (an error, a crash, a time limit) is retried a bounded number
   of times (VERIFY_MAX_RUNS runs of the check in all, whatever retried it), then ends as an
   unattributed `verification_error` dispute for staff: a job never stays `verifying`.
