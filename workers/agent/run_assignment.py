@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import re
 import shutil
 import time
@@ -12,7 +13,8 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import launcher, transfer
+from . import bundle_fetch, launcher, transfer
+from . import sandbox as sandboxing
 from .events_tail import EventTail
 
 if TYPE_CHECKING:
@@ -76,6 +78,8 @@ class AssignmentRun:
         self.last_log_flush = 0.0
         self.total_steps = 0
         self.comm: dict = {}  # the bytes this node sent to the others, and DDP's for the same steps
+        self.sandbox: sandboxing.Sandbox | None = None  # when its ranks run inside one
+        self.disk_watch: sandboxing.DiskWatch | None = None
 
     @property
     def label(self) -> str:
@@ -92,7 +96,11 @@ class AssignmentRun:
         step boundary and exit (they watch this file); `_watch` then reports the pause.
         Idempotent: the platform repeats it with heartbeats until the assignment ends."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "pause").touch()
+        # Never through a link the job may have put there (the agent's rights, not the job's).
+        try:
+            os.close(os.open(self.dir / "pause", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
+        except OSError as exc:
+            self.agent.display.log(f"assignment {self.id}: cannot ask it to pause: {exc}")
 
     async def cancel(self, reason: str) -> None:
         self.cancelled_reason = reason
@@ -105,7 +113,17 @@ class AssignmentRun:
         s = self.start_msg
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
+            settings = getattr(self.agent, "sandbox", None) or sandboxing.Settings(available=False)
+            sandboxed = settings.applies({"bundle": s.get("bundle")})
+            if sandboxed and not settings.available:  # before a byte of the job is fetched
+                raise transfer.TransferError(
+                    "this node cannot run consumers' code: bubblewrap is missing or cannot build its "
+                    "sandbox here (apt-get install bubblewrap)")
             dataset = await asyncio.to_thread(self._fetch_inputs)
+            bundle = None
+            if s.get("bundle"):  # the consumer's own task: its code into the job's folder
+                bundle = await asyncio.to_thread(bundle_fetch.fetch, s["bundle"], job_dir=self.dir,
+                                                 url=self.agent.url, token=s["token"])
             if s["node_rank"] == 0 and not s.get("rdzv"):
                 rdzv = {"host": self.agent.advertise_addr, "port": launcher.free_port()}
             else:
@@ -115,7 +133,7 @@ class AssignmentRun:
             # synchronisation; each node trains in a process group of its own.
             diloco = sync.get("mode") == "diloco" and s["nnodes"] > 1
             spec = {
-                "template": s["template"], "params": s["params"], "dataset": dataset,
+                "template": s.get("template"), "bundle": bundle, "params": s["params"], "dataset": dataset,
                 "workdir": str(self.dir), "backend": s.get("backend", "gloo"),
                 "resume_from": str(self.dir / "resume.pt") if s.get("resume_checkpoint_url") else None,
                 "pg_timeout_s": s.get("pg_timeout_s", 60),
@@ -132,13 +150,29 @@ class AssignmentRun:
             spec_path = self.dir / "spec.json"
             spec_path.write_text(json.dumps(spec))
             await self.agent.send_data(self.id, "assignment.accepted", rdzv=rdzv)
+            # A single-node sandbox has loopback only: its ranks meet there.
+            master = "127.0.0.1" if sandboxed and s["nnodes"] == 1 else rdzv["host"]
             cmd = launcher.command(spec_path=spec_path, nnodes=s["nnodes"], node_rank=s["node_rank"],
-                                   nproc_per_node=s["nproc_per_node"], master_addr=rdzv["host"],
+                                   nproc_per_node=s["nproc_per_node"], master_addr=master,
                                    master_port=int(rdzv["port"]), standalone=diloco)
             threads = max(1, self.agent.cpu_threads // max(1, s["nproc_per_node"]))
-            self.process = await launcher.start(cmd, launcher.environment(threads=threads), self.dir)
+            env = launcher.environment(threads=threads)
+            if sandboxed:
+                cmd, env, self.sandbox = launcher.sandboxed(cmd, env, job_dir=self.dir, nnodes=s["nnodes"],
+                                                            limits=settings.limits)
+                self.agent.display.log(f"assignment {self.id}: sandboxed; "
+                                       f"{self.sandbox.enforcement.describe()}")
+            self.process = await launcher.start(cmd, env, self.dir)
             self.launched_at = self.last_activity = time.monotonic()
-            await self._watch()
+            watch = None
+            if self.sandbox is not None and self.sandbox.limits.disk_bytes:
+                self.disk_watch = sandboxing.DiskWatch(self.dir, self.sandbox.limits.disk_bytes)
+                watch = asyncio.create_task(self.disk_watch.run(self.process))
+            try:
+                await self._watch()
+            finally:
+                if watch is not None:
+                    watch.cancel()
         except transfer.TransferError as exc:
             await self._finish("failed", error=str(exc))
         except asyncio.CancelledError:
@@ -150,6 +184,8 @@ class AssignmentRun:
         except Exception as exc:  # report, never take the agent down with one job
             await self._finish("failed", error=f"agent error: {exc!r}")
         finally:
+            if self.sandbox is not None:
+                await asyncio.to_thread(self.sandbox.close)  # kills what is left, removes its cgroups
             self.agent.forget(self.id)
 
     def _fetch_inputs(self) -> dict:
@@ -196,10 +232,13 @@ class AssignmentRun:
             await reader
         if self.cancelled_reason:
             return
-        paused = self.dir / "paused.json"
-        if self.error is None and self.result is None and paused.exists():
+        limit = self._limit_reached()
+        if limit and self.result is None:
+            self.error = {"error": limit, "error_kind": "limit"}
+        paused = self._paused()
+        if self.error is None and self.result is None and paused is not None:
             # Checkpointed and stopped on the platform's request; the checkpoint went first.
-            await self._finish("paused", **json.loads(paused.read_text()))
+            await self._finish("paused", **paused)
         elif self.error is not None:
             await self._finish("failed", **self.error)
         elif self.result is not None or (self.start_msg["node_rank"] > 0
@@ -209,6 +248,26 @@ class AssignmentRun:
             tail_lines = "\n".join(list(self.last_lines)[-8:])
             await self._finish("failed", error=f"training exited with {self.process.returncode}:\n"
                                                f"{tail_lines}")
+
+    def _limit_reached(self) -> str | None:
+        """Which of the sandbox's limits ended the ranks, if one did."""
+        if self.disk_watch is not None and self.disk_watch.reason():
+            return self.disk_watch.reason()
+        if self.sandbox is not None and self.process is not None \
+                and self.process.returncode == sandboxing.WALL_TIME_EXIT:
+            return f"the sandbox's wall-time limit ({self.sandbox.limits.wall_s:g} s) was reached; stopped"
+        return None
+
+    def _paused(self) -> dict | None:
+        """paused.json's step and total, read inside the job's folder only (never a link)."""
+        try:
+            with sandboxing.open_job_file(self.dir, self.dir / "paused.json") as fh:
+                found = json.loads(fh.read(4096))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(found, dict):
+            return None
+        return {k: found[k] for k in ("step", "total_steps") if isinstance(found.get(k), int)}
 
     def stalled(self, now: float) -> bool:
         """Hung: nothing from this node's own ranks (no event, no output) for the stall
@@ -301,7 +360,8 @@ class AssignmentRun:
         url = self.agent.url(f"{s['upload_url']}checkpoints/{event['step']}/")
         path = Path(event["path"])
         try:
-            await asyncio.to_thread(transfer.upload, url, s["token"], path, sha256=event["sha256"])
+            await asyncio.to_thread(transfer.upload, url, s["token"], path, sha256=event["sha256"],
+                                    root=self.dir)
         except transfer.TransferError as exc:
             self.agent.display.log(f"assignment {self.id}: checkpoint {event['step']} not uploaded: {exc}")
             return
@@ -309,7 +369,7 @@ class AssignmentRun:
             # Disk per assignment: the agent prunes, not the ranks, and only what it has dealt
             # with (checkpoints are handled in order). The ranks pruning on their own deleted
             # checkpoints before their upload, which the platform's replay needed.
-            prune_checkpoints(path.parent, up_to_step=int(event["step"]),
+            prune_checkpoints(self.dir / "checkpoints", up_to_step=int(event["step"]),
                               keep=int(s.get("keep_checkpoints") or KEEP_CHECKPOINTS))
         await self.agent.send_data(self.id, "checkpoint", step=event["step"], sha256=event["sha256"],
                                    bytes=event["bytes"])
@@ -321,7 +381,8 @@ class AssignmentRun:
         s = self.start_msg
         url = self.agent.url(f"{s['upload_url']}commitments/{event['step']}/")
         try:
-            data = transfer.read_span(Path(event["path"]), int(event["offset"]), int(event["length"]))
+            data = transfer.read_span(Path(event["path"]), int(event["offset"]), int(event["length"]),
+                                      root=self.dir)
             await asyncio.to_thread(transfer.upload, url, s["token"], None, data=data,
                                     sha256=hashlib.sha256(data).hexdigest())
         except transfer.TransferError as exc:  # the work goes on; its attribution may not
@@ -331,7 +392,7 @@ class AssignmentRun:
     async def _upload_artifact(self, event: dict) -> None:
         s = self.start_msg
         await asyncio.to_thread(transfer.upload, self.agent.url(f"{s['upload_url']}artifact/"), s["token"],
-                                Path(event["artifact"]), sha256=event["sha256"])
+                                Path(event["artifact"]), sha256=event["sha256"], root=self.dir)
         self.result = {"metric": event["metric"], "value": event["value"], "step": event["step"],
                        "artifact_sha256": event["sha256"], "param_digests": event["param_digests"]}
 

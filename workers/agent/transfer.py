@@ -8,6 +8,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .sandbox import open_job_file
+
 
 class TransferError(RuntimeError):
     pass
@@ -31,10 +33,16 @@ def download(url: str, token: str, dest: Path, *, timeout: float = 60) -> str:
     return digest.hexdigest()
 
 
-def read_span(path: Path, offset: int, length: int) -> bytes:
+def _open(path: Path, root: Path | None):
+    """A file the ranks wrote: inside `root` (the job's folder) and never through a link
+    when given, since the job's code may have planted one (sandbox.open_job_file)."""
+    return open_job_file(root, path) if root is not None else open(path, "rb")
+
+
+def read_span(path: Path, offset: int, length: int, *, root: Path | None = None) -> bytes:
     """`length` bytes of a file from `offset` (a stretch the ranks appended to it)."""
     try:
-        with open(path, "rb") as fh:
+        with _open(path, root) as fh:
             fh.seek(offset)
             data = fh.read(length)
     except OSError as exc:
@@ -45,13 +53,17 @@ def read_span(path: Path, offset: int, length: int) -> bytes:
 
 
 def upload(url: str, token: str, path: Path | None, *, sha256: str, timeout: float = 120,
-           data: bytes | None = None) -> None:
-    """PUT a file (or `data`) with its SHA-256 declared."""
+           data: bytes | None = None, root: Path | None = None) -> None:
+    """PUT a file (or `data`) with its SHA-256 declared; `root`: the file must be in it."""
     if data is None:
         try:
-            data = path.read_bytes() if path is not None else b""
+            if path is None:
+                data = b""
+            else:
+                with _open(path, root) as fh:
+                    data = fh.read()
         except OSError as exc:  # a transfer error like any other, never an agent crash
-            raise TransferError(f"cannot read {exc.filename}: {exc.strerror}") from None
+            raise TransferError(f"cannot read {exc.filename or path}: {exc.strerror or exc}") from None
     request = urllib.request.Request(url, data=data, method="PUT", headers={
         "Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream",
         "X-Content-Sha256": sha256})

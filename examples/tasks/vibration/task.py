@@ -1,16 +1,17 @@
 """The worked example of docs/tasks.md: a pump-vibration fault classifier, a small 1-D
 convolutional network of the consumer's own, trained by ComputeMesh's runtime.
 
-The job's data folder holds vibration.csv (make_data.py writes one): 64 samples a row and
-a `label` column. The runtime calls, in this order: datasets(), build_model(), optimizer();
-then loss() for every batch it chooses, learning_rate() before every step, and evaluate()
-at the end.
+The data is vibration.csv (make_data.py writes one): 64 samples a row and a `label`
+column, uploaded as the job's CSV dataset or inside a zip of its data folder. The runtime
+calls, in this order: datasets(), build_model(), optimizer(); then loss() for every batch
+it chooses, learning_rate() before every step, and evaluate() at the end.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,7 +36,11 @@ class VibrationFaults(Task):
     metric = "accuracy"
 
     def datasets(self):
-        path = (self.data_dir / "vibration.csv") if self.data_dir else None
+        # An uploaded CSV file is at dataset["path"]; the files of an uploaded zip are in data_dir.
+        if self.dataset.get("path"):
+            path = Path(self.dataset["path"])
+        else:
+            path = (self.data_dir / "vibration.csv") if self.data_dir else None
         if path is None or not path.exists():
             raise DatasetError("The data folder has no vibration.csv (make_data.py writes one).")
         with open(path, newline="") as fh:
