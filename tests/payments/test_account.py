@@ -13,6 +13,7 @@ from decimal import Decimal
 
 import pytest
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from marketplace.chain import indexer
 from marketplace.models import Job, Settlement
@@ -164,3 +165,24 @@ def test_the_transaction_page_shows_amounts_parties_the_job_and_the_chain_by_nam
     page = html.unescape(client.get(f"/chain/tx/{s.transaction.tx_hash}/").content.decode())
     assert settled.name not in page and f'href="/jobs/{settled.pk}/"' not in page
     assert "Medisight" not in page and "other organization" in page
+
+
+def test_the_account_api_answers_for_the_callers_organization_only(api, alice, bob, settled):
+    s = Settlement.objects.get(job=settled)
+    mine = api.as_user(alice).get("/api/v1/account/").json()
+    assert mine["spent"] == exact(s.charged) and mine["refunded"] == exact(s.refunded)
+    assert mine["available"] == "4999.485598" and mine["escrowed"] == "0.000000"
+    kinds = {m["kind"]: m for m in mine["movements"]}
+    assert kinds["charged"]["transaction"] == s.transaction.tx_hash and kinds["charged"]["job"] == settled.pk
+    theirs = api.as_user(bob).get("/api/v1/account/").json()
+    assert theirs["movements"] == [] and theirs["spent"] == "0.000000"
+    assert APIClient().get("/api/v1/account/").status_code == 401
+
+
+def test_the_faucet_api(api, bob, wallets, settings):
+    settings.FAUCET_AMOUNT = Decimal("6000")  # bob's development wallet holds 5000 (the fixture)
+    first = api.as_user(bob).post("/api/v1/account/faucet/")
+    assert first.status_code == 201 and first.json()["amount"] == "1000.000000"
+    again = api.as_user(bob).post("/api/v1/account/faucet/")
+    assert again.status_code == 409 and again.json()["code"] == "faucet_rate_limited"
+    assert APIClient().post("/api/v1/account/faucet/").status_code == 401
