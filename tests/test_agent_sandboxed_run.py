@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import subprocess
 import sys
 import threading
+import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
@@ -108,6 +110,21 @@ def test_a_bundle_trains_in_the_sandbox_and_its_model_goes_up(tmp_path, platform
     paths = [p for p, _ in Platform.received]
     assert "/up/artifact/" in paths and any(p.startswith("/up/checkpoints/") for p in paths)
     assert not list(Path("/sys/fs/cgroup/pids").glob("computemesh-*")), "the cgroups were left behind"
+
+
+@needs_bwrap
+def test_a_zip_of_files_is_the_tasks_data_folder(tmp_path, platform, vibration_csv):
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("vibration.csv", vibration_csv)
+        z.writestr("README.txt", b"pump 3, March")
+    Platform.files["/data/"] = archive.getvalue()
+    agent = an_agent(tmp_path, platform.server_port)
+    start = start_message((EXAMPLE / "task.py").read_bytes(), dataset={"kind": "zip"},
+                          dataset_sha256=hashlib.sha256(archive.getvalue()).hexdigest())
+    finished = run(agent, start)
+    assert [f["status"] for f in finished] == ["succeeded"], agent.sent[-3:]
+    assert finished[0]["metric"] == "accuracy"
 
 
 HOSTILE = '''

@@ -21,6 +21,10 @@ from . import transfer
 MAX_ENTRIES = 10_000
 MAX_BYTES = 1 << 30  # unpacked
 FOLDER = "bundle"
+# A dataset's zip (class folders of images): more files, and as large as the platform allows.
+DATA_MAX_ENTRIES = 2_000_000
+DATA_MAX_BYTES = 64 << 30
+DATA_FOLDER = "data"
 
 
 class BundleError(transfer.TransferError):
@@ -36,14 +40,17 @@ def _member(name: str) -> PurePosixPath:
     return PurePosixPath(*parts) if parts else PurePosixPath(".")
 
 
-def _budget(sizes: list[int]) -> None:
-    if len(sizes) > MAX_ENTRIES:
-        raise BundleError(f"the bundle has more than {MAX_ENTRIES} entries")
-    if sum(sizes) > MAX_BYTES:
-        raise BundleError(f"the bundle unpacks to more than {MAX_BYTES >> 20} MiB")
+def _budget(sizes: list[int], max_entries: int | None, max_bytes: int | None) -> None:
+    max_entries = MAX_ENTRIES if max_entries is None else max_entries
+    max_bytes = MAX_BYTES if max_bytes is None else max_bytes
+    if len(sizes) > max_entries:
+        raise BundleError(f"the archive has more than {max_entries} entries")
+    if sum(sizes) > max_bytes:
+        raise BundleError(f"the archive unpacks to more than {max_bytes >> 20} MiB")
 
 
-def unpack(archive: Path, kind: str, dest: Path) -> None:
+def unpack(archive: Path, kind: str, dest: Path, *, max_entries: int | None = None,
+           max_bytes: int | None = None) -> None:
     dest.mkdir(parents=True, exist_ok=False)
     if kind == "py":
         shutil.copyfile(archive, dest / "task.py")
@@ -52,7 +59,7 @@ def unpack(archive: Path, kind: str, dest: Path) -> None:
         if kind == "zip":
             with zipfile.ZipFile(archive) as z:
                 infos = [i for i in z.infolist() if not i.is_dir()]
-                _budget([i.file_size for i in infos])
+                _budget([i.file_size for i in infos], max_entries, max_bytes)
                 for info in infos:
                     if (info.external_attr >> 16) & 0o170000 not in (0, 0o100000):
                         raise BundleError(f"the bundle's entry {info.filename[:100]!r} is not a file")
@@ -67,7 +74,7 @@ def unpack(archive: Path, kind: str, dest: Path) -> None:
                 files = [m for m in members if m.isfile()]
                 if any(not (m.isfile() or m.isdir()) for m in members):
                     raise BundleError("the bundle holds links or devices")
-                _budget([m.size for m in files])
+                _budget([m.size for m in files], max_entries, max_bytes)
                 for m in members:
                     _member(m.name)
                 t.extractall(dest, members=members, filter="data")
@@ -96,3 +103,15 @@ def fetch(start_bundle: dict, *, job_dir: Path, url: Callable[[str], str], token
     download.unlink()
     return {"path": str(root_of(job_dir / FOLDER)), "entry": str(start_bundle["entry"]),
             "sha256": sha}
+
+
+def fetch_data_zip(url: str, *, sha256: str | None, job_dir: Path, token: str) -> Path:
+    """A dataset uploaded as a zip of files, unpacked into the job's data folder (the task
+    reads it there: docs/tasks.md); the same checks as a bundle's, with a dataset's sizes."""
+    archive = job_dir / "dataset.zip"
+    sha = transfer.download(url, token, archive)
+    if sha256 and sha != sha256:
+        raise BundleError("the dataset does not match its SHA-256")
+    unpack(archive, "zip", job_dir / DATA_FOLDER, max_entries=DATA_MAX_ENTRIES, max_bytes=DATA_MAX_BYTES)
+    archive.unlink()
+    return job_dir / DATA_FOLDER

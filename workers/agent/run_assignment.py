@@ -134,6 +134,7 @@ class AssignmentRun:
             diloco = sync.get("mode") == "diloco" and s["nnodes"] > 1
             spec = {
                 "template": s.get("template"), "bundle": bundle, "params": s["params"], "dataset": dataset,
+                "data_dir": dataset.get("data_dir"),
                 "workdir": str(self.dir), "backend": s.get("backend", "gloo"),
                 "resume_from": str(self.dir / "resume.pt") if s.get("resume_checkpoint_url") else None,
                 "pg_timeout_s": s.get("pg_timeout_s", 60),
@@ -198,8 +199,15 @@ class AssignmentRun:
         dataset = s["dataset"]
         if dataset.get("kind") == "csv":
             path = self.dir / "dataset.csv"
-            transfer.download(self.agent.url(s["dataset_url"]), token, path)
+            sha = transfer.download(self.agent.url(s["dataset_url"]), token, path)
+            if s.get("dataset_sha256") and sha != s["dataset_sha256"]:
+                raise transfer.TransferError("the dataset does not match its SHA-256")
             return {"kind": "csv", "path": str(path)}
+        if dataset.get("kind") == "zip":  # files of any layout, for a bundle's task to read
+            folder = bundle_fetch.fetch_data_zip(self.agent.url(s["dataset_url"]),
+                                                 sha256=s.get("dataset_sha256"), job_dir=self.dir,
+                                                 token=token)
+            return {"kind": "zip", "data_dir": str(folder)}
         return dataset
 
     async def _watch(self) -> None:
