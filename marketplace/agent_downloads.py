@@ -12,7 +12,7 @@ from django.views.decorators.http import require_http_methods
 
 from .agent_http import _assignment, _error
 from .errors import MarketError
-from .services import sealed
+from .services import sealed, transfers
 from .services.datasets import sealed_key, stored_chunks
 
 RANGE = re.compile(r"^bytes=(\d{1,18})-$")
@@ -92,9 +92,9 @@ def dataset(request, assignment_id: int):
         with ds.file.open("rb") as f:
             segmented = sealed.is_sealed(f.read(len(sealed.MAGIC)))
         if not segmented:  # a single-request CSV (at most DATASET_MAX_BYTES): sent whole
-            plain = b"".join(stored_chunks(ds.file))
-            return FileResponse(io.BytesIO(plain), as_attachment=True,
-                                filename=f"dataset-{ds.pk}.csv", content_type="text/csv")
+            plain, filename = transfers.assignment_dataset(assignment)
+            return FileResponse(io.BytesIO(plain), as_attachment=True, filename=filename,
+                                content_type="text/csv")
     except MarketError as exc:
         return _error(exc)
     return stored_file_response(request, ds.file, sha256=ds.sha256,

@@ -1,9 +1,8 @@
-"""Plain-HTTP transfers for agents: a dataset down, checkpoints up and down, the model up.
+"""Plain-HTTP transfers for agents: checkpoints up and down, the model up (datasets and
 Each request carries the short-lived token of one running assignment (Bearer). The views
 parse and authenticate; the rules and the writes are in services/transfers.py."""
 
 import hashlib
-import io
 import re
 import tempfile
 
@@ -50,16 +49,6 @@ def _receive(request: HttpRequest) -> tuple[tempfile.SpooledTemporaryFile, str, 
         raise MarketError("The body does not match its declared SHA-256.", field="sha256")
     spool.seek(0)
     return spool, declared, size
-
-
-@csrf_exempt
-@require_http_methods(["GET"])
-def dataset(request, assignment_id: int):
-    try:
-        plain, filename = transfers.assignment_dataset(_assignment(request, assignment_id))
-    except MarketError as exc:
-        return _error(exc)
-    return FileResponse(io.BytesIO(plain), as_attachment=True, filename=filename, content_type="text/csv")
 
 
 @csrf_exempt
