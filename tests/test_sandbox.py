@@ -357,3 +357,38 @@ def test_the_overhead_bench_smoke_run(tmp_path):
     result = json.loads(out.read_text())
     assert result["smoke"] is True and result["bench"] == "sandbox_overhead"
     assert result["figures"]["inside_steps_per_s"] > 0 and result["baseline"]["outside_steps_per_s"] > 0
+
+
+def test_two_sandboxed_nodes_train_one_ddp_job_over_the_hosts_network(agent_dir):
+    """A multi-node job's sandboxes share the host's network (their peers connect to their
+    ranks): two nodes of one DDP job, each torchrun in its own sandbox, meet and agree."""
+    port = launcher.free_port()
+    runs = []
+    for node_rank, job_id in ((0, "7"), (1, "8")):
+        job = agent_dir / "assignments" / job_id
+        spec = {"template": "tabular-classifier", "dataset": {"kind": "sample", "name": "breast-cancer"},
+                "params": {"epochs": 1, "batch_size": 16, "learning_rate": 0.003, "hidden_units": 16,
+                           "hidden_layers": 1, "dropout": 0.0, "checkpoint_every": 10, "seed": 0},
+                "workdir": str(job), "backend": "gloo", "nnodes": 2, "node_rank": node_rank}
+        (job / "spec.json").write_text(json.dumps(spec))
+        cmd = launcher.command(spec_path=job / "spec.json", nnodes=2, node_rank=node_rank, nproc_per_node=1,
+                               master_addr="127.0.0.1", master_port=port)
+        runs.append((job, *launcher.sandboxed(cmd, launcher.environment(threads=1), job_dir=job, nnodes=2)))
+    assert all(box.network == "host" for _, _, _, box in runs)
+
+    async def go() -> list[tuple[int, bytes]]:
+        processes = [await launcher.start(cmd, env, job) for job, cmd, env, _ in runs]
+        outs = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in processes)), 240)
+        return [(p.returncode, out) for p, (out, _) in zip(processes, outs, strict=True)]
+
+    try:
+        results = asyncio.run(go())
+    finally:
+        for *_, box in runs:
+            box.close()
+    output = "".join(out.decode()[-2000:] for _, out in results)
+    assert [code for code, _ in results] == [0, 0], output
+    lines = (agent_dir / "assignments" / "7" / "events.jsonl").read_text().splitlines()
+    events = [json.loads(x) for x in lines]
+    finished = [e for e in events if e["type"] == "finished"][0]
+    assert len(finished["param_digests"]) == 2 and len(set(finished["param_digests"])) == 1
