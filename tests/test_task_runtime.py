@@ -17,7 +17,7 @@ import torch
 
 from workers.agent import launcher
 from workers.agent import sandbox as sandboxing
-from workers.training import checkpoint, replay
+from workers.training import checkpoint, determinism, replay
 
 from .training_runs import read_events
 
@@ -116,3 +116,44 @@ def test_replaying_the_same_steps_twice_gives_the_same_bits(trained):
     first, second = (replayer.replay(start, to_step=to_step) for _ in range(2))
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+NOISY = '''
+import random
+import torch
+from workers.training.task import Task
+
+
+class Noisy(Task):
+    """Draws from Python's unseeded generator: honest, but not reproducible."""
+
+    def datasets(self):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(256, 4, generator=g)
+        y = (x.sum(1) > 0).long()
+        return (x[:200], y[:200]), (x[200:], y[200:])
+
+    def build_model(self):
+        return torch.nn.Linear(4, 2)
+
+    def loss(self, model, batch):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(model(x + random.random()), y)
+
+    def evaluate(self, model, held_out, device):
+        x, y = held_out
+        return {"loss": float(torch.nn.functional.cross_entropy(model(x), y))}
+'''
+
+
+def test_the_determinism_check_tells_a_reproducible_task_from_one_that_is_not(trained, tmp_path):
+    spec, _, _ = trained
+    ok = determinism.check(_replayer(spec), steps=3)
+    assert ok.deterministic and ok.rel_l2 == 0.0 and ok.steps == 3 and ok.seconds > 0
+    (tmp_path / "noisy.py").write_text(NOISY)
+    noisy = replay.Replayer(replay.Job(
+        template="", params={"epochs": 2, "batch_size": 16, "learning_rate": 0.01, "seed": 0},
+        dataset={"kind": "none"}, world_size=2,
+        bundle={"path": str(tmp_path / "noisy.py"), "entry": "noisy:Noisy"}))
+    result = determinism.check(noisy, steps=3)
+    assert not result.deterministic and result.rel_l2 > 0
