@@ -264,3 +264,21 @@ def test_a_tar_with_a_hard_link_is_refused(api, alice):
     _, finished = send(api.as_user(alice), out.getvalue(), name="pkg.tar", purpose="bundle",
                        chunk=4096, entry="task:T")
     assert "link" in assert_error(finished, 400, "file")["detail"]
+
+
+def test_an_upload_left_too_long_is_discarded_and_frees_the_quota(api, alice, settings, media):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    client = api.as_user(alice)
+    settings.ORG_STORAGE_QUOTA_BYTES = 1000
+    content = csv_bytes()
+    stale = create(client, b"s" * 950, name="old.csv").json()["id"]
+    assert patch(client, stale, 0, b"s" * 100).status_code == 204
+    assert_error(create(client, content), 413)  # the open upload holds the quota
+    Upload.objects.filter(pk=stale).update(
+        updated_at=timezone.now() - timedelta(seconds=settings.UPLOAD_EXPIRE_S + 1))
+    assert create(client, content).status_code == 201
+    assert not Upload.objects.filter(pk=stale).exists()
+    assert not (media / "uploads" / f"{stale}.part").exists()

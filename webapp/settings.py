@@ -233,6 +233,9 @@ UPLOAD_MAX_BYTES = env.int("UPLOAD_MAX_BYTES", default=10 * 1024**3)
 UPLOAD_CHUNK_MAX_BYTES = env.int("UPLOAD_CHUNK_MAX_BYTES", default=64 * 1_048_576)
 BUNDLE_MAX_BYTES = env.int("BUNDLE_MAX_BYTES", default=100 * 1_048_576)
 ORG_STORAGE_QUOTA_BYTES = env.int("ORG_STORAGE_QUOTA_BYTES", default=50 * 1024**3)
+# An unfinished upload untouched this long is discarded (its bytes and its quota) when its
+# organization next starts one.
+UPLOAD_EXPIRE_S = env.int("UPLOAD_EXPIRE_S", default=7 * 24 * 3600)
 # Archives (zip datasets, zip/tar bundles) are refused past these: entries, total
 # uncompressed bytes, and uncompressed/compressed ratio of any entry (zip bombs).
 ARCHIVE_MAX_ENTRIES = env.int("ARCHIVE_MAX_ENTRIES", default=200_000)

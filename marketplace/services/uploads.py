@@ -16,12 +16,14 @@ import hashlib
 import os
 import re
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
+from django.utils import timezone
 
 from ..errors import Conflict, MarketError, PermissionDenied
 from ..models import Organization, Upload
@@ -90,6 +92,7 @@ def upload_create(*, owner: Organization, actor, purpose: str, name: str, size: 
             kept["params_schema"] = bundles.params_schema_check(kept["params_schema"])
     if size > limit:
         raise UploadTooLarge(f"The file is {_mb(size)}; a {purpose}'s limit is {_mb(limit)}.")
+    uploads_expire(owner=owner)
     with transaction.atomic():
         # Serialises one organization's creates: two cannot both take the quota's last bytes.
         Organization.objects.select_for_update().filter(pk=owner.pk).first()
@@ -242,6 +245,17 @@ def _dataset_from(upload: Upload, path: Path, actor):
         target.unlink(missing_ok=True)
         raise
     return dataset
+
+
+def uploads_expire(*, owner: Organization) -> int:
+    """Discard the organization's uploads untouched for UPLOAD_EXPIRE_S (unfinished ones
+    with their bytes; finished ones are only rows). Returns how many."""
+    cutoff = timezone.now() - timedelta(seconds=settings.UPLOAD_EXPIRE_S)
+    stale = list(Upload.objects.filter(owner=owner, updated_at__lt=cutoff))
+    for upload in stale:
+        partial_path(upload).unlink(missing_ok=True)
+    Upload.objects.filter(pk__in=[u.pk for u in stale]).delete()
+    return len(stale)
 
 
 def upload_discard(*, upload: Upload) -> None:
