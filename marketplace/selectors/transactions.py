@@ -62,12 +62,11 @@ def transaction_view(tx_hash: str, user) -> dict:
     """Everything the transaction page shows about `tx_hash` (the platform's record, its
     jobs, amounts and parties), scoped to `user`."""
     tx = chain_transaction(tx_hash)
-    visible = set(jobs_visible_to(user).values_list("pk", flat=True)[:100_000])
     items: list[dict] = []
     parties: list[dict] = []
 
     def job_ref(job: Job) -> dict:
-        return {"id": job.pk, "name": job.name if job.pk in visible else "", "visible": job.pk in visible}
+        return {"id": job.pk, "name": job.name, "visible": False}
 
     for escrow in Escrow.objects.filter(fund_tx=tx_hash).select_related("job"):
         items.append({"what": "Deposit into the job's escrow", "job": job_ref(escrow.job),
@@ -106,6 +105,12 @@ def transaction_view(tx_hash: str, user) -> dict:
 
     # A settlement batch carries other organizations' jobs: the viewer sees those it may open,
     # and how many others there are.
+    refs = [i["job"] for i in items if i["job"] is not None]
+    visible = set(jobs_visible_to(user).filter(pk__in={r["id"] for r in refs}).values_list("pk", flat=True))
+    for ref in refs:
+        ref["visible"] = ref["id"] in visible
+        if not ref["visible"]:
+            ref["name"] = ""
     hidden = sum(1 for i in items if i["job"] is not None and not i["job"]["visible"])
     if not user.is_staff:
         items = [i for i in items if i["job"] is None or i["job"]["visible"]]
