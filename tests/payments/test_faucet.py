@@ -102,3 +102,18 @@ def test_the_faucet_button_answers_with_a_clear_message(chain, client, monkeypat
     page = client.post("/account/faucet/", follow=True)
     assert page.status_code == 200 and "only on development chains" in page.content.decode()
     assert FaucetGrant.objects.count() == 1
+
+
+def test_the_escrow_panel_says_what_to_do_without_a_browser_wallet(chain, client, monkeypatch, healthcare,
+                                                                   alice):
+    from .support import submitted_job
+
+    job = submitted_job(healthcare, budget="30")
+    client.force_login(alice)
+    page = client.get(f"/jobs/{job.pk}/").content.decode()
+    assert 'data-testid="fund-faucet"' in page and "Get a development wallet and test tUSD" in page
+    assert 'data-testid="no-browser-wallet"' in page and "This is a development chain" in page
+    monkeypatch.setattr(deploy, "DEV_CHAIN_IDS", frozenset({1}))  # a real chain: no faucet to offer
+    page = client.get(f"/jobs/{job.pk}/").content.decode()
+    assert 'data-testid="fund-faucet"' not in page
+    assert "Install a browser wallet" in page and f"/api/v1/jobs/{job.pk}/fund-calls/" in page
