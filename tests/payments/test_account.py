@@ -113,6 +113,8 @@ def test_the_account_page_shows_balances_and_history_with_transactions_and_jobs(
     assert f'href="/jobs/{settled.pk}/"' in page and f"/jobs/{settled.pk}/statement.pdf" in page
     header = client.get("/account/balance/").content.decode()
     assert 'data-testid="header-available">4,999.485598<' in header
+    job_page = client.get(f"/jobs/{settled.pk}/").content.decode()
+    assert 'data-testid="statement-downloads"' in job_page and f"/jobs/{settled.pk}/statement.csv" in job_page
 
 
 def test_a_provider_sees_what_it_earned(client, carol, settled):
