@@ -13,6 +13,7 @@ through (a missing `verify` queue left every job `verifying` and hung two of the
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -173,3 +174,15 @@ def test_diloco_smoke(bench_env, tmp_path):
         pytest.skip("bench/diloco.py makes network namespaces: root only")
     r = run_smoke("diloco", bench_env, tmp_path, timeout=500)
     assert r["figures"]["2 nodes: DiLoCo H=10 fp32: best_loss"] < r["baseline"]["2 nodes: DDP loss"] * 2, r
+
+
+def test_agent_scale_smoke(bench_env, tmp_path):
+    """20 simulated agents on 2 web processes behind HAProxy, and the echo baseline."""
+    if not shutil.which("haproxy") and not os.path.exists("/usr/sbin/haproxy"):
+        pytest.skip("needs haproxy (make test installs it)")
+    r = run_smoke("agent_scale", bench_env, tmp_path, timeout=240)
+    f = r["figures"]["2 web, 20 agents"]
+    assert f["connected"] == 20 and f["connect_failures"] == 0 and f["dropped"] == 0, r
+    assert f["false_offline"] == 0 and f["heartbeats"] > 0 and f["progress_acked"] > 0, r
+    assert 0 < f["rtt_p50_ms"] <= f["rtt_p99_ms"], r
+    assert r["baseline"]["2 web, 20 agents"]["connected"] == 20, r

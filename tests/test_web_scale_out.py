@@ -86,16 +86,20 @@ class Viewer:
 @pytest.fixture
 def tier(tmp_path):
     """The stack's daphne (web1), a second one (web2), HAProxy in front of both."""
-    stack = Stack(tmp_path).start()
+    stack = Stack(tmp_path)
     ports = {"web1": stack.port, "web2": free_port()}
-    stack.procs["web1"] = stack.procs.pop("daphne")
-    stack.daphne("web2", ports["web2"])
-    balancer = HAProxy(tmp_path, ports, logs=stack.logs).start()
-    # Killing a web process on purpose: its clients see the connection drop and reconnect.
-    stack.allow(r"(?i)connection (lost|closed)|reconnecting", why="a web process is killed")
-    yield stack, balancer, ports
-    balancer.stop()
-    stack.stop()
+    balancer = HAProxy(tmp_path, ports, logs=stack.logs)
+    try:
+        stack.start()
+        stack.procs["web1"] = stack.procs.pop("daphne")
+        stack.daphne("web2", ports["web2"])
+        balancer.start()
+        # Killing a web process on purpose: its clients see the connection drop and reconnect.
+        stack.allow(r"(?i)connection (lost|closed)|reconnecting", why="a web process is killed")
+        yield stack, balancer, ports
+    finally:
+        balancer.stop()
+        stack.stop()
 
 
 def test_agents_and_viewers_spread_over_processes_and_survive_losing_one(tier):

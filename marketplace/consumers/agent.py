@@ -5,6 +5,7 @@ import json
 import logging
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
@@ -13,8 +14,10 @@ from .. import metrics
 from ..errors import NotFound
 from ..services import agent_protocol, execution, live
 from ..services.nodes import node_by_token
+from ..services.presence import Beat
 from ..services.progress_ingest import ProgressWriter
 from .base import LiveConsumer
+from .heartbeats import heartbeats
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 1_048_576
@@ -52,6 +55,13 @@ def _authenticate(token):
         return node_by_token(token)
     except NotFound:
         return None
+
+
+# Hellos run on threads of their own, not the process's one shared sync thread: a fleet
+# connecting at once queued its handshakes (one query each) behind each other's hellos (a
+# dozen queries, a node coming online) past daphne's 5 s handshake limit, and they failed
+# (bench/agent_scale.py). Two threads: the database, not Python, is what a hello waits on.
+_HELLOS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="agent-hello")
 
 
 class NodeLimiter:
@@ -160,7 +170,8 @@ class AgentConsumer(LiveConsumer):
             if isinstance(message.get("advertise_addr"), str) and message["advertise_addr"]:
                 self.rdzv_hosts.add(message["advertise_addr"][:255])
             try:
-                out = await database_sync_to_async(execution.agent_hello)(node=self.node, hello=message)
+                out = await database_sync_to_async(execution.agent_hello, thread_sensitive=False,
+                                                   executor=_HELLOS)(node=self.node, hello=message)
             except agent_protocol.AgentRefused as exc:
                 await self._error(exc.code, exc.message, ref)
                 await self.close(code=4403)
@@ -168,9 +179,11 @@ class AgentConsumer(LiveConsumer):
         elif kind == "heartbeat":
             running = message.get("running") if isinstance(message.get("running"), list) else []
             unacked = message.get("unacked") if isinstance(message.get("unacked"), list) else None
-            out = await database_sync_to_async(execution.agent_heartbeat)(node=self.node, running=running,
-                                                                          unacked=unacked,
-                                                                          steps=message.get("steps"))
+            # Batched with the other sockets' heartbeats in this process (consumers/heartbeats.py).
+            out = await heartbeats().beat(Beat(node=self.node, running=running, unacked=unacked,
+                                               steps=message.get("steps")))
+            if message.get("ack") is True:  # asked for: the round trip (bench/agent_scale.py)
+                out = [*out, {"type": "heartbeat.ack", "ref": ref}]
         else:
             # Set here, never taken from the agent: what rank 0's rendezvous host is checked against.
             message["seen_hosts"] = sorted(self.rdzv_hosts)

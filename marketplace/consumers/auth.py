@@ -5,6 +5,8 @@ from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
 from rest_framework.authtoken.models import Token
 
+from ..services.nodes import TOKEN_PREFIX
+
 
 @database_sync_to_async
 def _user_for(key: str):
@@ -17,7 +19,9 @@ class TokenAuthMiddleware(BaseMiddleware):
         for name, value in scope.get("headers", []):
             if name == b"authorization":
                 scheme, _, key = value.decode("latin-1").partition(" ")
-                if scheme.lower() == "token" and key.strip():
+                # An agent's node token (cmn_…) is never an API token: no lookup, no trip through
+                # the process's shared sync thread on every agent handshake.
+                if scheme.lower() == "token" and key.strip() and not key.strip().startswith(TOKEN_PREFIX):
                     user = await _user_for(key.strip())
                     if user is not None:
                         scope = dict(scope, user=user)
