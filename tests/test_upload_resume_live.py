@@ -122,3 +122,62 @@ def test_the_command_line_killed_mid_upload_resumes_where_the_server_stopped(bas
     assert b"".join(dataset_chunks(dataset)) == content
     with Client(base, token) as c:  # nothing unfinished is left
         assert c.uploads() == []
+
+
+@live
+def test_two_patches_at_the_same_offset_at_once_one_is_refused(base, alice, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    token = Token.objects.create(user=alice).key
+    content = random_zip(tmp_path / "pair.zip", 8)
+    auth = {"Authorization": f"Token {token}"}
+    with httpx.Client(base_url=base, headers=auth, timeout=60) as http:
+        uid = http.post("/api/v1/uploads/", json={
+            "purpose": "dataset", "name": "pair.zip", "size_bytes": len(content),
+            "sha256": hashlib.sha256(content).hexdigest()}).json()["id"]
+
+    def send(_):
+        with httpx.Client(base_url=base, headers=auth, timeout=60) as h:
+            return h.patch(f"/api/v1/uploads/{uid}/", content=content[:4_000_000],
+                           headers={"Upload-Offset": "0", "Content-Type": CHUNK})
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = sorted(r.status_code for r in pool.map(send, range(2)))
+    assert answers == [204, 409], answers
+    upload = Upload.objects.get(pk=uid)
+    assert upload.offset == 4_000_000  # the chunk once, not twice
+
+
+@live
+def test_submit_a_job_file_with_a_local_bundle_in_place_of_a_template(base, alice, tmp_path):
+    from marketplace.models import CodeBundle, Job
+
+    from .test_api_bundles import RUNTIME
+
+    token = Token.objects.create(user=alice).key
+    (tmp_path / "task.py").write_text("class Forecaster:\n    pass\n")
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(
+        "name: My forecaster\nbundle: ./task.py\nparams: {}\nnodes: 1\ngpus_per_node: 1\n"
+        "gpu_models: [cpu]\nmax_price: 1.00\nbudget: 5\n")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("COMPUTEMESH_")},
+           "COMPUTEMESH_URL": base, "COMPUTEMESH_TOKEN": token, "XDG_CONFIG_HOME": str(tmp_path)}
+    # A single .py file names its class with --entry at upload; a job file's local bundle is
+    # uploaded as it is, so upload it first here, then submit by id and by path (the same).
+    up = subprocess.run([COMMAND, "bundles", "upload", str(tmp_path / "task.py"), "--entry",
+                         "Forecaster", "--json"], env=env, capture_output=True, text=True,
+                        timeout=60, check=False)
+    assert up.returncode == 0, up.stderr
+    bundle = CodeBundle.objects.get()
+    assert bundle.entry == "task:Forecaster" and bundle.runtime == RUNTIME
+    done = subprocess.run([COMMAND, "submit", str(job_file), "--json", "--no-fund"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    job = Job.objects.get()
+    assert job.bundle_id == bundle.pk and job.template == ""  # the same bytes: the same bundle
+    listed = subprocess.run([COMMAND, "bundles", "list", "--json"], env=env, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert listed.returncode == 0 and f'"id": {bundle.pk}' in listed.stdout
+    refused = subprocess.run([COMMAND, "bundles", "delete", str(bundle.pk)], env=env,
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 3 and "not finished" in refused.stderr

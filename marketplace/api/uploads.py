@@ -28,6 +28,8 @@ from .views import AUTH, ID, BoundedMultiPartParser, _errors
 UUID = r"[0-9a-fA-F-]{36}"
 OFFSET_HEADER = "Upload-Offset"
 CHUNK_TYPE = "application/offset+octet-stream"
+# tus's media type, or the generic one (clients and tools that know only it).
+CHUNK_TYPES = (CHUNK_TYPE, "application/octet-stream")
 
 
 class BundleMultiPartParser(BoundedMultiPartParser):
@@ -41,6 +43,10 @@ class ChunkParser(BaseParser):
 
     def parse(self, stream, media_type=None, parser_context=None):
         return {}
+
+
+class OctetChunkParser(ChunkParser):
+    media_type = "application/octet-stream"
 
 
 def _offset_headers(response: Response, upload: Upload) -> Response:
@@ -84,7 +90,7 @@ class UploadViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
 
     def get_parsers(self):
         if getattr(self, "action", None) == "partial_update" or self.request is None:
-            return [ChunkParser()]
+            return [ChunkParser(), OctetChunkParser()]
         from .parsers import DepthLimitedJSONParser
 
         return [DepthLimitedJSONParser()]
@@ -127,12 +133,12 @@ class UploadViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         parameters=[OpenApiParameter(OFFSET_HEADER, {"type": "integer", "minimum": 0},
                                      OpenApiParameter.HEADER, required=True,
                                      description="Where this chunk starts: the upload's offset.")],
-        request={CHUNK_TYPE: OpenApiTypes.BINARY},
+        request={t: OpenApiTypes.BINARY for t in CHUNK_TYPES},
         responses={204: OpenApiResponse(description="Written; Upload-Offset is the new offset."),
                    **_errors(400, 401, 403, 404, 409, 413)})
     def partial_update(self, request, pk=None):
         upload = self.get_object()
-        if request.content_type.split(";")[0].strip() != CHUNK_TYPE:
+        if request.content_type.split(";")[0].strip() not in CHUNK_TYPES:
             raise MarketError(f"Send a chunk with Content-Type: {CHUNK_TYPE}.",
                               field="Content-Type", code="unsupported_media_type")
         offset = _int_header(request, OFFSET_HEADER)

@@ -204,10 +204,11 @@ def bundle_store(*, owner: Organization, actor, path: str, name: str, sha256: st
                           f"{settings.BUNDLE_MAX_BYTES / 1_048_576:.1f} MB.", field="file",
                           code="too_large")
     kind = bundle_kind(name)
-    declared = declaration(path, kind, runtime=runtime, entry=entry, params_schema=params_schema)
+    # Content-addressed: the same bytes are the bundle the organization has, as first declared.
     existing = CodeBundle.objects.filter(owner=owner, sha256=sha256).first()
     if existing is not None:
         return existing, False
+    declared = declaration(path, kind, runtime=runtime, entry=entry, params_schema=params_schema)
     bundle = CodeBundle(owner=owner, created_by=actor if getattr(actor, "pk", None) else None,
                         name=name, kind=kind, size_bytes=size, sha256=sha256,
                         runtime=declared["runtime"], entry=declared["entry"],
