@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from .. import job_states
 from ..models import Assignment, Job, JobEvent, Offer
+from ..money import amount, tusd
 from ..selectors.checkpoints import checkpoints_resumable, jobs_awaiting_checkpoint_check
 from ..selectors.exclusions import nodes_excluded
 from . import deadlines, live, matching, replays
@@ -77,10 +78,10 @@ def _note_wait(job: Job, message: str, reasons: list[dict]) -> None:
 
 def placed_message(offers: list[tuple[str, str, Decimal]], gpus_per_node: int,
                    resume_step: int | None) -> str:
-    where = ", ".join(f"{model} in {region} at {price:.2f}" for model, region, price in offers)
+    where = ", ".join(f"{model} in {region} at {amount(price)}" for model, region, price in offers)
     total = sum((price for _, _, price in offers), Decimal(0)) * gpus_per_node
     n = len(offers)
-    return (f"Placed on {n} node{'s' if n > 1 else ''} ({where} tUSD/GPU-h; {total:.2f} tUSD/h in all)"
+    return (f"Placed on {n} node{'s' if n > 1 else ''} ({where} tUSD/GPU-h; {tusd(total, 'tUSD/h')} in all)"
             + (f", resuming from step {resume_step}." if resume_step else "."))
 
 
@@ -208,7 +209,7 @@ def diloco_replace(*, job_id: int) -> list[Assignment]:
             job_states.note(
                 job_id=job.pk, reason="node_replaced",
                 message=f"Node rank {rank} continues on node {node_id} ({offer.gpu_model} in "
-                        f"{offer.region} at {offer.price_per_gpu_hour:.2f} tUSD/GPU-h); it joins "
+                        f"{offer.region} at {tusd(offer.price_per_gpu_hour, 'tUSD/GPU-h')}); it joins "
                         "the others at their next outer step.",
                 data={"attempt": job.attempt, "node_rank": rank, "node": node_id, "offer": offer.pk})
         if placed:

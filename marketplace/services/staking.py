@@ -44,7 +44,7 @@ from ..models import (
     StakeOperation,
     Wallet,
 )
-from ..money import MICRO, from_units, to_units
+from ..money import MICRO, from_units, to_units, tusd
 from . import audit, enqueue
 from .wallets import custodial_key, custodial_wallet
 
@@ -121,8 +121,8 @@ def stake_deposit(*, organization: Organization, amount, request_id=None, actor=
         token, stake = token_contract(), stake_contract()
         held = token.functions.balanceOf(wallet.address).call()
         if held < units:
-            raise Conflict(f"The wallet {wallet.address} holds {from_units(held):.2f} tUSD, less than "
-                           f"{amount:.2f} tUSD.", code="insufficient_funds")
+            raise Conflict(f"The wallet {wallet.address} holds {tusd(from_units(held))}, less than "
+                           f"{tusd(amount)}.", code="insufficient_funds")
         approving = token.functions.allowance(wallet.address, stake.address).call() < units
         if approving:
             sender.send(key=key, purpose="approve", call=token.functions.approve(stake.address, units))
@@ -130,7 +130,7 @@ def stake_deposit(*, organization: Organization, amount, request_id=None, actor=
                          call=stake.functions.stake(units))
         audit.audit_record(actor=actor, action="stake.deposit", obj=organization,
                            data={"amount": str(amount), "tx": tx.tx_hash},
-                           message=f"Staking {amount:.2f} tUSD from {wallet.address}.")
+                           message=f"Staking {tusd(amount)} from {wallet.address}.")
         return amount, tx
 
     return _operation(organization=organization, request_id=request_id, kind=Op.STAKE, send=send)
@@ -145,12 +145,12 @@ def stake_request_withdrawal(*, organization: Organization, amount, request_id=N
     def send(wallet, key):
         staked, _, _ = _on_chain(wallet.address)
         if units > staked:
-            raise MarketError(f"You have {from_units(staked):.2f} tUSD staked; you cannot withdraw "
-                              f"{amount:.2f} tUSD.", field="amount", code="insufficient_stake")
+            raise MarketError(f"You have {tusd(from_units(staked))} staked; you cannot withdraw "
+                              f"{tusd(amount)}.", field="amount", code="insufficient_stake")
         tx = sender.send(key=key, purpose="stake", call=stake_contract().functions.requestWithdrawal(units))
         audit.audit_record(actor=actor, action="stake.request_withdrawal", obj=organization,
                            data={"amount": str(amount), "tx": tx.tx_hash},
-                           message=f"Requested the withdrawal of {amount:.2f} tUSD of stake.")
+                           message=f"Requested the withdrawal of {tusd(amount)} of stake.")
         return amount, tx
 
     return _operation(organization=organization, request_id=request_id, kind=Op.REQUEST_WITHDRAWAL,
@@ -237,7 +237,7 @@ def _dispute_slashed(*, key: str, amount: Decimal, tx_hash: str) -> Dispute | No
             status=D.SLASHED, slash_amount=amount, slash_tx=tx_hash, resolved_at=timezone.now()):
         job_states.note(job_id=dispute.job_id, reason="dispute_slashed",
                         message=f"Dispute #{dispute.pk}: {dispute.provider.name}'s stake was slashed by "
-                                f"{amount:.2f} tUSD to {slash.recipient} (transaction {tx_hash}).")
+                                f"{tusd(amount)} to {slash.recipient} (transaction {tx_hash}).")
     return dispute
 
 
@@ -320,7 +320,7 @@ def dispute_slash(*, dispute_id: int, actor=None) -> Dispute:
             slash.save()
             audit.audit_record(actor=actor, action="dispute.slash", obj=dispute,
                                data={"amount": str(amount), "recipient": recipient, "tx": waiting.tx_hash},
-                               message=f"Slashing {dispute.provider.name} by {amount:.2f} tUSD for "
+                               message=f"Slashing {dispute.provider.name} by {tusd(amount)} for "
                                        f"dispute #{dispute.pk}.")
     # After the commit (the transaction is broadcast then): wait for it, then index it.
     if waiting is not None:
