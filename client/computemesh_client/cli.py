@@ -484,6 +484,15 @@ def quote(state: State, job_file: str | None, **options: Any) -> None:
     if "data" in fields and "dataset" not in fields:
         fields.pop("data")
         fields["dataset"] = "sample:quote"  # the data's contents do not change the quote
+    if isinstance(fields.get("bundle"), str):  # a local file: the quote needs it uploaded
+        from .uploads import file_sha256
+
+        sha = file_sha256(Path(fields["bundle"]))
+        known = next((b for b in state.client().bundles() if b["sha256"] == sha), None)
+        if known is None:
+            raise click.UsageError(f"{fields['bundle']} is not uploaded yet: run `computemesh "
+                                   "bundles upload` (or `submit`, which uploads it) first")
+        fields["bundle"] = known["id"]
     q = state.client(auth=bool(state.settings.token)).quote(jobfile.spec_of(fields))
     emit(state, q, lambda: _render_quote(q))
 

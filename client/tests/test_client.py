@@ -425,3 +425,21 @@ def test_a_resumable_upload_goes_on_at_the_servers_offset_after_breaks(tmp_path)
     # 0, 3000 (answer lost: the server had it), then from the server's 6000, never 3000 again.
     assert patches == [0, 3000, 6000, 9000]
     assert seen[0] == (0, 10_000) and seen[-1] == (10_000, 10_000)
+
+
+def test_a_job_file_takes_a_bundle_in_place_of_a_template(tmp_path):
+    (tmp_path / "task.zip").write_bytes(b"PK")
+    job = tmp_path / "job.yaml"
+    job.write_text("name: mine\nbundle: ./task.zip\nnodes: 1\n")
+    fields = jobfile.read(job)
+    assert fields["bundle"] == str(tmp_path / "task.zip")  # relative to the job file
+    assert jobfile.normalize({"bundle": "12"}) == {"bundle": 12}
+    assert jobfile.spec_of({"bundle": 12, "name": "x"})["bundle"] == 12
+    from computemesh_client.cli import build_spec
+
+    assert build_spec(str(job), {})["bundle"] == str(tmp_path / "task.zip")
+    with pytest.raises(Exception, match="missing template"):
+        build_spec(None, {"name": "x"})
+    job.write_text("name: both\nbundle: 3\ntemplate: tabular-classifier\n")
+    with pytest.raises(Exception, match="not both"):
+        build_spec(str(job), {})
