@@ -121,6 +121,38 @@ def test_another_tenants_job_is_refused_with_exit_3_on_the_api_and_the_socket(ba
 
 
 @live
+def test_jobs_download_partial_saves_the_trusted_checkpoint_and_refuses_another_tenant(
+        base, alice, bob, healthcare, carol_offer, tmp_path):
+    import hashlib
+    from decimal import Decimal
+
+    from django.core.files.base import ContentFile
+    from django.utils import timezone
+
+    from marketplace.models import Assignment, Checkpoint
+
+    job = JobFactory(owner=healthcare, status="cancelled")
+    a = Assignment.objects.create(job=job, node=carol_offer.node, offer=carol_offer, attempt=1, node_rank=0,
+                                  gpus=1, price_per_gpu_hour=Decimal("1"), status="cancelled")
+    weights = os.urandom(30_000)
+    ckpt = Checkpoint(job=job, assignment=a, step=2600, sha256=hashlib.sha256(weights).hexdigest(),
+                      size_bytes=len(weights), committed_at=timezone.now(), status="verified")
+    ckpt.file.save("ckpt.pt", ContentFile(weights), save=True)
+    token = Token.objects.create(user=alice).key
+    saved = cm("jobs", "download", str(job.pk), "--partial", "-o", str(tmp_path / "out") + "/", "--json",
+               url=base, token=token, config=tmp_path)
+    assert saved.returncode == 0, saved.stderr
+    path = Path(json.loads(saved.stdout)["path"])
+    assert path.name == f"computemesh-job-{job.pk}-step-2600.pt"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == ckpt.sha256
+    other = Token.objects.create(user=bob).key
+    refused = cm("jobs", "download", str(job.pk), "--partial", "-o", str(tmp_path / "bob") + "/",
+                 url=base, token=other, config=tmp_path)
+    assert "404" in one_line_error(refused, 3)
+    assert not list((tmp_path / "bob").glob("*.pt"))
+
+
+@live
 def test_a_validation_error_names_the_field_and_exits_2(base, alice, tmp_path):
     token = Token.objects.create(user=alice).key
     job_file = tmp_path / "job.yaml"

@@ -819,13 +819,19 @@ def jobs_verification(state: State, job_id: int, output: str | None) -> None:
 @click.argument("job_id", type=int)
 @click.option("-o", "--output", type=click.Path(), default=".", show_default=True,
               help="A folder or a file name.")
+@click.option("--partial", is_flag=True,
+              help="The partial result instead: the newest checkpoint whose work was checked and "
+                   "paid for (a cancelled, failed, paused or interrupted job).")
 @json_option
 @pass_state
-def jobs_download(state: State, job_id: int, output: str) -> None:
-    """Download the trained model (once its verification has passed)."""
-    path = state.client().download_model(job_id, output)
+def jobs_download(state: State, job_id: int, output: str, partial: bool) -> None:
+    """Download the trained model (once its verification has passed), or with --partial the
+    last trusted checkpoint."""
+    client = state.client()
+    path = client.download_checkpoint(job_id, output) if partial else client.download_model(job_id, output)
+    what = "Checkpoint" if partial else "Model"
     emit(state, {"path": str(path), "bytes": path.stat().st_size if path else None},
-         lambda: out.print(f"Model saved to {path}"))
+         lambda: out.print(f"{what} saved to {path}"))
 
 
 # --- datasets --------------------------------------------------------------------------

@@ -59,6 +59,7 @@ OPERATIONS: dict[str, tuple[str, str, bool]] = {
     "jobs_budget": ("POST", "/api/v1/jobs/{id}/budget/", True),
     "jobs_fund_calls": ("GET", "/api/v1/jobs/{id}/fund-calls/", True),
     "jobs_artifact": ("GET", "/api/v1/jobs/{id}/artifact/", True),
+    "jobs_checkpoint": ("GET", "/api/v1/jobs/{id}/checkpoint/", True),
     "jobs_verification": ("GET", "/api/v1/jobs/{id}/verification/", True),
     "jobs_metrics": ("GET", "/api/v1/jobs/{id}/metrics/", True),
     "datasets_list": ("GET", "/api/v1/datasets/", True),
@@ -345,13 +346,23 @@ class Client:
     def download_model(self, job_id: int, dest: str | Path | BinaryIO | None = None) -> Path | None:
         """Stream the trained model to `dest` (a path, a folder, or a binary file object;
         default `computemesh-job-<id>-model.pt` here). Returns the path written."""
-        response = self._send("jobs_artifact", path_args={"id": job_id}, stream=True)
+        return self._download("jobs_artifact", job_id, dest, f"computemesh-job-{job_id}-model.pt", "model")
+
+    def download_checkpoint(self, job_id: int, dest: str | Path | BinaryIO | None = None) -> Path | None:
+        """Stream the job's partial result (its newest trusted checkpoint: what a cancelled,
+        failed, paused or interrupted job paid for) to `dest`, as `download_model` does."""
+        return self._download("jobs_checkpoint", job_id, dest, f"computemesh-job-{job_id}-checkpoint.pt",
+                              "checkpoint")
+
+    def _download(self, operation: str, job_id: int, dest: str | Path | BinaryIO | None, default: str,
+                  what: str) -> Path | None:
+        response = self._send(operation, path_args={"id": job_id}, stream=True)
         try:
             if dest is not None and not isinstance(dest, str | Path):
                 for chunk in response.iter_bytes(1 << 16):
                     dest.write(chunk)
                 return None
-            name = _attachment_name(response) or f"computemesh-job-{job_id}-model.pt"
+            name = _attachment_name(response) or default
             path = Path(dest) if dest is not None else Path(name)
             if path.is_dir() or str(dest).endswith(("/", os.sep)):
                 path.mkdir(parents=True, exist_ok=True)
@@ -363,7 +374,7 @@ class Client:
                         fh.write(chunk)
             except httpx.TransportError as exc:
                 partial.unlink(missing_ok=True)
-                raise errors.NetworkError(f"download of job {job_id}'s model broke off: "
+                raise errors.NetworkError(f"download of job {job_id}'s {what} broke off: "
                                           f"{_reason(exc)}") from None
             partial.replace(path)
             return path

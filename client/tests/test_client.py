@@ -233,6 +233,15 @@ def test_download_streams_to_a_folder_under_the_servers_file_name(tmp_path):
     assert not list(tmp_path.glob("*.part"))
 
 
+def test_the_partial_result_is_downloaded_from_the_checkpoint_operation(tmp_path):
+    weights = os.urandom(50_000)
+    c, seen = client_with(lambda r: httpx.Response(200, content=weights, headers={
+        "Content-Disposition": 'attachment; filename="computemesh-job-7-step-2600.pt"'}))
+    path = c.download_checkpoint(7, tmp_path)
+    assert seen[-1].url.path == "/api/v1/jobs/7/checkpoint/"
+    assert path == tmp_path / "computemesh-job-7-step-2600.pt" and path.read_bytes() == weights
+
+
 # --- the job socket ---------------------------------------------------------------------
 
 def point(seq):

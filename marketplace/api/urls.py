@@ -1,7 +1,7 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from . import account, organizations, stake, uploads, views
+from . import account, checkpoints, organizations, stake, uploads, views
 
 router = DefaultRouter()
 router.register("templates", views.TemplateViewSet, basename="template")
@@ -23,5 +23,6 @@ urlpatterns = [
     path("account/", account.AccountView.as_view(), name="account"),
     path("account/faucet/", account.FaucetView.as_view(), name="account-faucet"),
     path("jobs/<int:pk>/disputes/", account.JobDisputesView.as_view(), name="job-disputes"),
+    path("jobs/<int:pk>/checkpoint/", checkpoints.JobCheckpointView.as_view(), name="job-checkpoint"),
     *router.urls,
 ]

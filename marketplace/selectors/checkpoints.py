@@ -70,3 +70,12 @@ def jobs_awaiting_checkpoint_check(job_ids: list[int], *, now: datetime) -> dict
                           & (Q(replay_requested_at__isnull=True) | Q(replay_requested_at__gte=since))))
                .values_list("job").annotate(step=Max("step")))
     return {job_id: step for job_id, step in waiting if step > valid.get(job_id, -1)}
+
+
+def partial_result(job_id: int) -> Checkpoint | None:
+    """The newest checkpoint the consumer may download as its partial result (a job cancelled,
+    failed, paused or interrupted before its model): one the platform trusts and paid for,
+    never one written by an assignment whose work failed verification (an open or upheld
+    dispute) and never one rejected or still being checked."""
+    qs = checkpoints_resumable(Checkpoint.objects.filter(job_id=job_id)).exclude(file="")
+    return qs.order_by("-step").first()

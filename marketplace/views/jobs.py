@@ -15,6 +15,7 @@ from ..money import is_whole_micro, tusd
 from ..selectors.account import job_disputes
 from ..selectors.accounts import organization_of
 from ..selectors.budget import budget_view
+from ..selectors.checkpoints import partial_result
 from ..selectors.execution import job_assignments, job_progress
 from ..selectors.job_status import STATUS_FILTERS, job_state, jobs_filtered, with_ending
 from ..selectors.live import cost_so_far
@@ -217,11 +218,20 @@ def chain_tx(request, tx_hash: str):
     return render(request, "chain/tx.html", transaction_view(tx_hash[:80], request.user))
 
 
+def _partial_result(job, user):
+    """The newest trusted checkpoint, for the job's organization and staff, where the model
+    is not (yet) there to download instead."""
+    if not (user.is_staff or is_job_owner(user, job)) or job_model_downloadable(job, user):
+        return None
+    return partial_result(job.pk)
+
+
 def _progress_context(job, user) -> dict:
     spent = cost_so_far(job)
     state = job_state(job, spent=spent)
     return {"progress": job_progress(job), "assignments": job_assignments(job),
             "model_downloadable": job_model_downloadable(job, user),
+            "partial_result": _partial_result(job, user),
             "active": job.status in Job.Status.ACTIVE, "cost_so_far": spent,
             "spend": budget_view(job, spent=spent), "state": state}
 
