@@ -157,3 +157,28 @@ def test_the_determinism_check_tells_a_reproducible_task_from_one_that_is_not(tr
         bundle={"path": str(tmp_path / "noisy.py"), "entry": "noisy:Noisy"}))
     result = determinism.check(noisy, steps=3)
     assert not result.deterministic and result.rel_l2 > 0
+
+
+def test_the_verifier_checks_a_bundle_inside_the_sandbox(trained):
+    """workers/verify/sandboxed.py: the consumer's code replayed and evaluated in a sandbox
+    on the verifier, with the same findings as the in-process check."""
+    from workers.verify import check_attempt
+    from workers.verify.sandboxed import check_attempt_sandboxed
+
+    if not sandboxing.available():
+        pytest.skip("bubblewrap cannot build a sandbox here")
+    spec, events, _ = trained
+    paths = {c["step"]: c["path"] for c in events["checkpoint"]}
+    steps = sorted(paths)
+    plan = {"template": "", "params": spec["params"], "world_size": 2,
+            "checkpoints": {0: None, **{s: paths[s] for s in steps}},
+            "segments": [(0, steps[0]), (steps[1], steps[2])], "threshold": 1e-4,
+            "check_model": True, "artifact": events["finished"]["artifact"],
+            "final_checkpoint": paths[steps[-1]], "final_step": steps[-1],
+            "bundle": spec["bundle"], "data_dir": spec["data_dir"]}
+    inside = check_attempt_sandboxed(plan, spec["dataset"])
+    assert inside["findings"] == [] and all(s["passed"] for s in inside["segments"]), inside
+    assert inside["metric_name"] == "accuracy"
+    assert inside["metric_measured"] == events["finished"]["value"]
+    outside = check_attempt(plan, spec["dataset"])
+    assert [s["rel_l2"] for s in inside["segments"]] == [s["rel_l2"] for s in outside["segments"]]
