@@ -144,7 +144,8 @@ class Client:
               params: Any = None, json: Any = None, files: Any = None, data: Any = None,
               auth: bool = True, stream: bool = False,
               headers: dict[str, str] | None = None, content: bytes | None = None,
-              retry: bool = True, method_override: str | None = None) -> httpx.Response:
+              retry: bool = True, method_override: str | None = None,
+              timeout: float | None = None) -> httpx.Response:
         method, template, idempotent = OPERATIONS[op]
         method = method_override or method
         path = template.format(**{k: _segment(v) for k, v in (path_args or {}).items()})
@@ -158,6 +159,8 @@ class Client:
             try:
                 request = self._http.build_request(method, path, params=params, json=json,
                                                    files=files, data=data, content=content,
+                                                   timeout=(httpx.USE_CLIENT_DEFAULT if timeout is None
+                                                            else timeout),
                                                    headers={**self._headers(auth), **(headers or {})})
                 response = self._http.send(request, stream=stream)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # never reached it: safe to resend

@@ -74,7 +74,27 @@ def resumable_upload(client: Client, path: str | Path, *, purpose: str, name: st
                 offset = upload_offset(client, uid)  # where the server says it stopped
             if progress:
                 progress(offset, size)
-    return client._json("uploads_finish", path_args={"id": uid})
+    return _finish(client, uid, size, breaks)
+
+
+def _finish(client: Client, uid: str, size: int, breaks: int) -> dict[str, Any]:
+    """`finish` reads the whole file again on the server (its SHA-256, then the encryption
+    into storage): about a minute for 10 GB. Its timeout allows that; after a timeout, or
+    while the first finish still runs (409 upload_busy), ask again: a finished upload answers
+    with what it made."""
+    timeout = max(120.0, size / 10e6)  # 10 MB/s at worst
+    for attempt in range(breaks + 1):
+        try:
+            response = client._send("uploads_finish", path_args={"id": uid}, retry=False,
+                                    timeout=timeout)
+            return response.json()
+        except (errors.NetworkError, errors.Conflict) as exc:
+            if isinstance(exc, errors.Conflict) and exc.code != "upload_busy":
+                raise
+            if attempt == breaks:
+                raise
+            time.sleep(min(30.0, client.backoff_s * 2 ** attempt))
+    raise AssertionError("unreachable")
 
 
 def upload_offset(client: Client, upload_id: str) -> int:

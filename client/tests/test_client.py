@@ -452,3 +452,33 @@ def test_a_job_file_takes_a_bundle_in_place_of_a_template(tmp_path):
     job.write_text("name: both\nbundle: 3\ntemplate: tabular-classifier\n")
     with pytest.raises(Exception, match="not both"):
         build_spec(str(job), {})
+
+
+def test_finish_is_asked_again_while_the_first_still_runs(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_bytes(b"a,b\n1,2\n")
+    finishes: list[int] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json=[{"id": "u9", "purpose": "dataset", "name": "data.csv",
+                                              "size_bytes": 8, "sha256": jobfile_sha(path),
+                                              "offset": 8, "chunk_max_bytes": 64}])
+        if request.url.path.endswith("/finish/"):
+            finishes.append(1)
+            if len(finishes) == 1:
+                raise httpx.ReadTimeout("the server is still checking")
+            if len(finishes) == 2:
+                return error(409, "Another request is writing to this upload.", code="upload_busy")
+            return httpx.Response(200, json={"id": 5})
+        raise AssertionError(request)
+
+    c, seen = client_with(server)
+    assert c.upload_dataset_resumable(path)["id"] == 5
+    assert len(finishes) == 3 and not any(r.method == "PATCH" for r in seen)  # all was there
+
+
+def jobfile_sha(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
