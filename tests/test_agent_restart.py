@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 
 from marketplace.models import Assignment, Job
-from marketplace.services import execution
+from marketplace.services import agent_ingest, execution
 
 from .factories import JobFactory
 
@@ -105,7 +105,7 @@ def two_nodes(carol_node, carol_offer, dave_node, dave_offer):
 
 def failed(part: Assignment, error: str = "training exited with 1") -> None:
     """The part's agent reports that its ranks failed (the next message in its sequence)."""
-    execution.agent_data(node=part.node, message={
+    agent_ingest.agent_data(node=part.node, message={
         "type": "assignment.finished", "id": f"f{part.pk}", "assignment": part.pk,
         "seq": part.last_seq + 1, "status": "failed", "error": error})
 

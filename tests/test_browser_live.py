@@ -86,7 +86,7 @@ def test_the_job_page_draws_progress_as_it_is_persisted(transactional_db, monkey
     from playwright.sync_api import expect, sync_playwright
 
     from marketplace.models import Assignment
-    from marketplace.services.execution import agent_data
+    from marketplace.services.agent_ingest import agent_data
 
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     consumer = OrganizationFactory(name="Medisight", slug="medisight", kind=Organization.Kind.CONSUMER)

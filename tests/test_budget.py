@@ -15,8 +15,9 @@ from django.utils import timezone
 from marketplace import job_states
 from marketplace.errors import MarketError
 from marketplace.models import Assignment, Job
+from marketplace.selectors import metering
 from marketplace.selectors.live import cost_so_far, job_brief, job_snapshot
-from marketplace.services import budget, execution, payments
+from marketplace.services import agent_ingest, budget, execution
 from marketplace.services.budget import BudgetCheck
 
 from .factories import JobFactory
@@ -95,7 +96,7 @@ def test_the_live_spend_is_the_settlement_metering(healthcare, carol_node):
     assert spent == pytest.approx(Decimal("2") + Decimal("3"), abs=Decimal("0.01"))  # 20 min + 30 min at 6/h
     # Once the running part stops, the statement that settles it says the same.
     job.assignments.filter(status=A.RUNNING).update(status=A.CANCELLED, finished_at=now)
-    assert payments.job_statement(job)[1] == spent
+    assert metering.job_statement(job)[1] == spent
 
 
 def test_work_that_failed_verification_is_not_in_the_spend(healthcare, carol_node):
@@ -112,7 +113,7 @@ def test_work_that_failed_verification_is_not_in_the_spend(healthcare, carol_nod
     now = timezone.now()
     assert before - cost_so_far(job, now=now) == pytest.approx(Decimal("6"), abs=Decimal("0.01"))
     job.assignments.filter(status=A.RUNNING).update(status=A.CANCELLED, finished_at=now)
-    assert payments.job_statement(job)[1] == cost_so_far(job, now=now)
+    assert metering.job_statement(job)[1] == cost_so_far(job, now=now)
 
 
 def test_the_consumer_is_warned_once_at_80_percent(healthcare, carol_node):
@@ -152,7 +153,7 @@ def test_at_the_budget_each_node_checkpoints_and_the_job_pauses_at_that_step(hea
     assert budget.budget_watch()["pausing"] == 0  # asked once
     # The node checkpointed at step 120 and stopped.
     checkpoint(a, after_minutes=16, step=120)
-    assert execution.agent_data(node=carol_node, message=finished(a, seq=1, step=120)) == "applied"
+    assert agent_ingest.agent_data(node=carol_node, message=finished(a, seq=1, step=120)) == "applied"
     job.refresh_from_db()
     a.refresh_from_db()
     assert (job.status, job.current_step, a.status) == (S.PAUSED, 120, A.PAUSED)
@@ -160,7 +161,7 @@ def test_at_the_budget_each_node_checkpoints_and_the_job_pauses_at_that_step(hea
     assert paused.reason == "budget_paused" and paused.data == {"step": 120}
     assert "Paused at step 120" in paused.message and "Raise the budget" in paused.message
     # A resent finish (the agent's outbox after a reconnect) changes nothing.
-    assert execution.agent_data(node=carol_node, message=finished(a, seq=1, step=120)) == "duplicate"
+    assert agent_ingest.agent_data(node=carol_node, message=finished(a, seq=1, step=120)) == "duplicate"
     assert job.events.filter(to_status=S.PAUSED).count() == 1
 
 

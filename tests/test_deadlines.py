@@ -11,7 +11,7 @@ from django.test import TestCase
 from django.utils import timezone
 
 from marketplace.models import Assignment, Escrow, Job
-from marketplace.services import budget, execution, placement
+from marketplace.services import agent_ingest, budget, execution, placement
 
 from .factories import JobFactory
 from .payments.support import checkpoint, offer_on
@@ -33,7 +33,7 @@ def test_a_running_job_at_its_deadline_checkpoints_stops_and_ends(healthcare, ca
     assert any(m["type"] == "assignment.pause"
                for m in execution.agent_heartbeat(node=carol_node, running=[a.pk], unacked=[]))
     checkpoint(a, after_minutes=29.9, step=240)
-    execution.agent_data(node=carol_node, message={"type": "assignment.finished", "assignment": a.pk,
+    agent_ingest.agent_data(node=carol_node, message={"type": "assignment.finished", "assignment": a.pk,
                                                    "seq": 1, "status": "paused", "step": 240})
     job.refresh_from_db()
     assert job.status == S.CANCELLED and job.current_step == 240
@@ -47,7 +47,7 @@ def test_a_budget_pause_long_before_the_deadline_still_pauses(healthcare, carol_
                                   node_rank=0, gpus=1, price_per_gpu_hour=Decimal("36"), status=A.RUNNING,
                                   started_at=timezone.now() - timedelta(minutes=16.6))
     assert budget.budget_watch()["pausing"] == 1
-    execution.agent_data(node=carol_node, message={"type": "assignment.finished", "assignment": a.pk,
+    agent_ingest.agent_data(node=carol_node, message={"type": "assignment.finished", "assignment": a.pk,
                                                    "seq": 1, "status": "paused", "step": 0})
     job.refresh_from_db()
     assert job.status == S.PAUSED

@@ -191,8 +191,9 @@ def test_a_diloco_job_completes_when_rank_0_ends_and_cancels_a_replacement_not_y
     execution.node_lost(node_id=rank1.node_id)
     Job.objects.filter(pk=job.pk).update(artifact_sha256="a" * 64)
     rank0 = Assignment.objects.get(pk=rank0.pk)
-    execution._on_finished(rank0, {"status": "succeeded", "artifact_sha256": "a" * 64, "metric": "accuracy",
-                                   "value": 0.9, "step": 10, "param_digests": ["x"]})
+    execution.assignment_finished(rank0, {"status": "succeeded", "artifact_sha256": "a" * 64,
+                                          "metric": "accuracy", "value": 0.9, "step": 10,
+                                          "param_digests": ["x"]})
     job.refresh_from_db()
     assert job.status == Job.Status.VERIFYING  # then completed once the work is verified
     assert job.assignments.get(node_rank=1, status=Assignment.Status.CANCELLED)

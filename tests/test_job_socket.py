@@ -12,7 +12,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from marketplace.models import Assignment, Job, MetricPoint
-from marketplace.services.execution import agent_data
+from marketplace.services.agent_ingest import agent_data
 from webapp.asgi import application
 
 from .factories import JobFactory, NodeFactory, OfferFactory

@@ -9,7 +9,7 @@ import pytest
 from django.db import connection
 
 from marketplace.models import Assignment, Job, MetricPoint
-from marketplace.services import execution
+from marketplace.services import agent_ingest
 from marketplace.services.progress_ingest import ProgressWriter
 
 from .factories import JobFactory, NodeFactory, OfferFactory
@@ -85,7 +85,7 @@ def test_the_same_messages_give_the_same_rows_as_the_orm_path():
                 (node, _progress(a, 2, _item(3, 0.1)))]  # a resend: acked, not applied
 
     fast_results, _, _ = run(_apply(messages(fast)))
-    orm_results = execution.agent_data_batch(items=messages(orm), outbox=[], snapshots=set())
+    orm_results = agent_ingest.agent_data_batch(items=messages(orm), outbox=[], snapshots=set())
     assert fast_results == orm_results == [None, None, None]
     assert _rows(fast.job_id) == _rows(orm.job_id) and len(_rows(fast.job_id)) == 3
     fields = ("metric_seq", "current_step", "total_steps", "last_loss", "samples_per_sec", "comm_bytes")

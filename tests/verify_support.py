@@ -2,7 +2,7 @@
 that no other test run's worker takes these tasks), with this process's Celery app pointed
 at that broker: the platform's own enqueue path (`transaction.on_commit` → `send_task`)
 reaches it. Also: real checkpoint bytes for the tabular template, and an agent's messages
-through the platform's ingest (`execution.agent_data`, what the agent socket calls)."""
+through the platform's ingest (`agent_ingest.agent_data`, what the agent socket calls)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from celery import current_app
 
 from marketplace import catalogue
 from marketplace.models import Assignment, Job, Node
-from marketplace.services import execution
+from marketplace.services import agent_ingest
 from marketplace.services.execution import assignment_token
 from webapp.celery import app as celery_app
 from workers.training import commitments, nets, replay, schedule
@@ -132,7 +132,7 @@ class Agent:
 
     def say(self, kind: str, **fields) -> str:
         self.seq += 1
-        return execution.agent_data(node=self.a.node, message={
+        return agent_ingest.agent_data(node=self.a.node, message={
             "type": kind, "id": f"m{next(self._ids)}", "assignment": self.a.pk, "seq": self.seq, **fields})
 
     def progress(self, step: int, total: int = 100) -> None:

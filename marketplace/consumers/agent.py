@@ -12,7 +12,7 @@ from channels.layers import get_channel_layer
 
 from .. import metrics
 from ..errors import NotFound
-from ..services import agent_protocol, execution, live
+from ..services import agent_ingest, agent_protocol, execution, live
 from ..services.nodes import node_by_token
 from ..services.presence import Beat
 from ..services.progress_ingest import ProgressWriter
@@ -275,7 +275,7 @@ class Ingest:
                 return results, outbox, snapshots
         try:
             # Off the shared sync thread: handshakes and heartbeats must not wait on it.
-            results = await database_sync_to_async(execution.agent_data_batch, thread_sensitive=False)(
+            results = await database_sync_to_async(agent_ingest.agent_data_batch, thread_sensitive=False)(
                 items=[(c.node, m) for c, m in batch], outbox=outbox, snapshots=snapshots)
         except Exception:  # a bug must not stop ingestion: nothing was applied or acked
             log.exception("applying %d agent messages failed", len(batch))

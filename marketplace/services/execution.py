@@ -1,14 +1,21 @@
-"""Running a placed job: what is sent to agents, and what their messages do.
+"""Running a placed job, its lifecycle: dispatching its parts, what an agent's hello,
+heartbeat, acceptance, rejection and ending do to them and to the job, a node lost, a
+DiLoCo rank replaced. The wire format is services/agent_protocol.py, the claims that move
+an assignment on exactly once services/assignments.py, and the ingest that applies agents'
+numbered messages services/agent_ingest.py.
 
 The database is the source of truth. Messages to agents are pushed through the channel
 layer after commit, and re-sent from the database on every hello and heartbeat, so a
 lost push delays work but never loses it.
+
+About 500 lines, over the ~400 of the others: every transition of a job's parts is here,
+so that one reading shows how a job moves (the handlers share _interrupt, _lock_job and
+the DiLoCo rules).
 """
 
 import json
 import logging
 from datetime import timedelta
-from types import SimpleNamespace
 from typing import Any
 
 from django.conf import settings
@@ -19,29 +26,21 @@ from django.utils.crypto import salted_hmac
 
 from .. import catalogue, job_states, task_names
 from ..errors import NotFound
-from ..models import Assignment, Checkpoint, Job, LogLine, MetricPoint, Node
+from ..models import Assignment, Checkpoint, Job, Node
 from ..selectors.execution import is_diloco
-from ..selectors.live import log_line, point
-from . import claims, enqueue, live, placement, verification
+from . import claims, enqueue, placement, verification
 from .agent_protocol import (
-    AgentMessageError,
     AgentRefused,
     agent_message,
-    applicable,
     assignment_ids,
     cancel_message,
-    check_seq,
     loose_float,
     loose_int,
-    parse_batch,
-    parse_data,
     pause_message,
-    progress_items,
     send_to_node,
 )
 from .assignments import assignment_claim_dispatch, assignment_end, job_stop_assignments
 from .budget import job_paused_by_nodes
-from .bulk import bulk_insert, bulk_set
 from .bundles import bundle_spec
 from .liveness import assignment_steps_record
 from .nodes import node_set_presence
@@ -230,79 +229,16 @@ def agent_heartbeat(*, node: Node, running: list, touch: bool = True,
     return out
 
 
-def agent_data(*, node: Node, message: dict) -> str:
-    """Apply one numbered message about an assignment of this node, exactly once.
-    Returns "applied" or "duplicate"; raises AgentMessageError (not acked)."""
-    kind, assignment_id, seq, message = parse_data(message)
-    with transaction.atomic():
-        assignment = (Assignment.objects.select_for_update().select_related("job")
-                      .filter(pk=assignment_id).first())
-        if not check_seq(assignment, node, seq):
-            return "duplicate"
-        assignment.last_seq = seq
-        assignment.save(update_fields=["last_seq"])
-        if assignment.status in Assignment.ACTIVE:
-            HANDLERS[kind](assignment, message)
-    return "applied"
-
-
-def agent_data_batch(*, items: list[tuple[Node, dict]], outbox: list | None = None,
-                     snapshots: set | None = None) -> list[AgentMessageError | None]:
-    """Apply the messages queued on this process's agent sockets in one transaction (group
-    commit), in arrival order; each assignment's messages stay in sequence. Progress, nearly
-    all of the traffic, is stored in bulk: a handful of queries per batch however many jobs
-    it holds. Any other message runs in a savepoint of its own, so a refused one undoes only
-    itself. Broadcasts are merged, and gathered in `outbox` when given (the caller sends
-    them from its event loop); with `snapshots`, the jobs due a progress snapshot are added to
-    it instead of snapshotted here."""
-    results, parsed = parse_batch(items)
-    with live.coalesced(outbox, snapshots), transaction.atomic():
-        # Locked in id order, as every batch does: two processes' batches cannot deadlock.
-        # Without the job: progress, nearly all of the traffic, needs only job_id (a job row
-        # with its JSON fields cost the ingest ~10 % of its CPU); handlers load it if needed.
-        locked = {a.pk: a for a in Assignment.objects.select_for_update(of=("self",))
-                  .filter(pk__in={p[4] for p in parsed}).order_by("pk")}
-        progress: list[tuple[Assignment, dict]] = []
-        numbered: dict[int, Assignment] = {}
-        for i, message, kind, a, seq in applicable(parsed, locked, results):
-            if kind == "progress":
-                a.last_seq, numbered[a.pk] = seq, a
-                if a.status in Assignment.ACTIVE:
-                    progress.append((a, message))
-                continue
-            _store_progress(progress)  # what came before this message, first
-            progress = []
-            try:
-                with transaction.atomic():
-                    Assignment.objects.filter(pk=a.pk).update(last_seq=seq)
-                    if a.status in Assignment.ACTIVE:
-                        HANDLERS[kind](a, message)
-            except AgentMessageError as exc:
-                results[i] = exc
-                continue
-            except Exception as exc:  # a bug: its savepoint is undone, the batch goes on
-                log.exception("agent message %s for assignment %s failed", kind, a.pk)
-                results[i] = AgentMessageError(f"not applied ({type(exc).__name__}); resend later",
-                                               code="internal")
-                continue
-            a.last_seq = seq
-            numbered.pop(a.pk, None)
-            # A handler may end any assignment of the job (or of others): see it as it is now.
-            for pk, status in Assignment.objects.filter(pk__in=locked).values_list("pk", "status"):
-                locked[pk].status = status
-        _store_progress(progress)
-        if numbered:
-            bulk_set(Assignment, list(numbered.values()), ["last_seq"])
-    return results
-
-
-def _on_accepted(a: Assignment, m: dict) -> None:
+# --- what agents' numbered messages do (applied by services/agent_ingest.py) ---------
+def assignment_accepted(a: Assignment, m: dict) -> None:
+    """The agent took its part: rank 0's rendezvous is kept and the others are sent; once
+    every node has accepted, the job runs."""
     why = claims.assignment_claims_check(a)
     if why is not None:  # the offer lists more than the node reported: it does not run it
-        _on_rejected(a, {"reason": f"the node's hardware does not match its offer: {why}"})
+        assignment_rejected(a, {"reason": f"the node's hardware does not match its offer: {why}"})
         return
     if a.node_rank == 0 and m.get("rdzv_refused"):  # the others would be sent elsewhere
-        _on_rejected(a, {"reason": f"rendezvous refused: {m['rdzv_refused']}"})
+        assignment_rejected(a, {"reason": f"rendezvous refused: {m['rdzv_refused']}"})
         return
     rdzv = m.get("rdzv") or {}
     fields = {"status": A.ACCEPTED, "started_at": timezone.now()}
@@ -321,81 +257,16 @@ def _on_accepted(a: Assignment, m: dict) -> None:
         Job.objects.filter(pk=job.pk, started_at__isnull=True).update(started_at=timezone.now())
 
 
-def _on_rejected(a: Assignment, m: dict) -> None:
+def assignment_rejected(a: Assignment, m: dict) -> None:
+    """The agent will not run its part: it fails and the job is placed again without it."""
     reason = m.get("reason") or "rejected by the agent"  # cleaned by parse_data
     assignment_end(a, A.FAILED, reason)
     _interrupt(Job.objects.get(pk=a.job_id), reason="assignment_rejected",
                message=f"Node {a.node_id} rejected its part: {reason}", exclude_node=a.node_id)
 
 
-def _store_progress(batch: list[tuple[Assignment, dict]]) -> None:
-    """Persist progress messages in bulk (one insert, one update of the jobs), then queue
-    one metrics broadcast per job and a throttled snapshot."""
-    if not batch:
-        return
-    now = timezone.now()
-    job_fields = ["metric_seq", "current_step", "total_steps", "last_loss", "samples_per_sec",
-                  "comm_bytes", "comm_bytes_ddp", "updated_at"]
-    jobs = {j.pk: j for j in Job.objects.select_for_update(of=("self",)).only(*job_fields).filter(
-        pk__in={a.job_id for a, _ in batch}).order_by("pk")}
-    points: dict[int, list[SimpleNamespace]] = {}
-    started = set()
-    for a, m in batch:
-        job = jobs[a.job_id]
-        for item in progress_items(m):
-            job.metric_seq += 1
-            points.setdefault(job.pk, []).append(SimpleNamespace(
-                job_id=job.pk, assignment_id=a.pk, seq=job.metric_seq, **item))
-        if a.status == A.ACCEPTED:
-            started.add(a.pk)
-            a.status = A.RUNNING
-    if not points:
-        return
-    bulk_insert(MetricPoint, [vars(p) for ps in points.values() for p in ps])
-    for job_id, ps in points.items():
-        job, last = jobs[job_id], ps[-1]
-        job.current_step, job.total_steps, job.updated_at = last.step, last.total_steps, now
-        for field in ("loss", "samples_per_sec", "comm_bytes", "comm_bytes_ddp"):
-            value = getattr(last, field)
-            if value is not None:
-                setattr(job, "last_loss" if field == "loss" else field, value)
-        live.broadcast(job_id, {"type": "metrics", "points": [point(p) for p in ps]})
-        live.job_changed(job_id, throttle=True)
-    bulk_set(Job, [jobs[j] for j in points], job_fields)
-    if started:
-        Assignment.objects.filter(pk__in=started, status=A.ACCEPTED).update(status=A.RUNNING)
-
-
-def _on_progress(a: Assignment, m: dict) -> None:
-    _store_progress([(a, m)])
-
-
-def _on_log(a: Assignment, m: dict) -> None:
-    lines = [str(x)[:2000] for x in (m.get("lines") or [])][:500]
-    if not lines:
-        return
-    job = Job.objects.select_for_update().only("log_seq").get(pk=a.job_id)
-    first = job.log_seq + 1
-    rows = LogLine.objects.bulk_create([LogLine(job_id=a.job_id, assignment=a, seq=first + i, line=x)
-                                        for i, x in enumerate(lines)])
-    Job.objects.filter(pk=a.job_id).update(log_seq=first + len(lines) - 1)
-    live.broadcast(a.job_id, {"type": "logs", "lines": [log_line(x) for x in rows]})
-
-
-def _on_checkpoint(a: Assignment, m: dict) -> None:
-    """The agent commits to a checkpoint it uploaded: the hashes must agree."""
-    ckpt = a.checkpoints.filter(step=int(m.get("step", -1))).first()
-    if ckpt is None or ckpt.sha256 != m.get("sha256"):
-        job_states.note(job_id=a.job_id, reason="checkpoint_mismatch",
-                        message=f"Node {a.node_id} reported checkpoint {m.get('step')} that was not "
-                                "uploaded with that SHA-256; it is ignored.")
-        return
-    if ckpt.committed_at is None:
-        ckpt.committed_at = timezone.now()
-        ckpt.save(update_fields=["committed_at"])
-
-
-def _on_finished(a: Assignment, m: dict) -> None:
+def assignment_finished(a: Assignment, m: dict) -> None:
+    """The part ended (succeeded, failed or paused): the job follows."""
     job = Job.objects.select_for_update().get(pk=a.job_id)
     if m.get("data_deleted"):  # the agent's word (issue 13 item 7): shown on the job's timeline
         job_states.note(job_id=job.pk, reason="data_deleted",
@@ -592,13 +463,6 @@ def _complete(job: Job, *, attempt: int) -> None:
                                 "value": job.metric_value, "attempt": attempt})
     # Completed only once the work is verified (services/verification.py, verify queue).
     verification.verification_start(job=job, attempt=attempt)
-
-
-HANDLERS = {
-    "assignment.accepted": _on_accepted, "assignment.rejected": _on_rejected,
-    "progress": _on_progress, "log": _on_log, "checkpoint": _on_checkpoint,
-    "assignment.finished": _on_finished,
-}
 
 
 # --- node loss ---------------------------------------------------------------------

@@ -7,7 +7,7 @@ thread queued for the interpreter lock behind the event loop after every round t
 PostgreSQL (measured: half of a batch's time at 1,000 messages a second). Here a batch is
 four statements with fixed texts (prepared by psycopg after a few uses) and array
 parameters, awaited without a thread. The semantics are those of
-`execution.agent_data_batch`: the same sequence checks, rows locked in id order, points
+`agent_ingest.agent_data_batch`: the same sequence checks, rows locked in id order, points
 numbered per job, persisted before anything is broadcast. Anything else, and progress for
 an assignment that is not running yet (its first point starts it), is declined and goes
 through `agent_data_batch`.

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from marketplace.chain import indexer
 from marketplace.models import Assignment, ChainTransaction, Job, Settlement
-from marketplace.services import budget, execution, payments
+from marketplace.services import agent_ingest, budget, payments
 from marketplace.services.jobs import job_cancel
 
 from .support import assignment, checkpoint, committed, funded_job, move, offer_on, units
@@ -40,7 +40,7 @@ def paused(owner, node) -> tuple[Job, Assignment]:
     a = running(job, node, price="36", minutes=16.6)
     assert budget.budget_watch()["pausing"] == 1
     checkpoint(a, after_minutes=16.5, step=120)
-    execution.agent_data(node=node, message={"type": "assignment.finished", "assignment": a.pk,
+    agent_ingest.agent_data(node=node, message={"type": "assignment.finished", "assignment": a.pk,
                                              "seq": 1, "status": "paused", "step": 120})
     job.refresh_from_db()
     assert job.status == S.PAUSED and job.current_step == 120

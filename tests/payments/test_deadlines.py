@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from marketplace.chain import indexer
 from marketplace.models import Assignment, ChainTransaction, Escrow, Job, Settlement
-from marketplace.services import budget, execution, payments, placement
+from marketplace.services import agent_ingest, budget, payments, placement
 
 from .support import checkpoint, committed, funded_job, move, offer_on
 
@@ -50,7 +50,7 @@ def test_a_running_job_past_its_deadline_checkpoints_stops_and_settles_once(wall
     assert budget.budget_watch()["pausing"] == 0  # asked once
     # The agent checkpoints at step 240 and reports its part paused (the real ingest path).
     checkpoint(a, after_minutes=29.9, step=240)
-    execution.agent_data(node=carol_node, message={"type": "assignment.finished", "assignment": a.pk,
+    agent_ingest.agent_data(node=carol_node, message={"type": "assignment.finished", "assignment": a.pk,
                                                    "seq": 1, "status": "paused", "step": 240})
 
     job.refresh_from_db()

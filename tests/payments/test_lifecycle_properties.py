@@ -52,7 +52,7 @@ from marketplace.models import (
     Settlement,
     Wallet,
 )
-from marketplace.services import execution, payments, placement, verification
+from marketplace.services import agent_ingest, execution, payments, placement, verification
 from marketplace.services.jobs import job_cancel
 from marketplace.services.nodes import node_set_presence
 from marketplace.trust_models import Dispute, VerificationReport
@@ -123,7 +123,7 @@ class Lifecycle(RuleBasedStateMachine):
         """What the node's agent would send about the assignment, next in its sequence."""
         a.refresh_from_db()
         with committed():
-            assert execution.agent_data(node=a.node, message={
+            assert agent_ingest.agent_data(node=a.node, message={
                 "type": kind, "id": f"m-{a.pk}-{a.last_seq + 1}", "assignment": a.pk,
                 "seq": a.last_seq + 1, **fields}) == "applied"
 
