@@ -101,3 +101,16 @@ def test_the_job_form_takes_a_bundle_in_place_of_a_template(client, alice, healt
     assert job.bundle_id == bundle.pk and job.template == "" and job.params == {"lr": 0.1}
     detail = client.get(reverse("job_detail", args=[job.pk])).content.decode()
     assert "code bundle task.py" in detail and "task:T" in detail
+
+
+def test_a_provider_opts_in_through_the_api_and_a_patch_keeps_it(api, carol, carol_node):
+    client = api.as_user(carol)
+    created = client.post("/api/v1/offers/", {"node": carol_node.pk, "gpus_offered": 2,
+                                              "price_per_gpu_hour": "1.5",
+                                              "accepts_custom_code": True}, format="json")
+    assert created.status_code == 201 and created.json()["accepts_custom_code"] is True
+    oid = created.json()["id"]
+    patched = client.patch(f"/api/v1/offers/{oid}/", {"price_per_gpu_hour": "1.7"}, format="json")
+    assert patched.status_code == 200 and patched.json()["accepts_custom_code"] is True
+    off = client.patch(f"/api/v1/offers/{oid}/", {"accepts_custom_code": False}, format="json")
+    assert off.json()["accepts_custom_code"] is False

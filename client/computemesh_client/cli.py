@@ -204,11 +204,12 @@ def _offer_rows(items: Sequence[Mapping[str, Any]], *, status: bool = False) -> 
     # A provider's own list shows each offer's status (paused ones are listed there only).
     return _table(
         ["ID", *(["STATUS"] if status else []), "GPU", "MEM GB", "FREE/OFFERED", "tUSD/GPU-h",
-         "REGION", "COMPLIANCE", "RELIABILITY", "ONLINE", "PROVIDER", "NODE"],
+         "REGION", "COMPLIANCE", "RELIABILITY", "ONLINE", "OWN CODE", "PROVIDER", "NODE"],
         [(o["id"], *([o.get("status")] if status else []), o.get("gpu_model"), o.get("gpu_memory_gb"),
           f"{o.get('gpus_available')}/{o.get('gpus_offered')}", o.get("price_per_gpu_hour"),
           o.get("region"), ",".join(o.get("compliance") or []) or "-",
           "new" if o.get("is_new") else o.get("reliability"), "yes" if o.get("online") else "no",
+          "yes" if o.get("accepts_custom_code") else "no",
           o.get("provider"), o.get("node_name")) for o in items])
 
 
@@ -221,6 +222,8 @@ def _offer_rows(items: Sequence[Mapping[str, Any]], *, status: bool = False) -> 
 @click.option("--max-price", help="tUSD per GPU-hour, at most.")
 @click.option("--min-reliability", help="0–1; excludes new nodes.")
 @click.option("--online/--any-status", default=None, help="Only offers whose agent is connected.")
+@click.option("--custom-code/--any-code", default=None,
+              help="Only offers that run your own code (code bundles).")
 @click.option("--sort", type=click.Choice([*SORTS, *(f"-{k}" for k in SORTS)]),
               help="Sort by price, memory or reliability; prefix - for descending.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
@@ -228,7 +231,7 @@ def _offer_rows(items: Sequence[Mapping[str, Any]], *, status: bool = False) -> 
 @json_option
 @click.pass_context
 def offers(ctx: click.Context, gpu_model, min_gpus, min_gpu_memory, region, compliance, max_price,
-           min_reliability, online, sort, limit, mine) -> None:
+           min_reliability, online, custom_code, sort, limit, mine) -> None:
     """Search offers, or list your own with --mine (the subcommands manage a provider's
     own offers)."""
     if ctx.invoked_subcommand is not None:
@@ -239,7 +242,8 @@ def offers(ctx: click.Context, gpu_model, min_gpus, min_gpu_memory, region, comp
         ordering = ("-" if sort.startswith("-") else "") + SORTS[sort.lstrip("-")]
     filters = {"gpu_model": list(gpu_model), "min_gpus": min_gpus, "min_gpu_memory_gb": min_gpu_memory,
                "region": list(region), "compliance": list(compliance), "max_price": max_price,
-               "min_reliability": min_reliability, "online": online, "ordering": ordering}
+               "min_reliability": min_reliability, "online": online,
+               "accepts_custom_code": custom_code, "ordering": ordering}
     client = state.client(auth=mine)
     first_page, every = (client.my_offers, client.iter_my_offers) if mine else (
         client.offers, client.iter_offers)
@@ -260,10 +264,10 @@ def offers(ctx: click.Context, gpu_model, min_gpus, min_gpu_memory, region, comp
 
 
 def _offer_fields(gpus: Any, price: Any, available_from: Any, available_until: Any, min_hours: Any,
-                  max_hours: Any) -> dict[str, Any]:
+                  max_hours: Any, custom_code: bool | None = None) -> dict[str, Any]:
     fields = {"gpus_offered": gpus, "price_per_gpu_hour": price, "available_from": available_from,
               "available_until": available_until, "min_duration_hours": min_hours,
-              "max_duration_hours": max_hours}
+              "max_duration_hours": max_hours, "accepts_custom_code": custom_code}
     return {k: v for k, v in fields.items() if v is not None}
 
 
@@ -276,6 +280,8 @@ def _offer_options(required: bool) -> Callable:
             click.option("--available-until", help="ISO 8601."),
             click.option("--min-hours", help="Shortest job, hours."),
             click.option("--max-hours", help="Longest job, hours."),
+            click.option("--custom-code/--no-custom-code", default=None,
+                         help="Run consumers' own code (code bundles) on this offer."),
         ]):
             f = option(f)
         return f
@@ -302,9 +308,10 @@ def offers_show(state: State, offer_id: int) -> None:
 @json_option
 @pass_state
 def offers_create(state: State, node, gpus, price, available_from, available_until, min_hours,
-                  max_hours) -> None:
+                  max_hours, custom_code) -> None:
     """List one of your nodes' GPUs for rent."""
-    fields = _offer_fields(None, None, available_from, available_until, min_hours, max_hours)
+    fields = _offer_fields(None, None, available_from, available_until, min_hours, max_hours,
+                           custom_code)
     _show_offer(state, state.client().offer_create(node=node, gpus_offered=gpus,
                                                    price_per_gpu_hour=price, **fields))
 
@@ -315,9 +322,10 @@ def offers_create(state: State, node, gpus, price, available_from, available_unt
 @json_option
 @pass_state
 def offers_update(state: State, offer_id, gpus, price, available_from, available_until, min_hours,
-                  max_hours) -> None:
-    """Change an offer's price, GPUs or availability window."""
-    fields = _offer_fields(gpus, price, available_from, available_until, min_hours, max_hours)
+                  max_hours, custom_code) -> None:
+    """Change an offer's price, GPUs, availability window or whether it runs consumers' code."""
+    fields = _offer_fields(gpus, price, available_from, available_until, min_hours, max_hours,
+                           custom_code)
     if not fields:
         raise click.UsageError("nothing to change: give --gpus, --price, --available-from, …")
     _show_offer(state, state.client().offer_update(offer_id, **fields))

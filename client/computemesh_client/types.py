@@ -43,6 +43,7 @@ class Offer(TypedDict, total=False):
     reliability: str | None
     is_new: bool
     online: bool
+    accepts_custom_code: bool
     status: str
 
 
