@@ -9,11 +9,18 @@ wallet if it has none, ether for gas, consumers `--mint` tUSD and providers
 (once per chain: running it again stakes nothing more).
 """
 
+import uuid
 from decimal import Decimal
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 
+from marketplace.chain import deploy, indexer, sender
+from marketplace.chain.client import chain_id
 from marketplace.errors import MarketError
+from marketplace.models import ChainTransaction, Organization
+from marketplace.services import wallets
+from marketplace.services.staking import stake_deposit
 
 
 class Command(BaseCommand):
@@ -33,10 +40,6 @@ class Command(BaseCommand):
 
     def handle(self, *args, dev_wallets=False, mint=Decimal("10000"), provider_mint=Decimal("1000"),
                provider_stake=Decimal("0"), force=False, **options):
-        from marketplace.chain import deploy
-        from marketplace.chain.client import chain_id
-        from marketplace.services import wallets
-
         try:
             lost = deploy.chain_identity_check(force=True)
             if lost:
@@ -59,15 +62,6 @@ class Command(BaseCommand):
 def _dev_stakes(amount: Decimal) -> list[str]:
     """Each provider stakes `amount` from its development wallet, once per chain (the
     request id is derived from the chain and the organization)."""
-    import uuid
-
-    from django.db import transaction
-
-    from marketplace.chain import indexer, sender
-    from marketplace.chain.client import chain_id
-    from marketplace.models import ChainTransaction, Organization
-    from marketplace.services.staking import stake_deposit
-
     out, ops = [], []
     for org in Organization.objects.filter(kind=Organization.Kind.PROVIDER).order_by("pk"):
         request_id = uuid.uuid5(uuid.NAMESPACE_URL, f"computemesh:dev-stake:{chain_id()}:{org.pk}")
