@@ -217,8 +217,8 @@ def test_path_traversal_archives_are_refused(api, alice, name):
     content = zip_of({"ok/1.png": b"1", name: b"x"})
     _, finished = send(api.as_user(alice), content, name="evil.zip", chunk=1000)
     body = assert_error(finished, 400, "file")
-    assert body["code"] == "invalid_archive"
-    assert not Dataset.objects.exists()
+    assert body["code"] == "invalid_archive" and "discarded" in body["detail"]
+    assert not Dataset.objects.exists() and not Upload.objects.exists()  # nor its quota
 
 
 def test_a_symlink_in_an_archive_is_refused(api, alice):

@@ -199,14 +199,22 @@ def upload_finish(*, upload: Upload, actor):
             raise MarketError(f"The uploaded bytes' SHA-256 is {actual}, not the {upload.sha256} "
                               "declared: the file changed or was damaged on the way. The upload "
                               "was discarded; start again.", field="sha256", code="sha256_mismatch")
-        if upload.purpose == Upload.Purpose.DATASET:
-            result, created = _dataset_from(upload, path, actor), True
-        else:
-            o = upload.options
-            result, created = bundles.bundle_store(
-                owner=upload.owner, actor=actor, path=str(path), name=upload.name,
-                sha256=upload.sha256, size=upload.size_bytes, runtime=o.get("runtime", ""),
-                entry=o.get("entry", ""), params_schema=o.get("params_schema"))
+        try:
+            if upload.purpose == Upload.Purpose.DATASET:
+                result, created = _dataset_from(upload, path, actor), True
+            else:
+                o = upload.options
+                result, created = bundles.bundle_store(
+                    owner=upload.owner, actor=actor, path=str(path), name=upload.name,
+                    sha256=upload.sha256, size=upload.size_bytes, runtime=o.get("runtime", ""),
+                    entry=o.get("entry", ""), params_schema=o.get("params_schema"))
+        except MarketError as exc:
+            if exc.status_code != 400:
+                raise
+            # The bytes are final and refused: keeping them would only hold the quota.
+            upload_discard(upload=upload)
+            raise MarketError(f"{exc.message} The upload was discarded; fix the file and upload "
+                              "it again.", field=exc.field, code=exc.code) from None
         Upload.objects.filter(pk=upload.pk).update(status=Upload.Status.COMPLETE, result_id=result.pk)
         upload.status, upload.result_id = Upload.Status.COMPLETE, result.pk
         path.unlink(missing_ok=True)
