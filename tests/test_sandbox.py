@@ -256,8 +256,10 @@ def test_filling_the_disk_is_bounded(agent_dir):
     watch = box.disk_watch  # type: ignore[attr-defined]
     assert watch.exceeded is not None and "disk limit" in watch.reason()
     job = agent_dir / "assignments" / "7"
-    # Bounded: the limit plus what it wrote in one interval of the watch.
-    assert sandboxing.folder_bytes(job) < limits.disk_bytes + 200 * MiB
+    # Bounded: the limit plus what it wrote in one interval of the watch (0.2 s here; up to
+    # ~270 MiB measured on this machine, page-cache speed, so the margin is generous: the
+    # unbounded attack would write 4 GiB).
+    assert sandboxing.folder_bytes(job) < limits.disk_bytes + 1024 * MiB
 
 
 def test_the_wall_time_limit_stops_the_job(agent_dir):
