@@ -32,6 +32,7 @@ from ..services.job_spec import job_spec_validate, sync_traffic_ratio
 from ..services.jobs import job_cancel, job_submit
 from ..services.matching import quote_job
 from .common import org_required
+from .job_rows import with_money
 
 # Query parameters an offer page may pass to prefill the job form.
 PREFILL = ("template", "gpu_models", "regions", "min_gpu_memory_gb", "max_price_per_gpu_hour",
@@ -132,12 +133,8 @@ def job_list(request):
     jobs = list(jobs_filtered(jobs_visible_to(request.user), status=status, search=search)
                 .select_related("owner", "escrow", "settlement")
                 .prefetch_related("assignments", "disputes")[:200])
-    for job in jobs:
-        job.spent = cost_so_far(job)
-        job.spend = budget_view(job, spent=job.spent)
-        job.state = job_state(job, spent=job.spent)
     return render(request, "jobs/list.html", {
-        "jobs": jobs, "status": status, "search": search,
+        "jobs": [with_money(job) for job in jobs], "status": status, "search": search,
         "status_filters": [(key, label) for key, (label, _) in STATUS_FILTERS.items()],
         "filtered": bool(status or search),
     })

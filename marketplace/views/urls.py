@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from . import account, accounts, bundles, datasets, jobs, market, provider, stake, wallets
+from . import account, accounts, bundles, datasets, job_rows, jobs, market, provider, stake, wallets
 
 urlpatterns = [
     path("", market.home, name="home"),
@@ -24,6 +24,7 @@ urlpatterns = [
     path("jobs/new/quote/", jobs.job_quote, name="job_quote"),
     path("jobs/new/template-fields/", jobs.job_template_fields, name="job_template_fields"),
     path("jobs/<int:pk>/", jobs.job_detail, name="job_detail"),
+    path("jobs/<int:pk>/row/", job_rows.job_row, name="job_row"),
     path("jobs/<int:pk>/cancel/", jobs.job_cancel_view, name="job_cancel"),
     path("jobs/<int:pk>/fund/", jobs.job_fund_view, name="job_fund"),
     path("jobs/<int:pk>/budget/", jobs.job_budget_view, name="job_budget"),

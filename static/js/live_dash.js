@@ -45,9 +45,49 @@
     return span;
   }
 
-  function jobRow(job) {
+  // A job the page does not show yet (just submitted): its row is asked of the server,
+  // under the page's filters (204 when it does not match them), and put first.
+  var fetching = {};
+  function addJobRow(job) {
+    var body = document.querySelector("tbody[data-live-jobs]");
+    if (!body || fetching[job.id]) return;
+    fetching[job.id] = true;
+    var url = body.getAttribute("data-live-jobs").replace("/0/", "/" + Number(job.id) + "/") +
+      "?" + new URLSearchParams({status: body.dataset.status || "", q: body.dataset.q || ""});
+    fetch(url, {credentials: "same-origin", headers: {"Accept": "text/html"}})
+      .then(function (r) { return r.status === 200 ? r.text() : ""; })
+      .then(function (html) {
+        if (!html || document.querySelector('tr[data-job-id="' + job.id + '"]')) return;
+        var t = document.createElement("template");
+        t.innerHTML = html.trim();
+        var row = t.content.querySelector("tr[data-job-id]");
+        if (!row) return;
+        body.insertBefore(row, body.firstChild);
+        var table = body.closest("[data-testid=jobs-table]");
+        if (table) table.hidden = false;
+        document.querySelectorAll("[data-testid=no-jobs], [data-testid=no-match]").forEach(function (e) {
+          e.hidden = true;
+        });
+      })
+      .catch(function () { /* the next message or a reload shows it */ })
+      .then(function () { delete fetching[job.id]; });
+  }
+
+  // `onlyNewer`: from the summary sent on (re)connecting, add only jobs newer than every
+  // row shown (submitted while the page loaded), not each older one the filters left out.
+  function newestShown() {
+    var ids = Array.prototype.map.call(document.querySelectorAll("tr[data-job-id]"), function (r) {
+      return Number(r.getAttribute("data-job-id"));
+    });
+    return ids.length ? Math.max.apply(null, ids) : 0;
+  }
+
+  function jobRow(job, onlyNewer) {
     var row = document.querySelector('tr[data-job-id="' + job.id + '"]');
-    if (!row) return;
+    if (!row) {
+      if (!onlyNewer || job.id > newestShown()) addJobRow(job);
+      return;
+    }
     var cell = row.querySelector(".js-status");
     // A cancelled or failed job that then settles or is refunded keeps saying how it ended.
     if (cell && ["cancelled", "failed", "completed"].indexOf(job.status) >= 0) {
@@ -109,12 +149,13 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
-    if (document.querySelector("tr[data-job-id], tr[data-node-id]") && document.body.dataset.authenticated) {
+    if (document.querySelector("tr[data-job-id], tr[data-node-id], tbody[data-live-jobs]") &&
+        document.body.dataset.authenticated) {
       connect("dashboard", "/ws/dashboard/", function (m) {
         if (m.type === "job") jobRow(m.job);
         if (m.type === "node") nodeRow(m.node);
         if (m.type === "summary") {
-          (m.jobs || []).forEach(jobRow);
+          (m.jobs || []).forEach(function (j) { jobRow(j, true); });
           (m.nodes || []).forEach(nodeRow);
         }
       });
