@@ -122,3 +122,16 @@ def test_a_zip_dataset_is_streamed_to_the_agent_resumably(api, alice, healthcare
     assert b"".join(whole.streaming_content) == content
     rest = client.get(url, HTTP_AUTHORIZATION=auth, HTTP_RANGE="bytes=1000000-")
     assert rest.status_code == 206 and b"".join(rest.streaming_content) == content[1_000_000:]
+
+
+def test_the_verifier_reads_a_bundle_from_a_path_checked_against_its_sha256(bundle_job):
+    from marketplace.services.bundles import bundle_plain_path
+
+    assignment, content = bundle_job
+    bundle = assignment.job.bundle
+    with bundle_plain_path(bundle) as path:
+        assert path.endswith(".zip") and open(path, "rb").read() == content
+    CodeBundle.objects.filter(pk=bundle.pk).update(sha256="0" * 64)
+    bundle.refresh_from_db()
+    with pytest.raises(MarketError, match="does not match"), bundle_plain_path(bundle):
+        pass

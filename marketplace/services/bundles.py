@@ -7,11 +7,15 @@ in a `computemesh.toml` at its root (or at the root of its one top-level folder)
 `.py` file, or an archive without one, in the upload's fields.
 """
 
+import contextlib
+import hashlib
 import json
 import re
 import tarfile
+import tempfile
 import tomllib
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,7 @@ from ..errors import Conflict, MarketError, PermissionDenied
 from ..models import CodeBundle, Job, Organization
 from . import archives, sealed
 from .audit import audit_record
-from .datasets import sealed_key
+from .datasets import sealed_key, stored_chunks
 
 MANIFEST = "computemesh.toml"
 MANIFEST_MAX_BYTES = 64 * 1024
@@ -254,6 +258,24 @@ def bundle_delete(*, bundle: CodeBundle, actor) -> None:
         bundle.delete()
         if name:
             transaction.on_commit(lambda: storage.delete(name))
+
+
+@contextlib.contextmanager
+def bundle_plain_path(bundle: CodeBundle) -> Iterator[str]:
+    """A private temporary file holding the bundle as uploaded (.py, .zip or .tar), checked
+    against its SHA-256, for code that reads a path (the verify worker replaying a bundle's
+    steps); deleted when the block ends."""
+    suffix = {"py": ".py", "zip": ".zip", "tar": ".tar"}[bundle.kind]
+    with tempfile.NamedTemporaryFile(prefix="bundle-", suffix=suffix) as f:
+        digest = hashlib.sha256()
+        for chunk in stored_chunks(bundle.file):
+            digest.update(chunk)
+            f.write(chunk)
+        f.flush()
+        if digest.hexdigest() != bundle.sha256:
+            raise MarketError(f"Code bundle #{bundle.pk}'s stored file does not match its SHA-256.",
+                              code="bundle_damaged")
+        yield f.name
 
 
 def bundle_spec(job: Job, base: str) -> dict[str, Any] | None:

@@ -107,9 +107,9 @@ def dataset_read(dataset: Dataset) -> bytes:
 
 @contextlib.contextmanager
 def dataset_plain_path(dataset: Dataset) -> Iterator[str]:
-    """A private temporary file holding the CSV, for code that reads a path (the verify
-    worker's training runtime); deleted when the block ends."""
-    with tempfile.NamedTemporaryFile(prefix="dataset-", suffix=".csv") as f:
+    """A private temporary file holding the dataset (a CSV, or a zip), for code that reads a
+    path (the verify worker's training runtime); deleted when the block ends."""
+    with tempfile.NamedTemporaryFile(prefix="dataset-", suffix=f".{dataset.kind or 'csv'}") as f:
         for chunk in dataset_chunks(dataset):
             f.write(chunk)
         f.flush()
