@@ -169,6 +169,26 @@ class PostgresOnlyIndex(models.Index):
         return super().remove_sql(model, schema_editor, **kwargs)
 
 
+class NodeRegistrationCode(models.Model):
+    """A one-time code that lets `computemesh-agent register` create a node for the provider
+    organization that asked for it (the Add a machine page): short-lived, used once, and
+    stored as its SHA-256 only."""
+
+    provider = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="registration_codes")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
+                                   related_name="+")
+    code_hash = models.CharField(max_length=64, unique=True, editable=False)
+    region = models.CharField(max_length=8, choices=sorted(catalogue.REGIONS.items()))
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+    node = models.OneToOneField("Node", on_delete=models.SET_NULL, null=True, blank=True,
+                                related_name="registration_code")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"registration code of {self.provider_id} ({'used' if self.used_at else 'unused'})"
+
+
 class Offer(models.Model):
     class Status(models.TextChoices):
         ACTIVE = "active", "Active"
