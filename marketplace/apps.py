@@ -10,7 +10,7 @@ class MarketplaceConfig(AppConfig):
         # registry is ready. checks registers the deployment checks on import.
         from . import checks, job_states, logs, metrics  # noqa: F401
         from .chain import deploy
-        from .services import chain_events, live, payments
+        from .services import chain_events, escrow_events, live
 
         # Every process times its Celery tasks and binds their ids for the logs.
         metrics.celery_signals_connected()
@@ -20,4 +20,4 @@ class MarketplaceConfig(AppConfig):
         # The chain's indexer reads the escrow's and the stake contract's events for the services.
         chain_events.connect()
         # A chain that is gone: its escrows are marked for staff before the chain is forgotten.
-        deploy.chain_gone.connect(payments.on_chain_gone, dispatch_uid="payments.on_chain_gone")
+        deploy.chain_gone.connect(escrow_events.on_chain_gone, dispatch_uid="escrow_events.on_chain_gone")

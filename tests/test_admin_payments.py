@@ -17,7 +17,7 @@ from marketplace.models import (
     Settlement,
     Wallet,
 )
-from marketplace.services import payments
+from marketplace.services import escrow_events, funding, payments
 from marketplace.services.wallets import custodial_key, wallet_create_custodial
 
 from .factories import JobFactory
@@ -61,7 +61,7 @@ def committed(django_capture_on_commit_callbacks):
 def _funded_job(owner, committed, budget: str = "10") -> Job:
     job = JobFactory(owner=owner, budget=Decimal(budget), status=Job.Status.SUBMITTED)
     with committed():
-        payments.job_fund(job=job)
+        funding.job_fund(job=job)
     indexer.index_events()
     job.refresh_from_db()
     assert job.status == Job.Status.FUNDED
@@ -72,7 +72,7 @@ def test_force_refund_returns_funded_escrows_and_says_which_were_refused(staff, 
                                                                          consumer_wallet, healthcare):
     funded = _funded_job(healthcare, committed)
     unfunded = JobFactory(owner=healthcare, status=Job.Status.SUBMITTED)
-    payments.escrow_of(unfunded)
+    funding.escrow_of(unfunded)
     token = deploy.token_contract()
     before = token.functions.balanceOf(consumer_wallet.address).call()
     escrows = Escrow.objects.filter(job__in=[funded, unfunded]).order_by("pk")
@@ -165,7 +165,7 @@ def test_a_settled_row_without_a_batch_shows_the_transaction_that_closed_the_esc
     Settlement.objects.create(job=job, charged=Decimal("1"), fee=Decimal("0.05"), refunded=Decimal("9"),
                               statement=[])
     tx_hash = "0x" + "ab" * 32
-    payments.escrow_closed(key=Escrow.objects.get(job=job).key, refunded=False, paid=950_000, fee=50_000,
+    escrow_events.escrow_closed(key=Escrow.objects.get(job=job).key, refunded=False, paid=950_000, fee=50_000,
                            returned=9 * 10**6, tx_hash=tx_hash)
     assert Settlement.objects.get(job=job).status == Settlement.Status.SETTLED
     listed = staff.get(reverse("admin:marketplace_settlement_changelist")).content.decode()

@@ -15,9 +15,9 @@ import torch
 from django.utils import timezone
 
 from marketplace.models import Assignment, Checkpoint, Job
+from marketplace.selectors.metering import job_statement
 from marketplace.services import placement, verification
 from marketplace.services.execution import node_lost, start_message
-from marketplace.services.payments import job_statement
 from marketplace.trust_models import Dispute
 from workers.verify import checkpoint_problem
 

@@ -20,11 +20,11 @@ EXPECTED: dict[str, set[str]] = {
     # services/jobs.py job_submit creates the draft and submits it in one transaction;
     # job_cancel accepts any cancellable job, a draft included.
     S.DRAFT: {S.SUBMITTED, S.CANCELLED},
-    # payments._start_if_covered (escrow funded) or job_submit (escrow disabled); job_cancel.
+    # escrow_events._start_if_covered (escrow funded) or job_submit (escrow disabled); job_cancel.
     S.SUBMITTED: {S.FUNDED, S.CANCELLED},
     # placement.job_place / batch_placement.jobs_place_waiting; job_cancel.
     S.FUNDED: {S.MATCHING, S.CANCELLED},
-    # execution._on_accepted (every node accepted); job_cancel; execution._interrupt gives up
+    # execution.assignment_accepted (every node accepted); job_cancel; execution._interrupt gives up
     # after too many placements, and a dataset error reported before every node accepted.
     S.MATCHING: {S.RUNNING, S.CANCELLED, S.FAILED},
     # execution._complete (training finished), _interrupt (node lost or failed), budget._pause,
@@ -37,9 +37,9 @@ EXPECTED: dict[str, set[str]] = {
     # verification._passed; verification._failed re-places the work (interrupted) or gives
     # up after the last placement (failed). A job under verification cannot be cancelled.
     S.VERIFYING: {S.COMPLETED, S.INTERRUPTED, S.FAILED},
-    # payments.escrow_closed: the chain settled the escrow.
+    # escrow_events.escrow_closed: the chain settled the escrow.
     S.COMPLETED: {S.SETTLED},
-    # payments.escrow_closed: work done before the stop is settled, or everything refunded.
+    # escrow_events.escrow_closed: work done before the stop is settled, or everything refunded.
     S.CANCELLED: {S.SETTLED, S.REFUNDED},
     S.FAILED: {S.SETTLED, S.REFUNDED},
     S.SETTLED: set(),

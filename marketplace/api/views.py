@@ -35,11 +35,10 @@ from ..selectors.payments import wallets_of
 from ..selectors.verification import job_model_downloadable, job_verification_report
 from ..services import budget as budget_services
 from ..services import datasets as dataset_services
-from ..services import idempotency, login_throttle
+from ..services import funding, idempotency, login_throttle
 from ..services import jobs as job_services
 from ..services import nodes as node_services
 from ..services import offers as offer_services
-from ..services import payments as payment_services
 from ..services import wallets as wallet_services
 from ..services.job_spec import job_spec_validate, sync_traffic_ratio
 from ..services.matching import quote_job
@@ -429,7 +428,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         job = self._own_job(request, pk)
         data = s.FundSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        payment_services.job_fund(job=job, actor=request.user, amount=data.validated_data.get("amount"))
+        funding.job_fund(job=job, actor=request.user, amount=data.validated_data.get("amount"))
         return self._render(job)
 
     @extend_schema(summary="Raise the job's budget", request=s.BudgetSerializer,
@@ -458,10 +457,10 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         `eth_sendTransaction` through the wallet's EIP-1193 provider, from `address`: the fund
         call carries the operator's signature of the job's terms for that wallet only."""
         job = self._own_job(request, pk)
-        if job.status != job.Status.SUBMITTED and not payment_services.top_up_due(job):
+        if job.status != job.Status.SUBMITTED and not funding.top_up_due(job):
             raise Conflict(f"Job #{job.pk} is {job.get_status_display().lower()}; only a submitted "
                            "job is funded.")
-        return Response(payment_services.fund_calls(job, address=request.query_params.get("address")))
+        return Response(funding.fund_calls(job, address=request.query_params.get("address")))
 
     @extend_schema(summary="Download the trained model", request=None,
                    responses={(200, "application/octet-stream"): OpenApiTypes.BINARY,

@@ -268,7 +268,7 @@ def chain_identity_check(*, force: bool = False) -> str | None:
 
 def chain_lost(*, cid: int, genesis: str, reason: str) -> None:
     """The chain our contracts were on is gone. `chain_gone` goes out first (the payments
-    mark its escrows for staff to resolve: services/payments.escrows_chain_lost), the
+    mark its escrows for staff to resolve: services/escrow_events.escrows_chain_lost), the
     transactions sent there stay recorded as sent on it, and the contracts, nonces and the
     indexer's place are forgotten: `chain_deploy` deploys afresh. Within a caller's
     transaction this is undone with it; the indexer's next pass (no transaction around it)

@@ -24,7 +24,7 @@ from ..selectors.ownership import JobAction, is_job_owner, jobs_for, jobs_visibl
 from ..selectors.payments import job_escrow
 from ..selectors.transactions import transaction_view
 from ..selectors.verification import job_model_downloadable, job_verification_report
-from ..services import payments as payment_services
+from ..services import funding
 from ..services.budget import job_budget_raise
 from ..services.disputes import DISPUTABLE, consumer_dispute_open
 from ..services.faucet import faucet_available
@@ -190,7 +190,7 @@ def _escrow_context(request, job) -> dict:
     return {"escrow": escrow,
             "can_fund": bool(escrow) and mine and job.status == job.Status.SUBMITTED
                         and escrow["status"] == "unfunded",
-            "can_top_up": bool(escrow) and mine and payment_services.top_up_due(job),
+            "can_top_up": bool(escrow) and mine and funding.top_up_due(job),
             "has_custodial": mine and org.wallets.filter(kind="custodial").exists(),
             # Only where a funding button shows: the check may ask the chain for its id.
             "faucet": mine and bool(escrow) and escrow["status"] == "unfunded" and faucet_available()}
@@ -201,7 +201,7 @@ def _escrow_context(request, job) -> dict:
 def job_fund_view(request, pk: int):
     job = get_object_or_404(jobs_for(request.user, JobAction.OWN), pk=pk)
     try:
-        payment_services.job_fund(job=job, actor=request.user)
+        funding.job_fund(job=job, actor=request.user)
     except MarketError as exc:
         messages.error(request, exc.message)
     else:

@@ -14,7 +14,7 @@ from django.utils import timezone
 from marketplace import job_states
 from marketplace.chain import indexer
 from marketplace.models import Assignment, Checkpoint, Job, Node, Offer
-from marketplace.services import payments
+from marketplace.services import funding
 
 from ..factories import JobFactory, OfferFactory
 
@@ -39,7 +39,7 @@ def funded_job(owner, *, budget: str | Decimal = "100", **fields) -> Job:
     """A submitted job funded from its owner's custodial wallet, the chain's word indexed."""
     job = submitted_job(owner, budget=budget, **fields)
     with committed():
-        payments.job_fund(job=job)
+        funding.job_fund(job=job)
     indexer.index_events()
     job.refresh_from_db()
     assert job.status == S.FUNDED, job.events.values_list("reason", "message")

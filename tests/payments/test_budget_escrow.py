@@ -13,7 +13,8 @@ from django.utils import timezone
 
 from marketplace.chain import indexer
 from marketplace.models import Assignment, ChainTransaction, Job, Settlement
-from marketplace.services import agent_ingest, budget, payments
+from marketplace.selectors import metering
+from marketplace.services import agent_ingest, budget, funding, payments
 from marketplace.services.jobs import job_cancel
 
 from .support import assignment, checkpoint, committed, funded_job, move, offer_on, units
@@ -69,7 +70,7 @@ def test_a_top_up_is_sent_once_and_resumes_the_job_when_the_chain_says_so(
 
     for _ in range(3):  # a retried request (a double click, a client timeout) sends nothing more
         with committed():
-            payments.job_fund(job=job, actor=alice)
+            funding.job_fund(job=job, actor=alice)
     (tx,) = ChainTransaction.objects.filter(purpose="top_up")
     assert job.events.filter(reason="top_up_sent").count() == 1
 
@@ -79,7 +80,7 @@ def test_a_top_up_is_sent_once_and_resumes_the_job_when_the_chain_says_so(
     assert job.events.get(reason="budget_topped_up").from_status == S.PAUSED
     assert indexer.index_events() == 0
     with committed():
-        payments.job_fund(job=job, actor=alice)  # covered now: nothing to send
+        funding.job_fund(job=job, actor=alice)  # covered now: nothing to send
     assert ChainTransaction.objects.filter(purpose="top_up").count() == 1
     assert wallets.balance(wallet) == before - units("15")
     assert wallets.escrow_of(job.escrow.key)[1] == units("25")
@@ -116,7 +117,7 @@ def test_a_paused_job_cancelled_twice_is_settled_once_for_the_work_done(
         wallets, api, healthcare, alice, carol_node):
     job, a = paused(healthcare, carol_node)
     a.refresh_from_db()
-    work = payments.job_statement(job)[1]
+    work = metering.job_statement(job)[1]
     assert Decimal("9.9") < work < Decimal("10")
     client = api.as_user(alice)
     assert client.post(f"/api/v1/jobs/{job.pk}/cancel/").status_code == 200

@@ -11,7 +11,7 @@ import pytest
 
 from marketplace.chain import deploy
 from marketplace.models import Assignment, Escrow, Job, Settlement
-from marketplace.services import payments
+from marketplace.selectors import metering
 
 from ..stack import wait_for
 from .support import units
@@ -77,7 +77,7 @@ def test_a_running_job_cancelled_twice_stops_and_settles_the_work_done_once(on_n
     # The work done, at the locked price: 2 CPU slots × 3.00 tUSD/h for as long as it ran.
     seconds = Decimal((a.finished_at - a.started_at).total_seconds())
     s = Settlement.objects.get(job_id=job_id)
-    assert s.charged == payments.job_statement(a.job)[1]
+    assert s.charged == metering.job_statement(a.job)[1]
     assert abs(s.charged - Decimal("6") * seconds / 3600) < Decimal("0.00001")
     assert s.charged > 0 and s.refunded == Decimal("10") - s.charged
     (p,) = s.payouts.all()

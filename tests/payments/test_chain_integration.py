@@ -31,7 +31,7 @@ from marketplace.models import (
     Organization,
     Settlement,
 )
-from marketplace.services import payments
+from marketplace.services import funding, payments
 from marketplace.services.accounts import organization_create
 from marketplace.services.nodes import NodeSpec, node_create
 from marketplace.services.offers import OfferSpec, offer_create
@@ -176,7 +176,7 @@ def funded_completed_jobs(org, node, count: int) -> list[Job]:
     for _ in range(count):
         job = JobFactory(owner=org, status=S.SUBMITTED, budget=Decimal("5"))
         with committed():
-            payments.job_fund(job=job)
+            funding.job_fund(job=job)
         jobs.append(job)
     indexer.index_events()
     for job in jobs:

@@ -22,7 +22,7 @@ from marketplace.models import (
     Job,
     Settlement,
 )
-from marketplace.services import payments
+from marketplace.services import funding, payments
 from marketplace.services.wallets import dev_wallets
 from workers.tasks_chain import chain_sync, settle_pending
 
@@ -176,7 +176,7 @@ def test_a_funding_in_flight_on_a_reset_chain_is_funded_again(disk_chain, tmp_pa
 
     job = submitted_job(healthcare, budget="30")
     with committed():
-        payments.job_fund(job=job)  # sent; the indexer has not seen it
+        funding.job_fund(job=job)  # sent; the indexer has not seen it
     disk_chain.reset(tmp_path / "fresh-chain")
     chain_sync()
     deploy.deploy()
@@ -186,7 +186,7 @@ def test_a_funding_in_flight_on_a_reset_chain_is_funded_again(disk_chain, tmp_pa
     assert job.escrow.status == E.UNFUNDED
     assert job.events.filter(reason="funding_lost").exists()
     with committed():
-        payments.job_fund(job=job)
+        funding.job_fund(job=job)
     indexer.index_events()
     job.refresh_from_db()
     assert job.status == S.FUNDED and onchain_state(job.escrow.key) == FUNDED

@@ -14,11 +14,11 @@ FUND = """
 from decimal import Decimal
 from marketplace.chain import indexer, sender
 from marketplace.models import ChainTransaction, Organization
-from marketplace.services import payments
+from marketplace.services import funding, payments
 from tests.factories import JobFactory
 org = Organization.objects.filter(kind="consumer").order_by("pk").first()
 job = JobFactory(owner=org, budget=Decimal("25"), status="submitted")
-payments.job_fund(job=job)
+funding.job_fund(job=job)
 for tx in ChainTransaction.objects.filter(lost_reason="").exclude(status="confirmed"):
     sender.wait(tx)
 indexer.index_events()

@@ -16,7 +16,7 @@ import pytest
 
 from marketplace.chain import deploy, indexer
 from marketplace.models import AuditEvent, Escrow, Job, Wallet
-from marketplace.services import payments
+from marketplace.services import funding
 
 from .support import submitted_job, units
 
@@ -64,7 +64,7 @@ def own_fund(chain, calls: dict, *, amount: int | None = None, deadline: int | N
 def test_a_consumer_cannot_fund_its_job_with_a_short_deadline(api, alice, healthcare, wallets, holder):
     job = submitted_job(healthcare, budget="80")
     calls = fund_calls(api, alice, job).data
-    assert calls["deadline"] == int(payments.reclaim_deadline(job).timestamp())
+    assert calls["deadline"] == int(funding.reclaim_deadline(job).timestamp())
     send(wallets, holder, calls["approve"])
 
     short = wallets.now() + 60
@@ -78,7 +78,7 @@ def test_a_consumer_cannot_fund_its_job_with_a_short_deadline(api, alice, health
     assert indexer.index_events() == 1
     job.refresh_from_db()
     assert job.status == S.FUNDED
-    assert job.escrow.deadline == payments.reclaim_deadline(job).replace(microsecond=0)
+    assert job.escrow.deadline == funding.reclaim_deadline(job).replace(microsecond=0)
     # Served, the consumer cannot take the deposit back a minute later.
     wallets.travel_to(short + 1)
     refund = wallets.escrow.functions.refund(bytes.fromhex(calls["job_key"][2:]))

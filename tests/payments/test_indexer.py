@@ -8,7 +8,7 @@ import pytest
 
 from marketplace.chain import client, indexer
 from marketplace.models import ChainContract, ChainCursor, Escrow, Job, JobEvent
-from marketplace.services import payments
+from marketplace.services import funding
 from workers.tasks_chain import settle_pending
 
 from .support import committed, completed_job, funded_job, submitted_job
@@ -20,7 +20,7 @@ S = Job.Status
 def fund_unindexed(owner, budget: str = "10") -> Job:
     job = submitted_job(owner, budget=budget)
     with committed():
-        payments.job_fund(job=job)
+        funding.job_fund(job=job)
     return job
 
 

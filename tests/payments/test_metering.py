@@ -10,7 +10,8 @@ from decimal import Decimal
 import pytest
 
 from marketplace.models import Assignment, Escrow, Job
-from marketplace.services.payments import job_statement, settlement_prepare
+from marketplace.selectors.metering import job_statement
+from marketplace.services.payments import settlement_prepare
 
 from ..factories import JobFactory
 from .support import assignment, checkpoint

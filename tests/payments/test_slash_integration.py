@@ -13,7 +13,7 @@ from celery import Celery
 
 from marketplace.chain import deploy, indexer, sender
 from marketplace.models import ChainContract, ChainTransaction, Dispute, DisputeSlash, Escrow, Job
-from marketplace.services import payments, staking
+from marketplace.services import funding, staking
 
 from ..factories import JobFactory
 from ..stack import wait_for
@@ -44,7 +44,7 @@ def a_dispute(minutes: float = 60) -> tuple[Dispute, str, str]:
     sender.wait(op.transaction)
     job = JobFactory(owner=org, status=Job.Status.SUBMITTED, budget=Decimal("5"))
     with committed():
-        payments.job_fund(job=job)
+        funding.job_fund(job=job)
     for tx in ChainTransaction.objects.exclude(status="confirmed"):
         sender.wait(tx)
     indexer.index_events()
