@@ -28,11 +28,13 @@ live = pytest.mark.django_db(transaction=True)
 COMMAND = str(Path(sys.executable).with_name("computemesh"))
 PASSWORD = "s3cret-pass-123"
 # Operations of the OpenAPI document the client deliberately leaves out: PUT (it PATCHes),
-# staff-only suspension, and wallet linking, which a browser wallet signs (SIWE).
+# staff-only suspension, wallet linking, which a browser wallet signs (SIWE), and the agent's
+# registration with a one-time code.
 NOT_IN_CLIENT = {
     ("PUT", "/api/v1/nodes/{id}/"), ("PUT", "/api/v1/offers/{id}/"),
     ("POST", "/api/v1/organizations/{id}/suspend/"), ("POST", "/api/v1/organizations/{id}/unsuspend/"),
     ("GET", "/api/v1/wallets/siwe-nonce/"), ("POST", "/api/v1/wallets/link/"),
+    ("POST", "/api/v1/node-registrations/"),  # the provider's agent calls it (computemesh-agent register)
 }
 
 
@@ -150,6 +152,31 @@ def test_jobs_download_partial_saves_the_trusted_checkpoint_and_refuses_another_
                  url=base, token=other, config=tmp_path)
     assert "404" in one_line_error(refused, 3)
     assert not list((tmp_path / "bob").glob("*.pt"))
+
+
+@live
+def test_account_faucet_and_disputes_from_the_command_line(base, alice, healthcare, energy, tmp_path):
+    token = Token.objects.create(user=alice).key
+    account = cm("account", "--json", url=base, token=token, config=tmp_path)
+    assert account.returncode == 0, account.stderr
+    body = json.loads(account.stdout)
+    assert {"available", "escrowed", "spent", "refunded", "earned", "movements"} <= body.keys()
+    assert body["spent"] == "0.000000" and body["movements"] == []
+    # Payments are off on this test server: the faucet refuses with a reason, exit 3.
+    refused = one_line_error(cm("account", "faucet", url=base, token=token, config=tmp_path), 3)
+    assert "Payments are off" in refused
+
+    running = JobFactory(owner=healthcare, status="running")
+    too_soon = one_line_error(cm("jobs", "dispute", str(running.pk), "the loss never went down at all",
+                                 url=base, token=token, config=tmp_path), 3)
+    assert "only a completed job" in too_soon
+    listed = cm("jobs", "dispute", str(running.pk), "--json", url=base, token=token, config=tmp_path)
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []
+    # Another organization's job: not found, nothing opened.
+    theirs = JobFactory(owner=energy, status="completed")
+    not_yours = one_line_error(cm("jobs", "dispute", str(theirs.pk), "the loss never went down at all",
+                                  url=base, token=token, config=tmp_path), 3)
+    assert "404" in not_yours or "403" in not_yours
 
 
 @live

@@ -808,6 +808,25 @@ def jobs_statement(state: State, job_id: int) -> None:
     emit(state, statement, render)
 
 
+@jobs.command("dispute")
+@click.argument("job_id", type=int)
+@click.argument("reason", required=False)
+@json_option
+@pass_state
+def jobs_dispute(state: State, job_id: int, reason: str | None) -> None:
+    """Dispute a completed job's result with REASON; without it, list the job's disputes."""
+    client = state.client()
+    if reason is None:
+        items = client.disputes(job_id)
+        emit(state, items, lambda: out.print(_table(
+            ["ID", "STATUS", "REASON", "RESOLUTION", "REFUND"],
+            [(d["id"], d["status"], d["reason"], d.get("resolution"), _money(d.get("refund_amount")))
+             for d in items])))
+        return
+    d = client.open_dispute(job_id, reason)
+    emit(state, d, lambda: out.print(f"Dispute {d['id']} on job {job_id} opened; staff review it."))
+
+
 @jobs.command("verification")
 @click.argument("job_id", type=int)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Save the report here.")
@@ -1135,6 +1154,41 @@ def stake_request_withdrawal(state: State, amount: str) -> None:
 def stake_withdraw(state: State) -> None:
     """Withdraw the pending stake once it has unlocked."""
     _show_op(state, state.client().stake_withdraw())
+
+
+@cli.group(invoke_without_command=True)
+@json_option
+@click.pass_context
+def account(ctx: click.Context) -> None:
+    """Your organization's balances and its latest money movements."""
+    if ctx.invoked_subcommand is not None:
+        return
+    state = ctx.ensure_object(State)
+    a = state.client().account()
+
+    def render() -> None:
+        out.print(f"available {_money(a.get('available'))} tUSD, in escrow {_money(a.get('escrowed'))}, "
+                  f"spent {_money(a.get('spent'))}, refunded {_money(a.get('refunded'))}, "
+                  f"earned {_money(a.get('earned'))}")
+        moves = (a.get("movements") or [])[:20]
+        if moves:
+            out.print(_table(["WHEN", "WHAT", "tUSD", "JOB", "TRANSACTION"],
+                             [(m.get("at", "")[:19].replace("T", " "), m.get("description"),
+                               _money(m.get("amount")), m.get("job"),
+                               (m.get("transaction") or "") + (" (pending)" if m.get("pending") else ""))
+                              for m in moves], title="Latest movements"))
+    emit(state, a, render)
+
+
+@account.command("faucet")
+@json_option
+@pass_state
+def account_faucet(state: State) -> None:
+    """Get test tUSD in your custodial wallet (development chains only)."""
+    grant = state.client().faucet()
+    emit(state, grant, lambda: out.print(
+        f"{_money(grant.get('amount'))} tUSD sent to {grant.get('address')} "
+        f"(transaction {grant.get('transaction') or 'pending'})"))
 
 
 @cli.group(invoke_without_command=True)

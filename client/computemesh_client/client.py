@@ -80,6 +80,11 @@ OPERATIONS: dict[str, tuple[str, str, bool]] = {
     "wallets_list": ("GET", "/api/v1/wallets/", True),
     "wallets_payout": ("GET", "/api/v1/wallets/payout/", True),
     "wallets_set_payout": ("POST", "/api/v1/wallets/{id}/payout/", True),
+    # A faucet grant or a dispute may have been made by a request that timed out: never resent.
+    "account_get": ("GET", "/api/v1/account/", True),
+    "account_faucet": ("POST", "/api/v1/account/faucet/", False),
+    "jobs_disputes": ("GET", "/api/v1/jobs/{id}/disputes/", True),
+    "jobs_dispute_open": ("POST", "/api/v1/jobs/{id}/disputes/", False),
     "stake_get": ("GET", "/api/v1/stake/", True),
     "stake_deposit": ("POST", "/api/v1/stake/deposit/", True),
     "stake_request_withdrawal": ("POST", "/api/v1/stake/request-withdrawal/", True),
@@ -453,6 +458,25 @@ class Client:
     # --- wallets and stake -------------------------------------------------------------
     def wallets(self) -> list[JSON]:
         return cast(list[JSON], self._json("wallets_list"))
+
+    def account(self) -> JSON:
+        """Balances (available, wallet, credited, escrowed, spent, refunded, earned, earning;
+        tUSD as exact decimal strings) and every money movement, newest first."""
+        return cast(JSON, self._json("account_get"))
+
+    def faucet(self) -> JSON:
+        """Test tUSD for the custodial wallet (development chains only): amount, address,
+        transaction. Refused (ConflictError) on other chains or too soon after the last grant."""
+        return cast(JSON, self._json("account_faucet"))
+
+    def disputes(self, job_id: int) -> list[JSON]:
+        """The disputes this organization opened on a job."""
+        return cast(list[JSON], self._json("jobs_disputes", path_args={"id": job_id}))
+
+    def open_dispute(self, job_id: int, reason: str) -> JSON:
+        """Dispute a completed job's result; staff resolve it (refund, slash or reject)."""
+        return cast(JSON, self._json("jobs_dispute_open", path_args={"id": job_id},
+                                     json={"reason": reason}))
 
     def payout(self) -> JSON:
         """Where the organization is paid, and a pending change (providers)."""
