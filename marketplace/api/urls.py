@@ -1,7 +1,7 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from . import account, checkpoints, organizations, stake, uploads, views
+from . import account, checkpoints, organizations, registration, stake, uploads, views
 
 router = DefaultRouter()
 router.register("templates", views.TemplateViewSet, basename="template")
@@ -24,5 +24,6 @@ urlpatterns = [
     path("account/faucet/", account.FaucetView.as_view(), name="account-faucet"),
     path("jobs/<int:pk>/disputes/", account.JobDisputesView.as_view(), name="job-disputes"),
     path("jobs/<int:pk>/checkpoint/", checkpoints.JobCheckpointView.as_view(), name="job-checkpoint"),
+    path("node-registrations/", registration.NodeRegistrationView.as_view(), name="node-registrations"),
     *router.urls,
 ]

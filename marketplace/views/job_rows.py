@@ -6,14 +6,13 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse
 from django.shortcuts import render
 
-from ..models import Job
 from ..selectors.budget import budget_view
 from ..selectors.job_status import STATUS_FILTERS, job_state, jobs_filtered
 from ..selectors.live import cost_so_far
 from ..selectors.ownership import jobs_visible_to
 
 
-def with_money(job: Job) -> Job:
+def with_money(job):
     """What a row shows of the job's money: spent so far, the budget warning, how it ended."""
     job.spent = cost_so_far(job)
     job.spend = budget_view(job, spent=job.spent)

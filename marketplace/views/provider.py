@@ -2,9 +2,11 @@ from dataclasses import replace
 
 from django.contrib import messages
 from django.db.models import Count, Sum
+from django.http import HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from .. import catalogue
 from ..errors import MarketError
 from ..forms import NodeForm, OfferForm, utc_to_input
 from ..models import Offer
@@ -13,6 +15,7 @@ from ..selectors.market import nodes_of_provider, offers_of_provider
 from ..selectors.payments import provider_payouts
 from ..services.nodes import node_create, node_rotate_token
 from ..services.offers import offer_create, offer_set_status, offer_update
+from ..services.registration import CODE_TTL, registration_code_issue
 from ..services.wallets import payout_address
 from .common import org_required
 
@@ -48,7 +51,24 @@ def node_new(request):
             form.add_market_error(exc)
         else:
             return _agent_page(request, node, token, rotated=False)
-    return render(request, "provider/node_form.html", {"form": form})
+    return render(request, "provider/node_form.html",
+                  {"form": form, "regions": sorted(catalogue.REGIONS.items())})
+
+
+@org_required("provider")
+@require_POST
+def node_register_code(request):
+    """A one-time code and the command that registers a machine with it (shown once: only its
+    hash is kept)."""
+    try:
+        code, row = registration_code_issue(provider=request.org, region=request.POST.get("region", ""),
+                                            actor=request.user)
+    except MarketError as exc:
+        return HttpResponseBadRequest(exc.message)
+    server = request.build_absolute_uri("/").rstrip("/") or AGENT_SERVER
+    return render(request, "provider/node_register_code.html", {
+        "code": code, "server": server, "expires_at": row.expires_at, "region": row.region,
+        "minutes": int(CODE_TTL.total_seconds() // 60)})
 
 
 @org_required("provider")

@@ -44,6 +44,7 @@ urlpatterns = [
     # Providers
     path("provider/nodes/", provider.node_list, name="provider_nodes"),
     path("provider/nodes/new/", provider.node_new, name="provider_node_new"),
+    path("provider/nodes/register-code/", provider.node_register_code, name="provider_node_register_code"),
     path("provider/nodes/<int:pk>/rotate-token/", provider.node_rotate,
          name="provider_node_rotate"),
     path("provider/offers/", provider.offer_mine, name="provider_offers"),

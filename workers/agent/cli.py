@@ -1,6 +1,7 @@
 """computemesh-agent: run jobs from the ComputeMesh platform on this machine.
 
-    computemesh-agent --server https://computemesh.example --token cmn_…
+    computemesh-agent register --code cmr_… --url https://computemesh.example   (once)
+    computemesh-agent --server https://computemesh.example [--token cmn_…]
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..training import faults as test_faults
-from . import __version__, hardware, sandbox
+from . import __version__, hardware, register, sandbox
 from .agent import Agent, TokenRefused
 from .display import Display
 from .run_assignment import STALL_TIMEOUT_S
@@ -26,7 +27,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--server", required=True, help="platform URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--token", default=os.environ.get("COMPUTEMESH_AGENT_TOKEN"),
-                   help="the node's agent token (or COMPUTEMESH_AGENT_TOKEN)")
+                   help="the node's agent token (or COMPUTEMESH_AGENT_TOKEN; default: the one "
+                        "`computemesh-agent register` saved in the workdir)")
     p.add_argument("--workdir", type=Path, default=Path.home() / ".computemesh-agent",
                    help="where datasets, checkpoints and the outbox live")
     p.add_argument("--nproc-per-node", type=int, default=None,
@@ -61,7 +63,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         p.error(f"--server must be an http(s) URL, not {args.server!r}")
     if not args.token:
-        p.error("--token is required (or set COMPUTEMESH_AGENT_TOKEN)")
+        args.token = register.read_token(args.workdir)
+    if not args.token:
+        p.error("--token is required (or set COMPUTEMESH_AGENT_TOKEN, or run "
+                "`computemesh-agent register --code …` first)")
     if args.nproc_per_node is not None and args.nproc_per_node < 1:
         p.error("--nproc-per-node must be at least 1")
     if args.heartbeat <= 0:
@@ -131,6 +136,9 @@ async def _main(args: argparse.Namespace, display: Display) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["register"]:
+        return register.main(argv[1:])
     args = parse(argv)
     with Display(plain=args.plain or not sys.stdout.isatty()) as display:
         return asyncio.run(_main(args, display))
