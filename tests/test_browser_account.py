@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from marketplace.chain import deploy, devchain
-from marketplace.models import Escrow, Job, Organization
-from marketplace.payment_models import FaucetGrant
+from marketplace.models import Escrow, FaucetGrant, Job, Organization
 
 from .browser_support import CHROMIUM, CHROMIUM_ARGS, ROOT, asgi_server
 from .factories import JobFactory

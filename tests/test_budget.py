@@ -100,7 +100,7 @@ def test_the_live_spend_is_the_settlement_metering(healthcare, carol_node):
 
 
 def test_work_that_failed_verification_is_not_in_the_spend(healthcare, carol_node):
-    from marketplace.trust_models import Dispute
+    from marketplace.models import Dispute
 
     job = running_job(healthcare, carol_node, budget="100", price="6", minutes=30)
     cheat = Assignment.objects.create(

@@ -14,11 +14,10 @@ import pytest
 import torch
 from django.utils import timezone
 
-from marketplace.models import Assignment, Checkpoint, Job
+from marketplace.models import Assignment, Checkpoint, Dispute, Job
 from marketplace.selectors.metering import job_statement
 from marketplace.services import placement, verification
 from marketplace.services.execution import node_lost, start_message
-from marketplace.trust_models import Dispute
 from workers.verify import checkpoint_problem
 
 from . import verify_support

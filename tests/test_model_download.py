@@ -8,8 +8,7 @@ import pytest
 from django.core.files.base import ContentFile
 from django.urls import reverse
 
-from marketplace.models import Job
-from marketplace.trust_models import VerificationReport
+from marketplace.models import Job, VerificationReport
 
 from .factories import JobFactory
 

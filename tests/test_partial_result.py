@@ -11,8 +11,7 @@ from django.core.files.base import ContentFile
 from django.urls import reverse
 from django.utils import timezone
 
-from marketplace.models import Assignment, Checkpoint, Job
-from marketplace.trust_models import Dispute
+from marketplace.models import Assignment, Checkpoint, Dispute, Job
 
 from .factories import JobFactory, OfferFactory
 

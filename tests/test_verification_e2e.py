@@ -14,13 +14,12 @@ import redis
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from marketplace.models import Job, Organization
+from marketplace.models import Dispute, Job, Organization, VerificationReport
 from marketplace.selectors.metering import job_statement
 from marketplace.services.accounts import organization_create
 from marketplace.services.nodes import NodeSpec, node_create
 from marketplace.services.offers import OfferSpec, offer_create
 from marketplace.services.verification import verification_run
-from marketplace.trust_models import Dispute, VerificationReport
 from workers.training import faults
 from workers.verify import check_attempt
 

@@ -17,9 +17,8 @@ import pytest
 from django.db.models import F
 from django.utils import timezone
 
-from marketplace.models import Assignment, Checkpoint, Job
+from marketplace.models import Assignment, Checkpoint, Job, VerificationReport
 from marketplace.services import verification
-from marketplace.trust_models import VerificationReport
 from workers.training import run
 from workers.verify import check_attempt
 

@@ -55,8 +55,8 @@ def test_only_a_better_metric_than_measured_is_inflated():
 def test_checks_whose_task_was_lost_are_queued_again(healthcare, monkeypatch):
     from django.utils import timezone
 
+    from marketplace.models import VerificationReport
     from marketplace.services import enqueue, verification
-    from marketplace.trust_models import VerificationReport
 
     from .factories import JobFactory
 

@@ -12,10 +12,9 @@ import json
 
 import pytest
 
-from marketplace.models import Job
-from workers.training import replay
+from marketplace.models import Dispute, Job, VerificationReport
 from marketplace.services import staking, verification
-from marketplace.trust_models import Dispute, VerificationReport
+from workers.training import replay
 from workers.verify import check_attempt
 
 from . import verify_support

@@ -7,8 +7,7 @@ from decimal import Decimal
 import pytest
 from rest_framework.test import APIClient
 
-from marketplace.models import Assignment, Job
-from marketplace.trust_models import Dispute, VerificationReport
+from marketplace.models import Assignment, Dispute, Job, VerificationReport
 
 from .factories import JobFactory, NodeFactory, OfferFactory
 

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from marketplace.models import Job
-from marketplace.trust_models import Dispute, VerificationReport
+from marketplace.models import Dispute, Job, VerificationReport
 from workers import verify
 
 from .stack import Stack, wait_for

@@ -13,7 +13,7 @@ from django.utils.html import format_html
 
 from .. import catalogue
 from ..errors import MarketError
-from ..models import Node, Organization
+from ..models import ComplianceEvidence, Node, Organization
 from ..services.nodes import (
     NodeSpec,
     node_create,
@@ -24,7 +24,6 @@ from ..services.nodes import (
     node_update,
     node_verify_compliance,
 )
-from ..trust_models import ComplianceEvidence
 from .common import (
     AwaitingVerificationFilter,
     ReadOnlyAdminMixin,

@@ -6,10 +6,9 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 
 from ..errors import MarketError
-from ..models import Dispute, ProviderStake, StakeEvent
+from ..models import ConsumerDispute, Dispute, ProviderStake, StakeEvent
 from ..services.disputes import consumer_dispute_refund, consumer_dispute_reject, consumer_dispute_slash
 from ..services.staking import dispute_dismiss, dispute_slash_enqueue
-from ..trust_models import ConsumerDispute
 from .common import ReadOnlyAdminMixin, ViewOnlyWithActionsMixin, money, tx_link
 
 

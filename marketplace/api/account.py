@@ -11,13 +11,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from ..errors import PermissionDenied
+from ..models import ConsumerDispute
 from ..money import exact
 from ..selectors.account import account_balances, account_movements
 from ..selectors.accounts import organization_of
 from ..selectors.ownership import JobAction, jobs_for
 from ..services.disputes import MAX_REASON, consumer_dispute_open
 from ..services.faucet import faucet_claim
-from ..trust_models import ConsumerDispute
 from .permissions import IsConsumer
 
 AUTH = [TokenAuthentication, SessionAuthentication]

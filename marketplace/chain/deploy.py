@@ -19,10 +19,17 @@ from eth_account import Account
 from eth_utils import keccak
 from web3 import Web3
 
-from ..models import Offer
+from ..models import (
+    ChainAccount,
+    ChainContract,
+    ChainCursor,
+    ChainTransaction,
+    DisputeSlash,
+    Offer,
+    ProviderStake,
+    StakeOperation,
+)
 from ..money import to_units
-from ..payment_models import ChainAccount, ChainContract, ChainCursor, ChainTransaction
-from ..trust_models import DisputeSlash, ProviderStake, StakeOperation
 from . import sender, terms
 from .client import ChainError, chain_id, contract, unavailable, w3
 

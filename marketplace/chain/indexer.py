@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import transaction
 from eth_utils import event_abi_to_log_topic
 
-from ..payment_models import ChainContract, ChainCursor
+from ..models import ChainContract, ChainCursor
 from .client import ChainError, chain_id, unavailable, w3
 from .deploy import addresses
 

@@ -20,7 +20,7 @@ from django.utils import timezone
 from eth_account import Account
 from web3.exceptions import ContractCustomError, ContractLogicError, TransactionNotFound
 
-from ..payment_models import ChainAccount, ChainTransaction
+from ..models import ChainAccount, ChainTransaction
 from .client import ChainError, chain_id, short_error, unavailable, w3
 
 log = logging.getLogger(__name__)

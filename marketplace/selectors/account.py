@@ -18,10 +18,18 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Q, Sum
 
-from ..models import Escrow, Job, Organization, Payout, Settlement
+from ..models import (
+    ConsumerDispute,
+    Escrow,
+    FaucetGrant,
+    Job,
+    Organization,
+    Payout,
+    Settlement,
+    StakeEvent,
+    StakeOperation,
+)
 from ..money import tusd
-from ..payment_models import FaucetGrant
-from ..trust_models import ConsumerDispute, StakeEvent, StakeOperation
 from .payments import tx_url
 
 log = logging.getLogger(__name__)

@@ -5,8 +5,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db.models import Max, Q, QuerySet
 
-from ..models import Checkpoint
-from ..trust_models import Dispute
+from ..models import Checkpoint, Dispute
 
 C = Checkpoint.Status
 

@@ -4,8 +4,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 
-from ..models import Assignment, Checkpoint, Job
-from ..trust_models import Dispute
+from ..models import Assignment, Checkpoint, Dispute, Job
 
 A = Assignment.Status
 

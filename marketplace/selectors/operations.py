@@ -4,8 +4,7 @@ handful of aggregate queries on indexed columns, no rows."""
 from django.db.models import Count, F, Max, Min
 from django.utils import timezone
 
-from ..models import Job, Node
-from ..payment_models import ChainAccount, ChainTransaction
+from ..models import ChainAccount, ChainTransaction, Job, Node
 
 # The signed and sent transactions the chain sender still owes an outcome (marketplace/chain/sender.py).
 CHAIN_PENDING = (ChainTransaction.Status.SIGNED, ChainTransaction.Status.SENT, ChainTransaction.Status.MINED)

@@ -6,9 +6,16 @@ named only to their own members and to staff (everyone else sees the addresses).
 
 from __future__ import annotations
 
-from ..models import Escrow, Job, Settlement, Wallet
-from ..payment_models import FaucetGrant
-from ..trust_models import ConsumerDispute, DisputeSlash, StakeOperation
+from ..models import (
+    ConsumerDispute,
+    DisputeSlash,
+    Escrow,
+    FaucetGrant,
+    Job,
+    Settlement,
+    StakeOperation,
+    Wallet,
+)
 from .accounts import organization_of
 from .ownership import jobs_visible_to
 from .payments import chain_transaction

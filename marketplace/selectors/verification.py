@@ -2,8 +2,7 @@
 
 from django.urls import reverse
 
-from ..models import Job
-from ..trust_models import VerificationReport
+from ..models import Job, VerificationReport
 
 
 def job_model_verified(job: Job) -> bool:

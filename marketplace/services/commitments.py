@@ -18,9 +18,8 @@ import re
 from django.db import IntegrityError, transaction
 
 from ..errors import Conflict, MarketError
-from ..models import Assignment, Job
+from ..models import Assignment, GradientCommitment, Job
 from ..selectors.execution import is_diloco
-from ..trust_models import GradientCommitment
 
 K = 3  # workers/training/commitments.K (tests/test_commitment_upload.py keeps them equal)
 MAX_BYTES = 4 * 1_048_576  # one stretch's upload: ~40 bytes a number, so ~10⁴ rank-steps

@@ -20,10 +20,9 @@ from django.utils import timezone
 
 from .. import job_states
 from ..errors import Conflict, MarketError, PermissionDenied
-from ..models import Assignment, Escrow, Job, Settlement
+from ..models import Assignment, ConsumerDispute, Dispute, Escrow, Job, Settlement
 from ..money import to_units, tusd
 from ..text import clean_text
-from ..trust_models import ConsumerDispute, Dispute
 from . import audit
 
 C = ConsumerDispute.Status

@@ -15,9 +15,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from ..errors import Conflict, MarketError
-from ..models import Organization, Wallet
+from ..models import FaucetGrant, Organization, Wallet
 from ..money import from_units, to_units, tusd
-from ..payment_models import FaucetGrant
 from . import audit
 from .wallets import wallet_create_custodial
 

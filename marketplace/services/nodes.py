@@ -9,9 +9,8 @@ from django.utils import timezone
 
 from .. import catalogue
 from ..errors import MarketError, NotFound, PermissionDenied
-from ..models import Node, Offer, Organization
+from ..models import ComplianceEvidence, Node, Offer, Organization
 from ..text import clean_name, clean_text
-from ..trust_models import ComplianceEvidence
 from . import enqueue, live, reputation
 from .audit import audit_record
 

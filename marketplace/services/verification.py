@@ -74,10 +74,9 @@ from django.utils import timezone
 
 from .. import job_states, task_names
 from ..errors import NotFound
-from ..models import Assignment, Checkpoint, Job, MetricPoint
+from ..models import Assignment, Checkpoint, Dispute, Job, MetricPoint, VerificationReport
 from ..selectors.checkpoints import checkpoints_resumable
 from ..selectors.execution import is_diloco
-from ..trust_models import Dispute, VerificationReport
 from . import enqueue, placement
 from .commitments import commitment_tables
 from .datasets import dataset_plain_path

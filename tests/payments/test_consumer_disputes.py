@@ -8,9 +8,8 @@ import pytest
 from django.urls import reverse
 
 from marketplace.errors import Conflict, MarketError, PermissionDenied
-from marketplace.models import AuditEvent, ChainTransaction, Dispute, Job, Settlement
+from marketplace.models import AuditEvent, ChainTransaction, ConsumerDispute, Dispute, Job, Settlement
 from marketplace.services import disputes
-from marketplace.trust_models import ConsumerDispute
 
 from .support import committed, funded_job, units
 from .test_account import settled  # noqa: F401  (the fixture: a job funded, run and settled)

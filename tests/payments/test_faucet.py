@@ -10,8 +10,7 @@ import pytest
 
 from marketplace.chain import deploy
 from marketplace.errors import Conflict
-from marketplace.models import ChainTransaction, Organization, Wallet
-from marketplace.payment_models import FaucetGrant
+from marketplace.models import ChainTransaction, FaucetGrant, Organization, Wallet
 from marketplace.services.accounts import user_signup
 from marketplace.services.faucet import faucet_claim
 

@@ -45,17 +45,18 @@ from marketplace.chain import deploy, indexer
 from marketplace.models import (
     Assignment,
     Checkpoint,
+    Dispute,
     Escrow,
     Job,
     JobEvent,
     Node,
     Settlement,
+    VerificationReport,
     Wallet,
 )
 from marketplace.services import agent_ingest, execution, payments, placement, verification
 from marketplace.services.jobs import job_cancel
 from marketplace.services.nodes import node_set_presence
-from marketplace.trust_models import Dispute, VerificationReport
 
 from ..contracts.conftest import Chain as ContractsChain
 from ..contracts.support import FUNDED, REFUNDED, SETTLED

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-MONEY = {"max_digits": 20, "decimal_places": 6}
+from .common import MONEY
 
 
 class VerificationReport(models.Model):
