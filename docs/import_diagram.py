@@ -18,7 +18,8 @@ from pathlib import Path
 
 import grimp
 
-DOC = Path(__file__).resolve().parent / "architecture.md"
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "architecture.md"
 START, END = "<!-- import-diagram:start -->", "<!-- import-diagram:end -->"
 SKIP = {"marketplace.migrations"}  # they import models, and only as Django loads them
 
@@ -82,6 +83,7 @@ def levels(graph, package: str) -> dict[int, list[str]]:
 
 def section() -> str:
     sys.setrecursionlimit(10_000)
+    sys.path.insert(0, str(ROOT))  # this checkout's marketplace, whatever the venv points at
     graph = grimp.build_graph("marketplace")
     _, edges = top_level(graph)
     lines = [START, "", "```mermaid", "flowchart TD"]
