@@ -147,6 +147,10 @@ def test_jobs_download_partial_saves_the_trusted_checkpoint_and_refuses_another_
     path = Path(json.loads(saved.stdout)["path"])
     assert path.name == f"computemesh-job-{job.pk}-step-2600.pt"
     assert hashlib.sha256(path.read_bytes()).hexdigest() == ckpt.sha256
+    shown = cm("jobs", "show", str(job.pk), url=base, token=token, config=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert (f"the checkpoint at step 2600 (30,000 bytes): computemesh jobs download {job.pk} --partial"
+            in shown.stdout)
     other = Token.objects.create(user=bob).key
     refused = cm("jobs", "download", str(job.pk), "--partial", "-o", str(tmp_path / "bob") + "/",
                  url=base, token=other, config=tmp_path)

@@ -88,6 +88,20 @@ def test_another_tenant_and_the_provider_that_ran_it_are_refused(api, bob, carol
     assert _download(api, None, job).status_code in (401, 403)
 
 
+def test_the_job_detail_names_the_partial_result_for_its_organization_only(api, alice, carol, carol_offer,
+                                                                          healthcare):
+    job = JobFactory(owner=healthcare, status=S.PAUSED)
+    detail = reverse("api:job-detail", args=[job.pk])
+    assert api.as_user(alice).get(detail).json()["partial_result"] is None
+    ckpt = _checkpoint(_assignment(job, offer=carol_offer), 300, C.VERIFIED, b"weights")
+    assert api.as_user(alice).get(detail).json()["partial_result"] == {
+        "step": 300, "size_bytes": 7, "sha256": ckpt.sha256,
+        "url": reverse("api:job-checkpoint", args=[job.pk])}
+    # The provider that ran it may watch the job; its partial result is not offered to it.
+    watched = api.as_user(carol).get(detail)
+    assert watched.status_code == 404 or watched.json()["partial_result"] is None
+
+
 def test_staff_may_download_it(api, admin_user, healthcare):
     job = JobFactory(owner=healthcare, status=S.CANCELLED)
     _checkpoint(_assignment(job), 100, C.VERIFIED, b"weights")

@@ -689,6 +689,10 @@ def _render_job(job: Mapping[str, Any]) -> None:
     verification = job.get("verification") or {}
     out.print(f"  verification {verification.get('status', '-')}; model "
               f"{'ready to download' if job.get('artifact_url') else 'not available'}")
+    partial = job.get("partial_result")
+    if partial and not job.get("artifact_url"):
+        out.print(f"  partial result: the checkpoint at step {partial['step']} "
+                  f"({partial['size_bytes']:,} bytes): computemesh jobs download {job.get('id')} --partial")
     if job.get("assignments"):
         out.print(_table(["NODE", "RANK", "PROVIDER", "REGION", "GPU", "GPUS", "STATUS"],
                          [(a.get("node_name"), a.get("node_rank"), a.get("provider"), a.get("region"),

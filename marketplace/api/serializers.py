@@ -14,8 +14,10 @@ from .. import catalogue, runtimes
 from ..errors import MarketError
 from ..models import Assignment, Dataset, Job, JobEvent, MetricPoint, Node, Offer
 from ..selectors.budget import budget_view
+from ..selectors.checkpoints import partial_result
 from ..selectors.execution import job_assignments, job_progress
 from ..selectors.live import cost_so_far
+from ..selectors.ownership import is_job_owner
 from ..selectors.payments import job_escrow
 from ..selectors.verification import job_model_downloadable, job_verification_summary
 from ..services.job_spec import JobSpec
@@ -338,13 +340,14 @@ class JobDetailSerializer(JobListSerializer):
     progress = serializers.SerializerMethodField()
     assignments = serializers.SerializerMethodField()
     artifact_url = serializers.SerializerMethodField()
+    partial_result = serializers.SerializerMethodField()
     escrow = serializers.SerializerMethodField()
     spend = serializers.SerializerMethodField()
     verification = serializers.SerializerMethodField()
 
     class Meta(JobListSerializer.Meta):
         fields = [*JobListSerializer.Meta.fields, "timeline", "progress", "assignments",
-                  "artifact_url", "escrow", "spend", "verification"]
+                  "artifact_url", "partial_result", "escrow", "spend", "verification"]
         read_only_fields = fields
 
     @extend_schema_field(NULLABLE_OBJECT)
@@ -362,6 +365,19 @@ class JobDetailSerializer(JobListSerializer):
         if not job_model_downloadable(job, getattr(request, "user", None)):
             return None
         return reverse("api:job-artifact", args=[job.pk])
+
+    @extend_schema_field(NULLABLE_OBJECT)
+    def get_partial_result(self, job: Job) -> dict | None:
+        """{step, size_bytes, sha256, url} of the newest trusted checkpoint, for the job's
+        organization and staff (`GET /jobs/{id}/checkpoint/`); null when there is none."""
+        user = getattr(self.context.get("request"), "user", None)
+        if user is None or not (user.is_staff or is_job_owner(user, job)):
+            return None
+        ckpt = partial_result(job.pk)
+        if ckpt is None:
+            return None
+        return {"step": ckpt.step, "size_bytes": ckpt.size_bytes, "sha256": ckpt.sha256,
+                "url": reverse("api:job-checkpoint", args=[job.pk])}
 
     @extend_schema_field(NULLABLE_OBJECT)
     def get_escrow(self, job: Job) -> dict | None:
