@@ -135,7 +135,7 @@ def _terminate(pid: int) -> None:
 
 
 def test_a_broken_connection_costs_a_detour_not_a_point(monkeypatch):
-    from marketplace.consumers import agent as agent_consumer
+    from marketplace.consumers import ingest as ingest_engine
 
     node = token_node()
     a = _assignment(node)
@@ -159,7 +159,7 @@ def test_a_broken_connection_costs_a_detour_not_a_point(monkeypatch):
         acks = []
         for seq in range(1, 7):
             if seq == 4:  # PostgreSQL drops the fast path's connection between two batches
-                writer = agent_consumer._ingests[asyncio.get_running_loop()].writer
+                writer = ingest_engine._ingests[asyncio.get_running_loop()].writer
                 await asyncio.to_thread(_terminate, writer.conn.info.backend_pid)
             await comm.send_to(text_data=json.dumps(_progress(a, seq, _item(seq, 1.0 / seq))))
             acks += json.loads(await comm.receive_from(timeout=10))["ids"]

@@ -1,9 +1,9 @@
 """The agent ingest: numbered data messages applied exactly once, in order, each
 assignment's stream after its last applied `seq` (services/agent_protocol.py checks them).
-The socket consumer (consumers/agent.py) queues every socket's messages into one group
-commit (`agent_data_batch`); progress, nearly all of the traffic, is stored in bulk, log
-lines and checkpoint commits here, and what changes the lifecycle (accepted, rejected,
-finished) goes to services/execution.py. Persisted first, broadcast after commit.
+The agent sockets' ingest engine (consumers/ingest.py) gathers every socket's messages
+into one group commit (`agent_data_batch`); progress, nearly all of the traffic, is stored
+in bulk, log lines and checkpoint commits here, and what changes the lifecycle (accepted,
+rejected, finished) goes to services/execution.py. Persisted first, broadcast after commit.
 """
 
 import logging
