@@ -150,3 +150,25 @@ def test_a_real_agent_registers_with_a_code_and_comes_online(tmp_path, client, c
         assert row and "fra-cpu-1" in row.group(0) and "Online" in row.group(0)
     finally:
         stack.stop()
+
+
+@pytest.mark.django_db
+def test_the_provider_prices_and_publishes_the_draft(carol, provider_org):
+    from decimal import Decimal
+
+    from marketplace.services.claims import node_hardware_report
+    from marketplace.services.offers import OfferSpec, offer_set_status, offer_update
+
+    code, _ = registration_code_issue(provider=provider_org, region="US-CA", actor=carol)
+    body = redeem(code, H100_REPORT).json()
+    node = Node.objects.get(pk=body["node"]["id"])
+    assert (node.gpu_model, node.gpu_count, node.gpu_memory_gb) == ("H100 80GB", 2, 80)
+    node_hardware_report(node=node, hardware=H100_REPORT)  # its agent's hello
+    offer = Offer.objects.get(pk=body["offer"]["id"])
+    offer = offer_update(provider=provider_org, offer=offer,
+                         spec=OfferSpec(gpus_offered=2, price_per_gpu_hour=Decimal("2.40")))
+    assert offer.status == Offer.Status.PAUSED  # priced, still not listed
+    offer_set_status(provider=provider_org, offer=offer, status=Offer.Status.ACTIVE)
+    offer.refresh_from_db()
+    assert offer.status == Offer.Status.ACTIVE and offer.status_reason == ""
+    assert offer.price_per_gpu_hour == Decimal("2.40")

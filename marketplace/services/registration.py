@@ -100,11 +100,12 @@ def registration_code_redeem(*, code: str, hardware: Any, benchmark_tflops: floa
         if row.expires_at <= timezone.now():
             raise PermissionDenied("This registration code has expired. Get a new one on the "
                                    "Add a machine page.")
-        model, count, memory = gpu_model_of(report)
+        # Listed with the catalogue model's memory (an 80 GB card reports 79.x GB).
+        model, count, _least = gpu_model_of(report)
         disk = raw.get("disk_free_gb")
         spec = NodeSpec(
             name=name or str(raw.get("hostname") or "machine")[:60], gpu_model=model, gpu_count=count,
-            gpu_memory_gb=memory or None, cpu_cores=report.get("cpu_cores") or 1,
+            gpu_memory_gb=None, cpu_cores=report.get("cpu_cores") or 1,
             ram_gb=report.get("ram_gb") or 1,
             disk_gb=disk if isinstance(disk, int) and not isinstance(disk, bool) and disk > 0 else 1,
             region=row.region)
