@@ -12,6 +12,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
+# The verify worker replays consumers' own tasks (code bundles) inside bubblewrap, the
+# sandbox the agents use (workers/verify/sandboxed.py); run it with user namespaces allowed
+# (docker-compose's verify-worker: security_opt). The other images do not need it.
+RUN case ",${EXTRAS}," in *,verify,*) \
+      apt-get update -q && apt-get install -y -q --no-install-recommends bubblewrap \
+      && rm -rf /var/lib/apt/lists/* ;; esac
+
 # Dependencies first, so that a code change does not reinstall them.
 COPY pyproject.toml README.md ./
 COPY webapp/__init__.py webapp/

@@ -7,7 +7,14 @@ from types import SimpleNamespace
 import pytest
 from django.test import override_settings
 
-from marketplace.services.verification import choose_segments, counted_checkpoints, metric_inflated
+from marketplace.models import Dispute
+from marketplace.services.verification import (
+    Finding,
+    attribute,
+    choose_segments,
+    counted_checkpoints,
+    metric_inflated,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -77,3 +84,23 @@ def test_checks_whose_task_was_lost_are_queued_again(healthcare, monkeypatch):
     assert sorted(args[0] for _, args in sent) == sorted([lost.pk, dead.pk])
     assert {task for task, _ in sent} == {verification.VERIFY_TASK}
     assert fresh.pk not in [args[0] for _, args in sent]
+
+
+R = Dispute.Reason
+
+
+@pytest.mark.parametrize("reason", [R.REPLAY_MISMATCH, R.METRIC_INFLATED, R.ARTIFACT_MISMATCH])
+def test_what_a_consumers_own_code_computed_is_pinned_on_nobody(reason):
+    # A bundle's replay and evaluation run the consumer's code: a task that misbehaves on the
+    # verifier alone must not get an honest provider slashed. The same findings of a template
+    # job are the node's.
+    one_node = [SimpleNamespace(node_rank=0)]
+    findings = [Finding(reason, "the replay differs")]
+    assert attribute(one_node, findings) == (findings[0], one_node)
+    assert attribute(one_node, findings, consumer_code=True) == (findings[0], [])
+
+
+def test_a_missing_commitment_is_the_nodes_own_whatever_code_ran():
+    one_node = [SimpleNamespace(node_rank=0)]
+    findings = [Finding(R.REPLAY_MISMATCH, "differs"), Finding(R.CHECKPOINT_UNCOMMITTED, "late")]
+    assert attribute(one_node, findings, consumer_code=True) == (findings[1], one_node)

@@ -8,7 +8,8 @@ from marketplace.services import verification
 
 def _torch_half():
     """The verifier's torch half: imported by the task when it runs, so that the plain
-    workers (and Celery's autodiscovery of this module) need no torch."""
+    workers (and Celery's autodiscovery of this module) need no torch. Its *_sandboxed
+    functions run a consumer's own task (a code bundle) inside the sandbox, templates here."""
     import workers.verify
 
     return workers.verify
@@ -20,7 +21,7 @@ def _torch_half():
              reject_on_worker_lost=True, time_limit=1800, soft_time_limit=1700, max_retries=10)
 def verify_attempt(self, report_id: int) -> str:
     try:
-        return verification.verification_run(report_id=report_id, check=_torch_half().check_attempt)
+        return verification.verification_run(report_id=report_id, check=_torch_half().check_attempt_sandboxed)
     except Exception as exc:
         # Any error, not only unreadable files: before, anything else left the job verifying
         # for ever with its deposit locked. The runs are counted on the report (a worker
@@ -38,7 +39,7 @@ def verify_attempt(self, report_id: int) -> str:
              autoretry_for=(OSError,), retry_backoff=2)
 def checkpoint_validate(self, checkpoint_id: int) -> str:
     status = verification.checkpoint_validate(checkpoint_id=checkpoint_id,
-                                               problem_of=_torch_half().checkpoint_problem)
+                                               problem_of=_torch_half().checkpoint_problem_sandboxed)
     if status == "pending":
         raise self.retry(countdown=3)
     return status
@@ -51,7 +52,7 @@ def checkpoint_validate(self, checkpoint_id: int) -> str:
 def checkpoint_replay(self, checkpoint_id: int) -> str:
     try:
         return verification.checkpoint_replay(checkpoint_id=checkpoint_id,
-                                              check=_torch_half().check_attempt)
+                                              check=_torch_half().check_attempt_sandboxed)
     except Exception as exc:
         if self.request.retries < self.max_retries:
             raise self.retry(exc=exc, countdown=5 * 2 ** self.request.retries) from exc

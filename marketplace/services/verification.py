@@ -21,7 +21,7 @@ queue runs `verification_run`:
   VERIFY_METRIC_TOLERANCE.
 
 Pass → completed. Fail → one Dispute for the attempt, the attempt's work neither charged
-nor paid (payments.job_statement), and the job re-placed from the last checkpoint before
+nor paid (metering.job_statement), and the job re-placed from the last checkpoint before
 that attempt (or from scratch). Who is at fault decides what else happens (attribution):
 - what node rank 0 alone produced — the checkpoints and the model it uploaded, their
   commitments, the metric it reported — is rank 0's: the dispute is attributed to it, the
@@ -78,6 +78,7 @@ from ..models import Assignment, Checkpoint, Dispute, Job, MetricPoint, Verifica
 from ..selectors.checkpoints import checkpoints_resumable
 from ..selectors.execution import is_diloco
 from . import enqueue, placement
+from .bundles import bundle_plain_path
 from .commitments import commitment_tables
 from .datasets import dataset_plain_path
 
@@ -171,16 +172,30 @@ class Outcome:
 
 
 @contextlib.contextmanager
-def _dataset(job: Job) -> Iterator[dict]:
-    """The dataset as the runtime loads it; an upload is decrypted to a temporary file for as
-    long as the block lasts (the Replayer loads it whole when it is made)."""
-    if job.dataset_ref.startswith("sample:"):
-        yield {"kind": "sample", "name": job.dataset_ref.removeprefix("sample:")}
-        return
-    if job.dataset is None:
-        raise NotFound("The job's dataset is gone.")
-    with dataset_plain_path(job.dataset) as path:
-        yield {"kind": "csv", "path": path}
+def _inputs(job: Job) -> Iterator[tuple[dict, dict]]:
+    """(dataset, task) as the torch half takes them: the dataset as the runtime loads it (an
+    upload decrypted to a temporary file — a zip is unpacked by the torch half, with the
+    agent's checks), and for a consumer's code bundle, the `bundle` of the plan (the archive
+    as uploaded, checked against its SHA-256). Both last as long as the block."""
+    with contextlib.ExitStack() as stack:
+        task: dict = {}
+        bundle = job.bundle
+        if bundle is not None:
+            archive = stack.enter_context(bundle_plain_path(bundle))
+            task["bundle"] = {"archive": archive, "kind": bundle.kind, "entry": bundle.entry}
+        if job.dataset_ref.startswith("sample:"):
+            yield {"kind": "sample", "name": job.dataset_ref.removeprefix("sample:")}, task
+            return
+        if job.dataset is None and bundle is not None and not job.dataset_ref:
+            yield {"kind": "none"}, task  # a bundle that makes its own data
+            return
+        if job.dataset is None:
+            raise NotFound("The job's dataset is gone.")
+        path = stack.enter_context(dataset_plain_path(job.dataset))
+        if job.dataset.kind == "zip":
+            yield {"kind": "zip", "archive": path}, task
+        else:
+            yield {"kind": "csv", "path": path}, task
 
 
 def metric_inflated(metric: str, reported: float, measured: float, tolerance: float) -> bool:
@@ -259,8 +274,12 @@ def _check(job: Job, attempt: int, rng: secrets.SystemRandom | None = None, *,
            check: CheckAttempt) -> Outcome:
     out = Outcome()
     plan = _plan(job, attempt, rng, out)
-    with _dataset(job) as dataset:
-        result = check(plan, dataset)  # minutes of torch
+    with _inputs(job) as (dataset, task):
+        result = check({**plan, **task}, dataset)  # minutes of torch
+    if result.get("determinism") and not result["determinism"]["deterministic"]:
+        out.notes.append("this job's own task does not give the same bits twice from the same "
+                         "state, so its steps were not replayed: its final model and held-out "
+                         "evaluation were checked")
     out.segments, out.replay_steps = result["segments"], result["replay_steps"]
     out.metric_measured = result["metric_measured"]
     out.attribution = result.get("attribution")
@@ -398,7 +417,8 @@ def ranks_of(parts: list[Assignment], ranks: list[int]) -> list[Assignment]:
 
 
 def attribute(parts: list[Assignment], findings: list[Finding],
-              attribution: dict | None = None) -> tuple[Finding, list[Assignment]]:
+              attribution: dict | None = None, *,
+              consumer_code: bool = False) -> tuple[Finding, list[Assignment]]:
     """The finding the dispute is named by, and the assignments at fault (none: the dispute
     is not attributed, and nobody is slashed without staff).
     - Rank 0's own products (uploads, commitments, its metric) are its own in any job.
@@ -406,8 +426,17 @@ def attribute(parts: list[Assignment], findings: list[Finding],
     - A replay mismatch of a DDP attempt across nodes is pinned on the nodes whose ranks the
       replay of the per-rank gradient commitments named (workers/training/replay.py
       attribute_segment: only when every node's copy of them agrees and the named ranks
-      stand out from the others at the first step that differs); otherwise on nobody."""
+      stand out from the others at the first step that differs); otherwise on nobody.
+    - A job that runs the consumer's own code (a code bundle) is replayed and evaluated by
+      that code, which its author could make disagree on the verifier alone: there only what
+      needs none of it (a checkpoint not committed in time) is pinned on a node, and the rest
+      goes to staff, so no consumer gets an honest provider slashed through its own task."""
     rank0 = next(a for a in parts if a.node_rank == 0)
+    if consumer_code:
+        for f in findings:
+            if f.reason == Dispute.Reason.CHECKPOINT_UNCOMMITTED:
+                return f, [rank0]
+        return findings[0], []
     single = len({a.node_rank for a in parts}) <= 1
     for f in findings:
         if f.reason in RANK0_OWN or (single and f.reason == Dispute.Reason.REPLAY_MISMATCH):
@@ -461,7 +490,7 @@ def _failed(job: Job, report: VerificationReport, findings: list[Finding], *,
             outcome: str = "verification_failed", attribution: dict | None = None) -> None:
     parts = list(Assignment.objects.select_related("node").filter(job=job, attempt=report.attempt)
                  .order_by("node_rank"))
-    named, at_fault = attribute(parts, findings, attribution)
+    named, at_fault = attribute(parts, findings, attribution, consumer_code=job.bundle_id is not None)
     if named.reason == Dispute.Reason.VERIFICATION_ERROR:
         at_fault = []
     # One dispute (and so at most one slash) per node at fault, named by its attributable
@@ -551,8 +580,8 @@ def checkpoint_replay(*, checkpoint_id: int, check: CheckAttempt,
     findings: list[Finding] = []
     result: dict[str, Any] = {"segments": [], "replay_steps": 0}
     if plan is not None:
-        with _dataset(ckpt.job) as dataset:
-            result = check(plan, dataset)  # torch: outside any transaction
+        with _inputs(ckpt.job) as (dataset, task):
+            result = check({**plan, **task}, dataset)  # torch: outside any transaction
         findings = [Finding(Dispute.Reason(r), d) for r, d in result["findings"]]
     record = {"segments": result["segments"], "replay_steps": result["replay_steps"],
               "train_steps": max(0, ckpt.step - (ckpt.assignment.resume_step or 0)),
@@ -575,7 +604,8 @@ def checkpoint_replay(*, checkpoint_id: int, check: CheckAttempt,
                 Checkpoint.objects.filter(assignment=ckpt.assignment, status=C.VALID).update(
                     status=C.REJECTED, rejected_reason=f"its attempt's work up to step {ckpt.step} "
                                                        "does not replay")
-                named, at_fault = attribute(parts, findings, result.get("attribution"))
+                named, at_fault = attribute(parts, findings, result.get("attribution"),
+                                            consumer_code=ckpt.job.bundle_id is not None)
                 dispute = _dispute(job, parts, named, at_fault, findings, report=None)
                 whose = _whose(parts, at_fault)
                 job_states.note(job_id=job.pk, reason="replay_failed",
@@ -626,9 +656,9 @@ def _checkpoint_problem(ckpt: Checkpoint, problem_of: CheckpointProblem) -> str 
     """Why a checkpoint cannot be resumed from, or None (workers.verify.checkpoint_problem)."""
     job = ckpt.job
     world = sum(job.assignments.filter(attempt=ckpt.assignment.attempt).values_list("gpus", flat=True))
-    with _dataset(job) as dataset:
+    with _inputs(job) as (dataset, task):
         return problem_of(ckpt.file.path, step=ckpt.step, template=job.template, params=job.params,
-                          dataset=dataset, world_size=world)
+                          dataset=dataset, world_size=world, bundle=task.get("bundle"))
 
 
 def _progress_problem(ckpt: Checkpoint) -> str | None:

@@ -8,5 +8,7 @@ the `verify` extra, has torch; the web process and the other workers never impor
 """
 
 from .check import REASONS, check_attempt, checkpoint_problem
+from .sandboxed import check_attempt_sandboxed, checkpoint_problem_sandboxed
 
-__all__ = ["REASONS", "check_attempt", "checkpoint_problem"]
+__all__ = ["REASONS", "check_attempt", "check_attempt_sandboxed", "checkpoint_problem",
+           "checkpoint_problem_sandboxed"]

@@ -6,10 +6,15 @@ Findings carry the platform's dispute reasons as plain strings (the values of
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
+from workers.agent import bundle_fetch
 from workers.training import checkpoint as ckpt_io
-from workers.training import replay
+from workers.training import determinism, replay
 from workers.training import task as tasks
 
 REPLAY_MISMATCH = "replay_mismatch"
@@ -38,7 +43,8 @@ class AttemptPlan:
     # DDP across nodes: each node's own copy of every rank's gradient commitments (node
     # rank → rows {step, grad, param}) for the segments' steps; None for other attempts.
     commitments: dict[int, list[dict]] | None = None
-    # The job's own task (docs/tasks.md) in place of a template: {path, entry}, and its data folder.
+    # The job's own task (docs/tasks.md) in place of a template: {path, entry}, or as the
+    # platform stores it, {archive, kind, entry} (unpacked here: `_materialized`); its data folder.
     bundle: dict | None = None
     data_dir: str | None = None
 
@@ -53,6 +59,9 @@ class AttemptResult:
     # For the first failed segment of a DDP attempt across nodes: the ranks whose committed
     # gradients were not their share (replay.attribute_segment; empty ranks: nobody named).
     attribution: dict | None = None
+    # A consumer's own task: whether it replays to the same bits twice here (determinism.py).
+    # One that does not is checked by its final model and held-out evaluation only.
+    determinism: dict | None = None
 
 
 class _Unusable(Exception):
@@ -127,11 +136,37 @@ def _check_model(plan: AttemptPlan, runner: replay.Replayer, out: AttemptResult)
                                                 f"{str(exc)[:200]}"))
 
 
+@contextlib.contextmanager
+def _materialized(plan: dict, dataset: dict) -> Iterator[tuple[dict, dict]]:
+    """A bundle's archive and a zip dataset as the runtime sees them on a provider: unpacked
+    into a private scratch folder, with the agent's checks (no link, no `..`, bounded)."""
+    bundle = plan.get("bundle") or {}
+    if not bundle.get("archive") and not dataset.get("archive"):
+        yield plan, dataset
+        return
+    with tempfile.TemporaryDirectory(prefix="cm-verify-inputs-") as scratch:
+        plan, dataset = dict(plan), dict(dataset)
+        if bundle.get("archive"):
+            folder = Path(scratch) / bundle_fetch.FOLDER
+            bundle_fetch.unpack(Path(bundle["archive"]), str(bundle["kind"]), folder)
+            plan["bundle"] = {"path": str(bundle_fetch.root_of(folder)), "entry": str(bundle["entry"])}
+        if dataset.get("archive"):
+            folder = Path(scratch) / bundle_fetch.DATA_FOLDER
+            bundle_fetch.unpack(Path(dataset["archive"]), "zip", folder,
+                                max_entries=bundle_fetch.DATA_MAX_ENTRIES,
+                                max_bytes=bundle_fetch.DATA_MAX_BYTES)
+            dataset = {"kind": "zip", "data_dir": str(folder)}
+            plan["data_dir"] = str(folder)
+        yield plan, dataset
+
+
 def check_attempt(plan: dict, dataset: dict) -> dict:
     """Replay the chosen segments and, for a finished attempt, check the final model.
     `plan` holds AttemptPlan's fields, `dataset` is as the runtime loads it ({"kind":
-    "sample", …} or {"kind": "csv", "path": …}); the result is AttemptResult's fields."""
-    return asdict(_check_attempt(AttemptPlan(**plan), dataset))
+    "sample", …}, {"kind": "csv", "path": …}, or a zip's {"kind": "zip", "archive": …});
+    the result is AttemptResult's fields."""
+    with _materialized(plan, dataset) as (plan, dataset):
+        return asdict(_check_attempt(AttemptPlan(**plan), dataset))
 
 
 def _check_attempt(plan: AttemptPlan, dataset: dict) -> AttemptResult:
@@ -139,6 +174,12 @@ def _check_attempt(plan: AttemptPlan, dataset: dict) -> AttemptResult:
                                         world_size=plan.world_size, bundle=plan.bundle,
                                         data_dir=plan.data_dir))
     out = AttemptResult()
+    if plan.bundle and plan.segments:
+        # A consumer's task decides its own randomness: replay is evidence only if the task
+        # gives the same bits twice from the same state under the runtime's seeding.
+        out.determinism = determinism.check(runner).as_dict()
+        if not out.determinism["deterministic"]:
+            plan = replace(plan, segments=[])
     _replay_segments(plan, runner, out)
     if plan.check_model:
         _check_model(plan, runner, out)
@@ -148,6 +189,16 @@ def _check_attempt(plan: AttemptPlan, dataset: dict) -> AttemptResult:
 def checkpoint_problem(path: str, *, step: int, template: str, params: dict, dataset: dict,
                        world_size: int, bundle: dict | None = None,
                        data_dir: str | None = None) -> str | None:
+    """Why a checkpoint cannot be resumed from, or None (see _checkpoint_problem)."""
+    inputs: dict = {"bundle": bundle, "data_dir": data_dir}
+    with _materialized(inputs, dataset) as (inputs, dataset):
+        return _checkpoint_problem(path, step=step, template=template, params=params, dataset=dataset,
+                                   world_size=world_size, bundle=inputs["bundle"],
+                                   data_dir=inputs["data_dir"])
+
+
+def _checkpoint_problem(path: str, *, step: int, template: str, params: dict, dataset: dict,
+                        world_size: int, bundle: dict | None, data_dir: str | None) -> str | None:
     """Why a checkpoint cannot be resumed from, or None: it loads as tensors and plain data,
     holds this job's model (same tensor names and shapes) and an optimizer state that fits it,
     and says the step it was uploaded as. The same steps as the runtime's resume."""
