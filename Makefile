@@ -86,6 +86,8 @@ lint: install
 	@$(VENV)/bin/lint-imports --no-cache
 	@echo "==> mypy (services, selectors, Celery tasks: [tool.mypy] in pyproject.toml)"
 	@$(VENV)/bin/mypy
+	@echo "==> the import diagram in docs/architecture.md matches the code"
+	@$(PY) docs/import_diagram.py --check
 	@$(PY) -c 'import yaml; yaml.safe_load(open("docker-compose.yml"))' \
 	  || { echo "error: docker-compose.yml is not valid YAML" >&2; exit 1; }
 
