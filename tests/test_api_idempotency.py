@@ -13,7 +13,7 @@ from django.db import connection
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from marketplace.api import views
+from marketplace.api import jobs as job_views
 from marketplace.models import Dataset, IdempotencyKey, Job
 from marketplace.services.idempotency import idempotency_keys_prune
 
@@ -123,7 +123,7 @@ def test_the_same_key_on_the_other_endpoint_is_refused(api, alice):
 @pytest.mark.django_db(transaction=True)
 def test_two_racing_submits_with_one_key_create_one_job(healthcare, alice, monkeypatch):
     token = Token.objects.create(user=alice).key
-    submit_job = views.job_services.job_submit
+    submit_job = job_views.job_services.job_submit
 
     def slow_submit(**kwargs):
         # Both requests are past the key's lookup, each with its job, before either stores it.
@@ -131,7 +131,7 @@ def test_two_racing_submits_with_one_key_create_one_job(healthcare, alice, monke
         time.sleep(0.5)
         return job
 
-    monkeypatch.setattr(views.job_services, "job_submit", slow_submit)
+    monkeypatch.setattr(job_views.job_services, "job_submit", slow_submit)
     key, body = str(uuid.uuid4()), job_body()
     barrier, responses = threading.Barrier(2), []
 

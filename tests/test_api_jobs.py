@@ -20,7 +20,7 @@ DETAIL_FIELDS = {
     "gpus_per_node", "min_gpu_memory_gb", "gpu_models", "regions", "compliance",
     "min_reliability", "max_price_per_gpu_hour", "budget", "duration_hours", "deadline",
     "created_at", "status_changed_at", "timeline", "progress", "assignments", "artifact_url", "spend",
-    "escrow", "verification",
+    "escrow", "verification", "partial_result",
 }
 
 

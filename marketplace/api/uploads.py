@@ -22,8 +22,9 @@ from ..selectors.accounts import organization_of, require_consumer
 from ..services import bundles as bundle_services
 from ..services import uploads as upload_services
 from . import serializers as s
+from .common import AUTH, ID, _errors
+from .datasets import BoundedMultiPartParser
 from .permissions import IsConsumer
-from .views import AUTH, ID, BoundedMultiPartParser, _errors
 
 UUID = r"[0-9a-fA-F-]{36}"
 OFFSET_HEADER = "Upload-Offset"

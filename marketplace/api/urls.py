@@ -1,25 +1,37 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from . import account, checkpoints, organizations, registration, stake, uploads, views
+from . import (
+    account,
+    auth,
+    checkpoints,
+    datasets,
+    jobs,
+    market,
+    organizations,
+    registration,
+    stake,
+    uploads,
+    wallets,
+)
 
 router = DefaultRouter()
-router.register("templates", views.TemplateViewSet, basename="template")
-router.register("offers", views.OfferViewSet, basename="offer")
-router.register("nodes", views.NodeViewSet, basename="node")
-router.register("jobs", views.JobViewSet, basename="job")
-router.register("datasets", views.DatasetViewSet, basename="dataset")
+router.register("templates", market.TemplateViewSet, basename="template")
+router.register("offers", market.OfferViewSet, basename="offer")
+router.register("nodes", market.NodeViewSet, basename="node")
+router.register("jobs", jobs.JobViewSet, basename="job")
+router.register("datasets", datasets.DatasetViewSet, basename="dataset")
 router.register("uploads", uploads.UploadViewSet, basename="upload")
 router.register("bundles", uploads.BundleViewSet, basename="bundle")
 router.register("runtimes", uploads.RuntimeViewSet, basename="runtime")
-router.register("wallets", views.WalletViewSet, basename="wallet")
+router.register("wallets", wallets.WalletViewSet, basename="wallet")
 router.register("stake", stake.StakeViewSet, basename="stake")
 router.register("organizations", organizations.OrganizationViewSet, basename="organization")
 
 app_name = "api"
 urlpatterns = [
-    path("auth/token/", views.TokenView.as_view(), name="auth-token"),
-    path("me/", views.MeView.as_view(), name="me"),
+    path("auth/token/", auth.TokenView.as_view(), name="auth-token"),
+    path("me/", auth.MeView.as_view(), name="me"),
     path("account/", account.AccountView.as_view(), name="account"),
     path("account/faucet/", account.FaucetView.as_view(), name="account-faucet"),
     path("jobs/<int:pk>/disputes/", account.JobDisputesView.as_view(), name="job-disputes"),
