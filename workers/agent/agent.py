@@ -13,7 +13,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import websockets
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Origin
 
 from ..training import faults as test_faults
 from ..training.faults import from_env as faults_from_env
@@ -39,7 +41,7 @@ class Agent:
         parts = urlsplit(server.rstrip("/"))
         scheme = "wss" if parts.scheme == "https" else "ws"
         self.ws_url = f"{scheme}://{parts.netloc}/ws/agent/"
-        self.origin = f"{parts.scheme}://{parts.netloc}"
+        self.origin = Origin(f"{parts.scheme}://{parts.netloc}")
         self.http_base = f"{parts.scheme}://{parts.netloc}"
         self.token = token
         self.workdir = workdir
@@ -57,7 +59,7 @@ class Agent:
         self.cpu_threads = os.cpu_count() or 1
         self.outbox = Outbox(workdir / "outbox.sqlite3")
         self.runs: dict[int, AssignmentRun] = {}
-        self.ws = None
+        self.ws: ClientConnection | None = None
         self._stopping = asyncio.Event()
         self._last_resend = 0.0
         self.refused: str | None = None  # why the platform will not have this agent
@@ -106,13 +108,13 @@ class Agent:
             self.display.log(f"↓ {run.label}: received, preparing")
             run.launch()
         elif kind == "assignment.pause":
-            run = self.runs.get(int(message["assignment"]))
-            if run is not None:
-                run.pause()
+            target = self.runs.get(int(message["assignment"]))
+            if target is not None:
+                target.pause()
         elif kind == "assignment.cancel":
-            run = self.runs.get(int(message["assignment"]))
-            if run is not None:
-                await run.cancel(message.get("reason", "cancelled by the platform"))
+            target = self.runs.get(int(message["assignment"]))
+            if target is not None:
+                await target.cancel(message.get("reason", "cancelled by the platform"))
         elif kind == "error":
             self.display.log(f"! platform says: {message.get('message')}")
             if message.get("code") == "faults_refused":  # reconnecting would not change that

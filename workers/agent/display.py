@@ -8,6 +8,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -24,7 +25,7 @@ class Display:
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
             console=self.console, transient=False, disable=plain,
         )
-        self._tasks: dict[int, int] = {}
+        self._tasks: dict[int, TaskID] = {}
         self.plain = plain
 
     def __enter__(self):

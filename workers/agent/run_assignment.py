@@ -11,7 +11,7 @@ import shutil
 import time
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import bundle_fetch, launcher, transfer
 from . import sandbox as sandboxing
@@ -124,6 +124,7 @@ class AssignmentRun:
             if s.get("bundle"):  # the consumer's own task: its code into the job's folder
                 bundle = await asyncio.to_thread(bundle_fetch.fetch, s["bundle"], job_dir=self.dir,
                                                  url=self.agent.url, token=s["token"])
+            rdzv: dict[str, Any]
             if s["node_rank"] == 0 and not s.get("rdzv"):
                 rdzv = {"host": self.agent.advertise_addr, "port": launcher.free_port()}
             else:
@@ -152,7 +153,7 @@ class AssignmentRun:
             spec_path.write_text(json.dumps(spec))
             await self.agent.send_data(self.id, "assignment.accepted", rdzv=rdzv)
             # A single-node sandbox has loopback only: its ranks meet there.
-            master = "127.0.0.1" if sandboxed and s["nnodes"] == 1 else rdzv["host"]
+            master = "127.0.0.1" if sandboxed and s["nnodes"] == 1 else str(rdzv["host"])
             cmd = launcher.command(spec_path=spec_path, nnodes=s["nnodes"], node_rank=s["node_rank"],
                                    nproc_per_node=s["nproc_per_node"], master_addr=master,
                                    master_port=int(rdzv["port"]), standalone=diloco)
@@ -163,14 +164,14 @@ class AssignmentRun:
                                                             limits=settings.limits)
                 self.agent.display.log(f"assignment {self.id}: sandboxed; "
                                        f"{self.sandbox.enforcement.describe()}")
-            self.process = await launcher.start(cmd, env, self.dir)
+            self.process = process = await launcher.start(cmd, env, self.dir)
             self.launched_at = self.last_activity = time.monotonic()
             watch = None
             if self.sandbox is not None and self.sandbox.limits.disk_bytes:
                 self.disk_watch = sandboxing.DiskWatch(self.dir, self.sandbox.limits.disk_bytes)
-                watch = asyncio.create_task(self.disk_watch.run(self.process))
+                watch = asyncio.create_task(self.disk_watch.run(process))
             try:
-                await self._watch()
+                await self._watch(process)
             finally:
                 if watch is not None:
                     watch.cancel()
@@ -210,15 +211,15 @@ class AssignmentRun:
             return {"kind": "zip", "data_dir": str(folder)}
         return dataset
 
-    async def _watch(self) -> None:
+    async def _watch(self, process: asyncio.subprocess.Process) -> None:
         tail = EventTail(self.dir / "events.jsonl")
-        reader = asyncio.create_task(self._read_output())
+        reader = asyncio.create_task(self._read_output(process))
         finished_at = None
         try:
             while True:
                 await self._forward(tail.poll())
                 await self._flush_logs(older_than_s=LOG_FLUSH_S)
-                if self.process.returncode is not None:
+                if process.returncode is not None:
                     break
                 now = time.monotonic()
                 if self.result is not None or self.node_done:
@@ -226,10 +227,10 @@ class AssignmentRun:
                     if now - finished_at > SHUTDOWN_GRACE_S:
                         self.agent.display.log(f"assignment {self.id}: ranks hung after finishing; "
                                                "stopping them")
-                        await launcher.stop(self.process)
+                        await launcher.stop(process)
                         break
                 elif self.stalled(now):
-                    await launcher.stop(self.process)
+                    await launcher.stop(process)
                     await self._finish("failed", error=f"no progress for {self.agent.stall_timeout_s:g} s; "
                                                        "stopped")
                     return
@@ -250,11 +251,11 @@ class AssignmentRun:
         elif self.error is not None:
             await self._finish("failed", **self.error)
         elif self.result is not None or (self.start_msg["node_rank"] > 0
-                                         and (self.process.returncode == 0 or self.node_done)):
+                                         and (process.returncode == 0 or self.node_done)):
             await self._finish("succeeded", **(self.result or {}))
         else:
             tail_lines = "\n".join(list(self.last_lines)[-8:])
-            await self._finish("failed", error=f"training exited with {self.process.returncode}:\n"
+            await self._finish("failed", error=f"training exited with {process.returncode}:\n"
                                                f"{tail_lines}")
 
     def _limit_reached(self) -> str | None:
@@ -287,9 +288,10 @@ class AssignmentRun:
         launched = self.launched_at if self.launched_at is not None else now
         return self.reported or now - launched > STARTUP_GRACE_S
 
-    async def _read_output(self) -> None:
+    async def _read_output(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None  # launcher.start pipes the ranks' output
         while True:
-            line = await self.process.stdout.readline()
+            line = await process.stdout.readline()
             if line:
                 text = line.decode(errors="replace").rstrip()[:2000]
                 self.last_lines.append(text)

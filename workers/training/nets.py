@@ -57,9 +57,9 @@ def build(template: str, params: dict, data: Splits) -> tuple[nn.Module, nn.Modu
     if template == "image-classifier":
         return SmallCNN(int(params["channels"]), data.n_classes), nn.CrossEntropyLoss()
     if template == "load-forecast":
-        model = LoadForecaster(data.x_train.shape[2], int(params["hidden_size"]),
-                               int(params["horizon_hours"]))
-        return model, nn.MSELoss()
+        forecaster = LoadForecaster(data.x_train.shape[2], int(params["hidden_size"]),
+                                    int(params["horizon_hours"]))
+        return forecaster, nn.MSELoss()
     raise ValueError(f"unknown template {template}")
 
 

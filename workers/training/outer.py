@@ -109,11 +109,13 @@ class SignedStore:
         self.raw, self.secret = store, secret
 
     def _mac(self, key: str, value: bytes) -> bytes:
+        assert self.secret is not None  # only signed stores compute MACs
         return hmac.new(self.secret, key.encode() + b"\0" + value, hashlib.sha256).digest()
 
     def set(self, key: str, value: bytes) -> None:
         value = bytes(value)
-        self.raw.set(key, self._mac(key, value) + value if self.secret else value)
+        # c10d stores take bytes as well as str; torch's stubs declare str only.
+        self.raw.set(key, self._mac(key, value) + value if self.secret else value)  # type: ignore[arg-type]
 
     def get(self, key: str) -> bytes:
         raw = self.raw.get(key)
@@ -135,7 +137,8 @@ class _Push(threading.Thread):
     def __init__(self, link: _Link, ticket: int, items: list[tuple[str, bytes]]):
         super().__init__(name=f"outer-push-{ticket}", daemon=True)
         self.link, self.ticket, self.items = link, ticket, items
-        self.sent, self.error, self.reported = 0, None, False
+        self.sent, self.reported = 0, False
+        self.error: Exception | None = None
         self.began = time.monotonic()
         link._pushes = [p for p in link._pushes if p.is_alive()] + [self]
         self.start()
@@ -156,7 +159,7 @@ class _Link:
     leaders' inboxes and the reduce-scatter / all-gather of one round."""
 
     ticket: int
-    store: dist.TCPStore  # the host's store: the coordinator
+    store: SignedStore  # the host's store: the coordinator
 
     def __init__(self, *, precision: str, shapes: Sequence[torch.Size], peer_timeout_s: float,
                  transfer_timeout_s: float | None, log: Callable[[str], None],
@@ -172,15 +175,15 @@ class _Link:
         self.members: list[int] = []                    # this round's, HOST first
         self.addrs: dict[int, tuple[str, int]] = {}     # their inboxes
         self.labels: dict[int, str] = {HOST: "0"}       # their node ranks, for the logs
-        self._clients: dict[int, dist.TCPStore] = {}
+        self._clients: dict[int, SignedStore] = {}
         self._beats: dict[int, tuple[int, float]] = {}
         self._stale: tuple[int, list[int]] = (-1, [])
         self._pushes: list[_Push] = []
 
-    inbox: dist.TCPStore
+    inbox: SignedStore
 
     # --- peers ---------------------------------------------------------------------------
-    def _client(self, t: int) -> dist.TCPStore:
+    def _client(self, t: int) -> SignedStore:
         client = self._clients.get(t)
         if client is None:
             host, port = self.addrs[t]
@@ -469,7 +472,7 @@ class OuterHost(_Link):
             return []
         header, body = state()
         roster = self._roster(self.members)
-        message = None
+        message: bytes | None = None
         for t in tickets:
             info = self.info[t]
             need_state = not (info.get("digest") == digest and info.get("step") == step
@@ -479,7 +482,7 @@ class OuterHost(_Link):
                 self.store.set(f"state/{round_}", message)
             admit = _json({"round": round_, "step": step, "state": need_state, "members": roster})
             self.store.set(f"admit/{t}", admit)
-            self.sent += len(admit) + (len(message) if need_state else 0)
+            self.sent += len(admit) + (len(message) if need_state and message is not None else 0)
             self._beats[t] = (self.store.add(f"hb/{t}", 0), time.monotonic())
             self.log(f"outer: node rank {info.get('node_rank')} (member {info.get('member')}, "
                      f"ticket {t}) joins after round {round_} at step {step}"
@@ -568,7 +571,8 @@ class OuterHost(_Link):
 
     def close(self) -> None:
         self._drain()
-        self.store = self.inbox = None  # the server stops with its last reference
+        if hasattr(self, "store"):  # the server stops with its last reference
+            del self.store, self.inbox
 
 
 class OuterMember(_Link):

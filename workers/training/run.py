@@ -146,6 +146,7 @@ class DiLoCoNode:
         Nesterov step; every rank continues from the new global parameters."""
         header = None
         if self.leader:
+            assert self.link is not None  # every leader opened its link in __init__
             local = [p.detach().cpu().float() for p in self.params]
             pseudo = [g - x for g, x in zip(self.global_params, local, strict=True)]
             average, header = self.link.exchange(step, pseudo, final=final)

@@ -21,7 +21,8 @@ def batches(sampler: DistributedSampler, batch_size: int) -> list[list[int]]:
 
 
 def sampler(n_train: int, *, world: int, rank: int, seed: int) -> DistributedSampler:
-    return DistributedSampler(range(n_train), num_replicas=world, rank=rank, shuffle=True, seed=seed,
+    # The sampler only takes len() of its dataset; torch's stubs demand a Dataset.
+    return DistributedSampler(range(n_train), num_replicas=world, rank=rank, shuffle=True, seed=seed,  # type: ignore[arg-type]
                               drop_last=True)
 
 
