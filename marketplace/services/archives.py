@@ -7,6 +7,7 @@ more than ARCHIVE_MAX_UNCOMPRESSED_BYTES once extracted, or any entry that expan
 than ARCHIVE_MAX_RATIO times (a zip bomb); an encrypted zip entry.
 """
 
+import os
 import stat
 import tarfile
 import zipfile
@@ -93,8 +94,6 @@ def zip_inspect(path: str, *, field: str = "file") -> ArchiveSummary:
 
 
 def tar_inspect(path: str, *, field: str = "file") -> ArchiveSummary:
-    import os
-
     compressed = os.path.getsize(path)
     try:
         archive = tarfile.open(path)

@@ -20,7 +20,7 @@ from django.db import transaction
 from django.db.models import Sum
 
 from ..errors import Conflict, MarketError, PermissionDenied
-from ..models import Dataset, Job, Organization
+from ..models import CodeBundle, Dataset, Job, Organization, Upload
 from ..text import clean_name
 from . import sealed
 from .audit import audit_record
@@ -293,8 +293,6 @@ class QuotaExceeded(MarketError):
 def storage_used(owner: Organization) -> int:
     """Bytes an organization holds: its datasets, its code bundles and what its open
     uploads were declared to be."""
-    from ..models import CodeBundle, Upload
-
     total = 0
     for qs in (Dataset.objects.filter(owner=owner), CodeBundle.objects.filter(owner=owner),
                Upload.objects.filter(owner=owner, status=Upload.Status.OPEN)):

@@ -26,9 +26,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from ..errors import Conflict, MarketError, PermissionDenied
-from ..models import Organization, Upload
+from ..models import CodeBundle, Dataset, Organization, Upload
 from ..text import clean_name
-from . import bundles, datasets, sealed
+from . import archives, bundles, datasets, sealed
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 PIECE = 1024 * 1024
@@ -179,8 +179,6 @@ def _sha256_of(path: Path) -> str:
 def upload_finish(*, upload: Upload, actor):
     """Check the whole file's SHA-256 and turn it into a dataset or a bundle; return
     (object, created). Finishing a finished upload returns its object again."""
-    from ..models import CodeBundle, Dataset
-
     if upload.status == Upload.Status.COMPLETE:
         if upload.purpose == Upload.Purpose.DATASET:
             return Dataset.objects.filter(pk=upload.result_id or 0, owner=upload.owner).first(), False
@@ -224,9 +222,6 @@ def upload_finish(*, upload: Upload, actor):
 
 
 def _dataset_from(upload: Upload, path: Path, actor):
-    from ..models import Dataset
-    from . import archives
-
     kind = "zip" if upload.name.lower().endswith(".zip") else "csv"
     header: list[str] = []
     rows = entries = 0
