@@ -19,11 +19,15 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from .. import job_states
+from ..chain import sender
+from ..chain.deploy import is_dev_chain, operator_key, token_contract
 from ..errors import Conflict, MarketError, PermissionDenied
 from ..models import Assignment, ConsumerDispute, Dispute, Escrow, Job, Settlement
 from ..money import to_units, tusd
 from ..text import clean_text
 from . import audit
+from .payments import escrow_force_refund
+from .staking import dispute_slash_enqueue
 
 C = ConsumerDispute.Status
 S = Job.Status
@@ -93,10 +97,6 @@ def consumer_dispute_reject(*, dispute: ConsumerDispute, actor, note: str = "") 
 
 def consumer_dispute_refund(*, dispute: ConsumerDispute, actor, note: str = "") -> ConsumerDispute:
     """Refund the consumer (see the module's note). Idempotent through the dispute's row."""
-    from ..chain import sender
-    from ..chain.deploy import is_dev_chain, operator_key, token_contract
-    from .payments import escrow_force_refund
-
     with transaction.atomic():
         d = _locked_open(dispute)
         escrow = Escrow.objects.filter(job_id=d.job_id).first()
@@ -124,8 +124,6 @@ def consumer_dispute_refund(*, dispute: ConsumerDispute, actor, note: str = "") 
 def consumer_dispute_slash(*, dispute: ConsumerDispute, actor, note: str = "") -> ConsumerDispute:
     """Staff hold the providers of the job's last attempt responsible: one attributed
     Dispute each, slashed by the staking service on the chain queue."""
-    from .staking import dispute_slash_enqueue
-
     with transaction.atomic():
         d = _locked_open(dispute)
         attempts = Assignment.objects.filter(job_id=d.job_id).order_by("-attempt")

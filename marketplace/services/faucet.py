@@ -14,6 +14,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from ..chain import sender
+from ..chain.client import ChainError, unavailable
+from ..chain.deploy import give_gas, is_dev_chain, operator_key, token_contract
 from ..errors import Conflict, MarketError
 from ..models import FaucetGrant, Organization, Wallet
 from ..money import from_units, to_units, tusd
@@ -25,9 +28,6 @@ log = logging.getLogger(__name__)
 
 def faucet_available() -> bool:
     """Whether the faucet can be offered here (no chain call when the escrow is off)."""
-    from ..chain.client import ChainError
-    from ..chain.deploy import is_dev_chain
-
     if not settings.ESCROW_ENABLED or settings.CHAIN_TOKEN_ADDRESS:
         return False
     try:
@@ -37,8 +37,6 @@ def faucet_available() -> bool:
 
 
 def _refuse_unless_dev_chain() -> None:
-    from ..chain.deploy import is_dev_chain
-
     if not settings.ESCROW_ENABLED:
         raise Conflict("Payments are off on this platform: jobs run without funding, no test tUSD "
                        "is needed.", code="escrow_disabled")
@@ -58,8 +56,6 @@ def custodial_wallet_for_new_organization(*, organization: Organization) -> Wall
     """A new organization gets its development wallet at once where the faucet works (the
     Account page then shows its address and the faucet button); elsewhere, or while the
     chain does not answer, none (the faucet creates it on first use)."""
-    from ..chain.client import ChainError
-
     if not faucet_available():
         return None
     try:
@@ -83,10 +79,6 @@ def faucet_claim(*, organization: Organization, actor=None) -> FaucetGrant:
     creating the wallet if it has none. Refused (Conflict, with the reason) on a real chain,
     while the last claim is younger than FAUCET_INTERVAL_S, or when the wallet already holds
     the amount. Returns the grant once its mint is mined."""
-    from ..chain import sender
-    from ..chain.client import ChainError, unavailable
-    from ..chain.deploy import give_gas, operator_key, token_contract
-
     _refuse_unless_dev_chain()
     if organization.is_suspended:
         raise MarketError("Your organization is suspended; contact support.", code="suspended")

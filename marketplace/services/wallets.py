@@ -173,7 +173,7 @@ def siwe_nonce_issue(*, user) -> SiweNonce:
 def _siwe_parse(message: str):
     with warnings.catch_warnings():  # abnf warns about siwe's grammar on first use
         warnings.simplefilter("ignore")
-        import siwe
+        import siwe  # here, not at the top: importing it is what triggers abnf's warning
 
         try:
             return siwe, siwe.SiweMessage.from_message(message=message)
