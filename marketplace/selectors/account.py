@@ -18,6 +18,7 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Q, Sum
 
+from ..chain.deploy import escrow_contract, token_contract
 from ..models import (
     ConsumerDispute,
     Escrow,
@@ -29,7 +30,7 @@ from ..models import (
     StakeEvent,
     StakeOperation,
 )
-from ..money import tusd
+from ..money import from_units, tusd
 from .payments import tx_url
 
 log = logging.getLogger(__name__)
@@ -92,9 +93,6 @@ def _sum(qs, column: str) -> Decimal:
 
 def _chain_holdings(org: Organization) -> tuple[Decimal | None, Decimal | None, list[dict]]:
     """Each wallet's tokens and escrow credit, read from the chain (None: not readable)."""
-    from ..chain.deploy import escrow_contract, token_contract
-    from ..money import from_units
-
     wallets: list[dict[str, Any]] = [
         {"address": w.address, "is_payout": w.is_payout, "is_custodial": w.kind == w.Kind.CUSTODIAL,
          "tokens": None, "credited": None} for w in org.wallets.order_by("created_at", "id")]

@@ -6,6 +6,8 @@ named only to their own members and to staff (everyone else sees the addresses).
 
 from __future__ import annotations
 
+from ..chain import deploy
+from ..chain.client import ChainError, chain_id
 from ..models import (
     ConsumerDispute,
     DisputeSlash,
@@ -52,9 +54,6 @@ def _party(address: str, user, org_names: dict[str, tuple[int, str]], roles: dic
 
 def _roles() -> dict[str, str]:
     """The platform's own addresses on the current chain: contracts, operator, treasury."""
-    from ..chain import deploy
-    from ..chain.client import ChainError
-
     try:
         found = deploy.addresses()
         roles = {address: f"the {name} contract" for name, address in found.items()}
@@ -140,8 +139,6 @@ def transaction_view(tx_hash: str, user) -> dict:
 
 
 def _current_chain_id() -> int | None:
-    from ..chain.client import ChainError, chain_id
-
     try:
         return chain_id()
     except ChainError:
