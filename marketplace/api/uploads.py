@@ -21,9 +21,11 @@ from ..models import CodeBundle, Upload
 from ..selectors.accounts import organization_of, require_consumer
 from ..services import bundles as bundle_services
 from ..services import uploads as upload_services
+from ..services.datasets import storage_quota_check
 from . import serializers as s
 from .common import AUTH, ID, _errors
 from .datasets import BoundedMultiPartParser
+from .parsers import DepthLimitedJSONParser
 from .permissions import IsConsumer
 
 UUID = r"[0-9a-fA-F-]{36}"
@@ -92,8 +94,6 @@ class UploadViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     def get_parsers(self):
         if getattr(self, "action", None) == "partial_update" or self.request is None:
             return [ChunkParser(), OctetChunkParser()]
-        from .parsers import DepthLimitedJSONParser
-
         return [DepthLimitedJSONParser()]
 
     def get_queryset(self):
@@ -221,8 +221,6 @@ class BundleViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
                 digest.update(chunk)
                 f.write(chunk)
             f.flush()
-            from ..services.datasets import storage_quota_check
-
             storage_quota_check(owner, f.tell())
             bundle, created = bundle_services.bundle_store(
                 owner=owner, actor=request.user, path=f.name, name=name,
