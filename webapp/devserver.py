@@ -27,6 +27,9 @@ over JSON-RPC (`start_chain`).
 
 `--var DIR` (env DEVSERVER_VAR) moves everything the runner writes (Redis's data, the
 agents' workdirs, beat's schedule, uploads) from the repository's var/ elsewhere.
+
+One module on purpose, though long: the children, their supervision and their shutdown
+order are one behaviour (tests/test_demo_runner.py and test_demo_supervisor.py run it whole).
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ Embedded defaults (SQLite, in-memory channel layer, in-process broker) need no s
 production sets DATABASE_URL, REDIS_URL, SECRET_KEY, ALLOWED_HOSTS and runs with
 DEBUG off, where `manage.py check --deploy --fail-level WARNING` passes. The demo runner
 (webapp/devserver.py) sets REDIS_URL to its embedded Redis (unix:///…/redis.sock).
+
+One module on purpose, though long: every setting is read here and nowhere else, so an
+operator reads one file to know what can be configured (README's table follows it).
 """
 
 from decimal import Decimal

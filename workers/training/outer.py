@@ -47,6 +47,9 @@ join records, reports, repairs and byes; the host also counts the admissions, st
 verdicts and repaired chunks its store hands to remote members. Store framing, heartbeats
 and polls (a few small requests a second while waiting) and TCP/IP headers are not
 included; the benchmark measures those on the link itself.
+
+One module on purpose, though long: the host and the member are the two ends of one
+protocol (the keys above) and share its link code; reading them apart would hide it.
 """
 
 from __future__ import annotations
