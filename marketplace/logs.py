@@ -15,6 +15,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from functools import cache
 
+from celery import signals
+
 from .metrics import task_job_id
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -75,8 +77,6 @@ def _task_postrun(task_id=None, **_):
 @cache
 def celery_signals_connected() -> bool:
     """Bind each task's ids for its run (idempotent; AppConfig.ready calls it)."""
-    from celery import signals
-
     signals.task_prerun.connect(_task_prerun, weak=False)
     signals.task_postrun.connect(_task_postrun, weak=False)
     return True

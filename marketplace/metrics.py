@@ -14,6 +14,7 @@ import os
 import time
 from functools import cache
 
+from celery import signals
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
@@ -107,8 +108,6 @@ def _serve_worker_metrics(sender=None, **_):
 @cache
 def celery_signals_connected() -> bool:
     """Time every Celery task in this process (idempotent; AppConfig.ready calls it)."""
-    from celery import signals
-
     signals.before_task_publish.connect(_before_publish, weak=False)
     signals.task_prerun.connect(_prerun, weak=False)
     signals.task_postrun.connect(_postrun, weak=False)
