@@ -7,7 +7,7 @@ import json
 
 import pytest
 from computemesh_client import JobFailed, LiveEvent
-from computemesh_client import cli as cm
+from computemesh_client.cli import State, cli, watch
 from rich.console import Console
 
 
@@ -43,14 +43,14 @@ class StubClient:
 
 def console(monkeypatch, *, terminal: bool) -> io.StringIO:
     buffer = io.StringIO()
-    monkeypatch.setattr(cm, "out", Console(file=buffer, force_terminal=terminal, width=160,
-                                           color_system=None))
+    monkeypatch.setattr(watch, "out", Console(file=buffer, force_terminal=terminal, width=160,
+                                              color_system=None))
     return buffer
 
 
 def test_on_a_terminal_a_progress_bar_with_loss_eta_and_cost(monkeypatch):
     buffer = console(monkeypatch, terminal=True)
-    cm._watch(cm.State(None), StubClient(DONE), 5, logs=True)
+    watch.watch_job(State(None), StubClient(DONE), 5, logs=True)
     text = buffer.getvalue()
     assert "job 5 completed" in text and "step 6/6" in text and "loss 0.1667" in text
     assert "0.000134 tUSD" in text and "epoch 2 done" in text and "verifying: now verifying" in text
@@ -60,16 +60,16 @@ def test_on_a_terminal_a_progress_bar_with_loss_eta_and_cost(monkeypatch):
 
 def test_in_a_pipe_a_line_per_status_and_tenth(monkeypatch, capsys):
     console(monkeypatch, terminal=False)
-    cm._watch(cm.State(None), StubClient(DONE), 5)
+    watch.watch_job(State(None), StubClient(DONE), 5)
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "job 5  running  0%  step 0/6  loss 1.0000  ETA 6s  cost 0.000134 tUSD"
     assert [line.split()[2] for line in lines] == ["running", "verifying", "completed"]
 
 
 def test_with_json_every_event_is_a_line(monkeypatch, capsys):
-    state = cm.State(None)
+    state = State(None)
     state.json = True
-    cm._watch(state, StubClient(DONE), 5)
+    watch.watch_job(state, StubClient(DONE), 5)
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [x["seq"] for x in lines if x["type"] == "metric"] == [1, 2, 3, 4, 5, 6]
     assert lines[-1]["type"] == "job" and lines[-1]["status"] == "completed"
@@ -81,13 +81,13 @@ def test_a_job_that_did_not_complete_is_exit_1_with_its_reason(monkeypatch):
     failed = {**DONE, "status": "failed",
               "timeline": [{"to_status": "failed", "message": "The label column needs two classes."}]}
     with pytest.raises(JobFailed) as raised:
-        cm._watch(cm.State(None), StubClient(failed), 5)
+        watch.watch_job(State(None), StubClient(failed), 5)
     assert raised.value.exit_code == 1
     assert str(raised.value) == "job 5 ended failed: The label column needs two classes."
     settled_after_cancel = {**DONE, "status": "settled", "timeline": [{"to_status": "cancelled"},
                                                                        {"to_status": "settled"}]}
     with pytest.raises(JobFailed):
-        cm._watch(cm.State(None), StubClient(settled_after_cancel), 5)
+        watch.watch_job(State(None), StubClient(settled_after_cancel), 5)
 
 
 def test_every_command_takes_json_and_has_help():
@@ -99,7 +99,7 @@ def test_every_command_takes_json_and_has_help():
             if isinstance(command, click.Group):
                 yield from commands(command, f"{prefix}{name} ")
 
-    found = dict(commands(cm.cli))
+    found = dict(commands(cli))
     assert {"login", "whoami", "offers", "quote", "submit", "run", "jobs watch", "jobs download",
             "jobs logs", "datasets upload", "nodes create", "offers pause", "stake deposit"} <= set(found)
     for name, command in found.items():
