@@ -85,6 +85,8 @@ OPERATIONS: dict[str, tuple[str, str, bool]] = {
     "account_faucet": ("POST", "/api/v1/account/faucet/", False),
     "jobs_disputes": ("GET", "/api/v1/jobs/{id}/disputes/", True),
     "jobs_dispute_open": ("POST", "/api/v1/jobs/{id}/disputes/", False),
+    "jobs_statement_file": ("GET", "/api/v1/jobs/{id}/statement/{fmt}/", True),
+    "account_statement_file": ("GET", "/api/v1/account/statements/{year}-{month}/{fmt}/", True),
     "stake_get": ("GET", "/api/v1/stake/", True),
     "stake_deposit": ("POST", "/api/v1/stake/deposit/", True),
     "stake_request_withdrawal": ("POST", "/api/v1/stake/request-withdrawal/", True),
@@ -354,17 +356,32 @@ class Client:
     def download_model(self, job_id: int, dest: str | Path | BinaryIO | None = None) -> Path | None:
         """Stream the trained model to `dest` (a path, a folder, or a binary file object;
         default `computemesh-job-<id>-model.pt` here). Returns the path written."""
-        return self._download("jobs_artifact", job_id, dest, f"computemesh-job-{job_id}-model.pt", "model")
+        return self._download("jobs_artifact", job_id, dest, f"computemesh-job-{job_id}-model.pt",
+                              f"job {job_id}'s model")
 
     def download_checkpoint(self, job_id: int, dest: str | Path | BinaryIO | None = None) -> Path | None:
         """Stream the job's partial result (its newest trusted checkpoint: what a cancelled,
         failed, paused or interrupted job paid for) to `dest`, as `download_model` does."""
         return self._download("jobs_checkpoint", job_id, dest, f"computemesh-job-{job_id}-checkpoint.pt",
-                              "checkpoint")
+                              f"job {job_id}'s checkpoint")
+
+    def statement_file(self, job_id: int, fmt: str = "csv",
+                       dest: str | Path | BinaryIO | None = None) -> Path | None:
+        """A settled job's statement as a file: `fmt` "csv" or "pdf" (default name
+        `computemesh-job-<id>.<fmt>` here)."""
+        return self._download("jobs_statement_file", job_id, dest, f"computemesh-job-{job_id}.{fmt}",
+                              f"job {job_id}'s statement", path_args={"id": job_id, "fmt": fmt})
+
+    def month_statement_file(self, year: int, month: int, fmt: str = "csv",
+                             dest: str | Path | BinaryIO | None = None) -> Path | None:
+        """The organization's money movements of one month as CSV or PDF."""
+        return self._download("account_statement_file", 0, dest,
+                              f"computemesh-{year}-{month:02d}.{fmt}", f"statement of {year}-{month:02d}",
+                              path_args={"year": year, "month": month, "fmt": fmt})
 
     def _download(self, operation: str, job_id: int, dest: str | Path | BinaryIO | None, default: str,
-                  what: str) -> Path | None:
-        response = self._send(operation, path_args={"id": job_id}, stream=True)
+                  what: str, *, path_args: dict[str, Any] | None = None) -> Path | None:
+        response = self._send(operation, path_args=path_args or {"id": job_id}, stream=True)
         try:
             if dest is not None and not isinstance(dest, str | Path):
                 for chunk in response.iter_bytes(1 << 16):
@@ -382,7 +399,7 @@ class Client:
                         fh.write(chunk)
             except httpx.TransportError as exc:
                 partial.unlink(missing_ok=True)
-                raise errors.NetworkError(f"download of job {job_id}'s {what} broke off: "
+                raise errors.NetworkError(f"download of {what} broke off: "
                                           f"{_reason(exc)}") from None
             partial.replace(path)
             return path

@@ -2,8 +2,10 @@
 faucet) and consumers' disputes of their finished jobs. Every call acts on the caller's own
 organization; a job of another organization is a 404, as everywhere."""
 
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.permissions import IsAuthenticated
@@ -13,9 +15,15 @@ from rest_framework.views import APIView
 from ..errors import PermissionDenied
 from ..models import ConsumerDispute
 from ..money import exact
-from ..selectors.account import account_balances, account_movements
+from ..selectors.account import account_balances, account_movements, jobs_with_statement
 from ..selectors.accounts import organization_of
 from ..selectors.ownership import JobAction, jobs_for
+from ..selectors.statements import (
+    job_statement_csv,
+    job_statement_pdf,
+    month_statement_csv,
+    month_statement_pdf,
+)
 from ..services.disputes import MAX_REASON, consumer_dispute_open
 from ..services.faucet import faucet_claim
 from .permissions import IsConsumer
@@ -121,3 +129,50 @@ class JobDisputesView(APIView):
         data.is_valid(raise_exception=True)
         dispute = consumer_dispute_open(job=job, actor=request.user, reason=data.validated_data["reason"])
         return Response(_dispute(dispute), status=status.HTTP_201_CREATED)
+
+
+# --- statements as files (the Account page's and the job page's downloads) ----------------
+FORMATS = {"csv": "text/csv; charset=utf-8", "pdf": "application/pdf"}
+FORMAT_PARAM = OpenApiParameter("fmt", {"type": "string", "enum": sorted(FORMATS)},
+                                OpenApiParameter.PATH, description="csv or pdf")
+
+
+def _file(body: bytes, fmt: str, filename: str) -> HttpResponse:
+    response = HttpResponse(body, content_type=FORMATS[fmt])
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+class JobStatementFileView(APIView):
+    """GET /api/v1/jobs/{id}/statement/{csv|pdf}/: the settled job's statement as a file."""
+
+    authentication_classes = AUTH
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(summary="A job's statement as CSV or PDF", parameters=[FORMAT_PARAM],
+                   responses={(200, "text/csv"): OpenApiTypes.BINARY,
+                              (200, "application/pdf"): OpenApiTypes.BINARY})
+    def get(self, request, pk: int, fmt: str):
+        org = _org(request)
+        if fmt not in FORMATS:
+            raise Http404("No such statement.")
+        job = get_object_or_404(jobs_with_statement(org), pk=pk)
+        body = (job_statement_csv if fmt == "csv" else job_statement_pdf)(org, job)
+        return _file(body, fmt, f"computemesh-job-{job.pk}.{fmt}")
+
+
+class MonthStatementFileView(APIView):
+    """GET /api/v1/account/statements/{YYYY-MM}/{csv|pdf}/: a month of money movements."""
+
+    authentication_classes = AUTH
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(summary="A month's statement as CSV or PDF", parameters=[FORMAT_PARAM],
+                   responses={(200, "text/csv"): OpenApiTypes.BINARY,
+                              (200, "application/pdf"): OpenApiTypes.BINARY})
+    def get(self, request, year: int, month: int, fmt: str):
+        org = _org(request)
+        if fmt not in FORMATS or not 1 <= month <= 12 or not 2000 <= year <= 9999:
+            raise Http404("No such statement.")
+        body = (month_statement_csv if fmt == "csv" else month_statement_pdf)(org, year, month)
+        return _file(body, fmt, f"computemesh-{org.slug}-{year}-{month:02d}.{fmt}")

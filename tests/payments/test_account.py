@@ -188,3 +188,23 @@ def test_the_faucet_api(api, bob, wallets, settings):
     again = api.as_user(bob).post("/api/v1/account/faucet/")
     assert again.status_code == 409 and again.json()["code"] == "faucet_rate_limited"
     assert APIClient().post("/api/v1/account/faucet/").status_code == 401
+
+
+def test_the_statements_as_files_over_the_api_for_the_owner_only(api, alice, bob, carol, settled):
+    # The same files as the pages' downloads, with a token (the command line's `statement`).
+    mine = api.as_user(alice)
+    csv_file = mine.get(f"/api/v1/jobs/{settled.pk}/statement/csv/")
+    assert csv_file.status_code == 200 and csv_file["Content-Type"].startswith("text/csv")
+    rows = list(csv.reader(io.StringIO(csv_file.content.decode())))
+    assert dict(zip(rows[0], rows[1], strict=True))["charged_tusd"] == "0.514402"
+    pdf = mine.get(f"/api/v1/jobs/{settled.pk}/statement/pdf/")
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+    now = timezone.now()
+    month = mine.get(f"/api/v1/account/statements/{now:%Y}-{now.month}/csv/")
+    assert month.status_code == 200 and str(settled.pk) in month.content.decode()
+    assert mine.get(f"/api/v1/jobs/{settled.pk}/statement/xls/").status_code == 404
+    assert mine.get(f"/api/v1/account/statements/{now:%Y}-13/csv/").status_code == 404
+    # Another consumer, and the provider that was paid: the job's statement is not theirs.
+    for user in (bob, carol):
+        assert api.as_user(user).get(f"/api/v1/jobs/{settled.pk}/statement/csv/").status_code == 404
+    assert APIClient().get(f"/api/v1/jobs/{settled.pk}/statement/csv/").status_code == 401
