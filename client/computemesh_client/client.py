@@ -2,6 +2,8 @@
 
 Every operation is a row of OPERATIONS (name → method and path), and every method goes
 through that table, so a test can hold the table against the server's OpenAPI document.
+Long on purpose: one thin method per API operation over one transport (resumable uploads
+live in uploads.py, the live stream in live.py); splitting it would split the table.
 
 Retries: a request that never reached the server (the connection was refused) is always
 retried; a request the server may have acted on is retried (after a dropped connection, a
