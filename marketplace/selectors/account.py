@@ -140,18 +140,39 @@ def account_movements(org: Organization, *, month: tuple[int, int] | None = None
                       job: Job | None = None) -> list[Movement]:
     """Every money movement of the organization, newest first; only those of `month`
     ((year, month), UTC) or of `job` when given."""
-    out: list[Movement] = []
     own_jobs = Job.objects.filter(owner=org)
     if job is not None:
         own_jobs = own_jobs.filter(pk=job.pk)
-
+    out: list[Movement] = []
     if job is None:
-        for g in FaucetGrant.objects.filter(organization=org).select_related("transaction"):
-            out.append(Movement(at=g.created_at, kind="faucet", label="Test tUSD from the faucet",
-                                amount=g.amount, available=g.amount,
-                                tx_hash=g.transaction.tx_hash if g.transaction else "",
-                                pending=g.transaction is None or g.transaction.status in ("signed", "sent")))
+        out.extend(_faucet_movements(org))
+    out.extend(_escrow_movements(org, own_jobs))
+    out.extend(_settlement_movements(org, own_jobs))
+    out.extend(_payout_movements(org, job))
+    out.extend(_dispute_refund_movements(org, job))
+    if job is None:
+        out.extend(_stake_movements(org))
+    out.sort(key=lambda m: (m.at, m.kind), reverse=True)
+    if month is not None:
+        year, mon = month
+        out = [m for m in out if m.at.astimezone(UTC).year == year and m.at.astimezone(UTC).month == mon]
+    return out
 
+
+def _faucet_movements(org: Organization) -> list[Movement]:
+    out = []
+    for g in FaucetGrant.objects.filter(organization=org).select_related("transaction"):
+        out.append(Movement(at=g.created_at, kind="faucet", label="Test tUSD from the faucet",
+                            amount=g.amount, available=g.amount,
+                            tx_hash=g.transaction.tx_hash if g.transaction else "",
+                            pending=g.transaction is None or g.transaction.status in ("signed", "sent")))
+    return out
+
+
+def _escrow_movements(org: Organization, own_jobs) -> list[Movement]:
+    """Deposits into the escrows of the organization's jobs, their top-ups and the refunds
+    of escrows closed without a settlement."""
+    out = []
     for escrow in Escrow.objects.filter(job__in=own_jobs).exclude(fund_tx="").select_related("job"):
         j = escrow.job
         if escrow.status == E.FUNDING:
@@ -177,7 +198,12 @@ def account_movements(org: Organization, *, month: tuple[int, int] | None = None
                                 + (" (its chain was lost)" if escrow.lost_reason else ""),
                                 amount=escrow.amount, available=escrow.amount, escrow=-escrow.amount,
                                 tx_hash=escrow.close_tx, **_job_fields(j, org)))
+    return out
 
+
+def _settlement_movements(org: Organization, own_jobs) -> list[Movement]:
+    """What the organization's jobs were charged at settlement and the unspent escrow back."""
+    out = []
     for s in Settlement.objects.filter(job__in=own_jobs).select_related("job", "transaction"):
         j, pending = s.job, s.status != Settlement.Status.SETTLED
         if s.status == Settlement.Status.SKIPPED:
@@ -193,10 +219,15 @@ def account_movements(org: Organization, *, month: tuple[int, int] | None = None
                                 available=ZERO if pending else s.refunded,
                                 escrow=ZERO if pending else -s.refunded, tx_hash=tx, pending=pending,
                                 **_job_fields(j, org)))
+    return out
 
+
+def _payout_movements(org: Organization, job: Job | None) -> list[Movement]:
+    """The organization's earnings as a provider (of `job` only when given)."""
     payouts = Payout.objects.filter(provider=org).select_related("settlement__job", "settlement__transaction")
     if job is not None:
         payouts = payouts.filter(settlement__job=job)
+    out = []
     for p in payouts:
         s = p.settlement
         if s.status == Settlement.Status.SKIPPED:
@@ -207,23 +238,17 @@ def account_movements(org: Organization, *, month: tuple[int, int] | None = None
                             available=ZERO if pending else p.amount,
                             tx_hash=s.transaction.tx_hash if s.transaction else "", pending=pending,
                             **_job_fields(s.job, org)))
+    return out
 
+
+def _dispute_refund_movements(org: Organization, job: Job | None) -> list[Movement]:
     disputes = ConsumerDispute.objects.filter(organization=org, status=ConsumerDispute.Status.REFUNDED)
     if job is not None:
         disputes = disputes.filter(job=job)
-    for d in disputes.select_related("job"):
-        out.append(Movement(at=d.resolved_at or d.created_at, kind="dispute_refund",
-                            label=f"Refund for dispute #{d.pk}", amount=d.refund_amount,
-                            available=d.refund_amount or ZERO, tx_hash=d.refund_tx,
-                            **_job_fields(d.job, org)))
-
-    if job is None:
-        out.extend(_stake_movements(org))
-    out.sort(key=lambda m: (m.at, m.kind), reverse=True)
-    if month is not None:
-        year, mon = month
-        out = [m for m in out if m.at.astimezone(UTC).year == year and m.at.astimezone(UTC).month == mon]
-    return out
+    return [Movement(at=d.resolved_at or d.created_at, kind="dispute_refund",
+                     label=f"Refund for dispute #{d.pk}", amount=d.refund_amount,
+                     available=d.refund_amount or ZERO, tx_hash=d.refund_tx, **_job_fields(d.job, org))
+            for d in disputes.select_related("job")]
 
 
 def _stake_movements(org: Organization) -> list[Movement]:
