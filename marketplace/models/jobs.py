@@ -275,12 +275,16 @@ class LogLine(models.Model):
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="log_lines")
     assignment = models.ForeignKey(Assignment, on_delete=models.CASCADE, related_name="+")
     seq = models.PositiveIntegerField(help_text="Per job, gap-free, for resync.")
+    rank = models.PositiveIntegerField(null=True, blank=True,
+                                       help_text="Global rank that wrote it; empty: the launcher.")
+    stream = models.CharField(max_length=6, default="stdout", help_text="stdout or stderr.")
     line = models.CharField(max_length=2000)
     at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["job_id", "seq"]
         constraints = [models.UniqueConstraint(fields=["job", "seq"], name="logline_seq_unique")]
+        indexes = [models.Index(fields=["job", "rank", "seq"], name="logline_job_rank")]
 
     def __str__(self) -> str:
         return self.line[:80]
