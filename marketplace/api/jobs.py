@@ -2,7 +2,7 @@
 budget, the model, metrics and the verification report. Scoped by selectors/ownership."""
 
 
-from django.http import FileResponse
+from django.http import FileResponse, HttpResponse
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
@@ -14,7 +14,8 @@ from rest_framework.response import Response
 
 from ..errors import Conflict, MarketError
 from ..selectors.accounts import organization_of, require_consumer
-from ..selectors.execution import job_metrics
+from ..selectors.execution import job_log_lines, job_metrics
+from ..selectors.live import log_line
 from ..selectors.ownership import JobAction, job_for, jobs_visible_to
 from ..selectors.verification import job_model_downloadable, job_verification_report
 from ..services import budget as budget_services
@@ -176,6 +177,33 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
             raise MarketError("after_seq must be 0 or more.", field="after_seq")
         return Response(s.MetricPointSerializer(job_metrics(job, after_seq=after), many=True).data)
 
+    @extend_schema(summary="The job's output lines per rank (provider paths redacted)",
+                   parameters=[OpenApiParameter("after", int, description="Only lines after this seq."),
+                               OpenApiParameter("rank", int, description="Only this global rank."),
+                               OpenApiParameter("q", str, description="Only lines containing this."),
+                               OpenApiParameter("download", bool, description="As a plain-text file.")],
+                   responses={200: OpenApiTypes.OBJECT, **_errors(400, 401, 404)})
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
+    def logs(self, request, pk=None):
+        """Lines in order, at most 1,000 a call (10,000 as a download): page on with the last
+        line's seq as `after`. Rank null: the launcher's own line."""
+        job = job_for(request.user, pk, JobAction.VIEW)
+        params = request.query_params
+        after, rank = _whole(params.get("after", "0"), "after"), params.get("rank", "")
+        q = params.get("q", "")
+        if len(q) > 200:
+            raise MarketError("q must be at most 200 characters.", field="q")
+        download = params.get("download") in ("1", "true")
+        lines = job_log_lines(job, after_seq=after, rank=_whole(rank, "rank") if rank else None, q=q,
+                              limit=10_000 if download else 1000)
+        if download:
+            text = "".join(f"[{'launcher' if x.rank is None else f'rank {x.rank}'}] {x.line}\n"
+                           for x in lines)
+            response = HttpResponse(text, content_type="text/plain; charset=utf-8")
+            response["Content-Disposition"] = f'attachment; filename="computemesh-job-{job.pk}-logs.txt"'
+            return response
+        return Response({"lines": [log_line(x) for x in lines]})
+
     @extend_schema(summary="Which offers would take this job now, at what cost, and if none, "
                            "why", request=s.JobSpecSerializer,
                    responses={200: s.QuoteSerializer, **_errors(400)})
@@ -187,3 +215,10 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         ratio = sync_traffic_ratio(spec.sync, nodes=spec.nodes, gpus_per_node=spec.gpus_per_node)
         return Response(s.QuoteSerializer({**quote_job(spec=spec).as_dict(), "sync": spec.sync,
                                            "traffic_vs_ddp": ratio}).data)
+
+
+def _whole(value: str, field: str) -> int:
+    """A query parameter that must be a whole number 0 or more: else a 400 that names it."""
+    if not value.isdigit() or len(value) > 12:
+        raise MarketError(f"{field} must be a whole number, 0 or more.", field=field)
+    return int(value)

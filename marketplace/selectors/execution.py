@@ -6,7 +6,7 @@ from typing import Any
 from django.db.models import F, QuerySet, Window
 from django.db.models.functions import RowNumber
 
-from ..models import Assignment, Job, MetricPoint
+from ..models import Assignment, Job, LogLine, MetricPoint
 from .metering import provider_earned
 
 ETA_WINDOW = 20  # progress points the step rate is measured over
@@ -60,6 +60,17 @@ def job_assignments(job: Job) -> QuerySet[Assignment]:
 
 def job_metrics(job: Job, *, after_seq: int = 0, limit: int = 1000) -> QuerySet[MetricPoint]:
     return job.metrics.filter(seq__gt=after_seq).order_by("seq")[:limit]
+
+
+def job_log_lines(job: Job, *, after_seq: int = 0, rank: int | None = None, q: str = "",
+                  limit: int = 1000) -> QuerySet[LogLine]:
+    """The job's output lines after `after_seq`, of one rank (or all), containing `q`."""
+    lines = job.log_lines.filter(seq__gt=after_seq)
+    if rank is not None:
+        lines = lines.filter(rank=rank)
+    if q:
+        lines = lines.filter(line__icontains=q)
+    return lines.order_by("seq")[:limit]
 
 
 def provider_earnings(org) -> dict:

@@ -33,7 +33,8 @@ def point_values(values: dict) -> dict:
 
 
 def log_line(line: LogLine) -> dict:
-    return {"seq": line.seq, "line": line.line, "at": _iso(line.at)}
+    return {"seq": line.seq, "rank": line.rank, "stream": line.stream, "line": line.line,
+            "at": _iso(line.at)}
 
 
 def cost_so_far(job: Job, *, now: datetime | None = None) -> Decimal:

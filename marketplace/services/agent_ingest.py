@@ -132,15 +132,26 @@ def _on_progress(a: Assignment, m: dict) -> None:
     _store_progress([(a, m)])
 
 
+MAX_LOG_LINES_PER_JOB = 20_000  # the rest of a chatty job's output is not kept
+
+
 def _on_log(a: Assignment, m: dict) -> None:
-    lines = [str(x)[:2000] for x in (m.get("lines") or [])][:500]
-    if not lines:
-        return
+    """Store the lines of the ranks this assignment runs (node_rank × gpus onwards; a rank
+    of another assignment is refused, the rest of the message kept), up to the job's cap."""
+    first_rank = a.node_rank * a.gpus
+    ours = [x for x in m.get("lines") or []
+            if x["rank"] is None or first_rank <= x["rank"] < first_rank + a.gpus]
+    if len(ours) < len(m.get("lines") or []):
+        log.warning("assignment %s sent log lines of ranks it does not run; dropped", a.pk)
     job = Job.objects.select_for_update().only("log_seq").get(pk=a.job_id)
+    ours = ours[:max(0, MAX_LOG_LINES_PER_JOB - job.log_seq)]
+    if not ours:
+        return
     first = job.log_seq + 1
-    rows = LogLine.objects.bulk_create([LogLine(job_id=a.job_id, assignment=a, seq=first + i, line=x)
-                                        for i, x in enumerate(lines)])
-    Job.objects.filter(pk=a.job_id).update(log_seq=first + len(lines) - 1)
+    rows = LogLine.objects.bulk_create([
+        LogLine(job_id=a.job_id, assignment=a, seq=first + i, rank=x["rank"], stream=x["stream"],
+                line=x["text"]) for i, x in enumerate(ours)])
+    Job.objects.filter(pk=a.job_id).update(log_seq=first + len(ours) - 1)
     live.broadcast(a.job_id, {"type": "logs", "lines": [log_line(x) for x in rows]})
 
 

@@ -4,6 +4,7 @@ apply each numbered message exactly once. No workflow: the lifecycle (services/e
 and the ingest act on what this returns.
 """
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any, TypeGuard
@@ -69,6 +70,7 @@ DATA_TYPES = {"assignment.accepted", "assignment.rejected", "progress", "log", "
 MAX_ID = 2**63 - 1
 MAX_COUNT = 2**31 - 1
 MAX_PROGRESS_ITEMS, MAX_LOG_LINES, MAX_LINE_CHARS, MAX_DIGESTS = 1000, 500, 2000, 256
+MAX_RANK = 65535
 FINISHED_STATUSES = {"succeeded", "failed", "paused"}
 
 
@@ -128,6 +130,27 @@ def _list(value: Any, field: str, *, limit: int) -> list:
     return value[:limit]
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+LOG_STREAMS = ("stdout", "stderr")
+
+
+def _log_line(item: Any, field: str) -> dict:
+    """One output line: {seq, t, rank, stream, text} (rank null: the launcher's own), or a
+    bare string from an agent older than ranked logs. Control characters are removed here,
+    so no page or terminal ever receives them; the rank is checked against the assignment
+    by the ingest, which knows it."""
+    if isinstance(item, str):
+        item = {"text": item}
+    if not isinstance(item, dict):
+        raise _invalid(field, "an object with 'text'")
+    stream = item.get("stream", "stdout")
+    if stream not in LOG_STREAMS:
+        raise _invalid(f"{field}.stream", "stdout or stderr")
+    text = _text(item.get("text"), f"{field}.text", limit=MAX_LINE_CHARS, optional=False) or ""
+    return {"rank": _integer(item.get("rank"), f"{field}.rank", high=MAX_RANK, optional=True),
+            "stream": stream, "text": _CONTROL.sub("", text)}
+
+
 def _progress_item(item: Any, n: int) -> dict:
     field = f"items[{n}]"
     if not isinstance(item, dict):
@@ -165,8 +188,7 @@ def _clean_body(kind: str, m: dict) -> dict:
                           enumerate(_list(m.get("items"), "items", limit=MAX_PROGRESS_ITEMS))]}
     if kind == "log":
         lines = _list(m.get("lines"), "lines", limit=MAX_LOG_LINES)
-        return {"lines": [_text(x, f"lines[{n}]", limit=MAX_LINE_CHARS, optional=False)
-                          for n, x in enumerate(lines)]}
+        return {"lines": [_log_line(x, f"lines[{n}]") for n, x in enumerate(lines)]}
     if kind == "checkpoint":
         return {"step": _integer(m.get("step"), "step"), "sha256": _sha256(m.get("sha256"), "sha256"),
                 "bytes": _byte_count(m.get("bytes"))}

@@ -145,7 +145,9 @@
       // History sends a tail (the newest lines), so a jump there is expected.
       if (!fromHistory && l.seq !== state.lastLogSeq + 1) { resync(); return false; }
       state.lastLogSeq = l.seq;
-      state.logs.push(l.line);
+      // Rank labels: which process wrote the line (null: torchrun, the launcher, itself).
+      state.logs.push((l.rank === null || l.rank === undefined ? "[launcher] " : "[rank " + l.rank + "] ") +
+                      (l.stream === "stderr" ? "! " : "") + l.line);
     }
     if (state.logs.length > MAX_LOG_LINES) state.logs = state.logs.slice(-MAX_LOG_LINES);
     return true;
@@ -303,7 +305,9 @@
     var pre = $("logs");
     if (!pre || !state.logs.length) return;
     var atBottom = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 24;
-    pre.textContent = state.logs.join("\n");
+    var filter = $("log-filter"), q = filter ? filter.value.toLowerCase() : "";
+    pre.textContent = (q ? state.logs.filter(function (x) { return x.toLowerCase().indexOf(q) >= 0; })
+                         : state.logs).join("\n");
     if (atBottom || !pre.getAttribute("data-filled")) pre.scrollTop = pre.scrollHeight;
     pre.setAttribute("data-filled", "1");
   }
@@ -533,6 +537,8 @@
   }
 
   // A sleeping laptop or a network change: try at once when the page comes back.
+  var logFilter = $("log-filter");
+  if (logFilter) logFilter.addEventListener("input", renderLogs);
   window.addEventListener("online", function () { if (!ws) { backoff = BACKOFF_MIN; connect(); } });
 
   setIndicator("connecting", "Connecting…");

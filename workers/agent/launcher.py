@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from . import sandbox as sandboxing
+from .rank_logs import PREFIX_TEMPLATE
 
 
 def free_port() -> int:
@@ -33,7 +34,7 @@ def command(*, spec_path: Path, nnodes: int, node_rank: int, nproc_per_node: int
             sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
             "--nproc-per-node", str(nproc_per_node),
             "--max-restarts", "0" if node_rank == 0 else "1",
-            "-m", "workers.training.run", str(spec_path),
+            *_tee(spec_path), "-m", "workers.training.run", str(spec_path),
         ]
     return [
         sys.executable, "-m", "torch.distributed.run",
@@ -43,8 +44,15 @@ def command(*, spec_path: Path, nnodes: int, node_rank: int, nproc_per_node: int
         "--master-addr", master_addr, "--master-port", str(master_port),
         # The platform re-places work on node loss; a local restart only helps one node.
         "--max-restarts", "1" if nnodes == 1 else "0",
-        "-m", "workers.training.run", str(spec_path),
+        *_tee(spec_path), "-m", "workers.training.run", str(spec_path),
     ]
+
+
+def _tee(spec_path: Path) -> list[str]:
+    """Each rank's stdout and stderr copied to torchrun's own, every line prefixed with its
+    global rank (rank_logs.PREFIX_TEMPLATE); the files go to the job's folder, which the
+    sandbox lets the ranks write and its disk limit covers."""
+    return ["--log-dir", str(spec_path.parent / "rank-logs"), "--tee", "3"]
 
 
 def sandboxed(cmd: list[str], env: dict[str, str], *, job_dir: Path, nnodes: int,
@@ -69,6 +77,7 @@ def environment(*, threads: int) -> dict[str, str]:
         # Restarts after a rank dies fail without this (pytorch#135712).
         "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
         "PYTHONUNBUFFERED": "1",
+        "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": PREFIX_TEMPLATE,
     })
     # The training runtime is part of this package: make sure the child can import it.
     root = str(Path(__file__).resolve().parents[2])
@@ -76,10 +85,14 @@ def environment(*, threads: int) -> dict[str, str]:
     return env
 
 
-async def start(cmd: list[str], env: dict[str, str], cwd: Path) -> asyncio.subprocess.Process:
+async def start(cmd: list[str], env: dict[str, str], cwd: Path, *,
+                split_streams: bool = False) -> asyncio.subprocess.Process:
+    """The ranks' output piped: stdout and stderr apart with `split_streams` (both must be
+    read then), else stderr merged into stdout."""
     return await asyncio.create_subprocess_exec(
         *cmd, env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        stderr=asyncio.subprocess.PIPE if split_streams else asyncio.subprocess.STDOUT,
+        start_new_session=True)
 
 
 async def stop(process: asyncio.subprocess.Process, *, grace_s: float = 10) -> None:

@@ -13,7 +13,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import bundle_fetch, launcher, transfer
+from . import bundle_fetch, launcher, rank_logs, transfer
 from . import sandbox as sandboxing
 from .events_tail import EventTail
 
@@ -74,7 +74,8 @@ class AssignmentRun:
         self.node_done = False
         self.progress_buffer: list[dict] = []
         self.last_flush = 0.0
-        self.log_batch: list[str] = []
+        self.log_batch: list[dict] = []
+        self.rank_logs = rank_logs.RankLogs(rank_logs.Redactor(job_dir=self.dir))
         self.last_log_flush = 0.0
         self.total_steps = 0
         self.comm: dict = {}  # the bytes this node sent to the others, and DDP's for the same steps
@@ -146,6 +147,7 @@ class AssignmentRun:
                 "job_secret": s.get("job_secret"),
             }
             if diloco:
+                self.rank_logs.rank_offset = s["node_rank"] * s["nproc_per_node"]
                 # advertise_host: where the other leaders reach this one's chunk inbox.
                 spec.update(outer=rdzv, member=str(self.id), peer_timeout_s=s.get("peer_timeout_s", 15),
                             advertise_host=self.agent.advertise_addr)
@@ -164,7 +166,7 @@ class AssignmentRun:
                                                             limits=settings.limits)
                 self.agent.display.log(f"assignment {self.id}: sandboxed; "
                                        f"{self.sandbox.enforcement.describe()}")
-            self.process = process = await launcher.start(cmd, env, self.dir)
+            self.process = process = await launcher.start(cmd, env, self.dir, split_streams=True)
             self.launched_at = self.last_activity = time.monotonic()
             watch = None
             if self.sandbox is not None and self.sandbox.limits.disk_bytes:
@@ -213,7 +215,9 @@ class AssignmentRun:
 
     async def _watch(self, process: asyncio.subprocess.Process) -> None:
         tail = EventTail(self.dir / "events.jsonl")
-        reader = asyncio.create_task(self._read_output(process))
+        assert process.stdout is not None and process.stderr is not None  # split_streams
+        reader = asyncio.gather(self._read_output(process.stdout, "stdout"),
+                                self._read_output(process.stderr, "stderr"))
         finished_at = None
         try:
             while True:
@@ -288,15 +292,15 @@ class AssignmentRun:
         launched = self.launched_at if self.launched_at is not None else now
         return self.reported or now - launched > STARTUP_GRACE_S
 
-    async def _read_output(self, process: asyncio.subprocess.Process) -> None:
-        assert process.stdout is not None  # launcher.start pipes the ranks' output
+    async def _read_output(self, pipe: asyncio.StreamReader, stream: str) -> None:
         while True:
-            line = await process.stdout.readline()
+            line = await pipe.readline()
             if line:
-                text = line.decode(errors="replace").rstrip()[:2000]
-                self.last_lines.append(text)
                 self.last_activity = time.monotonic()
-                self.log_batch.append(text)
+                for item in self.rank_logs.add(line, stream):
+                    rank = "" if item["rank"] is None else f"[rank {item['rank']}] "
+                    self.last_lines.append(rank + item["text"])
+                    self.log_batch.append(item)
             if self.log_batch and (not line or len(self.log_batch) >= LOG_BATCH):
                 await self._flush_logs()
             if not line:

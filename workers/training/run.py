@@ -588,6 +588,9 @@ def main(spec_path: str) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     spec = json.loads(Path(spec_path).read_text())
     topo = Topology.of(spec)
+    # The job's log starts with where each rank runs (the agent redacts the paths).
+    _emit_log(f"runtime: rank {topo.rank} of {topo.world} on {topo.device} (torch "
+              f"{torch.__version__}, {spec.get('template') or 'task'}) in {Path.cwd()}")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if topo.device.type == "cuda":
         torch.cuda.set_device(topo.device)
@@ -596,7 +599,9 @@ def main(spec_path: str) -> int:
     init_process_group(topo.backend, timeout=timedelta(seconds=max(pg_timeout, OUTER_WAIT_S)
                                                        if topo.hierarchical else pg_timeout),
                        secret=job_secret(spec))
-    return Trainer(spec, topo).run()
+    code = Trainer(spec, topo).run()
+    _emit_log(f"runtime: rank {topo.rank} finished (exit code {code})")
+    return code
 
 
 if __name__ == "__main__":
