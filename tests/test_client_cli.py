@@ -176,6 +176,19 @@ def test_account_faucet_and_disputes_from_the_command_line(base, alice, healthca
     assert "only a completed job" in too_soon
     listed = cm("jobs", "dispute", str(running.pk), "--json", url=base, token=token, config=tmp_path)
     assert listed.returncode == 0 and json.loads(listed.stdout) == []
+    # Statements as files: none before settlement (exit 3); a month given badly is a usage error.
+    unsettled = one_line_error(cm("jobs", "statement", str(running.pk), "--csv", "-o", str(tmp_path),
+                                  url=base, token=token, config=tmp_path), 3)
+    assert "404" in unsettled and not list(tmp_path.glob("*.csv"))
+    assert "YYYY-MM" in one_line_error(cm("account", "statement", "december", url=base, token=token,
+                                          config=tmp_path), 2)
+    month = cm("account", "statement", "2026-12", "-o", str(tmp_path / "dec.csv"), "--json", url=base,
+               token=token, config=tmp_path)
+    assert month.returncode == 0, month.stderr
+    # No movement that month: the header alone.
+    assert (tmp_path / "dec.csv").read_text().splitlines() == [
+        "date_utc,type,description,job_id,job_name,amount_tusd,available_change_tusd,"
+        "escrow_change_tusd,status,transaction"]
     # Another organization's job: not found, nothing opened.
     theirs = JobFactory(owner=energy, status="completed")
     not_yours = one_line_error(cm("jobs", "dispute", str(theirs.pk), "the loss never went down at all",

@@ -95,6 +95,23 @@ def account(ctx: click.Context) -> None:
     emit(state, a, render)
 
 
+@account.command("statement")
+@click.argument("month", metavar="YYYY-MM")
+@click.option("--pdf", "fmt", flag_value="pdf", help="A PDF instead of CSV.")
+@click.option("-o", "--output", type=click.Path(), default=".", show_default=True,
+              help="A folder or a file name.")
+@json_option
+@pass_state
+def account_statement(state: State, month: str, fmt: str | None, output: str) -> None:
+    """Save a month's money movements as CSV (or --pdf)."""
+    try:
+        year, number = (int(part) for part in month.split("-"))
+    except ValueError:
+        raise click.BadParameter("give the month as YYYY-MM, e.g. 2026-12", param_hint="MONTH") from None
+    path = state.client().month_statement_file(year, number, fmt or "csv", output)
+    emit(state, {"path": str(path)}, lambda: out.print(f"Statement saved to {path}"))
+
+
 @account.command("faucet")
 @json_option
 @pass_state

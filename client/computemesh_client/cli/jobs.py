@@ -166,10 +166,19 @@ def jobs_fund(state: State, job_id: int) -> None:
 
 @jobs.command("statement")
 @click.argument("job_id", type=int)
+@click.option("--csv", "fmt", flag_value="csv", help="Save the statement as a CSV file instead.")
+@click.option("--pdf", "fmt", flag_value="pdf", help="Save the statement as a PDF file instead.")
+@click.option("-o", "--output", type=click.Path(), default=".", show_default=True,
+              help="With --csv or --pdf: a folder or a file name.")
 @json_option
 @pass_state
-def jobs_statement(state: State, job_id: int) -> None:
-    """The settlement: charged, fee, refund, payouts and the transaction."""
+def jobs_statement(state: State, job_id: int, fmt: str | None, output: str) -> None:
+    """The settlement: charged, fee, refund, payouts and the transaction (--csv, --pdf: the
+    statement as a file, as the job page offers it)."""
+    if fmt:
+        path = state.client().statement_file(job_id, fmt, output)
+        emit(state, {"path": str(path)}, lambda: out.print(f"Statement saved to {path}"))
+        return
     statement = state.client().statement(job_id)
     if statement is None:
         emit(state, None, lambda: out.print(f"Job {job_id} has no settlement statement (yet)."))
