@@ -130,3 +130,26 @@ def test_another_tenant_gets_404(api, bob, job_with_logs):
     assert api.get(f"/api/v1/jobs/{job_with_logs.pk}/logs/").status_code == 404
     api.as_user(None)
     assert api.get(f"/api/v1/jobs/{job_with_logs.pk}/logs/").status_code in (401, 403)
+
+
+def test_a_line_past_the_pipes_limit_is_dropped_and_the_reader_goes_on():
+    import asyncio
+    from types import SimpleNamespace
+
+    from workers.agent.run_assignment import AssignmentRun
+
+    async def read() -> list[dict]:
+        pipe = asyncio.StreamReader(limit=1024)
+        pipe.feed_data(b"[rank0]:before\n" + b"z" * 5000 + b"\n[rank0]:after\n")
+        pipe.feed_eof()
+        sent: list[dict] = []
+
+        async def flush() -> None:
+            sent.extend(run.log_batch)
+            run.log_batch = []
+        run = SimpleNamespace(rank_logs=RankLogs(_redactor()), last_lines=[], log_batch=[],
+                              last_activity=0.0, _flush_logs=flush)
+        await AssignmentRun._read_output(run, pipe, "stdout")
+        return sent
+    assert [x["text"] for x in asyncio.run(read())] == [
+        "before", "[a line over 64 KiB was dropped]", "after"]

@@ -294,7 +294,10 @@ class AssignmentRun:
 
     async def _read_output(self, pipe: asyncio.StreamReader, stream: str) -> None:
         while True:
-            line = await pipe.readline()
+            try:
+                line = await pipe.readline()
+            except ValueError:  # a line past the pipe's limit (64 KiB): asyncio dropped it
+                line = b"[a line over 64 KiB was dropped]\n"
             if line:
                 self.last_activity = time.monotonic()
                 for item in self.rank_logs.add(line, stream):
