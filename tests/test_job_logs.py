@@ -153,3 +153,14 @@ def test_a_line_past_the_pipes_limit_is_dropped_and_the_reader_goes_on():
         return sent
     assert [x["text"] for x in asyncio.run(read())] == [
         "before", "[a line over 64 KiB was dropped]", "after"]
+
+
+def test_the_job_page_offers_the_filter_and_the_text_download(client, alice, job_with_logs):
+    from django.urls import reverse
+
+    client.force_login(alice)
+    html = client.get(reverse("job_detail", args=[job_with_logs.pk])).content.decode()
+    assert 'data-testid="log-filter"' in html
+    assert f'href="/api/v1/jobs/{job_with_logs.pk}/logs/?download=1"' in html
+    download = client.get(f"/api/v1/jobs/{job_with_logs.pk}/logs/?download=1")  # the session suffices
+    assert download.status_code == 200 and b"[rank 1] runtime: rank 1 in <job>" in download.content
