@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from marketplace.models import Assignment, Checkpoint, Dispute, Job
 from marketplace.selectors.metering import job_statement
-from marketplace.services import placement, verification
+from marketplace.services import checkpoint_checks, placement
 from marketplace.services.execution import node_lost, start_message
 from workers.verify import checkpoint_problem
 
@@ -28,7 +28,7 @@ verify_worker = verify_support.verify_worker  # a fixture
 
 
 def validate(ckpt) -> str:
-    return verification.checkpoint_validate(checkpoint_id=ckpt.pk, problem_of=checkpoint_problem)
+    return checkpoint_checks.checkpoint_validate(checkpoint_id=ckpt.pk, problem_of=checkpoint_problem)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration, pytest.mark.timeout(600)]
 C = Checkpoint.Status
@@ -188,5 +188,5 @@ def test_lost_checks_are_queued_again_for_an_hour(client, monkeypatch):
     for step, age in ((10, timedelta(seconds=30)), (20, timedelta(minutes=5)), (30, timedelta(hours=2))):
         job.checkpoints.filter(step=step).update(created_at=now - age)
     sent.clear()
-    assert verification.checkpoints_stale() == 1
-    assert sent == [(verification.VALIDATE_TASK, (job.checkpoints.get(step=20).pk,))]
+    assert checkpoint_checks.checkpoints_stale() == 1
+    assert sent == [(checkpoint_checks.VALIDATE_TASK, (job.checkpoints.get(step=20).pk,))]

@@ -8,9 +8,8 @@ import pytest
 from django.test import override_settings
 
 from marketplace.models import Dispute
+from marketplace.services.attribution import Finding, attribute
 from marketplace.services.verification import (
-    Finding,
-    attribute,
     choose_segments,
     counted_checkpoints,
     metric_inflated,

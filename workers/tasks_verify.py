@@ -3,7 +3,7 @@ this worker)."""
 
 from celery import shared_task
 
-from marketplace.services import verification
+from marketplace.services import checkpoint_checks, verification
 
 
 def _torch_half():
@@ -38,7 +38,7 @@ def verify_attempt(self, report_id: int) -> str:
              reject_on_worker_lost=True, time_limit=300, soft_time_limit=280, max_retries=20,
              autoretry_for=(OSError,), retry_backoff=2)
 def checkpoint_validate(self, checkpoint_id: int) -> str:
-    status = verification.checkpoint_validate(checkpoint_id=checkpoint_id,
+    status = checkpoint_checks.checkpoint_validate(checkpoint_id=checkpoint_id,
                                                problem_of=_torch_half().checkpoint_problem_sandboxed)
     if status == "pending":
         raise self.retry(countdown=3)
@@ -51,12 +51,12 @@ def checkpoint_validate(self, checkpoint_id: int) -> str:
              reject_on_worker_lost=True, time_limit=1800, soft_time_limit=1700, max_retries=3)
 def checkpoint_replay(self, checkpoint_id: int) -> str:
     try:
-        return verification.checkpoint_replay(checkpoint_id=checkpoint_id,
+        return checkpoint_checks.checkpoint_replay(checkpoint_id=checkpoint_id,
                                               check=_torch_half().check_attempt_sandboxed)
     except Exception as exc:
         if self.request.retries < self.max_retries:
             raise self.retry(exc=exc, countdown=5 * 2 ** self.request.retries) from exc
-        verification.checkpoint_replay_error(checkpoint_id=checkpoint_id,
+        checkpoint_checks.checkpoint_replay_error(checkpoint_id=checkpoint_id,
                                              message=f"{type(exc).__name__}: {exc}")
         return "error"
 
@@ -64,4 +64,4 @@ def checkpoint_replay(self, checkpoint_id: int) -> str:
 @shared_task(name="workers.tasks_verify.verify_stale", time_limit=60, soft_time_limit=50)
 def verify_stale() -> int:
     """Periodically: checks whose task was lost are queued again."""
-    return verification.verifications_stale() + verification.checkpoints_stale()
+    return verification.verifications_stale() + checkpoint_checks.checkpoints_stale()

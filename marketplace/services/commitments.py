@@ -5,7 +5,7 @@ The runtime (workers/training/commitments.py) makes them: at every step each ran
 gradient and the parameters, projected onto K vectors; at each checkpoint every node's
 leader writes every rank's numbers since the last one, and its agent uploads that stretch
 here. Each node's copy is kept apart: the verifier names a rank only when every node's
-copy says the same about it (verification.attribute), so a node's word about another node
+copy says the same about it (attribution.attribute), so a node's word about another node
 never stands alone. Plain numbers only: nothing here needs torch.
 """
 

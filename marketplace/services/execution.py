@@ -28,7 +28,7 @@ from .. import catalogue, job_states, task_names
 from ..errors import NotFound
 from ..models import Assignment, Checkpoint, Job, Node
 from ..selectors.execution import is_diloco
-from . import claims, enqueue, placement, verification
+from . import checkpoint_checks, claims, enqueue, placement, verification
 from .agent_protocol import (
     AgentRefused,
     agent_message,
@@ -327,13 +327,13 @@ def _resume_failed(job: Job, a: Assignment, error: str) -> None:
     vanished used to get the next honest node excluded). The checkpoint is checked again
     (pending meanwhile, so the new placement resumes from an earlier one): if the platform
     cannot load it either it is rejected, unpaid, and its author's node left out of the job
-    (verification.checkpoint_validate). The node that reported it is not excluded."""
+    (checkpoint_checks.checkpoint_validate). The node that reported it is not excluded."""
     checked = (Checkpoint.Status.VALID, Checkpoint.Status.VERIFIED)
     ckpt = None if a.resume_step is None else job.checkpoints.filter(
         step=a.resume_step, status__in=checked).first()
     if ckpt is not None and Checkpoint.objects.filter(pk=ckpt.pk, status__in=checked).update(
             status=Checkpoint.Status.PENDING, validated_at=None, replay_requested_at=None, replay={}):
-        verification.checkpoint_validate_enqueue(ckpt)
+        checkpoint_checks.checkpoint_validate_enqueue(ckpt)
     _interrupt(job, reason="resume_failed", exclude_node=None,
                message=f"Node {a.node_id} could not resume from the checkpoint at step {a.resume_step}: "
                        f"{error.splitlines()[0][:300]}. That checkpoint is checked again; the job is "

@@ -4,7 +4,7 @@ Before work resumes from a checkpoint of an attempt that broke or paused, and be
 attempt is paid up to it, the work up to it must replay (issue 12, item 4: garbage of the
 right shapes passes the upload checks). Placement asks when it finds a job waiting for that
 check, and the execution asks as soon as an attempt breaks, so that the answer is usually
-there first. The check itself is services/verification.checkpoint_replay, on the verify queue.
+there first. The check itself is services/checkpoint_checks.checkpoint_replay, on the verify queue.
 """
 
 from django.utils import timezone

@@ -10,7 +10,7 @@ with the chain.
 SLASH_FACTOR, capped at the stake, to the platform's treasury — never to an address the
 consumer controls: a consumer who could collect slashes would profit from framing an honest
 provider (the consumer is made whole otherwise: failed work is not charged). A dispute not
-attributed to one node (services/verification.attribute) is never slashed here; staff review
+attributed to one node (services/attribution.attribute) is never slashed here; staff review
 it. It is safe to retry: the `DisputeSlash` row is created with the transaction (a retry checks that
 transaction instead of sending another), and the contract refuses a second slash for the
 same dispute id.

@@ -13,8 +13,8 @@ from django.db.models import Count, Sum
 from ..errors import Conflict, MarketError, NotFound, PermissionDenied
 from ..models import Assignment, Checkpoint, Job
 from ..selectors.checkpoints import checkpoints_resumable
+from .checkpoint_checks import checkpoint_validate_enqueue
 from .datasets import dataset_read
-from .verification import checkpoint_validate_enqueue
 
 
 def assignment_dataset(assignment: Assignment) -> tuple[bytes, str]:

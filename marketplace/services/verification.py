@@ -49,11 +49,8 @@ that attempt (or from scratch). Who is at fault decides what else happens (attri
   unattributed `verification_error` dispute for staff: a job never stays `verifying`.
 Idempotent: a redelivered task finds the report final and does nothing.
 
-Checkpoints are also checked one by one when they are uploaded (`checkpoint_validate`, on
-the same queue, since that is where the platform may import torch): a checkpoint that does
-not load with weights_only=True, whose tensors' names and shapes are not the job's model's,
-whose optimizer state does not fit it, or whose step does not fit the progress reported is
-rejected with the reason. Only valid checkpoints are resumed from and paid up to.
+The checks of single checkpoints (on upload, and the replay of a broken attempt's resume
+point) are in services/checkpoint_checks.py; who is at fault, in services/attribution.py.
 """
 
 from __future__ import annotations
@@ -65,7 +62,6 @@ import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -74,10 +70,11 @@ from django.utils import timezone
 
 from .. import job_states, task_names
 from ..errors import NotFound
-from ..models import Assignment, Checkpoint, Dispute, Job, MetricPoint, VerificationReport
+from ..models import Assignment, Checkpoint, Dispute, Job, VerificationReport
 from ..selectors.checkpoints import checkpoints_resumable
 from ..selectors.execution import is_diloco
 from . import enqueue, placement
+from .attribution import Finding, attribute, attribution_notes, dispute_open, whose_work
 from .bundles import bundle_plain_path
 from .commitments import commitment_tables
 from .datasets import dataset_plain_path
@@ -90,15 +87,11 @@ FINAL = (R.PASSED, R.FAILED, R.ERROR)
 # As long as a verify task may run (workers/tasks_verify.py's time limit); a check started
 # longer ago than this died with its worker.
 RUN_LIMIT = timedelta(seconds=1800)
-SLASH_TASK = task_names.DISPUTE_SLASH
 VERIFY_TASK = task_names.VERIFY_ATTEMPT
 VALIDATE_TASK = task_names.CHECKPOINT_VALIDATE
 # Runs of one attempt's check, whoever started them (task retries, redeliveries after a
 # worker died, the stale re-queue): after this many, the check ends as verification_error.
 VERIFY_MAX_RUNS = 4
-# Findings about what node rank 0 alone produced: its uploads, its commitments, its metric.
-RANK0_OWN = {Dispute.Reason.METRIC_INFLATED, Dispute.Reason.ARTIFACT_MISMATCH,
-             Dispute.Reason.CHECKPOINT_UNCOMMITTED}
 
 
 def verify_spec() -> dict:
@@ -155,12 +148,6 @@ def choose_segments(boundaries: list[int], *, train_steps: int, share: float,
 
 # --- checking -----------------------------------------------------------------------
 @dataclass
-class Finding:
-    reason: str  # a Dispute.Reason
-    detail: str
-
-
-@dataclass
 class Outcome:
     segments: list[dict] = field(default_factory=list)
     replay_steps: int = 0
@@ -172,7 +159,7 @@ class Outcome:
 
 
 @contextlib.contextmanager
-def _inputs(job: Job) -> Iterator[tuple[dict, dict]]:
+def check_inputs(job: Job) -> Iterator[tuple[dict, dict]]:
     """(dataset, task) as the torch half takes them: the dataset as the runtime loads it (an
     upload decrypted to a temporary file — a zip is unpacked by the torch half, with the
     agent's checks), and for a consumer's code bundle, the `bundle` of the plan (the archive
@@ -257,11 +244,11 @@ def _plan(job: Job, attempt: int, rng: secrets.SystemRandom | None, out: Outcome
         "check_model": True, "artifact": job.artifact.path if job.artifact else None,
         "final_checkpoint": final.file.path if final else None,
         "final_step": final.step if final else None,
-        "commitments": _commitments(job, parts, segments),
+        "commitments": attempt_commitments(job, parts, segments),
     }
 
 
-def _commitments(job: Job, parts: list[Assignment], segments: list[tuple[int, int]]) -> dict | None:
+def attempt_commitments(job: Job, parts: list[Assignment], segments: list[tuple[int, int]]) -> dict | None:
     """Each node's copy of the gradient commitments of the segments' steps, for a DDP
     attempt across nodes (the replay names a rank from them only when every copy agrees)."""
     if len(parts) < 2 or is_diloco(job) or not segments:
@@ -274,7 +261,7 @@ def _check(job: Job, attempt: int, rng: secrets.SystemRandom | None = None, *,
            check: CheckAttempt) -> Outcome:
     out = Outcome()
     plan = _plan(job, attempt, rng, out)
-    with _inputs(job) as (dataset, task):
+    with check_inputs(job) as (dataset, task):
         result = check({**plan, **task}, dataset)  # minutes of torch
     if result.get("determinism") and not result["determinism"]["deterministic"]:
         out.notes.append("this job's own task does not give the same bits twice from the same "
@@ -327,7 +314,7 @@ def verification_run(*, report_id: int, check: CheckAttempt, rng: secrets.System
         report.metric_measured = outcome.metric_measured
         report.replay_steps, report.train_steps = outcome.replay_steps, outcome.train_steps
         report.reasons = ([f.detail for f in outcome.findings] + [f"note: {n}" for n in outcome.notes]
-                          + _attribution_notes(outcome.attribution))
+                          + attribution_notes(outcome.attribution))
         report.finished_at = timezone.now()
         report.save()
         if outcome.findings:
@@ -397,95 +384,6 @@ def _passed(job: Job, report: VerificationReport) -> None:
     Job.objects.filter(pk=job.pk).update(finished_at=timezone.now())
 
 
-def _attribution_notes(attribution: dict | None) -> list[str]:
-    if not attribution:
-        return []
-    if attribution["ranks"]:
-        return [f"attribution: {attribution['detail']}"]
-    return [f"attribution: nobody named ({attribution['detail']})"]
-
-
-def ranks_of(parts: list[Assignment], ranks: list[int]) -> list[Assignment]:
-    """The assignments that ran these global ranks: node rank r holds the ranks after those
-    of node ranks 0..r−1, one per GPU (torchrun's static rendezvous)."""
-    out, first = [], 0
-    for a in sorted(parts, key=lambda p: p.node_rank):
-        if any(first <= r < first + a.gpus for r in ranks):
-            out.append(a)
-        first += a.gpus
-    return out
-
-
-def attribute(parts: list[Assignment], findings: list[Finding],
-              attribution: dict | None = None, *,
-              consumer_code: bool = False) -> tuple[Finding, list[Assignment]]:
-    """The finding the dispute is named by, and the assignments at fault (none: the dispute
-    is not attributed, and nobody is slashed without staff).
-    - Rank 0's own products (uploads, commitments, its metric) are its own in any job.
-    - A replay mismatch of an attempt on one node is that node's.
-    - A replay mismatch of a DDP attempt across nodes is pinned on the nodes whose ranks the
-      replay of the per-rank gradient commitments named (workers/training/replay.py
-      attribute_segment: only when every node's copy of them agrees and the named ranks
-      stand out from the others at the first step that differs); otherwise on nobody.
-    - A job that runs the consumer's own code (a code bundle) is replayed and evaluated by
-      that code, which its author could make disagree on the verifier alone: there only what
-      needs none of it (a checkpoint not committed in time) is pinned on a node, and the rest
-      goes to staff, so no consumer gets an honest provider slashed through its own task."""
-    rank0 = next(a for a in parts if a.node_rank == 0)
-    if consumer_code:
-        for f in findings:
-            if f.reason == Dispute.Reason.CHECKPOINT_UNCOMMITTED:
-                return f, [rank0]
-        return findings[0], []
-    single = len({a.node_rank for a in parts}) <= 1
-    for f in findings:
-        if f.reason in RANK0_OWN or (single and f.reason == Dispute.Reason.REPLAY_MISMATCH):
-            return f, [rank0]
-    mismatch = next((f for f in findings if f.reason == Dispute.Reason.REPLAY_MISMATCH), None)
-    if mismatch is not None and attribution and attribution["ranks"]:
-        culprits = ranks_of(parts, attribution["ranks"])
-        return Finding(mismatch.reason, f"{mismatch.detail} {attribution['detail']}"), culprits
-    return findings[0], []
-
-
-def _dispute(job: Job, parts: list[Assignment], named: Finding, at_fault: list[Assignment],
-             findings: list[Finding], *, report: VerificationReport | None) -> Dispute:
-    """The attempt's disputes for its bad work: one per node at fault (its slash queued), or
-    one unattributed dispute on rank 0's assignment; and the nodes that do not run this job
-    again. Returns the first."""
-    rank0 = next(a for a in parts if a.node_rank == 0)
-    evidence = [named, *(f for f in findings if f is not named)]
-    disputes = []
-    for a in at_fault or [rank0]:
-        dispute, created = Dispute.objects.get_or_create(
-            assignment=a, reason=named.reason,
-            defaults={"job": job, "provider_id": a.node.provider_id, "verification": report,
-                      "attributed": bool(at_fault),
-                      "detail": " ".join(f.detail for f in evidence)[:2000]})
-        if created and at_fault:
-            enqueue.enqueue(SLASH_TASK, dispute.pk)
-        disputes.append(dispute)
-    if at_fault:
-        leave_out = [a.node_id for a in at_fault]
-    elif named.reason == Dispute.Reason.VERIFICATION_ERROR:
-        leave_out = []  # nothing is known against the nodes
-    else:  # the work was bad but its author is unknown: none of them runs this job again
-        leave_out = [a.node_id for a in parts]
-    missing = [n for n in leave_out if n not in job.excluded_nodes]
-    if missing:
-        job.excluded_nodes = [*job.excluded_nodes, *missing]
-        job.save(update_fields=["excluded_nodes", "updated_at"])
-    return disputes[0]
-
-
-def _whose(parts: list[Assignment], at_fault: list[Assignment]) -> str:
-    if at_fault:
-        nodes = ", ".join(str(a.node_id) for a in at_fault)
-        return f"node {nodes}'s work" if len(at_fault) == 1 else f"the work of nodes {nodes}"
-    return (f"the work of nodes {', '.join(str(a.node_id) for a in parts)} (it cannot be "
-            "pinned on one of them: nobody is slashed automatically, staff review it)")
-
-
 def _failed(job: Job, report: VerificationReport, findings: list[Finding], *,
             outcome: str = "verification_failed", attribution: dict | None = None) -> None:
     parts = list(Assignment.objects.select_related("node").filter(job=job, attempt=report.attempt)
@@ -497,14 +395,14 @@ def _failed(job: Job, report: VerificationReport, findings: list[Finding], *,
     # finding if any; the others are its evidence. Two findings are one piece of dishonest
     # work, not two. An unattributed dispute still names rank 0's assignment (a dispute is
     # about an attempt's work) but is never slashed without staff and costs no reputation.
-    dispute = _dispute(job, parts, named, at_fault, findings, report=report)
+    dispute = dispute_open(job, parts, named, at_fault, findings, report=report)
     if job.status != S.VERIFYING or job.attempt != report.attempt:
         return
     why = "; ".join(sorted({f.reason for f in findings}))
     if named.reason == Dispute.Reason.VERIFICATION_ERROR:
         whose = "this attempt's work (staff review it; nobody is slashed automatically)"
     else:
-        whose = _whose(parts, at_fault)
+        whose = whose_work(parts, at_fault)
     message = (f"Verification {'could not finish' if outcome == 'verification_error' else 'failed'} "
                f"({why}) for {whose}: {named.detail} That work is not charged; the job runs again "
                "elsewhere.")
@@ -516,218 +414,3 @@ def _failed(job: Job, report: VerificationReport, findings: list[Finding], *,
     job_states.transition(job_id=job.pk, to=S.INTERRUPTED, reason=outcome,
                           message=message, data={"verification": report.pk, "dispute": dispute.pk})
     enqueue.match_job(job.pk)
-
-
-# --- the resume point of a broken or paused attempt ------------------------------------------
-def _replay_plan(ckpt: Checkpoint, parts: list[Assignment], rng: secrets.SystemRandom | None
-                 ) -> tuple[dict | None, str]:
-    """What to replay before the work up to `ckpt` is trusted: always the segment that ends
-    at it, and random earlier ones of its assignment within VERIFY_REPLAY_SHARE of the work.
-    None (and why) when it cannot be replayed."""
-    a = ckpt.assignment
-    own = list(a.checkpoints.filter(step__lte=ckpt.step, status__in=(Checkpoint.Status.VALID,
-                                                                    Checkpoint.Status.VERIFIED))
-               .order_by("step"))
-    counted, _ = counted_checkpoints(own, finished_at=a.finished_at)
-    if ckpt.pk not in {c.pk for c in counted}:
-        return None, "it was not committed before the next checkpoint or the end of its run"
-    start = a.resume_step or 0
-    paths: dict[int, str | None] = {c.step: c.file.path for c in counted if c.step > start}
-    if start == 0:
-        paths[0] = None  # the initial state, made from the job's seed
-    else:
-        resumed = (checkpoints_resumable(Checkpoint.objects.filter(job_id=a.job_id, step=start))
-                   .exclude(assignment=a).first())
-        if resumed is not None:
-            paths[start] = resumed.file.path
-    boundaries = sorted(paths)
-    if len(boundaries) < 2:
-        return None, f"there is no earlier checkpoint to replay the steps up to {ckpt.step} from"
-    last = (boundaries[-2], boundaries[-1])
-    budget = math.floor(settings.VERIFY_REPLAY_SHARE * (ckpt.step - start)) - (last[1] - last[0])
-    earlier = list(zip(boundaries[:-2], boundaries[1:-1], strict=True))
-    (rng or secrets.SystemRandom()).shuffle(earlier)
-    segments = [last]
-    for a_step, b_step in earlier:
-        if b_step - a_step <= budget:
-            segments.append((a_step, b_step))
-            budget -= b_step - a_step
-    segments.sort()
-    needed = {step for seg in segments for step in seg}
-    return {
-        "template": ckpt.job.template, "params": ckpt.job.params, "world_size": sum(p.gpus for p in parts),
-        "checkpoints": {step: paths[step] for step in sorted(needed)}, "segments": segments,
-        "threshold": settings.VERIFY_REPLAY_THRESHOLD, "check_model": False,
-        "commitments": _commitments(ckpt.job, parts, segments),
-    }, ""
-
-
-def checkpoint_replay(*, checkpoint_id: int, check: CheckAttempt,
-                      rng: secrets.SystemRandom | None = None) -> str:
-    """Replay the work up to the checkpoint a broken or paused attempt would be resumed from
-    and paid up to (replays.replay_request asks for it). Passed: it is VERIFIED. Failed: the
-    attempt's work is disputed as a failed verification is (not charged; slashed only when
-    it ran on one node), its checkpoints are rejected and the job resumes from an earlier
-    trusted one. Returns the checkpoint's status; idempotent (a redelivered task finds it
-    decided)."""
-    ckpt = (Checkpoint.objects.select_related("job", "job__dataset", "assignment")
-            .filter(pk=checkpoint_id).first())
-    if ckpt is None or ckpt.status != Checkpoint.Status.VALID:
-        return ckpt.status if ckpt else "missing"
-    parts = list(Assignment.objects.select_related("node")
-                 .filter(job_id=ckpt.job_id, attempt=ckpt.assignment.attempt).order_by("node_rank"))
-    plan, why_not = _replay_plan(ckpt, parts, rng)
-    findings: list[Finding] = []
-    result: dict[str, Any] = {"segments": [], "replay_steps": 0}
-    if plan is not None:
-        with _inputs(ckpt.job) as (dataset, task):
-            result = check({**plan, **task}, dataset)  # torch: outside any transaction
-        findings = [Finding(Dispute.Reason(r), d) for r, d in result["findings"]]
-    record = {"segments": result["segments"], "replay_steps": result["replay_steps"],
-              "train_steps": max(0, ckpt.step - (ckpt.assignment.resume_step or 0)),
-              "checked_at": timezone.now().isoformat(), "attribution": result.get("attribution")}
-    with transaction.atomic():
-        job = Job.objects.select_for_update().get(pk=ckpt.job_id)
-        C = Checkpoint.Status
-        if plan is None:
-            done = Checkpoint.objects.filter(pk=ckpt.pk, status=C.VALID).update(
-                status=C.REJECTED, rejected_reason=f"it cannot be replayed: {why_not}"[:500], replay=record)
-            if done:
-                job_states.note(job_id=job.pk, reason="checkpoint_rejected",
-                                data={"checkpoint": ckpt.pk, "step": ckpt.step},
-                                message=f"The checkpoint at step {ckpt.step} cannot be replayed ({why_not}): "
-                                        "work is neither resumed from it nor paid up to it.")
-        elif findings:
-            done = Checkpoint.objects.filter(pk=ckpt.pk, status=C.VALID).update(
-                status=C.REJECTED, rejected_reason=findings[0].detail[:500], replay=record)
-            if done:
-                Checkpoint.objects.filter(assignment=ckpt.assignment, status=C.VALID).update(
-                    status=C.REJECTED, rejected_reason=f"its attempt's work up to step {ckpt.step} "
-                                                       "does not replay")
-                named, at_fault = attribute(parts, findings, result.get("attribution"),
-                                            consumer_code=ckpt.job.bundle_id is not None)
-                dispute = _dispute(job, parts, named, at_fault, findings, report=None)
-                whose = _whose(parts, at_fault)
-                job_states.note(job_id=job.pk, reason="replay_failed",
-                                data={"checkpoint": ckpt.pk, "step": ckpt.step, "dispute": dispute.pk},
-                                message=f"The work up to step {ckpt.step} does not replay, for {whose}: "
-                                        f"{named.detail} That attempt is not charged; the job resumes "
-                                        "from an earlier checked checkpoint.")
-        else:
-            done = Checkpoint.objects.filter(pk=ckpt.pk, status=C.VALID).update(
-                status=C.VERIFIED, replay=record)
-            if done:
-                worst = max((seg["rel_l2"] or 0 for seg in result["segments"]), default=0)
-                job_states.note(job_id=job.pk, reason="checkpoint_replayed",
-                                data={"checkpoint": ckpt.pk, "step": ckpt.step},
-                                message=f"The work up to step {ckpt.step} replays ({len(result['segments'])} "
-                                        f"segment(s), {result['replay_steps']} steps, largest distance "
-                                        f"{worst:.1e}): resumed from and paid up to it.")
-    if done and Job.objects.filter(pk=ckpt.job_id, status=Job.Status.MATCHING).exists():
-        enqueue.match_job(ckpt.job_id)  # placement waited for this check
-    return Checkpoint.objects.filter(pk=ckpt.pk).values_list("status", flat=True).get()
-
-
-def checkpoint_replay_error(*, checkpoint_id: int, message: str) -> None:
-    """The replay could not finish after its retries: the checkpoint stays untrusted (neither
-    resumed from nor paid up to: the safe side; placement stops waiting for it after
-    CHECKPOINT_CHECK_WAIT_S), and the timeline says so for staff."""
-    ckpt = Checkpoint.objects.filter(pk=checkpoint_id, status=Checkpoint.Status.VALID).first()
-    if ckpt is None or ckpt.replay.get("error"):
-        return
-    Checkpoint.objects.filter(pk=ckpt.pk).update(replay={"error": message[:500]})
-    job_states.note(job_id=ckpt.job_id, reason="checkpoint_replay_error",
-                    data={"checkpoint": ckpt.pk, "step": ckpt.step},
-                    message=f"The replay of the work up to step {ckpt.step} could not finish: "
-                            f"{message[:300]}")
-
-
-# --- checkpoints, one by one, when they are uploaded ------------------------------------------
-# Waiting for the progress that names a checkpoint's step: the agent sends it over its
-# socket just before the upload (plain HTTP), so it is normally there first.
-PROGRESS_WAIT_S = 30
-
-
-def checkpoint_validate_enqueue(checkpoint: Checkpoint) -> None:
-    enqueue.enqueue(VALIDATE_TASK, checkpoint.pk)
-
-
-def _checkpoint_problem(ckpt: Checkpoint, problem_of: CheckpointProblem) -> str | None:
-    """Why a checkpoint cannot be resumed from, or None (workers.verify.checkpoint_problem)."""
-    job = ckpt.job
-    world = sum(job.assignments.filter(attempt=ckpt.assignment.attempt).values_list("gpus", flat=True))
-    with _inputs(job) as (dataset, task):
-        return problem_of(ckpt.file.path, step=ckpt.step, template=job.template, params=job.params,
-                          dataset=dataset, world_size=world, bundle=task.get("bundle"))
-
-
-def _progress_problem(ckpt: Checkpoint) -> str | None:
-    """A checkpoint's step must be one the assignment trained: after where it resumed, and
-    not beyond the progress it reported. None when it fits, "wait" while the progress may
-    still be on its way."""
-    a = ckpt.assignment
-    if ckpt.step <= (a.resume_step or 0):
-        return f"step {ckpt.step} is not after step {a.resume_step or 0}, where this placement started"
-    reported = max(MetricPoint.objects.filter(assignment=a).order_by("-step")
-                   .values_list("step", flat=True).first() or 0, a.last_step or 0)
-    if ckpt.step <= reported:
-        return None
-    if timezone.now() - ckpt.created_at < timedelta(seconds=PROGRESS_WAIT_S):
-        return "wait"
-    return f"step {ckpt.step} is ahead of the progress this node reported (step {reported})"
-
-
-def checkpoint_validate(*, checkpoint_id: int, problem_of: CheckpointProblem) -> str:
-    """Check one uploaded checkpoint once with `problem_of` (the torch half); returns its
-    status ("pending" while the progress that names its step may still arrive: call again
-    later). A rejected checkpoint is never resumed from nor paid up to; the timeline says why."""
-    ckpt = (Checkpoint.objects.select_related("job", "job__dataset", "assignment")
-            .filter(pk=checkpoint_id).first())
-    if ckpt is None or ckpt.status != Checkpoint.Status.PENDING:
-        return ckpt.status if ckpt else "missing"
-    problem = _progress_problem(ckpt)
-    if problem == "wait":
-        return Checkpoint.Status.PENDING
-    problem = problem or _checkpoint_problem(ckpt, problem_of)  # torch: outside any transaction
-    status = Checkpoint.Status.REJECTED if problem else Checkpoint.Status.VALID
-    with transaction.atomic():
-        done = Checkpoint.objects.filter(pk=ckpt.pk, status=Checkpoint.Status.PENDING).update(
-            status=status, rejected_reason=(problem or "")[:500], validated_at=timezone.now())
-        if done and problem:
-            # Its author uploaded what no node can resume from: it is not placed on this job
-            # again (nor paid for it, metering.paid_checkpoint_at); a node that later fails
-            # to load a checkpoint is never the one blamed (execution._resume_failed).
-            job = Job.objects.select_for_update().get(pk=ckpt.job_id)
-            if ckpt.assignment.node_id not in job.excluded_nodes:
-                job.excluded_nodes = [*job.excluded_nodes, ckpt.assignment.node_id]
-                job.save(update_fields=["excluded_nodes", "updated_at"])
-            job_states.note(job_id=ckpt.job_id, reason="checkpoint_rejected",
-                            data={"checkpoint": ckpt.pk, "step": ckpt.step, "node": ckpt.assignment.node_id},
-                            message=f"The checkpoint at step {ckpt.step} from node {ckpt.assignment.node_id} "
-                                    f"was rejected: {problem}. Work is neither resumed from it nor paid "
-                                    "up to it.")
-    if done and Job.objects.filter(pk=ckpt.job_id, status=Job.Status.MATCHING).exists():
-        enqueue.match_job(ckpt.job_id)  # placement waited for this check (jobs_awaiting_checkpoint_check)
-    return Checkpoint.objects.filter(pk=ckpt.pk).values_list("status", flat=True).get()
-
-
-def checkpoints_stale(*, older_than_s: float = 120, give_up_after_s: float = 3600) -> int:
-    """Queue again the checks of checkpoints still pending (a lost task): periodic. One
-    whose check keeps failing on our side is left pending after `give_up_after_s` (neither
-    resumed from nor paid up to: the safe side), not retried for ever."""
-    now = timezone.now()
-    stale = list(Checkpoint.objects.filter(status=Checkpoint.Status.PENDING,
-                                           created_at__lt=now - timedelta(seconds=older_than_s),
-                                           created_at__gt=now - timedelta(seconds=give_up_after_s))
-                 .values_list("pk", flat=True)[:200])
-    for pk in stale:
-        enqueue.enqueue(VALIDATE_TASK, pk)
-    # Replays asked for and never answered (a lost task; one that ran raised or decided).
-    lost = list(Checkpoint.objects.filter(status=Checkpoint.Status.VALID, replay={},
-                                          replay_requested_at__lt=now - RUN_LIMIT,
-                                          replay_requested_at__gt=now - RUN_LIMIT - timedelta(
-                                              seconds=give_up_after_s))
-                .values_list("pk", flat=True)[:200])
-    for pk in lost:
-        enqueue.enqueue(task_names.CHECKPOINT_REPLAY, pk)
-    return len(stale) + len(lost)

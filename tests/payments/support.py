@@ -70,7 +70,7 @@ def assignment(job: Job, node: Node, *, minutes: float, status: str = A.SUCCEEDE
 
 def checkpoint(a: Assignment, *, after_minutes: float, step: int = 10, committed: bool = True) -> Checkpoint:
     at = a.started_at + timedelta(minutes=after_minutes)
-    # Checked valid on upload and the work up to it replayed (verification.checkpoint_replay):
+    # Checked valid on upload and the work up to it replayed (checkpoint_checks.checkpoint_replay):
     # only such are paid up to.
     return Checkpoint.objects.create(job=a.job, assignment=a, step=step, sha256="0" * 64, size_bytes=1,
                                      file=f"checkpoints/test-{a.pk}-{step}.pt",
