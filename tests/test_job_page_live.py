@@ -62,7 +62,7 @@ def test_page_ships_the_chart_library_and_the_socket_address(client, alice, heal
     assert f'data-progress-url="{reverse("job_progress", args=[job.pk])}"' in html
     # No CDN, and no more polling: the WebSocket replaced the 3-second htmx trigger.
     assert "cdn.jsdelivr" not in html and "unpkg.com" not in html
-    assert "hx-trigger" not in html
+    assert "hx-trigger=\"every" not in html  # the header balance loads once (hx-trigger="load")
 
 
 def test_page_renders_progress_eta_throughput_and_cost_without_javascript(client, alice, healthcare):
@@ -116,7 +116,7 @@ def test_progress_partial_still_serves_reloads_without_javascript(client, alice,
     html = response.content.decode()
     assert response.status_code == 200
     assert html.lstrip().startswith('<div id="job-progress"')
-    assert "Step 40 of 100" in html and 'data-testid="cost-so-far">5.00<' in html and "hx-trigger" not in html
+    assert "Step 40 of 100" in html and 'data-testid="cost-so-far">5.00<' in html and "hx-trigger=\"every" not in html
 
 
 def test_other_organizations_cannot_see_the_page(client, bob, healthcare):
