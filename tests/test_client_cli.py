@@ -16,8 +16,10 @@ import pytest
 from computemesh_client import OPERATIONS, Client, Conflict, NotFound, ValidationError, job_succeeded
 from rest_framework.authtoken.models import Token
 
+from marketplace.models import Assignment, LogLine
+
 from .browser_support import ROOT, free_port
-from .factories import JobFactory
+from .factories import JobFactory, NodeFactory, OfferFactory
 from .live_server import daphne
 from .platform_logs import LogFile, watch
 from .venvs import declared, linked_venv
@@ -194,6 +196,32 @@ def test_account_faucet_and_disputes_from_the_command_line(base, alice, healthca
     not_yours = one_line_error(cm("jobs", "dispute", str(theirs.pk), "the loss never went down at all",
                                   url=base, token=token, config=tmp_path), 3)
     assert "404" in not_yours or "403" in not_yours
+
+
+@live
+def test_jobs_logs_shows_each_ranks_lines_filters_them_and_refuses_another_tenant(base, alice, healthcare,
+                                                                                   energy, tmp_path):
+    job = JobFactory(owner=healthcare, status="running")
+    node = NodeFactory()
+    offer = OfferFactory(node=node)
+    a = Assignment.objects.create(job=job, node=node, offer=offer, attempt=1, node_rank=0, gpus=2,
+                                  price_per_gpu_hour=offer.price_per_gpu_hour, status="running")
+    for seq, (rank, line) in enumerate([(None, "torchrun starts"), (0, "runtime: rank 0 in <job>"),
+                                        (1, "runtime: rank 1 in <job>"), (0, "epoch 1 loss 0.5")], 1):
+        LogLine.objects.create(job=job, assignment=a, seq=seq, rank=rank, line=line)
+    token = Token.objects.create(user=alice).key
+    every = cm("jobs", "logs", str(job.pk), url=base, token=token, config=tmp_path)
+    assert every.returncode == 0, every.stderr
+    assert every.stdout.splitlines() == ["[launcher] torchrun starts", "[rank 0] runtime: rank 0 in <job>",
+                                         "[rank 1] runtime: rank 1 in <job>", "[rank 0] epoch 1 loss 0.5"]
+    ranked = cm("jobs", "logs", str(job.pk), "--rank", "0", "--grep", "loss", "--json", url=base, token=token,
+                config=tmp_path)
+    assert [json.loads(x)["line"] for x in ranked.stdout.splitlines()] == ["epoch 1 loss 0.5"]
+    with Client(base, token) as c:
+        assert [x["seq"] for x in c.logs(job.pk, after=2)] == [3, 4]
+    theirs = JobFactory(owner=energy, status="running")
+    refused = cm("jobs", "logs", str(theirs.pk), url=base, token=token, config=tmp_path)
+    assert "404" in one_line_error(refused, 3)
 
 
 @live

@@ -64,6 +64,7 @@ OPERATIONS: dict[str, tuple[str, str, bool]] = {
     "jobs_checkpoint": ("GET", "/api/v1/jobs/{id}/checkpoint/", True),
     "jobs_verification": ("GET", "/api/v1/jobs/{id}/verification/", True),
     "jobs_metrics": ("GET", "/api/v1/jobs/{id}/metrics/", True),
+    "jobs_logs": ("GET", "/api/v1/jobs/{id}/logs/", True),
     "datasets_list": ("GET", "/api/v1/datasets/", True),
     "datasets_create": ("POST", "/api/v1/datasets/", True),  # with its Idempotency-Key
     "datasets_delete": ("DELETE", "/api/v1/datasets/{id}/", True),
@@ -351,6 +352,28 @@ class Client:
     def metrics(self, job_id: int, after_seq: int = 0) -> list[JSON]:
         return cast(list[JSON], self._json("jobs_metrics", path_args={"id": job_id},
                                            params={"after_seq": after_seq}))
+
+    def logs(self, job_id: int, *, after: int = 0, rank: int | None = None, q: str = "",
+             limit: int | None = None) -> Iterator[JSON]:
+        """The job's output lines in order ({seq, rank, stream, line, at}; rank None: the
+        launcher's own), the provider's paths redacted; `rank` and `q` (a substring) filter.
+        Pages through the API 1,000 lines at a time."""
+        sent = 0
+        while True:
+            params: dict[str, Any] = {"after": after}
+            if rank is not None:
+                params["rank"] = rank
+            if q:
+                params["q"] = q
+            lines = self._json("jobs_logs", path_args={"id": job_id}, params=params)["lines"]
+            for line in lines:
+                if limit is not None and sent >= limit:
+                    return
+                yield line
+                sent += 1
+            if len(lines) < 1000:
+                return
+            after = lines[-1]["seq"]
 
     def verification_report(self, job_id: int) -> JSON:
         return cast(JSON, self._json("jobs_verification", path_args={"id": job_id}))

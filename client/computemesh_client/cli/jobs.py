@@ -97,17 +97,31 @@ def jobs_watch(state: State, job_id: int, logs: bool) -> None:
 @jobs.command("logs")
 @click.argument("job_id", type=int)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the job ends.")
+@click.option("--rank", type=click.IntRange(0), help="Only this global rank's lines.")
+@click.option("--grep", "text", metavar="TEXT", help="Only lines containing TEXT.")
 @json_option
 @pass_state
-def jobs_logs(state: State, job_id: int, follow: bool) -> None:
-    """The job's newest log lines (500 at most), and with --follow the ones to come."""
+def jobs_logs(state: State, job_id: int, follow: bool, rank: int | None, text: str | None) -> None:
+    """The job's output lines per rank (the provider's paths redacted), and with --follow the
+    ones to come."""
     client = state.client()
     from ..live import watch_job_blocking
 
-    kwargs: dict[str, Any] = {"until": TERMINAL} if follow else {"until": None, "history_only": True}
-    for event in watch_job_blocking(client.url, client.token, job_id, **kwargs):
-        if event.type == "log":
-            click.echo(json.dumps(event.data) if state.json else event.data.get("line", ""))
+    def show(line: dict) -> None:
+        if (rank is not None and line.get("rank") != rank) or (text and text not in line.get("line", "")):
+            return
+        who = "launcher" if line.get("rank") is None else f"rank {line['rank']}"
+        click.echo(json.dumps(line) if state.json else f"[{who}] {line.get('line', '')}")
+
+    last = 0
+    for line in client.logs(job_id, rank=rank, q=text or ""):
+        show(line)
+        last = max(last, int(line.get("seq") or 0))
+    if not follow:
+        return
+    for event in watch_job_blocking(client.url, client.token, job_id, until=TERMINAL):
+        if event.type == "log" and int(event.data.get("seq") or 0) > last:
+            show(event.data)
 
 
 @jobs.command("metrics")
