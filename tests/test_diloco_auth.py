@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from workers.agent.launcher import free_port
-from workers.training import diloco, outer, run
+from workers.training import diloco, group, outer
 
 from .test_diloco import SHAPES, run_all, same, state_of, vec
 
@@ -102,6 +102,6 @@ def test_a_forged_chunk_in_an_inbox_is_refused_and_the_round_still_agrees():
 
 
 def test_the_rendezvous_store_prefix_depends_on_the_jobs_secret():
-    assert run.store_prefix(None, "0") == "computemesh/attempt_0"
-    mine, other = run.store_prefix(SECRET, "0"), run.store_prefix(b"x" * 32, "0")
+    assert group.store_prefix(None, "0") == "computemesh/attempt_0"
+    mine, other = group.store_prefix(SECRET, "0"), group.store_prefix(b"x" * 32, "0")
     assert mine != other and mine.endswith("/attempt_0") and SECRET.hex() not in mine

@@ -39,7 +39,7 @@ DIGEST_BYTES = 32
 
 def state_digest(state: dict) -> bytes:
     """SHA-256 over a model state's tensors by name: the same bits give the same digest,
-    whether they are a rank's parameters or a checkpoint's (run.param_digest's too)."""
+    whether they are a rank's parameters or a checkpoint's (diloco_node.param_digest's too)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(state.items()):
         digest.update(name.encode())

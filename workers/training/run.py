@@ -21,13 +21,15 @@ Two ways to synchronise several nodes (the job's `sync`):
 - diloco: each node runs its own process group (DDP among its ranks, launched standalone);
   every H steps the node leaders exchange pseudo-gradients through `outer.py`, and every
   rank continues from the new global model. See docs/architecture.md.
+
+The process group's setup is group.py, a DiLoCo node's part diloco_node.py; this module is
+the rank's trainer (its topology, the loop and its one teardown), a little over 400 lines
+because the loop's steps (report, checkpoint, pause, outer round, finish) read best together.
 """
 
 from __future__ import annotations
 
 import faulthandler
-import hashlib
-import hmac
 import json
 import os
 import signal
@@ -41,180 +43,24 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import checkpoint, commitments, diloco, faults, outer, schedule
+from . import checkpoint, commitments, diloco, faults, schedule
 from . import task as tasks
+from .diloco_node import DiLoCoNode, param_digest
 from .events import EventWriter
+from .group import gather_digests, init_process_group, job_secret
 
 REPORTS_PER_RUN = 400  # progress points per run, at most (plus one per checkpoint)
 PAUSE_CHECK_EVERY = 10  # steps between checks of the agent's pause file (budget safety)
 # DiLoCo: a node's leader may wait this long on the other nodes (a whole round of the
 # slowest, or the start of a replacement), so its own ranks wait as long for it.
 OUTER_WAIT_S = 900
-STARTUP_TIMEOUT_S = 120  # the host waits this long for the other leaders before step 1
 # Every node's leader tells its agent that its ranks still complete steps at least this often
 # (time, not steps: a cheap file append however fast or slow the steps are).
 LIVENESS_EVERY_S = 2.0
-DIGEST_BYTES = 32  # a SHA-256: each rank's fixed-size slot in the final digest exchange
-
-
-def param_digest(model: torch.nn.Module) -> str:
-    return commitments.state_digest(model.state_dict()).hex()
-
-
-class DiLoCoNode:
-    """This node's part of DiLoCo. Its leader (local rank 0) keeps the global parameters
-    and the outer optimizer and talks to the other nodes (node rank 0's leader hosts the
-    exchange); then every rank of the node continues from the new global model, handed
-    over by a broadcast inside the node."""
-
-    def __init__(self, *, spec: dict, sync: diloco.SyncConfig, model: torch.nn.Module, leader: bool,
-                 node_rank: int, nnodes: int, start_step: int, outer_state: dict | None, log):
-        self.sync, self.model, self.leader = sync, model, leader
-        self.node_rank, self.nnodes, self.log = node_rank, nnodes, log
-        self.params = list(model.parameters())
-        self.shapes = [p.shape for p in self.params]
-        self.global_params: list[torch.Tensor] = []
-        self.opt = diloco.OuterNesterov(sync.outer_lr, sync.outer_momentum)
-        self.opt.load_state_dict(outer_state)
-        self.link: outer.OuterHost | outer.OuterMember | None = None
-        if not leader:
-            return
-        self.global_params = [p.detach().cpu().float().clone() for p in self.params]
-        address = spec["outer"]
-        secret = job_secret(spec)  # every message between the nodes carries its HMAC
-        if node_rank == 0:
-            self.link = outer.OuterHost(port=int(address["port"]), precision=sync.precision,
-                                        shapes=self.shapes, log=log, secret=secret,
-                                        peer_timeout_s=float(spec.get("peer_timeout_s", 15)))
-        else:
-            self.link = outer.OuterMember(host=address["host"], port=int(address["port"]),
-                                          precision=sync.precision, shapes=self.shapes,
-                                          node_rank=node_rank, member=str(spec.get("member", "")),
-                                          digest=self.digest(), step=start_step, log=log,
-                                          advertise_host=spec.get("advertise_host"), secret=secret,
-                                          peer_timeout_s=float(spec.get("peer_timeout_s", 15)))
-
-    @property
-    def sent(self) -> int:
-        return self.link.sent if self.link is not None else 0
-
-    def digest(self) -> str:
-        digest = hashlib.sha256()
-        for tensor in self.global_params:
-            digest.update(tensor.contiguous().numpy().tobytes())
-        return digest.hexdigest()
-
-    def _state(self) -> tuple[dict, bytes]:
-        tensors = self.global_params + (self.opt.buffers or [])
-        return {"momentum": self.opt.buffers is not None}, diloco.encode(tensors, "fp32")
-
-    @torch.no_grad()
-    def _publish(self) -> None:
-        """Every rank of the node takes the leader's global parameters."""
-        for param, value in zip(self.params, self.global_params or self.params, strict=True):
-            if self.leader:
-                param.copy_(value.to(param.device))
-            dist.broadcast(param.data, src=0)
-
-    def start(self, step: int) -> int | None:
-        """Join the other nodes. Returns the step to train from, or None when the job ended
-        before this node could join."""
-        status = torch.tensor([step, 0], dtype=torch.long)
-        if isinstance(self.link, outer.OuterHost):
-            self.link.wait_for_joiners(self.nnodes - 1, STARTUP_TIMEOUT_S)
-            self.link.admit(round_=step, step=step, digest=self.digest(), state=self._state)
-        elif isinstance(self.link, outer.OuterMember):
-            admitted = self.link.join()
-            if admitted is None:
-                status[1] = 1
-            else:
-                if admitted["params"] is not None:
-                    self.global_params = admitted["params"]
-                    self.opt.load_state_dict({"buffers": admitted["momentum"]})
-                status[0] = admitted["step"]
-                self.log(f"outer: node rank {self.node_rank} joined at step {admitted['step']}")
-        if status.device.type != self.params[0].device.type:
-            status = status.to(self.params[0].device)
-        dist.broadcast(status, src=0)
-        if int(status[1]):
-            return None
-        self._publish()
-        return int(status[0])
-
-    def outer_step(self, step: int, *, final: bool) -> dict | None:
-        """Average the nodes' pseudo-gradients Δ = θ_global − θ_local and apply the outer
-        Nesterov step; every rank continues from the new global parameters."""
-        header = None
-        if self.leader:
-            assert self.link is not None  # every leader opened its link in __init__
-            local = [p.detach().cpu().float() for p in self.params]
-            pseudo = [g - x for g, x in zip(self.global_params, local, strict=True)]
-            average, header = self.link.exchange(step, pseudo, final=final)
-            self.opt.step(self.global_params, average)
-            if isinstance(self.link, outer.OuterHost):
-                self.link.admit(round_=step, step=step, digest=self.digest(), state=self._state,
-                                finished=final)
-                if final:
-                    self.link.finish(step)
-        self._publish()
-        return header
-
-    def close(self) -> None:
-        if self.link is not None:
-            self.link.close()
-
-
-def gather_digests(own: bytes, *, group_size: int, device: torch.device) -> list[str]:
-    """Every rank's 32-byte SHA-256, gathered as a fixed-shape uint8 tensor, hex-encoded.
-
-    Never `all_gather_object`: it unpickles each rank's contribution, so a hostile peer's
-    object ran its command in rank 0's process (issue 13). A peer can only fill its own 32
-    bytes here, and they are only ever read as data."""
-    if len(own) != DIGEST_BYTES:
-        raise ValueError(f"a digest is {DIGEST_BYTES} bytes, not {len(own)}")
-    mine = torch.tensor(list(own), dtype=torch.uint8, device=device)
-    parts = [torch.zeros(DIGEST_BYTES, dtype=torch.uint8, device=device) for _ in range(group_size)]
-    dist.all_gather(parts, mine)
-    return [bytes(part.cpu().tolist()).hex() for part in parts]
 
 
 def _emit_log(message: str) -> None:
     print(message, flush=True)
-
-
-def job_secret(spec: dict) -> bytes | None:
-    """The per-job secret the platform gave this job's agents only (hex), if any."""
-    value = spec.get("job_secret")
-    return bytes.fromhex(value) if value else None
-
-
-def store_prefix(secret: bytes | None, restart: str) -> str:
-    """The rendezvous store's namespace for this restart. Under the job's secret its name
-    cannot be guessed (the store lists no keys), so a stranger who reaches the store cannot
-    plant the group's keys (gloo's peer addresses) for this job."""
-    if secret is None:
-        return f"computemesh/attempt_{restart}"
-    tag = hmac.new(secret, b"computemesh-rdzv", hashlib.sha256).hexdigest()[:32]
-    return f"computemesh/{tag}/attempt_{restart}"
-
-
-def init_process_group(backend: str, *, timeout: timedelta, secret: bytes | None = None) -> None:
-    """The group over torchrun's store, in a namespace of this restart's own.
-
-    Under a static rendezvous (a node's ranks, or several nodes' over --master-addr) every
-    rank is a client of the one store torchrun hosts for its whole life, and torch's env://
-    rendezvous does not prefix its keys per attempt (it assumes a new store per restart).
-    A group restarted after a rank died then read the dead ranks' gloo addresses: here
-    8 of 15 restarts came up, 6 failed again, 1 hung in connectFullMesh."""
-    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or restart is None:
-        dist.init_process_group(backend, timeout=timeout)
-        return
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
-                          is_master=False, timeout=timeout)
-    dist.init_process_group(backend, store=dist.PrefixStore(store_prefix(secret, restart), store),
-                            rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
-                            timeout=timeout)
 
 
 @dataclass(frozen=True)
