@@ -1,4 +1,7 @@
-"""One assignment on this node: fetch its inputs, run its ranks, report what happens."""
+"""One assignment on this node: fetch its inputs, run its ranks, report what happens.
+
+A little over 400 lines: one assignment's life (inputs, launch, watch, uploads, the end)
+reads as one story; the sandbox, the logs, the launcher and transfers have their modules."""
 
 from __future__ import annotations
 
@@ -134,23 +137,7 @@ class AssignmentRun:
             # DiLoCo: rank 0's advertised address is where its leader coordinates the outer
             # synchronisation; each node trains in a process group of its own.
             diloco = sync.get("mode") == "diloco" and s["nnodes"] > 1
-            spec = {
-                "template": s.get("template"), "bundle": bundle, "params": s["params"], "dataset": dataset,
-                "data_dir": dataset.get("data_dir"),
-                "workdir": str(self.dir), "backend": s.get("backend", "gloo"),
-                "resume_from": str(self.dir / "resume.pt") if s.get("resume_checkpoint_url") else None,
-                "pg_timeout_s": s.get("pg_timeout_s", 60),
-                "sync": sync, "nnodes": s["nnodes"], "node_rank": s["node_rank"],
-                "verify": s.get("verify"),  # checkpoint cadence for the platform's spot checks
-                "pause_file": str(self.dir / "pause"),
-                # The platform's per-job secret: this job's nodes authenticate each other with it.
-                "job_secret": s.get("job_secret"),
-            }
-            if diloco:
-                self.rank_logs.rank_offset = s["node_rank"] * s["nproc_per_node"]
-                # advertise_host: where the other leaders reach this one's chunk inbox.
-                spec.update(outer=rdzv, member=str(self.id), peer_timeout_s=s.get("peer_timeout_s", 15),
-                            advertise_host=self.agent.advertise_addr)
+            spec = self._spec(dataset=dataset, bundle=bundle, rdzv=rdzv, sync=sync, diloco=diloco)
             spec_path = self.dir / "spec.json"
             spec_path.write_text(json.dumps(spec))
             await self.agent.send_data(self.id, "assignment.accepted", rdzv=rdzv)
@@ -191,6 +178,29 @@ class AssignmentRun:
             if self.sandbox is not None:
                 await asyncio.to_thread(self.sandbox.close)  # kills what is left, removes its cgroups
             self.agent.forget(self.id)
+
+    def _spec(self, *, dataset: dict, bundle: dict | None, rdzv: dict[str, Any], sync: dict,
+              diloco: bool) -> dict:
+        """spec.json: what every rank of this node's group reads (workers/training/run.py)."""
+        s = self.start_msg
+        spec = {
+            "template": s.get("template"), "bundle": bundle, "params": s["params"], "dataset": dataset,
+            "data_dir": dataset.get("data_dir"),
+            "workdir": str(self.dir), "backend": s.get("backend", "gloo"),
+            "resume_from": str(self.dir / "resume.pt") if s.get("resume_checkpoint_url") else None,
+            "pg_timeout_s": s.get("pg_timeout_s", 60),
+            "sync": sync, "nnodes": s["nnodes"], "node_rank": s["node_rank"],
+            "verify": s.get("verify"),  # checkpoint cadence for the platform's spot checks
+            "pause_file": str(self.dir / "pause"),
+            # The platform's per-job secret: this job's nodes authenticate each other with it.
+            "job_secret": s.get("job_secret"),
+        }
+        if diloco:
+            self.rank_logs.rank_offset = s["node_rank"] * s["nproc_per_node"]
+            # advertise_host: where the other leaders reach this one's chunk inbox.
+            spec.update(outer=rdzv, member=str(self.id), peer_timeout_s=s.get("peer_timeout_s", 15),
+                        advertise_host=self.agent.advertise_addr)
+        return spec
 
     def _fetch_inputs(self) -> dict:
         s, token = self.start_msg, self.start_msg["token"]
