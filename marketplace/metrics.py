@@ -15,6 +15,7 @@ import time
 from functools import cache
 
 from celery import signals
+from django.conf import settings
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
@@ -95,14 +96,14 @@ def _serve_worker_metrics(sender=None, **_):
     children record into PROMETHEUS_MULTIPROC_DIR): for workers in containers of their own,
     whose files the web processes' /metrics cannot read. Plain HTTP, no auth: bind it to the
     private network only (docs/operations.md)."""
-    port = os.environ.get("METRICS_PORT")
+    port = settings.METRICS_PORT
     if not port:
         return
     registry = REGISTRY
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # prometheus_client's own variable
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-    start_http_server(int(port), addr=os.environ.get("METRICS_ADDR", "0.0.0.0"), registry=registry)
+    start_http_server(port, addr=settings.METRICS_ADDR, registry=registry)
 
 
 @cache

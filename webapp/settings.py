@@ -454,6 +454,9 @@ X_FRAME_OPTIONS = "DENY"
 # --- Operations (docs/operations.md) ----------------------------------------------------
 # `/metrics` answers staff sessions, and scrapers sending `Authorization: Bearer <this>`.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# A Celery worker with a port serves its processes' metrics there (private network only).
+METRICS_PORT = env.int("METRICS_PORT", default=0) or None
+METRICS_ADDR = env.str("METRICS_ADDR", default="0.0.0.0")
 # json: one JSON object a line, with the request id and the job id (marketplace/logs.py).
 LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
 if LOG_FORMAT not in ("plain", "json"):
