@@ -111,7 +111,7 @@ def load(seed: int = 7, nodes: int = NODES) -> float:
                       "gpu_memory_gb, cpu_cores, ram_gb, disk_gb, bandwidth_mbps, region, "
                       "compliance_claimed, compliance_verified, status, last_heartbeat_at, "
                       "benchmark_tflops, agent_version, reliability, reliability_detail, token_hash, "
-                      "token_prefix, hardware, created_at, updated_at) FROM STDIN") as cp:
+                      "token_prefix, hardware, runtime, created_at, updated_at) FROM STDIN") as cp:
             models = [f for f in FLEET]
             weights = [f[2] for f in FLEET]
             for i in range(1, nodes + 1):
@@ -133,14 +133,15 @@ def load(seed: int = 7, nodes: int = NODES) -> float:
                     max(4, gpus * 8), gpus * 64, gpus * 1000, rng.choice((1000, 10000, 25000)),
                     region, claimed, verified, "online" if online else "offline",
                     now - timedelta(seconds=rng.randint(1, 10)) if online else None,
-                    None, "0.1.0", reliability, "{}", token_hash, token_hash[:10], "{}", now, now))
+                    None, "0.1.0", reliability, "{}", token_hash, token_hash[:10], "{}", "", now, now))
                 node_rows.append((i, provider, model, memory, prices, gpus, region, verified,
                                   reliability, online))
         with raw.copy("COPY marketplace_offer (id, node_id, gpus_offered, gpus_reserved, "
                       "price_per_gpu_hour, available_from, available_until, "
                       "min_duration_hours, max_duration_hours, status, provider_id, gpu_model, "
                       "gpu_memory_gb, region, compliance_verified, reliability, node_online, "
-                      "provider_stake, status_reason, created_at, updated_at) FROM STDIN") as cp:
+                      "provider_stake, status_reason, accepts_custom_code, created_at, updated_at) "
+                      "FROM STDIN") as cp:
             # Half the providers hold a stake (its own generator: the offers stay as before).
             stake_rng = random.Random(seed + 1)
             stakes = {p: Decimal(stake_rng.choice((0, 0, 50, 100, 500, 1000)))
@@ -158,7 +159,7 @@ def load(seed: int = 7, nodes: int = NODES) -> float:
                         now + timedelta(days=90) if rng.random() < 0.2 else None,
                         Decimal("0.25"), None, "active" if rng.random() < 0.9 else "paused",
                         provider, model, memory, region, verified, rel, online,
-                        stakes[provider], "", now, now))
+                        stakes[provider], "", False, now, now))
         for table_name in ("marketplace_organization", "marketplace_node", "marketplace_offer"):
             cur.execute(f"SELECT setval(pg_get_serial_sequence('{table_name}', 'id'), "
                         f"(SELECT max(id) FROM {table_name}))")
