@@ -11,6 +11,7 @@ for Celery's `chain_sync`."""
 
 import csv
 import io
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,9 @@ def sign_up(page, base: str, username: str, organization: str) -> None:
     page.wait_for_url(f"{base}/offers/")
 
 
-def first_job_funded_with_the_faucet(browser, base: str, size: dict, username: str, organization: str):
+def first_job_funded_with_the_faucet(browser, base: str, size: dict, username: str,
+                                     organization: str) -> Job:
+    """The journey in one viewport; returns the job it funded."""
     from playwright.sync_api import expect
 
     page = browser.new_page(viewport=size, accept_downloads=True)
@@ -116,6 +119,7 @@ def first_job_funded_with_the_faucet(browser, base: str, size: dict, username: s
     expect(page.get_by_test_id("tx-moves")).to_contain_text(f"{organization}'s wallet (yours)")
     assert FaucetGrant.objects.filter(organization=org).count() == 1
     page.close()
+    return job
 
 
 def test_a_new_organization_funds_its_first_job_with_the_faucet(dev_chain):
@@ -124,7 +128,16 @@ def test_a_new_organization_funds_its_first_job_with_the_faucet(dev_chain):
     with asgi_server() as base, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            first_job_funded_with_the_faucet(browser, base, LAPTOP, "hana", "Cardia Labs")
-            first_job_funded_with_the_faucet(browser, base, PHONE, "ines", "Neuro Start")
+            jobs = [first_job_funded_with_the_faucet(browser, base, LAPTOP, "hana", "Cardia Labs"),
+                    first_job_funded_with_the_faucet(browser, base, PHONE, "ines", "Neuro Start")]
         finally:
             browser.close()
+    # Each new organization's first job is funded on the chain from its own development
+    # wallet, with the faucet's test tUSD: one grant each, 1,000 minted, 25 deposited.
+    for job in jobs:
+        escrow = Escrow.objects.get(job=job)
+        wallet = job.owner.wallets.get(kind="custodial")
+        assert (escrow.status, escrow.amount, escrow.consumer_address.lower()) == (
+            Escrow.Status.FUNDED, Decimal("25"), wallet.address.lower())
+        assert list(FaucetGrant.objects.filter(organization=job.owner).values_list("amount", flat=True)) == [
+            Decimal("1000")]
