@@ -24,11 +24,11 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from .. import runtimes
-from ..errors import Conflict, MarketError, PermissionDenied
+from ..errors import MarketError, PermissionDenied
 from ..models import CodeBundle, Job, Organization
 from . import archives, sealed
 from .audit import audit_record
-from .datasets import sealed_key, stored_chunks
+from .datasets import refuse_while_used, sealed_key, stored_chunks
 
 MANIFEST = "computemesh.toml"
 MANIFEST_MAX_BYTES = 64 * 1024
@@ -243,14 +243,7 @@ def bundle_delete(*, bundle: CodeBundle, actor) -> None:
     with transaction.atomic():
         bundle = CodeBundle.objects.select_for_update().get(pk=bundle.pk)
         users = Job.objects.filter(bundle=bundle)
-        busy = list(users.exclude(status__in=Job.Status.TERMINAL).order_by("pk")
-                    .values_list("pk", flat=True)[:6])
-        if busy:
-            shown = ", ".join(f"#{pk}" for pk in busy[:5]) + (", …" if len(busy) > 5 else "")
-            raise Conflict(f"Code bundle #{bundle.pk} is used by job{'s' if len(busy) > 1 else ''} "
-                           f"{shown} that {'have' if len(busy) > 1 else 'has'} not finished; "
-                           "cancel them or wait for them to end, then delete it.",
-                           code="bundle_in_use")
+        refuse_while_used(users, what=f"Code bundle #{bundle.pk}", code="bundle_in_use")
         users.update(bundle=None)
         name, storage = bundle.file.name, bundle.file.storage
         audit_record(actor=actor, action="bundle.delete", obj=bundle,

@@ -256,6 +256,18 @@ def dataset_upload(*, owner: Organization, actor, uploaded_file, name: str = "",
     return dataset
 
 
+def refuse_while_used(users, *, what: str, code: str) -> None:
+    """A stored input (a dataset, a code bundle) is not deleted while a job that has not
+    finished uses it: a 409 naming up to five of them."""
+    busy = list(users.exclude(status__in=Job.Status.TERMINAL).order_by("pk")
+                .values_list("pk", flat=True)[:6])
+    if busy:
+        shown = ", ".join(f"#{pk}" for pk in busy[:5]) + (", …" if len(busy) > 5 else "")
+        raise Conflict(f"{what} is used by job{'s' if len(busy) > 1 else ''} "
+                       f"{shown} that {'have' if len(busy) > 1 else 'has'} not finished; "
+                       "cancel them or wait for them to end, then delete it.", code=code)
+
+
 def dataset_delete(*, dataset: Dataset, actor) -> None:
     """Delete a dataset and its stored file. Refused (409) while a job that has not
     finished uses it; finished jobs keep its id in `dataset_ref` and lose the link."""
@@ -263,14 +275,7 @@ def dataset_delete(*, dataset: Dataset, actor) -> None:
         # Locked: a job submitted meanwhile waits on the row (its foreign key), then fails.
         dataset = Dataset.objects.select_for_update().get(pk=dataset.pk)
         users = Job.objects.filter(dataset=dataset)
-        busy = list(users.exclude(status__in=Job.Status.TERMINAL).order_by("pk")
-                    .values_list("pk", flat=True)[:6])
-        if busy:
-            shown = ", ".join(f"#{pk}" for pk in busy[:5]) + (", …" if len(busy) > 5 else "")
-            raise Conflict(f"Dataset #{dataset.pk} is used by job{'s' if len(busy) > 1 else ''} "
-                           f"{shown} that {'have' if len(busy) > 1 else 'has'} not finished; "
-                           "cancel them or wait for them to end, then delete it.",
-                           code="dataset_in_use")
+        refuse_while_used(users, what=f"Dataset #{dataset.pk}", code="dataset_in_use")
         users.update(dataset=None)
         name, storage = dataset.file.name, dataset.file.storage
         audit_record(actor=actor, action="dataset.delete", obj=dataset,
