@@ -1,10 +1,12 @@
 """What the admin's modules share: display helpers, catalogue-backed list filters, the
 read-only mixins and the service-validated model form."""
 
+from collections.abc import Callable, Iterable
 from decimal import Decimal
+from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import F
 from django.forms.models import construct_instance
@@ -16,6 +18,24 @@ from ..money import tusd as money  # "1.85 tUSD": the one display rule for amoun
 from ..selectors.payments import tx_url
 
 EMPTY = "—"
+
+
+def act_on_each(model_admin: admin.ModelAdmin, request, objects: Iterable[Any], act: Callable[[Any], str], *,
+                done: str, refused: str, label: Callable[[Any], str] | None = None,
+                done_sep: str = ", ", refused_sep: str = "; ") -> None:
+    """An admin action that calls a service once per selected object: one success message
+    with what `act` did (each its returned text, put into the `done` template), one error
+    message with what the services refused (a MarketError), each named by `label`."""
+    ok, no = [], []
+    for obj in objects:
+        try:
+            ok.append(act(obj))
+        except MarketError as exc:
+            no.append(f"{label(obj)}: {exc.message}" if label else exc.message)
+    if ok:
+        model_admin.message_user(request, done.format(done_sep.join(ok)), messages.SUCCESS)
+    if no:
+        model_admin.message_user(request, refused + refused_sep.join(no), messages.ERROR)
 
 
 # --- Display helpers -----------------------------------------------------------------

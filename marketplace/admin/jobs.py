@@ -12,7 +12,14 @@ from ..errors import MarketError
 from ..models import Dataset, Job, JobEvent
 from ..services.datasets import dataset_delete
 from ..services.jobs import job_cancel
-from .common import ReadOnlyAdminMixin, ViewOnlyWithActionsMixin, fixed_choices_filter, money, price
+from .common import (
+    ReadOnlyAdminMixin,
+    ViewOnlyWithActionsMixin,
+    act_on_each,
+    fixed_choices_filter,
+    money,
+    price,
+)
 
 
 @admin.register(Dataset)
@@ -63,18 +70,11 @@ class DatasetAdmin(admin.ModelAdmin):
     @admin.action(description="Delete selected datasets (not while a job that has not finished uses one)",
                   permissions=["delete"])
     def delete_datasets(self, request, queryset: QuerySet[Dataset]):
-        deleted, refused = [], []
-        for dataset in queryset.order_by("pk"):
-            try:
-                dataset_delete(dataset=dataset, actor=request.user)
-            except MarketError as exc:
-                refused.append(exc.message)
-            else:
-                deleted.append(f"'{dataset.name}'")
-        if deleted:
-            self.message_user(request, "Deleted " + ", ".join(deleted) + ".", messages.SUCCESS)
-        if refused:
-            self.message_user(request, "Not deleted: " + " ".join(refused), messages.ERROR)
+        def act(dataset: Dataset) -> str:
+            dataset_delete(dataset=dataset, actor=request.user)
+            return f"'{dataset.name}'"
+        act_on_each(self, request, queryset.order_by("pk"), act, done="Deleted {}.",
+                    refused="Not deleted: ", refused_sep=" ")
 
     @admin.display(description="columns")
     def column_count(self, obj: Dataset) -> int:

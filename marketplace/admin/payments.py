@@ -3,10 +3,9 @@ chain transactions. All of it is written by the payment services and the chain i
 chain is the source of truth): read-only here, except the refunds, which are actions that
 call their services."""
 
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.db.models import QuerySet
 
-from ..errors import MarketError
 from ..models import (
     ChainAccount,
     ChainContract,
@@ -19,7 +18,7 @@ from ..models import (
     Wallet,
 )
 from ..services.payments import escrow_force_refund, escrow_lost_refund
-from .common import EMPTY, ReadOnlyAdminMixin, ViewOnlyWithActionsMixin, money, tx_link
+from .common import EMPTY, ReadOnlyAdminMixin, ViewOnlyWithActionsMixin, act_on_each, money, tx_link
 
 
 @admin.register(Wallet)
@@ -107,35 +106,18 @@ class EscrowAdmin(ViewOnlyWithActionsMixin, admin.ModelAdmin):
     @admin.action(description="Force refund (return the deposit to the consumer on chain)",
                   permissions=["change"])
     def force_refund(self, request, queryset: QuerySet[Escrow]):
-        sent, refused = [], []
-        for escrow in queryset.select_related("job").order_by("pk"):
-            try:
-                tx_hash = escrow_force_refund(job=escrow.job, actor=request.user)
-            except MarketError as exc:
-                refused.append(f"job {escrow.job_id}: {exc.message}")
-            else:
-                sent.append(f"job {escrow.job_id} ({tx_hash})")
-        if sent:
-            self.message_user(request, "Refund sent for " + "; ".join(sent) + ". The job follows once "
-                              "the chain confirms it.", messages.SUCCESS)
-        if refused:
-            self.message_user(request, "Not refunded: " + "; ".join(refused), messages.ERROR)
+        act_on_each(self, request, queryset.select_related("job").order_by("pk"),
+                    lambda e: f"job {e.job_id} ({escrow_force_refund(job=e.job, actor=request.user)})",
+                    done="Refund sent for {}. The job follows once the chain confirms it.", done_sep="; ",
+                    refused="Not refunded: ", label=lambda e: f"job {e.job_id}")
 
     @admin.action(description="Refund a lost escrow (its chain is gone: mint the deposit to the consumer "
                               "on the development chain)", permissions=["change"])
     def lost_refund(self, request, queryset: QuerySet[Escrow]):
-        sent, refused = [], []
-        for escrow in queryset.select_related("job").order_by("pk"):
-            try:
-                tx_hash = escrow_lost_refund(job=escrow.job, actor=request.user)
-            except MarketError as exc:
-                refused.append(f"job {escrow.job_id}: {exc.message}")
-            else:
-                sent.append(f"job {escrow.job_id} ({tx_hash})")
-        if sent:
-            self.message_user(request, "Refunded " + "; ".join(sent) + ".", messages.SUCCESS)
-        if refused:
-            self.message_user(request, "Not refunded: " + "; ".join(refused), messages.ERROR)
+        act_on_each(self, request, queryset.select_related("job").order_by("pk"),
+                    lambda e: f"job {e.job_id} ({escrow_lost_refund(job=e.job, actor=request.user)})",
+                    done="Refunded {}.", done_sep="; ", refused="Not refunded: ",
+                    label=lambda e: f"job {e.job_id}")
 
 
 class PayoutInline(ReadOnlyAdminMixin, admin.TabularInline):

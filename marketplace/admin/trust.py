@@ -5,11 +5,10 @@ stake indexer writes them)."""
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 
-from ..errors import MarketError
 from ..models import ConsumerDispute, Dispute, ProviderStake, StakeEvent
 from ..services.disputes import consumer_dispute_refund, consumer_dispute_reject, consumer_dispute_slash
 from ..services.staking import dispute_dismiss, dispute_slash_enqueue
-from .common import ReadOnlyAdminMixin, ViewOnlyWithActionsMixin, money, tx_link
+from .common import ReadOnlyAdminMixin, ViewOnlyWithActionsMixin, act_on_each, money, tx_link
 
 
 @admin.register(Dispute)
@@ -59,18 +58,11 @@ class DisputeAdmin(ViewOnlyWithActionsMixin, admin.ModelAdmin):
 
     @admin.action(description="Dismiss (close without a slash)", permissions=["change"])
     def dismiss(self, request, queryset: QuerySet[Dispute]):
-        done, refused = [], []
-        for dispute in queryset.order_by("pk"):
-            try:
-                dispute_dismiss(dispute=dispute, actor=request.user)
-            except MarketError as exc:
-                refused.append(f"#{dispute.pk}: {exc.message}")
-            else:
-                done.append(f"#{dispute.pk}")
-        if done:
-            self.message_user(request, "Dismissed " + ", ".join(done) + ".", messages.SUCCESS)
-        if refused:
-            self.message_user(request, "Not dismissed: " + "; ".join(refused), messages.ERROR)
+        def act(dispute: Dispute) -> str:
+            dispute_dismiss(dispute=dispute, actor=request.user)
+            return f"#{dispute.pk}"
+        act_on_each(self, request, queryset.order_by("pk"), act, done="Dismissed {}.",
+                    refused="Not dismissed: ", label=lambda d: f"#{d.pk}")
 
 
 class StakeEventInline(ReadOnlyAdminMixin, admin.TabularInline):
@@ -112,18 +104,11 @@ class ConsumerDisputeAdmin(ViewOnlyWithActionsMixin, admin.ModelAdmin):
         return tx_link(obj.refund_tx)
 
     def _resolve(self, request, queryset, service, done_text: str):
-        done, refused = [], []
-        for dispute in queryset.order_by("pk"):
-            try:
-                service(dispute=dispute, actor=request.user)
-            except MarketError as exc:
-                refused.append(f"#{dispute.pk}: {exc.message}")
-            else:
-                done.append(f"#{dispute.pk}")
-        if done:
-            self.message_user(request, f"{done_text}: " + ", ".join(done) + ".", messages.SUCCESS)
-        if refused:
-            self.message_user(request, "Not done: " + "; ".join(refused), messages.ERROR)
+        def act(dispute: ConsumerDispute) -> str:
+            service(dispute=dispute, actor=request.user)
+            return f"#{dispute.pk}"
+        act_on_each(self, request, queryset.order_by("pk"), act, done=f"{done_text}: {{}}.",
+                    refused="Not done: ", label=lambda d: f"#{d.pk}")
 
     @admin.action(description="Refund the consumer (the escrow, or what was charged)", permissions=["change"])
     def refund(self, request, queryset: QuerySet[ConsumerDispute]):
