@@ -133,43 +133,33 @@ services:
 	    echo "error: Redis did not come up on $(REDIS_HOST):$(REDIS_PORT)" >&2; exit 1; }; \
 	fi
 
-# The browser tests drive Debian's Chromium (Playwright cannot download its own here).
-chromium:
-	@if [ ! -x $(CHROMIUM) ]; then \
-	  echo "==> installing Debian's chromium for the browser tests"; \
+# A Debian package some tests need, installed when its binary is missing:
+# $(call apt_install,PACKAGE,BINARY,WHAT FOR) (no comma in WHAT FOR).
+define apt_install
+	@if [ ! -x $(2) ]; then \
+	  echo "==> installing Debian's $(1) $(3)"; \
 	  sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
 	  log=$$(mktemp); \
 	  { $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q \
-	    && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } >"$$log" 2>&1 \
-	    || { cat "$$log" >&2; echo "error: could not install chromium" >&2; exit 1; }; \
+	    && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(1); } >"$$log" 2>&1 \
+	    || { cat "$$log" >&2; echo "error: could not install $(1)" >&2; exit 1; }; \
 	  rm -f "$$log"; \
 	fi
+endef
+
+# The browser tests drive Debian's Chromium (Playwright cannot download its own here).
+chromium:
+	$(call apt_install,chromium,$(CHROMIUM),for the browser tests)
 
 # The provider sandbox (workers/agent/sandbox.py, tests/test_sandbox.py) is Debian's bubblewrap.
 bubblewrap:
-	@if [ ! -x $(BWRAP) ]; then \
-	  echo "==> installing Debian's bubblewrap for the provider sandbox"; \
-	  sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
-	  log=$$(mktemp); \
-	  { $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q \
-	    && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap; } >"$$log" 2>&1 \
-	    || { cat "$$log" >&2; echo "error: could not install bubblewrap" >&2; exit 1; }; \
-	  rm -f "$$log"; \
-	fi
+	$(call apt_install,bubblewrap,$(BWRAP),for the provider sandbox)
 
 # The web tier's balancer (deploy/haproxy.cfg): tests/test_web_scale_out.py and
 # bench/agent_scale.py run it in front of two daphne processes.
 HAPROXY := /usr/sbin/haproxy
 haproxy:
-	@if [ ! -x $(HAPROXY) ]; then \
-	  echo "==> installing Debian's haproxy for the web tier's tests"; \
-	  sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
-	  log=$$(mktemp); \
-	  { $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q \
-	    && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q haproxy; } >"$$log" 2>&1 \
-	    || { cat "$$log" >&2; echo "error: could not install haproxy" >&2; exit 1; }; \
-	  rm -f "$$log"; \
-	fi
+	$(call apt_install,haproxy,$(HAPROXY),for the web tier's tests)
 
 # --- contracts: solc-js, OpenZeppelin and the hardhat dev node, pinned by package-lock.json --
 # (the compiled artifacts are committed; tests/contracts checks that they match the sources)
