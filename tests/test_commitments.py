@@ -203,4 +203,7 @@ def _three_ranks(rank: int, store: str, hooked: bool, out: str) -> None:
         opt.step()
     if rank == 0:
         torch.save(model.state_dict(), out)
+    # As run.py does: no rank tears gloo down while a peer may still use its pairs (a rank
+    # that exits first makes the others abort with "terminate called" under load).
+    dist.barrier()
     dist.destroy_process_group()
