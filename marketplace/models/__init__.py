@@ -9,6 +9,7 @@ the code find the models (`from marketplace.models import Job`)."""
 from .accounts import AuditEvent, IdempotencyKey, Membership, Organization  # noqa: F401
 from .common import MONEY  # noqa: F401
 from .datasets import CodeBundle, Dataset, Upload  # noqa: F401
+from .determinism import DeterminismCheck  # noqa: F401
 from .jobs import Assignment, Checkpoint, Job, JobEvent, LogLine, MetricPoint  # noqa: F401
 from .market import SEARCH_COLUMNS, Node, NodeRegistrationCode, Offer, PostgresOnlyIndex  # noqa: F401
 from .payments import (  # noqa: F401
