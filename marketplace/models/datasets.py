@@ -19,8 +19,11 @@ class Dataset(models.Model):
     columns = models.JSONField(default=list)
     sha256 = models.CharField(max_length=64)
     # A CSV table (rows and columns checked), or a zip of files of any layout (class folders
-    # of images…) that a code bundle's task reads; `entries` counts its files.
-    kind = models.CharField(max_length=8, choices=[("csv", "CSV table"), ("zip", "Zip of files")],
+    # of images…) that a code bundle's task reads; `entries` counts its files. Or a model's
+    # weights (a torch state_dict, tensors only) that a job starts from: a fine-tune's input,
+    # stored like a dataset (content-addressed, encrypted, quota, agent delivery).
+    kind = models.CharField(max_length=8, choices=[("csv", "CSV table"), ("zip", "Zip of files"),
+                                                   ("weights", "Model weights")],
                             default="csv")
     entries = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -56,6 +56,9 @@ class Job(models.Model):
     # A consumer's own task, trained in place of a template (`template` is then empty).
     bundle = models.ForeignKey(CodeBundle, on_delete=models.PROTECT, null=True, blank=True,
                                related_name="jobs")
+    # A fine-tune: the weights (a Dataset of kind "weights") the model starts from at step 0.
+    weights = models.ForeignKey(Dataset, on_delete=models.PROTECT, null=True, blank=True,
+                                related_name="weights_jobs")
     nodes = models.PositiveSmallIntegerField()
     gpus_per_node = models.PositiveSmallIntegerField()
     # How the nodes synchronise: {"mode": "ddp"} or DiLoCo's settings (services/job_spec.py).
