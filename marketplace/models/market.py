@@ -41,6 +41,10 @@ class Node(models.Model):
     # The provider runtime its agent's last `hello` named (workers/runtimes.json): what a
     # code bundle's `runtime` is matched against.
     runtime = models.CharField(max_length=64, blank=True)
+    # Its agent's last `hello` said it can confine a multi-node sandbox to the job's peers
+    # (root, nftables, cgroup v2: workers/agent/peer_firewall.py): multi-node code bundles
+    # are placed only on such nodes.
+    peer_firewall = models.BooleanField(default=False)
     # What the agent's last `hello` said the machine has (validated, services/claims.py) and
     # when: compared with the node's offers on connect and on every accepted assignment.
     hardware = models.JSONField(default=dict, blank=True)
