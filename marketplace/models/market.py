@@ -45,6 +45,9 @@ class Node(models.Model):
     # (root, nftables, cgroup v2: workers/agent/peer_firewall.py): multi-node code bundles
     # are placed only on such nodes.
     peer_firewall = models.BooleanField(default=False)
+    # The address its agent's last `hello` advertised to other nodes (an IP literal, or ""):
+    # sent to the job's other nodes as a peer their firewalled sandboxes may reach.
+    advertise_addr = models.CharField(max_length=45, blank=True)
     # What the agent's last `hello` said the machine has (validated, services/claims.py) and
     # when: compared with the node's offers on connect and on every accepted assignment.
     hardware = models.JSONField(default=dict, blank=True)
