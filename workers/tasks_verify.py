@@ -3,7 +3,7 @@ this worker)."""
 
 from celery import shared_task
 
-from marketplace.services import checkpoint_checks, verification
+from marketplace.services import checkpoint_checks, determinism, verification
 
 
 def _torch_half():
@@ -61,7 +61,24 @@ def checkpoint_replay(self, checkpoint_id: int) -> str:
         return "error"
 
 
+# A consumer's task replayed a few steps twice, before the consumer pays (services/determinism.py).
+# A check that keeps raising (no sandbox on this worker, a task that crashes) ends `error`:
+# the quote says so and the verification checks determinism itself.
+@shared_task(bind=True, name="workers.tasks_verify.determinism_check", acks_late=True,
+             reject_on_worker_lost=True, time_limit=1200, soft_time_limit=1100, max_retries=2)
+def determinism_check(self, check_id: int) -> str:
+    try:
+        return determinism.determinism_run(check_id=check_id,
+                                           check=_torch_half().check_determinism_sandboxed)
+    except Exception as exc:
+        if self.request.retries < self.max_retries:
+            raise self.retry(exc=exc, countdown=5 * 2 ** self.request.retries) from exc
+        determinism.determinism_error(check_id=check_id, message=f"{type(exc).__name__}: {exc}")
+        return "error"
+
+
 @shared_task(name="workers.tasks_verify.verify_stale", time_limit=60, soft_time_limit=50)
 def verify_stale() -> int:
     """Periodically: checks whose task was lost are queued again."""
-    return verification.verifications_stale() + checkpoint_checks.checkpoints_stale()
+    return (verification.verifications_stale() + checkpoint_checks.checkpoints_stale()
+            + determinism.determinism_stale())

@@ -21,6 +21,7 @@ from ..selectors.verification import job_model_downloadable, job_verification_re
 from ..services import budget as budget_services
 from ..services import funding
 from ..services import jobs as job_services
+from ..services.determinism import quote_verification
 from ..services.job_spec import job_spec_validate, sync_traffic_ratio
 from ..services.matching import quote_job
 from . import serializers as s
@@ -214,7 +215,8 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         spec = job_spec_validate(spec=data.to_spec(), owner=organization_of(request.user))
         ratio = sync_traffic_ratio(spec.sync, nodes=spec.nodes, gpus_per_node=spec.gpus_per_node)
         return Response(s.QuoteSerializer({**quote_job(spec=spec).as_dict(), "sync": spec.sync,
-                                           "traffic_vs_ddp": ratio}).data)
+                                           "traffic_vs_ddp": ratio,
+                                           "verification": quote_verification(spec=spec)}).data)
 
 
 def _whole(value: str, field: str) -> int:

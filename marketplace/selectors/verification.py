@@ -3,6 +3,7 @@
 from django.urls import reverse
 
 from ..models import Job, VerificationReport
+from .determinism import job_verification_method
 
 
 def job_model_verified(job: Job) -> bool:
@@ -21,11 +22,14 @@ def job_model_downloadable(job: Job, user) -> bool:
 
 
 def job_verification_summary(job: Job) -> dict:
-    """`{status, report_url}` of the job's latest attempt (the API contract)."""
+    """`{status, report_url}` of the job's latest attempt (the API contract), and `method`:
+    how its work is verified (selectors/determinism.py)."""
     report = job.verifications.order_by("-attempt").first()
+    method = job_verification_method(job)
     if report is None:
-        return {"status": "pending", "report_url": None}
-    return {"status": report.status, "report_url": reverse("api:job-verification", args=[job.pk])}
+        return {"status": "pending", "report_url": None, "method": method}
+    return {"status": report.status, "report_url": reverse("api:job-verification", args=[job.pk]),
+            "method": method}
 
 
 def _report(r: VerificationReport) -> dict:

@@ -7,6 +7,7 @@ from ..models import Job, Organization
 from ..money import tusd
 from . import enqueue
 from .assignments import job_stop_assignments
+from .determinism import determinism_request
 from .job_spec import JobSpec, job_spec_validate
 
 S = Job.Status
@@ -43,6 +44,8 @@ def job_submit(*, owner: Organization, spec: JobSpec, actor=None) -> Job:
                 message="On-chain escrow is not enabled on this platform; the job runs without "
                         "funding.")
             enqueue.match_job(job.pk)
+        # Before funding: is its own task deterministic? (the job page says so once known)
+        determinism_request(spec=spec)
     job.refresh_from_db()
     return job
 

@@ -70,8 +70,9 @@ from django.utils import timezone
 
 from .. import job_states, task_names
 from ..errors import NotFound
-from ..models import Assignment, Checkpoint, Dispute, Job, VerificationReport
+from ..models import Assignment, Checkpoint, CodeBundle, Dataset, Dispute, Job, VerificationReport
 from ..selectors.checkpoints import checkpoints_resumable
+from ..selectors.determinism import determinism_of_job
 from ..selectors.execution import is_diloco
 from . import enqueue, placement
 from .attribution import Finding, attribute, attribution_notes, dispute_open, whose_work
@@ -164,22 +165,30 @@ def check_inputs(job: Job) -> Iterator[tuple[dict, dict]]:
     upload decrypted to a temporary file — a zip is unpacked by the torch half, with the
     agent's checks), and for a consumer's code bundle, the `bundle` of the plan (the archive
     as uploaded, checked against its SHA-256). Both last as long as the block."""
+    with task_inputs(bundle=job.bundle, dataset=job.dataset, dataset_ref=job.dataset_ref) as inputs:
+        yield inputs
+
+
+@contextlib.contextmanager
+def task_inputs(*, bundle: CodeBundle | None, dataset: Dataset | None,
+                dataset_ref: str) -> Iterator[tuple[dict, dict]]:
+    """check_inputs for a task, data and dataset reference not yet a job's (a quote's
+    determinism check: services/determinism.py)."""
     with contextlib.ExitStack() as stack:
         task: dict = {}
-        bundle = job.bundle
         if bundle is not None:
             archive = stack.enter_context(bundle_plain_path(bundle))
             task["bundle"] = {"archive": archive, "kind": bundle.kind, "entry": bundle.entry}
-        if job.dataset_ref.startswith("sample:"):
-            yield {"kind": "sample", "name": job.dataset_ref.removeprefix("sample:")}, task
+        if dataset_ref.startswith("sample:"):
+            yield {"kind": "sample", "name": dataset_ref.removeprefix("sample:")}, task
             return
-        if job.dataset is None and bundle is not None and not job.dataset_ref:
+        if dataset is None and bundle is not None and not dataset_ref:
             yield {"kind": "none"}, task  # a bundle that makes its own data
             return
-        if job.dataset is None:
+        if dataset is None:
             raise NotFound("The job's dataset is gone.")
-        path = stack.enter_context(dataset_plain_path(job.dataset))
-        if job.dataset.kind == "zip":
+        path = stack.enter_context(dataset_plain_path(dataset))
+        if dataset.kind == "zip":
             yield {"kind": "zip", "archive": path}, task
         else:
             yield {"kind": "csv", "path": path}, task
@@ -261,6 +270,11 @@ def _check(job: Job, attempt: int, rng: secrets.SystemRandom | None = None, *,
            check: CheckAttempt) -> Outcome:
     out = Outcome()
     plan = _plan(job, attempt, rng, out)
+    stored = determinism_of_job(job) if job.bundle_id is not None and not is_diloco(job) else None
+    if stored is not None and stored.status == stored.Status.DONE:
+        # Checked before the consumer paid (services/determinism.py): the same answer now.
+        plan["determinism"] = {"deterministic": stored.deterministic, "steps": stored.steps,
+                               "rel_l2": stored.rel_l2, "seconds": stored.seconds}
     with check_inputs(job) as (dataset, task):
         result = check({**plan, **task}, dataset)  # minutes of torch
     if result.get("determinism") and not result["determinism"]["deterministic"]:

@@ -16,6 +16,7 @@ from ..selectors.account import job_disputes
 from ..selectors.accounts import organization_of
 from ..selectors.budget import budget_view
 from ..selectors.checkpoints import partial_result
+from ..selectors.determinism import job_verification_method
 from ..selectors.execution import job_assignments, job_progress
 from ..selectors.job_status import STATUS_FILTERS, job_state, jobs_filtered, with_ending
 from ..selectors.live import cost_so_far
@@ -26,6 +27,7 @@ from ..selectors.transactions import transaction_view
 from ..selectors.verification import job_model_downloadable, job_verification_report
 from ..services import funding
 from ..services.budget import job_budget_raise
+from ..services.determinism import quote_verification
 from ..services.disputes import DISPUTABLE, consumer_dispute_open
 from ..services.faucet import faucet_available
 from ..services.job_spec import job_spec_validate, sync_traffic_ratio
@@ -105,18 +107,19 @@ def job_template_fields(request):
 def job_quote(request):
     """The live quote panel: validates like a submission, writes nothing."""
     form = QuoteForm(request.POST, organization=request.org)
-    quote, error, spec = None, None, None
+    quote, error, spec, verification = None, None, None, None
     if form.is_valid():
         try:
             spec = job_spec_validate(spec=form.to_spec(name_fallback="quote"), owner=request.org)
             quote = quote_job(spec=spec)
+            verification = quote_verification(spec=spec)
         except MarketError as exc:
             form.add_market_error(exc)
             error = exc
     problems = [(form.fields[n].label if n in form.fields else "", e)
                 for n, errs in form.errors.items() for e in errs]
     return render(request, "jobs/_quote.html", {
-        "quote": quote, "problems": problems, "error": error,
+        "quote": quote, "problems": problems, "error": error, "verification": verification,
         "hours": form.cleaned_data.get("duration_hours") if quote else None,
         "sync": spec.sync if quote else None,
         "traffic_ratio": sync_traffic_ratio(spec.sync, nodes=spec.nodes, gpus_per_node=spec.gpus_per_node)
@@ -152,9 +155,19 @@ def job_detail(request, pk: int):
         "can_raise_budget": is_job_owner(request.user, job) and job.status not in Job.Status.TERMINAL,
         "budget_error": request.session.pop(_budget_error_key(job.pk), None),
         "verification": job_verification_report(job),
+        "verification_method": job_verification_method(job),
         **_dispute_context(request, job),
         **_progress_context(job, request.user), **_escrow_context(request, job),
     })
+
+
+@login_required
+@require_GET
+def job_verification_method_view(request, pk: int):
+    """How the job's work is verified (htmx: the job page asks while the check runs)."""
+    job = get_object_or_404(jobs_visible_to(request.user), pk=pk)
+    return render(request, "jobs/_verification_method.html",
+                  {"job": job, "method": job_verification_method(job)})
 
 
 def _dispute_context(request, job) -> dict:

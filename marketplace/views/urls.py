@@ -24,6 +24,8 @@ urlpatterns = [
     path("jobs/new/quote/", jobs.job_quote, name="job_quote"),
     path("jobs/new/template-fields/", jobs.job_template_fields, name="job_template_fields"),
     path("jobs/<int:pk>/", jobs.job_detail, name="job_detail"),
+    path("jobs/<int:pk>/verification-method/", jobs.job_verification_method_view,
+         name="job_verification_method"),
     path("jobs/<int:pk>/row/", job_rows.job_row, name="job_row"),
     path("jobs/<int:pk>/cancel/", jobs.job_cancel_view, name="job_cancel"),
     path("jobs/<int:pk>/fund/", jobs.job_fund_view, name="job_fund"),

@@ -7,8 +7,8 @@ which decides what to check and what an outcome means. Only the verify worker, b
 the `verify` extra, has torch; the web process and the other workers never import this.
 """
 
-from .check import REASONS, check_attempt, checkpoint_problem
-from .sandboxed import check_attempt_sandboxed, checkpoint_problem_sandboxed
+from .check import REASONS, check_attempt, check_determinism, checkpoint_problem
+from .sandboxed import check_attempt_sandboxed, check_determinism_sandboxed, checkpoint_problem_sandboxed
 
-__all__ = ["REASONS", "check_attempt", "check_attempt_sandboxed", "checkpoint_problem",
-           "checkpoint_problem_sandboxed"]
+__all__ = ["REASONS", "check_attempt", "check_attempt_sandboxed", "check_determinism",
+           "check_determinism_sandboxed", "checkpoint_problem", "checkpoint_problem_sandboxed"]

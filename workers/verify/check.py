@@ -47,6 +47,9 @@ class AttemptPlan:
     # platform stores it, {archive, kind, entry} (unpacked here: `_materialized`); its data folder.
     bundle: dict | None = None
     data_dir: str | None = None
+    # A bundle's determinism as checked before the consumer paid (check_determinism, stored
+    # by the platform): reused here; None: checked now.
+    determinism: dict | None = None
 
 
 @dataclass
@@ -177,13 +180,25 @@ def _check_attempt(plan: AttemptPlan, dataset: dict) -> AttemptResult:
     if plan.bundle and plan.segments:
         # A consumer's task decides its own randomness: replay is evidence only if the task
         # gives the same bits twice from the same state under the runtime's seeding.
-        out.determinism = determinism.check(runner).as_dict()
+        out.determinism = plan.determinism or determinism.check(runner).as_dict()
         if not out.determinism["deterministic"]:
             plan = replace(plan, segments=[])
     _replay_segments(plan, runner, out)
     if plan.check_model:
         _check_model(plan, runner, out)
     return out
+
+
+def check_determinism(plan: dict, dataset: dict) -> dict:
+    """Does a consumer's task replay to the same bits twice (workers/training/determinism.py)?
+    Asked before the consumer pays, once per task, data, params and world size. `plan`:
+    {params, world_size, bundle (as the platform stores it), data_dir}; `dataset` as for
+    check_attempt. Returns Determinism.as_dict()."""
+    with _materialized(plan, dataset) as (plan, dataset):
+        runner = replay.Replayer(replay.Job(template="", params=plan["params"], dataset=dataset,
+                                            world_size=int(plan["world_size"]), bundle=plan["bundle"],
+                                            data_dir=plan.get("data_dir")))
+        return determinism.check(runner).as_dict()
 
 
 def checkpoint_problem(path: str, *, step: int, template: str, params: dict, dataset: dict,

@@ -23,7 +23,7 @@ import torch
 
 from workers.agent import sandbox as sandboxing
 
-from .check import check_attempt, checkpoint_problem
+from .check import check_attempt, check_determinism, checkpoint_problem
 
 TIMEOUT_S = 3600.0
 
@@ -82,6 +82,16 @@ def check_attempt_sandboxed(plan: dict, dataset: dict, *, limits: sandboxing.Lim
     return result
 
 
+def check_determinism_sandboxed(plan: dict, dataset: dict, *, limits: sandboxing.Limits | None = None,
+                                timeout_s: float = 900.0) -> dict:
+    """check_determinism's result, computed inside the sandbox (it always runs a bundle's code)."""
+    result = _in_sandbox("check_determinism", {"plan": plan, "dataset": dataset},
+                         limits=limits, timeout_s=timeout_s)
+    if not isinstance(result, dict) or not isinstance(result.get("deterministic"), bool):
+        raise RuntimeError("the sandboxed determinism check wrote no result")
+    return result
+
+
 def checkpoint_problem_sandboxed(path: str, *, limits: sandboxing.Limits | None = None,
                                  timeout_s: float = 600.0, **kwargs) -> str | None:
     """checkpoint_problem's answer; for a bundle's job (building its model runs the
@@ -102,6 +112,8 @@ def main(argv: list[str]) -> int:
     result: dict | str | None
     if inputs["call"] == "checkpoint_problem":
         result = checkpoint_problem(args.pop("path"), **args)
+    elif inputs["call"] == "check_determinism":
+        result = check_determinism(args["plan"], args["dataset"])
     else:
         plan = args["plan"]
         # JSON made the steps' keys strings; the check looks them up as numbers.

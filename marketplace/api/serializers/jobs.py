@@ -78,9 +78,29 @@ class JobEventSerializer(serializers.ModelSerializer):
         fields = ["at", "from_status", "to_status", "reason", "message"]
 
 
+class DeterminismSerializer(serializers.Serializer):
+    deterministic = serializers.BooleanField()
+    steps = serializers.IntegerField(help_text="Steps replayed twice from the same state.")
+    rel_l2 = serializers.FloatField(allow_null=True, help_text="Between the two replays (0: the same bits).")
+    seconds = serializers.FloatField(allow_null=True, help_text="What the check cost.")
+
+
+class VerificationMethodSerializer(serializers.Serializer):
+    method = serializers.ChoiceField(
+        choices=["checking", "replay", "evaluation_only", "unknown"],
+        help_text="How the work will be verified: replay (step replay and held-out evaluation), "
+                  "evaluation_only (held-out evaluation only: a consumer's task that is not "
+                  "deterministic under the runtime's seeding, or DiLoCo across nodes), checking "
+                  "(the verifier is replaying a few of the task's steps twice), unknown (that "
+                  "check failed; it runs again at verification).")
+    message = serializers.CharField()
+    determinism = DeterminismSerializer(allow_null=True, help_text="The check's answer, once known.")
+
+
 class VerificationSerializer(serializers.Serializer):
     status = serializers.CharField()
     report_url = serializers.CharField(allow_null=True)
+    method = VerificationMethodSerializer(help_text="How this job's work is verified (known before funding).")
 
 
 class JobListSerializer(serializers.ModelSerializer):
@@ -228,7 +248,6 @@ class QuoteSerializer(serializers.Serializer):
     traffic_vs_ddp = serializers.FloatField(
         allow_null=True, help_text="DiLoCo: how many times fewer bytes per node and step than DDP "
                                    "(by model, for the node that sends the most); null for DDP.")
-    sync = serializers.JSONField(help_text="The job's synchronisation settings, defaults filled in.")
-    traffic_vs_ddp = serializers.FloatField(
-        allow_null=True, help_text="DiLoCo: how many times fewer bytes per node and step than DDP "
-                                   "(by model, for the node that sends the most); null for DDP.")
+    verification = VerificationMethodSerializer(
+        help_text="How the work will be verified. For a code bundle the first quote starts the "
+                  "determinism check (`checking`); ask again for its answer.")
