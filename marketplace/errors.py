@@ -10,6 +10,18 @@ class MarketError(Exception):
         self.message = message
         self.field = field
         self.code = code
+        # Every problem found, as (field, message); the first is `field`/`message`. A service
+        # that checks several inputs reports them all at once (`invalid_all`), so a form shows
+        # each next to its field instead of one per submission.
+        self.errors: list[tuple[str | None, str]] = [(field, message)]
+
+
+def invalid_all(problems: list[tuple[str | None, str]]) -> None:
+    """Raise one MarketError carrying every (field, message) problem; nothing when none."""
+    if problems:
+        exc = MarketError(problems[0][1], field=problems[0][0])
+        exc.errors = list(problems)
+        raise exc
 
 
 class NotFound(MarketError):

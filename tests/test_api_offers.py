@@ -428,3 +428,13 @@ def test_the_list_renders_offers_exactly_as_the_detail_does(api, market):
     assert rows and len(rows) == data["count"]  # the whole list on one page: the loop checks each
     for row in rows:
         assert api.get(f"{URL}{row['id']}/").json() == row
+
+
+def test_create_reports_every_problem_of_the_terms_at_once(api, carol, spare_node):
+    """Issue 18: the service finds all of them; `detail`/`field` name the first, `errors` each."""
+    response = api.as_user(carol).post(URL, offer_body(spare_node, gpus_offered=99, min_duration_hours="4",
+                                                       max_duration_hours="2"), format="json")
+    data = assert_error(response, 400, "gpus_offered")
+    assert set(data["errors"]) == {"gpus_offered", "max_duration_hours"}, data
+    assert "shorter" in data["errors"]["max_duration_hours"][0]
+    assert not Offer.objects.exists()

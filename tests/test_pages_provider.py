@@ -192,3 +192,54 @@ def test_my_nodes_shows_running_work_and_earnings(client, carol, carol_node, hea
     assert 'data-testid="running-assignments">1<' in html
     earned = Decimal(re.search(r'data-testid="earned">([0-9.]+)<', html).group(1))
     assert Decimal("9") <= earned < Decimal("9.01")
+
+
+def test_the_offer_form_shows_every_error_at_once(client, carol, carol_node):
+    """Issue 18: cross-field errors (capacity, window, durations) together with the fields'
+    own, after one submission, each next to its field; nothing is written."""
+    client.force_login(carol)
+    response = client.post(reverse("provider_offer_new"), offer_form(
+        carol_node, gpus_offered="9", price_per_gpu_hour="abc", available_until="2001-01-01T00:00",
+        min_duration_hours="4", max_duration_hours="2"))
+    assert response.status_code == 200
+    errors = response.context["form"].errors
+    assert set(errors) == {"gpus_offered", "price_per_gpu_hour", "available_until", "max_duration_hours"}, errors
+    assert "at most 8" in " ".join(errors["gpus_offered"])
+    assert "shorter" in " ".join(errors["max_duration_hours"])
+    assert len(errors["price_per_gpu_hour"]) == 1  # its own parse error, not a second one
+    assert response.content.decode().count('role="alert"') >= 5  # the summary and the four fields
+    assert not Offer.objects.exists()
+
+
+def test_an_offer_edit_shows_every_error_at_once(client, carol, carol_offer):
+    Offer.objects.filter(pk=carol_offer.pk).update(gpus_reserved=3)
+    client.force_login(carol)
+    data = offer_form(carol_offer.node, gpus_offered="2", min_duration_hours="0")
+    del data["node"]
+    response = client.post(reverse("provider_offer_edit", args=[carol_offer.pk]), data)
+    errors = response.context["form"].errors
+    assert "reserved by running jobs" in " ".join(errors["gpus_offered"])
+    assert "more than 0 hours" in " ".join(errors["min_duration_hours"])
+
+
+def test_the_offer_capacity_panel_follows_the_machine_and_the_count(client, carol, carol_node, carol_offer,
+                                                                     dave_node):
+    """The panel the offer form reads while the provider types: the machine's free GPUs (its
+    other offers' excluded), the count asked for checked against them; another provider's
+    machine or offer is not shown."""
+    Offer.objects.filter(pk=carol_offer.pk).update(gpus_offered=5, gpus_reserved=2)
+    client.force_login(carol)
+    url = reverse("provider_offer_capacity")
+    page = client.get(url, {"node": carol_node.pk, "gpus_offered": "3"}).content.decode()
+    assert 'data-testid="capacity-free">3</span> of 8 GPUs free' in page and "capacity-over" not in page
+    over = client.get(url, {"node": carol_node.pk, "gpus_offered": "6"}).content.decode()
+    assert "You ask for 6: at most 3 can be listed." in over
+    # Editing the offer itself: its own GPUs count as free; running jobs hold 2 of them.
+    own = client.get(url, {"offer": carol_offer.pk, "gpus_offered": "1"}).content.decode()
+    assert 'data-testid="capacity-free">8</span>' in own and "running jobs hold 2" in own
+    assert "Choose a machine" in client.get(url, {"node": dave_node.pk}).content.decode()
+    assert client.get(url, {"offer": "999999"}).status_code == 404
+    assert "Choose a machine" in client.get(url, {"node": "x' or 1=1"}).content.decode()
+    # The form carries the panel, rendered with the page.
+    form = client.get(reverse("provider_offer_edit", args=[carol_offer.pk])).content.decode()
+    assert 'data-testid="offer-capacity"' in form and 'data-testid="capacity-free">8</span>' in form

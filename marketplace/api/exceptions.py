@@ -3,8 +3,9 @@
     {"detail": "<a sentence a person can act on>", "field": "<input at fault>" | null,
      "code": "<machine-readable>"}
 
-plus `errors` ({field: [messages]}) for input validation. Domain errors (MarketError)
-come from the services; anything else unexpected stays a 500 so that it gets fixed.
+plus `errors` ({field: [messages]}) for input validation, and for a domain error that
+found several problems at once. Domain errors (MarketError) come from the services;
+anything else unexpected stays a 500 so that it gets fixed.
 """
 
 import logging
@@ -63,8 +64,13 @@ def _validation_body(exc: exceptions.ValidationError) -> dict[str, Any]:
 def api_exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, MarketError):
         set_rollback()
-        return Response({"detail": exc.message, "field": exc.field, "code": exc.code},
-                        status=exc.status_code)
+        body = {"detail": exc.message, "field": exc.field, "code": exc.code}
+        if len(exc.errors) > 1:  # several inputs at fault: as input validation reports them
+            errors: dict[str, list[str]] = {}
+            for f, m in exc.errors:
+                errors.setdefault(f or "", []).append(m)
+            body["errors"] = errors
+        return Response(body, status=exc.status_code)
     if isinstance(exc, RequestDataTooBig):
         return Response({"detail": "The request body is too large.", "field": None,
                          "code": "too_large"}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)

@@ -31,8 +31,9 @@ class MarketErrorMixin:
     """Attach a service's MarketError to the field it names, else to the whole form."""
 
     def add_market_error(self, exc: MarketError) -> None:
-        name = (exc.field or "").split(".")[0]
-        self.add_error(name if name in self.fields else None, exc.message)  # type: ignore[attr-defined]
+        for field, message in exc.errors:  # all of them at once, each on its own field
+            name = (field or "").split(".")[0]
+            self.add_error(name if name in self.fields else None, message)  # type: ignore[attr-defined]
 
 
 class LocalDateTimeInput(forms.DateTimeInput):

@@ -6,7 +6,7 @@ from django import forms
 
 from ..models import Node
 from ..services.nodes import NodeSpec
-from ..services.offers import OfferSpec
+from ..services.offers import OfferSpec, offer_problems
 from .common import (
     COMPLIANCE_CHOICES,
     GPU_CHOICES,
@@ -73,14 +73,34 @@ class OfferForm(LocalTimeFormMixin, MarketErrorMixin, forms.Form):
                   "templates run here.")
     tz_offset = tz_offset_field()
 
-    def __init__(self, *args, nodes=None, editing: bool = False, **kwargs):
+    def __init__(self, *args, nodes=None, editing: bool = False, offer=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.offer = offer
         if nodes is not None:
             self.fields["node"].queryset = nodes
         self.fields["node"].label_from_instance = (
             lambda n: f"{n.name} — {n.gpu_count} × {n.gpu_model}, {n.region}")
         if editing:
             del self.fields["node"]
+
+    def clean(self):
+        """The service's checks of the terms too (capacity, window, durations): every error at
+        once, next to its field, instead of one per submission. The service checks again."""
+        cleaned = super().clean()
+        node = self.offer.node if self.offer is not None else cleaned.get("node")
+        # A value the form could not parse is None here (offer_problems allows for it).
+        spec = OfferSpec(gpus_offered=cleaned.get("gpus_offered"),  # type: ignore[arg-type]
+                         price_per_gpu_hour=cleaned.get("price_per_gpu_hour"),  # type: ignore[arg-type]
+                         available_from=cleaned.get("available_from")
+                         or (self.offer.available_from if self.offer is not None else None),
+                         available_until=cleaned.get("available_until"),
+                         min_duration_hours=cleaned.get("min_duration_hours"),  # type: ignore[arg-type]
+                         max_duration_hours=cleaned.get("max_duration_hours"))
+        for field, message in offer_problems(spec, node, exclude_offer=self.offer):
+            name = field if field in self.fields else None
+            if name is None or name not in self.errors:  # a value it could not parse keeps its own error
+                self.add_error(name, message)
+        return cleaned
 
     def to_spec(self) -> OfferSpec:
         c = self.cleaned_data

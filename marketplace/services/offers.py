@@ -3,12 +3,12 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.db import transaction
-from django.db.models import Sum
 from django.utils import timezone
 
-from ..errors import Conflict, MarketError, PermissionDenied
+from ..errors import Conflict, MarketError, PermissionDenied, invalid_all
 from ..models import Node, Offer, Organization
 from ..money import is_whole_micro
+from ..selectors.market import node_capacity
 from . import enqueue, live
 from .claims import node_offers_recheck, offer_resume_check
 from .staking import provider_stake_total
@@ -28,40 +28,49 @@ class OfferSpec:
     accepts_custom_code: bool = False
 
 
-def _validate(spec: OfferSpec, node: Node, *, exclude_offer: Offer | None = None) -> dict:
+def offer_problems(spec: OfferSpec, node: Node | None, *,
+                   exclude_offer: Offer | None = None) -> list[tuple[str | None, str]]:
+    """Every problem of an offer's terms, as (field, message), none when they are fine. The
+    offer form asks this of what it parsed (a value it could not parse is None here, and
+    keeps the form's own error), so that all errors show after one submission; `node=None`
+    skips the capacity check."""
+    problems: list[tuple[str | None, str]] = []
     price = spec.price_per_gpu_hour
     if price is None or price <= 0:
-        raise MarketError("The price per GPU-hour must be more than 0 tUSD.",
-                          field="price_per_gpu_hour")
-    if price > MAX_PRICE:
-        raise MarketError(f"The price per GPU-hour must be at most {MAX_PRICE} tUSD.",
-                          field="price_per_gpu_hour")
-    if not is_whole_micro(price):
-        raise MarketError("Prices have at most 6 decimal places.", field="price_per_gpu_hour")
+        problems.append(("price_per_gpu_hour", "The price per GPU-hour must be more than 0 tUSD."))
+    elif price > MAX_PRICE:
+        problems.append(("price_per_gpu_hour", f"The price per GPU-hour must be at most {MAX_PRICE} tUSD."))
+    elif not is_whole_micro(price):
+        problems.append(("price_per_gpu_hour", "Prices have at most 6 decimal places."))
     if spec.gpus_offered is None or spec.gpus_offered < 1:
-        raise MarketError("Offer at least 1 GPU.", field="gpus_offered")
-    others = Offer.objects.filter(node=node)
-    if exclude_offer is not None:
-        others = others.exclude(pk=exclude_offer.pk)
-    listed = others.aggregate(n=Sum("gpus_offered"))["n"] or 0
-    if spec.gpus_offered + listed > node.gpu_count:
-        free = node.gpu_count - listed
-        raise MarketError(f"{node.name} has {node.gpu_count} GPUs and {listed} are listed in "
-                          f"other offers; you can offer at most {max(free, 0)}.",
-                          field="gpus_offered")
+        problems.append(("gpus_offered", "Offer at least 1 GPU."))
+    elif node is not None:
+        capacity = node_capacity(node, offer=exclude_offer)
+        if spec.gpus_offered > capacity.free:
+            problems.append(("gpus_offered", f"{node.name} has {capacity.total} GPUs and "
+                                             f"{capacity.listed_elsewhere} are listed in other offers; "
+                                             f"you can offer at most {capacity.free}."))
+        elif spec.gpus_offered < capacity.reserved:
+            problems.append(("gpus_offered", f"{capacity.reserved} GPUs of this offer are reserved by "
+                                             "running jobs; you cannot offer fewer."))
     start = spec.available_from or timezone.now()
     if spec.available_until is not None and spec.available_until <= start:
-        raise MarketError("The availability window must end after it starts.",
-                          field="available_until")
-    if spec.available_until is not None and spec.available_until <= timezone.now():
-        raise MarketError("The availability window has already ended.", field="available_until")
+        problems.append(("available_until", "The availability window must end after it starts."))
+    elif spec.available_until is not None and spec.available_until <= timezone.now():
+        problems.append(("available_until", "The availability window has already ended."))
     min_h = spec.min_duration_hours
     if min_h is None or min_h <= 0:
-        raise MarketError("The minimum duration must be more than 0 hours.",
-                          field="min_duration_hours")
-    if spec.max_duration_hours is not None and spec.max_duration_hours < min_h:
-        raise MarketError("The maximum duration cannot be shorter than the minimum.",
-                          field="max_duration_hours")
+        problems.append(("min_duration_hours", "The minimum duration must be more than 0 hours."))
+    elif spec.max_duration_hours is not None and spec.max_duration_hours < min_h:
+        problems.append(("max_duration_hours", "The maximum duration cannot be shorter than the minimum."))
+    return problems
+
+
+def _validate(spec: OfferSpec, node: Node, *, exclude_offer: Offer | None = None) -> dict:
+    """The offer's fields, or a MarketError with every problem found (each on its field)."""
+    invalid_all(offer_problems(spec, node, exclude_offer=exclude_offer))
+    start = spec.available_from or timezone.now()
+    price, min_h = spec.price_per_gpu_hour, spec.min_duration_hours
     return {
         "gpus_offered": spec.gpus_offered, "price_per_gpu_hour": price,
         "available_from": start, "available_until": spec.available_until,
@@ -108,9 +117,6 @@ def offer_update(*, provider: Organization, offer: Offer, spec: OfferSpec) -> Of
         node = Node.objects.select_for_update().get(pk=offer.node_id)
         offer = Offer.objects.select_for_update().get(pk=offer.pk)
         fields = _validate(spec, node, exclude_offer=offer)
-        if fields["gpus_offered"] < offer.gpus_reserved:
-            raise MarketError(f"{offer.gpus_reserved} GPUs of this offer are reserved by running "
-                              "jobs; you cannot offer fewer.", field="gpus_offered")
         for key, value in fields.items():
             setattr(offer, key, value)
         offer.save()

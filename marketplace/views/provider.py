@@ -4,14 +4,14 @@ from django.contrib import messages
 from django.db.models import Count, Sum
 from django.http import HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_GET, require_POST
 
 from .. import catalogue
 from ..errors import MarketError
 from ..forms import NodeForm, OfferForm, utc_to_input
 from ..models import Offer
 from ..selectors.execution import provider_earnings
-from ..selectors.market import nodes_of_provider, offers_of_provider
+from ..selectors.market import node_capacity, nodes_of_provider, offers_of_provider
 from ..selectors.payments import provider_payouts
 from ..services.nodes import node_create, node_rotate_token
 from ..services.offers import offer_create, offer_set_status, offer_update
@@ -86,11 +86,39 @@ def offer_mine(request):
     return render(request, "provider/offers.html", {"offers": offers})
 
 
+def _whole(value) -> int | None:
+    value = str(value or "").strip()
+    return int(value) if value.isdigit() and len(value) < 10 else None
+
+
+def _capacity(node, offer, wanted) -> dict:
+    """The offer form's capacity panel: the machine's free GPUs for this offer."""
+    return {"cap_node": node, "capacity": node_capacity(node, offer=offer) if node is not None else None,
+            "wanted": _whole(wanted), "offer": offer}
+
+
+@org_required("provider")
+@require_GET
+def offer_capacity(request):
+    """The offer form's capacity panel alone (htmx), while the provider edits: the chosen
+    machine (`node`), or the edited offer's (`offer`), with the GPUs asked for."""
+    offer = None
+    if _whole(request.GET.get("offer")) is not None:
+        offer = get_object_or_404(offers_of_provider(request.user).select_related("node"),
+                                  pk=_whole(request.GET.get("offer")))
+        node = offer.node
+    else:
+        node = nodes_of_provider(request.user).filter(pk=_whole(request.GET.get("node"))).first()
+    return render(request, "provider/_offer_capacity.html",
+                  _capacity(node, offer, request.GET.get("gpus_offered")))
+
+
 @org_required("provider")
 def offer_new(request):
     nodes = nodes_of_provider(request.user)
     initial = {"node": request.GET.get("node")} if request.GET.get("node") else {}
     form = OfferForm(request.POST or None, nodes=nodes, initial=initial)
+    chosen = nodes.filter(pk=_whole(form["node"].value())).first()
     if request.method == "POST" and form.is_valid():
         try:
             offer_create(provider=request.org, node=form.cleaned_data["node"],
@@ -101,7 +129,9 @@ def offer_new(request):
             messages.success(request, "Offer listed. Consumers can find it while its machine "
                                       "is online.")
             return redirect("provider_offers")
-    return render(request, "provider/offer_form.html", {"form": form, "has_nodes": nodes.exists()})
+    return render(request, "provider/offer_form.html", {
+        "form": form, "has_nodes": nodes.exists(),
+        **_capacity(chosen, None, form["gpus_offered"].value())})
 
 
 @org_required("provider")
@@ -115,7 +145,7 @@ def offer_edit(request, pk: int):
     }
     if offer.available_until is not None:
         initial["available_until"] = utc_to_input(offer.available_until)
-    form = OfferForm(request.POST or None, initial=initial, editing=True)
+    form = OfferForm(request.POST or None, initial=initial, editing=True, offer=offer)
     if offer.available_until is not None and not form.is_bound:
         form.fields["available_until"].widget.attrs["data-utc-default"] = (
             offer.available_until.isoformat())
@@ -131,8 +161,8 @@ def offer_edit(request, pk: int):
         else:
             messages.success(request, "Offer updated.")
             return redirect("provider_offers")
-    return render(request, "provider/offer_form.html", {"form": form, "offer": offer,
-                                                        "has_nodes": True})
+    return render(request, "provider/offer_form.html", {
+        "form": form, "has_nodes": True, **_capacity(offer.node, offer, form["gpus_offered"].value())})
 
 
 @org_required("provider")

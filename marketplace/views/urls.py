@@ -51,6 +51,7 @@ urlpatterns = [
          name="provider_node_rotate"),
     path("provider/offers/", provider.offer_mine, name="provider_offers"),
     path("provider/offers/new/", provider.offer_new, name="provider_offer_new"),
+    path("provider/offers/capacity/", provider.offer_capacity, name="provider_offer_capacity"),
     path("provider/offers/<int:pk>/edit/", provider.offer_edit, name="provider_offer_edit"),
     path("provider/offers/<int:pk>/status/", provider.offer_status, name="provider_offer_status"),
     path("provider/stake/", stake.stake_page, name="provider_stake"),
