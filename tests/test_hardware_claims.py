@@ -142,3 +142,32 @@ def test_a_node_that_reports_less_before_it_accepts_does_not_run_the_assignment(
     assert offer.gpus_reserved == 0 and node.pk in job.excluded_nodes
     assert job.status in (Job.Status.INTERRUPTED, Job.Status.MATCHING)
     assert AuditEvent.objects.filter(action="offer.claims_mismatch", object_id=str(offer.pk)).count() == 2
+
+
+def test_the_hello_s_cuda_and_driver_versions_reach_the_offers_list(client, h100_node):
+    """Issue 18: the CUDA runtime and the NVIDIA driver an agent reports are stored with the
+    node and shown in the offers list; anything that is not a version (markup, control
+    characters) is dropped, not shown."""
+    node, _ = h100_node
+    asyncio.run(_session([hello({**h100s(8), "cuda": "12.4", "driver": "550.54.15"})]))
+    node.refresh_from_db()
+    assert (node.hardware["cuda"], node.hardware["driver"]) == ("12.4", "550.54.15")
+    page = client.get(reverse("offers") + "?online=false").content.decode()
+    assert "CUDA 12.4 · driver 550.54.15" in page
+    asyncio.run(_session([hello({**h100s(8), "cuda": "<b>12</b>", "driver": "550\x07.1"})]))
+    node.refresh_from_db()
+    assert "cuda" not in node.hardware and "driver" not in node.hardware
+    page = client.get(reverse("offers") + "?online=false").content.decode()
+    assert "CUDA and driver not reported yet" in page
+
+
+@pytest.mark.parametrize(("text", "version"), [
+    ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023\n"
+     "GCC version:  gcc version 12.2.0 (Debian 12.2.0-14)", "535.104.05"),
+    ("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  550.54.15  Release Build  (dvs-builder@U16)",
+     "550.54.15"),
+    ("", None),
+])
+def test_the_agent_reads_the_driver_version_the_kernel_module_reports(text, version):
+    from workers.agent.hardware import driver_in_proc
+    assert driver_in_proc(text) == version

@@ -203,7 +203,8 @@ def test_the_offer_form_shows_every_error_at_once(client, carol, carol_node):
         min_duration_hours="4", max_duration_hours="2"))
     assert response.status_code == 200
     errors = response.context["form"].errors
-    assert set(errors) == {"gpus_offered", "price_per_gpu_hour", "available_until", "max_duration_hours"}, errors
+    assert set(errors) == {"gpus_offered", "price_per_gpu_hour", "available_until",
+                           "max_duration_hours"}, errors
     assert "at most 8" in " ".join(errors["gpus_offered"])
     assert "shorter" in " ".join(errors["max_duration_hours"])
     assert len(errors["price_per_gpu_hour"]) == 1  # its own parse error, not a second one

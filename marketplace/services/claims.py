@@ -32,8 +32,14 @@ MEMORY_SHARE = 0.9
 MAX_GPUS = 64
 
 
+# A CUDA or driver version as agents report them ("12.4", "550.54.15"): shown to consumers
+# in the offers list, so nothing else (markup, control characters) is kept.
+VERSION = re.compile(r"[0-9][0-9A-Za-z.+-]{0,31}")
+
+
 def hardware_clean(raw: Any) -> dict:
-    """The agent's `hardware`, validated: only what is compared is kept, bounded."""
+    """The agent's `hardware`, validated: only what is compared (and the CUDA and driver
+    versions the offers list shows) is kept, bounded."""
     if not isinstance(raw, dict) or not isinstance(raw.get("gpus"), list):
         return {}  # no report: compared as such (an agent that does not say is not believed)
     gpus: list[dict[str, Any]] = []
@@ -49,6 +55,10 @@ def hardware_clean(raw: Any) -> dict:
         value = raw.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 10**7:
             out[key] = value
+    for key in ("cuda", "driver"):
+        value = raw.get(key)
+        if isinstance(value, str) and VERSION.fullmatch(value.strip()):
+            out[key] = value.strip()
     return out
 
 

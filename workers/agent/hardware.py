@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
+import subprocess
 import time
 
 
@@ -13,6 +15,36 @@ def _ram_gb() -> int:
         return max(1, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 1024**3)
     except (ValueError, OSError, AttributeError):
         return 1
+
+
+def driver_in_proc(text: str) -> str | None:
+    """The version in /proc/driver/nvidia/version's text: "... Kernel Module  535.104.05  ..."
+    (the proprietary module) or "... Open Kernel Module for x86_64  550.54.15  ..."."""
+    found = re.search(r"Kernel Module(?: for [\w-]+)?\s+([0-9][0-9.]*)", text)
+    return found.group(1) if found else None
+
+
+def nvidia_driver() -> str | None:
+    """The NVIDIA kernel driver's version ("550.54.15"), which consumers compare with what
+    their code needs; None without one. The kernel module says it without starting a process;
+    nvidia-smi is asked where /proc does not show it (some containers)."""
+    try:
+        with open("/proc/driver/nvidia/version", encoding="utf-8", errors="replace") as f:
+            found = driver_in_proc(f.read())
+        if found:
+            return found
+    except OSError:
+        pass
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    first = out.strip().splitlines()[0].strip() if out.strip() else ""
+    return first if re.fullmatch(r"[0-9][0-9.]*", first) else None
 
 
 def detect(workdir: str) -> dict:
@@ -30,6 +62,7 @@ def detect(workdir: str) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda if gpus else None,
+        "driver": nvidia_driver() if gpus else None,
         "gpus": gpus,
         "gpu_count": len(gpus),
         "gpu_model": gpus[0]["name"] if gpus else "cpu",
