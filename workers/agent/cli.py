@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..training import faults as test_faults
-from . import __version__, hardware, register, sandbox
+from . import __version__, hardware, peer_firewall, register, sandbox
 from .agent import Agent, TokenRefused
 from .display import Display
 from .run_assignment import STALL_TIMEOUT_S
@@ -107,13 +107,19 @@ async def _main(args: argparse.Namespace, display: Display) -> int:
     scope = "every job" if args.sandbox == "all" else "consumers' own code"
     display.log(f"  sandbox: {'bubblewrap' if sandbox_ok else 'UNAVAILABLE (apt-get install bubblewrap)'}"
                 f", for {scope}")
+    for gone in await asyncio.to_thread(peer_firewall.remove_stale):
+        display.log(f"  removed a dead sandbox's {gone}")
+    peers_ok, why_not = await asyncio.to_thread(peer_firewall.probe)
+    display.log("  multi-node sandboxes: " + ("confined to their peers (nftables, cgroup v2)" if peers_ok
+                else f"CANNOT be confined to their peers ({why_not}): multi-node consumers' code "
+                     "is not run here"))
     agent = Agent(server=args.server, token=args.token, workdir=args.workdir,
                   nproc_per_node=args.nproc_per_node,
                   advertise_addr=args.advertise_addr or _default_addr(args.server),
                   heartbeat_s=args.heartbeat, display=display, hardware=hw, benchmark_tflops=tflops,
                   stall_timeout_s=args.stall_timeout,
                   sandbox=sandbox.Settings(
-                      mode=args.sandbox, available=sandbox_ok,
+                      mode=args.sandbox, available=sandbox_ok, peer_firewall=sandbox_ok and peers_ok,
                       limits=sandbox.Limits.from_options(
                           memory_gb=args.sandbox_memory_gb, processes=args.sandbox_processes,
                           disk_gb=args.sandbox_disk_gb, wall_h=args.sandbox_wall_hours)))

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from . import sandbox as sandboxing
+from .peer_firewall import PeerFirewall
 from .rank_logs import PREFIX_TEMPLATE
 
 
@@ -56,13 +57,15 @@ def _tee(spec_path: Path) -> list[str]:
 
 
 def sandboxed(cmd: list[str], env: dict[str, str], *, job_dir: Path, nnodes: int,
-              limits: sandboxing.Limits | None = None
+              limits: sandboxing.Limits | None = None, firewall: PeerFirewall | None = None
               ) -> tuple[list[str], dict[str, str], sandboxing.Sandbox]:
     """The command run inside the assignment's sandbox (workers/agent/sandbox.py): a
     single-node job gets loopback only (build its command with master_addr 127.0.0.1), a
-    multi-node one the host's network, which its peers reach it through."""
+    multi-node one the host's network, which its peers reach it through: confined to them
+    by `firewall` ("peers" mode), unfiltered without one (the built-in templates only)."""
+    network = "loopback" if nnodes == 1 else "peers" if firewall is not None else "host"
     box = sandboxing.Sandbox(job_dir=job_dir, limits=limits or sandboxing.Limits(),
-                             network="loopback" if nnodes == 1 else "host")
+                             network=network, firewall=firewall if network == "peers" else None)
     if nnodes == 1:
         env = {**env, "GLOO_SOCKET_IFNAME": "lo"}
     wrapped, outer_env = box.wrap(cmd, env)

@@ -16,7 +16,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import bundle_fetch, launcher, rank_logs, transfer
+from . import bundle_fetch, launcher, peer_firewall, rank_logs, transfer
 from . import sandbox as sandboxing
 from .events_tail import EventTail
 
@@ -123,6 +123,14 @@ class AssignmentRun:
                 raise transfer.TransferError(
                     "this node cannot run consumers' code: bubblewrap is missing or cannot build its "
                     "sandbox here (apt-get install bubblewrap)")
+            # Across nodes, consumers' code only ever runs confined to its peers (templates too
+            # where this machine can).
+            confine_to_peers = (sandboxed and s["nnodes"] > 1
+                                and (bool(s.get("bundle")) or settings.peer_firewall))
+            if confine_to_peers and not settings.peer_firewall:  # consumers' code, across nodes
+                raise transfer.TransferError(
+                    "this node cannot confine a multi-node job's code to its peers (the sandbox's "
+                    "peers firewall needs root, nftables and cgroup v2)")
             dataset = await asyncio.to_thread(self._fetch_inputs)
             bundle = None
             if s.get("bundle"):  # the consumer's own task: its code into the job's folder
@@ -149,8 +157,9 @@ class AssignmentRun:
             threads = max(1, self.agent.cpu_threads // max(1, s["nproc_per_node"]))
             env = launcher.environment(threads=threads)
             if sandboxed:
+                firewall = peer_firewall.for_assignment(s, rdzv) if confine_to_peers else None
                 cmd, env, self.sandbox = launcher.sandboxed(cmd, env, job_dir=self.dir, nnodes=s["nnodes"],
-                                                            limits=settings.limits)
+                                                            limits=settings.limits, firewall=firewall)
                 self.agent.display.log(f"assignment {self.id}: sandboxed; "
                                        f"{self.sandbox.enforcement.describe()}")
             self.process = process = await launcher.start(cmd, env, self.dir, split_streams=True)
@@ -166,6 +175,8 @@ class AssignmentRun:
                     watch.cancel()
         except transfer.TransferError as exc:
             await self._finish("failed", error=str(exc))
+        except peer_firewall.FirewallError as exc:
+            await self._finish("failed", error=f"the sandbox's peers firewall: {exc}")
         except asyncio.CancelledError:
             if self.process is not None:
                 await launcher.stop(self.process)

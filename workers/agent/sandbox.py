@@ -11,8 +11,9 @@ What the processes inside see:
   privileges (bwrap sets PR_SET_NO_NEW_PRIVS), no nested user namespaces, a new session
   (no TIOCSTI into the agent's terminal); killed when the agent dies;
 - single-node jobs: their own network namespace with loopback only. Multi-node jobs share
-  the host's network (their peers must reach their ranks' ports): see docs/tasks.md for
-  what that does and does not allow;
+  the host's network (their peers must reach their ranks' ports) and, in "peers" mode
+  (peer_firewall.py), may open connections only to their job's peers and to listeners of
+  their own job on this host: see docs/tasks.md for what that does and does not allow;
 - GPUs: /dev/nvidia* passed through (and /sys read-only) when present.
 
 Limits: processes and memory by cgroup (pids, memory) where the agent may create cgroups,
@@ -36,6 +37,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
+
+from .peer_firewall import PeerFirewall
 
 BWRAP = "bwrap"
 CONFINE = Path(__file__).with_name("confine.py")
@@ -88,10 +91,12 @@ class Enforcement:
 
     processes: str = "none"
     memory: str = "none"
+    network: str = ""
     notes: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        return f"processes by {self.processes}, memory by {self.memory}" + (
+        network = f"network: {self.network}; " if self.network else ""
+        return f"{network}processes by {self.processes}, memory by {self.memory}" + (
             f" ({'; '.join(self.notes)})" if self.notes else "")
 
 
@@ -110,7 +115,11 @@ class Cgroups:
     them (root, or a delegated cgroup v2 subtree). Removed, with anything left in them, by
     `remove`."""
 
-    def __init__(self, name: str, limits: Limits, *, root: Path = Path("/sys/fs/cgroup")):
+    def __init__(self, name: str, limits: Limits, *, root: Path = Path("/sys/fs/cgroup"),
+                 v2_dir: Path | None = None):
+        # v2_dir: the cgroup v2 folder the sandbox must be in anyway (its peers' firewall
+        # matches it); a process is in one v2 folder only, so the v2 limits go there too.
+        self.v2_dir = v2_dir
         self.dirs: list[Path] = []
         self.enforcement = Enforcement()
         own = _own_cgroups()
@@ -137,12 +146,12 @@ class Cgroups:
         self.dirs.append(target)
 
     def _v2(self, mount: Path, path: str, name: str, limits: Limits) -> None:
-        target = mount / path.lstrip("/") / name
+        target = self.v2_dir or mount / path.lstrip("/") / name
         try:
-            available = (mount / path.lstrip("/") / "cgroup.controllers").read_text().split()
+            available = (target.parent / "cgroup.controllers").read_text().split()
             if not {"pids", "memory"} & set(available):
                 return
-            target.mkdir()
+            target.mkdir(exist_ok=self.v2_dir is not None)
             self.dirs.append(target)
             if "pids" in available:
                 (target / "pids.max").write_text(str(limits.processes))
@@ -215,9 +224,11 @@ class Sandbox:
 
     job_dir: Path
     limits: Limits = field(default_factory=Limits)
-    # "loopback": a network namespace of its own (single-node jobs); "host": the host's,
-    # for multi-node jobs whose peers connect to their ranks.
+    # "loopback": a network namespace of its own (single-node jobs); "peers": the host's,
+    # for multi-node jobs whose peers connect to their ranks, with connections out allowed
+    # to `firewall.peers` only; "host": the host's, unfiltered (built-in templates only).
     network: str = "loopback"
+    firewall: PeerFirewall | None = None  # "peers": applied by `wrap`, removed by `close`
     gpus: list[str] | None = None  # None: whatever /dev/nvidia* exists
     extra_ro: list[Path] = field(default_factory=list)
     name: str = field(default_factory=lambda: f"computemesh-{secrets.token_hex(6)}")
@@ -231,7 +242,7 @@ class Sandbox:
                 "--die-with-parent", "--new-session"]
         if self.network == "loopback":
             args.append("--unshare-net")
-        elif self.network != "host":
+        elif self.network not in ("host", "peers"):
             raise ValueError(f"unknown sandbox network {self.network!r}")
         # The fresh file systems first: a runtime or job folder under /tmp (tests) is bound
         # on top of the private /tmp, not hidden by it.
@@ -277,8 +288,28 @@ class Sandbox:
         """The sandboxed command and the (outer) environment to start it with."""
         if shutil.which(BWRAP) is None:
             raise SandboxUnavailable("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
-        self.cgroups = Cgroups(self.name, self.limits)
-        config = {"cgroups": self.cgroups.procs, "rlimits": self.rlimits(), "parent": os.getpid()}
+        if self.network == "peers":
+            if self.firewall is None:
+                raise ValueError("a sandbox in peers mode needs its firewall")
+            self.firewall.apply()  # before anything of the job runs
+        try:
+            return self._wrap(cmd, env)
+        except BaseException:
+            self.close()  # nothing of it (a cgroup, the firewall) outlives a failed start
+            raise
+
+    def _wrap(self, cmd: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+        self.cgroups = Cgroups(self.name, self.limits,
+                               v2_dir=self.firewall.dir if self.firewall else None)
+        peers = ", ".join(str(a) for a in self.firewall.peers) if self.firewall else ""
+        self.cgroups.enforcement.network = {
+            "loopback": "loopback only", "host": "the host's, unfiltered",
+            "peers": f"the host's, confined to its peers ({peers}) and its job's listeners here",
+        }[self.network]
+        procs = self.cgroups.procs
+        if self.firewall is not None and self.firewall.procs not in procs:
+            procs = [*procs, self.firewall.procs]
+        config = {"cgroups": procs, "rlimits": self.rlimits(), "parent": os.getpid()}
         outer = [sys.executable, "-I", str(CONFINE), json.dumps(config)]
         if self.limits.wall_s:
             outer += ["timeout", "--kill-after=10", f"{self.limits.wall_s:g}"]
@@ -292,6 +323,8 @@ class Sandbox:
     def close(self) -> None:
         if self.cgroups is not None:
             self.cgroups.remove()
+        if self.firewall is not None:
+            self.firewall.remove()
 
 
 MODES = ("custom", "all")
@@ -305,13 +338,16 @@ class Settings:
     mode: str = "custom"
     available: bool = True
     limits: Limits = field(default_factory=Limits)
+    # Multi-node sandboxes can be confined to their peers (peer_firewall.probe): without
+    # it, the agent refuses multi-node consumer code (and the platform does not send it).
+    peer_firewall: bool = False
 
     def applies(self, spec: dict) -> bool:
         """Does this job's training run inside the sandbox? A job with a code bundle always."""
         return bool(spec.get("bundle")) or self.mode == "all"
 
     def as_dict(self) -> dict:
-        return {"available": self.available, "mode": self.mode}
+        return {"available": self.available, "mode": self.mode, "peer_firewall": self.peer_firewall}
 
 
 WALL_TIME_EXIT = 124  # coreutils timeout's status when the limit ends the command
