@@ -1,6 +1,7 @@
-"""What an agent downloads for a code bundle's job, streamed and resumable: the bundle, and
-a large (segment-encrypted) dataset. `Range: bytes=N-` resumes a download cut off at byte N;
-each answer carries the plaintext's length and SHA-256 so that the agent checks what it got.
+"""What an agent downloads for a code bundle's job, streamed and resumable: the bundle, a
+large (segment-encrypted) dataset, and a fine-tune's input weights. `Range: bytes=N-`
+resumes a download cut off at byte N; each answer carries the plaintext's length and
+SHA-256 so that the agent checks what it got.
 Authorised like every agent transfer: the running assignment's token (agent_http.py)."""
 
 import io
@@ -100,3 +101,20 @@ def dataset(request, assignment_id: int):
     return stored_file_response(request, ds.file, sha256=ds.sha256,
                                 filename=f"dataset-{ds.pk}.{ds.kind}",
                                 content_type="text/csv" if ds.kind == "csv" else "application/zip")
+
+
+@csrf_exempt
+@require_http_methods(["GET"])
+def weights(request, assignment_id: int):
+    """The job's input weights (a fine-tune's state_dict), streamed; resumable. The agent
+    checks it against the SHA-256 in its assignment.start message."""
+    try:
+        assignment = _assignment(request, assignment_id)
+    except MarketError as exc:
+        return _error(exc)
+    start = assignment.job.weights
+    if start is None:
+        return JsonResponse({"detail": "This job starts from no weights file.",
+                             "code": "not_found"}, status=404)
+    return stored_file_response(request, start.file, sha256=start.sha256,
+                                filename=f"weights-{start.pk}.pt")

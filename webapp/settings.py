@@ -235,6 +235,8 @@ DATASET_MAX_BYTES = env.int("DATASET_MAX_BYTES", default=20 * 1_048_576)
 UPLOAD_MAX_BYTES = env.int("UPLOAD_MAX_BYTES", default=10 * 1024**3)
 UPLOAD_CHUNK_MAX_BYTES = env.int("UPLOAD_CHUNK_MAX_BYTES", default=64 * 1_048_576)
 BUNDLE_MAX_BYTES = env.int("BUNDLE_MAX_BYTES", default=100 * 1_048_576)
+# A fine-tune's input weights file (a torch state_dict, services/weights.py).
+WEIGHTS_MAX_BYTES = env.int("WEIGHTS_MAX_BYTES", default=2 * 1024**3)
 ORG_STORAGE_QUOTA_BYTES = env.int("ORG_STORAGE_QUOTA_BYTES", default=50 * 1024**3)
 # An unfinished upload untouched this long is discarded (its bytes and its quota) when its
 # organization next starts one.

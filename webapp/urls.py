@@ -26,6 +26,8 @@ urlpatterns = [
     path("metrics", ops.metrics_view, name="metrics"),  # /healthz and /readyz: webapp/ops.py
     path("api/v1/agent/assignments/<int:assignment_id>/dataset/", agent_downloads.dataset,
          name="agent-dataset"),
+    path("api/v1/agent/assignments/<int:assignment_id>/weights/", agent_downloads.weights,
+         name="agent-weights"),
     path("api/v1/agent/assignments/<int:assignment_id>/checkpoints/<int:step>/",
          agent_http.checkpoint, name="agent-checkpoint"),
     path("api/v1/agent/assignments/<int:assignment_id>/artifact/", agent_http.artifact,

@@ -462,6 +462,17 @@ class Client:
                                               chunk_size=chunk_size, progress=progress,
                                               label_column=label_column))
 
+    def upload_weights(self, path: str | Path, *, name: str = "", chunk_size: int = DEFAULT_CHUNK,
+                       progress: Progress | None = None) -> Dataset:
+        """Upload a fine-tune's starting weights: a torch state_dict saved with
+        `torch.save(model.state_dict(), "weights.pt")` (a .pt or .pth file; tensors only).
+        Stored as a dataset of kind "weights"; use the answer's id as a job's `weights`."""
+        path = Path(path)
+        if path.suffix.lower() not in (".pt", ".pth"):
+            raise ValueError(f"{path.name}: a weights file is a .pt or .pth state_dict")
+        return cast(Dataset, resumable_upload(self, path, purpose="dataset", name=name,
+                                              chunk_size=chunk_size, progress=progress))
+
     # --- code bundles (your own training code) ----------------------------------------
     def bundles(self) -> list[Bundle]:
         return cast(list[Bundle], self._json("bundles_list"))

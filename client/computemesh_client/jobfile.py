@@ -5,6 +5,7 @@ plus what only the command line acts on:
 name: Sepsis risk
 template: tabular-classifier    # or `bundle:` your own code, in place of a template:
 # bundle: ./my_task.zip         #   a local .py/.zip/.tar.gz (uploaded first) or a bundle's id
+# weights: ./pretrained.pt      # a fine-tune: a local state_dict (uploaded first) or its id
 params: {epochs: 10}
 data: ./patients.csv          # a local CSV: `run` uploads it and uses its id as `dataset`
 label_column: label           # for that upload
@@ -33,7 +34,7 @@ import yaml
 
 from .errors import EXIT_USAGE, ComputeMeshError
 
-SPEC_FIELDS = ("name", "template", "bundle", "params", "dataset", "nodes", "gpus_per_node", "sync",
+SPEC_FIELDS = ("name", "template", "bundle", "weights", "params", "dataset", "nodes", "gpus_per_node", "sync",
                "min_gpu_memory_gb", "gpu_models", "regions", "compliance", "min_reliability",
                "max_price_per_gpu_hour", "budget", "deadline", "duration_hours")
 LOCAL_FIELDS = ("data", "label_column")
@@ -89,14 +90,15 @@ def normalize(data: dict[str, Any], *, base: Path | None = None) -> dict[str, An
             value = {"mode": value}  # `sync: diloco` for {"mode": "diloco"}
         if key == "data" and base is not None:
             value = str((base / str(value)).resolve()) if not Path(str(value)).is_absolute() else str(value)
-        if key == "bundle":
+        if key in ("bundle", "weights"):
             value = bundle_ref(value, base)
         out[key] = value
     return out
 
 
 def bundle_ref(value: Any, base: Path | None) -> int | str:
-    """A bundle's id, or a local file to upload (made relative to the job file)."""
+    """A bundle's (or weights file's) id, or a local file to upload (made relative to the
+    job file)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     text = str(value).strip()

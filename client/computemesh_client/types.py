@@ -114,6 +114,8 @@ class Me(TypedDict):
 class Dataset(TypedDict, total=False):
     id: int
     name: str
+    kind: str  # "csv", "zip", or "weights" (a fine-tune's state_dict)
+    entries: int  # a zip's files, a weights file's tensors
     rows: int
     columns: list[str]
     size_bytes: int

@@ -34,6 +34,10 @@ class JobForm(LocalTimeFormMixin, MarketErrorMixin, forms.Form):
                   "of your uploads (CSV or zip) or none, and it runs only on offers that accept "
                   "custom code in its runtime.")
     dataset = forms.CharField(max_length=80, widget=forms.Select)
+    weights = forms.ChoiceField(
+        choices=[], required=False, label="Start from your weights (fine-tune)",
+        help_text="A .pt state_dict you uploaded: every machine loads it into the model before "
+                  "the first step; it must fit the model exactly (names and shapes).")
     params = forms.CharField(label="Hyper-parameters (JSON)", required=False,
                              widget=forms.Textarea(attrs={"rows": 13, "spellcheck": "false",
                                                           "class": "mono"}))
@@ -92,7 +96,7 @@ class JobForm(LocalTimeFormMixin, MarketErrorMixin, forms.Form):
                          for s in t.samples]
         bundles: list = [("", "None: train the template above")]
         if organization is not None:
-            uploads = Dataset.objects.filter(owner=organization).only(
+            uploads = Dataset.objects.filter(owner=organization).exclude(kind="weights").only(
                 "id", "name", "rows", "kind", "entries")[:50]
             if uploads:
                 choices.append(("Your uploads", [
@@ -103,6 +107,11 @@ class JobForm(LocalTimeFormMixin, MarketErrorMixin, forms.Form):
         choices.append(("none", "No dataset (a code bundle that makes its own data)"))
         self.fields["dataset"].widget.choices = choices
         self.fields["bundle"].choices = bundles
+        starts: list = [("", "None: train from the model's own initialisation")]
+        if organization is not None:
+            starts += [(str(w.pk), f"{w.name} — {w.entries:,} tensors, SHA-256 {w.sha256[:12]}…")
+                       for w in Dataset.objects.filter(owner=organization, kind="weights")[:50]]
+        self.fields["weights"].choices = starts
         if not self.is_bound:
             self.initial.setdefault("template", t.name)
             self.initial.setdefault("params", json.dumps(t.defaults(), indent=2))
@@ -155,7 +164,7 @@ class JobForm(LocalTimeFormMixin, MarketErrorMixin, forms.Form):
         bundle = c.get("bundle") or ""
         return JobSpec(
             name=c.get("name") or name_fallback, template="" if bundle else c["template"],
-            bundle=bundle, dataset=c["dataset"],
+            bundle=bundle, dataset=c["dataset"], weights=c.get("weights") or "",
             params=c.get("params") or {}, nodes=c["nodes"], gpus_per_node=c["gpus_per_node"],
             sync=self.sync_settings(),
             min_gpu_memory_gb=c.get("min_gpu_memory_gb") or 0,

@@ -275,8 +275,10 @@ def dataset_delete(*, dataset: Dataset, actor) -> None:
         # Locked: a job submitted meanwhile waits on the row (its foreign key), then fails.
         dataset = Dataset.objects.select_for_update().get(pk=dataset.pk)
         users = Job.objects.filter(dataset=dataset)
-        refuse_while_used(users, what=f"Dataset #{dataset.pk}", code="dataset_in_use")
+        starts = Job.objects.filter(weights=dataset)  # a weights file: the fine-tunes from it
+        refuse_while_used(users | starts, what=f"Dataset #{dataset.pk}", code="dataset_in_use")
         users.update(dataset=None)
+        starts.update(weights=None)
         name, storage = dataset.file.name, dataset.file.storage
         audit_record(actor=actor, action="dataset.delete", obj=dataset,
                      message=f"Deleted dataset '{dataset.name}' ({dataset.rows} rows).")

@@ -12,7 +12,7 @@ from ..errors import MarketError
 from ..models import CodeBundle, Dataset, Organization
 from ..money import is_whole_micro
 from ..text import clean_name
-from . import bundles
+from . import bundles, weights
 
 MAX_NODES = 32
 MAX_GPUS_PER_NODE = 16
@@ -41,9 +41,12 @@ class JobSpec:
     sync: dict[str, Any] | None = None
     # A consumer's own code in place of a template: its bundle's id (services/bundles.py).
     bundle: str = ""
+    # A fine-tune: the id of an uploaded weights file the model starts from (services/weights.py).
+    weights: str = ""
     # Filled in by validation:
     dataset_obj: Dataset | None = None
     bundle_obj: CodeBundle | None = None
+    weights_obj: Dataset | None = None
     # The provider runtime the job needs (its bundle's); "" for a template.
     runtime: str = ""
 
@@ -92,6 +95,9 @@ def _resolve_bundle_dataset(ref: str, owner: Organization | None):
         ds = Dataset.objects.filter(pk=int(ref), owner=owner).first() if owner else None
         if ds is None:
             raise MarketError("No dataset of yours has that id.", field="dataset")
+        if ds.kind == "weights":
+            raise MarketError("That upload is a weights file: give it as `weights`, and a CSV or "
+                              "zip dataset (or none) as `dataset`.", field="dataset")
         return ref, ds
     raise MarketError("A code bundle's job takes the id of a dataset you uploaded (CSV or zip), "
                       "or none; bundled samples belong to the templates.", field="dataset")
@@ -142,6 +148,9 @@ def job_spec_validate(*, spec: JobSpec, owner: Organization | None) -> JobSpec:
         template = catalogue.get_template(spec.template)
         params = template.validate_params(spec.params)
         dataset_ref, dataset = _resolve_dataset(spec.dataset, template, owner)
+        if dataset is not None and dataset.kind == "weights":
+            raise MarketError("That upload is a weights file: give it as `weights`, and a CSV "
+                              "dataset or a sample as `dataset`.", field="dataset")
         if dataset is not None and dataset.kind != "csv":
             raise MarketError("A zip dataset is read by your own code: choose a code bundle, or a "
                               "CSV dataset for a template.", field="dataset")
@@ -150,6 +159,7 @@ def job_spec_validate(*, spec: JobSpec, owner: Organization | None) -> JobSpec:
             if key in params and params[key] not in dataset.columns:
                 raise MarketError(f"The dataset has no column '{params[key]}'; its columns are "
                                   f"{', '.join(dataset.columns[:20])}.", field=f"params.{key}")
+    start_weights = weights.weights_resolve(spec.weights, owner)
     if not isinstance(spec.nodes, int) or not 1 <= spec.nodes <= MAX_NODES:
         raise MarketError(f"Nodes must be between 1 and {MAX_NODES}.", field="nodes")
     if not isinstance(spec.gpus_per_node, int) or not 1 <= spec.gpus_per_node <= MAX_GPUS_PER_NODE:
@@ -192,6 +202,7 @@ def job_spec_validate(*, spec: JobSpec, owner: Organization | None) -> JobSpec:
                           field="deadline")
     return replace(spec, name=name, params=params, dataset=dataset_ref, dataset_obj=dataset, sync=sync,
                    bundle=str(bundle.pk) if bundle else "", bundle_obj=bundle,
+                   weights=str(start_weights.pk) if start_weights else "", weights_obj=start_weights,
                    runtime=bundle.runtime if bundle else "",
                    gpu_models=gpu_models, regions=regions, compliance=compliance,
                    min_gpu_memory_gb=spec.min_gpu_memory_gb or 0, max_price_per_gpu_hour=price,

@@ -24,7 +24,7 @@ def job_submit(*, owner: Organization, spec: JobSpec, actor=None) -> Job:
         job = Job.objects.create(
             owner=owner, created_by=actor, name=spec.name, template=spec.template,
             params=spec.params, dataset_ref=spec.dataset, dataset=spec.dataset_obj,
-            bundle=spec.bundle_obj,
+            bundle=spec.bundle_obj, weights=spec.weights_obj,
             nodes=spec.nodes, gpus_per_node=spec.gpus_per_node, sync=spec.sync,
             min_gpu_memory_gb=spec.min_gpu_memory_gb, gpu_models=list(spec.gpu_models),
             regions=list(spec.regions), compliance=list(spec.compliance),

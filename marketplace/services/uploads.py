@@ -28,12 +28,12 @@ from django.utils import timezone
 from ..errors import Conflict, MarketError, PermissionDenied
 from ..models import CodeBundle, Dataset, Organization, Upload
 from ..text import clean_name
-from . import archives, bundles, datasets, sealed
+from . import archives, bundles, datasets, sealed, weights
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 PIECE = 1024 * 1024
 LOCK_TTL_S = 15 * 60
-DATASET_SUFFIXES = (".csv", ".zip")
+DATASET_SUFFIXES = (".csv", ".zip", *weights.SUFFIXES)
 
 
 class UploadTooLarge(MarketError):
@@ -74,9 +74,10 @@ def upload_create(*, owner: Organization, actor, purpose: str, name: str, size: 
     kept: dict[str, Any]
     if purpose == Upload.Purpose.DATASET:
         if not name.lower().endswith(DATASET_SUFFIXES):
-            raise MarketError("A dataset is a .csv file or a .zip of files; name it so.",
+            raise MarketError("A dataset is a .csv file or a .zip of files (or a fine-tune's "
+                              "weights, a .pt state_dict); name it so.",
                               field="name", code="invalid_dataset")
-        limit = settings.UPLOAD_MAX_BYTES
+        limit = weights.max_bytes() if weights.is_weights_name(name) else settings.UPLOAD_MAX_BYTES
         kept = {"label_column": str(options.get("label_column") or "").strip()[:128]}
     else:
         bundles.bundle_kind(name)
@@ -223,10 +224,13 @@ def upload_finish(*, upload: Upload, actor):
 
 def _dataset_from(upload: Upload, path: Path, actor):
     kind = "zip" if upload.name.lower().endswith(".zip") else "csv"
+    kind = "weights" if weights.is_weights_name(upload.name) else kind
     header: list[str] = []
     rows = entries = 0
     if kind == "zip":
         entries = archives.zip_inspect(str(path)).entries
+    elif kind == "weights":  # `entries` counts its tensors
+        entries = weights.weights_inspect(str(path))
     else:
         with open(path, "rb") as f:
             header, rows = datasets.csv_inspect_file(

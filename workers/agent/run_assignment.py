@@ -132,6 +132,7 @@ class AssignmentRun:
                     "this node cannot confine a multi-node job's code to its peers (the sandbox's "
                     "peers firewall needs root, nftables and cgroup v2)")
             dataset = await asyncio.to_thread(self._fetch_inputs)
+            weights = await asyncio.to_thread(self._fetch_weights) if s.get("weights") else None
             bundle = None
             if s.get("bundle"):  # the consumer's own task: its code into the job's folder
                 bundle = await asyncio.to_thread(bundle_fetch.fetch, s["bundle"], job_dir=self.dir,
@@ -146,6 +147,7 @@ class AssignmentRun:
             # synchronisation; each node trains in a process group of its own.
             diloco = sync.get("mode") == "diloco" and s["nnodes"] > 1
             spec = self._spec(dataset=dataset, bundle=bundle, rdzv=rdzv, sync=sync, diloco=diloco)
+            spec["weights"] = weights  # a fine-tune's start: every rank loads it before step 0
             spec_path = self.dir / "spec.json"
             spec_path.write_text(json.dumps(spec))
             await self.agent.send_data(self.id, "assignment.accepted", rdzv=rdzv)
@@ -233,6 +235,16 @@ class AssignmentRun:
                                                  token=token)
             return {"kind": "zip", "data_dir": str(folder)}
         return dataset
+
+    def _fetch_weights(self) -> dict:
+        """A fine-tune's input weights into the job's folder (the sandbox's ranks read them
+        there), checked against the SHA-256 the platform committed to."""
+        s = self.start_msg
+        path = self.dir / "weights.pt"
+        sha = transfer.download(self.agent.url(s["weights"]["url"]), s["token"], path)
+        if sha != s["weights"].get("sha256"):
+            raise transfer.TransferError("the weights file does not match its SHA-256")
+        return {"path": str(path), "sha256": sha}
 
     async def _watch(self, process: asyncio.subprocess.Process) -> None:
         tail = EventTail(self.dir / "events.jsonl")

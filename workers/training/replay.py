@@ -38,6 +38,7 @@ class Job:
     max_steps: int | None = None
     bundle: dict | None = None  # the job's own task ({path, entry}), in place of a template
     data_dir: str | None = None  # the folder a bundle's data is in
+    weights: dict | None = None  # a fine-tune's input weights ({path}): its step-0 state
 
     @property
     def seed(self) -> int:
@@ -47,7 +48,7 @@ class Job:
     def spec(self) -> dict:
         """The fields of the runtime's spec that choose the task and its data."""
         return {"template": self.template, "bundle": self.bundle, "data_dir": self.data_dir,
-                "params": self.params, "dataset": self.dataset}
+                "params": self.params, "dataset": self.dataset, "weights": self.weights}
 
 
 class Replayer:

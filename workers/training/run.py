@@ -3,9 +3,9 @@
     python -m workers.training.run SPEC.json
 
 SPEC.json (written by the agent): template or bundle ({path, entry}: the job's own task,
-docs/tasks.md) and data_dir, params, dataset, workdir, backend, resume_from,
-pg_timeout_s, verify (`{replay_share, segments}`: checkpoint often enough for the platform's
-replay spot checks), and for multi-node jobs sync,
+docs/tasks.md) and data_dir, weights ({path, sha256}: a fine-tune's start), params, dataset,
+workdir, backend, resume_from, pg_timeout_s, verify (`{replay_share, segments}`: checkpoint
+often enough for the platform's replay spot checks), and for multi-node jobs sync,
 nnodes, node_rank and (DiLoCo) outer, member, peer_timeout_s; job_secret (hex, from the
 platform: the DiLoCo exchange's HMAC key and the rendezvous store's namespace); benchmarks
 may add max_steps, report_every and eval_every. Rank 0 writes
@@ -45,6 +45,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import checkpoint, commitments, diloco, faults, schedule
 from . import task as tasks
+from . import weights as start_weights
 from .diloco_node import DiLoCoNode, param_digest
 from .events import EventWriter
 from .group import gather_digests, init_process_group, job_secret
@@ -183,13 +184,15 @@ class Trainer:
 
     # --- before the first step ------------------------------------------------------
     def _prepare(self) -> int | None:
-        """The job's task (a template's or the consumer's own, task.py): seed, data, model;
-        3 when the consumer's data or code, not the node, is at fault (the job fails fast)."""
+        """The job's task (a template's or the consumer's own, task.py): seed, data, model
+        (a fine-tune's weights loaded into it); 3 when the consumer's data, code or weights,
+        not the node, are at fault (the job fails fast)."""
         t = self.t
         try:
             prepared = tasks.prepare(self.spec)
-        except (tasks.DatasetError, tasks.TaskError) as exc:
-            reason = "dataset" if isinstance(exc, tasks.DatasetError) else "task"
+        except (tasks.DatasetError, tasks.TaskError, start_weights.WeightsError) as exc:
+            reason = ("dataset" if isinstance(exc, tasks.DatasetError) else
+                      "weights" if isinstance(exc, start_weights.WeightsError) else "task")
             self.events.emit("failed", reason=reason, message=str(exc))
             return 3
         self.prepared = prepared

@@ -23,7 +23,9 @@ seed of every (seed, rank, step), checkpoints and their SHA-256, exact resume, s
 saves: what it computes is a function of its inputs, which is what lets a verifier replay it.
 
 Order of calls (the same in training and replay, so random initialisation agrees):
-torch.manual_seed(seed), Task(context), datasets(), build_model(), optimizer(model).
+torch.manual_seed(seed), Task(context), datasets(), build_model(), optimizer(model). A
+fine-tune's input weights (spec `weights`: {path}) are loaded into the model right after
+build_model (weights.py), so training and replay start from the same state.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import weights as start_weights
 from .data import DatasetError  # re-exported: a task raises it for unusable data
 
 __all__ = ["DatasetError", "Task", "TaskContext", "TaskError", "Prepared", "load", "prepare",
@@ -237,6 +240,8 @@ def prepare(spec: Mapping[str, Any]) -> Prepared:
     model = task.build_model()
     if not isinstance(model, nn.Module):
         raise TaskError(f"build_model returned {type(model).__name__}, not a torch.nn.Module")
+    if (spec.get("weights") or {}).get("path"):  # a fine-tune: WeightsError when it does not fit
+        start_weights.load_into(model, spec["weights"]["path"])
     return Prepared(task, train, held_out, model)
 
 

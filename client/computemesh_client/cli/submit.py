@@ -25,6 +25,8 @@ def spec_options(f: Callable) -> Callable:
         click.option("--name"), click.option("--template", help="See `computemesh templates`."),
         click.option("--bundle", help="Your code in place of a template: a bundle's id, or a "
                                       "local .py/.zip/.tar.gz to upload."),
+        click.option("--weights", help="Fine-tune from your weights: a weights file's id, or a "
+                                       "local .pt state_dict to upload."),
         click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
                      help="A hyper-parameter (repeat)."),
         click.option("--dataset", help="sample:<name> or an uploaded dataset's id."),
@@ -69,8 +71,9 @@ def build_spec(job_file: str | None, options: dict[str, Any]) -> dict[str, Any]:
     fields.update(jobfile.normalize(given))
     if "data" in fields and "dataset" in options and options["dataset"]:
         raise click.UsageError("give --data (a local file to upload) or --dataset, not both")
-    if "bundle" in given:
-        fields["bundle"] = jobfile.bundle_ref(given["bundle"], Path.cwd())
+    for key in ("bundle", "weights"):
+        if key in given:
+            fields[key] = jobfile.bundle_ref(given[key], Path.cwd())
     if "template" not in fields and "bundle" not in fields:
         raise click.UsageError("missing template: give a job file, --template or --bundle")
     if "template" in fields and "bundle" in fields:
@@ -98,6 +101,26 @@ def _upload_bundle(state: State, client: Client, fields: dict[str, Any], *,
     elif not state.json:
         out.print(f"Code bundle {bundle['id']} ({bundle['name']}, {bundle['sha256'][:12]}…, "
                   f"runtime {bundle['runtime']})")
+
+
+def _upload_weights(state: State, client: Client, fields: dict[str, Any], *,
+                    stream: bool = False) -> None:
+    """A local `weights` file (a state_dict) is uploaded (resumably) and replaced by its id."""
+    ref = fields.get("weights")
+    if not isinstance(ref, str):
+        return
+    bar, progress = upload_progress(state, f"Uploading {Path(ref).name}")
+    if bar is not None:
+        with bar:
+            weights = client.upload_weights(ref, progress=progress)
+    else:
+        weights = client.upload_weights(ref)
+    fields["weights"] = weights["id"]
+    if state.json and stream:
+        click.echo(json.dumps({"type": "weights", **weights}))
+    elif not state.json:
+        out.print(f"Weights {weights['id']} ({weights['name']}, {weights.get('entries')} tensors, "
+                  f"{weights['sha256'][:12]}…)")
 
 
 def _upload_data(state: State, client: Client, fields: dict[str, Any], *, stream: bool = False) -> None:
@@ -146,6 +169,8 @@ def quote(state: State, job_file: str | None, **options: Any) -> None:
     if "data" in fields and "dataset" not in fields:
         fields.pop("data")
         fields["dataset"] = "sample:quote"  # the data's contents do not change the quote
+    if isinstance(fields.get("weights"), str):
+        fields.pop("weights")  # nor do a fine-tune's weights, which `submit` uploads
     if isinstance(fields.get("bundle"), str):  # a local file: the quote needs it uploaded
         from ..uploads import file_sha256
 
@@ -163,6 +188,7 @@ def _submit(state: State, client: Client, fields: dict[str, Any], *, fund: bool 
             stream: bool = False) -> Job:
     _upload_data(state, client, fields, stream=stream)
     _upload_bundle(state, client, fields, stream=stream)
+    _upload_weights(state, client, fields, stream=stream)
     job = client.submit(jobfile.spec_of(fields))
     if state.json and stream:
         click.echo(json.dumps({"type": "submitted", "id": job["id"], "status": job["status"]}))

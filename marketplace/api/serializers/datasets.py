@@ -23,7 +23,8 @@ class DatasetSerializer(serializers.ModelSerializer):
 class UploadCreateSerializer(serializers.Serializer):
     purpose = serializers.ChoiceField(choices=["dataset", "bundle"])
     name = serializers.CharField(max_length=200, help_text="The file's name with its extension: "
-                                 ".csv or .zip for a dataset; .py, .zip, .tar, .tar.gz or .tgz "
+                                 ".csv or .zip for a dataset (.pt or .pth: a fine-tune's "
+                                 "weights, a torch state_dict); .py, .zip, .tar, .tar.gz or .tgz "
                                  "for a bundle.")
     size_bytes = serializers.IntegerField(min_value=1, max_value=MAX_ID)
     sha256 = serializers.RegexField(r"^[0-9a-fA-F]{64}$", help_text="The whole file's SHA-256, "

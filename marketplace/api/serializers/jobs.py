@@ -30,6 +30,10 @@ class JobSpecSerializer(serializers.Serializer):
     bundle = serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False,
                                       allow_null=True, default=None,
                                       help_text="Your code bundle's id, in place of a template.")
+    weights = serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False,
+                                       allow_null=True, default=None,
+                                       help_text="A fine-tune: the id of your uploaded weights "
+                                                 "file (a .pt state_dict) the model starts from.")
     params = serializers.JSONField(required=False, default=dict,
                                    help_text="Hyper-parameters; the template's or the bundle's "
                                              "schema applies.")
@@ -61,6 +65,7 @@ class JobSpecSerializer(serializers.Serializer):
         return JobSpec(
             name=d["name"], template=d["template"], params=d["params"], dataset=d["dataset"],
             bundle=str(d["bundle"]) if d.get("bundle") else "",
+            weights=str(d["weights"]) if d.get("weights") else "",
             nodes=d["nodes"], gpus_per_node=d["gpus_per_node"], sync=d["sync"],
             min_gpu_memory_gb=d["min_gpu_memory_gb"], gpu_models=tuple(d["gpu_models"]),
             regions=tuple(d["regions"]), compliance=tuple(d["compliance"]),
@@ -109,8 +114,8 @@ class JobListSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Job
-        fields = ["id", "name", "status", "status_display", "template", "bundle", "params", "dataset",
-                  "nodes", "gpus_per_node", "sync", "min_gpu_memory_gb", "gpu_models", "regions",
+        fields = ["id", "name", "status", "status_display", "template", "bundle", "weights", "params",
+                  "dataset", "nodes", "gpus_per_node", "sync", "min_gpu_memory_gb", "gpu_models", "regions",
                   "compliance", "min_reliability", "max_price_per_gpu_hour", "budget",
                   "duration_hours", "deadline", "created_at", "status_changed_at"]
         read_only_fields = fields
