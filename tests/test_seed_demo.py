@@ -1,12 +1,22 @@
-"""`manage.py seed_demo`: a realistic demo marketplace, safe to run twice."""
+"""`manage.py seed_demo`: a realistic demo marketplace, safe to run twice; the examples of
+examples/tasks already uploaded for alice and erin; the demo's own agents take them."""
 
+import hashlib
+import json
 from io import StringIO
 
 import pytest
 from django.contrib.auth import authenticate, get_user_model
 from django.core.management import call_command
+from django.urls import reverse
 
-from marketplace.models import AuditEvent, Membership, Node, Offer, Organization
+from marketplace import runtimes
+from marketplace.models import AuditEvent, CodeBundle, Dataset, Job, Membership, Node, Offer, Organization
+from marketplace.services.bundles import bundle_plain_path
+from marketplace.services.nodes import node_set_presence
+from marketplace.services.provider_runtime import node_runtime_report
+
+from .api_support import job_body
 
 pytestmark = pytest.mark.django_db
 
@@ -21,7 +31,8 @@ def _counts() -> dict[str, int]:
     return {"users": User.objects.count(), "orgs": Organization.objects.count(),
             "memberships": Membership.objects.count(), "nodes": Node.objects.count(),
             "offers": Offer.objects.count(), "audit": AuditEvent.objects.count(),
-            "verified_nodes": Node.objects.exclude(compliance_verified=0).count()}
+            "verified_nodes": Node.objects.exclude(compliance_verified=0).count(),
+            "bundles": CodeBundle.objects.count(), "datasets": Dataset.objects.count()}
 
 
 @pytest.fixture
@@ -94,3 +105,80 @@ def test_seed_keeps_existing_data(db):
     call_command("seed_demo", stdout=StringIO())
     assert authenticate(username="alice", password="her-own-password-42") is not None
     assert Node.objects.count() >= 40
+
+
+def _org_of(username: str) -> Organization:
+    return get_user_model().objects.get(username=username).membership.organization
+
+
+def test_seed_uploads_the_example_bundles_and_their_data(seeded):
+    """alice has the imaging classifier and its scans, erin the forecaster and its CSV: each
+    bundle as stored is what it declares, and its data is what its task reads."""
+    alice, erin = _org_of("alice"), _org_of("erin")
+    imaging = CodeBundle.objects.get(owner=alice)
+    forecaster = CodeBundle.objects.get(owner=erin)
+    assert (imaging.name, imaging.entry, imaging.kind) == \
+        ("lesion-classifier.zip", "task:LesionClassifier", "zip")
+    assert (forecaster.name, forecaster.entry) == ("load-forecaster.zip", "task:LoadForecaster")
+    for bundle in (imaging, forecaster):
+        assert bundle.runtime == runtimes.latest_runtime()
+        assert {"epochs", "batch_size", "checkpoint_every", "seed"} <= set(bundle.params_schema["properties"])
+        with bundle_plain_path(bundle) as path, open(path, "rb") as fh:
+            assert hashlib.sha256(fh.read()).hexdigest() == bundle.sha256
+    scans = Dataset.objects.get(owner=alice)
+    assert (scans.name, scans.kind, scans.entries) == ("synthetic-scans.zip", "zip", 400)
+    load = Dataset.objects.get(owner=erin)
+    assert (load.name, load.kind, load.rows) == ("site-load.csv", "csv", 120 * 24)
+    assert load.columns == ["timestamp", "load_kw", "temperature_c"]
+    assert "lesion-classifier.zip" in seeded and "site-load.csv" in seeded
+
+
+def test_a_demo_user_finds_the_example_on_the_job_form_and_submits_it(seeded, client):
+    from .test_pages_jobs import form_data
+
+    alice = get_user_model().objects.get(username="alice")
+    org = _org_of("alice")
+    bundle, dataset = CodeBundle.objects.get(owner=org), Dataset.objects.get(owner=org)
+    client.force_login(alice)
+    page = client.get(reverse("job_new")).content.decode()
+    assert f'<option value="{bundle.pk}">lesion-classifier.zip' in page
+    assert f'<option value="{dataset.pk}">synthetic-scans.zip' in page
+    response = client.post(reverse("job_new"), form_data(
+        name="Lesions v1", bundle=str(bundle.pk), dataset=str(dataset.pk), params=json.dumps({"epochs": 3}),
+        gpu_models=["cpu"], min_gpu_memory_gb="0", regions="", nodes="1", gpus_per_node="1"))
+    assert response.status_code == 302, response.content.decode()[:2000]
+    job = Job.objects.get()
+    assert job.bundle_id == bundle.pk and job.dataset_id == dataset.pk
+    # Validated against the bundle's schema, its defaults filled in.
+    assert job.params["epochs"] == 3 and job.params["learning_rate"] == 0.01 and job.params["augment"] is True
+
+
+def test_the_demos_own_agents_accept_custom_code_and_would_take_the_examples(seeded, tmp_path, api):
+    """`make demo` registers its two local CPU nodes with demo_agents; once their agents say
+    hello (online, in the runtime they report), a quote for a seeded bundle finds them."""
+    call_command("demo_agents", "--write", str(tmp_path / "agents.json"), stdout=StringIO())
+    local = Node.objects.filter(gpu_model="cpu")
+    offers = Offer.objects.filter(node__in=local)
+    assert local.count() == 2 and offers.count() == 2 and all(o.accepts_custom_code for o in offers)
+    for node in local:  # what the agent's hello does
+        node_runtime_report(node=node, runtime=runtimes.latest_runtime())
+        node_set_presence(node_id=node.pk, online=True)
+    for username in ("alice", "erin"):
+        bundle = CodeBundle.objects.get(owner=_org_of(username))
+        dataset = Dataset.objects.get(owner=_org_of(username))
+        body = api.as_user(get_user_model().objects.get(username=username)).post(
+            "/api/v1/jobs/quote/", job_body(template="", bundle=bundle.pk, dataset=str(dataset.pk),
+                                            params={}, gpus_per_node=local[0].gpu_count,
+                                            gpu_models=["cpu"]), format="json")
+        assert body.status_code == 200, body.content
+        quote = body.json()
+        assert quote["feasible"] is True, quote["reasons"]
+        assert {c["offer_id"] for c in quote["candidates"]} <= {o.pk for o in offers}
+
+
+def test_demo_agents_opts_in_the_offers_of_an_older_demo_database(seeded, tmp_path):
+    call_command("demo_agents", "--write", str(tmp_path / "agents.json"), stdout=StringIO())
+    Offer.objects.filter(node__gpu_model="cpu").update(accepts_custom_code=False)  # as before bundles
+    call_command("demo_agents", "--write", str(tmp_path / "agents.json"), stdout=StringIO())
+    assert list(Offer.objects.filter(node__gpu_model="cpu").values_list("accepts_custom_code", flat=True)) \
+        == [True, True]

@@ -74,7 +74,9 @@ def zip_folder(folder: Path, target: Path) -> None:
     """The class folders at the zip's root: the job's data folder is what the zip holds."""
     with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as z:
         for path in sorted(folder.rglob("*.pgm")):
-            z.write(path, path.relative_to(folder).as_posix())
+            # A fixed date: the same scans make the same zip, byte for byte (and SHA-256).
+            info = zipfile.ZipInfo(path.relative_to(folder).as_posix(), date_time=(2026, 1, 1, 0, 0, 0))
+            z.writestr(info, path.read_bytes(), compress_type=zipfile.ZIP_DEFLATED)
 
 
 def main() -> None:

@@ -1,7 +1,9 @@
 """Register this computer's two demo CPU nodes and give each a fresh agent token.
 
 Used by `make demo` (webapp/devserver.py) to start two local provider agents. The nodes
-are CPU nodes and are listed as such: this computer has no GPU to offer.
+are CPU nodes and are listed as such: this computer has no GPU to offer. Their offers
+accept consumers' own code (code bundles, run in the agent's sandbox: bubblewrap), so that
+the demo's example bundles (seed_demo) run on them.
 """
 
 import json
@@ -12,12 +14,20 @@ from pathlib import Path
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from marketplace.models import Node, Organization
+from marketplace.models import Node, Offer, Organization
 from marketplace.services.accounts import organization_create
 from marketplace.services.nodes import NodeSpec, node_create, node_rotate_token
-from marketplace.services.offers import OfferSpec, offer_create
+from marketplace.services.offers import OfferSpec, offer_create, offer_update
 
 ORG = "This computer (demo CPU agents)"
+
+
+def opt_in(org: Organization, offer: Offer) -> None:
+    offer_update(provider=org, offer=offer, spec=OfferSpec(
+        gpus_offered=offer.gpus_offered, price_per_gpu_hour=offer.price_per_gpu_hour,
+        available_from=offer.available_from, available_until=offer.available_until,
+        min_duration_hours=offer.min_duration_hours, max_duration_hours=offer.max_duration_hours,
+        accepts_custom_code=True))
 
 
 class Command(BaseCommand):
@@ -41,9 +51,12 @@ class Command(BaseCommand):
                         name=name, gpu_model="cpu", gpu_count=slots, gpu_memory_gb=None,
                         cpu_cores=os.cpu_count() or 1, ram_gb=4, disk_gb=10, region="EU-DE"))
                     offer_create(provider=org, node=node, spec=OfferSpec(
-                        gpus_offered=slots, price_per_gpu_hour=Decimal("0.02")))
+                        gpus_offered=slots, price_per_gpu_hour=Decimal("0.02"),
+                        accepts_custom_code=True))
                 else:
                     token = node_rotate_token(node=node)
+                    for offer in Offer.objects.filter(node=node, accepts_custom_code=False):
+                        opt_in(org, offer)  # a demo database made before bundles existed
                 agents.append({"name": name, "node": node.pk, "token": token})
         path = Path(write)
         path.parent.mkdir(parents=True, exist_ok=True)

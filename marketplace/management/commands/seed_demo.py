@@ -2,7 +2,8 @@
 
 Idempotent: every organization, user, node and offer is looked up by its natural key
 first, so a second run finds everything and writes nothing. Writes go through the
-services (organization_create, node_create, node_verify_compliance, offer_create).
+services (organization_create, node_create, node_verify_compliance, offer_create, and the
+uploads service for the examples' code bundles and data: ../demo_examples.py).
 
 The seeded nodes have no agent: they stay `pending` (never connected), so nothing
 matches them until a real agent connects with the node's token (rotate it in the admin).
@@ -24,6 +25,8 @@ from marketplace.models import Membership, Node, Offer, Organization
 from marketplace.services.accounts import organization_create
 from marketplace.services.nodes import NodeSpec, node_create, node_verify_compliance
 from marketplace.services.offers import OfferSpec, offer_create
+
+from ..demo_examples import EXAMPLES, seed_examples
 
 User = get_user_model()
 
@@ -246,6 +249,8 @@ class Command(BaseCommand):
                         available_from=timezone.now() - timedelta(minutes=1),
                         min_duration_hours=o.min_hours, max_duration_hours=o.max_hours))
                     stats["offers"] += 1
+        examples, self.notes = seed_examples()
+        stats.update(examples)
         return stats
 
     def _summary(self, created: Counter) -> None:
@@ -265,6 +270,11 @@ class Command(BaseCommand):
                           f"{prices[0]:.2f}–{prices[-1]:.2f} tUSD / GPU-h")
         out.write("  Nodes have no agent yet (status pending); connect one with the node's "
                   "token (rotate it in the admin) to bring it online.")
+        for example in EXAMPLES:
+            out.write(f"  {example.username}'s own code: bundle {example.bundle_name} with dataset "
+                      f"{example.data_name} (examples/tasks/{example.folder})")
+        for note in getattr(self, "notes", []):
+            out.write(self.style.WARNING(f"  {note}"))
         out.write("Demo logins (password for all: demo-pass-123 — demo only):")
         out.write("  alice  consumer, Medisight Diagnostics (healthcare)")
         out.write("  erin   consumer, GridCast Energy (energy)")
