@@ -44,7 +44,7 @@ from .budget import job_paused_by_nodes
 from .bundles import bundle_spec
 from .liveness import assignment_steps_record
 from .nodes import node_set_presence
-from .provider_runtime import node_runtime_report
+from .provider_runtime import assignment_peers, node_network_report, node_runtime_report
 
 log = logging.getLogger(__name__)
 S = Job.Status
@@ -106,6 +106,8 @@ def start_message(assignment: Assignment) -> dict:
         bundle=bundle_spec(job, base),
         nnodes=job.nodes, node_rank=assignment.node_rank, nproc_per_node=assignment.gpus,
         backend="gloo" if is_cpu else "nccl", rdzv=rdzv, sync=job.sync or {"mode": "ddp"},
+        # The other nodes' addresses: with rdzv's host, all its firewalled sandbox may reach.
+        peers=assignment_peers(assignment) if job.nodes > 1 else [],
         peer_timeout_s=settings.DILOCO_PEER_TIMEOUT_S,
         resume_checkpoint_url=f"{base}checkpoints/{resume.step}/" if resume else None,
         resume_checkpoint_sha256=resume.sha256 if resume else None,
@@ -185,6 +187,7 @@ def agent_hello(*, node: Node, hello: dict) -> list[dict]:
     # The hardware it reports against what its offers list: one that lists more leaves the market.
     claims.node_hardware_report(node=node, hardware=hello.get("hardware"))
     node_runtime_report(node=node, runtime=hello.get("runtime"))
+    node_network_report(node=node, sandbox=hello.get("sandbox"), advertise_addr=hello.get("advertise_addr"))
     active = list(Assignment.objects.filter(node=node, status__in=Assignment.ACTIVE))
     out = [agent_message("welcome", node=node.pk, name=node.name, heartbeat_s=settings.AGENT_HEARTBEAT_S,
                     assignments=[a.pk for a in active])]

@@ -102,6 +102,11 @@ def constraints_for(spec: JobSpec, *, now=None) -> list[Constraint]:
                               Q(accepts_custom_code=True)))
         out.append(Constraint("runtime", f"offering runtime {spec.runtime}",
                               Q(node__runtime=spec.runtime)))
+        if spec.nodes > 1:
+            # Across nodes its sandbox shares the host's network: only agents that can confine
+            # it to the job's peers run it (workers/agent/peer_firewall.py).
+            out.append(Constraint("peer_firewall", "able to confine custom code to its peers",
+                                  Q(node__peer_firewall=True)))
     out.append(Constraint("price", f"under {_fmt(spec.max_price_per_gpu_hour)} tUSD/GPU-h",
                           Q(price_per_gpu_hour__lte=spec.max_price_per_gpu_hour)))
     return out
@@ -228,6 +233,12 @@ def _explain(spec: JobSpec, constraints: list[Constraint]) -> list[dict]:
                        f"{_fmt(spec.max_price_per_gpu_hour)}).")
         elif c.code == "runtime":
             continue  # said by _runtime_reason: relaxing it would run the code where it fails
+        elif c.code == "peer_firewall":
+            message = (f"{len(alt)} {what} meet{'s' if len(alt) == 1 else ''} every other "
+                       "constraint, but their agents cannot confine a multi-node job's code to its "
+                       "peers (the sandbox's peers firewall needs an agent running as root with "
+                       "nftables and cgroup v2); a multi-node code bundle runs only where they can. "
+                       "On one node it needs no firewall.")
         elif c.code == "custom_code":
             message = (f"{len(alt)} {what} meet{'s' if len(alt) == 1 else ''} every other "
                        "constraint, but their providers do not accept custom code on those offers "
