@@ -65,3 +65,55 @@ def test_a_job_submitted_through_the_api_appears_on_my_jobs(transactional_db, mo
             assert page.evaluate("window.__marker") == 1
         finally:
             browser.close()
+
+
+@pytest.mark.parametrize("viewport", [{"width": 1366, "height": 900}, {"width": 390, "height": 844}],
+                         ids=["desktop", "mobile"])
+def test_a_status_filter_follows_status_changes(transactional_db, monkeypatch, viewport):
+    """Issue 18: on *My jobs* filtered by status, a job whose status changes so that it no
+    longer matches leaves the list, and one that comes to match appears, without a reload."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from marketplace import job_states
+    from marketplace.models import Job
+
+    from .factories import JobFactory
+    from .test_browser_live import elsewhere
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    mine = OrganizationFactory(name="Medisight", slug="medisight", kind=Organization.Kind.CONSUMER)
+    UserFactory(username="alice", organization=mine)
+    leaving = JobFactory(owner=mine, name="Sepsis risk", status=Job.Status.MATCHING)
+    staying = JobFactory(owner=mine, name="Readmission", status=Job.Status.MATCHING)
+    with asgi_server() as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=viewport)
+            sign_in(page, base, "alice")
+            page.goto(f"{base}/jobs/?status=active")
+            expect(page.locator("tr[data-job-id]")).to_have_count(2)
+            page.evaluate("window.__marker = 1")  # gone if the page reloads
+            page.wait_for_selector('body[data-live-dashboard="open"]', state="attached", timeout=10_000)
+
+            elsewhere(lambda: job_states.transition(job_id=leaving.pk, to=Job.Status.CANCELLED,
+                                                    reason="test", message="Cancelled from the test."))
+            expect(page.locator(f'tr[data-job-id="{leaving.pk}"]')).to_have_count(0, timeout=10_000)
+            expect(page.locator(f'tr[data-job-id="{staying.pk}"]')).to_have_count(1)
+            elsewhere(lambda: job_states.transition(job_id=staying.pk, to=Job.Status.CANCELLED,
+                                                    reason="test", message="Cancelled from the test."))
+            expect(page.locator("tr[data-job-id]")).to_have_count(0, timeout=10_000)
+            expect(page.get_by_test_id("no-match")).to_be_visible()
+
+            # The other way: a list of cancelled jobs gains a job as it is cancelled.
+            page.goto(f"{base}/jobs/?status=cancelled")
+            expect(page.locator("tr[data-job-id]")).to_have_count(2)
+            newcomer = JobFactory(owner=mine, name="Imaging triage", status=Job.Status.MATCHING)
+            page.wait_for_selector('body[data-live-dashboard="open"]', state="attached", timeout=10_000)
+            page.evaluate("window.__marker = 2")
+            elsewhere(lambda: job_states.transition(job_id=newcomer.pk, to=Job.Status.CANCELLED,
+                                                    reason="test", message="Cancelled from the test."))
+            expect(page.locator(f'tr[data-job-id="{newcomer.pk}"]')).to_have_count(1, timeout=10_000)
+            assert page.evaluate("window.__marker") == 2
+            assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        finally:
+            browser.close()

@@ -119,3 +119,52 @@ def test_another_consumer_never_hears_of_my_jobs(alice, bob, healthcare, energy)
     summary, first, own_id = asyncio.run(go())
     assert summary["jobs"] == []
     assert (first["type"], first["job"]["id"]) == ("job", own_id), first
+
+
+def test_money_moving_reaches_its_organization_s_account_pages_only(alice, bob, healthcare, energy):
+    """Issue 18: funding and settlement tell the owner's open Account pages and header
+    balances to refresh ("account", no amount on the wire: the page reads them again under
+    its own authorization); another tenant's socket hears nothing of it, and a page that only
+    follows the balance (`?summary=0`) is sent no summary of jobs."""
+    from decimal import Decimal
+
+    from marketplace.services import live
+
+    from .money_support import escrow_funded, escrow_settled
+
+    job = JobFactory(owner=healthcare, status=Job.Status.SUBMITTED, budget=Decimal("25"))
+    JobFactory(owner=healthcare, status=Job.Status.MATCHING)
+
+    def settle():
+        Job.objects.filter(pk=job.pk).update(status=Job.Status.COMPLETED)  # the run itself is not the point
+        escrow_settled(job, charged=Decimal("2"), fee=Decimal("0.1"))
+
+    async def frames_until_account(comm) -> list[dict]:
+        frames = [json.loads(await comm.receive_from(timeout=5))]
+        while frames[-1]["type"] != "account":
+            frames.append(json.loads(await comm.receive_from(timeout=5)))
+        return frames
+
+    mine, theirs = socket("/ws/dashboard/?summary=0", alice), socket("/ws/dashboard/?summary=0", bob)
+
+    async def go():
+        assert (await mine.connect())[0] and (await theirs.connect())[0]
+        summaries = [json.loads(await c.receive_from(timeout=5)) for c in (mine, theirs)]
+        await database_sync_to_async(escrow_funded)(job, Decimal("25"))
+        funded = await frames_until_account(mine)
+        await database_sync_to_async(settle)()
+        settled = await frames_until_account(mine)
+        # A barrier instead of a quiet period: bob's organization's money moves after alice's,
+        # so the first frame bob gets is his own unless one of alice's reached him before it.
+        await database_sync_to_async(live.account_changed)([energy.pk])
+        first = json.loads(await theirs.receive_from(timeout=5))
+        for c in (mine, theirs):
+            await c.disconnect()
+        return summaries, funded, settled, first
+
+    summaries, funded, settled, first = asyncio.run(go())
+    assert summaries == [{"type": "summary", "jobs": [], "nodes": []}] * 2
+    assert funded[-1] == {"type": "account", "job_id": job.pk}
+    assert [f["job"]["status"] for f in funded if f["type"] == "job"] == ["funded"]
+    assert settled[-1] == {"type": "account", "job_id": job.pk}
+    assert first == {"type": "account", "job_id": None}

@@ -1,7 +1,10 @@
-"""/ws/dashboard/: a signed-in user's live summary (their organization's jobs, or its nodes)
-and /ws/market/: offers' availability for anyone browsing. Both only send."""
+"""/ws/dashboard/: a signed-in user's live summary (their organization's jobs, or its nodes,
+and "account" when its money moved) and /ws/market/: offers' availability for anyone
+browsing. Both only send. Pages that only follow the header balance connect with
+`?summary=0`: no summary is read for them."""
 
 import json
+from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 
@@ -12,10 +15,10 @@ from .base import LiveConsumer
 
 
 @database_sync_to_async
-def _summary(user) -> tuple[int | None, dict]:
+def _summary(user, *, brief: bool) -> tuple[int | None, dict]:
     org = organization_of(user)
-    if org is None:
-        return None, {"type": "summary", "jobs": [], "nodes": []}
+    if org is None or not brief:
+        return (org.pk if org else None), {"type": "summary", "jobs": [], "nodes": []}
     jobs = [job_brief(j) for j in org.jobs.order_by("-created_at")[:50]] if org.is_consumer else []
     nodes = [node_brief(n) for n in org.nodes.order_by("name")[:500]] if org.is_provider else []
     return org.pk, {"type": "summary", "jobs": jobs, "nodes": nodes}
@@ -37,7 +40,8 @@ class DashboardConsumer(_SendOnly):
         if user is None or not user.is_authenticated:
             await self.close(code=4401)
             return
-        org_id, summary = await _summary(user)
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        org_id, summary = await _summary(user, brief=query.get("summary") != ["0"])
         if org_id is not None:
             self.group = live.org_group(org_id)
             await self.channel_layer.group_add(self.group, self.channel_name)

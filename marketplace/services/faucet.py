@@ -20,7 +20,7 @@ from ..chain.deploy import give_gas, is_dev_chain, operator_key, token_contract
 from ..errors import Conflict, MarketError
 from ..models import FaucetGrant, Organization, Wallet
 from ..money import from_units, to_units, tusd
-from . import audit
+from . import audit, live
 from .wallets import wallet_create_custodial
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,8 @@ def faucet_claim(*, organization: Organization, actor=None) -> FaucetGrant:
         sender.wait(tx)
     except ChainError as exc:  # mined later: the Account page shows the transaction's state
         log.warning("faucet mint %s not confirmed yet: %s", tx.tx_hash, exc.message)
+    # After the wait: the refreshed balance then includes the mint.
+    live.account_changed([organization.pk])
     log.info("faucet: %s tUSD to %s (%s)", amount, wallet.address, tx.tx_hash)
     return grant
 

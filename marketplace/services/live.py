@@ -106,7 +106,7 @@ def job_changed(job_id: int, *, throttle: bool = False) -> None:
         return
 
     def send():
-        for group, event in snapshots([job_id]):
+        for group, event in snapshots([job_id], account=not throttle):
             _deliver(group, event)
     transaction.on_commit(send)
 
@@ -116,19 +116,41 @@ def on_job_changed(sender, *, job_id: int, **kwargs) -> None:
     job_changed(job_id)
 
 
-def snapshots(job_ids, *, events: int = 10) -> list[tuple[str, dict]]:
+def snapshots(job_ids, *, events: int = 10, account: bool = False) -> list[tuple[str, dict]]:
     """Snapshots of jobs for their pages and for their owner's and providers' dashboards, as
     (group, event) pairs for the caller to send, in four queries however many jobs: after a
     status change (one job) and from the agent ingest every few seconds per busy job
     (`events=1`: progress adds no timeline entries). `events` is how many of each job's
-    newest timeline entries go along (one commit can add several)."""
+    newest timeline entries go along (one commit can add several). With `account` (a status
+    change or a timeline note: funding, settlement, refund; never mere progress) the
+    watchers' Account pages and header balances are told to refresh as well."""
     out = []
     for job, snapshot in job_snapshots(job_ids, events=events):
         out.append((job_group(job.pk), {"type": "job.update", "message": {"type": "job", "job": snapshot}}))
         brief = {"type": "job", "job": job_brief(job, snapshot)}
         for org_id in job_watchers(job):
             out.append((org_group(org_id), {"type": "live.update", "message": brief}))
+            if account:
+                out.append((org_group(org_id), {"type": "live.update",
+                                                 "message": account_message(job_id=job.pk)}))
     return out
+
+
+def account_message(*, job_id: int | None = None) -> dict:
+    """"Your money moved": the Account page and the header balance read it again from the
+    server (its selectors, which check who asks), so no amount travels on the socket."""
+    return {"type": "account", "job_id": job_id}
+
+
+def account_changed(org_ids, *, job_id: int | None = None) -> None:
+    """Money of these organizations moved outside a job's transitions (a faucet grant, a
+    dispute refund, a stake): their Account pages and header balances refresh, after the commit."""
+    ids = sorted(set(org_ids))
+
+    def send():
+        for org_id in ids:
+            _send(org_group(org_id), account_message(job_id=job_id))
+    transaction.on_commit(send)
 
 
 # --- dashboards and the marketplace ---------------------------------------------------

@@ -1,6 +1,7 @@
 // Live dashboards: "My jobs" follows job status and progress, "My nodes" follows nodes
-// going online and offline, the offers table follows free GPUs and presence. The pages are
-// complete without it; this only keeps them current. Reconnects with backoff.
+// going online and offline, the offers table follows free GPUs and presence, and the header
+// balance and the Account page follow the organization's money. The pages are complete
+// without it; this only keeps them current. Reconnects with backoff.
 (function () {
   "use strict";
 
@@ -82,11 +83,38 @@
     return ids.length ? Math.max.apply(null, ids) : 0;
   }
 
+  // A filtered list (My jobs by status): a row whose job changed status is asked of the
+  // server again under the filters; 204 means it no longer matches, and it leaves the list.
+  function recheckJobRow(job, row) {
+    var body = document.querySelector("tbody[data-live-jobs]");
+    if (!body || !body.dataset.status || fetching[job.id]) return;
+    fetching[job.id] = true;
+    var url = body.getAttribute("data-live-jobs").replace("/0/", "/" + Number(job.id) + "/") +
+      "?" + new URLSearchParams({status: body.dataset.status, q: body.dataset.q || ""});
+    fetch(url, {credentials: "same-origin", headers: {"Accept": "text/html"}})
+      .then(function (r) {
+        if (r.status !== 204 || !row.isConnected) return;
+        row.remove();
+        if (!body.querySelector("tr[data-job-id]")) {
+          var table = body.closest("[data-testid=jobs-table]");
+          if (table) table.hidden = true;
+          var none = document.querySelector("[data-testid=no-match]");
+          if (none) none.hidden = false;
+        }
+      })
+      .catch(function () { /* the next message or a reload shows it */ })
+      .then(function () { delete fetching[job.id]; });
+  }
+
   function jobRow(job, onlyNewer) {
     var row = document.querySelector('tr[data-job-id="' + job.id + '"]');
     if (!row) {
       if (!onlyNewer || job.id > newestShown()) addJobRow(job);
       return;
+    }
+    if (row.getAttribute("data-status") !== job.status) {
+      row.setAttribute("data-status", job.status);
+      recheckJobRow(job, row);
     }
     var cell = row.querySelector(".js-status");
     // A cancelled or failed job that then settles or is refunded keeps saying how it ended.
@@ -148,10 +176,45 @@
     row.classList.toggle("is-paused", offer.status !== "active");
   }
 
+  // The organization's money moved (funding, settlement, refund, faucet): the header balance
+  // and the Account page's balances, history and statements are read again from the server
+  // (the message carries no amount). Several messages in a burst make one refresh.
+  var accountTimer = null;
+  function accountChanged() {
+    clearTimeout(accountTimer);
+    accountTimer = setTimeout(refreshAccount, 250);
+  }
+
+  function refreshAccount() {
+    var pill = document.querySelector("[data-testid=header-balance][data-balance-url]");
+    if (pill && window.htmx) {
+      window.htmx.ajax("GET", pill.getAttribute("data-balance-url"), {target: pill, swap: "outerHTML"});
+    }
+    var parts = document.querySelectorAll("[data-live-account]");
+    if (!parts.length) return;
+    fetch(location.href, {credentials: "same-origin", headers: {"Accept": "text/html"}})
+      .then(function (r) { return r.ok ? r.text() : ""; })
+      .then(function (html) {
+        if (!html) return;
+        var fresh = new DOMParser().parseFromString(html, "text/html");
+        parts.forEach(function (part) {
+          var name = part.getAttribute("data-live-account");
+          var next = fresh.querySelector('[data-live-account="' + name + '"]');
+          if (next) part.replaceWith(document.importNode(next, true));
+        });
+        var n = Number(document.body.getAttribute("data-account-refreshed") || 0) + 1;
+        document.body.setAttribute("data-account-refreshed", String(n));
+      })
+      .catch(function () { /* the next change or a reload shows it */ });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
-    if (document.querySelector("tr[data-job-id], tr[data-node-id], tbody[data-live-jobs]") &&
-        document.body.dataset.authenticated) {
-      connect("dashboard", "/ws/dashboard/", function (m) {
+    var lists = document.querySelector("tr[data-job-id], tr[data-node-id], tbody[data-live-jobs]");
+    var money = document.querySelector("[data-testid=header-balance], [data-live-account]");
+    if ((lists || money) && document.body.dataset.authenticated) {
+      // Without a list to fill, no summary is asked for: the socket only carries changes.
+      connect("dashboard", "/ws/dashboard/" + (lists ? "" : "?summary=0"), function (m) {
+        if (m.type === "account") accountChanged();
         if (m.type === "job") jobRow(m.job);
         if (m.type === "node") nodeRow(m.node);
         if (m.type === "summary") {
