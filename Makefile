@@ -26,7 +26,7 @@ REDIS_PORT ?= 6379
 CHROMIUM := /usr/bin/chromium
 BWRAP := /usr/bin/bwrap
 
-.PHONY: help install demo test lint checks services chromium bubblewrap haproxy migrate serve bench chaos soak clean distclean
+.PHONY: help install demo test lint checks services chromium bubblewrap nftables haproxy migrate serve bench chaos soak clean distclean
 
 help:
 	@echo "make demo     install, migrate, seed and serve the demo at http://$(BIND):$(PORT)/"
@@ -75,7 +75,7 @@ demo: install
 	@exec $(PY) -m webapp.devserver --host $(BIND) --port $(PORT)
 
 # --- test: the whole suite on PostgreSQL and Redis ------------------------------------
-test: install contracts services chromium bubblewrap haproxy lint checks
+test: install contracts services chromium bubblewrap nftables haproxy lint checks
 	@echo "==> pytest"
 	@$(VENV)/bin/pytest $(PYTEST_ARGS)
 
@@ -154,6 +154,12 @@ chromium:
 # The provider sandbox (workers/agent/sandbox.py, tests/test_sandbox.py) is Debian's bubblewrap.
 bubblewrap:
 	$(call apt_install,bubblewrap,$(BWRAP),for the provider sandbox)
+
+# A multi-node sandbox's peers firewall (workers/agent/peer_firewall.py,
+# tests/test_sandbox_network.py) is an nftables table per assignment.
+NFT := /usr/sbin/nft
+nftables:
+	$(call apt_install,nftables,$(NFT),for the sandbox's peers firewall)
 
 # The web tier's balancer (deploy/haproxy.cfg): tests/test_web_scale_out.py and
 # bench/agent_scale.py run it in front of two daphne processes.
