@@ -121,3 +121,71 @@ def test_the_job_page_draws_progress_as_it_is_persisted(transactional_db, monkey
             assert seqs == [1, 2, 3, 4, 5]
         finally:
             browser.close()
+
+
+@pytest.mark.parametrize("viewport", [{"width": 1366, "height": 900}, {"width": 390, "height": 844}],
+                         ids=["desktop", "mobile"])
+def test_progress_and_log_in_one_live_view_with_follow(transactional_db, monkeypatch, viewport):
+    """Issue 18: the job page shows progress and the ranks' log in one live view; with
+    "Follow" on the log scrolls to each new line, off it stays where the reader is; search
+    and download remain."""
+    from decimal import Decimal
+
+    from django.utils import timezone
+    from playwright.sync_api import expect, sync_playwright
+
+    from marketplace.models import Assignment
+    from marketplace.services.agent_ingest import agent_data
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    consumer = OrganizationFactory(name="Medisight", slug="medisight", kind=Organization.Kind.CONSUMER)
+    UserFactory(username="alice", organization=consumer)
+    job = JobFactory(owner=consumer, name="Sepsis risk", status=Job.Status.RUNNING)
+    node = NodeFactory(name="fra-cpu", gpu_model="cpu", gpu_memory_gb=0, gpu_count=2)
+    assignment = Assignment.objects.create(
+        job=job, node=node, offer=OfferFactory(node=node), attempt=1, node_rank=0, gpus=2,
+        price_per_gpu_hour=Decimal("0.5"), status=Assignment.Status.RUNNING, started_at=timezone.now())
+
+    def log(seq, first, last):
+        lines = [f"epoch {i}: loss {1 / i:.4f}" for i in range(first, last + 1)]
+        agent_data(node=node, message={"type": "log", "id": f"l{seq}", "assignment": assignment.pk,
+                                        "seq": seq, "lines": lines})
+
+    agent_data(node=node, message={"type": "progress", "id": "p1", "assignment": assignment.pk, "seq": 1,
+                                    "items": [{"step": 3, "total_steps": 10, "loss": 0.5,
+                                               "samples_per_sec": 900.0}]})
+    log(2, 1, 120)
+    bottom = "pre => pre.scrollHeight - pre.scrollTop - pre.clientHeight < 4"
+    with asgi_server() as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=viewport)
+            sign_in(page, base, "alice")
+            open_live_job(page, base, job.pk)
+            view = page.get_by_test_id("live-view")
+            expect(view.get_by_test_id("job-progress")).to_contain_text("Step 3 of 10")
+            tail = view.get_by_test_id("log-tail")
+            expect(tail).to_contain_text("epoch 120: loss", timeout=10_000)
+            expect(view.get_by_test_id("log-follow")).to_be_checked()
+            assert tail.evaluate(bottom), "following: the newest line is in view"
+            elsewhere(lambda: log(3, 121, 130))
+            expect(tail).to_contain_text("epoch 130: loss", timeout=10_000)
+            page.wait_for_function(f"({bottom})(document.querySelector('[data-testid=log-tail]'))")
+
+            # Follow off: new lines arrive, the reader's position stays.
+            view.get_by_test_id("log-follow").uncheck()
+            tail.evaluate("pre => { pre.scrollTop = 40; }")
+            elsewhere(lambda: log(4, 131, 140))
+            expect(tail).to_contain_text("epoch 140: loss", timeout=10_000)
+            assert tail.evaluate("pre => pre.scrollTop") == 40
+            # On again: to the newest line at once.
+            view.get_by_test_id("log-follow").check()
+            assert tail.evaluate(bottom)
+
+            view.get_by_test_id("log-filter").fill("epoch 13")
+            lines = tail.inner_text().splitlines()
+            assert lines and all("epoch 13" in x for x in lines), lines
+            assert view.get_by_test_id("log-download").get_attribute("href").endswith("?download=1")
+            assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        finally:
+            browser.close()

@@ -301,14 +301,17 @@
     if (metricName && p.metric) metricName.textContent = p.metric.name;
   }
 
+  // Follow on: every new line scrolls into view. Off: the reader's position stays put while
+  // lines arrive (rewriting the text would otherwise move it).
   function renderLogs() {
     var pre = $("logs");
     if (!pre || !state.logs.length) return;
-    var atBottom = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 24;
+    var kept = pre.scrollTop;
+    var follow = $("log-follow");
     var filter = $("log-filter"), q = filter ? filter.value.toLowerCase() : "";
     pre.textContent = (q ? state.logs.filter(function (x) { return x.toLowerCase().indexOf(q) >= 0; })
                          : state.logs).join("\n");
-    if (atBottom || !pre.getAttribute("data-filled")) pre.scrollTop = pre.scrollHeight;
+    pre.scrollTop = !follow || follow.checked ? pre.scrollHeight : kept;
     pre.setAttribute("data-filled", "1");
   }
 
@@ -539,6 +542,8 @@
   // A sleeping laptop or a network change: try at once when the page comes back.
   var logFilter = $("log-filter");
   if (logFilter) logFilter.addEventListener("input", renderLogs);
+  var logFollow = $("log-follow");
+  if (logFollow) logFollow.addEventListener("change", renderLogs);
   window.addEventListener("online", function () { if (!ws) { backoff = BACKOFF_MIN; connect(); } });
 
   setIndicator("connecting", "Connecting…");
