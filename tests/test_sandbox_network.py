@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import socket
 import subprocess
@@ -33,9 +32,10 @@ REDIS = ("127.0.0.1", 6379)  # the provider's own Redis (the test suite's)
 
 LISTENER = """
 import json, socket, sys, threading
-tcp = socket.create_server(("0.0.0.0", %d))
+port = int(sys.argv[1])
+tcp = socket.create_server(("0.0.0.0", port))
 udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-udp.bind(("0.0.0.0", %d))
+udp.bind(("0.0.0.0", port))
 got = {"tcp": 0, "udp": []}
 def serve_tcp():
     while True:
@@ -51,7 +51,7 @@ for f in (serve_tcp, serve_udp):
 print("ready", flush=True)
 sys.stdin.read()  # until the test closes it
 print(json.dumps(got), flush=True)
-""" % (PORT, PORT)
+"""
 
 
 @pytest.fixture
@@ -64,8 +64,8 @@ def hosts():
     listeners = []
     try:
         for i in range(2):
-            proc = subprocess.Popen([*found.prefix(i), sys.executable, "-c", LISTENER], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, text=True)
+            proc = subprocess.Popen([*found.prefix(i), sys.executable, "-c", LISTENER, str(PORT)],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
             listeners.append(proc)
         found.listeners = listeners  # type: ignore[attr-defined]
@@ -115,9 +115,14 @@ def run_all(*runs: tuple[Path, list[str], dict[str, str]], timeout: float = 60) 
         finally:
             for p in processes:
                 await launcher.stop(p, grace_s=2)
-        return [(p.returncode, out.decode(errors="replace")) for p, (out, _) in zip(processes, outs, strict=True)]
+        return [(p.returncode, out.decode(errors="replace"))
+                for p, (out, _) in zip(processes, outs, strict=True)]
 
     return asyncio.run(go())
+
+
+def table_exists(name: str) -> bool:
+    return subprocess.run(["nft", "list", "table", "inet", name], capture_output=True).returncode == 0
 
 
 def findings(output: str) -> dict:
@@ -126,7 +131,7 @@ def findings(output: str) -> dict:
 
 ATTACK = """
 import json, socket, sys, time
-peer, other = sys.argv[1], sys.argv[2]
+peer, other, port = sys.argv[1], sys.argv[2], int(sys.argv[5])
 out = {}
 def tcp(name, host, port):
     try:
@@ -142,13 +147,13 @@ def tcp(name, host, port):
             said = ""
         out[name] = ("connected: " + said).strip()
 tcp("redis", "127.0.0.1", 6379)
-tcp("peer", peer, %d)
-tcp("other_host", other, %d)
+tcp("peer", peer, port)
+tcp("other_host", other, port)
 tcp("host_listener", sys.argv[3], int(sys.argv[4]))
 for name, host in (("udp_peer", peer), ("udp_other_host", other)):
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.sendto(name.encode(), (host, %d))
+            u.sendto(name.encode(), (host, port))
         out[name] = "sent"
     except OSError as exc:
         out[name] = type(exc).__name__
@@ -159,7 +164,7 @@ own.accept()[0].sendall(b"own")
 out["own_listener"] = "connected: " + c.recv(10).decode()
 time.sleep(0.5)  # the datagrams arrive
 print(json.dumps(out))
-""" % (PORT, PORT, PORT)
+"""
 
 
 def test_a_multi_node_sandbox_reaches_its_peers_and_nothing_else(tmp_path, hosts):
@@ -170,7 +175,7 @@ def test_a_multi_node_sandbox_reaches_its_peers_and_nothing_else(tmp_path, hosts
     directory = job_dir(tmp_path, "7")
     fw = firewall(secrets.randbelow(10**6) + 10**6, [hosts.addr(0)])
     cmd, env, box = sandboxed_script(directory, ATTACK, fw, hosts.addr(0), hosts.addr(1),
-                                     *map(str, host_service.getsockname()[:2]))
+                                     *map(str, host_service.getsockname()[:2]), str(PORT))
     listed = subprocess.run(["nft", "list", "table", "inet", fw.table], capture_output=True, text=True)
     assert listed.returncode == 0 and hosts.addr(0) in listed.stdout
     try:
@@ -195,7 +200,7 @@ def test_a_multi_node_sandbox_reaches_its_peers_and_nothing_else(tmp_path, hosts
     assert peer == {"tcp": 1, "udp": ["udp_peer"]}
     assert other == {"tcp": 0, "udp": []}  # the datagram to a non-peer never left
     # The sandbox ended: its table and its cgroup are gone.
-    assert subprocess.run(["nft", "list", "table", "inet", fw.table], capture_output=True).returncode != 0
+    assert not table_exists(fw.table)
     assert not fw.dir.exists() and not fw.job_dir.exists()
 
 
@@ -250,7 +255,8 @@ def test_two_sandboxes_of_one_job_on_one_host_reach_each_other_and_not_another_j
 
 
 def test_peer_addresses_must_be_ip_literals():
-    assert [str(a) for a in peer_firewall.peer_addresses(["10.0.0.2", " 10.0.0.2", "::1"])] == ["10.0.0.2", "::1"]
+    found = peer_firewall.peer_addresses(["10.0.0.2", " 10.0.0.2", "::1"])
+    assert [str(a) for a in found] == ["10.0.0.2", "::1"]
     for bad in ("peer.example", "10.0.0.0/8", '10.0.0.1" accept', "0.0.0.0", "224.0.0.1", ""):
         with pytest.raises(peer_firewall.FirewallError):
             peer_firewall.peer_addresses([bad])
@@ -269,11 +275,11 @@ def test_the_agent_removes_a_dead_sandboxs_table_and_cgroup_at_start(monkeypatch
         removed = peer_firewall.remove_stale()
         assert str(dead.dir) in removed and f"nft table inet {dead.table}" in removed
         assert not dead.dir.exists()
-        assert subprocess.run(["nft", "list", "table", "inet", dead.table], capture_output=True).returncode != 0
+        assert not table_exists(dead.table)
         assert live.dir.exists()
-        assert subprocess.run(["nft", "list", "table", "inet", live.table], capture_output=True).returncode == 0
+        assert table_exists(live.table)
     finally:
         live.remove()
         dead.remove()
     assert keeper.wait(timeout=10) != 0  # killed with its sandbox
-    assert os.path.exists(live.mount / peer_firewall.GROUP)
+    assert not live.dir.exists() and not table_exists(live.table)
