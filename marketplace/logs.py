@@ -53,7 +53,7 @@ class JsonFormatter(logging.Formatter):
             if value is not None:
                 out[name] = value
         for key, value in vars(record).items():
-            if key not in _STANDARD and key not in out:
+            if key not in _STANDARD and key not in _VARS and key not in out:  # an id unbound: left out
                 out[key] = value if isinstance(value, str | int | float | bool | type(None)) else repr(value)
         if record.exc_info:
             out["exception"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()

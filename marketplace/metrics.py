@@ -51,6 +51,14 @@ INGEST_LAG_SECONDS = Histogram(
     "computemesh_ingest_lag_seconds",
     "From an agent data message's arrival on its socket to its batch being persisted.",
     buckets=_LATENCY)
+HEARTBEAT_BATCH_MESSAGES = Histogram(
+    "computemesh_heartbeat_batch_messages",
+    "Agent heartbeats a web process applied in one batch (consumers/heartbeats.py).",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
+HEARTBEAT_WRITE_LAG_SECONDS = Histogram(
+    "computemesh_heartbeat_write_lag_seconds",
+    "From the oldest heartbeat of a batch arriving on its socket to the batch written.",
+    buckets=_LATENCY)
 CELERY_TASK_SECONDS = Histogram(
     "computemesh_celery_task_duration_seconds", "Celery task run time by task and outcome.",
     ["task", "state"], buckets=_LATENCY)

@@ -21,6 +21,7 @@ class HAProxy:
     def __init__(self, tmp: Path, servers: dict[str, int], *, logs: Path):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        self.metrics_port = free_port()  # HAProxy's Prometheus exporter
         self.servers = servers
         self.dir = tmp / "haproxy"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -31,21 +32,24 @@ class HAProxy:
     def config(self) -> str:
         text = CONFIG.read_text()
         lines = "\n".join(f"    server {name} 127.0.0.1:{port} check" for name, port in self.servers.items())
-        text, bound = re.subn(r"(?m)^    bind :\d+$", f"    bind 127.0.0.1:{self.port}", text)
+        text, bound = re.subn(r"(?m)^    bind :8080$", f"    bind 127.0.0.1:{self.port}", text)
+        text, exporter = re.subn(r"(?m)^    bind \*:8405$", f"    bind 127.0.0.1:{self.metrics_port}", text)
         text, templated = re.subn(r"(?m)^    server-template .*$", lines, text)
         text, stats = re.subn(r"(?m)^global$", f"global\n    stats socket {self.socket} mode 600 level admin",
                               text)
-        assert bound == templated == stats == 1, "deploy/haproxy.cfg changed shape; update tests/balancer.py"
+        assert bound == exporter == templated == stats == 1, \
+            "deploy/haproxy.cfg changed shape; update tests/balancer.py"
         return text
 
-    def start(self) -> "HAProxy":
+    def start(self, *, up: set[str] | None = None) -> "HAProxy":
+        """Start it and wait until the servers `up` (all by default) pass their checks."""
         path = self.dir / "haproxy.cfg"
         path.write_text(self.config())
         log = open(self.logs / "haproxy.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen([HAPROXY, "-db", "-f", str(path)], stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         deadline = time.monotonic() + 20
-        while set(self.up()) != set(self.servers):
+        while set(self.up()) != (set(self.servers) if up is None else up):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"haproxy did not start; see {self.logs / 'haproxy.log'}")
             time.sleep(0.2)

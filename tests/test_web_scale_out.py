@@ -6,8 +6,10 @@ and the viewer ends with every progress point of the job (resync by sequence num
 
 import asyncio
 import json
+import re
 import signal
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -157,6 +159,41 @@ def test_agents_and_viewers_spread_over_processes_and_survive_losing_one(tier):
         viewer.stop()
 
 
+def test_the_balancer_exports_each_web_process_state_for_prometheus(tmp_path):
+    """deploy/haproxy.cfg's exporter: the state of each web process, the sessions it holds
+    and the responses it gave, from HAProxy itself (a process it marks down shows there
+    before any scrape of that process fails)."""
+    from .browser_support import ROOT, daphne_process
+    from .test_operations import samples, value
+
+    with daphne_process(logs="balancer-exporter") as (base, _pid):
+        port = int(base.rsplit(":", 1)[1])
+        balancer = HAProxy(tmp_path, {"web1": port, "web2": free_port()}, logs=tmp_path)  # web2: no one
+        try:
+            balancer.start(up={"web1"})
+            for _ in range(3):
+                with urllib.request.urlopen(balancer.base + "/healthz", timeout=10) as r:
+                    assert r.status == 200
+
+            def scrape() -> dict | None:
+                url = f"http://127.0.0.1:{balancer.metrics_port}/metrics"
+                with urllib.request.urlopen(url, timeout=10) as r:
+                    found = samples(r.read().decode())
+                return found if value(found, "haproxy_server_status", server="web2", state="DOWN") else None
+
+            found = wait_for(scrape, timeout=30, what="web2 to be marked down")  # 3 failed checks
+        finally:
+            balancer.stop()
+    assert value(found, "haproxy_server_status", proxy="web", server="web1", state="UP") == 1
+    assert value(found, "haproxy_server_status", proxy="web", server="web2", state="DOWN") == 1
+    assert value(found, "haproxy_backend_active_servers", proxy="web") == 1
+    assert value(found, "haproxy_server_http_responses_total", proxy="web", server="web1", code="2xx") >= 3
+    assert value(found, "haproxy_server_current_sessions", proxy="web", server="web2") == 0
+    # The Grafana dashboard plots only what the exporter gives.
+    plotted = set(re.findall(r"haproxy_\w+", (ROOT / "docs" / "grafana-dashboard.json").read_text()))
+    assert plotted and plotted <= {n for n, _ in found}, plotted - {n for n, _ in found}
+
+
 def test_compose_puts_the_balancer_in_front_of_the_web_replicas():
     import subprocess
 
@@ -167,9 +204,10 @@ def test_compose_puts_the_balancer_in_front_of_the_web_replicas():
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     balancer = services["balancer"]
     assert "./deploy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" in balancer["volumes"]
-    assert balancer["ports"] == ["${WEB_PORT:-8000}:8080"]
+    assert balancer["ports"] == ["${WEB_PORT:-8000}:8080"]  # the exporter's port is not published
     assert "ports" not in services["web"]  # replicas are reached through the balancer only
     config = (ROOT / "deploy" / "haproxy.cfg").read_text()
+    assert balancer["expose"] == ["8405"] and "    bind *:8405" in config
     assert "option httpchk" in config and "uri /healthz" in config and "timeout tunnel" in config
     checked = subprocess.run([HAPROXY, "-c", "-f", str(ROOT / "deploy" / "haproxy.cfg")],
                              capture_output=True, text=True, timeout=30)
