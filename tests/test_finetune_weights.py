@@ -222,3 +222,23 @@ def test_the_upload_check_agrees_with_weights_only_on_what_torch_saves(tmp_path)
         torch.save(state, path)
         assert weights_service.weights_inspect(str(path)) >= 1
         runtime_weights.read_state(path)
+
+
+def test_the_browser_form_submits_a_fine_tune_and_the_job_page_shows_its_weights(
+        client, alice, bob, alices_weights):
+    from django.urls import reverse
+
+    from .test_pages_jobs import form_data
+
+    client.force_login(alice)
+    page = client.get(reverse("job_new"))
+    assert f'<option value="{alices_weights}">pretrained.pt' in page.content.decode()
+    response = client.post(reverse("job_new"), form_data(weights=str(alices_weights)))
+    assert response.status_code == 302, response.content.decode()[:2000]
+    job = Job.objects.get()
+    assert job.weights_id == alices_weights
+    assert 'data-testid="job-weights"' in client.get(reverse("job_detail", args=[job.pk])).content.decode()
+    # Another organization's file is a form error, not a job (nor a 500).
+    client.force_login(bob)
+    refused = client.post(reverse("job_new"), form_data(weights=str(alices_weights)))
+    assert refused.status_code == 200 and Job.objects.count() == 1

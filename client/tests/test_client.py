@@ -454,6 +454,20 @@ def test_a_job_file_takes_a_bundle_in_place_of_a_template(tmp_path):
         build_spec(str(job), {})
 
 
+def test_weights_are_an_id_or_a_local_state_dict_to_upload(tmp_path):
+    (tmp_path / "pretrained.pt").write_bytes(b"PK")
+    job = tmp_path / "job.yaml"
+    job.write_text("name: ft\nbundle: 3\nweights: ./pretrained.pt\nnodes: 1\n")
+    from computemesh_client.cli import build_spec
+
+    assert build_spec(str(job), {})["weights"] == str(tmp_path / "pretrained.pt")
+    assert build_spec(str(job), {"weights": "41"})["weights"] == 41  # the option wins
+    assert jobfile.spec_of({"weights": 41, "name": "x"})["weights"] == 41
+    c, _ = client_with(lambda request: httpx.Response(500))
+    with pytest.raises(ValueError, match="a .pt or .pth state_dict"):
+        c.upload_weights(tmp_path / "job.yaml")
+
+
 def test_finish_is_asked_again_while_the_first_still_runs(tmp_path):
     path = tmp_path / "data.csv"
     path.write_bytes(b"a,b\n1,2\n")
