@@ -104,6 +104,9 @@ def start_message(assignment: Assignment) -> dict:
         dataset_url=f"{base}dataset/" if dataset["kind"] in ("csv", "zip") else None,
         dataset_sha256=job.dataset.sha256 if job.dataset is not None else None,
         bundle=bundle_spec(job, base),
+        # A fine-tune: the state_dict every rank loads into its model before step 0.
+        weights={"url": f"{base}weights/", "sha256": job.weights.sha256,
+                 "size_bytes": job.weights.size_bytes} if job.weights is not None else None,
         nnodes=job.nodes, node_rank=assignment.node_rank, nproc_per_node=assignment.gpus,
         backend="gloo" if is_cpu else "nccl", rdzv=rdzv, sync=job.sync or {"mode": "ddp"},
         # The other nodes' addresses: with rdzv's host, all its firewalled sandbox may reach.
@@ -290,6 +293,11 @@ def assignment_finished(a: Assignment, m: dict) -> None:
             job_stop_assignments(job=job, reason="the job failed")
             job_states.transition(job_id=job.pk, to=S.FAILED, reason="dataset_error",
                                   message=f"The dataset cannot be used: {error}")
+            return
+        if m.get("error_kind") == "weights":  # the consumer's file does not fit their model
+            job_stop_assignments(job=job, reason="the job failed")
+            job_states.transition(job_id=job.pk, to=S.FAILED, reason="weights_error",
+                                  message=f"The weights file cannot be used: {error}")
             return
         if m.get("error_kind") == "resume" and a.resume_step is not None:
             _resume_failed(job, a, error)

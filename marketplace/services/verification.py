@@ -166,7 +166,12 @@ def check_inputs(job: Job) -> Iterator[tuple[dict, dict]]:
     agent's checks), and for a consumer's code bundle, the `bundle` of the plan (the archive
     as uploaded, checked against its SHA-256). Both last as long as the block."""
     with task_inputs(bundle=job.bundle, dataset=job.dataset, dataset_ref=job.dataset_ref) as inputs:
-        yield inputs
+        if job.weights is None:
+            yield inputs
+            return
+        # A fine-tune: replay from step 0 starts from its input weights, as training did.
+        with dataset_plain_path(job.weights) as path:
+            yield inputs[0], {**inputs[1], "weights": {"path": path, "sha256": job.weights.sha256}}
 
 
 @contextlib.contextmanager

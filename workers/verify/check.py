@@ -47,6 +47,8 @@ class AttemptPlan:
     # platform stores it, {archive, kind, entry} (unpacked here: `_materialized`); its data folder.
     bundle: dict | None = None
     data_dir: str | None = None
+    # A fine-tune's input weights ({path}): replay from step 0 starts from them, as training did.
+    weights: dict | None = None
     # A bundle's determinism as checked before the consumer paid (check_determinism, stored
     # by the platform): reused here; None: checked now.
     determinism: dict | None = None
@@ -175,7 +177,7 @@ def check_attempt(plan: dict, dataset: dict) -> dict:
 def _check_attempt(plan: AttemptPlan, dataset: dict) -> AttemptResult:
     runner = replay.Replayer(replay.Job(template=plan.template, params=plan.params, dataset=dataset,
                                         world_size=plan.world_size, bundle=plan.bundle,
-                                        data_dir=plan.data_dir))
+                                        data_dir=plan.data_dir, weights=plan.weights))
     out = AttemptResult()
     if plan.bundle and plan.segments:
         # A consumer's task decides its own randomness: replay is evidence only if the task

@@ -33,6 +33,7 @@ def _inputs(plan: dict, dataset: dict) -> list[Path]:
     bundle = plan.get("bundle") or {}
     paths = [p for p in (plan.get("checkpoints") or {}).values() if p]
     paths += [plan.get("artifact"), plan.get("final_checkpoint"), plan.get("data_dir"),
+              (plan.get("weights") or {}).get("path"),
               plan.get("path"), bundle.get("path"), bundle.get("archive"), dataset.get("path"),
               dataset.get("data_dir"), dataset.get("archive")]
     return sorted({Path(p).resolve() for p in paths if p and Path(p).exists()})
