@@ -46,6 +46,8 @@ def world(transactional_db):
                            status=status, bandwidth_mbps=25_000, benchmark_tflops=Decimal("51.234"),
                            agent_version="0.9.3", compliance_claimed=tags, compliance_verified=tags,
                            reliability=Decimal("0.985"),
+                           # What the first machine's agent reported; the others never said.
+                           hardware={"cuda": "12.4", "driver": "550.54.15"} if i == 0 else {},
                            last_heartbeat_at=None if status == Node.Status.PENDING else timezone.now())
         OfferFactory(node=node, price_per_gpu_hour=Decimal("2.345678"))
         nodes.append(node)
@@ -108,6 +110,17 @@ def test_tables_fit_a_phone_and_a_laptop(world, monkeypatch):
             first = alice.locator("#offers-table tbody tr").first
             expect(first.locator(".price")).to_be_in_viewport()
             expect(alice.get_by_test_id("use-offer").first).to_be_visible()
+            # The machine's CUDA and driver versions in the list, on a card and in the table.
+            for size in (PHONE, LAPTOP):
+                assert_fits(alice, base + "/offers/?online=false", size)
+                software = alice.get_by_test_id("offer-software").filter(
+                    has_text="CUDA 12.4 · driver 550.54.15")
+                expect(software).to_be_visible()
+                box = software.bounding_box()
+                assert box and box["x"] + box["width"] <= size["width"], (size, box)
+                expect(alice.get_by_test_id("offer-software").filter(
+                    has_text="CUDA and driver not reported yet").first).to_be_visible()
+            assert_fits(alice, base + "/offers/?online=false", PHONE)  # the phone again, for the menu
 
             # The phone's menu, from the keyboard: Tab reaches the button, Enter opens it,
             # Escape closes it and leaves the focus on the button.

@@ -153,7 +153,7 @@ def test_the_hello_s_cuda_and_driver_versions_reach_the_offers_list(client, h100
     node.refresh_from_db()
     assert (node.hardware["cuda"], node.hardware["driver"]) == ("12.4", "550.54.15")
     page = client.get(reverse("offers") + "?online=false").content.decode()
-    assert "CUDA 12.4 · driver 550.54.15" in page
+    assert '<span class="nowrap">CUDA 12.4</span> · <span class="nowrap">driver 550.54.15</span>' in page
     asyncio.run(_session([hello({**h100s(8), "cuda": "<b>12</b>", "driver": "550\x07.1"})]))
     node.refresh_from_db()
     assert "cuda" not in node.hardware and "driver" not in node.hardware
