@@ -163,6 +163,28 @@ def test_readyz_names_redis_while_it_is_down(tmp_path):
         own.stop()
 
 
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)  # the server's database exists
+def test_readyz_names_the_chain_while_its_node_is_unreachable_and_recovers(node):
+    relay = Relay(("127.0.0.1", int(node.rsplit(":", 1)[1])))  # hardhat's JSON-RPC node
+    relay.mend()
+    try:
+        with daphne_process(logs="operations", ESCROW_ENABLED="1",
+                            CHAIN_RPC_URL=f"http://127.0.0.1:{relay.port}") as (base, _pid):
+            status, body, _ = get(base + "/readyz")
+            assert status == 200 and json.loads(body)["checks"]["chain"] == "ok", body
+            relay.cut()
+            began = time.monotonic()
+            status, body, _ = get(base + "/readyz")
+            answer = json.loads(body)
+            assert status == 503 and answer["failed"] == ["chain"], answer
+            assert time.monotonic() - began < 10, "a probe must not wait out the node's timeout"
+            relay.mend()
+            wait_for(lambda: get(base + "/readyz")[0] == 200, timeout=30, what="/readyz to recover")
+    finally:
+        relay.cut()
+
+
 def test_metrics_needs_staff_or_the_token(client, admin_user, settings, db):
     settings.METRICS_TOKEN = TOKEN
     assert client.get("/metrics").status_code == 403
