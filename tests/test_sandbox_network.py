@@ -23,6 +23,9 @@ from workers.agent import launcher, peer_firewall
 from workers.agent import sandbox as sandboxing
 
 from .netns import Hosts, NetnsUnavailable
+from .test_agent_sandboxed_run import an_agent, platform  # noqa: F401 (a fixture)
+from .test_agent_sandboxed_run import run as run_assignment
+from .test_agent_sandboxed_run import start_message as agent_start_message
 
 FIREWALL_OK, WHY_NOT = peer_firewall.probe() if sandboxing.available() else (False, "no bubblewrap")
 pytestmark = pytest.mark.skipif(not FIREWALL_OK, reason=f"no peers firewall here: {WHY_NOT}")
@@ -283,3 +286,15 @@ def test_the_agent_removes_a_dead_sandboxs_table_and_cgroup_at_start(monkeypatch
         dead.remove()
     assert keeper.wait(timeout=10) != 0  # killed with its sandbox
     assert not live.dir.exists() and not table_exists(live.table)
+
+
+def test_an_agent_without_the_firewall_refuses_multi_node_consumers_code(tmp_path, platform):  # noqa: F811
+    """Refused before a byte of the job is fetched (the platform does not send it there)."""
+    agent = an_agent(tmp_path, platform.server_port)
+    assert agent.sandbox.peer_firewall is False
+    start = agent_start_message(b"X = 1\n", nnodes=2, rdzv={"host": "127.0.0.1", "port": 29500})
+    finished = run_assignment(agent, start, timeout=60)
+    assert [f["status"] for f in finished] == ["failed"]
+    assert "cannot confine a multi-node job's code to its peers" in finished[0]["error"]
+    assert [t for t, _ in agent.sent] == ["assignment.finished"]  # never accepted
+    assert not any(path == "/bundle/" for path, _ in platform.RequestHandlerClass.received)
