@@ -28,7 +28,7 @@ from .test_agent_sandboxed_run import run as run_assignment
 from .test_agent_sandboxed_run import start_message as agent_start_message
 
 FIREWALL_OK, WHY_NOT = peer_firewall.probe() if sandboxing.available() else (False, "no bubblewrap")
-pytestmark = pytest.mark.skipif(not FIREWALL_OK, reason=f"no peers firewall here: {WHY_NOT}")
+needs_firewall = pytest.mark.skipif(not FIREWALL_OK, reason=f"no peers firewall here: {WHY_NOT}")
 
 PORT = 18777  # the listeners' TCP and UDP port on both emulated hosts
 REDIS = ("127.0.0.1", 6379)  # the provider's own Redis (the test suite's)
@@ -170,6 +170,7 @@ print(json.dumps(out))
 """
 
 
+@needs_firewall
 def test_a_multi_node_sandbox_reaches_its_peers_and_nothing_else(tmp_path, hosts):
     assert redis.Redis(*REDIS).ping()  # the provider's Redis is there, outside the sandbox
     # A service of the host's own outside the sandbox, on the address the peers know it by.
@@ -207,6 +208,7 @@ def test_a_multi_node_sandbox_reaches_its_peers_and_nothing_else(tmp_path, hosts
     assert not fw.dir.exists() and not fw.job_dir.exists()
 
 
+@needs_firewall
 def test_two_sandboxes_of_one_job_on_one_host_reach_each_other_and_not_another_jobs(tmp_path):
     """Two agents on one host (as in the end-to-end tests) run two ranks of a job: each
     reaches the other's listener on 127.0.0.1. A third sandbox, of another job, does not."""
@@ -265,6 +267,7 @@ def test_peer_addresses_must_be_ip_literals():
             peer_firewall.peer_addresses([bad])
 
 
+@needs_firewall
 def test_the_agent_removes_a_dead_sandboxs_table_and_cgroup_at_start(monkeypatch):
     dead = firewall(secrets.randbelow(10**6) + 10**6, ["192.0.2.1"])
     dead.agent = 1  # not this process: an agent that died without cleaning up
