@@ -15,7 +15,7 @@ URL = "/api/v1/jobs/"
 pytestmark = pytest.mark.django_db
 
 DETAIL_FIELDS = {
-    "id", "name", "status", "status_display", "template", "bundle", "params", "dataset", "nodes",
+    "id", "name", "status", "status_display", "template", "bundle", "weights", "params", "dataset", "nodes",
     "sync",
     "gpus_per_node", "min_gpu_memory_gb", "gpu_models", "regions", "compliance",
     "min_reliability", "max_price_per_gpu_hour", "budget", "duration_hours", "deadline",
