@@ -40,6 +40,16 @@ def assignment_end(assignment: Assignment, status: str, detail: str = "") -> boo
     return bool(done)
 
 
+def lock_job_and_parts(job_id: int) -> Job:
+    """Lock a job to end or stop its parts, in the ingest's order: its active assignments
+    first (by id), then the job. Every service that stops a job's parts locks through here:
+    an agent's message holds its assignment and then asks for the job, so locking the job
+    first deadlocked with it (a cancel died so, tests/test_lock_order.py)."""
+    list(Assignment.objects.select_for_update(of=("self",))
+         .filter(job_id=job_id, status__in=Assignment.ACTIVE).order_by("pk").values_list("pk", flat=True))
+    return Job.objects.select_for_update().get(pk=job_id)
+
+
 def job_stop_assignments(*, job: Job, reason: str, status: str = A.CANCELLED,
                          except_id: int | None = None) -> int:
     """End every active assignment of a job (but `except_id`) with `status`; how many ended."""

@@ -36,7 +36,7 @@ from ..selectors.execution import is_diloco
 from ..selectors.metering import budget_limit, job_metered
 from . import deadlines, enqueue
 from .agent_protocol import pause_message, send_to_node
-from .assignments import job_stop_assignments
+from .assignments import job_stop_assignments, lock_job_and_parts
 from .jobs import job_cancel
 
 S = Job.Status
@@ -210,7 +210,7 @@ def job_budget_stop(*, job_id: int, check: BudgetCheck) -> int:
     """The nodes did not pause in time (or cannot agree on a step, DiLoCo): stop them; the
     job pauses at its last committed checkpoint."""
     with transaction.atomic():
-        job = Job.objects.select_for_update().get(pk=job_id)
+        job = lock_job_and_parts(job_id)
         if job.status != S.RUNNING:
             return 0
         job_stop_assignments(job=job, reason="the job's budget is spent")

@@ -9,7 +9,7 @@ layer after commit, and re-sent from the database on every hello and heartbeat, 
 lost push delays work but never loses it.
 
 About 500 lines, over the ~400 of the others: every transition of a job's parts is here,
-so that one reading shows how a job moves (the handlers share _interrupt, _lock_job and
+so that one reading shows how a job moves (the handlers share _interrupt, lock_job_and_parts and
 the DiLoCo rules).
 """
 
@@ -39,7 +39,12 @@ from .agent_protocol import (
     pause_message,
     send_to_node,
 )
-from .assignments import assignment_claim_dispatch, assignment_end, job_stop_assignments
+from .assignments import (
+    assignment_claim_dispatch,
+    assignment_end,
+    job_stop_assignments,
+    lock_job_and_parts,
+)
 from .budget import job_paused_by_nodes
 from .bundles import bundle_spec
 from .liveness import assignment_steps_record
@@ -381,21 +386,12 @@ def _blame_later(job: Job, a: Assignment, error: str) -> bool:
     return True
 
 
-def _lock_job(job_id: int) -> Job:
-    """Lock a job to end or stop its parts, in the ingest's order: its active assignments
-    first (by id), then the job. Locking the job first deadlocked with an agent's message
-    about one of its parts (the ingest holds the assignment and then asks for the job)."""
-    list(Assignment.objects.select_for_update(of=("self",))
-         .filter(job_id=job_id, status__in=Assignment.ACTIVE).order_by("pk").values_list("pk", flat=True))
-    return Job.objects.select_for_update().get(pk=job_id)
-
-
 def attempt_failure_settle(*, job_id: int, attempt: int) -> bool:
     """A part of this placement failed and no peer was lost since (or the job would have
     been interrupted already): the first node that failed is blamed, excluded, and the job
     placed again. Idempotent: does nothing once the job moved on. True when it acted."""
     with transaction.atomic():
-        job = _lock_job(job_id)
+        job = lock_job_and_parts(job_id)
         if job.status != S.RUNNING or job.attempt != attempt:
             return False
         first = (job.assignments.filter(attempt=attempt, status=A.FAILED)
@@ -497,7 +493,7 @@ def _assignment_lost(assignment: Assignment, reason: str, *, status: str = A.LOS
     """The node lost this assignment's work: end it and resume the job elsewhere."""
     node_id = assignment.node_id
     with transaction.atomic():
-        job = _lock_job(assignment.job_id)
+        job = lock_job_and_parts(assignment.job_id)
         if not assignment_end(assignment, status, reason):
             return False
         if is_diloco(job) and assignment.node_rank > 0 and assignment.attempt == job.attempt:

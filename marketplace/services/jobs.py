@@ -6,7 +6,7 @@ from ..errors import PermissionDenied
 from ..models import Job, Organization
 from ..money import tusd
 from . import enqueue
-from .assignments import job_stop_assignments
+from .assignments import job_stop_assignments, lock_job_and_parts
 from .determinism import determinism_request
 from .job_spec import JobSpec, job_spec_validate
 
@@ -57,7 +57,7 @@ def job_cancel(*, job: Job, actor=None, reason: str = "cancelled_by_owner",
     retried cancel settles and refunds once."""
     who = getattr(actor, "username", "the platform")
     with transaction.atomic():
-        current = Job.objects.select_for_update().get(pk=job.pk)
+        current = lock_job_and_parts(job.pk)
         if current.status == S.CANCELLED or (
                 current.status in (S.SETTLED, S.REFUNDED)
                 and current.events.filter(to_status=S.CANCELLED).exists()):
