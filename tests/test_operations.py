@@ -369,9 +369,15 @@ def test_each_metric_after_a_paid_job_runs_and_json_logs_with_request_and_job_id
         lines = [x for x in (stack.logs / f"{name}.log").read_text().splitlines() if x.startswith("{")]
         assert lines, f"no JSON lines in {name}.log"
         records[name] = [json.loads(line) for line in lines]
-    probe = [r for r in records["daphne"] if r.get("request_id") == "probe-42"]
-    assert probe, records["daphne"]
-    assert probe[0]["job_id"] == 987654 and probe[0]["logger"] == "django.request", probe
+    probe = {r["logger"]: r for r in records["daphne"] if r.get("request_id") == "probe-42"}
+    assert probe["django.request"]["job_id"] == 987654, probe
+    # One access record per request, with its ids, route pattern, status and duration.
+    assert {k: probe["computemesh.access"][k] for k in ("job_id", "method", "route", "status")} == \
+        {"job_id": 987654, "method": "GET", "route": "/api/v1/jobs/<pk>/", "status": 401}, probe
+    assert probe["computemesh.access"]["duration_ms"] >= 0
+    created = [r for r in records["daphne"] if r["logger"] == "computemesh.access" and r["method"] == "POST"
+               and r["route"] == "/api/v1/jobs/"]
+    assert len(created) == 1 and created[0]["status"] == 201 and created[0]["request_id"], created
     on_job = [r for r in records["celery"] if r.get("job_id") == job["id"] and r.get("task_id")]
     assert on_job, [r for r in records["celery"] if r.get("task_id")][-5:]
 

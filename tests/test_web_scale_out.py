@@ -174,6 +174,14 @@ def test_the_balancer_exports_each_web_process_state_for_prometheus(tmp_path):
             for _ in range(3):
                 with urllib.request.urlopen(balancer.base + "/healthz", timeout=10) as r:
                     assert r.status == 200
+            # The balancer names each request (the id on the web process's log records) unless
+            # a proxy in front of it did.
+            with urllib.request.urlopen(balancer.base + "/api/v1/templates/", timeout=10) as r:
+                assert re.fullmatch(r"[0-9A-F]{8}(-[0-9A-F]+){5}", r.headers["X-Request-ID"]), r.headers
+            given = urllib.request.Request(balancer.base + "/api/v1/templates/",
+                                           headers={"X-Request-ID": "tls-7"})
+            with urllib.request.urlopen(given, timeout=10) as r:
+                assert r.headers["X-Request-ID"] == "tls-7"
 
             def scrape() -> dict | None:
                 url = f"http://127.0.0.1:{balancer.metrics_port}/metrics"
@@ -187,7 +195,7 @@ def test_the_balancer_exports_each_web_process_state_for_prometheus(tmp_path):
     assert value(found, "haproxy_server_status", proxy="web", server="web1", state="UP") == 1
     assert value(found, "haproxy_server_status", proxy="web", server="web2", state="DOWN") == 1
     assert value(found, "haproxy_backend_active_servers", proxy="web") == 1
-    assert value(found, "haproxy_server_http_responses_total", proxy="web", server="web1", code="2xx") >= 3
+    assert value(found, "haproxy_server_http_responses_total", proxy="web", server="web1", code="2xx") >= 5
     assert value(found, "haproxy_server_current_sessions", proxy="web", server="web2") == 0
     # The Grafana dashboard plots only what the exporter gives.
     plotted = set(re.findall(r"haproxy_\w+", (ROOT / "docs" / "grafana-dashboard.json").read_text()))

@@ -33,6 +33,8 @@ from marketplace.selectors import operations
 from webapp.celery import app as celery_app
 
 log = logging.getLogger(__name__)
+# With LOG_FORMAT=json, one record per request (daphne's own access lines are plain text).
+access_log = logging.getLogger("computemesh.access")
 CHECK_TIMEOUT_S = 3
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -289,6 +291,10 @@ class OperationsMiddleware:
         method = request.method if request.method in _METHODS else "other"  # a client writes it
         metrics.HTTP_REQUEST_SECONDS.labels(route, method, status).observe(elapsed)
         response.headers.setdefault("X-Request-ID", request.request_id)
+        if settings.LOG_FORMAT == "json":  # the request and job ids are bound: _bind, process_view
+            access_log.info("%s %s %d", method, route, response.status_code,
+                            extra={"method": method, "route": route, "status": response.status_code,
+                                   "duration_ms": round(elapsed * 1000, 2)})
         return response
 
 
