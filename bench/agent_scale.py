@@ -231,6 +231,8 @@ class Shape:
         config = (ROOT / "deploy" / "haproxy.cfg").read_text()
         servers = "\n".join(f"    server web{i + 1} 127.0.0.1:{p} check" for i, p in enumerate(self.ports))
         config = re.sub(r"(?m)^    bind :\d+$", f"    bind 127.0.0.1:{self.port}", config)
+        # HAProxy's exporter on a free port too: :8405 may be another run's.
+        config = re.sub(r"(?m)^    bind \*:8405$", f"    bind 127.0.0.1:{free_port()}", config)
         config = re.sub(r"(?m)^    server-template .*$", servers, config)
         (self.tmp / "haproxy.cfg").write_text(config)
         self._spawn("haproxy", [HAPROXY, "-db", "-f", str(self.tmp / "haproxy.cfg")])
