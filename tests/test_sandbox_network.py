@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -268,14 +270,20 @@ def test_peer_addresses_must_be_ip_literals():
 
 
 @needs_firewall
-def test_the_agent_removes_a_dead_sandboxs_table_and_cgroup_at_start(monkeypatch):
+def test_the_agent_removes_a_dead_sandboxs_table_and_cgroup_at_start():
     dead = firewall(secrets.randbelow(10**6) + 10**6, ["192.0.2.1"])
     dead.agent = 1  # not this process: an agent that died without cleaning up
     dead.apply()
     live = firewall(dead.job, ["192.0.2.1"])
     live.apply()
+    starting = firewall(dead.job, ["192.0.2.1"])  # made just now, its process not in it yet
+    starting.apply()
     try:
-        monkeypatch.setattr(peer_firewall, "STALE_AFTER_S", 0.0)  # no grace for sandboxes starting now
+        # Both made long ago: past the grace left to sandboxes starting now (another agent's
+        # on this host, between its cgroup and its first process, must not be touched).
+        long_ago = time.time() - 10 * peer_firewall.STALE_AFTER_S
+        for directory in (dead.dir, live.dir):
+            os.utime(directory, (long_ago, long_ago))
         keeper = subprocess.Popen(["sleep", "30"])  # the live sandbox has a process
         (live.dir / "cgroup.procs").write_text(str(keeper.pid))
         removed = peer_firewall.remove_stale()
@@ -284,7 +292,9 @@ def test_the_agent_removes_a_dead_sandboxs_table_and_cgroup_at_start(monkeypatch
         assert not table_exists(dead.table)
         assert live.dir.exists()
         assert table_exists(live.table)
+        assert starting.dir.exists() and table_exists(starting.table)
     finally:
+        starting.remove()
         live.remove()
         dead.remove()
     assert keeper.wait(timeout=10) != 0  # killed with its sandbox
