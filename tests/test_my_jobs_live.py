@@ -43,12 +43,14 @@ def test_the_dashboard_socket_tells_of_a_new_job_of_the_organization_only(alice,
         await database_sync_to_async(_submit)(theirs)
         await database_sync_to_async(_submit)(mine)
         got = json.loads(await comm.receive_from(timeout=5))
+        money = json.loads(await comm.receive_from(timeout=5))  # the Account page refreshes too
         quiet = await comm.receive_nothing(timeout=1)
         await comm.disconnect()
-        return got, quiet
+        return got, money, quiet
 
-    got, quiet = asyncio.run(go())
+    got, money, quiet = asyncio.run(go())
     assert got["type"] == "job" and got["job"]["id"] == mine.pk and got["job"]["status"] == "submitted"
+    assert money == {"type": "account", "job_id": mine.pk}
     assert quiet, "another organization's job reached alice's socket"
 
 
@@ -60,7 +62,8 @@ def test_the_row_is_the_callers_only_and_under_the_pages_filters(client, alice, 
     response = client.get(url)
     assert response.status_code == 200
     html = response.content.decode()
-    assert html.lstrip().startswith(f'<tr data-job-id="{job.pk}">') and "Sepsis risk" in html
+    assert html.lstrip().startswith(f'<tr data-job-id="{job.pk}" data-status="submitted">')
+    assert "Sepsis risk" in html
     assert client.get(url, {"q": "sepsis"}).status_code == 200
     assert client.get(url, {"q": "something else"}).status_code == 204
     assert client.get(url, {"status": "cancelled"}).status_code == 204
