@@ -37,8 +37,8 @@ def test_main_pages_have_no_serious_or_critical_violations(world, monkeypatch): 
     job = world
     pages = {"alice": ["/", "/offers/?online=false", "/jobs/new/", f"/jobs/{job.pk}/", "/jobs/", "/account/",
                        "/wallets/", "/datasets/"],
-             "carol": ["/provider/nodes/", "/provider/nodes/new/", "/provider/offers/", "/account/",
-                       "/provider/stake/"],
+             "carol": ["/provider/nodes/", "/provider/nodes/new/", "/provider/offers/",
+                       "/provider/offers/new/", "/account/", "/provider/stake/"],
              None: ["/", "/offers/", "/login/", "/signup/"]}
     found: dict[str, list] = {}
     with asgi_server() as base, sync_playwright() as pw:
