@@ -56,7 +56,8 @@ def verify(spec: dict, events: dict, world: int) -> dict:
     artifact = checkpoint.load(events["finished"]["artifact"])
     artifact_ok = replay.rel_l2(artifact["model"], checkpoint.load(paths[total])["model"]) == 0
     metric, measured = replayer.evaluate(artifact["model"])
-    inflated = metric_inflated(metric, events["finished"]["value"], measured, TOLERANCE)
+    inflated = metric_inflated(events["finished"]["value"], measured, TOLERANCE,
+                               lower_is_better=replayer.metric_lower_is_better)
     return {"passed": bool(segments) and all(d <= THRESHOLD for d in distances) and artifact_ok
             and not inflated, "replayed": sum(b - a for a, b in segments), "trained": total,
             "seconds": time.perf_counter() - began, "replay_seconds": sum(c.seconds for c in checks),

@@ -52,10 +52,27 @@ def test_without_a_segment_in_budget_the_shortest_is_replayed():
 
 
 def test_only_a_better_metric_than_measured_is_inflated():
-    assert metric_inflated("accuracy", 0.97, 0.95, 1e-3)
-    assert not metric_inflated("accuracy", 0.95, 0.97, 1e-3)  # modest is not cheating
-    assert not metric_inflated("accuracy", 0.9500001, 0.95, 1e-3)
-    assert metric_inflated("mape", 9.0, 10.0, 1e-3) and not metric_inflated("mape", 11.0, 10.0, 1e-3)
+    higher = {"lower_is_better": False}
+    assert metric_inflated(0.97, 0.95, 1e-3, **higher)
+    assert not metric_inflated(0.95, 0.97, 1e-3, **higher)  # modest is not cheating
+    assert not metric_inflated(0.9500001, 0.95, 1e-3, **higher)
+    # A loss, an error: smaller is better, so reporting less than measured is inflating.
+    assert metric_inflated(9.0, 10.0, 1e-3, lower_is_better=True)
+    assert not metric_inflated(11.0, 10.0, 1e-3, lower_is_better=True)
+
+
+def test_a_tasks_metric_knows_its_sense_of_better():
+    # The runtime's rule, which the verifier reports with each measurement: a custom task's
+    # default metric is "loss" (the forecaster example reports mae): lower is better for both.
+    from workers.training import task as tasks
+
+    def sense(metric, declared=None):
+        task_class = type("T", (tasks.Task,), {"metric": metric, "lower_is_better": declared})
+        return tasks.metric_lower_is_better(task_class.__new__(task_class))
+
+    assert sense("loss") and sense("mae") and sense("rmse") and sense("mape") and sense("val_loss")
+    assert not sense("accuracy") and not sense("f1") and not sense("r2")
+    assert sense("score", declared=True) and not sense("loss", declared=False)
 
 
 def test_checks_whose_task_was_lost_are_queued_again(healthcare, monkeypatch):

@@ -199,8 +199,10 @@ def task_inputs(*, bundle: CodeBundle | None, dataset: Dataset | None,
             yield {"kind": "csv", "path": path}, task
 
 
-def metric_inflated(metric: str, reported: float, measured: float, tolerance: float) -> bool:
-    better_by = (measured - reported) if metric == "mape" else (reported - measured)
+def metric_inflated(reported: float, measured: float, tolerance: float, *, lower_is_better: bool) -> bool:
+    """The reported metric is better than the model achieves, in the task's own sense of
+    better (a task reporting `loss` or `mae` that says less than it measures is inflating)."""
+    better_by = (measured - reported) if lower_is_better else (reported - measured)
     return better_by > tolerance * max(abs(measured), 1e-9)
 
 
@@ -291,8 +293,8 @@ def _check(job: Job, attempt: int, rng: secrets.SystemRandom | None = None, *,
     out.attribution = result.get("attribution")
     out.findings[:0] = [Finding(Dispute.Reason(reason), detail) for reason, detail in result["findings"]]
     if (out.metric_measured is not None and job.metric_value is not None
-            and metric_inflated(result["metric_name"], job.metric_value, out.metric_measured,
-                                settings.VERIFY_METRIC_TOLERANCE)):
+            and metric_inflated(job.metric_value, out.metric_measured, settings.VERIFY_METRIC_TOLERANCE,
+                                lower_is_better=bool(result.get("metric_lower_is_better")))):
         out.findings.append(Finding(Dispute.Reason.METRIC_INFLATED, (
             f"Reported held-out {result['metric_name']} {job.metric_value:.6g}; the platform measures "
             f"{out.metric_measured:.6g} on the same split with the same model.")))

@@ -123,6 +123,10 @@ class Replayer:
         model, _ = self._model({"model": model_state})
         return tasks.headline(self.task, model, self.prepared.held_out, torch.device("cpu"))
 
+    @property
+    def metric_lower_is_better(self) -> bool:
+        return tasks.metric_lower_is_better(self.task)
+
 
 def rel_l2(a: dict, b: dict) -> float:
     """‖a − b‖ / ‖b‖ over every floating-point tensor of two model states (inf when the

@@ -73,6 +73,10 @@ class Task:
     """Subclass this. `self.params`, `self.dataset`, `self.data_dir` and `self.seed` are set."""
 
     metric: str = "loss"  # the key of evaluate()'s result reported as the job's metric
+    # Whether a smaller `metric` is better. None: from its name (loss, mae, rmse, mape, … and
+    # names ending in _loss or _error are; accuracy, f1, auc, r2, … are not). The verifier
+    # checks that the reported metric is not better than the model achieves in this sense.
+    lower_is_better: bool | None = None
 
     def __init__(self, context: TaskContext):
         self.context = context
@@ -251,6 +255,17 @@ def set_learning_rate(task: Task, optimizer: torch.optim.Optimizer, step: int,
     if lr is not None:
         for group in optimizer.param_groups:
             group["lr"] = float(lr)
+
+
+LOWER_IS_BETTER = frozenset({"loss", "mae", "mse", "rmse", "mape", "smape", "nll", "perplexity",
+                             "error", "error_rate", "wer", "cer"})
+
+
+def metric_lower_is_better(task: Task) -> bool:
+    if task.lower_is_better is not None:
+        return bool(task.lower_is_better)
+    name = task.metric.lower()
+    return name in LOWER_IS_BETTER or name.endswith(("_loss", "_error", "_mae", "_mse", "_rmse"))
 
 
 @torch.no_grad()

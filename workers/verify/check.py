@@ -60,6 +60,7 @@ class AttemptResult:
     replay_steps: int = 0
     metric_name: str | None = None
     metric_measured: float | None = None  # None: the model could not be evaluated
+    metric_lower_is_better: bool = False  # the task's sense of its metric (tasks.metric_lower_is_better)
     findings: list[tuple[str, str]] = field(default_factory=list)  # (reason, detail)
     # For the first failed segment of a DDP attempt across nodes: the ranks whose committed
     # gradients were not their share (replay.attribute_segment; empty ranks: nobody named).
@@ -136,6 +137,7 @@ def _check_model(plan: AttemptPlan, runner: replay.Replayer, out: AttemptResult)
         return
     try:
         out.metric_name, out.metric_measured = runner.evaluate(artifact)
+        out.metric_lower_is_better = runner.metric_lower_is_better
     except (RuntimeError, ValueError, KeyError) as exc:  # tensors that are not the job's model
         out.findings.append((ARTIFACT_MISMATCH, f"The model uploaded is not this job's model: "
                                                 f"{str(exc)[:200]}"))
