@@ -104,12 +104,15 @@ def vibration_csv(tmp_path_factory) -> bytes:
 def test_a_bundle_trains_in_the_sandbox_and_its_model_goes_up(tmp_path, platform, vibration_csv):
     Platform.files["/data/"] = vibration_csv
     agent = an_agent(tmp_path, platform.server_port)
+    # Only this run's cgroups: a killed run elsewhere on the machine may have left its own.
+    before = set(Path("/sys/fs/cgroup/pids").glob("computemesh-*"))
     finished = run(agent, start_message((EXAMPLE / "task.py").read_bytes()))
     assert [f["status"] for f in finished] == ["succeeded"], agent.sent[-3:]
     assert finished[0]["metric"] == "accuracy" and finished[0]["data_deleted"] is True
     paths = [p for p, _ in Platform.received]
     assert "/up/artifact/" in paths and any(p.startswith("/up/checkpoints/") for p in paths)
-    assert not list(Path("/sys/fs/cgroup/pids").glob("computemesh-*")), "the cgroups were left behind"
+    left = set(Path("/sys/fs/cgroup/pids").glob("computemesh-*")) - before
+    assert not left, f"the cgroups were left behind: {left}"
 
 
 @needs_bwrap
