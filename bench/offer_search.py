@@ -111,7 +111,8 @@ def load(seed: int = 7, nodes: int = NODES) -> float:
                       "gpu_memory_gb, cpu_cores, ram_gb, disk_gb, bandwidth_mbps, region, "
                       "compliance_claimed, compliance_verified, status, last_heartbeat_at, "
                       "benchmark_tflops, agent_version, reliability, reliability_detail, token_hash, "
-                      "token_prefix, hardware, runtime, created_at, updated_at) FROM STDIN") as cp:
+                      "token_prefix, hardware, runtime, peer_firewall, advertise_addr, created_at, "
+                      "updated_at) FROM STDIN") as cp:
             models = [f for f in FLEET]
             weights = [f[2] for f in FLEET]
             for i in range(1, nodes + 1):
@@ -133,7 +134,7 @@ def load(seed: int = 7, nodes: int = NODES) -> float:
                     max(4, gpus * 8), gpus * 64, gpus * 1000, rng.choice((1000, 10000, 25000)),
                     region, claimed, verified, "online" if online else "offline",
                     now - timedelta(seconds=rng.randint(1, 10)) if online else None,
-                    None, "0.1.0", reliability, "{}", token_hash, token_hash[:10], "{}", "", now, now))
+                    None, "0.1.0", reliability, "{}", token_hash, token_hash[:10], "{}", "", False, "", now, now))
                 node_rows.append((i, provider, model, memory, prices, gpus, region, verified,
                                   reliability, online))
         with raw.copy("COPY marketplace_offer (id, node_id, gpus_offered, gpus_reserved, "
