@@ -39,8 +39,9 @@ def datasets_list(state: State) -> None:
 @json_option
 @pass_state
 def datasets_upload(state: State, path: str, name: str, label_column: str, chunk_mb: int) -> None:
-    """Upload a CSV file or a zip of files (class folders of images, …) in resumable
-    chunks: run it again after a break and it goes on where the server stopped."""
+    """Upload a CSV file or a zip of files (class folders of images, …), or a fine-tune's
+    weights (a .pt state_dict), in resumable chunks: run it again after a break and it goes
+    on where the server stopped."""
     suffix = "".join(Path(path).suffixes[-1:])
     if name and not name.lower().endswith(suffix.lower()):
         name += suffix
@@ -55,6 +56,8 @@ def datasets_upload(state: State, path: str, name: str, label_column: str, chunk
                                             chunk_size=chunk_mb << 20)
     emit(state, d, lambda: out.print(
         f"Dataset {d['id']} ({d['name']}): " + (f"{d.get('entries')} files" if d.get("kind") == "zip"
+                                               else f"weights, {d.get('entries')} tensors (use it as "
+                                                    "--weights)" if d.get("kind") == "weights"
                                                else f"{d.get('rows')} rows, columns "
                                                     f"{', '.join(d.get('columns') or [])}")))
 
