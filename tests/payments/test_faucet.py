@@ -116,3 +116,42 @@ def test_the_escrow_panel_says_what_to_do_without_a_browser_wallet(chain, client
     page = client.get(f"/jobs/{job.pk}/").content.decode()
     assert 'data-testid="fund-faucet"' not in page
     assert "Install a browser wallet" in page and f"/api/v1/jobs/{job.pk}/fund-calls/" in page
+
+
+def test_a_grant_tells_the_organization_s_open_pages_and_no_other(chain, healthcare, energy, alice):
+    """Issue 18: the header balance and the Account page of the organization's open pages
+    refresh after a grant (an "account" message on its dashboard group, sent once the mint
+    is mined); another organization's group hears nothing. The listener runs on its own
+    event loop in a thread, as a server process would: the layer only delivers to a
+    channel that is listening when the message is sent."""
+    import asyncio
+    import threading
+
+    from channels.layers import get_channel_layer
+
+    from marketplace.services import live
+
+    ready, heard = threading.Event(), {}
+
+    async def listen():
+        layer = get_channel_layer()
+        channels = {}
+        for name, org in (("mine", healthcare), ("theirs", energy)):
+            channels[name] = await layer.new_channel()
+            await layer.group_add(live.org_group(org.pk), channels[name])
+        ready.set()
+
+        async def first(name):
+            try:
+                heard[name] = (await asyncio.wait_for(layer.receive(channels[name]), timeout=10))["message"]
+            except TimeoutError:
+                heard[name] = None
+        await asyncio.gather(first("mine"), first("theirs"))
+
+    listener = threading.Thread(target=lambda: asyncio.run(listen()))
+    listener.start()
+    assert ready.wait(10)
+    with committed():
+        faucet_claim(organization=healthcare, actor=alice)
+    listener.join(20)
+    assert heard == {"mine": {"type": "account", "job_id": None}, "theirs": None}
