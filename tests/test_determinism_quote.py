@@ -196,3 +196,23 @@ def test_the_check_replays_the_task_twice_with_the_verifiers_torch_half(api, ali
     assert check.runs == 1
     job = Job(bundle=bundle, dataset_ref="", params=PARAMS, nodes=2, gpus_per_node=1, sync={"mode": "ddp"})
     assert job_verification_method(job)["method"] == ("evaluation_only" if noisy else "replay")
+
+
+def test_quotes_queue_a_few_checks_at_a_time_and_a_submission_always_does(api, alice, healthcare, offers):
+    bundle = upload(api, alice, noisy=True)
+    for epochs in range(1, determinism.QUOTE_IN_FLIGHT + 2):  # one more than may wait
+        said = quote(api, alice, body_for(bundle, params={**PARAMS, "epochs": epochs}))["verification"]
+        assert said["method"] == "checking"
+    assert DeterminismCheck.objects.count() == determinism.QUOTE_IN_FLIGHT
+    last = body_for(bundle, params={**PARAMS, "epochs": determinism.QUOTE_IN_FLIGHT + 1})
+    # One answered: the next quote of the one left out queues it.
+    DeterminismCheck.objects.filter(pk=DeterminismCheck.objects.first().pk).update(status=D.DONE,
+                                                                                  deterministic=True)
+    quote(api, alice, last)
+    assert DeterminismCheck.objects.filter(params__epochs=determinism.QUOTE_IN_FLIGHT + 1).exists()
+    # A submitted job's check is queued however many wait.
+    response = api.as_user(alice).post("/api/v1/jobs/", body_for(bundle, params={**PARAMS, "epochs": 99}),
+                                       format="json")
+    assert response.status_code == 201, response.content
+    assert DeterminismCheck.objects.filter(params__epochs=99, status=D.PENDING).exists()
+    assert DeterminismCheck.objects.filter(status=D.PENDING).count() == determinism.QUOTE_IN_FLIGHT + 1

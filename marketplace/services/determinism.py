@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 
 D = DeterminismCheck.Status
 MAX_RUNS = 3  # a check that keeps failing (no sandbox here, a broken task) stops being asked
+# Checks one organization's quotes may have waiting or running at once: the form asks a quote
+# as the consumer types its params, and each new combination would cost the verifier half a
+# minute. Over it, the quote says "checking" and asks again later (the quote panel re-asks
+# every 2 s while checking); a submitted job's check is always queued.
+QUOTE_IN_FLIGHT = 3
 RUN_LIMIT = timedelta(seconds=1200)  # the task's time limit: a check running longer died
 
 # The torch half: workers.verify.check_determinism_sandboxed (plan, dataset) -> Determinism.as_dict().
@@ -44,15 +49,21 @@ def _wanted(spec: JobSpec) -> bool:
     return spec.bundle_obj is not None and not diloco
 
 
-def determinism_request(*, spec: JobSpec) -> DeterminismCheck | None:
+def determinism_request(*, spec: JobSpec, quote: bool = False) -> DeterminismCheck | None:
     """The stored check for a validated spec's task, queued once (again after an error,
-    within MAX_RUNS); None when the job needs none."""
+    within MAX_RUNS); None when the job needs none, or for a `quote` while its organization
+    has QUOTE_IN_FLIGHT checks waiting (not queued yet: asked again by the next quote)."""
     if not _wanted(spec):
         return None
     assert spec.bundle_obj is not None
     key = determinism_key(bundle=spec.bundle_obj, dataset=spec.dataset_obj, dataset_ref=spec.dataset,
                           params=spec.params, world_size=spec.nodes * spec.gpus_per_node)
     check = DeterminismCheck.objects.filter(key=key).first()
+    if check is None and quote:
+        waiting = DeterminismCheck.objects.filter(bundle__owner_id=spec.bundle_obj.owner_id,
+                                                  status__in=(D.PENDING, D.RUNNING))
+        if waiting.count() >= QUOTE_IN_FLIGHT:
+            return None
     if check is None:
         try:
             with transaction.atomic():
@@ -74,7 +85,7 @@ def quote_verification(*, spec: JobSpec) -> dict:
     """What a quote says about how the work will be verified (asking the check if needed)."""
     diloco = (spec.sync or {}).get("mode") == "diloco" and spec.nodes > 1
     return verification_method(custom_code=spec.bundle_obj is not None, diloco=diloco,
-                               check=determinism_request(spec=spec))
+                               check=determinism_request(spec=spec, quote=True))
 
 
 def determinism_run(*, check_id: int, check: CheckDeterminism) -> str:
