@@ -196,7 +196,9 @@ def test_a_non_deterministic_task_is_told_evaluated_only_before_funding_and_is_p
     # Verified by held-out evaluation only: nothing replayed, the model evaluated, passed.
     assert report.status == "passed" and report.replay_steps == 0 and report.segments == [], report.reasons
     assert report.metric_measured is not None
-    assert any("does not give the same bits twice" in r for r in report.reasons), report.reasons
+    # ...as the check before payment found (the verification reused it).
+    assert any("does not give the same bits twice from the same state (found before the consumer paid)"
+               in r for r in report.reasons), report.reasons
     assert record.attempt == 1  # never re-placed
     assert not Dispute.objects.filter(job=record).exists()
     assert_providers_paid(record, sellers)

@@ -285,9 +285,10 @@ def _check(job: Job, attempt: int, rng: secrets.SystemRandom | None = None, *,
     with check_inputs(job) as (dataset, task):
         result = check({**plan, **task}, dataset)  # minutes of torch
     if result.get("determinism") and not result["determinism"]["deterministic"]:
-        out.notes.append("this job's own task does not give the same bits twice from the same "
-                         "state, so its steps were not replayed: its final model and held-out "
-                         "evaluation were checked")
+        when = "found before the consumer paid" if "determinism" in plan else "found now"
+        out.notes.append(f"this job's own task does not give the same bits twice from the same "
+                         f"state ({when}), so its steps were not replayed: its final model and "
+                         "held-out evaluation were checked")
     out.segments, out.replay_steps = result["segments"], result["replay_steps"]
     out.metric_measured = result["metric_measured"]
     out.attribution = result.get("attribution")
