@@ -6,6 +6,7 @@ the ASGI server (daphne, or uvicorn when installed), with the SQL queries per re
     .venv/bin/python bench/offer_search.py --reload       # reload the 100k offers
     .venv/bin/python bench/offer_search.py --explain      # plus EXPLAIN ANALYZE per query
     .venv/bin/python bench/offer_search.py --smoke        # what `make test` runs: 2,000 offers
+    .venv/bin/python bench/offer_search.py --ab 3         # in-process, before/after in turns
 
 DATABASE_URL defaults to postgres://postgres@127.0.0.1:5432/computemesh_bench (created and
 migrated when missing). The loader TRUNCATEs the marketplace tables, so it refuses a
@@ -134,7 +135,8 @@ def load(seed: int = 7, nodes: int = NODES) -> float:
                     max(4, gpus * 8), gpus * 64, gpus * 1000, rng.choice((1000, 10000, 25000)),
                     region, claimed, verified, "online" if online else "offline",
                     now - timedelta(seconds=rng.randint(1, 10)) if online else None,
-                    None, "0.1.0", reliability, "{}", token_hash, token_hash[:10], "{}", "", False, "", now, now))
+                    None, "0.1.0", reliability, "{}", token_hash, token_hash[:10], "{}", "", False, "",
+                    now, now))
                 node_rows.append((i, provider, model, memory, prices, gpus, region, verified,
                                   reliability, online))
         with raw.copy("COPY marketplace_offer (id, node_id, gpus_offered, gpus_reserved, "
@@ -234,6 +236,55 @@ def in_process(requests: int, warmup: int, explain: bool) -> list[dict]:
         results.append({"label": label, "path": path, "count": body["count"],
                         "rows": len(body["results"]), "times": times, "queries": counts})
     return results
+
+
+AB_INDEX = "offer_search_model_region"  # added 2026-12-07 (migration 0027)
+
+
+def in_process_ab(rounds: int, requests: int, warmup: int) -> dict[str, list[dict]]:
+    """The in-process cases measured in turns, `rounds` times, in this one process:
+    "before" is the search as it ran until 2026-12-07 (no AB_INDEX, which is dropped and
+    built again; the collector not frozen: this bench did not run the server's start-up),
+    "after" is it now (the index; the heap frozen as webapp/asgi.py freezes it, URL conf
+    included). Returns {variant: rows as in_process()}."""
+    import gc
+
+    from django.db import connection
+
+    import webapp.asgi  # noqa: F401 - the server process's start-up: URL conf, gc.freeze()
+    from marketplace.models import Offer
+
+    index = next(i for i in Offer._meta.indexes if i.name == AB_INDEX)
+    out: dict[str, list[dict]] = {"before": [], "after": []}
+    try:
+        for _ in range(rounds):
+            for variant in ("before", "after"):
+                with connection.schema_editor() as editor:
+                    if variant == "before":
+                        editor.remove_index(Offer, index)
+                    else:
+                        editor.add_index(Offer, index)
+                with connection.cursor() as cur:
+                    cur.execute("ANALYZE marketplace_offer")
+                if variant == "before":
+                    gc.unfreeze()
+                else:
+                    gc.collect()
+                    gc.freeze()
+                rows = in_process(requests, warmup, explain=False)
+                if not out[variant]:
+                    out[variant] = rows
+                else:
+                    for acc, row in zip(out[variant], rows, strict=True):
+                        acc["times"] += row["times"]
+    finally:
+        with connection.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_indexes WHERE indexname = %s", [AB_INDEX])
+            missing = cur.fetchone() is None
+        if missing:
+            with connection.schema_editor() as editor:
+                editor.add_index(Offer, index)
+    return out
 
 
 def print_explain(label: str, queries: list[dict]) -> None:
@@ -362,6 +413,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8, help="clients in the HTTP burst")
     parser.add_argument("--explain", action="store_true", help="EXPLAIN ANALYZE each query")
     parser.add_argument("--no-http", action="store_true", help="skip the ASGI server part")
+    parser.add_argument("--ab", type=int, default=0, metavar="ROUNDS",
+                        help="in-process only: before/after the 2026-12-07 changes, in turns")
     parser.add_argument("--smoke", action="store_true",
                         help="2,000 offers, 20 requests per case, daphne only; fails on query counts only")
     args = parser.parse_args()
@@ -387,6 +440,21 @@ def main() -> int:
     else:
         print(f"using the {offers:,} offers already loaded (--reload to reload)")
 
+    if args.ab:
+        ab = in_process_ab(args.ab, args.requests, args.warmup)
+        print(f"\nIn-process, before / after in turns: {args.ab} rounds of {args.requests} "
+              f"requests per case each (after {args.warmup} warm-up); ms")
+        print(table(["case", "before p50", "p99", "max", "after p50", "p99", "max"],
+                    [[b["label"], *(f"{f(r['times']):.1f}" for r in (b, a)
+                                    for f in (lambda t: percentile(t, 50),
+                                              lambda t: percentile(t, 99), max))]
+                     for b, a in zip(ab["before"], ab["after"], strict=True)]))
+        for variant, rows_ in ab.items():
+            print(f"worst p99 {variant}: {max(percentile(r['times'], 99) for r in rows_):.1f} ms")
+        return 0
+    # The server process's start-up (URL conf loaded, heap frozen out of the collector):
+    # without it the collector's full passes over ~250k objects were the in-process tail.
+    import webapp.asgi  # noqa: F401
     rows = in_process(args.requests, args.warmup, args.explain)
     print(f"\nIn-process (Django test Client), {args.requests} requests per case after "
           f"{args.warmup} warm-up; times in ms; queries at page_size 20 / 100 / page 2")

@@ -5,6 +5,7 @@ import os
 import sys
 
 from django.core.asgi import get_asgi_application
+from django.urls import get_resolver
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
 # Django must be set up before anything imports models (the WebSocket routes do).
@@ -36,5 +37,9 @@ application = ProtocolTypeRouter(
 # Everything imported so far lives as long as the process: keep it out of the cyclic
 # garbage collector's full passes, which walked the whole Django heap and were the live
 # progress latency's tail (max 150-245 ms -> 37-53 ms at 1,000 messages a second,
-# bench/progress_latency.py; docs/BENCHMARKS.md).
+# bench/progress_latency.py; docs/BENCHMARKS.md). The URL conf (every view, serializer
+# and filter module) is otherwise imported by the first request, after the freeze: ~70k
+# objects left in the collector's reach, full passes of 40-90 ms in the offer search under
+# load (bench/offer_search.py); imported here, they are frozen with the rest.
+get_resolver().url_patterns  # noqa: B018 - loads the URL conf
 gc.freeze()
