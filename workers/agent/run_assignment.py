@@ -16,7 +16,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import bundle_fetch, launcher, peer_firewall, rank_logs, transfer
+from . import bundle_fetch, collective_iface, launcher, peer_firewall, rank_logs, transfer
 from . import sandbox as sandboxing
 from .events_tail import EventTail
 
@@ -158,6 +158,8 @@ class AssignmentRun:
                                    master_port=int(rdzv["port"]), standalone=diloco)
             threads = max(1, self.agent.cpu_threads // max(1, s["nproc_per_node"]))
             env = launcher.environment(threads=threads)
+            if s["nnodes"] > 1 and not diloco:  # the nodes' ranks meet in one gloo/NCCL group
+                env.update(await self._collective_env(env))
             if sandboxed:
                 firewall = peer_firewall.for_assignment(s, rdzv) if confine_to_peers else None
                 cmd, env, self.sandbox = launcher.sandboxed(cmd, env, job_dir=self.dir, nnodes=s["nnodes"],
@@ -191,6 +193,21 @@ class AssignmentRun:
             if self.sandbox is not None:
                 await asyncio.to_thread(self.sandbox.close)  # kills what is left, removes its cgroups
             self.agent.forget(self.id)
+
+    async def _collective_env(self, env: dict[str, str]) -> dict[str, str]:
+        """The interface the ranks' collectives use: the one holding the address the peers
+        reach this node at (collective_iface.py). What the provider set itself is kept."""
+        addr = self.agent.advertise_addr
+        interface = await asyncio.to_thread(collective_iface.interface_for, addr)
+        if interface is None:
+            self.agent.display.log(f"assignment {self.id}: no interface here holds the advertised "
+                                   f"address {addr}; the ranks pick theirs from the host name")
+            return {}
+        ours = collective_iface.environment(interface)
+        kept = sorted(k for k in ours if env.get(k))
+        self.agent.display.log(f"assignment {self.id}: collectives on {interface} ({addr})"
+                               + (f"; the provider's own {', '.join(kept)} kept" if kept else ""))
+        return {k: v for k, v in ours.items() if k not in kept}
 
     def _spec(self, *, dataset: dict, bundle: dict | None, rdzv: dict[str, Any], sync: dict,
               diloco: bool) -> dict:
