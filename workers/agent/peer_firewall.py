@@ -119,7 +119,9 @@ def _nft_path(directory: Path) -> str:
     return os.path.relpath(directory, CGROUP_FS)
 
 
-def _kill_and_rmdir(directory: Path) -> None:
+def kill_and_rmdir(directory: Path) -> None:
+    """Kill whatever is left in a cgroup folder, then remove it (a folder with processes in
+    it cannot be removed; a process may fork while it is killed, hence the retries)."""
     for _ in range(50):
         try:
             pids = (directory / "cgroup.procs").read_text().split()
@@ -204,7 +206,7 @@ class PeerFirewall:
     def remove(self) -> None:
         """Kill what is left in the cgroup, remove it (and the job's folder once empty), then
         the table: in that order, so that nothing of the sandbox runs unfiltered."""
-        _kill_and_rmdir(self.dir)
+        kill_and_rmdir(self.dir)
         try:
             self.job_dir.rmdir()  # another assignment of the job on this host keeps it
         except OSError:
@@ -272,7 +274,7 @@ def remove_stale(*, mount: Path | None = None) -> list[str]:
         if _has_processes(directory) or _young(directory):
             live.add(directory.name[2:].replace("-", "_"))
             continue
-        _kill_and_rmdir(directory)
+        kill_and_rmdir(directory)
         removed.append(str(directory))
     for job_dir in sorted(group.glob("job-*")) if group.is_dir() else []:
         if not _young(job_dir):

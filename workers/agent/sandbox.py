@@ -33,12 +33,11 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from .peer_firewall import PeerFirewall
+from .peer_firewall import PeerFirewall, kill_and_rmdir
 
 BWRAP = "bwrap"
 CONFINE = Path(__file__).with_name("confine.py")
@@ -169,21 +168,7 @@ class Cgroups:
     def remove(self) -> None:
         """Kill whatever is left inside, then remove the cgroups."""
         for directory in self.dirs:
-            for _ in range(50):
-                try:
-                    pids = (directory / "cgroup.procs").read_text().split()
-                except OSError:
-                    break
-                for pid in pids:
-                    try:
-                        os.kill(int(pid), signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                try:
-                    directory.rmdir()
-                    break
-                except OSError:
-                    time.sleep(0.1)
+            kill_and_rmdir(directory)
 
 
 def available() -> bool:
