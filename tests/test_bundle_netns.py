@@ -23,7 +23,7 @@ from workers.agent import sandbox as sandboxing
 from .netns import Hosts, NetnsUnavailable
 from .stack import REDIS_URL, Stack, wait_for
 from .test_bundle_e2e import EXAMPLE, custom_code_node, zipped
-from .test_diloco_netns import consumer_token  # noqa: F401 (a fixture)
+from .test_diloco_netns import consumer_token, start_agents, submit, wait_done  # noqa: F401 (a fixture)
 
 FIREWALL_OK, WHY_NOT = peer_firewall.probe() if sandboxing.available() else (False, "no bubblewrap")
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration,
@@ -102,3 +102,19 @@ def test_a_bundle_trains_with_ddp_across_two_machines_in_the_peers_sandbox(two_h
         peers = re.search(r"confined to its peers \(([^)]*)\)", said)
         assert peers and hosts.addr(1 - i) in peers.group(1).split(", "), log[-2000:]
         assert f"collectives on eth0 ({hosts.addr(i)})" in said, log[-2000:]
+
+
+def test_a_template_trains_with_ddp_across_two_machines_outside_the_sandbox(two_hosts, consumer_token):  # noqa: F811
+    """The built-in templates' plain path (no sandbox): the host name of these machines
+    resolves to 127.0.0.1 (/etc/hosts), so here too the ranks must be told their interface."""
+    hosts, stack = two_hosts
+    start_agents(hosts, stack, ["0.05", "0.05"])
+    job_id = submit(stack, consumer_token, name="Sepsis risk, DDP on two machines",
+                    params={"epochs": 5}, sync={"mode": "ddp"})
+    wait_done(stack, consumer_token, job_id, timeout=300)  # completed: trained and verified
+    parts = Job.objects.get(pk=job_id).assignments.order_by("node_rank")
+    assert [a.status for a in parts] == ["succeeded", "succeeded"]
+    for i in range(2):
+        log = " ".join((stack.logs / f"agent-{i}.log").read_text().split())
+        assert f"collectives on eth0 ({hosts.addr(i)})" in log, log[-2000:]
+        assert "sandboxed" not in log

@@ -6,6 +6,8 @@ and falls back to loopback: 127.0.0.1 inside the sandbox (its UTS namespace is n
 connect to their own loopback and the job never starts. The agent knows the address its
 peers reach it at (its advertised address), so it names the interface that holds it
 (GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME), and the ranks advertise that interface's address.
+Gloo takes the interface's first IPv4 address: an advertised address that is a second one
+on its interface is not what the ranks advertise (the peers' firewalls then refuse them).
 """
 
 from __future__ import annotations
