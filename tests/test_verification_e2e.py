@@ -141,8 +141,9 @@ def test_skipped_steps_are_caught_disputed_not_charged_and_the_job_completes_els
 
     # The report: the API names it, the owner downloads it, another tenant gets a 404.
     code, job = stack.http("GET", f"/api/v1/jobs/{record.pk}/", token=alice)
-    assert job["verification"] == {"status": "passed",
-                                   "report_url": f"/api/v1/jobs/{record.pk}/verification/"}
+    verification = job["verification"]  # and how it was verified, said up front
+    assert (verification["status"], verification["report_url"], verification["method"]["method"]) == (
+        "passed", f"/api/v1/jobs/{record.pk}/verification/", "replay")
     code, report = stack.http("GET", job["verification"]["report_url"], token=alice)
     assert code == 200 and [r["status"] for r in report["reports"]] == ["failed", "passed"]
     assert report["reports"][0]["disputes"][0]["reason"] == "replay_mismatch"
