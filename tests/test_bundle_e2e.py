@@ -99,6 +99,7 @@ def test_a_consumers_own_task_trains_on_two_nodes_is_replayed_and_released(stack
         assert Path(model).stat().st_size > 0
     # Each node's sandbox was confined to its peers (the sandbox's "peers" network).
     for i in range(2):
-        log = (stack.logs / f"agent-{i}.log").read_text()
+        # As one line: the agent's terminal output wraps at the console's width.
+        log = " ".join((stack.logs / f"agent-{i}.log").read_text().split())
         assert "multi-node sandboxes: confined to their peers" in log, log[-2000:]
         assert "sandboxed; network: the host's, confined to its peers (127.0.0.1)" in log, log[-2000:]
