@@ -98,6 +98,11 @@ def tier(tmp_path):
         balancer.start()
         # Killing a web process on purpose: its clients see the connection drop and reconnect.
         stack.allow(r"(?i)connection (lost|closed)|reconnecting", why="a web process is killed")
+        # At the end the balancer goes first, then the web processes: one stopped while it
+        # still unsubscribes a closed socket's channel has channels_redis log its cancelled
+        # cleanup as an ERROR (seen in CI's clean clone); a stop, not a fault of the platform.
+        stack.allow(r"(?s)channels_redis\.pubsub: Unexpected exception while cleaning-up "
+                    r"channel.*CancelledError", why="a web process stopped while it cleans up a socket")
         yield stack, balancer, ports
     finally:
         balancer.stop()
