@@ -47,7 +47,8 @@
     state.summaryStatus = panel0.getAttribute("data-status");
   }
   var ws = null, synced = false, queue = [], backoff = BACKOFF_MIN, retryTimer = null;
-  var chart = null, renderPending = false, lastPartialRefresh = Date.now(), refreshing = false;
+  var chart = null, renderPending = false, lastPartialRefresh = Date.now(), refreshing = false,
+      refreshAgain = false; // a status came while the panel was being fetched: fetch it again
   var timeFmt = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
 
   function $(name) { return document.querySelector('[data-live="' + name + '"]'); }
@@ -426,7 +427,10 @@
   function refreshPartial(now) {
     var panel = document.getElementById("job-progress");
     var url = panel && panel.getAttribute("data-progress-url");
-    if (!url || refreshing) return;
+    if (!url) return;
+    // One fetch at a time, but never drop one: a panel fetched just before the next status
+    // (cancelled, then settled) would leave the old status's sentence up for good.
+    if (refreshing) { refreshAgain = true; return; }
     refreshing = true;
     lastPartialRefresh = Date.now();
     setTimeout(function () {
@@ -454,7 +458,10 @@
           render(); // the live numbers may be newer than the panel
         })
         .catch(function () {})
-        .then(function () { refreshing = false; });
+        .then(function () {
+          refreshing = false;
+          if (refreshAgain) { refreshAgain = false; refreshPartial(true); }
+        });
     }, now ? 0 : 250);
   }
 
