@@ -425,10 +425,16 @@ def test_the_grafana_dashboard_is_valid_and_plots_every_documented_metric():
 
 def test_json_log_lines_carry_the_bound_ids_and_leave_unbound_ones_out():
     # In a context of its own: a request served in this process earlier left its id bound.
-    contextvars.Context().run(_json_log_lines)
+    plain, bound = contextvars.Context().run(_json_log_lines)
+    assert plain["message"] == "hello there" and plain["level"] == "INFO" and plain["time"].endswith("+00:00")
+    assert not {"request_id", "job_id", "task_id"} & set(plain), plain  # no nulls
+    assert (bound["request_id"], bound["job_id"], bound["bytes"]) == ("req-7", 42, 3)
+    assert "task_id" not in bound
 
 
-def _json_log_lines():
+def _json_log_lines() -> tuple[dict, dict]:
+    """Two records through the JSON formatter: one with nothing bound, one with a request id
+    bound and a job id passed in `extra`."""
     from marketplace import logs
 
     formatter, context = logs.JsonFormatter(), logs.ContextFilter()
@@ -441,15 +447,12 @@ def _json_log_lines():
         return json.loads(formatter.format(record))
 
     plain = line()
-    assert plain["message"] == "hello there" and plain["level"] == "INFO" and plain["time"].endswith("+00:00")
-    assert not {"request_id", "job_id", "task_id"} & set(plain), plain  # no nulls
     token = logs.request_id_var.set("req-7")
     try:
         bound = line(job_id=42, bytes=3)
     finally:
         logs.request_id_var.reset(token)
-    assert (bound["request_id"], bound["job_id"], bound["bytes"]) == ("req-7", 42, 3)
-    assert "task_id" not in bound
+    return plain, bound
 
 
 def test_compose_checks_readiness_and_gives_each_container_its_metrics_folder():
