@@ -42,11 +42,14 @@ RUN_LIMIT = timedelta(seconds=1200)  # the task's time limit: a check running lo
 CheckDeterminism = Callable[[dict, dict], dict]
 
 
+def _diloco_across_nodes(spec: JobSpec) -> bool:
+    return (spec.sync or {}).get("mode") == "diloco" and spec.nodes > 1
+
+
 def _wanted(spec: JobSpec) -> bool:
     """A consumer's own task whose work would be verified by step replay (DiLoCo across
     nodes is evaluated only, whatever the task)."""
-    diloco = (spec.sync or {}).get("mode") == "diloco" and spec.nodes > 1
-    return spec.bundle_obj is not None and not diloco
+    return spec.bundle_obj is not None and not _diloco_across_nodes(spec)
 
 
 def determinism_request(*, spec: JobSpec, quote: bool = False) -> DeterminismCheck | None:
@@ -83,8 +86,7 @@ def determinism_request(*, spec: JobSpec, quote: bool = False) -> DeterminismChe
 
 def quote_verification(*, spec: JobSpec) -> dict:
     """What a quote says about how the work will be verified (asking the check if needed)."""
-    diloco = (spec.sync or {}).get("mode") == "diloco" and spec.nodes > 1
-    return verification_method(custom_code=spec.bundle_obj is not None, diloco=diloco,
+    return verification_method(custom_code=spec.bundle_obj is not None, diloco=_diloco_across_nodes(spec),
                                check=determinism_request(spec=spec, quote=True))
 
 
