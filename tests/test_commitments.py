@@ -203,7 +203,12 @@ def _three_ranks(rank: int, store: str, hooked: bool, out: str) -> None:
         opt.step()
     if rank == 0:
         torch.save(model.state_dict(), out)
-    # As run.py does: no rank tears gloo down while a peer may still use its pairs (a rank
-    # that exits first makes the others abort with "terminate called" under load).
+    # As run.py does: no rank tears gloo down while a peer may still use its pairs, and the
+    # process leaves without the interpreter's teardown: a finished rank now and then aborts
+    # there ("terminate called without an active exception", a joinable C++ thread
+    # destroyed; CI saw it even after the barrier). Its result is already written.
     dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
