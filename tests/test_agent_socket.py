@@ -56,6 +56,28 @@ def test_a_suspended_node_is_refused():
     assert run(_handshake("cmn_s")) is False
 
 
+def test_the_handshake_looks_the_token_up_off_the_shared_sync_thread(monkeypatch):
+    """A fleet reconnecting at once must not queue its token lookups behind every other
+    socket's work on the process's one shared sync thread (daphne drops a handshake not
+    accepted within 5 s; bench/agent_scale.py); a wrong token is still refused there."""
+    import threading
+
+    from marketplace.consumers import agent as agent_consumer
+
+    threads = []
+    real = agent_consumer.node_by_token
+
+    def looked_up(token):
+        threads.append(threading.current_thread().name)
+        return real(token)
+
+    monkeypatch.setattr(agent_consumer, "node_by_token", looked_up)
+    token_node()
+    assert run(_handshake("cmn_socket_test")) is True
+    assert run(_handshake("cmn_wrong")) is False
+    assert len(threads) == 2 and all(name.startswith("agent-auth") for name in threads), threads
+
+
 def _assignment(node: Node) -> Assignment:
     job = JobFactory(status=Job.Status.MATCHING)
     offer = OfferFactory(node=node)

@@ -44,19 +44,27 @@ def _token(scope) -> str | None:
     return None
 
 
-@database_sync_to_async
-def _authenticate(token):
+# Hellos run on threads of their own, not the process's one shared sync thread: a fleet
+# connecting at once queued its handshakes (one query each) behind each other's hellos (a
+# dozen queries, a node coming online) past daphne's 5 s handshake limit, and they failed
+# (bench/agent_scale.py). Two threads: the database, not Python, is what a hello waits on.
+_HELLOS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="agent-hello")
+# The handshake's token lookup has threads of its own as well: on the shared sync thread it
+# queued behind every other socket's work there (the middleware's session and user, the
+# dashboards' and job pages' queries). It stays before accept(): a refused token is an HTTP
+# 403 at the handshake, which the agent takes as final (workers/agent, TokenRefused).
+_HANDSHAKES = ThreadPoolExecutor(max_workers=2, thread_name_prefix="agent-auth")
+
+
+def _node_for(token):
     try:
         return node_by_token(token)
     except NotFound:
         return None
 
 
-# Hellos run on threads of their own, not the process's one shared sync thread: a fleet
-# connecting at once queued its handshakes (one query each) behind each other's hellos (a
-# dozen queries, a node coming online) past daphne's 5 s handshake limit, and they failed
-# (bench/agent_scale.py). Two threads: the database, not Python, is what a hello waits on.
-_HELLOS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="agent-hello")
+async def _authenticate(token):
+    return await database_sync_to_async(_node_for, thread_sensitive=False, executor=_HANDSHAKES)(token)
 
 
 class NodeLimiter:
@@ -114,10 +122,13 @@ class AgentConsumer(LiveConsumer):
         client = self.scope.get("client") or (None,)
         self.rdzv_hosts = {str(client[0])} if client[0] else set()
         self.group = agent_protocol.node_group(self.node.pk)
-        await self.channel_layer.group_add(self.group, self.channel_name)
         self.ingest = ingest()
         self.ingest.attach()
         await self.accept()
+        # Subscribed after the accept, so that the handshake waits on no Redis round trip
+        # (daphne drops one not accepted within 5 s); still before the agent's first message
+        # is handled: Channels dispatches a socket's messages one at a time, after connect().
+        await self.channel_layer.group_add(self.group, self.channel_name)
 
     async def disconnect(self, code):
         # Presence is judged by heartbeats (the watchdog), not by one dropped socket.
