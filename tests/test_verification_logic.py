@@ -1,13 +1,15 @@
 """The verifier's pure rules: which checkpoints count, and which segments are replayed."""
 
 import random
+import secrets
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
 from django.test import override_settings
 
-from marketplace.models import Dispute
+from marketplace.models import Dispute, Job
+from marketplace.services import verification
 from marketplace.services.attribution import Finding, attribute
 from marketplace.services.verification import (
     choose_segments,
@@ -120,3 +122,35 @@ def test_a_missing_commitment_is_the_nodes_own_whatever_code_ran():
     one_node = [SimpleNamespace(node_rank=0)]
     findings = [Finding(R.REPLAY_MISMATCH, "differs"), Finding(R.CHECKPOINT_UNCOMMITTED, "late")]
     assert attribute(one_node, findings, consumer_code=True) == (findings[1], one_node)
+
+
+def _fresh_attempt(checkpoint_steps: list[int]) -> Job:
+    from django.utils import timezone
+
+    from marketplace.models import Assignment, Checkpoint
+
+    from .verify_support import cpu_node, running_job
+
+    job, (rank0,) = running_job([cpu_node()], current_step=checkpoint_steps[-1])
+    for step in checkpoint_steps:
+        Checkpoint.objects.create(job=job, assignment=rank0, step=step, sha256="0" * 64, size_bytes=1,
+                                  file=f"checkpoints/job-{job.pk}-{step}.pt", committed_at=timezone.now())
+    Assignment.objects.filter(pk=rank0.pk).update(finished_at=timezone.now())
+    return job
+
+
+def test_the_stretch_before_the_first_checkpoint_is_drawn_from_the_initial_state(db, settings):
+    # Before: segments ran only between uploaded checkpoints, so the steps up to the first
+    # one were never replayed (a provider could skip them). A fresh attempt's step 0 is a
+    # state the verifier builds itself (seed, or the job's input weights): no file needed.
+    settings.VERIFY_REPLAY_SHARE = 1.0  # every segment fits: the draw takes them all
+    job = _fresh_attempt([10, 20])
+    plan = verification._plan(job, 1, secrets.SystemRandom(), verification.Outcome())
+    assert plan["segments"] == [(0, 10), (10, 20)]
+    assert plan["checkpoints"][0] is None and plan["checkpoints"][20].endswith("-20.pt")
+
+
+def test_one_final_checkpoint_is_still_a_replayable_attempt(db, settings):
+    out = verification.Outcome()
+    plan = verification._plan(_fresh_attempt([12]), 1, secrets.SystemRandom(), out)
+    assert plan["segments"] == [(0, 12)] and not out.findings

@@ -100,7 +100,7 @@ def test_a_corrupting_rank_1_is_named_by_its_commitments_and_alone_slashed(clien
 
     job = _left_verifying(job)
     report = VerificationReport.objects.get(job=job)
-    assert report.status == "failed" and [s["passed"] for s in report.segments] == [False]
+    assert report.status == "failed" and [s["passed"] for s in report.segments] == [True, False]
     dispute = Dispute.objects.get(job=job)
     assert (dispute.reason, dispute.attributed) == ("replay_mismatch", True)
     assert dispute.assignment_id == parts[1].pk
@@ -131,7 +131,7 @@ def test_a_corrupting_rank_1_that_forges_its_copy_gets_nobody_slashed(client, ve
 
     job = _left_verifying(job)
     report = VerificationReport.objects.get(job=job)
-    assert report.status == "failed" and [s["passed"] for s in report.segments] == [False]
+    assert report.status == "failed" and [s["passed"] for s in report.segments] == [True, False]
     dispute = Dispute.objects.get(job=job)
     assert (dispute.reason, dispute.attributed) == ("replay_mismatch", False)
     assert "attribution: nobody named (the nodes' copies of the commitments disagree at step 5" in (

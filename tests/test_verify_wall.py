@@ -73,6 +73,7 @@ print(sorted(t for t in webapp.celery.app.tasks if t.startswith("workers.tasks_v
 def test_the_verify_image_runs_a_verification_end_to_end(tmp_path, client):
     python = image_venv(tmp_path / "image", ("verify",))
     stack = Stack(tmp_path, redis_url=None, queues="verify")
+    stack.env["VERIFY_REPLAY_SHARE"] = "1.0"  # both stretches replayed, 0..5 and 5..10
     stack.own_redis.start()
     saved_url = celery_app.conf.broker_url
     _point(stack.own_redis.url)

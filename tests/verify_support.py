@@ -49,6 +49,9 @@ def _point(url: str) -> None:
 @pytest.fixture
 def verify_worker(tmp_path):
     stack = Stack(tmp_path, redis_url=None, queues="verify")
+    # Every stretch of these short jobs is replayed (0..5 and 5..10 alike), so what a test
+    # shows does not depend on which one the draw would take.
+    stack.env["VERIFY_REPLAY_SHARE"] = "1.0"
     stack.own_redis.start()
     saved = celery_app.conf.broker_url
     _point(stack.own_redis.url)
@@ -209,11 +212,14 @@ def commitments_body(witness: replay.Witness) -> bytes:
 
 def trained_segment(client, parts: list[Assignment], *, world: int, corrupt_rank: int | None = None,
                     witness: replay.Witness | None = None) -> dict:
-    """Steps 5..10 trained and checkpointed by rank 0 (honestly, or with `corrupt_rank`'s
-    gradients flipped); returns the model state at step 10. `witness` records each rank's
-    commitments of those steps."""
-    runner, model, opt = fresh(world=world)
-    start = {"step": 5, "model": model.state_dict(), "optimizer": opt.state_dict()}
+    """Steps 0..5 trained honestly from the job's initial state, steps 5..10 honestly or with
+    `corrupt_rank`'s gradients flipped, both checkpointed by rank 0; returns the model state
+    at step 10. `witness` records each rank's commitments of steps 5..10. (The step-5
+    checkpoint keeps the optimizer's initial state: the replay compares parameters, and
+    steps 5..10 train from what that checkpoint holds.)"""
+    runner, _, opt = fresh(world=world)
+    initial = runner.initial_state()
+    start = {"step": 5, "model": runner.replay(initial, to_step=5), "optimizer": initial["optimizer"]}
     end = (corrupted_replay(runner, start, to_step=10, bad_rank=corrupt_rank, witness=witness)
            if corrupt_rank is not None else runner.replay(start, to_step=10, witness=witness))
     rank0 = Agent(client, parts[0])

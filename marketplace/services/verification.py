@@ -224,13 +224,19 @@ def _plan(job: Job, attempt: int, rng: secrets.SystemRandom | None, out: Outcome
     resume = (checkpoints_resumable(job.checkpoints.filter(step=start)).exclude(assignment=rank0).first()
               if rank0.resume_step else None)
     by_step = {c.step: c for c in ([resume] if resume else []) + counted}
+    paths: dict[int, str | None] = {step: c.file.path for step, c in by_step.items()}
+    if start == 0:
+        # A fresh attempt starts from a state the verifier builds itself (the job's seed, or
+        # its input weights): the stretch up to the first checkpoint is drawn like the others,
+        # or work before it would never be replayed.
+        paths.setdefault(0, None)
     segments: list[tuple[int, int]] = []
     if is_diloco(job):
         out.notes.append("DiLoCo across nodes: step replay is not checked (each node trains its own "
                          "group and the outer steps mix every node's work); the final model and "
                          "its held-out metric are")
     else:
-        segments = choose_segments(sorted(by_step), train_steps=out.train_steps,
+        segments = choose_segments(sorted(paths), train_steps=out.train_steps,
                                    share=settings.VERIFY_REPLAY_SHARE, rng=rng)
         # The runtime checkpoints at the platform's cadence and at the last step, so every
         # honest attempt that trained leaves segments to replay: without them the work is
@@ -255,7 +261,7 @@ def _plan(job: Job, attempt: int, rng: secrets.SystemRandom | None, out: Outcome
     needed = {step for seg in segments for step in seg}
     return {
         "template": job.template, "params": job.params, "world_size": sum(a.gpus for a in parts),
-        "checkpoints": {step: by_step[step].file.path for step in sorted(needed)},
+        "checkpoints": {step: paths[step] for step in sorted(needed)},
         "segments": segments, "threshold": settings.VERIFY_REPLAY_THRESHOLD,
         "check_model": True, "artifact": job.artifact.path if job.artifact else None,
         "final_checkpoint": final.file.path if final else None,
