@@ -11,11 +11,13 @@ queue runs `verification_run`:
   checkpoint is left out of the spot checks (an unverifiable boundary, listed in the
   report) rather than disputed; an attempt left with nothing to replay for want of
   commitments is disputed (checkpoint_uncommitted), or a cheat could dodge the replay;
-- step-replay spot checks: segments between consecutive counted checkpoints, drawn with
-  SystemRandom only now, after every checkpoint was committed, within VERIFY_REPLAY_SHARE
-  of the attempt's steps (the runtime checkpoints often enough for VERIFY_SEGMENTS of
-  them to fit: spec.verify in the assignment), replayed by workers/training/replay.py and
-  compared by relative L2 distance against VERIFY_REPLAY_THRESHOLD;
+- step-replay spot checks: segments between consecutive counted checkpoints (a fresh
+  attempt's first one from step 0: the state the verifier builds from the job's seed or its
+  input weights, so no stretch goes unchecked), drawn with SystemRandom only now, after
+  every checkpoint was committed, within VERIFY_REPLAY_SHARE of the attempt's steps (the
+  runtime checkpoints often enough for VERIFY_SEGMENTS of them to fit: spec.verify in the
+  assignment), replayed by workers/training/replay.py and compared by relative L2 distance
+  against VERIFY_REPLAY_THRESHOLD;
 - the final model: it must be the last committed checkpoint's model, and the platform's
   own held-out evaluation must not be worse than the reported metric by more than
   VERIFY_METRIC_TOLERANCE.
@@ -51,6 +53,8 @@ Idempotent: a redelivered task finds the report final and does nothing.
 
 The checks of single checkpoints (on upload, and the replay of a broken attempt's resume
 point) are in services/checkpoint_checks.py; who is at fault, in services/attribution.py.
+A little over 400 lines, most of them this docstring: the plan, the run and its outcomes
+are one workflow, read top to bottom.
 """
 
 from __future__ import annotations

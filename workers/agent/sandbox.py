@@ -19,6 +19,8 @@ What the processes inside see:
 Limits: processes and memory by cgroup (pids, memory) where the agent may create cgroups,
 open files and the size of any one file by rlimit, the job folder's total size by the
 agent's watch (`DiskWatch`), wall time by `timeout`. `Enforcement` says which held.
+A little over 400 lines: the command line, the limits and the probe of what this host
+allows are one thing to read when a sandbox misbehaves (the firewall is its own module).
 """
 
 from __future__ import annotations
