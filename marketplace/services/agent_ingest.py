@@ -10,6 +10,7 @@ import logging
 from types import SimpleNamespace
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from .. import job_states
@@ -29,8 +30,8 @@ def agent_data(*, node: Node, message: dict) -> str:
     Returns "applied" or "duplicate"; raises AgentMessageError (not acked)."""
     kind, assignment_id, seq, message = parse_data(message)
     with transaction.atomic():
-        assignment = (Assignment.objects.select_for_update().select_related("job")
-                      .filter(pk=assignment_id).first())
+        _lock({assignment_id}, {assignment_id} if kind in LIFECYCLE else set())
+        assignment = Assignment.objects.select_related("job").filter(pk=assignment_id).first()
         if not check_seq(assignment, node, seq):
             return "duplicate"
         assignment.last_seq = seq
@@ -51,11 +52,9 @@ def agent_data_batch(*, items: list[tuple[Node, dict]], outbox: list | None = No
     it instead of snapshotted here."""
     results, parsed = parse_batch(items)
     with live.coalesced(outbox, snapshots), transaction.atomic():
-        # Locked in id order, as every batch does: two processes' batches cannot deadlock.
         # Without the job: progress, nearly all of the traffic, needs only job_id (a job row
         # with its JSON fields cost the ingest ~10 % of its CPU); handlers load it if needed.
-        locked = {a.pk: a for a in Assignment.objects.select_for_update(of=("self",))
-                  .filter(pk__in={p[4] for p in parsed}).order_by("pk")}
+        locked = _lock({p[4] for p in parsed}, {p[4] for p in parsed if p[3] in LIFECYCLE})
         progress: list[tuple[Assignment, dict]] = []
         numbered: dict[int, Assignment] = {}
         for i, message, kind, a, seq in applicable(parsed, locked, results):
@@ -88,6 +87,23 @@ def agent_data_batch(*, items: list[tuple[Node, dict]], outbox: list | None = No
         if numbered:
             bulk_set(Assignment, list(numbered.values()), ["last_seq"])
     return results
+
+
+# What may end the job's other parts: a failure or a rejection interrupts the placement.
+LIFECYCLE = frozenset({"assignment.accepted", "assignment.rejected", "assignment.finished"})
+
+
+def _lock(ids: set[int], lifecycle: set[int]) -> dict[int, Assignment]:
+    """Lock these assignments and, for those with a lifecycle message, every active part of
+    their jobs: all in id order, before any job row (lock_job_and_parts' order). Locked in id
+    order, two processes' batches cannot deadlock; with the siblings taken up front, a handler
+    that takes the job and then ends a sibling never waits for one held by a batch that waits
+    for the job (two nodes of one job failing at once deadlocked so, tests/test_lock_order.py)."""
+    wanted = Q(pk__in=ids)
+    if lifecycle:
+        jobs = Assignment.objects.filter(pk__in=lifecycle).values_list("job_id", flat=True)
+        wanted |= Q(job_id__in=list(jobs), status__in=Assignment.ACTIVE)
+    return {a.pk: a for a in Assignment.objects.select_for_update(of=("self",)).filter(wanted).order_by("pk")}
 
 
 def _store_progress(batch: list[tuple[Assignment, dict]]) -> None:
