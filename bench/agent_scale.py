@@ -19,7 +19,8 @@ socket (/ws/echo/, bench/_scale_asgi.py), which answers every frame at once.
 Nodes and their tokens are bulk-created in the database (no API round trips). The bench runs
 its own redis-server (the channel layer's pub/sub channels span databases: a shared server
 would mix other platforms' messages in) unless REDIS_URL is set. HAProxy needs two file
-descriptors a socket: with `ulimit -n` 20,000 it holds about 10,000.
+descriptors a socket: the bench raises `ulimit -n` for the processes it starts to what the
+largest N needs (the hard limit too where it may: as root); it prints the limit it got.
 """
 
 import argparse
@@ -48,6 +49,7 @@ HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 CLIENT_PROCESSES = 4
 CONNECTS_PER_S = 100  # all client processes together (--connect-rate)
 PROGRESS_EVERY_S = 1.0
+OPEN_S, WELCOME_S = 30.0, 60.0  # the socket opened within OPEN_S, `welcome` within WELCOME_S more
 
 
 # --- the client processes (no Django here) --------------------------------------------
@@ -70,7 +72,7 @@ async def _client(url, origin, agents, heartbeat_s, connects_per_s, control) -> 
     async def agent(node_id: int, token: str, assignment: int | None, start_at: float) -> None:
         await asyncio.sleep(max(0.0, start_at - loop.time()))
         try:
-            ws = await websockets.connect(url, origin=origin, open_timeout=30, ping_interval=20,
+            ws = await websockets.connect(url, origin=origin, open_timeout=OPEN_S, ping_interval=20,
                                           additional_headers={"Authorization": f"Token {token}"},
                                           max_size=8 * 1024 * 1024)
         except Exception as exc:  # refused, timed out, reset: a failed connect either way
@@ -83,11 +85,13 @@ async def _client(url, origin, agents, heartbeat_s, connects_per_s, control) -> 
         welcomed = asyncio.Event()
         step = 0
         try:
+            hello_by = loop.time() + WELCOME_S
             if not echo:
-                await ws.send(json.dumps({
+                # Within the welcome's deadline: a server that stops reading blocks a send.
+                await asyncio.wait_for(ws.send(json.dumps({
                     "type": "hello", "id": uuid.uuid4().hex, "agent_version": "bench",
                     "hardware": {"cpu_cores": 2, "ram_gb": 8, "disk_gb": 20},
-                    "running": [assignment] if assignment else [], "unacked": [], "faults": {}}))
+                    "running": [assignment] if assignment else [], "unacked": [], "faults": {}})), WELCOME_S)
             else:
                 welcomed.set()
 
@@ -113,7 +117,7 @@ async def _client(url, origin, agents, heartbeat_s, connects_per_s, control) -> 
                         out["errors"][key] = out["errors"].get(key, 0) + 1
 
             reading = asyncio.create_task(reader())
-            await asyncio.wait_for(welcomed.wait(), 60)
+            await asyncio.wait_for(welcomed.wait(), max(0.0, hello_by - loop.time()))
             out["connected"] += 1
             out["welcomed"].append(node_id)
             next_beat = loop.time() + random.uniform(0, heartbeat_s)
@@ -155,15 +159,27 @@ async def _client(url, origin, agents, heartbeat_s, connects_per_s, control) -> 
     tasks = [asyncio.create_task(agent(n, t, a, begin + i / connects_per_s))
              for i, (n, t, a) in enumerate(agents)]
     # Tell the bench when every agent is connected (or failed); it answers with the window.
+    # An agent neither by its deadlines (a send the server never reads) counts as failed.
+    give_up = begin + total / connects_per_s + OPEN_S + WELCOME_S + 10
     while out["connected"] + out["failed"] < total and not all(t.done() for t in tasks):
+        if loop.time() > give_up:
+            out["errors"]["stuck connecting"] = total - out["connected"] - out["failed"]
+            out["failed"] = total - out["connected"]
+            break
         await asyncio.sleep(0.2)
     control[1].put(("ready", out["connected"], out["failed"]))
     window = await loop.run_in_executor(None, control[0].get)  # (start, end) in time.time()
     offset = time.time() - loop.time()
     await asyncio.sleep(max(0.0, window[1] - time.time()))
     stop.set()
+    # Agents blocked on a send the server no longer reads are cancelled, not waited for.
+    _, stuck = await asyncio.wait(tasks, timeout=15)
+    for task in stuck:
+        task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+    closing = [asyncio.ensure_future(ws.close()) for ws in sockets]
+    if closing:
+        await asyncio.wait(closing, timeout=15)
     inside = [rtt for sent, rtt in rtts if window[0] <= sent + offset <= window[1] - 1.0]
     out["rtts"] = inside
     return out
@@ -414,6 +430,26 @@ def offline_all() -> None:
     Node.objects.filter(status=Node.Status.ONLINE).update(status=Node.Status.OFFLINE)
 
 
+def raise_fd_limit(agents: int) -> tuple[int, int]:
+    """HAProxy holds two descriptors a socket and takes its maxconn from the limit it starts
+    with (the server processes and clients one each): raise the limit the processes started
+    here inherit to what `agents` need, the hard limit too where allowed (root). Returns it."""
+    import resource
+
+    want = 2 * agents + 4096
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return soft, hard
+    if hard != resource.RLIM_INFINITY and hard < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            return want, want
+        except (ValueError, OSError):
+            pass  # not allowed: as far as the hard limit goes
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else want, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
 def main() -> None:
     # Stopped with SIGTERM (timeout, kill): unwind, so that the servers it started stop too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -454,6 +490,7 @@ def run(args, redis_url: str) -> None:
     CONNECTS_PER_S = args.connect_rate
     counts = [int(x) for x in args.agents.split(",")]
     webs = [int(x) for x in args.web.split(",")]
+    fds = raise_fd_limit(max(counts))
     configure_django(DB_URL)
     from django.conf import settings
     from django.core.management import call_command
@@ -462,7 +499,8 @@ def run(args, redis_url: str) -> None:
     heartbeat_s = args.heartbeat or settings.AGENT_HEARTBEAT_S
     fleet = prepare(max(counts), args.running_share)
     print(f"{machine()}; load average {os.getloadavg()[0]:.2f}; heartbeat every {heartbeat_s:g} s, "
-          f"watchdog timeout {settings.NODE_HEARTBEAT_TIMEOUT_S} s, window {args.seconds:g} s", flush=True)
+          f"watchdog timeout {settings.NODE_HEARTBEAT_TIMEOUT_S} s, window {args.seconds:g} s; "
+          f"ulimit -n {fds[0]} (hard {fds[1]})", flush=True)
     runs = []
     for web in webs:
         shape = Shape(web, redis_url)
