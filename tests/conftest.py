@@ -13,6 +13,8 @@ from marketplace.models import Organization
 from .factories import NodeFactory, OfferFactory, OrganizationFactory, UserFactory
 from .platform_logs import platform_logs_clean  # noqa: F401  (autouse: platform logs read at teardown)
 
+pytest_plugins = ["tests.pool_watch"]
+
 # Time limits (pytest-timeout) by layer, for tests that do not name their own: the default
 # in pyproject.toml (300 s) suits unit and single-process tests; a full stack waits minutes
 # for real training; the chaos suite and the `slow` 10-minute runs take longer still.
