@@ -8,7 +8,7 @@ import factory
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from marketplace.models import Job, Membership, Node, Offer, Organization
+from marketplace.models import Assignment, Job, Membership, Node, Offer, Organization
 from marketplace.services.nodes import hash_token
 
 
@@ -93,3 +93,14 @@ class JobFactory(factory.django.DjangoModelFactory):
     budget = Decimal("100")
     deadline = factory.LazyFunction(lambda: timezone.now() + timedelta(days=2))
     status = Job.Status.SUBMITTED
+
+
+def two_node_parts(job: Job, status: str) -> list[Assignment]:
+    """Ranks 0 and 1 of the job's first placement, each on a node and offer of its own."""
+    parts = []
+    for rank in range(2):
+        node = NodeFactory()
+        parts.append(Assignment.objects.create(
+            job=job, node=node, offer=OfferFactory(node=node), attempt=1, node_rank=rank, gpus=1,
+            price_per_gpu_hour=Decimal("1"), status=status))
+    return parts

@@ -3,7 +3,6 @@
 import hashlib
 import io
 import zipfile
-from decimal import Decimal
 
 import pytest
 from django.core.files.base import ContentFile
@@ -11,19 +10,12 @@ from django.core.files.base import ContentFile
 from marketplace.models import Assignment, Checkpoint, Job
 from marketplace.services.execution import assignment_token
 
-from .factories import JobFactory, NodeFactory, OfferFactory
+from .factories import JobFactory, two_node_parts
 
 
 @pytest.fixture
 def running(db):
-    job = JobFactory(status=Job.Status.RUNNING, nodes=2)
-    made = []
-    for rank in range(2):
-        node = NodeFactory()
-        made.append(Assignment.objects.create(
-            job=job, node=node, offer=OfferFactory(node=node), attempt=1, node_rank=rank, gpus=1,
-            price_per_gpu_hour=Decimal("1"), status=Assignment.Status.RUNNING))
-    return made
+    return two_node_parts(JobFactory(status=Job.Status.RUNNING, nodes=2), Assignment.Status.RUNNING)
 
 
 def zipped(payload: bytes = b"checkpoint bytes") -> bytes:

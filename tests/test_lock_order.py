@@ -15,7 +15,7 @@ from django.db import connection, transaction
 from marketplace.models import Assignment, Job
 from marketplace.services import agent_ingest, budget, jobs
 
-from .factories import JobFactory, NodeFactory, OfferFactory
+from .factories import JobFactory, NodeFactory, OfferFactory, two_node_parts
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -84,12 +84,7 @@ def test_two_nodes_of_a_job_rejecting_at_once_do_not_deadlock(monkeypatch):
     # one ("deadlock detected"), whose message came back unapplied ("internal"). Now a
     # lifecycle message's batch locks the job's other active parts first, in id order.
     job = JobFactory(status=Job.Status.MATCHING, nodes=2)
-    parts = []
-    for rank in range(2):
-        node = NodeFactory()
-        parts.append(Assignment.objects.create(
-            job=job, node=node, offer=OfferFactory(node=node), attempt=1, node_rank=rank, gpus=1,
-            price_per_gpu_hour=Decimal("1"), status=Assignment.Status.DISPATCHED))
+    parts = two_node_parts(job, Assignment.Status.DISPATCHED)
     meet = threading.Barrier(2, timeout=3)
     real = agent_ingest.applicable
 
