@@ -1,9 +1,11 @@
 """Fixed actors (STYLE.md): alice consumer, bob other consumer, carol provider, dave other
 provider, admin staff. Tests run on PostgreSQL (webapp/settings_test.py)."""
 
+import threading
 from datetime import timedelta
 
 import pytest
+from django.db import close_old_connections
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -28,6 +30,25 @@ def pytest_collection_modifyitems(config, items):
         limits = [s for name, s in LAYER_TIMEOUTS_S.items() if item.get_closest_marker(name)]
         if limits:
             item.add_marker(pytest.mark.timeout(max(limits)))
+
+
+def _close_off_the_main_thread():
+    if threading.current_thread() is not threading.main_thread():
+        close_old_connections()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _consumers_return_their_connections():
+    """channels.testing's communicators make channels.db.close_old_connections a no-op while
+    they run the application (so that a TestCase's own connection survives). So every
+    connection a consumer opened off the main thread stayed checked out of the pool: one per
+    handshake on the socket's threads, and for good once a test's event loop ended its
+    executor's threads (a full run had 19 of 20 out, tests/pool_watch.py). Daphne has no such
+    patch: there those threads return theirs after every call, and here now too; the test's
+    connection, on the main thread, is still spared."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("channels.testing.application.no_op", _close_off_the_main_thread)
+        yield
 
 
 @pytest.fixture(autouse=True)

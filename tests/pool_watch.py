@@ -2,8 +2,10 @@
 
 Django's pool (psycopg_pool, max DATABASE_POOL_MAX) never gets back a connection whose thread
 ended without closing it. One full run ran out late (PoolTimeout in a test that needed two
-threads' connections, 1,902 passed, 82 % through): the tests after which more connections
-stay out than before are named at the end of the run, so the leak can be found."""
+threads' connections, 1,902 passed, 82 % through): channels.testing's communicators had
+turned off the consumers' closing of their threads' connections (fixed in conftest.py,
+_consumers_return_their_connections). The tests after which more connections stay out than
+before are named at the end of the run, so that a new leak is found at once."""
 
 import pytest
 

@@ -22,12 +22,3 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 REST_FRAMEWORK = {**REST_FRAMEWORK, "DEFAULT_THROTTLE_CLASSES": []}  # noqa: F405
 # The verification tests run agents that misbehave on purpose (COMPUTEMESH_FAULTS).
 ALLOW_AGENT_FAULTS = True
-# The test process loses pooled connections: in-process agent-socket tests (a fresh event
-# loop per test, through WebsocketCommunicator) leave about one checked out per handshake,
-# still open, and a full run had 19 of 20 out by 82 % (PoolTimeout in a test that needed two
-# threads' connections). Not found yet; tests/pool_watch.py names the tests after which more
-# stay out. Daphne in production does not lose them (bench/agent_scale.py held thousands of
-# handshakes on a pool of 20). Room for them here; PostgreSQL allows 100 connections.
-if "pool" in DATABASES["default"].get("OPTIONS", {}):  # noqa: F405
-    DATABASES["default"]["OPTIONS"]["pool"]["max_size"] = max(  # noqa: F405
-        DATABASES["default"]["OPTIONS"]["pool"]["max_size"], 40)  # noqa: F405
