@@ -53,8 +53,12 @@ INGEST_LAG_SECONDS = Histogram(
     buckets=_LATENCY)
 HEARTBEAT_BATCH_MESSAGES = Histogram(
     "computemesh_heartbeat_batch_messages",
-    "Agent heartbeats a web process applied in one batch (consumers/heartbeats.py).",
+    "Agent heartbeats a web process applied in one batch (consumers/batches.py).",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
+HELLO_BATCH_MESSAGES = Histogram(
+    "computemesh_hello_batch_messages",
+    "Agent hellos a web process applied in one transaction (consumers/batches.py).",
+    buckets=(1, 2, 5, 10, 25))
 HEARTBEAT_WRITE_LAG_SECONDS = Histogram(
     "computemesh_heartbeat_write_lag_seconds",
     "From the oldest heartbeat of a batch arriving on its socket to the batch written.",

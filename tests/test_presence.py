@@ -1,6 +1,7 @@
-"""Heartbeats in batches (services/presence.py, consumers/heartbeats.py): each applied as
-`agent_heartbeat` would, the idle majority in a constant number of queries, over the real
-socket and directly."""
+"""Heartbeats and hellos in batches (services/presence.py, consumers/batches.py): each
+heartbeat applied as `agent_heartbeat` would, the idle majority in a constant number of
+queries; each hello as `agent_hello` would, a batch in one transaction where one hello's
+refusal or failure leaves the others applied; over the real socket and directly."""
 
 import asyncio
 import json
@@ -11,8 +12,10 @@ from channels.testing import WebsocketCommunicator
 from django.utils import timezone
 
 from marketplace.models import Assignment, Job, Node
+from marketplace.services import presence
+from marketplace.services.agent_protocol import AgentRefused
 from marketplace.services.nodes import hash_token
-from marketplace.services.presence import Beat, heartbeats_record
+from marketplace.services.presence import Beat, Hello, heartbeats_record, hellos_record
 from webapp.asgi import application
 
 from .factories import JobFactory, NodeFactory, OfferFactory
@@ -100,3 +103,65 @@ def test_heartbeats_over_many_sockets_are_answered_and_recorded():
     assert all(r == [{"type": "heartbeat.ack", "ref": "b1"}] for r in replies[1:]), replies
     assert Node.objects.filter(pk__in=[n.pk for n in nodes], status=Node.Status.ONLINE,
                                last_heartbeat_at__gt=LONG_AGO).count() == 12
+
+
+def test_a_batch_of_hellos_applies_each_as_alone_and_isolates_failures(monkeypatch, settings):
+    settings.ALLOW_AGENT_FAULTS = False
+    nodes = [NodeFactory(status=Node.Status.OFFLINE, last_heartbeat_at=LONG_AGO) for _ in range(6)]
+    missed = dispatched(nodes[5])  # its agent says hello without it: the start is sent again
+    real = presence.agent_hello
+
+    def hello(*, node, hello):  # the fourth node's hello breaks after writing: rolled back alone
+        out = real(node=node, hello=hello)
+        if node.pk == nodes[3].pk:
+            raise RuntimeError("broken after its writes")
+        return out
+
+    monkeypatch.setattr(presence, "agent_hello", hello)
+    messages = [{"type": "hello", "agent_version": "t", "running": [], "unacked": []} for _ in nodes]
+    messages[1]["faults"] = {"crash_at_step": 3}  # test-only faults: refused
+    batch = [Hello(node=n, message=m) for n, m in zip(nodes, messages, strict=True)]
+    out = hellos_record(batch[::-1])[::-1]  # applied in node id order, answered in the batch's
+
+    assert isinstance(out[1], AgentRefused) and out[1].code == "faults_refused"
+    assert isinstance(out[3], RuntimeError)
+    for i in (0, 2, 4, 5):
+        welcome = {k: out[i][0][k] for k in ("type", "node", "name", "assignments")}
+        assert welcome == {"type": "welcome", "node": nodes[i].pk, "name": nodes[i].name,
+                           "assignments": [missed.pk] if i == 5 else []}, out[i]
+    assert [m["type"] for m in out[5][1:]] == ["assignment.start"]
+    online = set(Node.objects.filter(pk__in=[n.pk for n in nodes], status=Node.Status.ONLINE)
+                 .values_list("pk", flat=True))
+    assert online == {nodes[i].pk for i in (0, 2, 4, 5)}
+
+
+def test_hellos_over_many_sockets_are_welcomed_in_shared_transactions(monkeypatch):
+    tokens = [f"cmn_hello_{i}" for i in range(16)]
+    nodes = [NodeFactory(token_hash=hash_token(t), status=Node.Status.OFFLINE) for t in tokens]
+    batches = []
+    real = presence.hellos_record
+
+    def record(hellos):
+        batches.append(len(hellos))
+        return real(hellos)
+
+    monkeypatch.setattr("marketplace.consumers.batches.hellos_record", record)
+
+    async def agent(token, comm):
+        await comm.send_to(text_data=json.dumps({"type": "hello", "agent_version": "t", "running": [],
+                                                 "unacked": []}))
+        welcome = json.loads(await comm.receive_from(timeout=20))
+        await comm.disconnect()
+        return welcome
+
+    async def all_agents():
+        comms = [WebsocketCommunicator(application, "/ws/agent/", headers=[
+            (b"origin", b"http://testserver"), (b"authorization", f"Token {t}".encode())]) for t in tokens]
+        for comm in comms:
+            assert (await comm.connect())[0]
+        return await asyncio.gather(*(agent(t, c) for t, c in zip(tokens, comms, strict=True)))
+
+    welcomes = asyncio.run(all_agents())
+    assert sorted(w["node"] for w in welcomes if w["type"] == "welcome") == sorted(n.pk for n in nodes)
+    assert sum(batches) == 16 and len(batches) < 16, batches  # some hellos shared a transaction
+    assert Node.objects.filter(pk__in=[n.pk for n in nodes], status=Node.Status.ONLINE).count() == 16

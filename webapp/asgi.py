@@ -5,7 +5,7 @@ import os
 import sys
 
 from django.core.asgi import get_asgi_application
-from django.urls import get_resolver
+from django.urls import get_resolver, re_path
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
 # Django must be set up before anything imports models (the WebSocket routes do).
@@ -16,7 +16,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from marketplace.consumers.auth import TokenAuthMiddleware  # noqa: E402
-from marketplace.routing import websocket_urlpatterns  # noqa: E402
+from marketplace.routing import agent_urlpatterns, websocket_urlpatterns  # noqa: E402
 from webapp.limits import RequestLimits, daphne_limits  # noqa: E402
 from webapp.ops import WebSocketMetrics  # noqa: E402
 
@@ -28,9 +28,13 @@ if "twisted.web.http" in sys.modules:
 application = ProtocolTypeRouter(
     {
         "http": RequestLimits(django_asgi_app),
-        "websocket": WebSocketMetrics(AllowedHostsOriginValidator(
-            AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
-        )),
+        "websocket": WebSocketMetrics(AllowedHostsOriginValidator(URLRouter([
+            # Agents skip the session and user middleware: each handshake through it was a hop
+            # through the process's one shared sync thread, where a fleet connecting at once
+            # queued (bench/agent_scale.py). The agent consumer checks the node's token itself.
+            *agent_urlpatterns,
+            re_path(r"", AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))),
+        ]))),
     }
 )
 

@@ -10,11 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 from channels.db import database_sync_to_async
 
 from ..errors import NotFound
-from ..services import agent_protocol, execution
+from ..services import agent_protocol
 from ..services.nodes import node_by_token
-from ..services.presence import Beat
+from ..services.presence import Beat, Hello
 from .base import LiveConsumer
-from .heartbeats import heartbeats
+from .batches import heartbeats, hellos
 from .ingest import ingest, quietly
 
 log = logging.getLogger(__name__)
@@ -44,11 +44,6 @@ def _token(scope) -> str | None:
     return None
 
 
-# Hellos run on threads of their own, not the process's one shared sync thread: a fleet
-# connecting at once queued its handshakes (one query each) behind each other's hellos (a
-# dozen queries, a node coming online) past daphne's 5 s handshake limit, and they failed
-# (bench/agent_scale.py). Two threads: the database, not Python, is what a hello waits on.
-_HELLOS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="agent-hello")
 # The handshake's token lookup has threads of its own as well: on the shared sync thread it
 # queued behind every other socket's work there (the middleware's session and user, the
 # dashboards' and job pages' queries). It stays before accept(): a refused token is an HTTP
@@ -175,19 +170,23 @@ class AgentConsumer(LiveConsumer):
         if kind == "hello":
             if isinstance(message.get("advertise_addr"), str) and message["advertise_addr"]:
                 self.rdzv_hosts.add(message["advertise_addr"][:255])
-            try:
-                out = await database_sync_to_async(execution.agent_hello, thread_sensitive=False,
-                                                   executor=_HELLOS)(node=self.node, hello=message)
-            except agent_protocol.AgentRefused as exc:
-                await self._error(exc.code, exc.message, ref)
+            # In one transaction with the other sockets' hellos in this process (consumers/batches.py).
+            out = await hellos().put(Hello(node=self.node, message=message))
+            if isinstance(out, agent_protocol.AgentRefused):
+                await self._error(out.code, out.message, ref)
                 await self.close(code=4403)
+                return
+            if isinstance(out, Exception):  # not applied: closed, so that the agent says hello again
+                await self.close(code=1011)
                 return
         elif kind == "heartbeat":
             running = message.get("running") if isinstance(message.get("running"), list) else []
             unacked = message.get("unacked") if isinstance(message.get("unacked"), list) else None
-            # Batched with the other sockets' heartbeats in this process (consumers/heartbeats.py).
-            out = await heartbeats().beat(Beat(node=self.node, running=running, unacked=unacked,
-                                               steps=message.get("steps")))
+            # Batched with the other sockets' heartbeats in this process (consumers/batches.py).
+            out = await heartbeats().put(Beat(node=self.node, running=running, unacked=unacked,
+                                              steps=message.get("steps")))
+            if isinstance(out, Exception):  # not applied: the agent's next heartbeat tries again
+                out = []
             if message.get("ack") is True:  # asked for: the round trip (bench/agent_scale.py)
                 out = [*out, {"type": "heartbeat.ack", "ref": ref}]
         else:

@@ -1,5 +1,7 @@
-"""Agent heartbeats applied in batches: what `execution.agent_heartbeat` does for each,
-in a handful of statements for the whole batch instead of four or five for every heartbeat.
+"""Agent heartbeats and hellos applied in batches (consumers/batches.py).
+
+Heartbeats: what `execution.agent_heartbeat` does for each, in a handful of statements for
+the whole batch instead of four or five for every heartbeat.
 
 An idle node's heartbeat (the great majority: nothing running, nothing assigned) only moves
 its `last_heartbeat_at`: one UPDATE for every online node in the batch. Nodes that are not
@@ -8,22 +10,28 @@ online yet (or suspended, or of a suspended organization) take the full path,
 with an active assignment, or whose agent says it runs something, gets the per-node
 reconciliation of `agent_heartbeat` (resent starts, cancels, pauses, lost assignments).
 The heartbeat watchdog reads the same column as before, so its semantics do not change:
-a batch is written within milliseconds of its heartbeats (consumers/heartbeats.py)."""
+a batch is written within milliseconds of its heartbeats (consumers/batches.py)."""
 
 import logging
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from ..models import Assignment, Node, Organization
-from .agent_protocol import assignment_ids
-from .execution import agent_heartbeat
+from .agent_protocol import AgentRefused, assignment_ids
+from .execution import agent_heartbeat, agent_hello
 from .liveness import assignment_steps_record
 from .nodes import node_set_presence
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Hello:
+    node: Node
+    message: dict
 
 
 @dataclass(frozen=True)
@@ -78,3 +86,35 @@ def heartbeats_record(beats: list[Beat]) -> list[list[dict]]:
             log.exception("heartbeat of node %s failed", node_id)
             out.append([])
     return out
+
+
+def hellos_record(hellos: list[Hello]) -> list[list[dict] | Exception]:
+    """Apply each hello as `execution.agent_hello` does, all in one transaction with a
+    savepoint each: the commit was most of a hello's cost (one at a time ~18 a second, in
+    one transaction 54 a second: docs/BENCHMARKS.md). In node id order, the order every
+    batch here locks nodes in. Returns, in the order of `hellos`, the messages for each agent
+    or the exception that refused it (AgentRefused) or failed it; one hello's failure leaves
+    the others' applied. Should the transaction itself fail (a lost connection, a deadlock
+    with another process), each hello is applied again on its own."""
+    order = sorted(range(len(hellos)), key=lambda i: hellos[i].node.pk)
+    out: list[list[dict] | Exception] = [[] for _ in hellos]
+    try:
+        with transaction.atomic():
+            for i in order:
+                out[i] = _hello(hellos[i])
+    except DatabaseError:
+        log.warning("a batch of %d hellos failed; one at a time", len(hellos), exc_info=True)
+        for i in order:
+            out[i] = _hello(hellos[i])
+    return out
+
+
+def _hello(hello: Hello) -> list[dict] | Exception:
+    try:
+        with transaction.atomic():  # a savepoint in a batch: a failure rolls back this hello only
+            return agent_hello(node=hello.node, hello=hello.message)
+    except AgentRefused as exc:
+        return exc
+    except Exception as exc:  # its socket is closed; the agent connects again and says hello again
+        log.exception("hello of node %s failed", hello.node.pk)
+        return exc
