@@ -11,8 +11,8 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from django.utils import timezone
 
-from marketplace.models import Assignment, Job, Node
-from marketplace.services import presence
+from marketplace.models import Assignment, Job, Node, Offer
+from marketplace.services import execution, presence
 from marketplace.services.agent_protocol import AgentRefused
 from marketplace.services.nodes import hash_token
 from marketplace.services.presence import Beat, Hello, heartbeats_record, hellos_record
@@ -118,6 +118,7 @@ def test_a_batch_of_hellos_applies_each_as_alone_and_isolates_failures(monkeypat
         return out
 
     monkeypatch.setattr(presence, "agent_hello", hello)
+    monkeypatch.setattr(presence, "_idle", lambda message: False)  # every hello one by one here
     messages = [{"type": "hello", "agent_version": "t", "running": [], "unacked": []} for _ in nodes]
     messages[1]["faults"] = {"crash_at_step": 3}  # test-only faults: refused
     batch = [Hello(node=n, message=m) for n, m in zip(nodes, messages, strict=True)]
@@ -165,3 +166,64 @@ def test_hellos_over_many_sockets_are_welcomed_in_shared_transactions(monkeypatc
     assert sorted(w["node"] for w in welcomes if w["type"] == "welcome") == sorted(n.pk for n in nodes)
     assert sum(batches) == 16 and len(batches) < 16, batches  # some hellos shared a transaction
     assert Node.objects.filter(pk__in=[n.pk for n in nodes], status=Node.Status.ONLINE).count() == 16
+
+
+def _state(node: Node) -> tuple:
+    node.refresh_from_db()
+    offers = sorted((o.gpus_offered, o.status, o.status_reason, o.node_online, o.region, o.gpu_model)
+                    for o in node.offers.all())
+    return (node.status, node.benchmark_tflops, node.agent_version, node.hardware,
+            node.hardware_at is not None, node.runtime, node.peer_firewall, node.advertise_addr,
+            node.uptimes.filter(online_until=None).count(), offers)
+
+
+def test_idle_hellos_in_a_batch_leave_what_each_alone_leaves(django_assert_max_num_queries):
+    """The set-based path of a batch of idle hellos against agent_hello, on twin nodes."""
+    eight_a100 = {"gpus": [{"name": "NVIDIA A100-SXM4-80GB", "memory_gb": 80}] * 8, "cpu_cores": 64,
+                  "ram_gb": 512, "cuda": "12.4"}
+    cases = [  # (node's status, the hello's fields beyond its type)
+        (Node.Status.OFFLINE, {"agent_version": "1.2", "benchmark_tflops": 61.25, "hardware": eight_a100}),
+        (Node.Status.OFFLINE, {"agent_version": "1.2", "hardware": {"gpus": []}}),  # lists 8 it lacks
+        (Node.Status.ONLINE, {"hardware": eight_a100, "runtime": "cm-torch-2.13-py3.11",
+                              "sandbox": {"peer_firewall": True}, "advertise_addr": "10.0.0.7"}),
+        (Node.Status.OFFLINE, {"hardware": "not a report", "advertise_addr": "a host name"}),
+    ]
+    twins = []
+    for status, _ in cases:
+        pair = []
+        for _ in range(2):
+            node = NodeFactory(status=status, last_heartbeat_at=LONG_AGO)
+            OfferFactory(node=node, gpus_offered=8)
+            pair.append(node)
+        twins.append(pair)
+    for (_, fields), (_, alone) in zip(cases, twins, strict=True):
+        execution.agent_hello(node=alone, hello={"type": "hello", **fields})
+    batch = [Hello(node=node, message={"type": "hello", **fields})
+             for (_, fields), (node, _) in zip(cases, twins, strict=True)]
+    out = hellos_record(batch)
+
+    for (node, alone), messages in zip(twins, out, strict=True):
+        assert [m["type"] for m in messages] == ["welcome"] and messages[0]["node"] == node.pk
+        assert _state(node) == _state(alone), node
+    assert twins[1][0].offers.get().status == Offer.Status.PAUSED  # taken off: it lacks the GPUs
+
+    # However many nodes come online, the batch costs the same handful of statements.
+    fleet = [NodeFactory(status=Node.Status.OFFLINE, last_heartbeat_at=LONG_AGO) for _ in range(25)]
+    for node in fleet:
+        OfferFactory(node=node, gpus_offered=8)
+    with django_assert_max_num_queries(12):
+        out = hellos_record([Hello(node=n, message={"type": "hello", "hardware": eight_a100}) for n in fleet])
+    assert all([m["type"] for m in messages] == ["welcome"] for messages in out)
+    assert Offer.objects.filter(node__in=fleet, node_online=True, status=Offer.Status.ACTIVE).count() == 25
+
+
+def test_when_the_set_based_path_fails_each_idle_hello_is_applied_alone(monkeypatch):
+    nodes = [NodeFactory(status=Node.Status.OFFLINE, last_heartbeat_at=LONG_AGO) for _ in range(3)]
+
+    def broken(nodes, *, when):
+        raise RuntimeError("the set-based path breaks half way")
+
+    monkeypatch.setattr(presence, "nodes_hardware_check", broken)
+    out = hellos_record([Hello(node=n, message={"type": "hello"}) for n in nodes])
+    assert [[m["type"] for m in messages] for messages in out] == [["welcome"]] * 3
+    assert Node.objects.filter(pk__in=[n.pk for n in nodes], status=Node.Status.ONLINE).count() == 3

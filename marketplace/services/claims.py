@@ -134,6 +134,20 @@ def node_hardware_report(*, node: Node, hardware: Any) -> list[Offer]:
         return _take_off(offers, mismatches(node, offers, report), when="when the node connected")
 
 
+def nodes_hardware_check(nodes: list[Node], *, when: str) -> list[Offer]:
+    """node_hardware_report's comparison for many nodes whose `hardware` is already stored
+    (a batch of hellos): their active offers read and locked in one query."""
+    offers: dict[int, list[Offer]] = {}
+    active = Offer.objects.select_for_update().filter(node__in=nodes, status=Offer.Status.ACTIVE)
+    for offer in active.order_by("pk"):
+        offers.setdefault(offer.node_id, []).append(offer)
+    taken: list[Offer] = []
+    for node in nodes:
+        mine = offers.get(node.pk, [])
+        taken += _take_off(mine, mismatches(node, mine, node.hardware), when=when)
+    return taken
+
+
 def node_offers_recheck(*, node: Node, when: str) -> list[Offer]:
     """Compare the node's active offers with its last report (none yet: checked when its
     agent connects). Run when an offer is listed or changed, so that a listing raised

@@ -177,6 +177,21 @@ def node_changed(node) -> None:
     transaction.on_commit(send)
 
 
+def nodes_changed(nodes: list) -> None:
+    """node_changed for many nodes (a fleet coming online): their offers in one query."""
+    offers: dict[int, list[dict]] = {}
+    for o in Offer.objects.filter(node__in=nodes).values("node_id", *OFFER_FIELDS):
+        offers.setdefault(o.pop("node_id"), []).append(o)
+    briefs = [(node.provider_id, node_brief(node), offers.get(node.pk, [])) for node in nodes]
+
+    def send():
+        for provider_id, brief, node_offers in briefs:
+            _send(org_group(provider_id), {"type": "node", "node": brief})
+            for o in node_offers:
+                _send(MARKET_GROUP, {"type": "offer", "offer": offer_brief(o)})
+    transaction.on_commit(send)
+
+
 def offers_changed(offer_ids) -> None:
     """Offers whose free capacity or status changed: the marketplace pages update."""
     ids = list(offer_ids)

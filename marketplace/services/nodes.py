@@ -4,7 +4,7 @@ import secrets
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from .. import catalogue
@@ -78,6 +78,20 @@ def _sync_offers(node: Node) -> None:
         reliability=node.reliability, node_online=node.status == Node.Status.ONLINE,
         updated_at=timezone.now(),
     )
+
+
+# The columns _sync_offers copies (tests/test_presence.py checks the two agree).
+_SYNCED = ("provider_id", "gpu_model", "gpu_memory_gb", "region", "compliance_verified", "reliability")
+
+
+def _sync_offers_of(node_ids: list[int]) -> None:
+    """_sync_offers for many nodes in one UPDATE."""
+    offer, node = Offer._meta.db_table, Node._meta.db_table
+    copied = ", ".join(f"{c} = n.{c}" for c in _SYNCED)
+    with connection.cursor() as cur:
+        cur.execute(f"UPDATE {offer} SET {copied}, node_online = (n.status = %s), updated_at = %s "  # noqa: S608
+                    f"FROM {node} n WHERE {offer}.node_id = n.id AND n.id = ANY(%s)",
+                    [Node.Status.ONLINE, timezone.now(), node_ids])
 
 
 def node_create(*, provider: Organization, spec: NodeSpec, actor=None) -> tuple[Node, str]:
@@ -248,6 +262,17 @@ def node_set_presence(*, node_id: int, online: bool, heartbeat_at=None,
             live.node_changed(node)
             if online:
                 enqueue.rematch_soon()
+
+
+def nodes_came_online(nodes: list[Node]) -> None:
+    """What node_set_presence does when a node comes online, for many at once (a batch of
+    hellos, services/presence.py): their uptime stretches opened, their offers synced and
+    shown online, dashboards told, waiting jobs retried."""
+    ids = [node.pk for node in nodes]
+    reputation.uptimes_opened(node_ids=ids)
+    _sync_offers_of(ids)
+    live.nodes_changed(nodes)
+    enqueue.rematch_soon()
 
 
 def node_spec_validate(*, spec: NodeSpec, provider: Organization, node: Node | None = None) -> None:

@@ -13,17 +13,22 @@ The heartbeat watchdog reads the same column as before, so its semantics do not 
 a batch is written within milliseconds of its heartbeats (consumers/batches.py)."""
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from ..models import Assignment, Node, Organization
-from .agent_protocol import AgentRefused, assignment_ids
+from ..runtimes import agent_runtime
+from .agent_protocol import AgentRefused, agent_message, assignment_ids
+from .claims import hardware_clean, nodes_hardware_check
 from .execution import agent_heartbeat, agent_hello
 from .liveness import assignment_steps_record
-from .nodes import node_set_presence
+from .nodes import node_set_presence, nodes_came_online
+from .provider_runtime import network_fields
 
 log = logging.getLogger(__name__)
 
@@ -89,24 +94,85 @@ def heartbeats_record(beats: list[Beat]) -> list[list[dict]]:
 
 
 def hellos_record(hellos: list[Hello]) -> list[list[dict] | Exception]:
-    """Apply each hello as `execution.agent_hello` does, all in one transaction with a
-    savepoint each: the commit was most of a hello's cost (one at a time ~18 a second, in
-    one transaction 54 a second: docs/BENCHMARKS.md). In node id order, the order every
-    batch here locks nodes in. Returns, in the order of `hellos`, the messages for each agent
-    or the exception that refused it (AgentRefused) or failed it; one hello's failure leaves
-    the others' applied. Should the transaction itself fail (a lost connection, a deadlock
-    with another process), each hello is applied again on its own."""
+    """Apply each hello as `execution.agent_hello` does, all in one transaction: the idle
+    ones (the great majority when a fleet comes back: nothing running, nothing assigned) in
+    a handful of statements for the batch (_idle_hellos_record), the others one by one with
+    a savepoint each. One at a time a hello of a node coming online was ~15 statements and
+    a commit (docs/BENCHMARKS.md). Nodes are locked in id order, as the heartbeats' batches
+    lock them. Returns, in the order of `hellos`, the messages for each agent or the
+    exception that refused it (AgentRefused) or failed it; one hello's failure leaves the
+    others' applied. Should the transaction itself fail (a lost connection, a deadlock with
+    another process), each hello is applied again on its own."""
     order = sorted(range(len(hellos)), key=lambda i: hellos[i].node.pk)
     out: list[list[dict] | Exception] = [[] for _ in hellos]
     try:
         with transaction.atomic():
+            welcomed = _idle_hellos_record(hellos)
             for i in order:
-                out[i] = _hello(hellos[i])
+                out[i] = welcomed.get(i) or _hello(hellos[i])
     except DatabaseError:
         log.warning("a batch of %d hellos failed; one at a time", len(hellos), exc_info=True)
         for i in order:
             out[i] = _hello(hellos[i])
     return out
+
+
+def _idle(message: dict) -> bool:
+    return not any(message.get(k) for k in ("faults", "running", "unacked", "steps"))
+
+
+def _idle_hellos_record(hellos: list[Hello]) -> dict[int, list[dict]]:
+    """The idle hellos of a batch (no test faults, nothing running or unacknowledged) whose
+    node is not suspended and has no active assignment, each applied as agent_hello would:
+    presence, hardware, runtime and network written in one UPDATE, the nodes coming online
+    brought online together, their offers checked against the hardware in one query. Returns
+    {index in `hellos`: its messages}; the rest are for agent_hello. All or nothing (a savepoint)."""
+    once = Counter(h.node.pk for h in hellos)
+    candidates = {h.node.pk: i for i, h in enumerate(hellos) if once[h.node.pk] == 1 and _idle(h.message)}
+    if not candidates:
+        return {}
+    try:
+        with transaction.atomic():
+            return _apply_idle(hellos, candidates)
+    except Exception:  # each of them is applied on its own instead
+        log.exception("the set-based path of %d hellos failed; one at a time", len(candidates))
+        return {}
+
+
+def _apply_idle(hellos: list[Hello], candidates: dict[int, int]) -> dict[int, list[dict]]:
+    now = timezone.now()
+    nodes = {n.pk: n for n in Node.objects.select_for_update(of=("self",)).select_related("provider")
+             .filter(pk__in=sorted(candidates)).exclude(status=Node.Status.SUSPENDED)
+             .exclude(provider__is_suspended=True).order_by("pk")}
+    busy = Assignment.objects.filter(node_id__in=nodes, status__in=Assignment.ACTIVE)
+    for node_id in busy.values_list("node_id", flat=True).distinct():
+        del nodes[node_id]
+    coming_online = [n for n in nodes.values() if n.status != Node.Status.ONLINE]
+    for node in nodes.values():
+        hello = hellos[candidates[node.pk]].message
+        tflops, version = hello.get("benchmark_tflops"), str(hello.get("agent_version", ""))[:32]
+        node.status = Node.Status.ONLINE
+        node.last_heartbeat_at = node.updated_at = node.hardware_at = now
+        if isinstance(tflops, int | float):
+            node.benchmark_tflops = round(float(tflops), 3)
+        node.agent_version = version or node.agent_version
+        node.hardware = hardware_clean(hello.get("hardware"))
+        node.runtime = agent_runtime(hello.get("runtime"))
+        node.peer_firewall, node.advertise_addr = network_fields(sandbox=hello.get("sandbox"),
+                                                                 advertise_addr=hello.get("advertise_addr"))
+    if not nodes:
+        return {}
+    Node.objects.bulk_update(list(nodes.values()), _HELLO_FIELDS)
+    if coming_online:
+        nodes_came_online(coming_online)
+    nodes_hardware_check(list(nodes.values()), when="when the node connected")
+    return {candidates[node.pk]: [agent_message("welcome", node=node.pk, name=node.name,
+                                                heartbeat_s=settings.AGENT_HEARTBEAT_S, assignments=[])]
+            for node in nodes.values()}
+
+
+_HELLO_FIELDS = ["status", "last_heartbeat_at", "benchmark_tflops", "agent_version", "hardware",
+                 "hardware_at", "runtime", "peer_firewall", "advertise_addr", "updated_at"]
 
 
 def _hello(hello: Hello) -> list[dict] | Exception:

@@ -26,11 +26,15 @@ def _ip(value) -> str:
         return ""
 
 
+def network_fields(*, sandbox, advertise_addr) -> tuple[bool, str]:
+    """Whether the agent can confine multi-node sandboxes to their peers (only an explicit
+    `"peer_firewall": true` counts) and the address it advertises to peers."""
+    return isinstance(sandbox, dict) and sandbox.get("peer_firewall") is True, _ip(advertise_addr)
+
+
 def node_network_report(*, node: Node, sandbox, advertise_addr) -> None:
-    """Store whether the agent can confine multi-node sandboxes to their peers (only an
-    explicit `"peer_firewall": true` counts) and the address it advertises to peers."""
-    firewall = isinstance(sandbox, dict) and sandbox.get("peer_firewall") is True
-    address = _ip(advertise_addr)
+    """Store network_fields() of the agent's hello."""
+    firewall, address = network_fields(sandbox=sandbox, advertise_addr=advertise_addr)
     if (node.peer_firewall, node.advertise_addr) != (firewall, address):
         Node.objects.filter(pk=node.pk).update(peer_firewall=firewall, advertise_addr=address)
         node.peer_firewall, node.advertise_addr = firewall, address

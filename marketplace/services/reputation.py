@@ -64,6 +64,15 @@ def uptime_changed(*, node_id: int, online: bool, at=None) -> None:
         NodeUptime.objects.filter(node_id=node_id, online_until__isnull=True).update(online_until=at)
 
 
+def uptimes_opened(*, node_ids: list[int], at=None) -> None:
+    """uptime_changed(online=True) for many nodes: a stretch for each that has none open."""
+    at = at or timezone.now()
+    open_ = set(NodeUptime.objects.filter(node_id__in=node_ids, online_until__isnull=True)
+                .values_list("node_id", flat=True))
+    NodeUptime.objects.bulk_create([NodeUptime(node_id=i, online_from=at)
+                                    for i in node_ids if i not in open_])
+
+
 def _share(good: int, total: int) -> dict | None:
     return {"score": round(good / total, 4), "good": good, "total": total} if total else None
 
