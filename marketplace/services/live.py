@@ -167,18 +167,12 @@ def _send(group: str, message: dict, *, kind: str = "live.update") -> None:
 
 def node_changed(node) -> None:
     """A node went online or offline: its provider's dashboard and the offers pages."""
-    brief = node_brief(node)
-    offers = list(node.offers.values(*OFFER_FIELDS))
-
-    def send():
-        _send(org_group(node.provider_id), {"type": "node", "node": brief})
-        for o in offers:
-            _send(MARKET_GROUP, {"type": "offer", "offer": offer_brief(o)})
-    transaction.on_commit(send)
+    nodes_changed([node])
 
 
 def nodes_changed(nodes: list) -> None:
-    """node_changed for many nodes (a fleet coming online): their offers in one query."""
+    """Nodes went online or offline (a fleet coming online): their providers' dashboards and
+    the offers pages; their offers read in one query."""
     offers: dict[int, list[dict]] = {}
     for o in Offer.objects.filter(node__in=nodes).values("node_id", *OFFER_FIELDS):
         offers.setdefault(o.pop("node_id"), []).append(o)

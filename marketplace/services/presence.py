@@ -141,7 +141,7 @@ def _idle_hellos_record(hellos: list[Hello]) -> dict[int, list[dict]]:
 
 def _apply_idle(hellos: list[Hello], candidates: dict[int, int]) -> dict[int, list[dict]]:
     now = timezone.now()
-    nodes = {n.pk: n for n in Node.objects.select_for_update(of=("self",)).select_related("provider")
+    nodes = {n.pk: n for n in Node.objects.select_for_update(of=("self",))
              .filter(pk__in=sorted(candidates)).exclude(status=Node.Status.SUSPENDED)
              .exclude(provider__is_suspended=True).order_by("pk")}
     busy = Assignment.objects.filter(node_id__in=nodes, status__in=Assignment.ACTIVE)

@@ -58,8 +58,7 @@ def uptime_changed(*, node_id: int, online: bool, at=None) -> None:
     """Open a stretch when the node comes online, close it when it goes offline."""
     at = at or timezone.now()
     if online:
-        if not NodeUptime.objects.filter(node_id=node_id, online_until__isnull=True).exists():
-            NodeUptime.objects.create(node_id=node_id, online_from=at)
+        uptimes_opened(node_ids=[node_id], at=at)
     else:
         NodeUptime.objects.filter(node_id=node_id, online_until__isnull=True).update(online_until=at)
 
