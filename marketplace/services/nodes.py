@@ -256,18 +256,18 @@ def node_set_presence(*, node_id: int, online: bool, heartbeat_at=None,
         # Every heartbeat comes here: write the presence columns, not the whole row.
         node.save(update_fields=["status", "last_heartbeat_at", "benchmark_tflops", "agent_version",
                                  "updated_at"])
-        if was_online != online:
-            reputation.uptime_changed(node_id=node.pk, online=online)
+        if online and not was_online:
+            nodes_came_online([node])
+        elif was_online and not online:
+            reputation.uptime_changed(node_id=node.pk, online=False)
             _sync_offers(node)
             live.node_changed(node)
-            if online:
-                enqueue.rematch_soon()
 
 
 def nodes_came_online(nodes: list[Node]) -> None:
-    """What node_set_presence does when a node comes online, for many at once (a batch of
-    hellos, services/presence.py): their uptime stretches opened, their offers synced and
-    shown online, dashboards told, waiting jobs retried."""
+    """What happens when nodes come online, one (node_set_presence) or a batch of hellos
+    (services/presence.py): their uptime stretches opened, their offers synced and shown
+    online, dashboards told, waiting jobs retried."""
     ids = [node.pk for node in nodes]
     reputation.uptimes_opened(node_ids=ids)
     _sync_offers_of(ids)
