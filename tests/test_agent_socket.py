@@ -186,3 +186,32 @@ def test_a_flood_is_rate_limited_without_breaking_the_order(monkeypatch):
     applied = list(LogLine.objects.filter(assignment=a).values_list("seq", flat=True))
     # Whatever got through is the unbroken beginning of the stream, in order.
     assert applied == list(range(1, len(applied) + 1)) and 20 <= len(applied) < 60
+
+
+def test_a_hello_the_platform_fails_to_apply_closes_with_a_code_a_server_may_send(monkeypatch):
+    """The agent connects again and says hello again. The code is one a server may close
+    with (1000 or 3000-4999): daphne raised on the 1011 this used to send, so the agent saw
+    no close at all (seen in the demo)."""
+    from marketplace.services import presence
+
+    def broken(**kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(presence, "agent_hello", broken)
+    monkeypatch.setattr(presence, "_idle", lambda message: False)  # the one-by-one path
+    node = token_node(token="cmn_broken")
+
+    async def hello():
+        comm = connect("cmn_broken")
+        connected, _ = await comm.connect()
+        assert connected
+        await comm.send_to(text_data=json.dumps({"type": "hello", "agent_version": "t", "running": []}))
+        closed = await comm.receive_output(timeout=10)
+        await comm.disconnect()
+        return closed
+
+    closed = run(hello())
+    assert closed == {"type": "websocket.close", "code": 4500}
+    assert 3000 <= closed["code"] <= 4999
+    node.refresh_from_db()
+    assert node.status == Node.Status.OFFLINE

@@ -33,6 +33,10 @@ CONTROL_BURST, CONTROL_PER_S = 20.0, 2.0
 REFUSED_IN_A_ROW = 50
 REFUSALS = frozenset({"malformed", "invalid", "unknown_type", "not_yours"})  # not: rate_limited, out of order
 REFUSED_WAIT_S = (5.0, 300.0)
+# A hello the platform failed to apply closes the socket with this code, and the agent
+# connects again and says hello again. (1011, "internal error", is the standard's code, but
+# a server may close only with 1000 or 3000-4999: daphne raises on any other.)
+HELLO_FAILED = 4500
 
 
 def _token(scope) -> str | None:
@@ -177,7 +181,7 @@ class AgentConsumer(LiveConsumer):
                 await self.close(code=4403)
                 return
             if isinstance(out, Exception):  # not applied: closed, so that the agent says hello again
-                await self.close(code=1011)
+                await self.close(code=HELLO_FAILED)
                 return
         elif kind == "heartbeat":
             running = message.get("running") if isinstance(message.get("running"), list) else []

@@ -85,13 +85,17 @@ _SYNCED = ("provider_id", "gpu_model", "gpu_memory_gb", "region", "compliance_ve
 
 
 def _sync_offers_of(node_ids: list[int]) -> None:
-    """_sync_offers for many nodes in one UPDATE."""
+    """_sync_offers for many nodes in one UPDATE (UPDATE … FROM: PostgreSQL, and the demo's
+    SQLite since 3.33)."""
+    if not node_ids:
+        return
     offer, node = Offer._meta.db_table, Node._meta.db_table
     copied = ", ".join(f"{c} = n.{c}" for c in _SYNCED)
+    ids = ", ".join(["%s"] * len(node_ids))
     with connection.cursor() as cur:
         cur.execute(f"UPDATE {offer} SET {copied}, node_online = (n.status = %s), updated_at = %s "  # noqa: S608
-                    f"FROM {node} n WHERE {offer}.node_id = n.id AND n.id = ANY(%s)",
-                    [Node.Status.ONLINE, timezone.now(), node_ids])
+                    f"FROM {node} n WHERE {offer}.node_id = n.id AND n.id IN ({ids})",
+                    [Node.Status.ONLINE, timezone.now(), *node_ids])
 
 
 def node_create(*, provider: Organization, spec: NodeSpec, actor=None) -> tuple[Node, str]:
