@@ -11,13 +11,14 @@ from workers.agent import cli
 from workers.agent.run_assignment import STARTUP_GRACE_S, AssignmentRun
 
 
-def a_run(tmp_path, stall_s: float = 10) -> AssignmentRun:
+def a_run(tmp_path, stall_s: float = 10, grace_s: float = STARTUP_GRACE_S) -> AssignmentRun:
     sent = []
 
     async def send_data(assignment, type_, **fields):
         sent.append((type_, fields))
 
-    agent = SimpleNamespace(workdir=tmp_path, stall_timeout_s=stall_s, send_data=send_data,
+    agent = SimpleNamespace(workdir=tmp_path, stall_timeout_s=stall_s, startup_grace_s=grace_s,
+                            send_data=send_data,
                             faults=SimpleNamespace(vanish=0), display=SimpleNamespace(
                                 assignment_progress=lambda *a, **k: None,
                                 assignment_started=lambda *a, **k: None))
@@ -53,6 +54,9 @@ def test_before_the_ranks_first_event_the_startup_grace_applies(tmp_path):
     long = a_run(tmp_path, stall_s=180)  # the default: the timeout is longer than the grace
     long.launched_at = long.last_activity = 0.0
     assert not long.stalled(179) and long.stalled(181)
+    short = a_run(tmp_path, grace_s=30)  # --startup-grace 30
+    short.launched_at = short.last_activity = 0.0
+    assert not short.stalled(29) and short.stalled(31)
 
 
 def test_the_stall_timeout_is_an_option_and_an_environment_variable(monkeypatch):
@@ -65,6 +69,19 @@ def test_the_stall_timeout_is_an_option_and_an_environment_variable(monkeypatch)
         cli.parse([*base, "--stall-timeout", "0"])
     monkeypatch.setenv("AGENT_STALL_TIMEOUT_S", "soon")
     with pytest.raises(SystemExit):  # a bad value fails loudly, as the option's would
+        cli.parse(base)
+
+
+def test_the_startup_grace_is_an_option_and_an_environment_variable(monkeypatch):
+    base = ["--server", "http://127.0.0.1:8000", "--token", "cmn_x"]
+    assert cli.parse(base).startup_grace == STARTUP_GRACE_S == 90
+    assert cli.parse([*base, "--startup-grace", "240"]).startup_grace == 240
+    monkeypatch.setenv("AGENT_STARTUP_GRACE_S", "40")
+    assert cli.parse(base).startup_grace == 40
+    with pytest.raises(SystemExit):
+        cli.parse([*base, "--startup-grace", "-1"])
+    monkeypatch.setenv("AGENT_STARTUP_GRACE_S", "later")
+    with pytest.raises(SystemExit):
         cli.parse(base)
 
 

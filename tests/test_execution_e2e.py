@@ -95,12 +95,17 @@ def test_a_job_from_the_api_trains_on_an_agent_and_completes(stack, consumer_tok
     assert code == 200 and hashlib.sha256(artifact).hexdigest() == record.artifact_sha256
 
 
-def two_node_job(stack: Stack, token: str, *, epochs: int) -> dict:
+# A job far longer than any test that stops it on purpose, whatever the machine's speed
+# (small batches through a wide network); the test cancels it or kills its nodes.
+LONG = {"epochs": 200, "batch_size": 8, "hidden_units": 512, "hidden_layers": 4}
+
+
+def two_node_job(stack: Stack, token: str, **params) -> dict:
     """Two CPU nodes with their agents, and a job that takes both (2 processes each)."""
     for i, node_token in enumerate(cpu_nodes(2)):
         stack.agent(f"agent-{i}", node_token)
     code, job = stack.http("POST", "/api/v1/jobs/", token=token,
-                           body=job_body(nodes=2, params={"epochs": epochs}))
+                           body=job_body(nodes=2, params=params))
     assert code == 201, job
     return job
 
@@ -126,11 +131,13 @@ def test_a_killed_agent_is_replaced_and_the_job_resumes_from_its_checkpoint(stac
     stack.agent("agent-first", first)
     code, job = stack.http("POST", "/api/v1/jobs/", token=consumer_token, body=job_body(
         template="image-classifier", dataset="sample:digits",
-        params={"epochs": 12, "checkpoint_every": 10, "batch_size": 32}))
+        params={"epochs": 40, "checkpoint_every": 10, "batch_size": 32}))
     assert code == 201, job
     record = Job.objects.get(pk=job["id"])
     wait_for(lambda: record.checkpoints.filter(committed_at__isnull=False, step__gte=20).exists(),
              timeout=180, what="a committed checkpoint")
+    record.refresh_from_db()
+    assert record.current_step < record.total_steps, "the job ended before the kill: make it longer"
     # The machine dies: the agent and its training ranks, all at once.
     stack.kill("agent-first")
     subprocess.run(["pkill", "-KILL", "-f", str(stack.tmp / "agent-first")], check=False)
@@ -188,7 +195,7 @@ def _training_processes(workdir) -> list[int]:
 
 
 def test_a_two_node_job_cancelled_by_its_owner_stops_on_every_node(stack, consumer_token):
-    job = two_node_job(stack, consumer_token, epochs=200)
+    job = two_node_job(stack, consumer_token, **LONG)
     record = Job.objects.get(pk=job["id"])
     wait_for(lambda: record.metrics.filter(step__gte=5).exists(), timeout=150,
              what="both nodes to be training")

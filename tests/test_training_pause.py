@@ -21,7 +21,8 @@ pytestmark = pytest.mark.integration
 def spec(work: Path, *, rank: int) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     body = {"template": "image-classifier", "dataset": {"kind": "sample", "name": "digits"},
-            "params": {"epochs": 12, "batch_size": 32, "learning_rate": 0.001, "channels": 8,
+            # Far longer than the test on any machine: the run stops at the pause.
+            "params": {"epochs": 200, "batch_size": 8, "learning_rate": 0.001, "channels": 8,
                        "checkpoint_every": 1000, "seed": 1},
             "workdir": str(work), "backend": "gloo", "resume_from": None,
             "pg_timeout_s": 60, "sync": {"mode": "ddp"}, "nnodes": 2, "node_rank": rank,

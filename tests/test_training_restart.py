@@ -26,7 +26,7 @@ def ranks_of(torchrun_pid: int) -> list[int]:
 
 
 def test_a_killed_rank_restarts_the_group_from_its_last_checkpoint(tmp_path):
-    spec = {**tabular_spec(tmp_path, epochs=40, batch_size=8, checkpoint_every=40, seed=3),
+    spec = {**tabular_spec(tmp_path, epochs=120, batch_size=8, checkpoint_every=40, seed=3),
             "pg_timeout_s": 60, "sync": {"mode": "ddp"}, "nnodes": 1, "node_rank": 0}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     cmd = launcher.command(spec_path=tmp_path / "spec.json", nnodes=1, node_rank=0, nproc_per_node=2,
@@ -43,7 +43,9 @@ def test_a_killed_rank_restarts_the_group_from_its_last_checkpoint(tmp_path):
             assert time.monotonic() < deadline, "no checkpoint at step 80 within 120 s"
             time.sleep(0.2)
         killed_at = max(e["step"] for e in event_list(tmp_path) if e["type"] == "checkpoint")
-        os.kill(ranks_of(proc.pid)[-1], signal.SIGKILL)  # one of the two ranks
+        ranks = ranks_of(proc.pid)
+        assert len(ranks) == 2, f"ranks {ranks}: the run ended before the kill? make it longer"
+        os.kill(ranks[-1], signal.SIGKILL)  # one of the two ranks
         code = proc.wait(timeout=180)
     finally:
         if proc.poll() is None:

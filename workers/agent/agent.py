@@ -22,7 +22,7 @@ from ..training.faults import from_env as faults_from_env
 from . import __version__
 from .display import Display
 from .outbox import Outbox
-from .run_assignment import STALL_TIMEOUT_S, AssignmentRun
+from .run_assignment import STALL_TIMEOUT_S, STARTUP_GRACE_S, AssignmentRun
 from .runtime import runtime_name
 from .sandbox import Settings
 
@@ -37,7 +37,8 @@ class Agent:
     def __init__(self, *, server: str, token: str, workdir: Path, nproc_per_node: int | None,
                  advertise_addr: str, heartbeat_s: float, display: Display, hardware: dict,
                  benchmark_tflops: float, faults: test_faults.Faults | None = None,
-                 stall_timeout_s: float = STALL_TIMEOUT_S, sandbox: Settings | None = None):
+                 stall_timeout_s: float = STALL_TIMEOUT_S, startup_grace_s: float = STARTUP_GRACE_S,
+                 sandbox: Settings | None = None):
         parts = urlsplit(server.rstrip("/"))
         scheme = "wss" if parts.scheme == "https" else "ws"
         self.ws_url = f"{scheme}://{parts.netloc}/ws/agent/"
@@ -49,6 +50,7 @@ class Agent:
         self.advertise_addr = advertise_addr
         self.heartbeat_s = heartbeat_s
         self.stall_timeout_s = stall_timeout_s  # a training group silent this long is stopped
+        self.startup_grace_s = startup_grace_s  # ... unless it is still starting up
         # Which assignments run inside the sandbox, and whether this machine can build one.
         self.sandbox = sandbox if sandbox is not None else Settings()
         self.display = display

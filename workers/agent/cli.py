@@ -19,7 +19,7 @@ from ..training import faults as test_faults
 from . import __version__, hardware, peer_firewall, register, sandbox
 from .agent import Agent, TokenRefused
 from .display import Display
-from .run_assignment import STALL_TIMEOUT_S
+from .run_assignment import STALL_TIMEOUT_S, STARTUP_GRACE_S
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -41,6 +41,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds without any sign of progress from a job's ranks on this node "
                         f"before they are stopped as hung (or AGENT_STALL_TIMEOUT_S; default "
                         f"{STALL_TIMEOUT_S:g})")
+    p.add_argument("--startup-grace", type=float,
+                   default=os.environ.get("AGENT_STARTUP_GRACE_S") or STARTUP_GRACE_S,
+                   help="seconds a job's ranks may take to import torch and form their process "
+                        "group before the stall timeout applies (or AGENT_STARTUP_GRACE_S; "
+                        f"default {STARTUP_GRACE_S:g}; raise it on machines slow to start)")
     p.add_argument("--sandbox", choices=sandbox.MODES, default="custom",
                    help="which jobs' training runs inside the sandbox (bubblewrap; "
                         "docs/tasks.md): 'custom' (default) consumers' own code only, 'all' the "
@@ -73,6 +78,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         p.error("--heartbeat must be positive")
     if args.stall_timeout <= 0:
         p.error("--stall-timeout must be positive")
+    if args.startup_grace <= 0:
+        p.error("--startup-grace must be positive")
     try:
         faults = test_faults.from_env()
     except test_faults.FaultSpecError as exc:
@@ -117,7 +124,7 @@ async def _main(args: argparse.Namespace, display: Display) -> int:
                   nproc_per_node=args.nproc_per_node,
                   advertise_addr=args.advertise_addr or _default_addr(args.server),
                   heartbeat_s=args.heartbeat, display=display, hardware=hw, benchmark_tflops=tflops,
-                  stall_timeout_s=args.stall_timeout,
+                  stall_timeout_s=args.stall_timeout, startup_grace_s=args.startup_grace,
                   sandbox=sandbox.Settings(
                       mode=args.sandbox, available=sandbox_ok, peer_firewall=sandbox_ok and peers_ok,
                       limits=sandbox.Limits.from_options(

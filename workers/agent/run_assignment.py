@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 PROGRESS_FLUSH_S = 1.0  # progress points are batched into one message a second
 POLL_S = 0.25
 STALL_TIMEOUT_S = 180.0  # default: no event and no output for this long, the group is hung
-# Before the ranks' first event the limit is at least this: importing torch and forming the
-# process group (which gives up by itself after pg_timeout_s, 60 s) show nothing.
+# Before the ranks' first event the limit is at least this (the default of the agent's
+# --startup-grace): importing torch and forming the process group (which gives up by itself
+# after pg_timeout_s, 60 s) show nothing.
 STARTUP_GRACE_S = 90.0
 SHUTDOWN_GRACE_S = 30  # after the result, ranks that do not exit are killed
 LOG_BATCH = 50
@@ -340,7 +341,7 @@ class AssignmentRun:
         if now - self.last_activity <= self.agent.stall_timeout_s:
             return False
         launched = self.launched_at if self.launched_at is not None else now
-        return self.reported or now - launched > STARTUP_GRACE_S
+        return self.reported or now - launched > self.agent.startup_grace_s
 
     async def _read_output(self, pipe: asyncio.StreamReader, stream: str) -> None:
         while True:
