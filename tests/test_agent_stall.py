@@ -59,29 +59,23 @@ def test_before_the_ranks_first_event_the_startup_grace_applies(tmp_path):
     assert not short.stalled(29) and short.stalled(31)
 
 
-def test_the_stall_timeout_is_an_option_and_an_environment_variable(monkeypatch):
+@pytest.mark.parametrize(("option", "variable", "default"), [
+    ("--stall-timeout", "AGENT_STALL_TIMEOUT_S", 180),
+    ("--startup-grace", "AGENT_STARTUP_GRACE_S", STARTUP_GRACE_S),
+])
+def test_the_stall_timeout_and_startup_grace_are_options_and_environment_variables(
+        monkeypatch, option, variable, default):
     base = ["--server", "http://127.0.0.1:8000", "--token", "cmn_x"]
-    assert cli.parse(base).stall_timeout == 180
-    assert cli.parse([*base, "--stall-timeout", "8"]).stall_timeout == 8
-    monkeypatch.setenv("AGENT_STALL_TIMEOUT_S", "12.5")
-    assert cli.parse(base).stall_timeout == 12.5
-    with pytest.raises(SystemExit):
-        cli.parse([*base, "--stall-timeout", "0"])
-    monkeypatch.setenv("AGENT_STALL_TIMEOUT_S", "soon")
+    attr = option[2:].replace("-", "_")
+    assert getattr(cli.parse(base), attr) == default
+    assert getattr(cli.parse([*base, option, "8"]), attr) == 8
+    monkeypatch.setenv(variable, "12.5")
+    assert getattr(cli.parse(base), attr) == 12.5
+    for bad in ("0", "-1"):
+        with pytest.raises(SystemExit):
+            cli.parse([*base, option, bad])
+    monkeypatch.setenv(variable, "soon")
     with pytest.raises(SystemExit):  # a bad value fails loudly, as the option's would
-        cli.parse(base)
-
-
-def test_the_startup_grace_is_an_option_and_an_environment_variable(monkeypatch):
-    base = ["--server", "http://127.0.0.1:8000", "--token", "cmn_x"]
-    assert cli.parse(base).startup_grace == STARTUP_GRACE_S == 90
-    assert cli.parse([*base, "--startup-grace", "240"]).startup_grace == 240
-    monkeypatch.setenv("AGENT_STARTUP_GRACE_S", "40")
-    assert cli.parse(base).startup_grace == 40
-    with pytest.raises(SystemExit):
-        cli.parse([*base, "--startup-grace", "-1"])
-    monkeypatch.setenv("AGENT_STARTUP_GRACE_S", "later")
-    with pytest.raises(SystemExit):
         cli.parse(base)
 
 
