@@ -96,6 +96,11 @@ class Demo:
         with self._seen:
             return len(self.lines)
 
+    def lines_matching(self, pattern: str) -> list[str]:
+        regex = re.compile(pattern)
+        with self._seen:
+            return [line for line in self.lines if regex.search(line)]
+
     def pid(self, name: str) -> int:
         """The pid of the child's current process, from the runner's 'started' lines."""
         started = re.compile(rf"\| {re.escape(name)} started \(pid (\d+)")
@@ -214,8 +219,7 @@ def test_the_demos_agents_connect_and_heartbeat_with_no_error_logged(demo):
     for name in ("local-cpu-1", "local-cpu-2"):
         demo.wait_line(rf"{name} \|.*● connected as node", timeout=120)
     time.sleep(10)  # a few heartbeats of each (every 2 s in the demo)
-    with demo._seen:
-        errors = [line for line in demo.lines if re.search(r"\bERROR\b|Traceback|CRITICAL", line)]
+    errors = demo.lines_matching(r"\bERROR\b|Traceback|CRITICAL")
     assert not errors, errors[:20]
 
 

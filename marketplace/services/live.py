@@ -165,11 +165,6 @@ def _send(group: str, message: dict, *, kind: str = "live.update") -> None:
     _deliver(group, {"type": kind, "message": message})
 
 
-def node_changed(node) -> None:
-    """A node went online or offline: its provider's dashboard and the offers pages."""
-    nodes_changed([node])
-
-
 def nodes_changed(nodes: list) -> None:
     """Nodes went online or offline (a fleet coming online): their providers' dashboards and
     the offers pages; their offers read in one query."""

@@ -70,23 +70,13 @@ def _validate(spec: NodeSpec) -> dict:
     }
 
 
-def _sync_offers(node: Node) -> None:
-    """Copy the node's searchable attributes onto its offers (the search table)."""
-    Offer.objects.filter(node=node).update(
-        provider=node.provider_id, gpu_model=node.gpu_model, gpu_memory_gb=node.gpu_memory_gb,
-        region=node.region, compliance_verified=node.compliance_verified,
-        reliability=node.reliability, node_online=node.status == Node.Status.ONLINE,
-        updated_at=timezone.now(),
-    )
-
-
-# The columns _sync_offers copies (tests/test_presence.py checks the two agree).
+# The node's searchable attributes its offers carry (the search table), besides node_online.
 _SYNCED = ("provider_id", "gpu_model", "gpu_memory_gb", "region", "compliance_verified", "reliability")
 
 
 def _sync_offers_of(node_ids: list[int]) -> None:
-    """_sync_offers for many nodes in one UPDATE (UPDATE … FROM: PostgreSQL, and the demo's
-    SQLite since 3.33)."""
+    """Copy the nodes' searchable attributes, as saved, onto their offers, in one UPDATE
+    (UPDATE … FROM: PostgreSQL, and the demo's SQLite since 3.33)."""
     if not node_ids:
         return
     offer, node = Offer._meta.db_table, Node._meta.db_table
@@ -145,7 +135,7 @@ def node_update(*, node: Node, spec: NodeSpec, actor=None) -> Node:
                                  f"unverified: {changes}.",
                          data={"tags": dropped, "changes": {n: [str(o), str(v)] for n, o, v in moved}})
         node.save()
-        _sync_offers(node)
+        _sync_offers_of([node.pk])
     return node
 
 
@@ -171,7 +161,7 @@ def node_suspend(*, node: Node, actor, reason: str = "") -> Node:
         node = Node.objects.select_for_update().get(pk=node.pk)
         node.status = Node.Status.SUSPENDED
         node.save(update_fields=["status", "updated_at"])
-        _sync_offers(node)
+        _sync_offers_of([node.pk])
         Offer.objects.filter(node=node, status=Offer.Status.ACTIVE).update(
             status=Offer.Status.PAUSED)
         audit_record(actor=actor, action="node.suspend", obj=node,
@@ -186,7 +176,7 @@ def node_unsuspend(*, node: Node, actor) -> Node:
             return node
         node.status = Node.Status.OFFLINE
         node.save(update_fields=["status", "updated_at"])
-        _sync_offers(node)
+        _sync_offers_of([node.pk])
         audit_record(actor=actor, action="node.unsuspend", obj=node,
                      message=f"Lifted the suspension of {node.name}")
     return node
@@ -221,7 +211,7 @@ def node_verify_compliance(*, node: Node, tags: list[str], actor, document, note
         node = Node.objects.select_for_update().get(pk=node.pk)
         node.compliance_verified |= mask
         node.save(update_fields=["compliance_verified", "updated_at"])
-        _sync_offers(node)
+        _sync_offers_of([node.pk])
         staff = actor if getattr(actor, "is_authenticated", False) else None
         evidence = ComplianceEvidence(node=node, tags=list(tags), note=note[:2000], document_name=name,
                                       verified_by=staff)
@@ -263,9 +253,9 @@ def node_set_presence(*, node_id: int, online: bool, heartbeat_at=None,
         if online and not was_online:
             nodes_came_online([node])
         elif was_online and not online:
-            reputation.uptime_changed(node_id=node.pk, online=False)
-            _sync_offers(node)
-            live.node_changed(node)
+            reputation.uptime_closed(node_id=node.pk)
+            _sync_offers_of([node.pk])
+            live.nodes_changed([node])
 
 
 def nodes_came_online(nodes: list[Node]) -> None:

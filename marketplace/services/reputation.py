@@ -54,17 +54,14 @@ THROUGHPUT_FLOOR = 0.25
 FOUR_PLACES = Decimal("0.0001")
 
 
-def uptime_changed(*, node_id: int, online: bool, at=None) -> None:
-    """Open a stretch when the node comes online, close it when it goes offline."""
-    at = at or timezone.now()
-    if online:
-        uptimes_opened(node_ids=[node_id], at=at)
-    else:
-        NodeUptime.objects.filter(node_id=node_id, online_until__isnull=True).update(online_until=at)
+def uptime_closed(*, node_id: int, at=None) -> None:
+    """The node went offline: close its open stretch."""
+    NodeUptime.objects.filter(node_id=node_id, online_until__isnull=True).update(
+        online_until=at or timezone.now())
 
 
 def uptimes_opened(*, node_ids: list[int], at=None) -> None:
-    """uptime_changed(online=True) for many nodes: a stretch for each that has none open."""
+    """Nodes came online: a stretch for each that has none open."""
     at = at or timezone.now()
     open_ = set(NodeUptime.objects.filter(node_id__in=node_ids, online_until__isnull=True)
                 .values_list("node_id", flat=True))
